@@ -1,0 +1,230 @@
+//! A typed client for the broker's HTTP API.
+//!
+//! Every call names the credential it uses: the client secret for task
+//! submission and reads, the enrollment secret or runner token for runners,
+//! the callback token for an attempt's reports.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::task::TaskId;
+use crate::wire::{
+    ApiError, ApiErrorCode, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage,
+    EventsAppended, Health, RunnerEnrolled, Task, TaskList,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("broker URL {url:?} is not usable: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("could not reach the broker at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the broker answered {status} ({code:?}): {message}")]
+    Api { status: u16, code: ApiErrorCode, message: String },
+    #[error("the broker answered {status} with a body that is not an embark error: {body}")]
+    Unexpected { status: u16, body: String },
+    #[error("could not read the broker's answer to {what}: {source}")]
+    Decode {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    /// The broker's error code, when it answered with one.
+    pub fn api_code(&self) -> Option<ApiErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Requests that do not long-poll give up after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl BrokerClient {
+    /// `base_url` is the broker's root, e.g. `http://127.0.0.1:8787`.
+    pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl {
+                url: base_url.to_owned(),
+                reason: "it must start with http:// or https://".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("embark/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::BadUrl { url: base_url.to_owned(), reason: e.to_string() })?;
+        Ok(Self { base, http })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.send(Method::GET, "/v1/health", None, None::<&()>, REQUEST_TIMEOUT).await
+    }
+
+    pub async fn create_task(&self, client_secret: &str, task: &CreateTask) -> Result<Task, ClientError> {
+        self.send(Method::POST, "/v1/tasks", Some(client_secret), Some(task), REQUEST_TIMEOUT).await
+    }
+
+    pub async fn get_task(&self, client_secret: &str, id: TaskId) -> Result<Task, ClientError> {
+        self.send(Method::GET, &format!("/v1/tasks/{id}"), Some(client_secret), None::<&()>, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// The session's tasks, newest first.
+    pub async fn list_session_tasks(&self, client_secret: &str, session_id: &str) -> Result<TaskList, ClientError> {
+        let query = format!("/v1/tasks?session_id={}", encode_query(session_id));
+        self.send(Method::GET, &query, Some(client_secret), None::<&()>, REQUEST_TIMEOUT).await
+    }
+
+    /// Events with seq > `after`, oldest first, at most `limit`.
+    pub async fn task_events(
+        &self,
+        client_secret: &str,
+        id: TaskId,
+        after: u64,
+        limit: u32,
+    ) -> Result<EventPage, ClientError> {
+        let path = format!("/v1/tasks/{id}/events?after={after}&limit={limit}");
+        self.send(Method::GET, &path, Some(client_secret), None::<&()>, REQUEST_TIMEOUT).await
+    }
+
+    pub async fn enroll(&self, enrollment_secret: &str, name: &str) -> Result<RunnerEnrolled, ClientError> {
+        let body = EnrollRunner { name: name.to_owned() };
+        self.send(Method::POST, "/v1/runners/enroll", Some(enrollment_secret), Some(&body), REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// Long-polls for a task; `None` when none came within `wait_ms`.
+    pub async fn claim(&self, runner_token: &str, wait_ms: u64) -> Result<Option<Claim>, ClientError> {
+        let body = ClaimRequest { wait_ms };
+        let timeout = REQUEST_TIMEOUT + Duration::from_millis(wait_ms);
+        self.send(Method::POST, "/v1/runners/claim", Some(runner_token), Some(&body), timeout).await
+    }
+
+    pub async fn append_events(
+        &self,
+        callback_token: &str,
+        id: TaskId,
+        events: &AppendEvents,
+    ) -> Result<EventsAppended, ClientError> {
+        let path = format!("/v1/tasks/{id}/events");
+        self.send(Method::POST, &path, Some(callback_token), Some(events), REQUEST_TIMEOUT).await
+    }
+
+    pub async fn complete(&self, callback_token: &str, id: TaskId, verdict: &CompleteTask) -> Result<Task, ClientError> {
+        let path = format!("/v1/tasks/{id}/complete");
+        self.send(Method::POST, &path, Some(callback_token), Some(verdict), REQUEST_TIMEOUT).await
+    }
+
+    /// One request. 204 decodes as JSON `null`, so `Option<T>` answers `None`.
+    async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.request(method, &url).timeout(timeout);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT {
+            return serde_json::from_value(serde_json::Value::Null).map_err(|_| ClientError::Unexpected {
+                status: status.as_u16(),
+                body: format!("no content where {path} needs a body"),
+            });
+        }
+        if status.is_success() {
+            return response.json().await.map_err(|source| ClientError::Decode { what: path.to_owned(), source });
+        }
+        let text = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ApiError>(&text) {
+            Ok(api) => Err(ClientError::Api {
+                status: status.as_u16(),
+                code: api.error.code,
+                message: api.error.message,
+            }),
+            Err(_) => Err(ClientError::Unexpected { status: status.as_u16(), body: truncate(&text, 500) }),
+        }
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode_query(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode_query("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(encode_query("0193-abc_.~"), "0193-abc_.~");
+    }
+
+    #[test]
+    fn only_http_urls_are_accepted() {
+        assert!(matches!(BrokerClient::new("ftp://x"), Err(ClientError::BadUrl { .. })));
+        let client = BrokerClient::new("http://127.0.0.1:1/").expect("valid");
+        assert_eq!(client.base_url(), "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("ééé", 3), "é…");
+        assert_eq!(truncate("abc", 5), "abc");
+    }
+}

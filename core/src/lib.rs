@@ -1,0 +1,18 @@
+//! embark's shared domain.
+//!
+//! Every binary (sidecar, broker, runner) speaks through these types, and
+//! `schemas/` is generated from them (see [`schema`]), so a change here is a
+//! change to the wire contract.
+
+pub mod client;
+pub mod event;
+pub mod intent;
+pub mod limits;
+pub mod protocol;
+pub mod schema;
+pub mod task;
+pub mod wire;
+
+pub use event::{Event, EventKind, NewEvent};
+pub use intent::{ExecutionIntent, IntentError};
+pub use task::{TaskId, TaskState};

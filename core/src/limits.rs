@@ -1,0 +1,19 @@
+//! Size limits shared by every side of the wire. Inputs past them are refused
+//! with a typed error instead of being truncated.
+
+/// Longest prompt a task may carry, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+/// Longest repository URL, in bytes.
+pub const MAX_REPO_URL_BYTES: usize = 2048;
+/// Longest client session id, in bytes.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+/// Most events one append request may carry.
+pub const MAX_EVENTS_PER_APPEND: usize = 500;
+/// Largest serialized payload of one event, in bytes.
+pub const MAX_EVENT_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Longest final assistant text or failure reason a completion may carry, in bytes.
+pub const MAX_RESULT_TEXT_BYTES: usize = 1024 * 1024;
+/// Most events one read returns.
+pub const MAX_EVENTS_PER_PAGE: u32 = 1000;
+/// Longest a claim long-poll may wait, in milliseconds.
+pub const MAX_CLAIM_WAIT_MS: u64 = 30_000;

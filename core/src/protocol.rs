@@ -1,0 +1,218 @@
+//! The sidecar's JSON-RPC 2.0 protocol (NDJSON over stdio), version 1.
+//!
+//! Methods:
+//! - `embark.hello` ([`HelloParams`] → [`HelloResult`]): the handshake; must come first.
+//! - `embark.command` ([`CommandParams`] → [`View`]): one `/embark …` line.
+//!
+//! Answers are view models, never pre-rendered text with escapes, so any
+//! front end can render them. Errors carry a stable [`ErrorCode`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Every protocol version this build can speak.
+pub const SUPPORTED_PROTOCOLS: &[u32] = &[1];
+
+/// Method names.
+pub mod method {
+    pub const HELLO: &str = "embark.hello";
+    pub const COMMAND: &str = "embark.command";
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HelloParams {
+    /// The protocol version the client wants.
+    pub protocol: u32,
+    /// Who is asking, for logs.
+    #[serde(default)]
+    pub client: Option<PeerInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PeerInfo {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HelloResult {
+    /// The version this session will speak (equal to the one asked for).
+    pub protocol: u32,
+    /// Every version the sidecar speaks.
+    pub supported: Vec<u32>,
+    pub server: PeerInfo,
+    /// Optional features, named; clients ignore names they do not know.
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandParams {
+    /// The raw argument text after `/embark ` (not trimmed), e.g. `"status latest"`.
+    pub line: String,
+    pub session: SessionContext,
+}
+
+/// The Pi session the command runs in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionContext {
+    /// Pi's session id (`ctx.sessionManager.getSessionId()`).
+    pub session_id: String,
+    /// Pi's working directory (`ctx.cwd`): the repository tasks are cut from.
+    pub cwd: String,
+}
+
+/// What to show for a command.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct View {
+    /// Shown in order, each as one notification.
+    pub blocks: Vec<Block>,
+    /// A footer status line to set (`text: null` clears it).
+    pub status: Option<StatusLine>,
+    /// A message to add to the conversation.
+    pub message: Option<ChatMessage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    Text {
+        text: String,
+        tone: Tone,
+    },
+    Table {
+        title: Option<String>,
+        columns: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tone {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusLine {
+    pub key: String,
+    pub text: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChatMessage {
+    /// Pi's `customType` for the message.
+    pub custom_type: String,
+    /// Markdown text.
+    pub content: String,
+    /// Structured data for renderers (e.g. the task id and state).
+    pub details: serde_json::Value,
+}
+
+/// Stable JSON-RPC error codes. The JSON-RPC 2.0 ones keep their meaning;
+/// embark's own are positive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// -32700: the line is not JSON (or not UTF-8).
+    ParseError,
+    /// -32600: not a JSON-RPC 2.0 request object (batches included), or the line is too long.
+    InvalidRequest,
+    /// -32601: no such method.
+    MethodNotFound,
+    /// -32602: the params do not fit the method.
+    InvalidParams,
+    /// -32603: the sidecar failed; the message says what to check.
+    Internal,
+    /// 1001: the client asked for a protocol version this sidecar does not speak.
+    UnsupportedProtocol,
+    /// 1002: a method was called before `embark.hello`.
+    HandshakeRequired,
+    /// 1010: the `/embark` arguments are wrong; the message shows the usage.
+    Usage,
+    /// 1011: the working directory is not usable (not a git repository, no commit, no remote).
+    Repository,
+    /// 1012: the sidecar's configuration is incomplete or wrong.
+    Config,
+    /// 1020: the broker could not be reached.
+    BrokerUnreachable,
+    /// 1021: the broker refused the request (credential, validation, conflict).
+    BrokerRejected,
+    /// 1022: no such task in this session.
+    TaskNotFound,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::ParseError,
+        ErrorCode::InvalidRequest,
+        ErrorCode::MethodNotFound,
+        ErrorCode::InvalidParams,
+        ErrorCode::Internal,
+        ErrorCode::UnsupportedProtocol,
+        ErrorCode::HandshakeRequired,
+        ErrorCode::Usage,
+        ErrorCode::Repository,
+        ErrorCode::Config,
+        ErrorCode::BrokerUnreachable,
+        ErrorCode::BrokerRejected,
+        ErrorCode::TaskNotFound,
+    ];
+
+    /// The number that goes in the JSON-RPC `error.code`.
+    pub fn code(self) -> i32 {
+        match self {
+            ErrorCode::ParseError => -32700,
+            ErrorCode::InvalidRequest => -32600,
+            ErrorCode::MethodNotFound => -32601,
+            ErrorCode::InvalidParams => -32602,
+            ErrorCode::Internal => -32603,
+            ErrorCode::UnsupportedProtocol => 1001,
+            ErrorCode::HandshakeRequired => 1002,
+            ErrorCode::Usage => 1010,
+            ErrorCode::Repository => 1011,
+            ErrorCode::Config => 1012,
+            ErrorCode::BrokerUnreachable => 1020,
+            ErrorCode::BrokerRejected => 1021,
+            ErrorCode::TaskNotFound => 1022,
+        }
+    }
+
+    pub fn from_code(code: i32) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+/// The `error.data` of every embark JSON-RPC error: the code's name, so a
+/// client need not keep a table of numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorData {
+    pub kind: ErrorCode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_distinct_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.code()), "{code:?} reuses a number");
+            assert_eq!(ErrorCode::from_code(code.code()), Some(code));
+        }
+    }
+
+    #[test]
+    fn blocks_are_tagged_by_type() {
+        let block = Block::Text { text: "hi".into(), tone: Tone::Info };
+        let json = serde_json::to_value(&block).expect("serializes");
+        assert_eq!(json, serde_json::json!({"type": "text", "text": "hi", "tone": "info"}));
+    }
+}

@@ -1,0 +1,300 @@
+//! The broker's HTTP API (`/v1`) request and response bodies.
+//!
+//! Three kinds of caller, three credentials, all as `Authorization: Bearer …`:
+//! clients (the client secret), runners (a runner token from enrollment) and
+//! a running attempt (the callback token minted when it was claimed).
+
+use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, NewEvent};
+use crate::intent::{ExecutionIntent, IntentError};
+use crate::limits;
+use crate::task::{TaskId, TaskState};
+
+/// `POST /v1/tasks` (client): hand a task to the broker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    /// Where a runner can clone the repository from (the laptop's remote URL).
+    pub repo_url: String,
+    /// The exact commit to run on: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+    pub commit: String,
+    pub prompt: String,
+    pub intent: ExecutionIntent,
+    /// The Pi session that submitted the task; `GET /v1/tasks?session_id=` lists by it.
+    pub session_id: String,
+}
+
+/// What is wrong with a [`CreateTask`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateTaskError {
+    #[error("the prompt is empty: say what the task should do")]
+    EmptyPrompt,
+    #[error("the prompt has {len} bytes; at most {max} are accepted")]
+    PromptTooLong { len: usize, max: usize },
+    #[error("commit {0:?} is not a full lowercase hex object id (40 or 64 digits)")]
+    BadCommit(String),
+    #[error("repository URL is empty")]
+    EmptyRepoUrl,
+    #[error("repository URL {0:?} is not acceptable: it must not start with '-' or hold control characters, and at most {max} bytes", max = limits::MAX_REPO_URL_BYTES)]
+    BadRepoUrl(String),
+    #[error("session id must have 1 to {max} printable bytes", max = limits::MAX_SESSION_ID_BYTES)]
+    BadSessionId,
+    #[error(transparent)]
+    Intent(#[from] IntentError),
+}
+
+impl CreateTask {
+    pub fn validate(&self) -> Result<(), CreateTaskError> {
+        if self.prompt.trim().is_empty() {
+            return Err(CreateTaskError::EmptyPrompt);
+        }
+        if self.prompt.len() > limits::MAX_PROMPT_BYTES {
+            return Err(CreateTaskError::PromptTooLong {
+                len: self.prompt.len(),
+                max: limits::MAX_PROMPT_BYTES,
+            });
+        }
+        if !is_object_id(&self.commit) {
+            return Err(CreateTaskError::BadCommit(self.commit.clone()));
+        }
+        if self.repo_url.is_empty() {
+            return Err(CreateTaskError::EmptyRepoUrl);
+        }
+        // The URL becomes an argument of `git clone`: never let it read as a flag.
+        if self.repo_url.starts_with('-')
+            || self.repo_url.len() > limits::MAX_REPO_URL_BYTES
+            || self.repo_url.chars().any(char::is_control)
+        {
+            return Err(CreateTaskError::BadRepoUrl(self.repo_url.clone()));
+        }
+        if self.session_id.is_empty()
+            || self.session_id.len() > limits::MAX_SESSION_ID_BYTES
+            || self.session_id.chars().any(char::is_control)
+        {
+            return Err(CreateTaskError::BadSessionId);
+        }
+        self.intent.validate()?;
+        Ok(())
+    }
+}
+
+/// True for a full git object id in lowercase hex (SHA-1 or SHA-256).
+pub fn is_object_id(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A task as the broker reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Task {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub repo_url: String,
+    pub commit: String,
+    pub prompt: String,
+    pub intent: ExecutionIntent,
+    pub session_id: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// How many times the task has been claimed (0 while queued for the first time).
+    pub attempt: u32,
+    /// Sequence number of the newest event (0 when there is none).
+    pub last_seq: u64,
+    /// Set once the task reached a terminal state.
+    pub outcome: Option<TaskOutcome>,
+}
+
+/// How a finished task ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskOutcome {
+    pub result: TaskResult,
+    /// Pi's last assistant text, when there was one.
+    pub final_text: Option<String>,
+    /// Why it failed (or a note on success).
+    pub reason: Option<String>,
+    pub finished_at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskResult {
+    Succeeded,
+    Failed,
+}
+
+impl TaskResult {
+    pub fn state(self) -> TaskState {
+        match self {
+            TaskResult::Succeeded => TaskState::Succeeded,
+            TaskResult::Failed => TaskState::Failed,
+        }
+    }
+}
+
+/// `GET /v1/tasks?session_id=…` (client): newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+}
+
+/// `POST /v1/runners/enroll` (enrollment secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRunner {
+    /// A name for people and logs, e.g. the host name.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerEnrolled {
+    pub runner_id: String,
+    /// Bearer token for the runner's own calls; shown once, stored hashed.
+    pub runner_token: String,
+}
+
+/// `POST /v1/runners/claim` (runner token): long-poll for a queued task.
+/// Answers 200 with a [`Claim`] or 204 when none came within `wait_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// How long to wait for a task, in milliseconds (capped by the broker at 30000).
+    pub wait_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Claim {
+    pub task: Task,
+    /// This attempt's number (1 for the first claim).
+    pub attempt: u32,
+    /// Bearer token for this task and attempt only: events and completion.
+    pub callback_token: String,
+}
+
+/// `POST /v1/tasks/{id}/events` (callback token).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendEvents {
+    pub events: Vec<NewEvent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventsAppended {
+    /// Seq of the first appended event (`last_seq + 1` of before).
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// `GET /v1/tasks/{id}/events?after=N&limit=M` (client): events with seq > N, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// The task's newest seq when the page was read; more remain when it exceeds the last event's seq.
+    pub last_seq: u64,
+}
+
+/// `POST /v1/tasks/{id}/complete` (callback token): the attempt's verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteTask {
+    pub result: TaskResult,
+    pub final_text: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Every non-2xx answer of the broker carries this body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiError {
+    pub error: ApiErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiErrorDetail {
+    pub code: ApiErrorCode,
+    /// What was wrong and what to do, for people.
+    pub message: String,
+}
+
+/// Stable, machine-readable error codes of the broker API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    /// 401: missing or wrong credential for this route.
+    Unauthorized,
+    /// 404: no such task (or not visible to this caller).
+    NotFound,
+    /// 400/422: the request body or query is malformed or fails validation.
+    InvalidRequest,
+    /// 409: the task is not in a state that allows this (e.g. completing a finished task).
+    Conflict,
+    /// 413: the request is larger than the broker accepts.
+    PayloadTooLarge,
+    /// 500: the broker failed; the message says what to check.
+    Internal,
+}
+
+/// `GET /v1/health`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> CreateTask {
+        CreateTask {
+            repo_url: "https://example.invalid/r.git".into(),
+            commit: "a".repeat(40),
+            prompt: "fix it".into(),
+            intent: ExecutionIntent {
+                auth_profile: "default".into(),
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4-5".into(),
+            },
+            session_id: "s1".into(),
+        }
+    }
+
+    #[test]
+    fn a_plain_task_validates() {
+        task().validate().expect("valid");
+        let mut sha256 = task();
+        sha256.commit = "0f".repeat(32);
+        sha256.validate().expect("sha256 ids are accepted");
+    }
+
+    #[test]
+    fn bad_fields_get_typed_errors() {
+        let mut t = task();
+        t.commit = "HEAD".into();
+        assert!(matches!(t.validate(), Err(CreateTaskError::BadCommit(_))));
+        let mut t = task();
+        t.commit = "A".repeat(40);
+        assert!(matches!(t.validate(), Err(CreateTaskError::BadCommit(_))));
+        let mut t = task();
+        t.prompt = "  \n".into();
+        assert_eq!(t.validate(), Err(CreateTaskError::EmptyPrompt));
+        let mut t = task();
+        t.prompt = "x".repeat(limits::MAX_PROMPT_BYTES + 1);
+        assert!(matches!(t.validate(), Err(CreateTaskError::PromptTooLong { .. })));
+        let mut t = task();
+        t.repo_url = "--upload-pack=evil".into();
+        assert!(matches!(t.validate(), Err(CreateTaskError::BadRepoUrl(_))));
+        let mut t = task();
+        t.session_id = String::new();
+        assert_eq!(t.validate(), Err(CreateTaskError::BadSessionId));
+        let mut t = task();
+        t.intent.model = "-m".into();
+        assert!(matches!(t.validate(), Err(CreateTaskError::Intent(_))));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let json = serde_json::json!({"wait_ms": 10, "extra": 1});
+        assert!(serde_json::from_value::<ClaimRequest>(json).is_err());
+    }
+}
