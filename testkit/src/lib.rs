@@ -1,0 +1,131 @@
+//! Test support shared by the crates' integration tests: the real binaries,
+//! the scripted fake model server and fixture git repositories. Nothing here
+//! stands in for an embark component; it only starts them.
+
+pub mod git;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use embark_core::client::BrokerClient;
+use tempfile::TempDir;
+
+pub use process::Spawned;
+
+/// The workspace root (where `Cargo.toml` with `[workspace]` is).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit sits in the workspace").to_path_buf()
+}
+
+/// Path of a workspace binary built next to the running test.
+///
+/// `cargo test --workspace` builds every binary before it runs a test; a
+/// single-crate run may not, so a missing binary says how to build it.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// A real `embark-broker` on 127.0.0.1 with a fresh SQLite file, stopped on drop.
+pub struct Broker {
+    pub url: String,
+    pub client_secret: String,
+    pub enrollment_secret: String,
+    pub db_path: PathBuf,
+    process: Spawned,
+    _dir: TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir for the broker");
+        let db_path = dir.path().join("broker.db");
+        let client_secret = "test-client-secret-0123456789".to_owned();
+        let enrollment_secret = "test-enrollment-secret-0123456789".to_owned();
+        let mut command = Command::new(bin_path("embark-broker"));
+        command
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--db")
+            .arg(&db_path)
+            .env("EMBARK_CLIENT_SECRET", &client_secret)
+            .env("EMBARK_RUNNER_ENROLLMENT_SECRET", &enrollment_secret)
+            .env("RUST_LOG", "info");
+        let mut process = Spawned::start(command, &dir.path().join("broker.log"));
+        let line = process.read_stdout_line(Duration::from_secs(30));
+        let ready: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("broker's first stdout line is not JSON ({e}): {line:?}"));
+        let addr = ready["listening"].as_str().unwrap_or_else(|| panic!("no `listening` in {ready}"));
+        Broker { url: format!("http://{addr}"), client_secret, enrollment_secret, db_path, process, _dir: dir }
+    }
+
+    pub fn client(&self) -> BrokerClient {
+        BrokerClient::new(&self.url).expect("broker URL is valid")
+    }
+
+    /// Everything the broker logged so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+/// The scripted fake model server (`smoke/fake-model/server.mjs`) on
+/// 127.0.0.1, stopped on drop. Needs `node` on PATH.
+pub struct FakeModel {
+    pub port: u16,
+    process: Spawned,
+    _dir: TempDir,
+}
+
+impl FakeModel {
+    /// `script` is the JSON script (see `smoke/fake-model/README.md`).
+    pub fn start(script: &serde_json::Value) -> FakeModel {
+        let dir = tempfile::tempdir().expect("temp dir for the fake model");
+        let script_path = dir.path().join("script.json");
+        std::fs::write(&script_path, script.to_string()).expect("write fake model script");
+        let mut command = Command::new("node");
+        command
+            .arg(workspace_root().join("smoke/fake-model/server.mjs"))
+            .arg("--script")
+            .arg(&script_path)
+            .arg("--port")
+            .arg("0")
+            .stdin(Stdio::null());
+        let mut process = Spawned::start(command, &dir.path().join("fake-model.log"));
+        let line = process.read_stdout_line(Duration::from_secs(30));
+        let ready: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("fake model's first stdout line is not JSON ({e}): {line:?}"));
+        let port = ready["port"].as_u64().and_then(|p| u16::try_from(p).ok()).expect("fake model reports its port");
+        FakeModel { port, process, _dir: dir }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// Every request the server received, as it logged them (one JSON per line).
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// The Pi binary the smoke package pins (`node_modules/.bin/pi` after `npm ci`).
+pub fn pi_path() -> PathBuf {
+    let path = workspace_root().join("node_modules/.bin/pi");
+    assert!(path.exists(), "{} is missing: run `npm ci` in the workspace root", path.display());
+    path
+}
