@@ -1,0 +1,165 @@
+#!/usr/bin/env node
+// `npm run demo [-- <target repo>]`: the whole embark loop on this machine,
+// on the embedded default — a local SQLite broker, a local runner and Pi with
+// the /embark extension in a target repository.
+//
+// Model: with ANTHROPIC_API_KEY or OPENAI_API_KEY set (or EMBARK_PROVIDER +
+// EMBARK_MODEL with a key Pi knows), the runner uses that real model. With no
+// credentials it uses embark's scripted demo model on 127.0.0.1, labelled as
+// such in every answer, so a newcomer sees the loop offline.
+//
+// In a terminal it opens Pi for you to type `/embark "…"`; without one (CI,
+// a pipe) or with --check it runs one round trip itself and prints it.
+
+import { execFileSync } from "node:child_process";
+import { spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+
+import { stopAll } from "../smoke/lib/process.mjs";
+import { PiRpc } from "../smoke/lib/pi-rpc-client.mjs";
+import { PI_BIN, ROOT, buildBinaries, fakeModels, fixtureRepo, startBroker, startFakeModel, startRunner, writeProfile } from "../smoke/lib/stack.mjs";
+
+const { values: opts, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { check: { type: "boolean", default: false }, help: { type: "boolean", short: "h", default: false } },
+});
+if (opts.help) {
+  process.stdout.write("usage: npm run demo [-- [--check] [<target git repo>]]\n");
+  process.exit(0);
+}
+
+const say = (msg) => process.stdout.write(`[embark demo] ${msg}\n`);
+const STATE = join(ROOT, ".embark-demo");
+
+const DEMO_SCRIPT = {
+  turns: [
+    {
+      tool_calls: [
+        {
+          name: "bash",
+          arguments: { command: "echo \"embark's scripted demo model was here ($(date -u +%FT%TZ))\" >> EMBARK_DEMO.txt && ls" },
+        },
+      ],
+    },
+    {
+      text:
+        "[embark demo model — scripted, not a real LLM] I received your task: “{{last_user_text}}”. " +
+        "I ran one bash tool call in the runner's workspace, which appended a line to EMBARK_DEMO.txt. " +
+        "Set ANTHROPIC_API_KEY or OPENAI_API_KEY and rerun the demo to use a real model.",
+    },
+  ],
+};
+
+/** Which model the runner uses, and the profile files that carry its credential. */
+function chooseModel() {
+  const env = process.env;
+  if (env.EMBARK_PROVIDER && env.EMBARK_MODEL) return { provider: env.EMBARK_PROVIDER, model: env.EMBARK_MODEL, auth: {}, real: true };
+  if (env.ANTHROPIC_API_KEY)
+    return { provider: "anthropic", model: "claude-sonnet-4-5", auth: { anthropic: { type: "api_key", key: env.ANTHROPIC_API_KEY } }, real: true };
+  if (env.OPENAI_API_KEY) return { provider: "openai", model: "gpt-5.1", auth: { openai: { type: "api_key", key: env.OPENAI_API_KEY } }, real: true };
+  return { provider: "fake", model: "fake-model", auth: {}, real: false };
+}
+
+function targetRepo() {
+  if (positionals[0]) {
+    const path = resolve(positionals[0]);
+    execFileSync("git", ["-C", path, "rev-parse", "--show-toplevel"], { stdio: "ignore" });
+    return path;
+  }
+  const dir = join(STATE, "repo");
+  if (!existsSync(join(dir, "work", ".git"))) fixtureRepo(dir);
+  return join(dir, "work");
+}
+
+async function main() {
+  if (!existsSync(PI_BIN)) {
+    say("installing npm packages (Pi 0.73.1 and the extension's tools): npm ci");
+    execFileSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: ROOT, stdio: "inherit" });
+  }
+  say("building embark (cargo build --release); the first build takes a few minutes");
+  const bin = buildBinaries({ release: true });
+  mkdirSync(STATE, { recursive: true });
+  const repo = targetRepo();
+  const choice = chooseModel();
+
+  const settings = { retry: { enabled: false, provider: { maxRetries: 0 } } };
+  const profileFiles = { "settings.json": settings };
+  let model;
+  if (!choice.real) {
+    model = await startFakeModel(STATE, DEMO_SCRIPT);
+    profileFiles["models.json"] = fakeModels(model.baseUrl);
+    say(`no model credentials found: using embark's SCRIPTED DEMO MODEL (not a real LLM) on ${model.baseUrl}`);
+  } else {
+    say(`using the real model ${choice.provider}/${choice.model}`);
+  }
+  if (Object.keys(choice.auth).length) profileFiles["auth.json"] = choice.auth;
+  const profiles = join(STATE, "profiles");
+  const profileDir = writeProfile(profiles, "default", profileFiles);
+  if (profileFiles["auth.json"]) chmodSync(join(profileDir, "auth.json"), 0o600);
+
+  const secrets = { client: "demo-client-secret-0123456789", enrollment: "demo-enrollment-secret-0123456789" };
+  const broker = await startBroker(STATE, bin, secrets);
+  startRunner(STATE, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces: join(STATE, "spaces"), profiles, name: "demo-runner" });
+  say(`broker ${broker.url} (SQLite ${join(STATE, "broker.db")}), runner spaces ${join(STATE, "spaces")}`);
+
+  const laptopAgent = join(STATE, "laptop-agent");
+  mkdirSync(laptopAgent, { recursive: true });
+  if (model) {
+    writeFileSync(join(laptopAgent, "models.json"), JSON.stringify(fakeModels(model.baseUrl), null, 2));
+    writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify({ ...settings, defaultProvider: "fake", defaultModel: "fake-model" }));
+  }
+  const env = {
+    ...process.env,
+    PI_CODING_AGENT_DIR: laptopAgent,
+    PI_OFFLINE: "1",
+    EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
+    EMBARK_BROKER_URL: broker.url,
+    EMBARK_CLIENT_SECRET: secrets.client,
+    EMBARK_PROFILE: "default",
+    EMBARK_PROVIDER: choice.provider,
+    EMBARK_MODEL: choice.model,
+  };
+  const piArgs = ["-e", join(ROOT, "extension-shim")];
+
+  if (opts.check || !process.stdin.isTTY) {
+    await roundTrip(repo, env, piArgs);
+    return;
+  }
+  say(`opening Pi in ${repo}. Try:\n    /embark "add a file hello.txt that says hi"\n    /embark status\n  Quit Pi (Ctrl+D) to stop the broker and runner.`);
+  const pi = spawn(PI_BIN, piArgs, { cwd: repo, env, stdio: "inherit" });
+  await new Promise((done) => pi.on("exit", done));
+}
+
+/** One task's round trip through laptop Pi in RPC mode, printed as it goes. */
+async function roundTrip(repo, env, piArgs) {
+  const pi = PiRpc.start({ piBin: PI_BIN, cwd: repo, env, args: [...piArgs, "--no-session"], logPath: join(STATE, "laptop-pi.log") });
+  const prompt = "add a file hello.txt that says hi";
+  say(`/embark "${prompt}"`);
+  const submitted = await pi.embark(JSON.stringify(prompt));
+  for (const note of submitted.notes) process.stdout.write(`${note.message}\n`);
+  const id = submitted.notes.map((n) => n.message).join("\n").match(/task ([0-9a-f]{8})/)?.[1];
+  if (!id) throw new Error("the submit did not name a task");
+  const deadline = Date.now() + 300_000;
+  for (;;) {
+    const status = await pi.embark(`status ${id}`);
+    const text = status.notes.map((n) => n.message).join("\n");
+    if (/\b(succeeded|failed|cancelled)\b/.test(text) || Date.now() > deadline) {
+      say(`/embark status ${id}`);
+      process.stdout.write(`${text}\n`);
+      for (const message of status.messages) process.stdout.write(`${message.content}\n`);
+      if (!/\bsucceeded\b/.test(text)) throw new Error(`task ${id} did not succeed`);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+main()
+  .then(() => stopAll())
+  .catch(async (err) => {
+    await stopAll();
+    process.stderr.write(`[embark demo] failed: ${err.message}\nlogs: ${STATE}/*.log\n`);
+    process.exit(1);
+  });

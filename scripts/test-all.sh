@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every test CI runs, in the order CI runs them (README: `npm test`).
+# Needs cargo, node >= 20.18.1 and git on PATH; installs the npm packages itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ ! -x node_modules/.bin/pi ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  step "npm ci"
+  npm ci --no-audit --no-fund
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (the binaries the integration tests and smoke scripts start)"
+cargo build --workspace --locked
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "extension shim: generated types, typecheck, tests"
+npm run check:types -w extension-shim
+npm run typecheck -w extension-shim
+npm test -w extension-shim
+
+step "smoke: pi-rpc (real Pi, real binaries, scripted fake model)"
+npm run smoke:pi-rpc

@@ -1,0 +1,120 @@
+// The embark stack on one machine, as the smoke scripts and the demo run it:
+// the real binaries, real Pi, real git, the scripted fake model on 127.0.0.1.
+
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { readyLine, start } from "./process.mjs";
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const PI_BIN = join(ROOT, "node_modules", ".bin", "pi");
+
+/** Builds the three binaries (a no-op when up to date) and returns their directory. */
+export function buildBinaries({ release = false } = {}) {
+  const args = ["build", "--quiet", "-p", "embark-broker", "-p", "embark-runner", "-p", "embark-sidecar"];
+  if (release) args.push("--release");
+  execFileSync("cargo", args, { cwd: ROOT, stdio: ["ignore", "inherit", "inherit"] });
+  return join(ROOT, "target", release ? "release" : "debug");
+}
+
+export function requirePi() {
+  if (!existsSync(PI_BIN)) throw new Error(`${PI_BIN} is missing: run \`npm ci\` in ${ROOT}`);
+  return PI_BIN;
+}
+
+export function git(cwd, ...args) {
+  return execFileSync("git", args, {
+    cwd,
+    encoding: "utf8",
+    env: {
+      ...process.env,
+      GIT_AUTHOR_NAME: "embark-smoke",
+      GIT_AUTHOR_EMAIL: "smoke@embark.invalid",
+      GIT_COMMITTER_NAME: "embark-smoke",
+      GIT_COMMITTER_EMAIL: "smoke@embark.invalid",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  }).trim();
+}
+
+/** A working repository with one pushed commit and a bare `origin` beside it. */
+export function fixtureRepo(dir) {
+  const origin = join(dir, "origin.git");
+  const work = join(dir, "work");
+  mkdirSync(work, { recursive: true });
+  git(dir, "init", "-q", "--bare", "-b", "main", origin);
+  git(work, "init", "-q", "-b", "main");
+  writeFileSync(join(work, "README.md"), "# embark fixture\n");
+  git(work, "add", "README.md");
+  git(work, "commit", "-q", "-m", "initial");
+  git(work, "remote", "add", "origin", origin);
+  git(work, "push", "-q", "-u", "origin", "main");
+  return { work, origin, head: git(work, "rev-parse", "HEAD") };
+}
+
+export async function startFakeModel(dir, script) {
+  const scriptPath = join(dir, "fake-model-script.json");
+  writeFileSync(scriptPath, JSON.stringify(script, null, 2));
+  const proc = start("fake-model", process.execPath, [join(ROOT, "smoke", "fake-model", "server.mjs"), "--script", scriptPath, "--port", "0"], {
+    cwd: dir,
+    env: process.env,
+    logPath: join(dir, "fake-model.log"),
+  });
+  const { port } = await readyLine(proc);
+  return { proc, port, baseUrl: `http://127.0.0.1:${port}/v1` };
+}
+
+export const fakeModels = (baseUrl) => ({
+  providers: {
+    fake: {
+      baseUrl,
+      api: "openai-completions",
+      apiKey: "fake-key",
+      compat: { supportsDeveloperRole: false, supportsReasoningEffort: false },
+      models: [
+        {
+          id: "fake-model",
+          name: "embark scripted demo model (not a real LLM)",
+          reasoning: false,
+          input: ["text"],
+          contextWindow: 128000,
+          maxTokens: 4096,
+          cost: { input: 0, output: 0, cacheRead: 0, cacheWrite: 0 },
+        },
+      ],
+    },
+  },
+});
+
+/** Writes a runner auth profile: `files` maps file name (models.json, auth.json, settings.json) to JSON. */
+export function writeProfile(profilesDir, name, files) {
+  const dir = join(profilesDir, name);
+  mkdirSync(dir, { recursive: true });
+  for (const [file, json] of Object.entries(files)) writeFileSync(join(dir, file), JSON.stringify(json, null, 2));
+  return dir;
+}
+
+export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
+  const proc = start("embark-broker", join(bin, "embark-broker"), ["--listen", listen, "--db", join(dir, "broker.db")], {
+    cwd: dir,
+    env: {
+      ...process.env,
+      EMBARK_CLIENT_SECRET: secrets.client,
+      EMBARK_RUNNER_ENROLLMENT_SECRET: secrets.enrollment,
+      RUST_LOG: process.env.RUST_LOG ?? "info",
+    },
+    logPath: join(dir, "broker.log"),
+  });
+  const { listening } = await readyLine(proc);
+  return { proc, url: `http://${listening}` };
+}
+
+export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, profiles, name = "local-runner" }) {
+  return start("embark-runner", join(bin, "embark-runner"), ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", requirePi(), "--name", name], {
+    cwd: dir,
+    env: { ...process.env, EMBARK_RUNNER_ENROLLMENT_SECRET: enrollmentSecret, RUST_LOG: process.env.RUST_LOG ?? "info" },
+    logPath: join(dir, "runner.log"),
+  });
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env node
+// smoke:pi-rpc — one task end to end through every real component:
+// laptop Pi (RPC mode, /embark extension) → embark-sidecar → embark-broker
+// (SQLite) → embark-runner → runner-side Pi → scripted fake model on 127.0.0.1.
+// The runner's Pi makes a bash tool call that creates a file in the remote
+// workspace; the task succeeds and `/embark status` shows the result text.
+
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+import { stopAll } from "./lib/process.mjs";
+import { PiRpc } from "./lib/pi-rpc-client.mjs";
+import {
+  ROOT,
+  buildBinaries,
+  fakeModels,
+  fixtureRepo,
+  requirePi,
+  startBroker,
+  startFakeModel,
+  startRunner,
+  writeProfile,
+} from "./lib/stack.mjs";
+
+const PROMPT = "create remote.txt saying remote hello";
+const FINAL_TEXT = "done: remote.txt now says remote hello";
+const SCRIPT = {
+  turns: [
+    { tool_calls: [{ name: "bash", arguments: { command: "echo 'remote hello' > remote.txt && cat remote.txt" } }] },
+    { text: FINAL_TEXT },
+  ],
+};
+
+const dir = mkdtempSync(join(tmpdir(), "embark-smoke-pi-rpc-"));
+const step = (msg) => process.stdout.write(`[smoke:pi-rpc] ${msg}\n`);
+const fail = (msg) => {
+  throw new Error(msg);
+};
+
+async function main() {
+  const piBin = requirePi();
+  step("building binaries");
+  const bin = buildBinaries();
+  const repo = fixtureRepo(join(dir, "repo"));
+  step(`fixture repo ${repo.work} at ${repo.head.slice(0, 12)}`);
+
+  const model = await startFakeModel(dir, SCRIPT);
+  const secrets = { client: "smoke-client-secret-0123456789", enrollment: "smoke-enrollment-secret-0123456789" };
+  const broker = await startBroker(dir, bin, secrets);
+  step(`broker on ${broker.url}, fake model on ${model.baseUrl}`);
+
+  const profiles = join(dir, "profiles");
+  writeProfile(profiles, "default", {
+    "models.json": fakeModels(model.baseUrl),
+    "settings.json": { retry: { enabled: false, provider: { maxRetries: 0 } } },
+  });
+  const spaces = join(dir, "spaces");
+  startRunner(dir, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces, profiles, name: "smoke-runner" });
+
+  // The laptop: its own Pi config dir and HOME, nothing from the real one.
+  const laptopAgent = join(dir, "laptop-agent");
+  const laptopHome = join(dir, "laptop-home");
+  mkdirSync(laptopAgent, { recursive: true });
+  mkdirSync(laptopHome, { recursive: true });
+  writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify({ retry: { enabled: false } }));
+  const pi = PiRpc.start({
+    piBin,
+    cwd: repo.work,
+    args: ["-e", join(ROOT, "extension-shim"), "--no-session"],
+    logPath: join(dir, "laptop-pi.log"),
+    env: {
+      ...process.env,
+      HOME: laptopHome,
+      PI_CODING_AGENT_DIR: laptopAgent,
+      PI_OFFLINE: "1",
+      EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
+      EMBARK_CONFIG: join(dir, "no-such-config.toml"),
+      EMBARK_BROKER_URL: broker.url,
+      EMBARK_CLIENT_SECRET: secrets.client,
+      EMBARK_PROFILE: "default",
+      EMBARK_PROVIDER: "fake",
+      EMBARK_MODEL: "fake-model",
+    },
+  });
+
+  const commands = await pi.call({ type: "get_commands" });
+  if (!commands.response.data.commands.some((c) => c.name === "embark")) fail("/embark is not registered");
+  step("laptop Pi has /embark");
+
+  const submitted = await pi.embark(JSON.stringify(PROMPT));
+  const submitText = submitted.notes.map((n) => n.message).join("\n");
+  step(`submit said: ${submitText.split("\n")[0]}`);
+  const idMatch = submitText.match(/task ([0-9a-f]{8})/);
+  if (!idMatch) fail(`submit did not name a task: ${submitText}`);
+  const shortId = idMatch[1];
+
+  // Poll status (bounded) until the task is finished.
+  let status;
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    status = await pi.embark(`status ${shortId}`);
+    const text = status.notes.map((n) => n.message).join("\n");
+    if (/\b(succeeded|failed|cancelled)\b/.test(text)) break;
+    if (Date.now() > deadline) fail(`task ${shortId} did not finish within 120 s; last status:\n${text}`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  const statusText = status.notes.map((n) => n.message).join("\n");
+  const shown = [statusText, ...status.messages.map((m) => m.content)].join("\n");
+  step(`status:\n${statusText}`);
+  if (!/\bsucceeded\b/.test(statusText)) fail(`task did not succeed:\n${shown}`);
+  if (!shown.includes(FINAL_TEXT)) fail(`status does not show the result text ${JSON.stringify(FINAL_TEXT)}:\n${shown}`);
+
+  const [fullId] = readdirSync(spaces).filter((d) => d.replaceAll("-", "").startsWith(shortId));
+  if (!fullId) fail(`no task directory for ${shortId} under ${spaces}`);
+  const created = join(spaces, fullId, "workspace", "remote.txt");
+  if (!existsSync(created)) fail(`${created} was not created by the runner's Pi`);
+  const content = readFileSync(created, "utf8");
+  if (content !== "remote hello\n") fail(`${created} holds ${JSON.stringify(content)}`);
+  if (existsSync(join(repo.work, "remote.txt"))) fail("the laptop's working tree was touched");
+  step(`remote workspace file ${created} = ${JSON.stringify(content)}`);
+  step("OK");
+}
+
+main()
+  .then(async () => {
+    await stopAll();
+    process.stdout.write(`smoke:pi-rpc: 1 passed, 0 failed\n`);
+  })
+  .catch(async (err) => {
+    await stopAll();
+    process.stderr.write(`[smoke:pi-rpc] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
+    process.exit(1);
+  });
