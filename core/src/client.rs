@@ -27,7 +27,11 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     #[error("the broker answered {status} ({code:?}): {message}")]
-    Api { status: u16, code: ApiErrorCode, message: String },
+    Api {
+        status: u16,
+        code: ApiErrorCode,
+        message: String,
+    },
     #[error("the broker answered {status} with a body that is not an embark error: {body}")]
     Unexpected { status: u16, body: String },
     #[error("could not read the broker's answer to {what}: {source}")]
@@ -71,7 +75,10 @@ impl BrokerClient {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("embark/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ClientError::BadUrl { url: base_url.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::BadUrl {
+                url: base_url.to_owned(),
+                reason: e.to_string(),
+            })?;
         Ok(Self { base, http })
     }
 
@@ -80,22 +87,37 @@ impl BrokerClient {
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
-        self.send(Method::GET, "/v1/health", None, None::<&()>, REQUEST_TIMEOUT).await
+        self.send(Method::GET, "/v1/health", None, None::<&()>, REQUEST_TIMEOUT)
+            .await
     }
 
     pub async fn create_task(&self, client_secret: &str, task: &CreateTask) -> Result<Task, ClientError> {
-        self.send(Method::POST, "/v1/tasks", Some(client_secret), Some(task), REQUEST_TIMEOUT).await
+        self.send(
+            Method::POST,
+            "/v1/tasks",
+            Some(client_secret),
+            Some(task),
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn get_task(&self, client_secret: &str, id: TaskId) -> Result<Task, ClientError> {
-        self.send(Method::GET, &format!("/v1/tasks/{id}"), Some(client_secret), None::<&()>, REQUEST_TIMEOUT)
-            .await
+        self.send(
+            Method::GET,
+            &format!("/v1/tasks/{id}"),
+            Some(client_secret),
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     /// The session's tasks, newest first.
     pub async fn list_session_tasks(&self, client_secret: &str, session_id: &str) -> Result<TaskList, ClientError> {
         let query = format!("/v1/tasks?session_id={}", encode_query(session_id));
-        self.send(Method::GET, &query, Some(client_secret), None::<&()>, REQUEST_TIMEOUT).await
+        self.send(Method::GET, &query, Some(client_secret), None::<&()>, REQUEST_TIMEOUT)
+            .await
     }
 
     /// Events with seq > `after`, oldest first, at most `limit`.
@@ -107,20 +129,34 @@ impl BrokerClient {
         limit: u32,
     ) -> Result<EventPage, ClientError> {
         let path = format!("/v1/tasks/{id}/events?after={after}&limit={limit}");
-        self.send(Method::GET, &path, Some(client_secret), None::<&()>, REQUEST_TIMEOUT).await
+        self.send(Method::GET, &path, Some(client_secret), None::<&()>, REQUEST_TIMEOUT)
+            .await
     }
 
     pub async fn enroll(&self, enrollment_secret: &str, name: &str) -> Result<RunnerEnrolled, ClientError> {
         let body = EnrollRunner { name: name.to_owned() };
-        self.send(Method::POST, "/v1/runners/enroll", Some(enrollment_secret), Some(&body), REQUEST_TIMEOUT)
-            .await
+        self.send(
+            Method::POST,
+            "/v1/runners/enroll",
+            Some(enrollment_secret),
+            Some(&body),
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     /// Long-polls for a task; `None` when none came within `wait_ms`.
     pub async fn claim(&self, runner_token: &str, wait_ms: u64) -> Result<Option<Claim>, ClientError> {
         let body = ClaimRequest { wait_ms };
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(wait_ms);
-        self.send(Method::POST, "/v1/runners/claim", Some(runner_token), Some(&body), timeout).await
+        self.send(
+            Method::POST,
+            "/v1/runners/claim",
+            Some(runner_token),
+            Some(&body),
+            timeout,
+        )
+        .await
     }
 
     pub async fn append_events(
@@ -130,12 +166,25 @@ impl BrokerClient {
         events: &AppendEvents,
     ) -> Result<EventsAppended, ClientError> {
         let path = format!("/v1/tasks/{id}/events");
-        self.send(Method::POST, &path, Some(callback_token), Some(events), REQUEST_TIMEOUT).await
+        self.send(Method::POST, &path, Some(callback_token), Some(events), REQUEST_TIMEOUT)
+            .await
     }
 
-    pub async fn complete(&self, callback_token: &str, id: TaskId, verdict: &CompleteTask) -> Result<Task, ClientError> {
+    pub async fn complete(
+        &self,
+        callback_token: &str,
+        id: TaskId,
+        verdict: &CompleteTask,
+    ) -> Result<Task, ClientError> {
         let path = format!("/v1/tasks/{id}/complete");
-        self.send(Method::POST, &path, Some(callback_token), Some(verdict), REQUEST_TIMEOUT).await
+        self.send(
+            Method::POST,
+            &path,
+            Some(callback_token),
+            Some(verdict),
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     /// One request. 204 decodes as JSON `null`, so `Option<T>` answers `None`.
@@ -155,10 +204,10 @@ impl BrokerClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let response = request.send().await.map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
             return serde_json::from_value(serde_json::Value::Null).map_err(|_| ClientError::Unexpected {
@@ -167,7 +216,10 @@ impl BrokerClient {
             });
         }
         if status.is_success() {
-            return response.json().await.map_err(|source| ClientError::Decode { what: path.to_owned(), source });
+            return response.json().await.map_err(|source| ClientError::Decode {
+                what: path.to_owned(),
+                source,
+            });
         }
         let text = response.text().await.unwrap_or_default();
         match serde_json::from_str::<ApiError>(&text) {
@@ -176,7 +228,10 @@ impl BrokerClient {
                 code: api.error.code,
                 message: api.error.message,
             }),
-            Err(_) => Err(ClientError::Unexpected { status: status.as_u16(), body: truncate(&text, 500) }),
+            Err(_) => Err(ClientError::Unexpected {
+                status: status.as_u16(),
+                body: truncate(&text, 500),
+            }),
         }
     }
 }

@@ -21,11 +21,19 @@ pub enum IntentError {
     #[error("{field} is empty: name one (e.g. --{flag} <name>)")]
     Empty { field: &'static str, flag: &'static str },
     #[error("{field} {value:?} is too long: at most {max} bytes")]
-    TooLong { field: &'static str, value: String, max: usize },
+    TooLong {
+        field: &'static str,
+        value: String,
+        max: usize,
+    },
     #[error(
         "{field} {value:?} has a character that is not allowed: use letters, digits and {allowed} (and do not start with '-')"
     )]
-    BadCharacter { field: &'static str, value: String, allowed: &'static str },
+    BadCharacter {
+        field: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
 }
 
 impl ExecutionIntent {
@@ -51,11 +59,19 @@ fn check_name(
         return Err(IntentError::Empty { field, flag });
     }
     if value.len() > max {
-        return Err(IntentError::TooLong { field, value: value.to_owned(), max });
+        return Err(IntentError::TooLong {
+            field,
+            value: value.to_owned(),
+            max,
+        });
     }
     let ok_char = |c: char| c.is_ascii_alphanumeric() || allowed.contains(c);
     if value.starts_with('-') || !value.chars().all(ok_char) {
-        return Err(IntentError::BadCharacter { field, value: value.to_owned(), allowed });
+        return Err(IntentError::BadCharacter {
+            field,
+            value: value.to_owned(),
+            allowed,
+        });
     }
     Ok(())
 }
@@ -65,13 +81,21 @@ mod tests {
     use super::*;
 
     fn intent(profile: &str, provider: &str, model: &str) -> ExecutionIntent {
-        ExecutionIntent { auth_profile: profile.into(), provider: provider.into(), model: model.into() }
+        ExecutionIntent {
+            auth_profile: profile.into(),
+            provider: provider.into(),
+            model: model.into(),
+        }
     }
 
     #[test]
     fn ordinary_names_pass() {
-        intent("default", "anthropic", "claude-sonnet-4-5").validate().expect("valid");
-        intent("team.ci", "openrouter", "meta-llama/llama-3.1:free").validate().expect("valid");
+        intent("default", "anthropic", "claude-sonnet-4-5")
+            .validate()
+            .expect("valid");
+        intent("team.ci", "openrouter", "meta-llama/llama-3.1:free")
+            .validate()
+            .expect("valid");
     }
 
     #[test]
@@ -86,9 +110,15 @@ mod tests {
         ));
         assert!(matches!(
             intent("de fault", "p", "m").validate(),
-            Err(IntentError::BadCharacter { field: "auth profile", .. })
+            Err(IntentError::BadCharacter {
+                field: "auth profile",
+                ..
+            })
         ));
-        assert!(matches!(intent("", "p", "m").validate(), Err(IntentError::Empty { .. })));
+        assert!(matches!(
+            intent("", "p", "m").validate(),
+            Err(IntentError::Empty { .. })
+        ));
         assert!(matches!(
             intent("p", "p", &"m".repeat(129)).validate(),
             Err(IntentError::TooLong { .. })

@@ -17,3 +17,5 @@ pub const MAX_RESULT_TEXT_BYTES: usize = 1024 * 1024;
 pub const MAX_EVENTS_PER_PAGE: u32 = 1000;
 /// Longest a claim long-poll may wait, in milliseconds.
 pub const MAX_CLAIM_WAIT_MS: u64 = 30_000;
+/// Largest request body the broker reads, in bytes; batch event appends below it.
+pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;

@@ -211,7 +211,10 @@ mod tests {
 
     #[test]
     fn blocks_are_tagged_by_type() {
-        let block = Block::Text { text: "hi".into(), tone: Tone::Info };
+        let block = Block::Text {
+            text: "hi".into(),
+            tone: Tone::Info,
+        };
         let json = serde_json::to_value(&block).expect("serializes");
         assert_eq!(json, serde_json::json!({"type": "text", "text": "hi", "tone": "info"}));
     }

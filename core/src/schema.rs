@@ -20,8 +20,14 @@ pub struct SchemaDocument {
 /// Every document `schemas/` must hold.
 pub fn documents() -> Vec<SchemaDocument> {
     vec![
-        SchemaDocument { path: "v1/sidecar-protocol.json", json: sidecar_protocol() },
-        SchemaDocument { path: "v1/broker-api.json", json: broker_api() },
+        SchemaDocument {
+            path: "v1/sidecar-protocol.json",
+            json: sidecar_protocol(),
+        },
+        SchemaDocument {
+            path: "v1/broker-api.json",
+            json: broker_api(),
+        },
     ]
 }
 
@@ -33,7 +39,10 @@ struct Bundle {
 
 impl Bundle {
     fn new() -> Self {
-        Self { generator: SchemaSettings::draft2020_12().into_generator(), roots: Map::new() }
+        Self {
+            generator: SchemaSettings::draft2020_12().into_generator(),
+            roots: Map::new(),
+        }
     }
 
     fn add<T: JsonSchema>(mut self) -> Self {

@@ -16,8 +16,7 @@ fn schemas_match_the_code() {
         let path = schemas_dir().join(doc.path);
         let want = render(&doc.json);
         if update {
-            std::fs::create_dir_all(path.parent().expect("schema paths have a folder"))
-                .expect("create schemas folder");
+            std::fs::create_dir_all(path.parent().expect("schema paths have a folder")).expect("create schemas folder");
             std::fs::write(&path, &want).expect("write schema");
             continue;
         }

@@ -35,12 +35,25 @@ pub fn fixture(parent: &Path) -> FixtureRepo {
     let origin = parent.join("origin.git");
     let work = parent.join("work");
     std::fs::create_dir_all(&work).expect("create work dir");
-    git(parent, &["init", "-q", "--bare", "-b", "main", origin.to_str().expect("utf-8 path")]);
+    git(
+        parent,
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            origin.to_str().expect("utf-8 path"),
+        ],
+    );
     git(&work, &["init", "-q", "-b", "main"]);
     std::fs::write(work.join("README.md"), "# fixture\n").expect("write README");
     git(&work, &["add", "README.md"]);
     git(&work, &["commit", "-q", "-m", "initial"]);
-    git(&work, &["remote", "add", "origin", origin.to_str().expect("utf-8 path")]);
+    git(
+        &work,
+        &["remote", "add", "origin", origin.to_str().expect("utf-8 path")],
+    );
     git(&work, &["push", "-q", "origin", "main"]);
     let head = git(&work, &["rev-parse", "HEAD"]);
     FixtureRepo { work, origin, head }

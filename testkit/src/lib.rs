@@ -16,7 +16,10 @@ pub use process::Spawned;
 
 /// The workspace root (where `Cargo.toml` with `[workspace]` is).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit sits in the workspace")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary built next to the running test.
@@ -26,7 +29,10 @@ pub fn workspace_root() -> PathBuf {
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),
@@ -65,8 +71,17 @@ impl Broker {
         let line = process.read_stdout_line(Duration::from_secs(30));
         let ready: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("broker's first stdout line is not JSON ({e}): {line:?}"));
-        let addr = ready["listening"].as_str().unwrap_or_else(|| panic!("no `listening` in {ready}"));
-        Broker { url: format!("http://{addr}"), client_secret, enrollment_secret, db_path, process, _dir: dir }
+        let addr = ready["listening"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no `listening` in {ready}"));
+        Broker {
+            url: format!("http://{addr}"),
+            client_secret,
+            enrollment_secret,
+            db_path,
+            process,
+            _dir: dir,
+        }
     }
 
     pub fn client(&self) -> BrokerClient {
@@ -109,8 +124,15 @@ impl FakeModel {
         let line = process.read_stdout_line(Duration::from_secs(30));
         let ready: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("fake model's first stdout line is not JSON ({e}): {line:?}"));
-        let port = ready["port"].as_u64().and_then(|p| u16::try_from(p).ok()).expect("fake model reports its port");
-        FakeModel { port, process, _dir: dir }
+        let port = ready["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .expect("fake model reports its port");
+        FakeModel {
+            port,
+            process,
+            _dir: dir,
+        }
     }
 
     pub fn base_url(&self) -> String {
@@ -126,6 +148,10 @@ impl FakeModel {
 /// The Pi binary the smoke package pins (`node_modules/.bin/pi` after `npm ci`).
 pub fn pi_path() -> PathBuf {
     let path = workspace_root().join("node_modules/.bin/pi");
-    assert!(path.exists(), "{} is missing: run `npm ci` in the workspace root", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `npm ci` in the workspace root",
+        path.display()
+    );
     path
 }

@@ -29,7 +29,11 @@ impl Spawned {
                 }
             }
         });
-        Spawned { child, lines, log_path: log_path.to_path_buf() }
+        Spawned {
+            child,
+            lines,
+            log_path: log_path.to_path_buf(),
+        }
     }
 
     /// The next stdout line; panics with the child's log if none comes in time.
@@ -38,7 +42,10 @@ impl Spawned {
             Ok(line) => line,
             Err(e) => {
                 let status = self.child.try_wait().ok().flatten();
-                panic!("no stdout line within {timeout:?} ({e}); exit status {status:?}; log:\n{}", self.log())
+                panic!(
+                    "no stdout line within {timeout:?} ({e}); exit status {status:?}; log:\n{}",
+                    self.log()
+                )
             }
         }
     }

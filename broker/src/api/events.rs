@@ -1,0 +1,45 @@
+//! Event routes: append (callback token of the current attempt), read (client secret).
+
+use axum::Json;
+use axum::extract::State;
+use embark_core::limits;
+use embark_core::wire::{AppendEvents, EventPage, EventsAppended};
+use serde::Deserialize;
+
+use super::App;
+use super::error::ApiFailure;
+use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
+use super::tasks::page_limit;
+use crate::store::Store;
+use crate::validate;
+
+const DEFAULT_PAGE_LIMIT: u32 = 100;
+
+pub async fn append<S: Store>(
+    CallbackCaller(token): CallbackCaller,
+    State(app): State<App<S>>,
+    TaskPath(id): TaskPath,
+    ApiJson(request): ApiJson<AppendEvents>,
+) -> Result<Json<EventsAppended>, ApiFailure> {
+    validate::append(&request)?;
+    let appended = app.store.append_events(id, &token, &request.events).await?;
+    tracing::debug!(task = %id, first = appended.first_seq, last = appended.last_seq, "events appended");
+    Ok(Json(appended))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+pub async fn read<S: Store>(
+    _: ClientCaller,
+    State(app): State<App<S>>,
+    TaskPath(id): TaskPath,
+    ApiQuery(query): ApiQuery<ReadQuery>,
+) -> Result<Json<EventPage>, ApiFailure> {
+    let limit = page_limit(query.limit, DEFAULT_PAGE_LIMIT, limits::MAX_EVENTS_PER_PAGE)?;
+    Ok(Json(app.store.events_after(id, query.after.unwrap_or(0), limit).await?))
+}

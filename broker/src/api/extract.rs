@@ -1,0 +1,134 @@
+//! Extractors whose rejections are `ApiError` bodies, and the caller
+//! credentials of each route kind.
+
+use axum::Json;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use embark_core::task::TaskId;
+use serde::de::DeserializeOwned;
+
+use super::App;
+use super::error::ApiFailure;
+use crate::auth::{BearerError, TokenHash, bearer};
+use crate::store::{Runner, Store};
+
+/// `Json<T>` whose failures say what was wrong, as an `ApiError`.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiFailure> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiFailure::from_json_rejection(rejection)),
+        }
+    }
+}
+
+/// `Query<T>` whose failures are `ApiError`s.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiFailure::from_query_rejection(rejection)),
+        }
+    }
+}
+
+/// The `{id}` of a task route.
+pub struct TaskPath(pub TaskId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiFailure::invalid(rejection.body_text()))?;
+        raw.parse().map(TaskPath).map_err(|_| {
+            ApiFailure::invalid(format!(
+                "task id {raw:?} is not a UUID (the full id, not a short prefix)"
+            ))
+        })
+    }
+}
+
+fn credential<'a>(parts: &'a Parts, what: &str) -> Result<&'a str, ApiFailure> {
+    bearer(&parts.headers).map_err(|error| {
+        let problem = match error {
+            BearerError::Missing => "no credential",
+            BearerError::Malformed => "the Authorization header is not `Bearer <credential>`",
+        };
+        ApiFailure::unauthorized(format!("{problem}: this route needs `Authorization: Bearer <{what}>`"))
+    })
+}
+
+/// A caller holding the client secret.
+pub struct ClientCaller;
+
+impl<S: Store> FromRequestParts<App<S>> for ClientCaller {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
+        let presented = credential(parts, "client secret")?;
+        if app.client_secret.verify(presented) {
+            Ok(ClientCaller)
+        } else {
+            Err(ApiFailure::unauthorized(
+                "the bearer credential is not this broker's client secret",
+            ))
+        }
+    }
+}
+
+/// A caller holding the runner enrollment secret.
+pub struct EnrollmentCaller;
+
+impl<S: Store> FromRequestParts<App<S>> for EnrollmentCaller {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
+        let presented = credential(parts, "runner enrollment secret")?;
+        if app.enrollment_secret.verify(presented) {
+            Ok(EnrollmentCaller)
+        } else {
+            Err(ApiFailure::unauthorized(
+                "the bearer credential is not this broker's runner enrollment secret",
+            ))
+        }
+    }
+}
+
+/// An enrolled runner, identified by its runner token.
+pub struct RunnerCaller(pub Runner);
+
+impl<S: Store> FromRequestParts<App<S>> for RunnerCaller {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
+        let presented = credential(parts, "runner token")?;
+        match app.store.runner_by_token(&TokenHash::of(presented)).await? {
+            Some(runner) => Ok(RunnerCaller(runner)),
+            None => Err(ApiFailure::unauthorized(
+                "the bearer credential is not a runner token of this broker: enroll with the enrollment secret",
+            )),
+        }
+    }
+}
+
+/// The hash of a presented callback token; the store checks it against the
+/// task's current attempt in the same transaction as the write.
+pub struct CallbackCaller(pub TokenHash);
+
+impl<S: Send + Sync> FromRequestParts<S> for CallbackCaller {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiFailure> {
+        credential(parts, "callback token").map(|token| CallbackCaller(TokenHash::of(token)))
+    }
+}

@@ -1,0 +1,50 @@
+//! Runner routes: enroll (enrollment secret), claim (runner token).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use embark_core::wire::{ClaimRequest, EnrollRunner, RunnerEnrolled};
+
+use super::App;
+use super::error::ApiFailure;
+use super::extract::{ApiJson, EnrollmentCaller, RunnerCaller};
+use crate::auth::{TokenKind, mint};
+use crate::claim::effective_wait;
+use crate::store::Store;
+use crate::validate;
+
+pub async fn enroll<S: Store>(
+    _: EnrollmentCaller,
+    State(app): State<App<S>>,
+    ApiJson(request): ApiJson<EnrollRunner>,
+) -> Result<Json<RunnerEnrolled>, ApiFailure> {
+    validate::enroll(&request)?;
+    let (token, hash) = mint(TokenKind::Runner);
+    let runner = app.store.enroll_runner(&request.name, &hash).await?;
+    tracing::info!(runner = %runner.id, name = %runner.name, "runner enrolled");
+    Ok(Json(RunnerEnrolled {
+        runner_id: runner.id,
+        runner_token: token,
+    }))
+}
+
+/// 200 with a claim, or 204 when no task came within the wait.
+pub async fn claim<S: Store>(
+    RunnerCaller(runner): RunnerCaller,
+    State(app): State<App<S>>,
+    ApiJson(request): ApiJson<ClaimRequest>,
+) -> Result<Response, ApiFailure> {
+    let wait = effective_wait(request.wait_ms);
+    match app
+        .claims
+        .claim(&app.store, &runner, wait, app.shutdown.clone())
+        .await?
+    {
+        Some(claim) => {
+            tracing::info!(task = %claim.task.id, attempt = claim.attempt, runner = %runner.name, "task claimed");
+            Ok(Json(claim).into_response())
+        }
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}

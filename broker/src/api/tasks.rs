@@ -1,0 +1,75 @@
+//! Task routes: create, list and read (client secret); complete (callback token).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList};
+use serde::Deserialize;
+
+use super::App;
+use super::error::ApiFailure;
+use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
+use crate::store::Store;
+use crate::validate;
+
+/// Tasks one list answer holds by default, and at most.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const MAX_LIST_LIMIT: u32 = 1000;
+
+pub async fn create<S: Store>(
+    _: ClientCaller,
+    State(app): State<App<S>>,
+    ApiJson(request): ApiJson<CreateTask>,
+) -> Result<(StatusCode, Json<Task>), ApiFailure> {
+    validate::create_task(&request)?;
+    let task = app.store.create_task(&request).await?;
+    tracing::info!(task = %task.id, session = %task.session_id, "task queued");
+    app.claims.task_added();
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    session_id: String,
+    limit: Option<u32>,
+}
+
+pub async fn list<S: Store>(
+    _: ClientCaller,
+    State(app): State<App<S>>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<TaskList>, ApiFailure> {
+    let limit = page_limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+    let tasks = app.store.list_session_tasks(&query.session_id, limit).await?;
+    Ok(Json(TaskList { tasks }))
+}
+
+pub async fn get<S: Store>(
+    _: ClientCaller,
+    State(app): State<App<S>>,
+    TaskPath(id): TaskPath,
+) -> Result<Json<Task>, ApiFailure> {
+    Ok(Json(app.store.get_task(id).await?))
+}
+
+pub async fn complete<S: Store>(
+    CallbackCaller(token): CallbackCaller,
+    State(app): State<App<S>>,
+    TaskPath(id): TaskPath,
+    ApiJson(verdict): ApiJson<CompleteTask>,
+) -> Result<Json<Task>, ApiFailure> {
+    validate::complete(&verdict)?;
+    let task = app.store.complete_task(id, &token, &verdict).await?;
+    tracing::info!(task = %task.id, state = %task.state, attempt = task.attempt, "task finished");
+    Ok(Json(task))
+}
+
+/// A `limit` query value: `default` when absent, capped at `max`, never 0.
+pub fn page_limit(requested: Option<u32>, default: u32, max: u32) -> Result<u32, ApiFailure> {
+    match requested {
+        None => Ok(default),
+        Some(0) => Err(ApiFailure::invalid(format!("limit must be between 1 and {max}"))),
+        Some(n) => Ok(n.min(max)),
+    }
+}

@@ -1,0 +1,15 @@
+//! embark's broker: the task queue, the per-task event logs and the
+//! credentials, over HTTP, on SQLite.
+//!
+//! `store` holds the state behind the [`store::Store`] trait, `api` is the
+//! HTTP transport, `claim` the long-poll, `auth` the credentials,
+//! `validate` the request limits, `config` the flags, environment and TOML
+//! file, and `server` binds, serves and shuts down.
+
+pub mod api;
+pub mod auth;
+pub mod claim;
+pub mod config;
+pub mod server;
+pub mod store;
+pub mod validate;

@@ -1,0 +1,108 @@
+//! Binds, announces the address, serves until SIGINT/SIGTERM, then drains.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, App};
+use crate::auth::FixedSecret;
+use crate::claim::ClaimQueue;
+use crate::config::Config;
+use crate::store::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("could not open the database {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not announce the listening address on stdout: {0}")]
+    Announce(#[source] std::io::Error),
+    #[error("the server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs the broker until a shutdown signal; `shutdown` resolves on the signal.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let store = SqliteStore::open(&config.db)
+        .await
+        .map_err(|source| ServeError::Store {
+            path: config.db.clone(),
+            source,
+        })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let app = App {
+        store: store.clone(),
+        client_secret: FixedSecret::new(config.client_secret.expose()),
+        enrollment_secret: FixedSecret::new(config.enrollment_secret.expose()),
+        claims: Arc::new(ClaimQueue::default()),
+        shutdown: stopping_rx,
+    };
+
+    // The one line on stdout: tests and supervisors read the real address from it.
+    let announcement = serde_json::json!({ "listening": addr.to_string() });
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{announcement}")
+        .and_then(|()| stdout.flush())
+        .map_err(ServeError::Announce)?;
+    drop(stdout);
+    tracing::info!(%addr, db = %config.db.display(), "broker listening");
+
+    axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing open requests");
+            // Ends waiting long-polls (they answer 204) so the drain is quick.
+            let _ = stopping_tx.send(true);
+        })
+        .await
+        .map_err(ServeError::Serve)?;
+    store.close().await;
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the broker");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

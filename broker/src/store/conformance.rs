@@ -1,0 +1,402 @@
+//! The behaviour every [`Store`] must have. Each check takes a fresh, empty
+//! store; each concrete store instantiates all of them on a real database.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use embark_core::NewEvent;
+use embark_core::event::EventKind;
+use embark_core::intent::ExecutionIntent;
+use embark_core::task::{TaskId, TaskState};
+use embark_core::wire::{CompleteTask, CreateTask, TaskResult};
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use super::{Runner, Store, StoreError};
+use crate::auth::{TokenHash, TokenKind, mint};
+
+pub fn new_task(session: &str) -> CreateTask {
+    CreateTask {
+        repo_url: "https://example.invalid/repo.git".into(),
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        prompt: "fix the flaky test".into(),
+        intent: ExecutionIntent {
+            auth_profile: "default".into(),
+            provider: "fake".into(),
+            model: "fake-model".into(),
+        },
+        session_id: session.into(),
+    }
+}
+
+async fn runner<S: Store>(store: &S, name: &str) -> Runner {
+    let (_, hash) = mint(TokenKind::Runner);
+    store.enroll_runner(name, &hash).await.expect("enroll runner")
+}
+
+/// Claims the next task with a fresh callback token.
+async fn claim<S: Store>(store: &S, runner: &Runner) -> Option<(embark_core::wire::Task, TokenHash)> {
+    let (_, hash) = mint(TokenKind::Callback);
+    store
+        .claim_next(&runner.id, &hash)
+        .await
+        .expect("claim")
+        .map(|task| (task, hash))
+}
+
+fn log_event(n: u64) -> NewEvent {
+    NewEvent {
+        kind: EventKind::Log,
+        payload: json!({"level": "info", "message": format!("event {n}")}),
+    }
+}
+
+fn verdict(result: TaskResult) -> CompleteTask {
+    CompleteTask {
+        result,
+        final_text: Some("done".into()),
+        reason: None,
+    }
+}
+
+pub async fn create_get_and_list_by_session<S: Store>(store: S) {
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        created.push(store.create_task(&new_task("s1")).await.expect("create"));
+    }
+    let other = store.create_task(&new_task("s2")).await.expect("create");
+    let first = &created[0];
+    assert_eq!(first.state, TaskState::Queued);
+    assert_eq!((first.attempt, first.last_seq, first.outcome.as_ref()), (0, 0, None));
+    assert_eq!(first.prompt, "fix the flaky test");
+    assert_eq!(first.intent.model, "fake-model");
+    assert_eq!(store.get_task(first.id).await.expect("get"), *first);
+
+    let listed = store.list_session_tasks("s1", 100).await.expect("list");
+    let ids: Vec<TaskId> = listed.iter().map(|t| t.id).collect();
+    let newest_first: Vec<TaskId> = created.iter().rev().map(|t| t.id).collect();
+    assert_eq!(ids, newest_first);
+    assert!(!ids.contains(&other.id));
+    let two = store.list_session_tasks("s1", 2).await.expect("list");
+    assert_eq!(two.iter().map(|t| t.id).collect::<Vec<_>>(), newest_first[..2]);
+    assert!(store.list_session_tasks("nobody", 10).await.expect("list").is_empty());
+
+    let missing = TaskId::new();
+    assert!(matches!(store.get_task(missing).await, Err(StoreError::TaskNotFound(id)) if id == missing));
+}
+
+pub async fn claim_takes_the_oldest_and_marks_it_running<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    assert!(claim(&store, &worker).await.is_none(), "nothing is queued yet");
+    let a = store.create_task(&new_task("s")).await.expect("create");
+    let b = store.create_task(&new_task("s")).await.expect("create");
+    let (claimed, _) = claim(&store, &worker).await.expect("a is queued");
+    assert_eq!(claimed.id, a.id, "the oldest queued task goes first");
+    assert_eq!((claimed.state, claimed.attempt), (TaskState::Running, 1));
+    assert_eq!(store.get_task(a.id).await.expect("get").state, TaskState::Running);
+    assert_eq!(claim(&store, &worker).await.expect("b is queued").0.id, b.id);
+    assert!(claim(&store, &worker).await.is_none());
+}
+
+pub async fn state_transitions_follow_the_machine<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let a = store.create_task(&new_task("s")).await.expect("create");
+    let b = store.create_task(&new_task("s")).await.expect("create");
+    let (_, token_a) = claim(&store, &worker).await.expect("claim a");
+    let (_, token_b) = claim(&store, &worker).await.expect("claim b");
+
+    let done = store
+        .complete_task(a.id, &token_a, &verdict(TaskResult::Succeeded))
+        .await
+        .expect("complete");
+    assert_eq!(done.state, TaskState::Succeeded);
+    let outcome = done.outcome.as_ref().expect("terminal tasks carry an outcome");
+    assert_eq!(
+        (outcome.result, outcome.final_text.as_deref()),
+        (TaskResult::Succeeded, Some("done"))
+    );
+    assert_eq!(store.get_task(a.id).await.expect("get"), done);
+
+    // A terminal task never moves again, whatever the verdict.
+    for result in [TaskResult::Succeeded, TaskResult::Failed] {
+        let again = store.complete_task(a.id, &token_a, &verdict(result)).await;
+        assert!(
+            matches!(
+                again,
+                Err(StoreError::Transition {
+                    from: TaskState::Succeeded,
+                    ..
+                })
+            ),
+            "completing twice must be refused: {again:?}"
+        );
+    }
+    let late = store.append_events(a.id, &token_a, &[log_event(1)]).await;
+    assert!(
+        matches!(
+            late,
+            Err(StoreError::NotRunning {
+                state: TaskState::Succeeded,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    assert_eq!(
+        store.get_task(a.id).await.expect("get"),
+        done,
+        "refused writes change nothing"
+    );
+
+    let failed = CompleteTask {
+        result: TaskResult::Failed,
+        final_text: None,
+        reason: Some("pi exited 1".into()),
+    };
+    let failed = store.complete_task(b.id, &token_b, &failed).await.expect("fail b");
+    assert_eq!(failed.state, TaskState::Failed);
+    assert_eq!(failed.outcome.and_then(|o| o.reason).as_deref(), Some("pi exited 1"));
+}
+
+pub async fn events_are_gapless_and_paged<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let task = store.create_task(&new_task("s")).await.expect("create");
+    let (_, token) = claim(&store, &worker).await.expect("claim");
+    let empty = store.events_after(task.id, 0, 100).await.expect("read");
+    assert!(empty.events.is_empty());
+    assert_eq!(empty.last_seq, 0);
+
+    let first = store
+        .append_events(task.id, &token, &[log_event(1), log_event(2), log_event(3)])
+        .await;
+    let first = first.expect("append");
+    assert_eq!((first.first_seq, first.last_seq), (1, 3));
+    let second = store
+        .append_events(task.id, &token, &[log_event(4), log_event(5)])
+        .await
+        .expect("append");
+    assert_eq!((second.first_seq, second.last_seq), (4, 5));
+
+    let all = store.events_after(task.id, 0, 100).await.expect("read");
+    assert_eq!(all.last_seq, 5);
+    assert_eq!(all.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    for event in &all.events {
+        assert_eq!(event.task_id, task.id);
+        assert_eq!(event.kind, EventKind::Log);
+        assert_eq!(
+            event.payload,
+            log_event(event.seq).payload,
+            "payloads come back as sent, in order"
+        );
+    }
+    let page = store.events_after(task.id, 2, 2).await.expect("read");
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(page.last_seq, 5, "last_seq tells the reader more remain");
+    assert!(
+        store
+            .events_after(task.id, 5, 10)
+            .await
+            .expect("read")
+            .events
+            .is_empty()
+    );
+    assert_eq!(store.get_task(task.id).await.expect("get").last_seq, 5);
+
+    assert!(matches!(
+        store.append_events(task.id, &token, &[]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.events_after(TaskId::new(), 0, 10).await,
+        Err(StoreError::TaskNotFound(_))
+    ));
+}
+
+pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
+    const TASKS: usize = 4;
+    const WRITERS: usize = 3;
+    const APPENDS: usize = 20;
+    let worker = runner(&store, "w").await;
+    let mut claimed = Vec::new();
+    for _ in 0..TASKS {
+        store.create_task(&new_task("s")).await.expect("create");
+        claimed.push(claim(&store, &worker).await.expect("claim"));
+    }
+    let mut handles = Vec::new();
+    for (task, token) in &claimed {
+        for writer in 0..WRITERS {
+            let (store, id, token) = (store.clone(), task.id, *token);
+            handles.push(tokio::spawn(async move {
+                let mut ranges = Vec::new();
+                for n in 0..APPENDS {
+                    // 1 to 3 events per append, each naming its writer and position.
+                    let batch: Vec<NewEvent> = (0..(n % 3 + 1))
+                        .map(|k| NewEvent {
+                            kind: EventKind::Log,
+                            payload: json!({"writer": writer, "n": n, "k": k}),
+                        })
+                        .collect();
+                    let appended = store.append_events(id, &token, &batch).await.expect("append");
+                    assert_eq!(appended.last_seq - appended.first_seq + 1, batch.len() as u64);
+                    ranges.push((appended.first_seq, appended.last_seq));
+                }
+                (id, ranges)
+            }));
+        }
+    }
+    let mut ranges_by_task: BTreeMap<TaskId, Vec<(u64, u64)>> = BTreeMap::new();
+    for handle in handles {
+        let (id, ranges) = handle.await.expect("writer finished");
+        // One writer's appends commit one after another, so its seqs only grow.
+        assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0), "{ranges:?}");
+        ranges_by_task.entry(id).or_default().extend(ranges);
+    }
+    let per_writer: u64 = (0..APPENDS as u64).map(|n| n % 3 + 1).sum();
+    let expected = per_writer * WRITERS as u64;
+    for (id, mut ranges) in ranges_by_task {
+        ranges.sort_unstable();
+        let mut next = 1;
+        for (first, last) in &ranges {
+            assert_eq!(
+                *first, next,
+                "task {id}: ranges must tile 1..=N without gaps or overlaps"
+            );
+            next = last + 1;
+        }
+        assert_eq!(next - 1, expected);
+        let page = store.events_after(id, 0, 1000).await.expect("read");
+        assert_eq!(page.last_seq, expected);
+        let seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=expected).collect::<Vec<_>>());
+        let distinct: HashSet<String> = page.events.iter().map(|e| e.payload.to_string()).collect();
+        assert_eq!(distinct.len() as u64, expected, "every event stored exactly once");
+    }
+}
+
+/// Several concurrent claimers over one queue: each task exactly once.
+pub async fn claim_is_exactly_once_under_concurrency<S: Store>(store: S) {
+    let claimers: Vec<S> = (0..8).map(|_| store.clone()).collect();
+    claim_race(&claimers, &store, 200).await;
+}
+
+/// As [`claim_is_exactly_once_under_concurrency`], with claimers split over two stores on one database.
+pub async fn claims_across_stores_are_exactly_once<S: Store>(first: S, second: S) {
+    let claimers: Vec<S> = (0..8)
+        .map(|i| if i % 2 == 0 { first.clone() } else { second.clone() })
+        .collect();
+    claim_race(&claimers, &first, 120).await;
+}
+
+async fn claim_race<S: Store>(claimers: &[S], store: &S, tasks: usize) {
+    let mut queued = HashSet::new();
+    for i in 0..tasks {
+        queued.insert(
+            store
+                .create_task(&new_task(&format!("s{}", i % 7)))
+                .await
+                .expect("create")
+                .id,
+        );
+    }
+    let mut workers = Vec::new();
+    for (i, claimer) in claimers.iter().enumerate() {
+        workers.push((claimer.clone(), runner(claimer, &format!("w{i}")).await));
+    }
+    // Everyone starts together, so the claims really overlap.
+    let start = Arc::new(Barrier::new(workers.len()));
+    let mut handles = Vec::new();
+    for (claimer, worker) in workers {
+        let start = Arc::clone(&start);
+        handles.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut mine = Vec::new();
+            // Bounded: there are only `tasks` tasks to take.
+            for _ in 0..=tasks {
+                match claim(&claimer, &worker).await {
+                    Some((task, _)) => mine.push(task),
+                    None => break,
+                }
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut claimers_with_work = 0;
+    for handle in handles {
+        let mine = handle.await.expect("claimer finished");
+        claimers_with_work += usize::from(!mine.is_empty());
+        for task in mine {
+            assert_eq!((task.state, task.attempt), (TaskState::Running, 1));
+            assert!(seen.insert(task.id), "task {} was claimed twice", task.id);
+        }
+    }
+    assert_eq!(seen, queued, "every task claimed exactly once");
+    assert!(claimers_with_work > 1, "the claimers did run concurrently");
+    for id in queued.iter().take(10) {
+        assert_eq!(store.get_task(*id).await.expect("get").attempt, 1);
+    }
+}
+
+pub async fn callback_tokens_are_fenced_to_their_task_and_attempt<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let a = store.create_task(&new_task("s")).await.expect("create");
+    let b = store.create_task(&new_task("s")).await.expect("create");
+    let queued = store.create_task(&new_task("s")).await.expect("create");
+    let (_, token_a) = claim(&store, &worker).await.expect("claim a");
+    let (_, token_b) = claim(&store, &worker).await.expect("claim b");
+
+    assert!(
+        refused(&store.append_events(a.id, &token_b, &[log_event(1)]).await),
+        "b's token cannot write to a"
+    );
+    assert!(refused(
+        &store
+            .complete_task(a.id, &token_b, &verdict(TaskResult::Succeeded))
+            .await
+    ));
+    assert!(refused(
+        &store
+            .append_events(a.id, &TokenHash::of("guess"), &[log_event(1)])
+            .await
+    ));
+    assert!(
+        refused(&store.append_events(queued.id, &token_a, &[log_event(1)]).await),
+        "no attempt yet"
+    );
+    assert!(
+        refused(&store.append_events(TaskId::new(), &token_a, &[log_event(1)]).await),
+        "unknown task"
+    );
+    assert_eq!(
+        store.get_task(a.id).await.expect("get").last_seq,
+        0,
+        "refused appends write nothing"
+    );
+    assert_eq!(store.get_task(a.id).await.expect("get").state, TaskState::Running);
+
+    store
+        .append_events(a.id, &token_a, &[log_event(1)])
+        .await
+        .expect("own token works");
+    store
+        .append_events(b.id, &token_b, &[log_event(1)])
+        .await
+        .expect("own token works");
+}
+
+fn refused<T>(result: &Result<T, StoreError>) -> bool {
+    matches!(result, Err(StoreError::TokenRefused(_)))
+}
+
+pub async fn runners_are_found_by_token_hash<S: Store>(store: S) {
+    let (token, hash) = mint(TokenKind::Runner);
+    let enrolled = store.enroll_runner("box-1", &hash).await.expect("enroll");
+    assert_eq!(enrolled.name, "box-1");
+    let found = store.runner_by_token(&TokenHash::of(&token)).await.expect("lookup");
+    assert_eq!(found, Some(enrolled));
+    let (other, _) = mint(TokenKind::Runner);
+    assert_eq!(
+        store.runner_by_token(&TokenHash::of(&other)).await.expect("lookup"),
+        None
+    );
+}

@@ -1,0 +1,131 @@
+//! Durable state behind one trait.
+//!
+//! Each database gets its own concrete store (`SqliteStore` now, a
+//! `PgStore` later) rather than `sqlx::Any`, and every store must pass the
+//! same conformance suite (`conformance.rs`). The trait speaks in domain
+//! terms; credentials reach it only as hashes.
+
+mod rows;
+pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+use std::future::Future;
+
+use embark_core::NewEvent;
+use embark_core::task::{TaskId, TaskState};
+use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
+
+use crate::auth::TokenHash;
+
+pub use sqlite::SqliteStore;
+
+/// An enrolled runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Runner {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no task {0}")]
+    TaskNotFound(TaskId),
+    /// Also for an unknown task: a caller without a valid token learns nothing.
+    #[error("the callback token is not valid for the current attempt of task {0}")]
+    TokenRefused(TaskId),
+    #[error("task {task} is {state}, not running: its attempt can no longer report")]
+    NotRunning { task: TaskId, state: TaskState },
+    #[error("task {task} is {from} and cannot become {to}")]
+    Transition {
+        task: TaskId,
+        from: TaskState,
+        to: TaskState,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("stored data is not valid ({0}); was the database written by a newer embark?")]
+    Corrupt(String),
+    #[error("could not create the database directory {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The broker's durable state.
+///
+/// Every method is one transaction. Writes that depend on a task's state
+/// check it with [`TaskState::can_become`] inside that transaction.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Stores a validated task as `queued`.
+    fn create_task(&self, task: &CreateTask) -> impl Future<Output = Result<Task, StoreError>> + Send;
+
+    fn get_task(&self, id: TaskId) -> impl Future<Output = Result<Task, StoreError>> + Send;
+
+    /// The session's newest `limit` tasks, newest first.
+    fn list_session_tasks(
+        &self,
+        session_id: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send;
+
+    /// Records a runner whose token hashes to `token`.
+    fn enroll_runner(&self, name: &str, token: &TokenHash) -> impl Future<Output = Result<Runner, StoreError>> + Send;
+
+    fn runner_by_token(&self, token: &TokenHash) -> impl Future<Output = Result<Option<Runner>, StoreError>> + Send;
+
+    /// Atomically takes the oldest queued task for `runner_id`: it becomes
+    /// `running` with `attempt + 1`, and `callback` becomes the only token
+    /// that may report for that attempt. `None` when nothing is queued.
+    /// Two concurrent claimers never get the same task.
+    fn claim_next(
+        &self,
+        runner_id: &str,
+        callback: &TokenHash,
+    ) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send;
+
+    /// Appends `events` (at least one) with consecutive seqs after the
+    /// task's `last_seq`, if `callback` is the current attempt's token
+    /// ([`StoreError::TokenRefused`]) and the task is running
+    /// ([`StoreError::NotRunning`]).
+    fn append_events(
+        &self,
+        id: TaskId,
+        callback: &TokenHash,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<EventsAppended, StoreError>> + Send;
+
+    /// Records the attempt's verdict and moves the task to its terminal
+    /// state; the same token check as [`Store::append_events`].
+    fn complete_task(
+        &self,
+        id: TaskId,
+        callback: &TokenHash,
+        verdict: &CompleteTask,
+    ) -> impl Future<Output = Result<Task, StoreError>> + Send;
+
+    /// Up to `limit` events with seq > `after`, oldest first, and the task's
+    /// `last_seq` as of the same snapshot.
+    fn events_after(
+        &self,
+        id: TaskId,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+}
+
+/// Refuses a transition the state machine does not have.
+pub(crate) fn check_transition(task: TaskId, from: TaskState, to: TaskState) -> Result<(), StoreError> {
+    if from.can_become(to) {
+        Ok(())
+    } else {
+        Err(StoreError::Transition { task, from, to })
+    }
+}

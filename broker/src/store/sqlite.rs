@@ -1,0 +1,384 @@
+//! [`Store`] on one SQLite file (WAL mode).
+//!
+//! Writes go through a single-connection pool, so writers inside this
+//! process queue in the pool instead of spinning in SQLite's busy handler;
+//! each write transaction still opens with `BEGIN IMMEDIATE` (take the write
+//! lock first, then read), so a second process on the same file cannot
+//! interleave a read-then-write with ours either. Reads use their own pool
+//! and, thanks to WAL, never wait for writers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use embark_core::NewEvent;
+use embark_core::limits;
+use embark_core::task::{TaskId, TaskState};
+use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
+use super::{Runner, Store, StoreError, check_transition};
+use crate::auth::TokenHash;
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read connections; reads are short, a few suffice.
+const READ_CONNECTIONS: u32 = 4;
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory when missing) and migrates the database at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL loses at most the last transactions on power loss, never consistency.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!().run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Waits for open connections to finish and closes them (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// A write transaction that holds the write lock from its first statement.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// The task's state, after checking that `callback` is its current attempt's token.
+async fn authorize_attempt(
+    conn: &mut SqliteConnection,
+    id: TaskId,
+    callback: &TokenHash,
+) -> Result<(TaskState, i64), StoreError> {
+    let row: Option<(String, i64, i64)> = sqlx::query_as("SELECT state, attempt, last_seq FROM tasks WHERE id = ?1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some((state, attempt, last_seq)) = row else {
+        return Err(StoreError::TokenRefused(id));
+    };
+    let stored: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT callback_token_hash FROM attempts WHERE task_id = ?1 AND attempt = ?2")
+            .bind(id.to_string())
+            .bind(attempt)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let valid = stored
+        .as_deref()
+        .and_then(TokenHash::from_slice)
+        .is_some_and(|hash| hash.matches(callback));
+    if !valid {
+        return Err(StoreError::TokenRefused(id));
+    }
+    Ok((parse_state(&state)?, last_seq))
+}
+
+impl Store for SqliteStore {
+    async fn create_task(&self, task: &CreateTask) -> Result<Task, StoreError> {
+        let now = now_ms();
+        let row: TaskRow = sqlx::query_as(concat!(
+            "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
+             session_id, created_at, updated_at) \
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING ",
+            task_columns!()
+        ))
+        .bind(TaskId::new().to_string())
+        .bind(&task.repo_url)
+        .bind(&task.commit)
+        .bind(&task.prompt)
+        .bind(&task.intent.auth_profile)
+        .bind(&task.intent.provider)
+        .bind(&task.intent.model)
+        .bind(&task.session_id)
+        .bind(now)
+        .fetch_one(&self.writer)
+        .await?;
+        row.try_into()
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Task, StoreError> {
+        let row: Option<TaskRow> = sqlx::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.ok_or(StoreError::TaskNotFound(id))?.try_into()
+    }
+
+    async fn list_session_tasks(&self, session_id: &str, limit: u32) -> Result<Vec<Task>, StoreError> {
+        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE session_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
+        ))
+        .bind(session_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(Task::try_from).collect()
+    }
+
+    async fn enroll_runner(&self, name: &str, token: &TokenHash) -> Result<Runner, StoreError> {
+        let runner = Runner {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.to_owned(),
+        };
+        sqlx::query("INSERT INTO runners (id, name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(&runner.id)
+            .bind(&runner.name)
+            .bind(token.as_bytes().as_slice())
+            .bind(now_ms())
+            .execute(&self.writer)
+            .await?;
+        Ok(runner)
+    }
+
+    async fn runner_by_token(&self, token: &TokenHash) -> Result<Option<Runner>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as("SELECT id, name FROM runners WHERE token_hash = ?1")
+            .bind(token.as_bytes().as_slice())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|(id, name)| Runner { id, name }))
+    }
+
+    async fn claim_next(&self, runner_id: &str, callback: &TokenHash) -> Result<Option<Task>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        // One statement picks and flips the oldest queued task; `state = 'queued'` is re-checked
+        // so the update can never take a task another writer already moved.
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1 \
+             WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, id LIMIT 1) \
+             AND state = 'queued' RETURNING ",
+            task_columns!()
+        ))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let task = Task::try_from(row)?;
+        check_transition(task.id, TaskState::Queued, task.state)?;
+        sqlx::query(
+            "INSERT INTO attempts (task_id, attempt, runner_id, callback_token_hash, claimed_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(task.id.to_string())
+        .bind(i64::from(task.attempt))
+        .bind(runner_id)
+        .bind(callback.as_bytes().as_slice())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(task))
+    }
+
+    async fn append_events(
+        &self,
+        id: TaskId,
+        callback: &TokenHash,
+        events: &[NewEvent],
+    ) -> Result<EventsAppended, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::Invalid("no events to append: send at least one".into()));
+        }
+        if events.len() > limits::MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::Invalid(format!(
+                "{} events in one append; at most {} are accepted",
+                events.len(),
+                limits::MAX_EVENTS_PER_APPEND
+            )));
+        }
+        let payloads = events
+            .iter()
+            .map(|event| serde_json::to_string(&event.payload))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Invalid(format!("event payload does not serialize: {e}")))?;
+        let count = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let now = now_ms();
+
+        let mut tx = self.write_tx().await?;
+        let (state, last_seq) = authorize_attempt(&mut tx, id, callback).await?;
+        if state != TaskState::Running {
+            return Err(StoreError::NotRunning { task: id, state });
+        }
+        let first = last_seq + 1;
+        let last = last_seq + count;
+        // The counter row is the lock: seqs are handed out in commit order.
+        let bumped = sqlx::query("UPDATE tasks SET last_seq = ?2, updated_at = ?3 WHERE id = ?1 AND last_seq = ?4")
+            .bind(id.to_string())
+            .bind(last)
+            .bind(now)
+            .bind(last_seq)
+            .execute(&mut *tx)
+            .await?;
+        if bumped.rows_affected() != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "task {id}'s event counter moved inside a write transaction"
+            )));
+        }
+        let task_id = id.to_string();
+        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO events (task_id, seq, time, kind, payload) ");
+        insert.push_values(
+            events.iter().zip(payloads).zip(first..),
+            |mut row, ((event, payload), seq)| {
+                row.push_bind(task_id.clone())
+                    .push_bind(seq)
+                    .push_bind(now)
+                    .push_bind(event.kind.as_str())
+                    .push_bind(payload);
+            },
+        );
+        insert.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(EventsAppended {
+            first_seq: seq(first)?,
+            last_seq: seq(last)?,
+        })
+    }
+
+    async fn complete_task(
+        &self,
+        id: TaskId,
+        callback: &TokenHash,
+        verdict: &CompleteTask,
+    ) -> Result<Task, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let (state, _) = authorize_attempt(&mut tx, id, callback).await?;
+        let next = verdict.result.state();
+        check_transition(id, state, next)?;
+        let row: TaskRow = sqlx::query_as(concat!(
+            "UPDATE tasks SET state = ?2, outcome_result = ?3, outcome_final_text = ?4, outcome_reason = ?5, \
+             finished_at = ?6, updated_at = ?6 WHERE id = ?1 AND state = ?7 RETURNING ",
+            task_columns!()
+        ))
+        .bind(id.to_string())
+        .bind(next.as_str())
+        .bind(result_name(verdict.result))
+        .bind(verdict.final_text.as_deref())
+        .bind(verdict.reason.as_deref())
+        .bind(now)
+        .bind(state.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let task = Task::try_from(row)?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<EventPage, StoreError> {
+        // One read transaction: the events and `last_seq` come from the same snapshot.
+        let mut tx = self.reader.begin().await?;
+        let last_seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM tasks WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let last_seq = last_seq.ok_or(StoreError::TaskNotFound(id))?;
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT seq, time, kind, payload FROM events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .bind(id.to_string())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let events = rows
+            .into_iter()
+            .map(|row| row.into_event(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EventPage {
+            events,
+            last_seq: seq(last_seq)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+
+    /// A fresh database file in its own directory (kept alive with the store).
+    async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("nested/broker.db"))
+            .await
+            .expect("open store");
+        (dir, store)
+    }
+
+    macro_rules! conformance_tests {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (_dir, store) = fresh().await;
+                conformance::$name(store).await;
+            }
+        )*};
+    }
+
+    conformance_tests!(
+        create_get_and_list_by_session,
+        claim_takes_the_oldest_and_marks_it_running,
+        state_transitions_follow_the_machine,
+        events_are_gapless_and_paged,
+        concurrent_appends_stay_gapless_per_task,
+        claim_is_exactly_once_under_concurrency,
+        callback_tokens_are_fenced_to_their_task_and_attempt,
+        runners_are_found_by_token_hash,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_stores_on_one_file_never_claim_the_same_task() {
+        // Two pools on one file behave like two broker processes: only
+        // BEGIN IMMEDIATE and the busy timeout keep them apart.
+        let (dir, first) = fresh().await;
+        let second = SqliteStore::open(&dir.path().join("nested/broker.db"))
+            .await
+            .expect("second store");
+        conformance::claims_across_stores_are_exactly_once(first, second).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_migrations_are_idempotent() {
+        let (dir, store) = fresh().await;
+        let task = store.create_task(&conformance::new_task("s")).await.expect("create");
+        store.close().await;
+        let reopened = SqliteStore::open(&dir.path().join("nested/broker.db"))
+            .await
+            .expect("reopen");
+        assert_eq!(reopened.get_task(task.id).await.expect("still there"), task);
+    }
+}

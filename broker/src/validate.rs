@@ -1,0 +1,136 @@
+//! Checks on request bodies beyond their JSON shape, with the limits of
+//! `embark_core::limits`. Each failure says what was wrong and what to do.
+
+use embark_core::limits;
+use embark_core::wire::{AppendEvents, CompleteTask, CreateTask, EnrollRunner};
+
+/// Longest runner name, in bytes.
+pub const MAX_RUNNER_NAME_BYTES: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// The request is well formed but too big: 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The request breaks a rule: 422.
+    #[error("{0}")]
+    Rule(String),
+}
+
+pub fn create_task(task: &CreateTask) -> Result<(), Invalid> {
+    task.validate().map_err(|e| Invalid::Rule(e.to_string()))
+}
+
+pub fn enroll(request: &EnrollRunner) -> Result<(), Invalid> {
+    let name = &request.name;
+    if name.trim().is_empty() || name.len() > MAX_RUNNER_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(Invalid::Rule(format!(
+            "runner name {name:?} is not acceptable: use 1 to {MAX_RUNNER_NAME_BYTES} printable bytes, e.g. the host name"
+        )));
+    }
+    Ok(())
+}
+
+pub fn append(request: &AppendEvents) -> Result<(), Invalid> {
+    let count = request.events.len();
+    if count == 0 {
+        return Err(Invalid::Rule("no events: send at least one".into()));
+    }
+    if count > limits::MAX_EVENTS_PER_APPEND {
+        return Err(Invalid::TooLarge(format!(
+            "{count} events in one append; at most {} are accepted: split the batch",
+            limits::MAX_EVENTS_PER_APPEND
+        )));
+    }
+    for (index, event) in request.events.iter().enumerate() {
+        let size = serde_json::to_string(&event.payload)
+            .map(|s| s.len())
+            .unwrap_or(usize::MAX);
+        if size > limits::MAX_EVENT_PAYLOAD_BYTES {
+            return Err(Invalid::TooLarge(format!(
+                "event {index} ({}) has a {size}-byte payload; at most {} bytes are accepted: truncate it",
+                event.kind.as_str(),
+                limits::MAX_EVENT_PAYLOAD_BYTES
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn complete(request: &CompleteTask) -> Result<(), Invalid> {
+    for (field, text) in [("final_text", &request.final_text), ("reason", &request.reason)] {
+        let len = text.as_deref().map_or(0, str::len);
+        if len > limits::MAX_RESULT_TEXT_BYTES {
+            return Err(Invalid::TooLarge(format!(
+                "{field} has {len} bytes; at most {} are accepted: truncate it",
+                limits::MAX_RESULT_TEXT_BYTES
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embark_core::event::{EventKind, NewEvent};
+    use embark_core::wire::TaskResult;
+    use serde_json::json;
+
+    fn event(payload: serde_json::Value) -> NewEvent {
+        NewEvent {
+            kind: EventKind::Log,
+            payload,
+        }
+    }
+
+    #[test]
+    fn appends_are_bounded() {
+        assert!(matches!(
+            append(&AppendEvents { events: vec![] }),
+            Err(Invalid::Rule(_))
+        ));
+        append(&AppendEvents {
+            events: vec![event(json!({"message": "hi"}))],
+        })
+        .expect("small is fine");
+        let many = AppendEvents {
+            events: vec![event(json!({})); limits::MAX_EVENTS_PER_APPEND + 1],
+        };
+        assert!(matches!(append(&many), Err(Invalid::TooLarge(_))));
+        let big = "x".repeat(limits::MAX_EVENT_PAYLOAD_BYTES);
+        let err = append(&AppendEvents {
+            events: vec![event(json!({})), event(json!({"text": big}))],
+        })
+        .expect_err("payload over the limit");
+        assert!(err.to_string().starts_with("event 1 (log)"), "{err}");
+    }
+
+    #[test]
+    fn completion_texts_are_bounded() {
+        let ok = CompleteTask {
+            result: TaskResult::Succeeded,
+            final_text: Some("done".into()),
+            reason: None,
+        };
+        complete(&ok).expect("fine");
+        let long = CompleteTask {
+            reason: Some("r".repeat(limits::MAX_RESULT_TEXT_BYTES + 1)),
+            ..ok
+        };
+        assert!(matches!(complete(&long), Err(Invalid::TooLarge(m)) if m.starts_with("reason")));
+    }
+
+    #[test]
+    fn runner_names_must_be_printable() {
+        enroll(&EnrollRunner { name: "box-1".into() }).expect("fine");
+        assert!(enroll(&EnrollRunner { name: " ".into() }).is_err());
+        assert!(enroll(&EnrollRunner { name: "a\nb".into() }).is_err());
+        assert!(
+            enroll(&EnrollRunner {
+                name: "n".repeat(MAX_RUNNER_NAME_BYTES + 1)
+            })
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! The real `embark-broker` binary over HTTP on 127.0.0.1, driven with
+//! core's `BrokerClient` (and raw requests where the client cannot go wrong).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use embark_core::client::{BrokerClient, ClientError};
+use embark_core::event::{EventKind, NewEvent};
+use embark_core::intent::ExecutionIntent;
+use embark_core::limits;
+use embark_core::task::{TaskId, TaskState};
+use embark_core::wire::{ApiError, ApiErrorCode, AppendEvents, CompleteTask, CreateTask, TaskResult};
+use embark_testkit::{Broker, Spawned, bin_path};
+use serde_json::json;
+
+fn new_task(session: &str, prompt: &str) -> CreateTask {
+    CreateTask {
+        repo_url: "https://example.invalid/repo.git".into(),
+        commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
+        prompt: prompt.into(),
+        intent: ExecutionIntent {
+            auth_profile: "default".into(),
+            provider: "fake".into(),
+            model: "fake-model".into(),
+        },
+        session_id: session.into(),
+    }
+}
+
+fn events(texts: &[&str]) -> AppendEvents {
+    AppendEvents {
+        events: texts
+            .iter()
+            .map(|text| NewEvent {
+                kind: EventKind::AssistantDelta,
+                payload: json!({ "text": text }),
+            })
+            .collect(),
+    }
+}
+
+/// The status and error code of a refused call.
+fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (u16, ApiErrorCode, String) {
+    match result {
+        Err(ClientError::Api { status, code, message }) => (status, code, message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// A raw request's status and its `ApiError` body (which every refusal must have).
+async fn raw_error(request: reqwest::RequestBuilder) -> (u16, ApiError) {
+    let response = request
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("broker answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} body is not an ApiError ({e}): {text}"));
+    (status, body)
+}
+
+#[tokio::test]
+async fn credentials_are_required_and_refusals_are_api_errors() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let http = reqwest::Client::new();
+
+    let health = client.health().await.expect("health needs no credential");
+    assert_eq!(health.status, "ok");
+
+    let (status, body) = raw_error(http.get(format!("{}/v1/tasks?session_id=s", broker.url))).await;
+    assert_eq!(status, 401);
+    assert_eq!(body.error.code, ApiErrorCode::Unauthorized);
+    assert!(
+        body.error.message.contains("Bearer <client secret>"),
+        "{}",
+        body.error.message
+    );
+
+    let (status, body) = raw_error(
+        http.get(format!("{}/v1/tasks?session_id=s", broker.url))
+            .header("authorization", "Basic eDp5"),
+    )
+    .await;
+    assert_eq!((status, body.error.code), (401, ApiErrorCode::Unauthorized));
+
+    let (status, code, _) = refusal(client.list_session_tasks("wrong-secret-0123456789", "s").await);
+    assert_eq!((status, code), (401, ApiErrorCode::Unauthorized));
+    // Each credential opens only its own routes.
+    let (status, _, _) = refusal(client.create_task(&broker.enrollment_secret, &new_task("s", "p")).await);
+    assert_eq!(status, 401);
+    let (status, _, _) = refusal(client.enroll(&broker.client_secret, "box").await);
+    assert_eq!(status, 401);
+    let (status, _, message) = refusal(client.claim(&broker.client_secret, 0).await);
+    assert_eq!(status, 401);
+    assert!(message.contains("runner token"), "{message}");
+    let (status, _, _) = refusal(
+        client
+            .append_events(&broker.client_secret, TaskId::new(), &events(&["x"]))
+            .await,
+    );
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_task_walks_from_creation_to_its_outcome() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let secret = broker.client_secret.as_str();
+
+    let first = client
+        .create_task(secret, &new_task("session-1", "first"))
+        .await
+        .expect("create");
+    let second = client
+        .create_task(secret, &new_task("session-1", "second"))
+        .await
+        .expect("create");
+    let elsewhere = client
+        .create_task(secret, &new_task("session-2", "elsewhere"))
+        .await
+        .expect("create");
+    assert_eq!((first.state, first.attempt, first.last_seq), (TaskState::Queued, 0, 0));
+
+    let listed = client.list_session_tasks(secret, "session-1").await.expect("list");
+    let ids: Vec<TaskId> = listed.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [second.id, first.id], "newest first, only this session");
+
+    let runner = client.enroll(&broker.enrollment_secret, "box-1").await.expect("enroll");
+    let claim = client
+        .claim(&runner.runner_token, 1000)
+        .await
+        .expect("claim")
+        .expect("a task is queued");
+    assert_eq!(claim.task.id, first.id, "oldest first");
+    assert_eq!((claim.attempt, claim.task.state), (1, TaskState::Running));
+    let other = client
+        .claim(&runner.runner_token, 1000)
+        .await
+        .expect("claim")
+        .expect("second is queued");
+    assert_eq!(other.task.id, second.id);
+    let third = client
+        .claim(&runner.runner_token, 1000)
+        .await
+        .expect("claim")
+        .expect("a third is queued");
+    assert_eq!(third.task.id, elsewhere.id);
+    let started = Instant::now();
+    let nothing = client.claim(&runner.runner_token, 200).await.expect("claim");
+    assert!(nothing.is_none(), "204 when the queue stays empty");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "the claim waited before answering 204"
+    );
+
+    let token = claim.callback_token.as_str();
+    let appended = client
+        .append_events(token, first.id, &events(&["a", "b", "c"]))
+        .await
+        .expect("append");
+    assert_eq!((appended.first_seq, appended.last_seq), (1, 3));
+    let appended = client
+        .append_events(token, first.id, &events(&["d", "e"]))
+        .await
+        .expect("append");
+    assert_eq!((appended.first_seq, appended.last_seq), (4, 5));
+
+    let page = client.task_events(secret, first.id, 2, 100).await.expect("read");
+    assert_eq!(page.last_seq, 5);
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    let texts: Vec<&str> = page.events.iter().filter_map(|e| e.payload["text"].as_str()).collect();
+    assert_eq!(texts, ["c", "d", "e"]);
+    let short = client.task_events(secret, first.id, 0, 2).await.expect("read");
+    assert_eq!(short.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+
+    // The other task's token cannot report for this one.
+    let (status, code, _) = refusal(
+        client
+            .append_events(&other.callback_token, first.id, &events(&["x"]))
+            .await,
+    );
+    assert_eq!((status, code), (401, ApiErrorCode::Unauthorized));
+
+    let verdict = CompleteTask {
+        result: TaskResult::Succeeded,
+        final_text: Some("all green".into()),
+        reason: None,
+    };
+    let done = client.complete(token, first.id, &verdict).await.expect("complete");
+    assert_eq!(done.state, TaskState::Succeeded);
+    let fetched = client.get_task(secret, first.id).await.expect("get");
+    assert_eq!(fetched, done);
+    let outcome = fetched.outcome.expect("outcome recorded");
+    assert_eq!(
+        (outcome.result, outcome.final_text.as_deref()),
+        (TaskResult::Succeeded, Some("all green"))
+    );
+    assert_eq!(fetched.last_seq, 5);
+
+    let (status, code, _) = refusal(client.complete(token, first.id, &verdict).await);
+    assert_eq!(
+        (status, code),
+        (409, ApiErrorCode::Conflict),
+        "a finished task cannot finish again"
+    );
+    let (status, code, _) = refusal(client.append_events(token, first.id, &events(&["late"])).await);
+    assert_eq!((status, code), (409, ApiErrorCode::Conflict));
+    assert_eq!(
+        client.get_task(secret, first.id).await.expect("get").last_seq,
+        5,
+        "nothing was written"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_say_what_was_wrong() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let secret = broker.client_secret.as_str();
+    let http = reqwest::Client::new();
+
+    let mut bad = new_task("s", "p");
+    bad.commit = "HEAD".into();
+    let (status, code, message) = refusal(client.create_task(secret, &bad).await);
+    assert_eq!((status, code), (422, ApiErrorCode::InvalidRequest));
+    assert!(message.contains("commit \"HEAD\""), "{message}");
+    let mut bad = new_task("s", "p");
+    bad.intent.model = "--api-key=x".into();
+    let (status, _, message) = refusal(client.create_task(secret, &bad).await);
+    assert_eq!(status, 422);
+    assert!(message.contains("model"), "{message}");
+
+    let tasks_url = format!("{}/v1/tasks", broker.url);
+    let (status, body) = raw_error(
+        http.post(&tasks_url)
+            .bearer_auth(secret)
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!((status, body.error.code), (400, ApiErrorCode::InvalidRequest));
+    let mut with_extra = serde_json::to_value(new_task("s", "p")).expect("serializes");
+    with_extra["priority"] = json!(1);
+    let (status, body) = raw_error(http.post(&tasks_url).bearer_auth(secret).json(&with_extra)).await;
+    assert_eq!((status, body.error.code), (422, ApiErrorCode::InvalidRequest));
+    assert!(body.error.message.contains("priority"), "{}", body.error.message);
+    let (status, body) = raw_error(http.post(&tasks_url).bearer_auth(secret).body("{}")).await;
+    assert_eq!(status, 415);
+    assert!(
+        body.error.message.contains("application/json"),
+        "{}",
+        body.error.message
+    );
+
+    let too_big = vec![b' '; limits::MAX_REQUEST_BODY_BYTES + 1];
+    let (status, body) = raw_error(
+        http.post(&tasks_url)
+            .bearer_auth(secret)
+            .header("content-type", "application/json")
+            .body(too_big),
+    )
+    .await;
+    assert_eq!((status, body.error.code), (413, ApiErrorCode::PayloadTooLarge));
+
+    let (status, body) = raw_error(http.get(format!("{tasks_url}/not-a-uuid")).bearer_auth(secret)).await;
+    assert_eq!((status, body.error.code), (422, ApiErrorCode::InvalidRequest));
+    let (status, code, _) = refusal(client.get_task(secret, TaskId::new()).await);
+    assert_eq!((status, code), (404, ApiErrorCode::NotFound));
+    let (status, body) = raw_error(http.get(format!("{}/v2/tasks", broker.url))).await;
+    assert_eq!((status, body.error.code), (404, ApiErrorCode::NotFound));
+    let (status, body) = raw_error(http.get(&tasks_url)).await;
+    assert_eq!(
+        (status, body.error.code),
+        (401, ApiErrorCode::Unauthorized),
+        "credentials before the query"
+    );
+    let (status, body) = raw_error(http.get(&tasks_url).bearer_auth(secret)).await;
+    assert_eq!((status, body.error.code), (400, ApiErrorCode::InvalidRequest));
+    assert!(body.error.message.contains("session_id"), "{}", body.error.message);
+
+    // Limits on what a running attempt reports.
+    let task = client.create_task(secret, &new_task("s", "p")).await.expect("create");
+    let runner = client.enroll(&broker.enrollment_secret, "box").await.expect("enroll");
+    let claim = client
+        .claim(&runner.runner_token, 1000)
+        .await
+        .expect("claim")
+        .expect("queued");
+    let too_many = AppendEvents {
+        events: vec![
+            NewEvent {
+                kind: EventKind::Log,
+                payload: json!({})
+            };
+            501
+        ],
+    };
+    let (status, code, _) = refusal(client.append_events(&claim.callback_token, task.id, &too_many).await);
+    assert_eq!((status, code), (413, ApiErrorCode::PayloadTooLarge));
+    let huge = "x".repeat(limits::MAX_EVENT_PAYLOAD_BYTES);
+    let (status, code, message) = refusal(
+        client
+            .append_events(&claim.callback_token, task.id, &events(&[&huge]))
+            .await,
+    );
+    assert_eq!((status, code), (413, ApiErrorCode::PayloadTooLarge));
+    assert!(message.contains("payload"), "{message}");
+    let (status, code, _) = refusal(client.append_events(&claim.callback_token, task.id, &events(&[])).await);
+    assert_eq!((status, code), (422, ApiErrorCode::InvalidRequest));
+    let (status, code, _) = refusal(client.task_events(secret, task.id, 0, 0).await);
+    assert_eq!((status, code), (422, ApiErrorCode::InvalidRequest));
+    assert_eq!(
+        client.get_task(secret, task.id).await.expect("get").last_seq,
+        0,
+        "refused appends wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_claim_wakes_when_a_task_is_created() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let runner = client.enroll(&broker.enrollment_secret, "box").await.expect("enroll");
+
+    let waiting = {
+        let client = client.clone();
+        let token = runner.runner_token.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let claim = client.claim(&token, 20_000).await;
+            (claim, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let task = client
+        .create_task(&broker.client_secret, &new_task("s", "wake up"))
+        .await
+        .expect("create");
+    let (claim, waited) = tokio::time::timeout(Duration::from_secs(25), waiting)
+        .await
+        .expect("the claim answers within its wait")
+        .expect("claim task finished");
+    let claim = claim.expect("claim").expect("the new task is handed out");
+    assert_eq!(claim.task.id, task.id);
+    // The broker's fallback re-check runs every 5 s: answering well before it
+    // means the creation itself woke the claim.
+    assert!(waited < Duration::from_secs(4), "woke only after {waited:?}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_waiting_claims_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("data/broker.db");
+    let mut command = Command::new(bin_path("embark-broker"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .env("EMBARK_CLIENT_SECRET", "client-secret-0123456789")
+        .env("EMBARK_RUNNER_ENROLLMENT_SECRET", "enroll-secret-0123456789")
+        .env_remove("EMBARK_BROKER_CONFIG");
+    let mut broker = Spawned::start(command, &dir.path().join("broker.log"));
+    let line = broker.read_stdout_line(Duration::from_secs(30));
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("announcement is JSON");
+    let url = format!("http://{}", ready["listening"].as_str().expect("listening address"));
+    assert!(db.is_file(), "the database and its directory were created");
+
+    let client = BrokerClient::new(&url).expect("url");
+    let runner = client.enroll("enroll-secret-0123456789", "box").await.expect("enroll");
+    let waiting = tokio::spawn(async move { client.claim(&runner.runner_token, 20_000).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let sent = Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let claim = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting claim ends at shutdown, not after its 20 s")
+        .expect("claim task finished");
+    assert!(claim.expect("claim answered").is_none(), "204 on shutdown");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = broker.child_mut().try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not exit; log:\n{}",
+            broker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "clean exit, got {status}; log:\n{}", broker.log());
+}
+
+#[test]
+fn it_refuses_to_start_without_good_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |client: Option<&str>, enroll: Option<&str>| {
+        let mut command = Command::new(bin_path("embark-broker"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join("broker.db"))
+            .env_remove("EMBARK_CLIENT_SECRET")
+            .env_remove("EMBARK_RUNNER_ENROLLMENT_SECRET")
+            .env_remove("EMBARK_BROKER_CONFIG");
+        if let Some(secret) = client {
+            command.env("EMBARK_CLIENT_SECRET", secret);
+        }
+        if let Some(secret) = enroll {
+            command.env("EMBARK_RUNNER_ENROLLMENT_SECRET", secret);
+        }
+        let output = command.output().expect("run broker");
+        assert!(!output.status.success());
+        assert!(output.stdout.is_empty(), "nothing announced on stdout");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = run(None, Some("enroll-secret-0123456789"));
+    assert!(stderr.contains("EMBARK_CLIENT_SECRET"), "{stderr}");
+    let stderr = run(Some("client-secret-0123456789"), Some("short"));
+    assert!(
+        stderr.contains("EMBARK_RUNNER_ENROLLMENT_SECRET") && stderr.contains("16"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("broker.db").exists(),
+        "no database is created before the config is valid"
+    );
+}
