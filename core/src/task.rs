@@ -7,14 +7,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A task's id: a UUIDv7, so ids sort by creation time.
+/// A task's id: a random UUID (v4), so the short form people type is distinctive
+/// even for tasks made in the same second (order comes from `created_at`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct TaskId(pub Uuid);
 
 impl TaskId {
     pub fn new() -> Self {
-        Self(Uuid::now_v7())
+        Self(Uuid::new_v4())
     }
 
     /// The first 8 hex digits, as shown to people; `status` accepts any unique prefix.

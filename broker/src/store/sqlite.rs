@@ -148,7 +148,7 @@ impl Store for SqliteStore {
 
     async fn enroll_runner(&self, name: &str, token: &TokenHash) -> Result<Runner, StoreError> {
         let runner = Runner {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: uuid::Uuid::new_v4().to_string(),
             name: name.to_owned(),
         };
         sqlx::query("INSERT INTO runners (id, name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4)")

@@ -1,0 +1,98 @@
+//! Broker client errors as protocol errors that say what to do.
+
+use std::error::Error;
+
+use embark_core::client::ClientError;
+use embark_core::protocol::ErrorCode;
+use embark_core::wire::ApiErrorCode;
+
+use crate::error::RpcError;
+
+pub fn broker_error(error: ClientError) -> RpcError {
+    match error {
+        ClientError::BadUrl { .. } => {
+            RpcError::config(format!("{error}; fix EMBARK_BROKER_URL (or broker_url in config.toml)"))
+        }
+        ClientError::Unreachable { url, source } => RpcError::new(
+            ErrorCode::BrokerUnreachable,
+            format!(
+                "could not reach the broker ({url}): {}. Is it running, and does EMBARK_BROKER_URL (or broker_url in config.toml) point at it?",
+                chain(&source)
+            ),
+        ),
+        ClientError::Api { code, message, status } => match code {
+            ApiErrorCode::Unauthorized => RpcError::new(
+                ErrorCode::BrokerRejected,
+                format!(
+                    "the broker refused the client secret ({message}): check EMBARK_CLIENT_SECRET (or client_secret in config.toml) against the broker's"
+                ),
+            ),
+            ApiErrorCode::NotFound => RpcError::new(
+                ErrorCode::TaskNotFound,
+                format!("the broker has no such task: {message}"),
+            ),
+            ApiErrorCode::InvalidRequest | ApiErrorCode::Conflict | ApiErrorCode::PayloadTooLarge => RpcError::new(
+                ErrorCode::BrokerRejected,
+                format!("the broker refused the request (HTTP {status}): {message}"),
+            ),
+            ApiErrorCode::Internal => RpcError::new(
+                ErrorCode::BrokerRejected,
+                format!("the broker failed (HTTP {status}): {message}; the broker's log has the details"),
+            ),
+        },
+        ClientError::Unexpected { status, body } => RpcError::new(
+            ErrorCode::BrokerRejected,
+            format!(
+                "the broker answered HTTP {status} with something that is not an embark answer ({body}): does EMBARK_BROKER_URL point at an embark broker?"
+            ),
+        ),
+        ClientError::Decode { what, source } => RpcError::new(
+            ErrorCode::BrokerRejected,
+            format!(
+                "could not read the broker's answer to {what}: {}; are the broker and the sidecar the same version?",
+                chain(&source)
+            ),
+        ),
+    }
+}
+
+/// An error and its causes, `a: b: c` (reqwest's own message is terse).
+fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthorized_says_which_secret_to_check() {
+        let error = broker_error(ClientError::Api {
+            status: 401,
+            code: ApiErrorCode::Unauthorized,
+            message: "wrong client secret".into(),
+        });
+        assert_eq!(error.code, ErrorCode::BrokerRejected);
+        assert!(
+            error.message.contains("check EMBARK_CLIENT_SECRET"),
+            "{}",
+            error.message
+        );
+        let missing = broker_error(ClientError::Api {
+            status: 404,
+            code: ApiErrorCode::NotFound,
+            message: "x".into(),
+        });
+        assert_eq!(missing.code, ErrorCode::TaskNotFound);
+    }
+}

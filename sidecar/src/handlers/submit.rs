@@ -1,0 +1,154 @@
+//! `/embark "prompt" [flags]`: hand a task to the broker.
+
+use std::path::Path;
+
+use embark_core::intent::ExecutionIntent;
+use embark_core::protocol::{Block, ErrorCode, SessionContext, Tone, View};
+use embark_core::wire::{CreateTask, CreateTaskError};
+use tracing::{info, warn};
+
+use super::{Handlers, broker_error, display_id, status_line};
+use crate::command::SubmitArgs;
+use crate::error::RpcError;
+use crate::repo::{self, RepoError};
+
+/// Shown digits of a commit id.
+const COMMIT_SHORT: usize = 12;
+
+pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext) -> Result<View, RpcError> {
+    let config = handlers.config();
+    let intent = resolve_intent(
+        &args,
+        &config.profile,
+        config.provider.as_deref(),
+        config.model.as_deref(),
+    )?;
+    let (client, secret) = handlers.broker()?;
+    let facts = repo::inspect(Path::new(&session.cwd)).await.map_err(repo_error)?;
+    let request = CreateTask {
+        repo_url: facts.remote_url.clone(),
+        commit: facts.head.clone(),
+        prompt: args.prompt,
+        intent,
+        session_id: session.session_id.clone(),
+    };
+    request.validate().map_err(create_error)?;
+    let task = client.create_task(secret, &request).await.map_err(broker_error)?;
+    info!(task = %task.id, commit = %task.commit, "submitted");
+
+    // The status line counts every task of the session; fall back to this one alone.
+    let tasks = match client.list_session_tasks(secret, &session.session_id).await {
+        Ok(list) if list.tasks.iter().any(|t| t.id == task.id) => list.tasks,
+        Ok(_) => vec![task.clone()],
+        Err(e) => {
+            warn!("listing the session's tasks after a submit failed: {e}");
+            vec![task.clone()]
+        }
+    };
+    let shown = display_id(&task, &tasks);
+    let commit_short = &task.commit[..task.commit.len().min(COMMIT_SHORT)];
+    let intent = &task.intent;
+    let mut blocks = vec![Block::Text {
+        text: format!(
+            "Embarked task {shown} on {}/{} (profile {}) at {commit_short} from {}\nTask id {}: follow it with `/embark status {shown}`.",
+            intent.provider, intent.model, intent.auth_profile, task.repo_url, task.id
+        ),
+        tone: Tone::Info,
+    }];
+    blocks.extend(facts.warnings.into_iter().map(|text| Block::Text {
+        text,
+        tone: Tone::Warning,
+    }));
+    Ok(View {
+        blocks,
+        status: Some(status_line(&tasks)),
+        message: None,
+    })
+}
+
+/// Flags over config defaults; no built-in provider or model.
+fn resolve_intent(
+    args: &SubmitArgs,
+    profile: &str,
+    provider: Option<&str>,
+    model: Option<&str>,
+) -> Result<ExecutionIntent, RpcError> {
+    let provider = args.provider.as_deref().or(provider).ok_or_else(|| {
+        RpcError::usage(
+            "no provider chosen: pass --provider <name> or set EMBARK_PROVIDER (or provider in config.toml); it names a provider of the runner's Pi",
+        )
+    })?;
+    let model = args.model.as_deref().or(model).ok_or_else(|| {
+        RpcError::usage("no model chosen: pass --model <id> or set EMBARK_MODEL (or model in config.toml)")
+    })?;
+    let intent = ExecutionIntent {
+        auth_profile: args.profile.clone().unwrap_or_else(|| profile.to_owned()),
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+    };
+    intent.validate().map_err(|e| RpcError::usage(e.to_string()))?;
+    Ok(intent)
+}
+
+fn repo_error(error: RepoError) -> RpcError {
+    match error {
+        RepoError::Spawn(_) => RpcError::new(ErrorCode::Internal, error.to_string()),
+        other => RpcError::repository(other.to_string()),
+    }
+}
+
+fn create_error(error: CreateTaskError) -> RpcError {
+    let message = error.to_string();
+    match error {
+        CreateTaskError::EmptyPrompt | CreateTaskError::PromptTooLong { .. } | CreateTaskError::Intent(_) => {
+            RpcError::usage(message)
+        }
+        CreateTaskError::BadCommit(_) | CreateTaskError::EmptyRepoUrl | CreateTaskError::BadRepoUrl(_) => {
+            RpcError::repository(message)
+        }
+        CreateTaskError::BadSessionId => RpcError::new(ErrorCode::InvalidParams, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(provider: Option<&str>, model: Option<&str>, profile: Option<&str>) -> SubmitArgs {
+        SubmitArgs {
+            prompt: "p".into(),
+            provider: provider.map(Into::into),
+            model: model.map(Into::into),
+            profile: profile.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn flags_beat_config_defaults() {
+        let intent =
+            resolve_intent(&args(Some("flag-p"), None, None), "cfg", Some("cfg-p"), Some("cfg-m")).expect("resolves");
+        assert_eq!(
+            intent,
+            ExecutionIntent {
+                auth_profile: "cfg".into(),
+                provider: "flag-p".into(),
+                model: "cfg-m".into()
+            }
+        );
+        let intent = resolve_intent(&args(None, Some("m"), Some("team")), "cfg", Some("p"), None).expect("resolves");
+        assert_eq!((intent.auth_profile.as_str(), intent.model.as_str()), ("team", "m"));
+    }
+
+    #[test]
+    fn missing_or_bad_names_are_usage_errors() {
+        let error = resolve_intent(&args(None, Some("m"), None), "default", None, None).expect_err("no provider");
+        assert_eq!(error.code, ErrorCode::Usage);
+        assert!(error.message.contains("--provider"), "{}", error.message);
+        let error = resolve_intent(&args(Some("p"), None, None), "default", None, None).expect_err("no model");
+        assert!(error.message.contains("--model"), "{}", error.message);
+        let error = resolve_intent(&args(Some("p"), Some(""), None), "default", None, None).expect_err("empty");
+        assert_eq!(error.code, ErrorCode::Usage);
+        let error = resolve_intent(&args(Some("-x"), Some("m"), None), "default", None, None).expect_err("flag-like");
+        assert!(error.message.contains("provider"), "{}", error.message);
+    }
+}

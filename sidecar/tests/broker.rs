@@ -1,0 +1,423 @@
+//! The sidecar against the real broker (`embark-broker` on 127.0.0.1 with a
+//! fresh SQLite file) and real git repositories. Needs the broker binary:
+//! `cargo build -p embark-broker` (or `cargo test --workspace`).
+//!
+//! Where a finished task is needed, the test plays the runner through the
+//! broker's own runner API (enroll, claim, events, complete).
+
+mod common;
+
+use common::{Client, assert_error, view_text};
+use embark_core::event::{EventKind, NewEvent};
+use embark_core::wire::{AppendEvents, CompleteTask, TaskResult};
+use embark_sidecar::config::{Config, Secret};
+use embark_testkit::Broker;
+use embark_testkit::git::{fixture, git};
+use serde_json::{Value, json};
+
+fn config_for(broker: &Broker) -> Config {
+    Config {
+        broker_url: Some(broker.url.clone()),
+        client_secret: Some(Secret::new(broker.client_secret.clone())),
+        ..Config::default()
+    }
+}
+
+fn session(id: &str, cwd: &std::path::Path) -> Value {
+    json!({"session_id": id, "cwd": cwd.to_str().expect("utf-8 path")})
+}
+
+const SUBMIT: &str = r#""fix it" --provider fake --model fake-model"#;
+
+/// The rows of the View's first table as (field, value) pairs.
+fn table(answer: &Value) -> Vec<(String, String)> {
+    let block = answer["result"]["blocks"]
+        .as_array()
+        .and_then(|blocks| blocks.iter().find(|b| b["type"] == "table"))
+        .unwrap_or_else(|| panic!("no table in {answer}"));
+    assert_eq!(block["columns"], json!(["field", "value"]));
+    block["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_str().expect("field").to_owned(),
+                row[1].as_str().expect("value").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn field(rows: &[(String, String)], name: &str) -> String {
+    rows.iter()
+        .find(|(f, _)| f == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no {name} in {rows:?}"))
+}
+
+#[tokio::test]
+async fn submit_then_status_shows_the_queued_task() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let session = session("pi-session-1", &repo.work);
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+
+    let submitted = client.command(1, SUBMIT, &session).await;
+    assert!(submitted.get("error").is_none(), "{submitted}");
+    let tasks = broker
+        .client()
+        .list_session_tasks(&broker.client_secret, "pi-session-1")
+        .await
+        .expect("list")
+        .tasks;
+    assert_eq!(tasks.len(), 1, "the broker holds the task");
+    let task = &tasks[0];
+    assert_eq!(task.commit, repo.head);
+    assert_eq!(task.repo_url, repo.origin.to_str().expect("utf-8"));
+    assert_eq!(task.prompt, "fix it");
+    assert_eq!(
+        (
+            task.intent.auth_profile.as_str(),
+            task.intent.provider.as_str(),
+            task.intent.model.as_str()
+        ),
+        ("default", "fake", "fake-model")
+    );
+    let text = view_text(&submitted);
+    let expected = format!(
+        "Embarked task {} on fake/fake-model (profile default) at {} from {}",
+        task.id.short(),
+        &repo.head[..12],
+        task.repo_url
+    );
+    assert!(
+        text.starts_with(&expected),
+        "{text}\nwanted it to start with\n{expected}"
+    );
+    assert!(text.contains(&task.id.to_string()), "{text}");
+    let blocks = submitted["result"]["blocks"].as_array().expect("blocks");
+    assert_eq!(
+        blocks.len(),
+        1,
+        "a pushed, clean repository has no warnings: {blocks:?}"
+    );
+    assert_eq!(
+        submitted["result"]["status"],
+        json!({"key": "embark", "text": "embark: 1 task queued"})
+    );
+    assert_eq!(submitted["result"]["message"], Value::Null);
+
+    for (id, line) in [
+        (2, "status".to_owned()),
+        (3, "status latest".to_owned()),
+        (4, format!("status {}", task.id.short())),
+    ] {
+        let status = client.command(id, &line, &session).await;
+        assert!(status.get("error").is_none(), "{line}: {status}");
+        let rows = table(&status);
+        assert_eq!(field(&rows, "id"), task.id.to_string());
+        assert_eq!(field(&rows, "state"), "queued");
+        assert_eq!(field(&rows, "commit"), repo.head);
+        assert_eq!(field(&rows, "repo"), task.repo_url);
+        assert_eq!(field(&rows, "intent"), "fake/fake-model (profile default)");
+        assert_eq!(field(&rows, "attempt"), "0");
+        assert!(
+            view_text(&status).contains("No events yet: the task waits for a runner."),
+            "{status}"
+        );
+        assert_eq!(status["result"]["status"]["text"], "embark: 1 task queued");
+        assert_eq!(status["result"]["message"], Value::Null, "no result while queued");
+    }
+    assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be_unique() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let session = session("pi-session-2", &repo.work);
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+    assert!(client.command(1, SUBMIT, &session).await.get("error").is_none());
+
+    std::fs::write(repo.work.join("new.txt"), "new").expect("write");
+    git(&repo.work, &["add", "new.txt"]);
+    git(&repo.work, &["commit", "-q", "-m", "local only"]);
+    std::fs::write(repo.work.join("README.md"), "edited\n").expect("write");
+    let head = git(&repo.work, &["rev-parse", "HEAD"]);
+
+    let second = client
+        .command(2, "submit second task --model fake-model --provider=fake", &session)
+        .await;
+    assert!(second.get("error").is_none(), "{second}");
+    let blocks = second["result"]["blocks"].as_array().expect("blocks");
+    let warnings: Vec<&str> = blocks
+        .iter()
+        .filter(|b| b["tone"] == "warning")
+        .map(|b| b["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{blocks:?}");
+    assert!(warnings[0].contains("push HEAD first") && warnings[0].contains(repo.origin.to_str().expect("utf-8")));
+    assert!(warnings[1].contains("uncommitted changes"), "{}", warnings[1]);
+    assert_eq!(second["result"]["status"]["text"], "embark: 2 tasks queued");
+
+    let tasks = broker
+        .client()
+        .list_session_tasks(&broker.client_secret, "pi-session-2")
+        .await
+        .expect("list")
+        .tasks;
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0].commit, head, "the newest task runs at the new HEAD");
+    assert_eq!(tasks[0].prompt, "second task");
+
+    // Each task answers to its own short prefix (ambiguous prefixes are unit-tested in handlers::status).
+    for (id, task) in (3..).zip(&tasks) {
+        let prefix = &task.id.0.simple().to_string()[..8];
+        let shown = client.command(id, &format!("status {prefix}"), &session).await;
+        assert!(shown.get("error").is_none(), "{shown}");
+        assert!(shown.to_string().contains(&task.prompt), "{shown}");
+    }
+
+    let missing = client.command(5, "status ffffffff", &session).await;
+    assert_error(&missing, 1022, "task_not_found");
+
+    let other_session = client
+        .command(6, "status", &json!({"session_id": "another", "cwd": "/"}))
+        .await;
+    assert_error(&other_session, 1022, "task_not_found");
+    assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_finished_task_brings_its_result_into_the_conversation() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let session = session("pi-session-3", &repo.work);
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+    assert!(client.command(1, SUBMIT, &session).await.get("error").is_none());
+
+    // Play the runner through the broker's runner API.
+    let api = broker.client();
+    let enrolled = api
+        .enroll(&broker.enrollment_secret, "sidecar-test-runner")
+        .await
+        .expect("enroll");
+    let claim = api
+        .claim(&enrolled.runner_token, 5_000)
+        .await
+        .expect("claim")
+        .expect("a queued task");
+    let running = client.command(2, "status", &session).await;
+    assert_eq!(field(&table(&running), "state"), "running");
+    assert_eq!(running["result"]["status"]["text"], "embark: 1 task running");
+
+    let events = AppendEvents {
+        events: vec![
+            NewEvent {
+                kind: EventKind::Lifecycle,
+                payload: json!({"phase": "cloning"}),
+            },
+            NewEvent {
+                kind: EventKind::AgentStart,
+                payload: json!({}),
+            },
+            NewEvent {
+                kind: EventKind::ToolStart,
+                payload: json!({"tool_call_id": "t1", "tool_name": "bash", "args": {"command": "ls"}}),
+            },
+            NewEvent {
+                kind: EventKind::AssistantMessage,
+                payload: json!({"text": "All done.", "stop_reason": "stop"}),
+            },
+            NewEvent {
+                kind: EventKind::AgentEnd,
+                payload: json!({"stop_reason": "stop"}),
+            },
+        ],
+    };
+    api.append_events(&claim.callback_token, claim.task.id, &events)
+        .await
+        .expect("append events");
+    let verdict = CompleteTask {
+        result: TaskResult::Succeeded,
+        final_text: Some("All done. The flaky test is fixed.".into()),
+        reason: None,
+    };
+    api.complete(&claim.callback_token, claim.task.id, &verdict)
+        .await
+        .expect("complete");
+
+    let done = client.command(3, "status", &session).await;
+    assert!(done.get("error").is_none(), "{done}");
+    let rows = table(&done);
+    assert_eq!(field(&rows, "state"), "succeeded");
+    assert_eq!(field(&rows, "attempt"), "1");
+    assert!(rows.iter().any(|(f, _)| f == "finished"), "{rows:?}");
+    let text = view_text(&done);
+    assert!(text.contains("Recent events (5 of 5):"), "{text}");
+    assert!(text.contains("#1 lifecycle: cloning"), "{text}");
+    assert!(text.contains("#3 tool_start: bash {\"command\":\"ls\"}"), "{text}");
+    assert!(text.contains("#4 assistant_message: All done."), "{text}");
+    let message = &done["result"]["message"];
+    assert_eq!(message["custom_type"], "embark-result");
+    assert!(
+        message["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("succeeded") && c.contains("The flaky test is fixed.")),
+        "{message}"
+    );
+    assert_eq!(
+        message["details"],
+        json!({"task_id": claim.task.id.to_string(), "state": "succeeded"})
+    );
+    assert_eq!(
+        done["result"]["status"],
+        json!({"key": "embark", "text": null}),
+        "nothing runs any more"
+    );
+
+    // A failure brings its reason.
+    assert!(
+        client
+            .command(4, r#""break it" --provider fake --model fake-model"#, &session)
+            .await
+            .get("error")
+            .is_none()
+    );
+    let claim = api
+        .claim(&enrolled.runner_token, 5_000)
+        .await
+        .expect("claim")
+        .expect("the second task");
+    let verdict = CompleteTask {
+        result: TaskResult::Failed,
+        final_text: None,
+        reason: Some("pi exited with status 1".into()),
+    };
+    api.complete(&claim.callback_token, claim.task.id, &verdict)
+        .await
+        .expect("complete");
+    let failed = client.command(5, "status", &session).await;
+    let message = &failed["result"]["message"];
+    assert!(
+        message["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("failed**: pi exited with status 1")),
+        "{message}"
+    );
+    assert_eq!(message["details"]["state"], "failed");
+    assert!(view_text(&failed).contains("No events."), "{failed}");
+    assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn unusable_repositories_are_repository_errors() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).expect("mkdir");
+    let answer = client.command(1, SUBMIT, &session("s", &plain)).await;
+    assert_error(&answer, 1011, "repository");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not inside a git repository")),
+        "{answer}"
+    );
+
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).expect("mkdir");
+    git(&fresh, &["init", "-q"]);
+    let answer = client.command(2, SUBMIT, &session("s", &fresh)).await;
+    assert_error(&answer, 1011, "repository");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no commit yet")),
+        "{answer}"
+    );
+
+    std::fs::write(fresh.join("f.txt"), "f").expect("write");
+    git(&fresh, &["add", "f.txt"]);
+    git(&fresh, &["commit", "-q", "-m", "one"]);
+    let answer = client.command(3, SUBMIT, &session("s", &fresh)).await;
+    assert_error(&answer, 1011, "repository");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("git remote add origin <url>")),
+        "{answer}"
+    );
+
+    let tasks = broker
+        .client()
+        .list_session_tasks(&broker.client_secret, "s")
+        .await
+        .expect("list")
+        .tasks;
+    assert!(tasks.is_empty(), "nothing reached the broker: {tasks:?}");
+    assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_rejected_with_a_hint() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let config = Config {
+        client_secret: Some(Secret::new("not-the-client-secret-0123")),
+        ..config_for(&broker)
+    };
+    let mut client = Client::start(config);
+    client.hello().await;
+    let session = session("s", &repo.work);
+    for (id, line) in [(1, SUBMIT), (2, "status")] {
+        let answer = client.command(id, line, &session).await;
+        assert_error(&answer, 1021, "broker_rejected");
+        let message = answer["error"]["message"].as_str().expect("message");
+        assert!(message.contains("check EMBARK_CLIENT_SECRET"), "{message}");
+        assert!(
+            !message.contains("not-the-client-secret"),
+            "the secret is not echoed: {message}"
+        );
+    }
+    assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_named() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let config = Config {
+        broker_url: Some(format!("http://127.0.0.1:{port}")),
+        client_secret: Some(Secret::new("whatever-secret-0123456789")),
+        ..Config::default()
+    };
+    let mut client = Client::start(config);
+    client.hello().await;
+    let answer = client.command(1, SUBMIT, &session("s", &repo.work)).await;
+    assert_error(&answer, 1020, "broker_unreachable");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&port.to_string())),
+        "{answer}"
+    );
+    assert!(client.finish().await.is_empty());
+}
