@@ -1,1 +1,65 @@
-fn main() {}
+//! `embark-runner`: see `docs/runner.md`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use embark_runner::config::{Cli, Config};
+use embark_runner::pi_process::resolve_program;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("embark-runner: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::resolve(cli, &|key| std::env::var(key).ok())?;
+    config.pi = resolve_program(&config.pi, std::env::var_os("PATH").as_deref())?;
+    std::fs::create_dir_all(&config.spaces)
+        .with_context(|| format!("cannot create the spaces directory {}", config.spaces.display()))?;
+    tracing::info!(
+        pi = %config.pi.display(),
+        spaces = %config.spaces.display(),
+        profiles = %config.profiles.display(),
+        "starting"
+    );
+
+    let (stop, shutdown) = watch::channel(false);
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+        tracing::warn!("shutdown requested: no more claims; a running task is aborted and reported as failed");
+        let _ = stop.send(true);
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+        // Pi sits in its own process group; it exits when its stdin closes with us.
+        tracing::error!("second signal: exiting now");
+        std::process::exit(130);
+    });
+
+    embark_runner::runner::run(&config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! embark's runner: claims tasks from the broker, prepares a task directory
+//! (auth profile, git checkout), runs `pi --mode rpc` in it, streams Pi's
+//! events back and reports the verdict. See `docs/runner.md`.
+
+pub mod checkout;
+pub mod config;
+pub mod events;
+pub mod pi_process;
+pub mod pi_rpc;
+pub mod profile;
+pub mod reporter;
+pub mod retry;
+pub mod runner;
+pub mod shutdown;
+pub mod space;
+pub mod task;
+pub mod text;

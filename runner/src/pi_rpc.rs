@@ -1,0 +1,245 @@
+//! One prompt through Pi's RPC protocol: send it, cancel every dialog an
+//! extension opens, pass events to an observer, wait for `agent_end`, then
+//! ask for the last assistant text. A deadline or a shutdown request sends
+//! `abort` and waits a bounded time for Pi to wind down.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::events::AssistantSummary;
+use crate::pi_process::{PiError, PiProcess, Record};
+
+const PROMPT_ID: &str = "p1";
+const ABORT_ID: &str = "a1";
+const LAST_TEXT_ID: &str = "t1";
+/// How often the observer gets a tick (it flushes coalesced text on ticks).
+const TICK: Duration = Duration::from_millis(50);
+/// After `abort`, how long Pi gets to end the run.
+const ABORT_GRACE: Duration = Duration::from_secs(10);
+/// How long a simple command's response may take.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Dialog methods that wait for an answer; every one is cancelled.
+const DIALOGS: [&str; 4] = ["select", "confirm", "input", "editor"];
+
+/// Receives Pi's events (not responses) as they come.
+pub trait Observer {
+    fn on_record(&mut self, record: &Value);
+    fn on_tick(&mut self);
+    fn on_garbage(&mut self, note: &str);
+}
+
+/// Why a run was cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupted {
+    TimedOut,
+    ShuttingDown,
+}
+
+/// What one prompt came to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PromptRun {
+    pub agent_ended: bool,
+    pub last_assistant: Option<AssistantSummary>,
+    /// `get_last_assistant_text`'s answer (absent when the message had no text).
+    pub last_text: Option<String>,
+    pub interrupted: Option<Interrupted>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("Pi refused the prompt: {0}")]
+    PromptRejected(String),
+    #[error("Pi exited ({status}) before the run finished; its stderr ends with: {stderr}")]
+    ExitedEarly { status: String, stderr: String },
+    #[error(transparent)]
+    Process(#[from] PiError),
+}
+
+/// Runs `prompt` to the end (or to `deadline`, or until `shutdown` turns true).
+pub async fn run_prompt(
+    pi: &mut PiProcess,
+    prompt: &str,
+    observer: &mut dyn Observer,
+    deadline: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<PromptRun, RpcError> {
+    let mut driver = Driver {
+        pi,
+        observer,
+        run: PromptRun::default(),
+        give_up_at: None,
+    };
+    driver
+        .pi
+        .send(&json!({"id": PROMPT_ID, "type": "prompt", "message": prompt}))
+        .await?;
+    if *shutdown.borrow_and_update() {
+        driver.interrupt(Interrupted::ShuttingDown).await;
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown_open = true;
+    loop {
+        let give_up_at = driver.give_up_at;
+        let interrupted = driver.run.interrupted.is_some();
+        tokio::select! {
+            record = driver.pi.recv() => {
+                let Some(record) = record else {
+                    // After an abort, Pi leaving is the interruption's outcome, not a new failure.
+                    if driver.run.interrupted.is_some() {
+                        break;
+                    }
+                    return Err(driver.exited_early().await);
+                };
+                if driver.handle(record).await? == Handled::AgentEnd {
+                    break;
+                }
+            }
+            _ = tick.tick() => driver.observer.on_tick(),
+            _ = sleep_until(deadline), if !interrupted => driver.interrupt(Interrupted::TimedOut).await,
+            changed = shutdown.changed(), if !interrupted && shutdown_open => match changed {
+                Ok(()) if *shutdown.borrow_and_update() => driver.interrupt(Interrupted::ShuttingDown).await,
+                Ok(()) => {}
+                Err(_) => shutdown_open = false,
+            },
+            // Pi did not end the run after `abort`: stop waiting for it.
+            _ = sleep_until(give_up_at.unwrap_or(deadline)), if give_up_at.is_some() => break,
+        }
+    }
+    if driver.run.agent_ended {
+        driver.ask_last_text(&mut tick).await?;
+    }
+    Ok(driver.run)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Handled {
+    Continue,
+    AgentEnd,
+    LastText,
+}
+
+struct Driver<'a> {
+    pi: &'a mut PiProcess,
+    observer: &'a mut dyn Observer,
+    run: PromptRun,
+    give_up_at: Option<Instant>,
+}
+
+impl Driver<'_> {
+    async fn handle(&mut self, record: Record) -> Result<Handled, RpcError> {
+        let value = match record {
+            Record::Json(value) => value,
+            Record::Garbage(note) => {
+                tracing::warn!("{note}");
+                self.observer.on_garbage(&note);
+                return Ok(Handled::Continue);
+            }
+        };
+        match value.get("type").and_then(Value::as_str).unwrap_or("") {
+            "response" => return self.on_response(&value),
+            "extension_ui_request" => {
+                let method = value.get("method").and_then(Value::as_str).unwrap_or("");
+                if DIALOGS.contains(&method)
+                    && let Some(id) = value.get("id").and_then(Value::as_str)
+                {
+                    // Nobody can answer on a runner: cancel, or the extension waits forever.
+                    self.pi
+                        .send(&json!({"type": "extension_ui_response", "id": id, "cancelled": true}))
+                        .await?;
+                }
+                self.observer.on_record(&value);
+            }
+            "message_end" => {
+                if let Some(summary) = value.get("message").and_then(AssistantSummary::from_message) {
+                    self.run.last_assistant = Some(summary);
+                }
+                self.observer.on_record(&value);
+            }
+            "agent_end" => {
+                self.observer.on_record(&value);
+                self.run.agent_ended = true;
+                return Ok(Handled::AgentEnd);
+            }
+            _ => self.observer.on_record(&value),
+        }
+        Ok(Handled::Continue)
+    }
+
+    fn on_response(&mut self, value: &Value) -> Result<Handled, RpcError> {
+        let id = value.get("id").and_then(Value::as_str).unwrap_or("");
+        let success = value.get("success").and_then(Value::as_bool).unwrap_or(false);
+        let error = || {
+            value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+                .to_owned()
+        };
+        match id {
+            PROMPT_ID if !success => Err(RpcError::PromptRejected(error())),
+            LAST_TEXT_ID => {
+                if success {
+                    self.run.last_text = value.pointer("/data/text").and_then(Value::as_str).map(str::to_owned);
+                }
+                Ok(Handled::LastText)
+            }
+            _ => {
+                if !success {
+                    tracing::warn!("Pi refused command {id:?}: {}", error());
+                }
+                Ok(Handled::Continue)
+            }
+        }
+    }
+
+    async fn interrupt(&mut self, why: Interrupted) {
+        tracing::warn!("aborting Pi's run: {why:?}");
+        self.run.interrupted = Some(why);
+        self.give_up_at = Some(Instant::now() + ABORT_GRACE);
+        if let Err(e) = self.pi.send(&json!({"id": ABORT_ID, "type": "abort"})).await {
+            // Pi is gone; its stdout closing ends the loop.
+            tracing::warn!("could not send abort: {e}");
+        }
+    }
+
+    async fn ask_last_text(&mut self, tick: &mut tokio::time::Interval) -> Result<(), RpcError> {
+        self.pi
+            .send(&json!({"id": LAST_TEXT_ID, "type": "get_last_assistant_text"}))
+            .await?;
+        let until = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            tokio::select! {
+                record = self.pi.recv() => {
+                    // Pi leaving now is harmless: the run already ended.
+                    let Some(record) = record else { return Ok(()) };
+                    if self.handle(record).await? == Handled::LastText {
+                        return Ok(());
+                    }
+                }
+                _ = tick.tick() => self.observer.on_tick(),
+                _ = sleep_until(until) => {
+                    tracing::warn!("Pi did not answer get_last_assistant_text within {REPLY_TIMEOUT:?}");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn exited_early(&mut self) -> RpcError {
+        let status = match self.pi.wait_exit(Duration::from_secs(5)).await {
+            Some(status) => status.to_string(),
+            None => "still running, stdout closed".to_owned(),
+        };
+        let stderr = self.pi.stderr_tail();
+        let stderr = if stderr.is_empty() {
+            "(nothing)".to_owned()
+        } else {
+            stderr
+        };
+        RpcError::ExitedEarly { status, stderr }
+    }
+}

@@ -1,0 +1,358 @@
+//! One claimed task, end to end: task directory, auth profile, clone, Pi,
+//! events, verdict. Every failure becomes a `failed` verdict with a reason a
+//! person can act on; nothing here panics or gives up silently.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use embark_core::client::BrokerClient;
+use embark_core::limits::MAX_RESULT_TEXT_BYTES;
+use embark_core::wire::{Claim, CompleteTask, TaskResult};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::checkout::checkout;
+use crate::events::{EventMapper, lifecycle, log_event};
+use crate::pi_process::{PiLaunch, PiProcess};
+use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
+use crate::profile;
+use crate::reporter::Reporter;
+use crate::shutdown;
+use crate::space::Space;
+use crate::text::head;
+
+/// After stdin EOF, how long Pi gets to exit before SIGTERM (and again before SIGKILL).
+const PI_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// Non-JSON stdout lines reported as events; more are only counted in logs.
+const MAX_GARBAGE_NOTES: u32 = 20;
+
+pub const SHUTTING_DOWN: &str = "runner shutting down";
+
+/// What a task needs from the runner.
+#[derive(Clone, Debug)]
+pub struct TaskSettings {
+    pub runner_name: String,
+    pub spaces: PathBuf,
+    pub profiles: PathBuf,
+    pub pi: PathBuf,
+    pub task_timeout: Duration,
+    pub clone_timeout: Duration,
+    pub keep_spaces: bool,
+}
+
+/// Runs the claimed task and returns the verdict to report.
+pub async fn run_task(
+    client: &BrokerClient,
+    settings: &TaskSettings,
+    claim: &Claim,
+    mut shutdown: watch::Receiver<bool>,
+) -> CompleteTask {
+    let task = &claim.task;
+    let reporter = Reporter::start(client.clone(), claim.callback_token.clone(), task.id);
+    let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
+    reporter.send(lifecycle("claimed", Some(&detail)));
+
+    let deadline = Instant::now() + settings.task_timeout;
+    let (mut verdict, space) = attempt(settings, claim, &reporter, deadline, &mut shutdown).await;
+
+    let summary = match (&verdict.result, &verdict.reason) {
+        (TaskResult::Succeeded, _) => "succeeded".to_owned(),
+        (TaskResult::Failed, Some(reason)) => format!("failed: {reason}"),
+        (TaskResult::Failed, None) => "failed".to_owned(),
+    };
+    reporter.send(lifecycle("finishing", Some(&summary)));
+    let delivery = reporter.finish().await;
+    if let Some(problem) = delivery.problem() {
+        verdict.reason = Some(match verdict.reason.take() {
+            Some(reason) => format!("{reason}; {problem}"),
+            None => problem,
+        });
+    }
+    if let Some(space) = space.filter(|_| !settings.keep_spaces)
+        && let Err(e) = space.remove()
+    {
+        tracing::warn!(task = %task.id, "could not remove {}: {e}", space.root.display());
+    }
+    verdict.final_text = verdict.final_text.map(|t| head(&t, MAX_RESULT_TEXT_BYTES).0.to_owned());
+    verdict.reason = verdict.reason.map(|t| head(&t, MAX_RESULT_TEXT_BYTES).0.to_owned());
+    verdict
+}
+
+fn failed(reason: impl Into<String>) -> CompleteTask {
+    CompleteTask {
+        result: TaskResult::Failed,
+        final_text: None,
+        reason: Some(reason.into()),
+    }
+}
+
+/// The task's work. Returns the verdict and the task directory it created
+/// (never one that existed before).
+async fn attempt(
+    settings: &TaskSettings,
+    claim: &Claim,
+    reporter: &Reporter,
+    deadline: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> (CompleteTask, Option<Space>) {
+    let task = &claim.task;
+    if let Err(e) = task.intent.validate() {
+        return (
+            failed(format!("the task's execution intent is not acceptable: {e}")),
+            None,
+        );
+    }
+    let space = match Space::create(&settings.spaces, task.id) {
+        Ok(space) => space,
+        Err(e) => return (failed(e.to_string()), None),
+    };
+    let verdict = prepare_and_run(settings, claim, &space, reporter, deadline, shutdown).await;
+    (verdict, Some(space))
+}
+
+async fn prepare_and_run(
+    settings: &TaskSettings,
+    claim: &Claim,
+    space: &Space,
+    reporter: &Reporter,
+    deadline: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> CompleteTask {
+    let task = &claim.task;
+    let intent = &task.intent;
+    // Cheap checks first: an unknown profile fails before any clone.
+    match profile::install(&settings.profiles, &intent.auth_profile, &space.pi_agent) {
+        Ok(files) => tracing::info!(task = %task.id, "auth profile {:?}: copied {files:?}", intent.auth_profile),
+        Err(e) => return failed(e.to_string()),
+    }
+    if let Err(e) = space.write_prompt(&task.prompt) {
+        return failed(e.to_string());
+    }
+
+    reporter.send(lifecycle(
+        "cloning",
+        Some(&format!("{} @ {}", task.repo_url, task.commit)),
+    ));
+    let clone_timeout = settings
+        .clone_timeout
+        .min(deadline.saturating_duration_since(Instant::now()));
+    tokio::select! {
+        result = checkout(&task.repo_url, &task.commit, &space.workspace, clone_timeout) => {
+            if let Err(e) = result {
+                return failed(e.to_string());
+            }
+        }
+        () = shutdown::requested(shutdown) => return failed(SHUTTING_DOWN),
+        () = sleep_until(deadline) => return failed(timed_out(settings.task_timeout)),
+    }
+
+    reporter.send(lifecycle(
+        "starting_pi",
+        Some(&format!("{}/{}", intent.provider, intent.model)),
+    ));
+    let launch = PiLaunch {
+        program: settings.pi.clone(),
+        provider: intent.provider.clone(),
+        model: intent.model.clone(),
+        cwd: space.workspace.clone(),
+        session_dir: space.session.clone(),
+        agent_dir: space.pi_agent.clone(),
+        home: space.home.clone(),
+        tmp: space.tmp.clone(),
+    };
+    let mut pi = match PiProcess::spawn(&launch) {
+        Ok(pi) => pi,
+        Err(e) => return failed(e.to_string()),
+    };
+    tracing::info!(task = %task.id, pid = ?pi.pid(), "Pi started");
+
+    reporter.send(lifecycle("prompting", None));
+    let mut observer = ReportingObserver {
+        mapper: EventMapper::new(),
+        reporter,
+        garbage: 0,
+    };
+    let run = run_prompt(&mut pi, &task.prompt, &mut observer, deadline, shutdown).await;
+    observer.flush();
+
+    let exit = pi.shutdown(PI_EXIT_GRACE).await;
+    tracing::info!(task = %task.id, "Pi exited: {:?}", exit.status);
+    if let Some(signal) = exit.signalled {
+        reporter.send(log_event(
+            "warning",
+            &format!("Pi did not exit after its input closed; sent {signal}"),
+        ));
+    }
+    verdict(run, settings.task_timeout)
+}
+
+fn timed_out(limit: Duration) -> String {
+    format!(
+        "task timed out after {} s (--task-timeout-secs); Pi was aborted",
+        limit.as_secs()
+    )
+}
+
+/// The task's verdict from how the prompt ran: success needs `agent_end` and
+/// a last assistant message that did not end in an error or an abort.
+pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> CompleteTask {
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => return failed(e.to_string()),
+    };
+    let final_text = run
+        .last_text
+        .clone()
+        .or_else(|| run.last_assistant.as_ref().map(|m| m.text.clone()))
+        .filter(|t| !t.is_empty());
+    let reason = match (run.interrupted, run.agent_ended, &run.last_assistant) {
+        (Some(Interrupted::TimedOut), ..) => Some(timed_out(task_timeout)),
+        (Some(Interrupted::ShuttingDown), ..) => Some(SHUTTING_DOWN.to_owned()),
+        (None, false, _) => Some("Pi stopped before the run ended".to_owned()),
+        (None, true, None) => Some("Pi ended the run without an assistant message".to_owned()),
+        (None, true, Some(last)) if last.failed() => Some(match (&last.error_message, last.stop_reason.as_str()) {
+            (Some(error), "aborted") => format!("Pi's run was aborted: {error}"),
+            (Some(error), _) => format!("the model run failed: {error}"),
+            (None, stop) => format!("Pi's run ended with stop reason {stop:?}"),
+        }),
+        (None, true, Some(_)) => None,
+    };
+    match reason {
+        Some(reason) => CompleteTask {
+            result: TaskResult::Failed,
+            final_text,
+            reason: Some(reason),
+        },
+        None => CompleteTask {
+            result: TaskResult::Succeeded,
+            final_text,
+            reason: None,
+        },
+    }
+}
+
+/// Maps Pi's records to events and queues them for the broker.
+struct ReportingObserver<'a> {
+    mapper: EventMapper,
+    reporter: &'a Reporter,
+    garbage: u32,
+}
+
+impl ReportingObserver<'_> {
+    fn flush(&mut self) {
+        if let Some(event) = self.mapper.flush() {
+            self.reporter.send(event);
+        }
+    }
+}
+
+impl Observer for ReportingObserver<'_> {
+    fn on_record(&mut self, record: &Value) {
+        for event in self.mapper.map(record, std::time::Instant::now()) {
+            self.reporter.send(event);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(event) = self.mapper.tick(std::time::Instant::now()) {
+            self.reporter.send(event);
+        }
+    }
+
+    fn on_garbage(&mut self, note: &str) {
+        self.garbage += 1;
+        if self.garbage <= MAX_GARBAGE_NOTES {
+            self.reporter.send(log_event("warning", note));
+        } else if self.garbage == MAX_GARBAGE_NOTES + 1 {
+            self.reporter.send(log_event(
+                "warning",
+                "more non-JSON lines on Pi's stdout; see the runner's log",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::events::AssistantSummary;
+
+    use super::*;
+
+    fn assistant(text: &str, stop: &str, error: Option<&str>) -> AssistantSummary {
+        AssistantSummary {
+            text: text.into(),
+            stop_reason: stop.into(),
+            error_message: error.map(str::to_owned),
+            usage: None,
+        }
+    }
+
+    fn ended(last: AssistantSummary, last_text: Option<&str>) -> PromptRun {
+        PromptRun {
+            agent_ended: true,
+            last_assistant: Some(last),
+            last_text: last_text.map(str::to_owned),
+            interrupted: None,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_clean_end_succeeds_with_the_last_text() {
+        let v = verdict(
+            Ok(ended(assistant("done: hello", "stop", None), Some("done: hello"))),
+            HOUR,
+        );
+        assert_eq!(v.result, TaskResult::Succeeded);
+        assert_eq!(v.final_text.as_deref(), Some("done: hello"));
+        assert_eq!(v.reason, None);
+    }
+
+    #[test]
+    fn errors_aborts_and_interruptions_fail_with_reasons() {
+        let v = verdict(Ok(ended(assistant("", "error", Some("500 boom")), None)), HOUR);
+        assert_eq!(v.result, TaskResult::Failed);
+        assert_eq!(v.reason.as_deref(), Some("the model run failed: 500 boom"));
+        assert_eq!(v.final_text, None);
+
+        let v = verdict(
+            Ok(ended(assistant("par", "aborted", Some("Request was aborted")), None)),
+            HOUR,
+        );
+        assert_eq!(v.reason.as_deref(), Some("Pi's run was aborted: Request was aborted"));
+        assert_eq!(v.final_text.as_deref(), Some("par"), "partial text is kept");
+
+        let mut run = ended(assistant("x", "aborted", None), None);
+        run.interrupted = Some(Interrupted::TimedOut);
+        let v = verdict(Ok(run.clone()), Duration::from_secs(7));
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("task timed out after 7 s (--task-timeout-secs); Pi was aborted")
+        );
+        run.interrupted = Some(Interrupted::ShuttingDown);
+        assert_eq!(verdict(Ok(run), HOUR).reason.as_deref(), Some(SHUTTING_DOWN));
+
+        let none = PromptRun {
+            agent_ended: true,
+            ..PromptRun::default()
+        };
+        assert_eq!(verdict(Ok(none), HOUR).result, TaskResult::Failed);
+
+        let v = verdict(Err(RpcError::PromptRejected("No model selected".into())), HOUR);
+        assert_eq!(v.reason.as_deref(), Some("Pi refused the prompt: No model selected"));
+        let v = verdict(
+            Err(RpcError::ExitedEarly {
+                status: "exit status: 1".into(),
+                stderr: "Error: Unknown provider".into(),
+            }),
+            HOUR,
+        );
+        let reason = v.reason.expect("reason");
+        assert!(
+            reason.contains("exit status: 1") && reason.contains("Unknown provider"),
+            "{reason}"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The Pi driver against real Pi 0.73.1 and the scripted fake model: a full
+//! run, a dialog that must be cancelled, Pi failing at startup, a deadline
+//! and a shutdown request mid-stream.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use embark_core::{EventKind, NewEvent, TaskId};
+use embark_runner::events::EventMapper;
+use embark_runner::pi_process::{PiLaunch, PiProcess};
+use embark_runner::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
+use embark_runner::profile;
+use embark_runner::space::Space;
+use embark_testkit::FakeModel;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Keeps what the driver passed on, mapped the way the runner maps it.
+#[derive(Default)]
+struct Collect {
+    records: Vec<Value>,
+    events: Vec<NewEvent>,
+    mapper: EventMapper,
+}
+
+impl Observer for Collect {
+    fn on_record(&mut self, record: &Value) {
+        self.records.push(record.clone());
+        self.events.extend(self.mapper.map(record, std::time::Instant::now()));
+    }
+    fn on_tick(&mut self) {
+        self.events.extend(self.mapper.tick(std::time::Instant::now()));
+    }
+    fn on_garbage(&mut self, note: &str) {
+        panic!("unexpected non-JSON line from Pi: {note}");
+    }
+}
+
+impl Collect {
+    fn count_records(&self, kind: &str, update: Option<&str>) -> usize {
+        self.records
+            .iter()
+            .filter(|r| r["type"] == kind)
+            .filter(|r| update.is_none_or(|u| r["assistantMessageEvent"]["type"] == u))
+            .count()
+    }
+    fn count_events(&self, kind: EventKind) -> usize {
+        self.events.iter().filter(|e| e.kind == kind).count()
+    }
+}
+
+/// A task directory with the fake profile installed and an empty workspace.
+fn setup(root: &Path, model: &FakeModel, provider: &str) -> (Space, PiLaunch) {
+    let space = Space::create(&root.join("spaces"), TaskId::new()).expect("task dir");
+    let profiles = root.join("profiles");
+    common::write_fake_profile(&profiles, "default", &model.base_url());
+    profile::install(&profiles, "default", &space.pi_agent).expect("profile installed");
+    std::fs::create_dir_all(&space.workspace).expect("workspace");
+    let launch = PiLaunch {
+        program: embark_testkit::pi_path(),
+        provider: provider.into(),
+        model: "fake-model".into(),
+        cwd: space.workspace.clone(),
+        session_dir: space.session.clone(),
+        agent_dir: space.pi_agent.clone(),
+        home: space.home.clone(),
+        tmp: space.tmp.clone(),
+    };
+    (space, launch)
+}
+
+async fn drive(
+    launch: &PiLaunch,
+    prompt: &str,
+    within: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
+    let mut pi = PiProcess::spawn(launch).expect("Pi starts");
+    let mut seen = Collect::default();
+    let run = run_prompt(&mut pi, prompt, &mut seen, Instant::now() + within, shutdown).await;
+    seen.events.extend(seen.mapper.flush());
+    (run, seen, pi)
+}
+
+#[tokio::test]
+async fn a_bash_then_done_run_ends_cleanly() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let model = FakeModel::start(&json!({"turns": [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "echo hello > hello.txt"}}]},
+        {"text": "done: hello"}
+    ]}));
+    let (space, launch) = setup(tmp.path(), &model, "fake");
+    let (_stop, mut shutdown) = watch::channel(false);
+    let (run, seen, pi) = drive(&launch, "create hello.txt", Duration::from_secs(60), &mut shutdown).await;
+    let run = run.unwrap_or_else(|e| panic!("run failed: {e}; model log:\n{}", model.log()));
+
+    assert!(run.agent_ended);
+    assert_eq!(run.interrupted, None);
+    assert_eq!(run.last_text.as_deref(), Some("done: hello"));
+    let last = run.last_assistant.expect("an assistant message");
+    assert_eq!(last.stop_reason, "stop");
+    assert_eq!(
+        std::fs::read_to_string(space.workspace.join("hello.txt")).expect("hello.txt"),
+        "hello\n"
+    );
+    assert_eq!(seen.count_events(EventKind::ToolStart), 1);
+    assert_eq!(seen.count_events(EventKind::ToolEnd), 1);
+    assert_eq!(seen.events.last().map(|e| e.kind), Some(EventKind::AgentEnd));
+
+    let exit = pi.shutdown(Duration::from_secs(5)).await;
+    assert!(exit.status.expect("exited").success(), "Pi exits 0 on stdin EOF");
+    assert_eq!(exit.signalled, None);
+    let sessions = std::fs::read_dir(&space.session).expect("session dir").count();
+    assert_eq!(sessions, 1, "the session file is kept in session/");
+}
+
+#[tokio::test]
+async fn extension_dialogs_are_cancelled() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let model = FakeModel::start(&json!({"turns": [{"text": "done: hello"}]}));
+    let (_space, launch) = setup(tmp.path(), &model, "fake");
+    // A project extension that blocks the run on a confirm dialog until someone answers.
+    let extensions = launch.cwd.join(".pi/extensions");
+    std::fs::create_dir_all(&extensions).expect("extensions dir");
+    std::fs::write(
+        extensions.join("ask.ts"),
+        r#"export default function (pi: any) {
+  pi.on("before_agent_start", async (_event: any, ctx: any) => {
+    const ok = await ctx.ui.confirm("Proceed?", "the runner must answer");
+    ctx.ui.notify(`confirm answered ${ok}`, "info");
+  });
+}
+"#,
+    )
+    .expect("write extension");
+    let (_stop, mut shutdown) = watch::channel(false);
+    let (run, seen, pi) = drive(&launch, "hi", Duration::from_secs(30), &mut shutdown).await;
+    let run = run.expect("run ends");
+    assert_eq!(run.interrupted, None, "the dialog did not block the run");
+    assert_eq!(run.last_text.as_deref(), Some("done: hello"));
+    let logs: Vec<&Value> = seen
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Log)
+        .map(|e| &e.payload)
+        .collect();
+    assert_eq!(logs, [&json!({"level": "info", "message": "confirm answered false"})]);
+    pi.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn pi_failing_at_startup_reports_its_stderr() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let model = FakeModel::start(&json!({"turns": [{"text": "unused"}]}));
+    let (_space, launch) = setup(tmp.path(), &model, "no-such-provider");
+    let (_stop, mut shutdown) = watch::channel(false);
+    let (run, _seen, _pi) = drive(&launch, "hi", Duration::from_secs(30), &mut shutdown).await;
+    match run {
+        Err(RpcError::ExitedEarly { status, stderr }) => {
+            assert!(status.contains('1'), "{status}");
+            assert!(stderr.contains("Unknown provider \"no-such-provider\""), "{stderr}");
+        }
+        other => panic!("expected an early exit, got {other:?}"),
+    }
+}
+
+/// A slow stream: 200 words in 6-character pieces, 30 ms apart (about 5 s).
+fn slow_stream() -> Value {
+    json!({"turns": [{"text": common::long_text(200), "chunk_delay_ms": 30}]})
+}
+
+#[tokio::test]
+async fn a_deadline_aborts_the_run_and_deltas_stay_coalesced() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let model = FakeModel::start(&slow_stream());
+    let (_space, launch) = setup(tmp.path(), &model, "fake");
+    let (_stop, mut shutdown) = watch::channel(false);
+    let started = Instant::now();
+    // Pi needs about 1.5 s to start; the stream is cut about 2 s in.
+    let (run, seen, pi) = drive(&launch, "talk", Duration::from_millis(3500), &mut shutdown).await;
+    let run = run.expect("run ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "abort is prompt: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.interrupted, Some(Interrupted::TimedOut));
+    assert!(run.agent_ended, "Pi ends the run after abort");
+    assert_eq!(run.last_assistant.expect("assistant message").stop_reason, "aborted");
+
+    let deltas = seen.count_records("message_update", Some("text_delta"));
+    let chunks = seen.count_events(EventKind::AssistantDelta);
+    assert!(deltas >= 10, "the stream was under way when aborted ({deltas} deltas)");
+    assert!(
+        chunks >= 1 && chunks * 3 <= deltas,
+        "{deltas} deltas became {chunks} chunks"
+    );
+    pi.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_shutdown_request_aborts_the_run() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let model = FakeModel::start(&slow_stream());
+    let (_space, launch) = setup(tmp.path(), &model, "fake");
+    let (stop, mut shutdown) = watch::channel(false);
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        stop.send(true).expect("driver listens");
+        stop
+    });
+    let (run, _seen, pi) = drive(&launch, "talk", Duration::from_secs(60), &mut shutdown).await;
+    let run = run.expect("run ends");
+    assert_eq!(run.interrupted, Some(Interrupted::ShuttingDown));
+    assert!(run.agent_ended);
+    let exit = pi.shutdown(Duration::from_secs(5)).await;
+    assert!(exit.status.expect("exited").success());
+    drop(stopper.await);
+}

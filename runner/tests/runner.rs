@@ -1,0 +1,369 @@
+//! The real `embark-runner` binary end to end: real broker (SQLite), real
+//! git fixture, real Pi, the scripted fake model on 127.0.0.1.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use embark_core::client::BrokerClient;
+use embark_core::wire::{CreateTask, Task, TaskResult};
+use embark_core::{Event, EventKind, ExecutionIntent, TaskState};
+use embark_testkit::{Broker, FakeModel, git};
+use serde_json::{Value, json};
+
+/// The runner process, killed (by its own PID) if a test ends without stopping it.
+struct RunnerChild(Child);
+
+impl Drop for RunnerChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// One test's world: broker, fake model, fixture repo, profiles, spaces.
+struct World {
+    broker: Broker,
+    model: FakeModel,
+    client: BrokerClient,
+    repo: git::FixtureRepo,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new(script: Value) -> World {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = Broker::start();
+        let model = FakeModel::start(&script);
+        let repo = git::fixture(&dir.path().join("repo"));
+        common::write_fake_profile(&dir.path().join("profiles"), "default", &model.base_url());
+        std::fs::create_dir_all(dir.path().join("home")).expect("home");
+        let client = broker.client();
+        World {
+            broker,
+            model,
+            client,
+            repo,
+            dir,
+        }
+    }
+
+    fn spaces(&self) -> PathBuf {
+        self.dir.path().join("spaces")
+    }
+
+    fn runner_log(&self) -> PathBuf {
+        self.dir.path().join("runner.log")
+    }
+
+    async fn submit(&self, prompt: &str, profile: &str) -> Task {
+        let task = CreateTask {
+            repo_url: self.repo.origin.to_str().expect("utf-8 path").to_owned(),
+            commit: self.repo.head.clone(),
+            prompt: prompt.to_owned(),
+            intent: ExecutionIntent {
+                auth_profile: profile.to_owned(),
+                provider: "fake".to_owned(),
+                model: "fake-model".to_owned(),
+            },
+            session_id: "runner-test".to_owned(),
+        };
+        self.client
+            .create_task(&self.broker.client_secret, &task)
+            .await
+            .expect("task created")
+    }
+
+    /// Starts the real runner binary; its stderr goes to `runner.log`.
+    fn start_runner(&self, extra: &[&str]) -> RunnerChild {
+        let log = std::fs::File::create(self.runner_log()).expect("runner log");
+        let home = self.dir.path().join("home");
+        let mut command = Command::new(embark_testkit::bin_path("embark-runner"));
+        command
+            .arg("--broker-url")
+            .arg(&self.broker.url)
+            // Relative on purpose: Pi runs elsewhere (the workspace), so the runner must resolve them.
+            .current_dir(self.dir.path())
+            .arg("--spaces")
+            .arg("spaces")
+            .arg("--profiles")
+            .arg("profiles")
+            .arg("--pi")
+            .arg(embark_testkit::pi_path())
+            .arg("--name")
+            .arg("test-runner")
+            .arg("--claim-wait-ms")
+            .arg("2000")
+            .args(extra)
+            // Nothing from the developer's own config: a fresh HOME, no EMBARK_* leaking in.
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("EMBARK_RUNNER_ENROLLMENT_SECRET", &self.broker.enrollment_secret)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("EMBARK_") && key != "EMBARK_RUNNER_ENROLLMENT_SECRET" {
+                command.env_remove(key);
+            }
+        }
+        RunnerChild(command.spawn().expect("runner starts"))
+    }
+
+    fn wait(&self, child: &mut RunnerChild, within: Duration) -> ExitStatus {
+        let child = &mut child.0;
+        let until = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("poll runner") {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("runner did not exit within {within:?}; log:\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "--- runner log\n{}\n--- fake model log\n{}\n--- broker log\n{}",
+            std::fs::read_to_string(self.runner_log()).unwrap_or_default(),
+            self.model.log(),
+            self.broker.log()
+        )
+    }
+
+    async fn task(&self, id: embark_core::TaskId) -> Task {
+        self.client
+            .get_task(&self.broker.client_secret, id)
+            .await
+            .expect("task readable")
+    }
+
+    async fn events(&self, id: embark_core::TaskId) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            let after = events.last().map_or(0, |e: &Event| e.seq);
+            let page = self
+                .client
+                .task_events(&self.broker.client_secret, id, after, 1000)
+                .await
+                .expect("events readable");
+            if page.events.is_empty() {
+                return events;
+            }
+            events.extend(page.events);
+        }
+    }
+
+    /// Runs `--once` to completion and returns the finished task and its events.
+    async fn run_once(&self, task: &Task, extra: &[&str]) -> (Task, Vec<Event>) {
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
+        let mut runner = self.start_runner(&args);
+        let status = tokio::task::block_in_place(|| self.wait(&mut runner, Duration::from_secs(90)));
+        assert!(status.success(), "runner exit {status}; {}", self.diagnostics());
+        (self.task(task.id).await, self.events(task.id).await)
+    }
+}
+
+fn of_kind(events: &[Event], kind: EventKind) -> Vec<&Event> {
+    events.iter().filter(|e| e.kind == kind).collect()
+}
+
+fn phases(events: &[Event]) -> Vec<String> {
+    of_kind(events, EventKind::Lifecycle)
+        .iter()
+        .map(|e| e.payload["phase"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+fn assert_gapless(task: &Task, events: &[Event]) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=events.len() as u64).collect();
+    assert_eq!(seqs, expected, "seqs are gapless from 1");
+    assert_eq!(task.last_seq, events.len() as u64);
+}
+
+fn delta_text(events: &[Event]) -> String {
+    of_kind(events, EventKind::AssistantDelta)
+        .iter()
+        .filter_map(|e| e.payload["text"].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_runs_end_to_end_and_streams_its_events() {
+    let world = World::new(json!({"turns": [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "echo hello > hello.txt"}}]},
+        {"text": "done: hello"}
+    ]}));
+    let task = world.submit("create hello.txt saying hello", "default").await;
+    let (done, events) = world.run_once(&task, &[]).await;
+    let diag = || world.diagnostics();
+
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{}", diag());
+    let outcome = done.outcome.as_ref().expect("outcome");
+    assert_eq!(outcome.result, TaskResult::Succeeded);
+    assert_eq!(outcome.final_text.as_deref(), Some("done: hello"));
+    assert_eq!(outcome.reason, None);
+
+    let space = world.spaces().join(task.id.to_string());
+    assert_eq!(
+        std::fs::read_to_string(space.join("workspace/hello.txt")).expect("hello.txt"),
+        "hello\n"
+    );
+    assert_eq!(
+        git::git(&space.join("workspace"), &["rev-parse", "HEAD"]),
+        world.repo.head
+    );
+    assert_eq!(
+        std::fs::read_to_string(space.join("prompt.txt")).expect("prompt"),
+        "create hello.txt saying hello"
+    );
+    assert_eq!(
+        std::fs::read_dir(space.join("session")).expect("session dir").count(),
+        1,
+        "session file kept"
+    );
+
+    assert_gapless(&done, &events);
+    assert_eq!(
+        phases(&events),
+        ["claimed", "cloning", "starting_pi", "prompting", "finishing"]
+    );
+    let tool_start = of_kind(&events, EventKind::ToolStart);
+    assert_eq!(tool_start.len(), 1);
+    assert_eq!(tool_start[0].payload["tool_name"], "bash");
+    assert_eq!(tool_start[0].payload["args"]["command"], "echo hello > hello.txt");
+    let tool_end = of_kind(&events, EventKind::ToolEnd);
+    assert_eq!(tool_end.len(), 1);
+    assert_eq!(tool_end[0].payload["is_error"], false);
+    let messages = of_kind(&events, EventKind::AssistantMessage);
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1].payload["text"], "done: hello");
+    assert_eq!(messages[1].payload["stop_reason"], "stop");
+    assert_eq!(of_kind(&events, EventKind::AgentStart).len(), 1);
+    assert_eq!(of_kind(&events, EventKind::AgentEnd).len(), 1);
+    // The fake model streamed "done: hello" as two pieces: one chunk, not a row per token.
+    assert_eq!(delta_text(&events), "done: hello");
+    assert!(of_kind(&events, EventKind::AssistantDelta).len() <= 2);
+    // Order: the tool ran before the final message, which came before agent_end.
+    let pos = |kind| events.iter().position(|e| e.kind == kind).expect("present");
+    assert!(pos(EventKind::ToolEnd) < pos(EventKind::AgentEnd));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_error_fails_the_task_with_its_message() {
+    let world = World::new(json!({"turns": [{"error": {"status": 500, "message": "boom"}}]}));
+    let task = world.submit("anything", "default").await;
+    let (done, events) = world.run_once(&task, &[]).await;
+    assert_eq!(done.state, TaskState::Failed, "{}", world.diagnostics());
+    let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
+    assert!(reason.contains("boom"), "{reason}");
+    assert_gapless(&done, &events);
+    let messages = of_kind(&events, EventKind::AssistantMessage);
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].payload["stop_reason"], "error");
+    assert!(
+        messages[0].payload["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("boom"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_profile_fails_naming_it_before_any_clone() {
+    let world = World::new(json!({"turns": [{"text": "unused"}]}));
+    let task = world.submit("anything", "nonexistent-profile").await;
+    let (done, events) = world.run_once(&task, &[]).await;
+    assert_eq!(done.state, TaskState::Failed);
+    let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
+    assert!(reason.contains("\"nonexistent-profile\""), "{reason}");
+    assert!(
+        reason.contains(&world.dir.path().join("profiles").display().to_string()),
+        "{reason}"
+    );
+    assert_eq!(phases(&events), ["claimed", "finishing"]);
+    assert!(
+        !world.spaces().join(task.id.to_string()).join("workspace").exists(),
+        "no clone was made"
+    );
+    assert!(world.model.log().trim().is_empty(), "the model was never asked");
+}
+
+/// 200 words in 6-character pieces, 30 ms apart: about 5 s of streaming.
+fn slow_stream() -> Value {
+    json!({"turns": [{"text": common::long_text(200), "chunk_delay_ms": 30}]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_past_its_timeout_is_aborted_and_fails() {
+    let world = World::new(slow_stream());
+    let task = world.submit("talk", "default").await;
+    let (done, events) = world
+        .run_once(&task, &["--task-timeout-secs", "4", "--keep-spaces=false"])
+        .await;
+    assert_eq!(done.state, TaskState::Failed, "{}", world.diagnostics());
+    let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
+    assert!(reason.contains("timed out after 4 s"), "{reason}");
+    assert_gapless(&done, &events);
+    let messages = of_kind(&events, EventKind::AssistantMessage);
+    assert_eq!(messages.last().expect("a message").payload["stop_reason"], "aborted");
+    // Coalescing: the streamed text arrived in 6-character pieces, the events are far fewer.
+    let text = delta_text(&events);
+    let pieces = text.len().div_ceil(6);
+    let chunks = of_kind(&events, EventKind::AssistantDelta).len();
+    assert!(pieces >= 10, "the stream was under way ({pieces} pieces)");
+    assert!(
+        chunks * 3 <= pieces,
+        "{pieces} pieces became {chunks} assistant_delta rows"
+    );
+    assert!(
+        !world.spaces().join(task.id.to_string()).exists(),
+        "--keep-spaces=false removed the task dir"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_aborts_the_running_task_and_reports_it() {
+    let world = World::new(slow_stream());
+    let task = world.submit("talk", "default").await;
+    let mut runner = world.start_runner(&[]);
+
+    // Wait until Pi is streaming, then ask the runner to stop.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = world.events(task.id).await;
+        if !of_kind(&events, EventKind::AssistantDelta).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "no streaming seen; {}", world.diagnostics());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = rustix::process::Pid::from_raw(i32::try_from(runner.0.id()).expect("pid fits")).expect("valid pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("signal the runner we started");
+    let status = tokio::task::block_in_place(|| world.wait(&mut runner, Duration::from_secs(30)));
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0: {status}; {}",
+        world.diagnostics()
+    );
+
+    let done = world.task(task.id).await;
+    assert_eq!(done.state, TaskState::Failed);
+    let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
+    assert_eq!(reason, "runner shutting down");
+    let events = world.events(task.id).await;
+    assert_gapless(&done, &events);
+    assert_eq!(phases(&events).last().map(String::as_str), Some("finishing"));
+}
