@@ -5,7 +5,7 @@
 // The runner's Pi makes a bash tool call that creates a file in the remote
 // workspace; the task succeeds and `/embark status` shows the result text.
 
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -125,6 +125,7 @@ async function main() {
 main()
   .then(async () => {
     await stopAll();
+    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
     process.stdout.write(`smoke:pi-rpc: 1 passed, 0 failed\n`);
   })
   .catch(async (err) => {
