@@ -26,7 +26,7 @@ cargo test --workspace --locked
 step "extension shim: generated types, typecheck, tests"
 npm run check:types -w extension-shim
 npm run typecheck -w extension-shim
-npm test -w extension-shim
+EMBARK_REQUIRE_SIDECAR=1 npm test -w extension-shim
 
 step "smoke: pi-rpc (real Pi, real binaries, scripted fake model)"
 npm run smoke:pi-rpc

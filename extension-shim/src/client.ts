@@ -1,0 +1,116 @@
+// The embark client of one Pi process: one lazily started sidecar, the
+// handshake, and the `embark.command` call. A dead sidecar is replaced on the
+// next command.
+
+import { locateSidecar, packageInfo, type Located } from "./locate.ts";
+import type { CommandParams, HelloParams, HelloResult, PeerInfo, SessionContext, View } from "./protocol.gen.ts";
+import { RpcError, Sidecar, SidecarError } from "./sidecar.ts";
+
+/** The protocol version this shim speaks. */
+export const PROTOCOL_VERSION = 1;
+
+export const METHOD_HELLO = "embark.hello";
+export const METHOD_COMMAND = "embark.command";
+
+export interface ClientOptions {
+  /** How to find the binary; default: `locateSidecar()`. */
+  locate?: () => Located;
+  /** Extra arguments after the binary; default `["--stdio"]`. */
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  callTimeoutMs?: number;
+  client?: PeerInfo;
+}
+
+export class EmbarkClient {
+  readonly #options: ClientOptions;
+  #sidecar: Sidecar | undefined;
+  #starting: Promise<Sidecar> | undefined;
+  #hello: HelloResult | undefined;
+
+  constructor(options: ClientOptions = {}) {
+    this.#options = options;
+  }
+
+  /** The handshake result of the running sidecar, if any. */
+  get hello(): HelloResult | undefined {
+    return this.#hello;
+  }
+
+  get sidecar(): Sidecar | undefined {
+    return this.#sidecar;
+  }
+
+  /** Runs one `/embark` line (raw, untrimmed) in a Pi session. */
+  async command(line: string, session: SessionContext): Promise<View> {
+    const sidecar = await this.ensure(session.cwd);
+    const params: CommandParams = { line, session };
+    return sidecar.call<View>(METHOD_COMMAND, params);
+  }
+
+  /** Starts the sidecar (cwd = `cwd`) and shakes hands, unless one is running. */
+  async ensure(cwd: string): Promise<Sidecar> {
+    if (this.#sidecar?.usable === true) return this.#sidecar;
+    // Concurrent commands share one start.
+    this.#starting ??= this.#start(cwd).finally(() => {
+      this.#starting = undefined;
+    });
+    return this.#starting;
+  }
+
+  /** Stops the sidecar, if one runs: EOF on stdin, SIGTERM after 500 ms. */
+  async stop(): Promise<void> {
+    const starting = this.#starting;
+    if (starting !== undefined) await starting.catch(() => undefined);
+    const sidecar = this.#sidecar;
+    this.#sidecar = undefined;
+    this.#hello = undefined;
+    if (sidecar !== undefined) await sidecar.stop();
+  }
+
+  async #start(cwd: string): Promise<Sidecar> {
+    const previous = this.#sidecar;
+    this.#sidecar = undefined;
+    this.#hello = undefined;
+    if (previous !== undefined) await previous.stop();
+
+    const located = (this.#options.locate ?? locateSidecar)();
+    const sidecar = new Sidecar({
+      path: located.path,
+      args: this.#options.args ?? ["--stdio"],
+      cwd,
+      ...(this.#options.env !== undefined ? { env: this.#options.env } : {}),
+      ...(this.#options.callTimeoutMs !== undefined ? { callTimeoutMs: this.#options.callTimeoutMs } : {}),
+    });
+    const params: HelloParams = { protocol: PROTOCOL_VERSION, client: this.#options.client ?? clientInfo() };
+    let hello: HelloResult;
+    try {
+      hello = await sidecar.call<HelloResult>(METHOD_HELLO, params);
+    } catch (err) {
+      await sidecar.stop();
+      if (err instanceof RpcError && err.kind === "unsupported_protocol") {
+        throw new SidecarError(
+          `embark-sidecar at ${located.path} does not speak protocol ${PROTOCOL_VERSION}: ${err.message}. ` +
+            "Rebuild the sidecar from the same embark checkout as this extension.",
+        );
+      }
+      throw err;
+    }
+    const supported = Array.isArray(hello.supported) ? hello.supported : [];
+    if (!supported.includes(PROTOCOL_VERSION) || hello.protocol !== PROTOCOL_VERSION) {
+      await sidecar.stop();
+      throw new SidecarError(
+        `embark-sidecar at ${located.path} speaks protocol versions [${supported.join(", ")}] ` +
+          `(answered ${String(hello.protocol)}), but this extension needs protocol ${PROTOCOL_VERSION}. ` +
+          "Rebuild the sidecar from the same embark checkout as this extension.",
+      );
+    }
+    this.#sidecar = sidecar;
+    this.#hello = hello;
+    return sidecar;
+  }
+}
+
+function clientInfo(): PeerInfo {
+  return { name: "pi-embark", version: packageInfo().version };
+}

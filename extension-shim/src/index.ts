@@ -1,0 +1,31 @@
+// pi-embark: the `/embark` command. A pipe and a renderer: every decision is
+// made by embark-sidecar (a Rust binary spoken to over NDJSON JSON-RPC), so
+// the sidecar's own tests reach all of the logic.
+
+import type { ExtensionAPI } from "@mariozechner/pi-coding-agent";
+import { EmbarkClient } from "./client.ts";
+import { errorText, renderView } from "./render.ts";
+
+export default function embark(pi: ExtensionAPI): void {
+  // One sidecar per Pi process, started by the first /embark.
+  const client = new EmbarkClient();
+
+  pi.registerCommand("embark", {
+    description: "Hand a task to a remote runner (try /embark help)",
+    handler: async (args, ctx) => {
+      try {
+        const view = await client.command(args, {
+          session_id: ctx.sessionManager.getSessionId(),
+          cwd: ctx.cwd,
+        });
+        renderView(view, ctx.ui, pi);
+      } catch (err) {
+        ctx.ui.notify(errorText(err), "error");
+      }
+    },
+  });
+
+  pi.on("session_shutdown", async () => {
+    await client.stop();
+  });
+}

@@ -1,0 +1,132 @@
+// generated — do not edit; npm run gen:types
+// Source: schemas/v1/sidecar-protocol.json (itself generated from core/src/protocol.rs).
+/* eslint-disable */
+
+/**
+ * embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol 1. Methods: embark.hello (HelloParams -> HelloResult), embark.command (CommandParams -> View). Errors: error.code from ErrorCode, error.data is ErrorData.
+ */
+export type EmbarkSidecarProtocolV1 =
+  CommandParams | ErrorCode | ErrorData | HelloParams | HelloResult | View;
+/**
+ * Stable JSON-RPC error codes. The JSON-RPC 2.0 ones keep their meaning;
+ * embark's own are positive.
+ */
+export type ErrorCode =
+  | "parse_error"
+  | "invalid_request"
+  | "method_not_found"
+  | "invalid_params"
+  | "internal"
+  | "unsupported_protocol"
+  | "handshake_required"
+  | "usage"
+  | "repository"
+  | "config"
+  | "broker_unreachable"
+  | "broker_rejected"
+  | "task_not_found";
+export type Block =
+  | {
+      text: string;
+      tone: Tone;
+      type: "text";
+    }
+  | {
+      columns: string[];
+      rows: string[][];
+      title?: string | null;
+      type: "table";
+    };
+export type Tone = "info" | "warning" | "error";
+
+export interface CommandParams {
+  /**
+   * The raw argument text after `/embark ` (not trimmed), e.g. `"status latest"`.
+   */
+  line: string;
+  session: SessionContext;
+}
+/**
+ * The Pi session the command runs in.
+ */
+export interface SessionContext {
+  /**
+   * Pi's working directory (`ctx.cwd`): the repository tasks are cut from.
+   */
+  cwd: string;
+  /**
+   * Pi's session id (`ctx.sessionManager.getSessionId()`).
+   */
+  session_id: string;
+}
+/**
+ * The `error.data` of every embark JSON-RPC error: the code's name, so a
+ * client need not keep a table of numbers.
+ */
+export interface ErrorData {
+  kind: ErrorCode;
+}
+export interface HelloParams {
+  /**
+   * Who is asking, for logs.
+   */
+  client?: PeerInfo | null;
+  /**
+   * The protocol version the client wants.
+   */
+  protocol: number;
+}
+export interface PeerInfo {
+  name: string;
+  version: string;
+}
+export interface HelloResult {
+  /**
+   * Optional features, named; clients ignore names they do not know.
+   */
+  capabilities: string[];
+  /**
+   * The version this session will speak (equal to the one asked for).
+   */
+  protocol: number;
+  server: PeerInfo;
+  /**
+   * Every version the sidecar speaks.
+   */
+  supported: number[];
+}
+/**
+ * What to show for a command.
+ */
+export interface View {
+  /**
+   * Shown in order, each as one notification.
+   */
+  blocks: Block[];
+  /**
+   * A message to add to the conversation.
+   */
+  message?: ChatMessage | null;
+  /**
+   * A footer status line to set (`text: null` clears it).
+   */
+  status?: StatusLine | null;
+}
+export interface ChatMessage {
+  /**
+   * Markdown text.
+   */
+  content: string;
+  /**
+   * Pi's `customType` for the message.
+   */
+  custom_type: string;
+  /**
+   * Structured data for renderers (e.g. the task id and state).
+   */
+  details: unknown;
+}
+export interface StatusLine {
+  key: string;
+  text?: string | null;
+}

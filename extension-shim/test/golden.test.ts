@@ -1,0 +1,108 @@
+// The sidecar's golden transcripts (sidecar/tests/golden/*.ndjson, format in
+// its README) replayed against the real binary from TypeScript, through this
+// package's NDJSON framing.
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { LineSplitter } from "../src/ndjson.ts";
+import { StderrTail } from "../src/stderr-tail.ts";
+import { requireSidecar, within, workspaceRoot } from "./support.ts";
+
+type Step = { send: string } | { recv: unknown };
+
+const goldenDir = join(workspaceRoot, "sidecar", "tests", "golden");
+const transcripts = existsSync(goldenDir)
+  ? readdirSync(goldenDir)
+      .filter((f) => f.endsWith(".ndjson"))
+      .sort()
+  : [];
+const cwd = mkdtempSync(join(tmpdir(), "embark-golden-"));
+after(() => rmSync(cwd, { recursive: true, force: true }));
+
+function load(file: string): Step[] {
+  return readFileSync(join(goldenDir, file), "utf8")
+    .split("\n")
+    .filter((line) => line !== "")
+    .map((line, n) => {
+      const step = JSON.parse(line) as Record<string, unknown>;
+      if (typeof step.send === "string" && !("recv" in step)) return { send: step.send };
+      if ("recv" in step && !("send" in step)) return { recv: step.recv };
+      throw new Error(`${file}:${n + 1}: expected {"send": string} or {"recv": value}`);
+    });
+}
+
+test("golden transcripts exist", () => {
+  assert.ok(transcripts.length >= 1, `no *.ndjson in ${goldenDir}`);
+});
+
+for (const file of transcripts) {
+  test(`golden ${file} replays against the binary`, async (t) => {
+    const path = requireSidecar(t);
+    if (path === undefined) return;
+    const steps = load(file);
+    // The transcripts assume a clean configuration: no EMBARK_* and no config file.
+    const child = spawn(path, ["--stdio"], {
+      cwd,
+      env: { PATH: process.env.PATH ?? "", EMBARK_LOG: "error" },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const stderr = new StderrTail();
+    child.stderr.on("data", (c: Buffer) => stderr.push(c));
+    const lines: string[] = [];
+    let wake: () => void = () => {};
+    const splitter = new LineSplitter();
+    child.stdout.on("data", (chunk: Buffer) => {
+      lines.push(...splitter.push(chunk));
+      wake();
+    });
+    const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on("close", (code, signal) => {
+        const last = splitter.end();
+        if (last !== undefined) lines.push(last);
+        wake();
+        resolve({ code, signal });
+      }),
+    );
+    const nextLine = async (what: string): Promise<string> => {
+      const deadline = Date.now() + 20_000;
+      while (lines.length === 0) {
+        if (child.exitCode !== null || Date.now() > deadline) {
+          throw new Error(`${file}: no ${what}; stderr:\n${stderr.lastLines().join("\n")}`);
+        }
+        await new Promise<void>((r) => {
+          const timer = setTimeout(r, 200);
+          wake = () => {
+            clearTimeout(timer);
+            r();
+          };
+        });
+      }
+      return lines.shift() as string;
+    };
+
+    try {
+      let answer = 0;
+      for (const [i, step] of steps.entries()) {
+        if ("send" in step) {
+          child.stdin.write(`${step.send}\n`);
+          // A send with no recv before the next send must produce no output;
+          // that is checked when the next recv sees exactly its own answer.
+        } else {
+          answer++;
+          const line = await nextLine(`answer ${answer} (step ${i + 1})`);
+          assert.deepEqual(JSON.parse(line), step.recv, `${file}: answer ${answer} (step ${i + 1}) differs`);
+        }
+      }
+      child.stdin.end();
+      const exit = await within(20_000, `${file}: exit after EOF`, closed);
+      assert.deepEqual(lines, [], `${file}: output after the transcript`);
+      assert.deepEqual(exit, { code: 0, signal: null }, `${file}: exit status; stderr:\n${stderr.lastLines().join("\n")}`);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
+  });
+}
