@@ -2,7 +2,7 @@
 //! `embark_core::limits`. Each failure says what was wrong and what to do.
 
 use embark_core::limits;
-use embark_core::wire::{AppendEvents, CompleteTask, CreateTask, EnrollRunner};
+use embark_core::wire::{AppendEvents, CompleteTask, CreateTask, EnrollRunner, is_batch_id};
 
 /// Longest runner name, in bytes.
 pub const MAX_RUNNER_NAME_BYTES: usize = 128;
@@ -32,6 +32,14 @@ pub fn enroll(request: &EnrollRunner) -> Result<(), Invalid> {
 }
 
 pub fn append(request: &AppendEvents) -> Result<(), Invalid> {
+    if !is_batch_id(&request.batch_id) {
+        return Err(Invalid::Rule(format!(
+            "batch_id {:?} is not acceptable: use 1 to {} bytes of letters, digits and `._:-`, unique per batch \
+             of this task (e.g. a random UUID) and the same on every retry of that batch",
+            head(&request.batch_id, 80),
+            limits::MAX_BATCH_ID_BYTES
+        )));
+    }
     let count = request.events.len();
     if count == 0 {
         return Err(Invalid::Rule("no events: send at least one".into()));
@@ -55,6 +63,16 @@ pub fn append(request: &AppendEvents) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary, so an error
+/// message never quotes a huge input.
+fn head(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 pub fn complete(request: &CompleteTask) -> Result<(), Invalid> {
@@ -84,26 +102,49 @@ mod tests {
         }
     }
 
+    fn batch(events: Vec<NewEvent>) -> AppendEvents {
+        AppendEvents {
+            batch_id: "1-0".into(),
+            events,
+        }
+    }
+
     #[test]
     fn appends_are_bounded() {
-        assert!(matches!(
-            append(&AppendEvents { events: vec![] }),
-            Err(Invalid::Rule(_))
-        ));
-        append(&AppendEvents {
-            events: vec![event(json!({"message": "hi"}))],
-        })
-        .expect("small is fine");
-        let many = AppendEvents {
-            events: vec![event(json!({})); limits::MAX_EVENTS_PER_APPEND + 1],
-        };
+        assert!(matches!(append(&batch(vec![])), Err(Invalid::Rule(_))));
+        append(&batch(vec![event(json!({"message": "hi"}))])).expect("small is fine");
+        let many = batch(vec![event(json!({})); limits::MAX_EVENTS_PER_APPEND + 1]);
         assert!(matches!(append(&many), Err(Invalid::TooLarge(_))));
         let big = "x".repeat(limits::MAX_EVENT_PAYLOAD_BYTES);
-        let err = append(&AppendEvents {
-            events: vec![event(json!({})), event(json!({"text": big}))],
-        })
-        .expect_err("payload over the limit");
+        let err =
+            append(&batch(vec![event(json!({})), event(json!({"text": big}))])).expect_err("payload over the limit");
         assert!(err.to_string().starts_with("event 1 (log)"), "{err}");
+    }
+
+    #[test]
+    fn batch_ids_must_be_short_and_plain() {
+        for bad in ["", "has space", "a/b", "ü", &"x".repeat(limits::MAX_BATCH_ID_BYTES + 1)] {
+            let request = AppendEvents {
+                batch_id: bad.into(),
+                events: vec![event(json!({}))],
+            };
+            let err = append(&request).expect_err("refused");
+            assert!(
+                matches!(&err, Invalid::Rule(m) if m.starts_with("batch_id") && m.contains("retry")),
+                "{bad:?}: {err}"
+            );
+        }
+        let long = AppendEvents {
+            batch_id: "é".repeat(500),
+            events: vec![event(json!({}))],
+        };
+        let err = append(&long).expect_err("refused");
+        assert!(err.to_string().len() < 400, "the message quotes only the head: {err}");
+        append(&AppendEvents {
+            batch_id: "0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b".into(),
+            events: vec![event(json!({}))],
+        })
+        .expect("a UUID is fine");
     }
 
     #[test]

@@ -27,8 +27,10 @@ fn new_task(session: &str, prompt: &str) -> CreateTask {
     }
 }
 
-fn events(texts: &[&str]) -> AppendEvents {
+/// A batch `batch_id` of assistant text events.
+fn events(batch_id: &str, texts: &[&str]) -> AppendEvents {
     AppendEvents {
+        batch_id: batch_id.into(),
         events: texts
             .iter()
             .map(|text| NewEvent {
@@ -97,7 +99,7 @@ async fn credentials_are_required_and_refusals_are_api_errors() {
     assert!(message.contains("runner token"), "{message}");
     let (status, _, _) = refusal(
         client
-            .append_events(&broker.client_secret, TaskId::new(), &events(&["x"]))
+            .append_events(&broker.client_secret, TaskId::new(), &events("b1", &["x"]))
             .await,
     );
     assert_eq!(status, 401);
@@ -157,12 +159,12 @@ async fn a_task_walks_from_creation_to_its_outcome() {
 
     let token = claim.callback_token.as_str();
     let appended = client
-        .append_events(token, first.id, &events(&["a", "b", "c"]))
+        .append_events(token, first.id, &events("b1", &["a", "b", "c"]))
         .await
         .expect("append");
     assert_eq!((appended.first_seq, appended.last_seq), (1, 3));
     let appended = client
-        .append_events(token, first.id, &events(&["d", "e"]))
+        .append_events(token, first.id, &events("b2", &["d", "e"]))
         .await
         .expect("append");
     assert_eq!((appended.first_seq, appended.last_seq), (4, 5));
@@ -178,7 +180,7 @@ async fn a_task_walks_from_creation_to_its_outcome() {
     // The other task's token cannot report for this one.
     let (status, code, _) = refusal(
         client
-            .append_events(&other.callback_token, first.id, &events(&["x"]))
+            .append_events(&other.callback_token, first.id, &events("b3", &["x"]))
             .await,
     );
     assert_eq!((status, code), (401, ApiErrorCode::Unauthorized));
@@ -205,7 +207,7 @@ async fn a_task_walks_from_creation_to_its_outcome() {
         (409, ApiErrorCode::Conflict),
         "a finished task cannot finish again"
     );
-    let (status, code, _) = refusal(client.append_events(token, first.id, &events(&["late"])).await);
+    let (status, code, _) = refusal(client.append_events(token, first.id, &events("b4", &["late"])).await);
     assert_eq!((status, code), (409, ApiErrorCode::Conflict));
     assert_eq!(
         client.get_task(secret, first.id).await.expect("get").last_seq,
@@ -289,6 +291,7 @@ async fn bad_requests_say_what_was_wrong() {
         .expect("claim")
         .expect("queued");
     let too_many = AppendEvents {
+        batch_id: "b1".into(),
         events: vec![
             NewEvent {
                 kind: EventKind::Log,
@@ -302,13 +305,36 @@ async fn bad_requests_say_what_was_wrong() {
     let huge = "x".repeat(limits::MAX_EVENT_PAYLOAD_BYTES);
     let (status, code, message) = refusal(
         client
-            .append_events(&claim.callback_token, task.id, &events(&[&huge]))
+            .append_events(&claim.callback_token, task.id, &events("b1", &[&huge]))
             .await,
     );
     assert_eq!((status, code), (413, ApiErrorCode::PayloadTooLarge));
     assert!(message.contains("payload"), "{message}");
-    let (status, code, _) = refusal(client.append_events(&claim.callback_token, task.id, &events(&[])).await);
+    let (status, code, _) = refusal(
+        client
+            .append_events(&claim.callback_token, task.id, &events("b1", &[]))
+            .await,
+    );
     assert_eq!((status, code), (422, ApiErrorCode::InvalidRequest));
+    for bad in ["", "two words", "slash/y", &"b".repeat(limits::MAX_BATCH_ID_BYTES + 1)] {
+        let (status, code, message) = refusal(
+            client
+                .append_events(&claim.callback_token, task.id, &events(bad, &["x"]))
+                .await,
+        );
+        assert_eq!((status, code), (422, ApiErrorCode::InvalidRequest), "{bad:?}");
+        assert!(message.contains("batch_id"), "{message}");
+    }
+    let mut without_id = serde_json::to_value(events("b1", &["x"])).expect("serializes");
+    without_id.as_object_mut().expect("an object").remove("batch_id");
+    let (status, body) = raw_error(
+        http.post(format!("{}/v1/tasks/{}/events", broker.url, task.id))
+            .bearer_auth(&claim.callback_token)
+            .json(&without_id),
+    )
+    .await;
+    assert_eq!((status, body.error.code), (422, ApiErrorCode::InvalidRequest));
+    assert!(body.error.message.contains("batch_id"), "{}", body.error.message);
     let (status, code, _) = refusal(client.task_events(secret, task.id, 0, 0).await);
     assert_eq!((status, code), (422, ApiErrorCode::InvalidRequest));
     assert_eq!(
@@ -316,6 +342,68 @@ async fn bad_requests_say_what_was_wrong() {
         0,
         "refused appends wrote nothing"
     );
+}
+
+#[tokio::test]
+async fn a_retried_append_is_stored_once() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let secret = broker.client_secret.as_str();
+    let task = client.create_task(secret, &new_task("s", "p")).await.expect("create");
+    let runner = client.enroll(&broker.enrollment_secret, "box").await.expect("enroll");
+    let claim = client
+        .claim(&runner.runner_token, 1000)
+        .await
+        .expect("claim")
+        .expect("queued");
+    let token = claim.callback_token.as_str();
+
+    let first = client
+        .append_events(token, task.id, &events("1-0", &["a", "b"]))
+        .await
+        .expect("append");
+    assert_eq!((first.first_seq, first.last_seq), (1, 2));
+    // The runner lost the answer and sends the batch again.
+    let retried = client
+        .append_events(token, task.id, &events("1-0", &["a", "b"]))
+        .await
+        .expect("retry");
+    assert_eq!(retried, first, "the retry gets the original answer");
+    // The batch id decides, not the content.
+    let changed = client
+        .append_events(token, task.id, &events("1-0", &["other"]))
+        .await
+        .expect("same id, other content");
+    assert_eq!(changed, first);
+    let next = client
+        .append_events(token, task.id, &events("1-1", &["c"]))
+        .await
+        .expect("next batch");
+    assert_eq!((next.first_seq, next.last_seq), (3, 3));
+
+    let page = client.task_events(secret, task.id, 0, 100).await.expect("read");
+    assert_eq!(page.last_seq, 3);
+    let texts: Vec<&str> = page.events.iter().filter_map(|e| e.payload["text"].as_str()).collect();
+    assert_eq!(texts, ["a", "b", "c"], "each event once, as first sent");
+
+    let verdict = CompleteTask {
+        result: TaskResult::Succeeded,
+        final_text: None,
+        reason: None,
+    };
+    client.complete(token, task.id, &verdict).await.expect("complete");
+    let late = client
+        .append_events(token, task.id, &events("1-1", &["c"]))
+        .await
+        .expect("a replay after completion is still answered");
+    assert_eq!(late, next);
+    let (status, code, _) = refusal(client.append_events(token, task.id, &events("1-2", &["d"])).await);
+    assert_eq!(
+        (status, code),
+        (409, ApiErrorCode::Conflict),
+        "a new batch after completion"
+    );
+    assert_eq!(client.get_task(secret, task.id).await.expect("get").last_seq, 3);
 }
 
 #[tokio::test]

@@ -9,6 +9,8 @@ pub const MAX_REPO_URL_BYTES: usize = 2048;
 pub const MAX_SESSION_ID_BYTES: usize = 256;
 /// Most events one append request may carry.
 pub const MAX_EVENTS_PER_APPEND: usize = 500;
+/// Longest batch id of an event append, in bytes.
+pub const MAX_BATCH_ID_BYTES: usize = 64;
 /// Largest serialized payload of one event, in bytes.
 pub const MAX_EVENT_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Longest final assistant text or failure reason a completion may carry, in bytes.

@@ -176,7 +176,22 @@ pub struct Claim {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendEvents {
+    /// The batch's idempotency key, chosen by the writer and unique per task
+    /// (e.g. a random UUID, or `<attempt>-<counter>`): 1 to 64 bytes of
+    /// `[A-Za-z0-9._:-]`. Retry a batch with the same id. A repeated append
+    /// with a batch id already stored for this task and attempt stores
+    /// nothing and answers the original [`EventsAppended`]; the id decides,
+    /// not the content. An id stored by an earlier attempt is refused (409).
+    #[schemars(length(min = 1, max = limits::MAX_BATCH_ID_BYTES), pattern(r"^[A-Za-z0-9._:-]+$"))]
+    pub batch_id: String,
     pub events: Vec<NewEvent>,
+}
+
+/// True for an acceptable [`AppendEvents::batch_id`].
+pub fn is_batch_id(s: &str) -> bool {
+    (1..=limits::MAX_BATCH_ID_BYTES).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -290,6 +305,22 @@ mod tests {
         let mut t = task();
         t.intent.model = "-m".into();
         assert!(matches!(t.validate(), Err(CreateTaskError::Intent(_))));
+    }
+
+    #[test]
+    fn batch_ids_are_short_and_plain() {
+        for good in [
+            "1-0",
+            "a",
+            "0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b",
+            "x.y_z:9",
+            &"b".repeat(64),
+        ] {
+            assert!(is_batch_id(good), "{good:?}");
+        }
+        for bad in ["", " ", "a b", "a/b", "é", "a\n", &"b".repeat(65)] {
+            assert!(!is_batch_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

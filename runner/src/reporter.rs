@@ -3,13 +3,18 @@
 //! keeps failing is retried a bounded number of times, and if reporting
 //! finally fails the count of lost events and the error come back from
 //! [`Reporter::finish`] so the task's result can say so.
+//!
+//! Every batch carries a batch id, and every retry of a batch carries the
+//! same one: when the broker stored a batch but its answer was lost, the
+//! retry is answered with the original seqs instead of being stored twice.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 
-use embark_core::client::BrokerClient;
+use embark_core::client::{BrokerClient, ClientError};
 use embark_core::limits::{MAX_EVENT_PAYLOAD_BYTES, MAX_EVENTS_PER_APPEND};
-use embark_core::wire::AppendEvents;
+use embark_core::wire::{AppendEvents, Claim, EventsAppended};
 use embark_core::{NewEvent, TaskId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -50,9 +55,17 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn start(client: BrokerClient, callback_token: String, task: TaskId) -> Reporter {
+    /// Starts reporting for the claimed attempt.
+    pub fn start(client: BrokerClient, claim: &Claim) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = tokio::spawn(deliver(client, callback_token, task, rx, RetryPolicy::REPORT));
+        let worker = tokio::spawn(deliver(
+            client,
+            claim.callback_token.clone(),
+            claim.task.id,
+            BatchIds::new(claim.attempt),
+            rx,
+            RetryPolicy::REPORT,
+        ));
         Reporter { tx, worker }
     }
 
@@ -90,10 +103,45 @@ impl Reporter {
     }
 }
 
+/// Batch ids `<attempt>-<n>`, `n` counting from 0: unique per task, since
+/// each attempt of a task has its own number, and valid on the wire.
+#[derive(Debug)]
+struct BatchIds {
+    attempt: u32,
+    next: u64,
+}
+
+impl BatchIds {
+    fn new(attempt: u32) -> Self {
+        Self { attempt, next: 0 }
+    }
+
+    fn next_id(&mut self) -> String {
+        let id = format!("{}-{}", self.attempt, self.next);
+        self.next += 1;
+        id
+    }
+}
+
+/// Sends one batch, retrying as `policy` allows; every try sends the very
+/// same batch, batch id included, so a retry can never store it twice.
+async fn send_batch<'a, F, Fut>(
+    policy: RetryPolicy,
+    batch: &'a AppendEvents,
+    send: F,
+) -> Result<EventsAppended, ClientError>
+where
+    F: Fn(&'a AppendEvents) -> Fut,
+    Fut: Future<Output = Result<EventsAppended, ClientError>>,
+{
+    with_retries(policy, "reporting events", || send(batch)).await
+}
+
 async fn deliver(
     client: BrokerClient,
     token: String,
     task: TaskId,
+    mut ids: BatchIds,
     mut rx: mpsc::UnboundedReceiver<NewEvent>,
     policy: RetryPolicy,
 ) -> Delivery {
@@ -125,14 +173,11 @@ async fn deliver(
             continue;
         }
         let batch = AppendEvents {
+            batch_id: ids.next_id(),
             events: take_batch(&mut pending, MAX_EVENTS_PER_APPEND, MAX_BATCH_BYTES),
         };
         let count = batch.events.len() as u64;
-        match with_retries(policy, "reporting events", || {
-            client.append_events(&token, task, &batch)
-        })
-        .await
-        {
+        match send_batch(policy, &batch, |batch| client.append_events(&token, task, batch)).await {
             Ok(_) => delivery.delivered += count,
             Err(error) => {
                 tracing::error!(%task, "reporting {count} events failed for good: {error}");
@@ -187,6 +232,70 @@ mod tests {
         let third = take_batch(&mut pending, 100, 10);
         assert_eq!(third, vec![text_event(500)]);
         assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn batch_ids_are_per_attempt_distinct_and_valid() {
+        let mut ids = BatchIds::new(3);
+        let taken: Vec<String> = (0..3).map(|_| ids.next_id()).collect();
+        assert_eq!(taken, ["3-0", "3-1", "3-2"]);
+        assert!(taken.iter().all(|id| embark_core::wire::is_batch_id(id)));
+        let mut largest = BatchIds {
+            attempt: u32::MAX,
+            next: u64::MAX - 1,
+        };
+        assert!(
+            embark_core::wire::is_batch_id(&largest.next_id()),
+            "even the longest id fits"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retried_batch_keeps_its_id() {
+        use std::cell::RefCell;
+
+        use embark_core::wire::ApiErrorCode;
+
+        let policy = RetryPolicy {
+            attempts: 4,
+            first_backoff: Duration::from_millis(1),
+        };
+        let batch = AppendEvents {
+            batch_id: "1-7".into(),
+            events: vec![text_event(1)],
+        };
+        let sent = RefCell::new(Vec::new());
+        let appended = send_batch(policy, &batch, |batch| {
+            sent.borrow_mut().push(batch.clone());
+            let tries = sent.borrow().len();
+            async move {
+                match tries {
+                    // Passing failures: a proxy's 502, then a busy broker.
+                    1 => Err(ClientError::Unexpected {
+                        status: 502,
+                        body: String::new(),
+                    }),
+                    2 => Err(ClientError::Api {
+                        status: 503,
+                        code: ApiErrorCode::Internal,
+                        message: "busy".into(),
+                    }),
+                    _ => Ok(EventsAppended {
+                        first_seq: 1,
+                        last_seq: 1,
+                    }),
+                }
+            }
+        })
+        .await
+        .expect("the third try succeeds");
+        assert_eq!((appended.first_seq, appended.last_seq), (1, 1));
+        let sent = sent.into_inner();
+        assert_eq!(sent.len(), 3);
+        assert!(
+            sent.iter().all(|try_| *try_ == batch),
+            "every try is the same batch: {sent:?}"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub async fn run_task(
     mut shutdown: watch::Receiver<bool>,
 ) -> CompleteTask {
     let task = &claim.task;
-    let reporter = Reporter::start(client.clone(), claim.callback_token.clone(), task.id);
+    let reporter = Reporter::start(client.clone(), claim);
     let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
     reporter.send(lifecycle("claimed", Some(&detail)));
 

@@ -219,6 +219,7 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
     assert_eq!(running["result"]["status"]["text"], "embark: 1 task running");
 
     let events = AppendEvents {
+        batch_id: format!("{}-0", claim.attempt),
         events: vec![
             NewEvent {
                 kind: EventKind::Lifecycle,

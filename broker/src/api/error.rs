@@ -88,7 +88,7 @@ impl From<StoreError> for ApiFailure {
             StoreError::TokenRefused(_) => Self::unauthorized(format!(
                 "{error}: use the callback token returned by the claim of this task's current attempt"
             )),
-            StoreError::NotRunning { .. } | StoreError::Transition { .. } => {
+            StoreError::NotRunning { .. } | StoreError::Transition { .. } | StoreError::BatchOfOtherAttempt { .. } => {
                 Self::new(StatusCode::CONFLICT, ApiErrorCode::Conflict, error.to_string())
             }
             StoreError::Invalid(message) => Self::invalid(message.clone()),

@@ -22,8 +22,17 @@ pub async fn append<S: Store>(
     ApiJson(request): ApiJson<AppendEvents>,
 ) -> Result<Json<EventsAppended>, ApiFailure> {
     validate::append(&request)?;
-    let appended = app.store.append_events(id, &token, &request.events).await?;
-    tracing::debug!(task = %id, first = appended.first_seq, last = appended.last_seq, "events appended");
+    let appended = app
+        .store
+        .append_events(id, &token, &request.batch_id, &request.events)
+        .await?;
+    tracing::debug!(
+        task = %id,
+        batch = %request.batch_id,
+        first = appended.first_seq,
+        last = appended.last_seq,
+        "events appended"
+    );
     Ok(Json(appended))
 }
 

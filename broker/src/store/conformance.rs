@@ -131,7 +131,7 @@ pub async fn state_transitions_follow_the_machine<S: Store>(store: S) {
             "completing twice must be refused: {again:?}"
         );
     }
-    let late = store.append_events(a.id, &token_a, &[log_event(1)]).await;
+    let late = store.append_events(a.id, &token_a, "late", &[log_event(1)]).await;
     assert!(
         matches!(
             late,
@@ -167,12 +167,12 @@ pub async fn events_are_gapless_and_paged<S: Store>(store: S) {
     assert_eq!(empty.last_seq, 0);
 
     let first = store
-        .append_events(task.id, &token, &[log_event(1), log_event(2), log_event(3)])
+        .append_events(task.id, &token, "b1", &[log_event(1), log_event(2), log_event(3)])
         .await;
     let first = first.expect("append");
     assert_eq!((first.first_seq, first.last_seq), (1, 3));
     let second = store
-        .append_events(task.id, &token, &[log_event(4), log_event(5)])
+        .append_events(task.id, &token, "b2", &[log_event(4), log_event(5)])
         .await
         .expect("append");
     assert_eq!((second.first_seq, second.last_seq), (4, 5));
@@ -203,7 +203,7 @@ pub async fn events_are_gapless_and_paged<S: Store>(store: S) {
     assert_eq!(store.get_task(task.id).await.expect("get").last_seq, 5);
 
     assert!(matches!(
-        store.append_events(task.id, &token, &[]).await,
+        store.append_events(task.id, &token, "b3", &[]).await,
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
@@ -236,7 +236,11 @@ pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
                             payload: json!({"writer": writer, "n": n, "k": k}),
                         })
                         .collect();
-                    let appended = store.append_events(id, &token, &batch).await.expect("append");
+                    let batch_id = format!("w{writer}-{n}");
+                    let appended = store
+                        .append_events(id, &token, &batch_id, &batch)
+                        .await
+                        .expect("append");
                     assert_eq!(appended.last_seq - appended.first_seq + 1, batch.len() as u64);
                     ranges.push((appended.first_seq, appended.last_seq));
                 }
@@ -271,6 +275,113 @@ pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
         let distinct: HashSet<String> = page.events.iter().map(|e| e.payload.to_string()).collect();
         assert_eq!(distinct.len() as u64, expected, "every event stored exactly once");
     }
+}
+
+/// The seqs of every event in the task's log, and their payloads.
+async fn log_of<S: Store>(store: &S, id: TaskId) -> (Vec<u64>, Vec<serde_json::Value>) {
+    let page = store.events_after(id, 0, 1000).await.expect("read");
+    assert_eq!(
+        page.last_seq,
+        page.events.last().map_or(0, |e| e.seq),
+        "the page holds the whole log"
+    );
+    page.events.into_iter().map(|e| (e.seq, e.payload)).unzip()
+}
+
+pub async fn a_replayed_batch_is_answered_not_stored_again<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let task = store.create_task(&new_task("s")).await.expect("create");
+    let other = store.create_task(&new_task("s")).await.expect("create");
+    let (_, token) = claim(&store, &worker).await.expect("claim");
+    let (_, other_token) = claim(&store, &worker).await.expect("claim other");
+
+    let batch = [log_event(1), log_event(2), log_event(3)];
+    let first = store
+        .append_events(task.id, &token, "b1", &batch)
+        .await
+        .expect("append");
+    assert_eq!((first.first_seq, first.last_seq), (1, 3));
+    // The answer was lost; the writer retries the same batch.
+    let again = store
+        .append_events(task.id, &token, "b1", &batch)
+        .await
+        .expect("replay");
+    assert_eq!(again, first, "the original answer");
+    // The key decides, not the content: a different body under a used id is not stored either.
+    let changed = store
+        .append_events(task.id, &token, "b1", &[log_event(9)])
+        .await
+        .expect("replay with other content");
+    assert_eq!(changed, first);
+    let (seqs, payloads) = log_of(&store, task.id).await;
+    assert_eq!(seqs, [1, 2, 3], "each event once");
+    assert_eq!(payloads, batch.iter().map(|e| e.payload.clone()).collect::<Vec<_>>());
+
+    let next = store
+        .append_events(task.id, &token, "b2", &[log_event(4), log_event(5)])
+        .await
+        .expect("a new batch");
+    assert_eq!((next.first_seq, next.last_seq), (4, 5));
+    assert_eq!(
+        store
+            .append_events(task.id, &token, "b1", &batch)
+            .await
+            .expect("old replay"),
+        first,
+        "an older batch still answers its own seqs"
+    );
+
+    // Batch ids are per task: another task's "b1" is its own batch.
+    let elsewhere = store
+        .append_events(other.id, &other_token, "b1", &[log_event(1)])
+        .await
+        .expect("append to the other task");
+    assert_eq!((elsewhere.first_seq, elsewhere.last_seq), (1, 1));
+
+    // The token is checked before the replay: a wrong one learns nothing.
+    assert!(refused(&store.append_events(task.id, &other_token, "b1", &batch).await));
+
+    // Replays racing each other still store the batch once.
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append_events(task.id, &token, "race", &[log_event(6), log_event(7)])
+                    .await
+                    .expect("racing append")
+            })
+        })
+        .collect();
+    for racer in racers {
+        let answer = racer.await.expect("racer finished");
+        assert_eq!((answer.first_seq, answer.last_seq), (6, 7));
+    }
+    assert_eq!(log_of(&store, task.id).await.0, [1, 2, 3, 4, 5, 6, 7]);
+
+    // After completion a replay of an applied batch is still answered; a new batch is refused.
+    store
+        .complete_task(task.id, &token, &verdict(TaskResult::Succeeded))
+        .await
+        .expect("complete");
+    assert_eq!(
+        store
+            .append_events(task.id, &token, "b2", &[log_event(4)])
+            .await
+            .expect("late replay"),
+        next
+    );
+    let late = store.append_events(task.id, &token, "b3", &[log_event(8)]).await;
+    assert!(matches!(late, Err(StoreError::NotRunning { .. })), "{late:?}");
+    assert_eq!(store.get_task(task.id).await.expect("get").last_seq, 7);
+    assert_eq!(log_of(&store, task.id).await.0.len(), 7);
+
+    assert!(matches!(
+        store
+            .append_events(other.id, &other_token, "no spaces", &[log_event(2)])
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
 }
 
 /// Several concurrent claimers over one queue: each task exactly once.
@@ -346,7 +457,7 @@ pub async fn callback_tokens_are_fenced_to_their_task_and_attempt<S: Store>(stor
     let (_, token_b) = claim(&store, &worker).await.expect("claim b");
 
     assert!(
-        refused(&store.append_events(a.id, &token_b, &[log_event(1)]).await),
+        refused(&store.append_events(a.id, &token_b, "b1", &[log_event(1)]).await),
         "b's token cannot write to a"
     );
     assert!(refused(
@@ -356,15 +467,19 @@ pub async fn callback_tokens_are_fenced_to_their_task_and_attempt<S: Store>(stor
     ));
     assert!(refused(
         &store
-            .append_events(a.id, &TokenHash::of("guess"), &[log_event(1)])
+            .append_events(a.id, &TokenHash::of("guess"), "b1", &[log_event(1)])
             .await
     ));
     assert!(
-        refused(&store.append_events(queued.id, &token_a, &[log_event(1)]).await),
+        refused(&store.append_events(queued.id, &token_a, "b1", &[log_event(1)]).await),
         "no attempt yet"
     );
     assert!(
-        refused(&store.append_events(TaskId::new(), &token_a, &[log_event(1)]).await),
+        refused(
+            &store
+                .append_events(TaskId::new(), &token_a, "b1", &[log_event(1)])
+                .await
+        ),
         "unknown task"
     );
     assert_eq!(
@@ -375,11 +490,11 @@ pub async fn callback_tokens_are_fenced_to_their_task_and_attempt<S: Store>(stor
     assert_eq!(store.get_task(a.id).await.expect("get").state, TaskState::Running);
 
     store
-        .append_events(a.id, &token_a, &[log_event(1)])
+        .append_events(a.id, &token_a, "b1", &[log_event(1)])
         .await
         .expect("own token works");
     store
-        .append_events(b.id, &token_b, &[log_event(1)])
+        .append_events(b.id, &token_b, "b1", &[log_event(1)])
         .await
         .expect("own token works");
 }

@@ -37,6 +37,16 @@ pub enum StoreError {
     TokenRefused(TaskId),
     #[error("task {task} is {state}, not running: its attempt can no longer report")]
     NotRunning { task: TaskId, state: TaskState },
+    #[error(
+        "batch {batch_id:?} of task {task} was appended by attempt {stored_attempt}, not by this attempt \
+         {attempt}: use a fresh batch id for every new batch"
+    )]
+    BatchOfOtherAttempt {
+        task: TaskId,
+        batch_id: String,
+        stored_attempt: u32,
+        attempt: u32,
+    },
     #[error("task {task} is {from} and cannot become {to}")]
     Transition {
         task: TaskId,
@@ -94,11 +104,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Appends `events` (at least one) with consecutive seqs after the
     /// task's `last_seq`, if `callback` is the current attempt's token
     /// ([`StoreError::TokenRefused`]) and the task is running
-    /// ([`StoreError::NotRunning`]).
+    /// ([`StoreError::NotRunning`]), and records them as batch `batch_id`.
+    ///
+    /// Idempotent per `(task, batch_id)`: when this attempt already appended
+    /// a batch with that id, nothing is stored and its original seqs come
+    /// back, whatever `events` holds now and whatever state the task is in
+    /// (a retry whose first answer was lost may arrive after completion).
+    /// The token is checked first; an id recorded by an earlier attempt is
+    /// [`StoreError::BatchOfOtherAttempt`].
     fn append_events(
         &self,
         id: TaskId,
         callback: &TokenHash,
+        batch_id: &str,
         events: &[NewEvent],
     ) -> impl Future<Output = Result<EventsAppended, StoreError>> + Send;
 

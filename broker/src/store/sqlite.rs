@@ -13,7 +13,7 @@ use std::time::Duration;
 use embark_core::NewEvent;
 use embark_core::limits;
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
+use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, is_batch_id};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -73,12 +73,19 @@ impl SqliteStore {
     }
 }
 
-/// The task's state, after checking that `callback` is its current attempt's token.
+/// The task as its current attempt sees it.
+struct CurrentAttempt {
+    state: TaskState,
+    attempt: i64,
+    last_seq: i64,
+}
+
+/// The task's current attempt, after checking that `callback` is its token.
 async fn authorize_attempt(
     conn: &mut SqliteConnection,
     id: TaskId,
     callback: &TokenHash,
-) -> Result<(TaskState, i64), StoreError> {
+) -> Result<CurrentAttempt, StoreError> {
     let row: Option<(String, i64, i64)> = sqlx::query_as("SELECT state, attempt, last_seq FROM tasks WHERE id = ?1")
         .bind(id.to_string())
         .fetch_optional(&mut *conn)
@@ -99,7 +106,30 @@ async fn authorize_attempt(
     if !valid {
         return Err(StoreError::TokenRefused(id));
     }
-    Ok((parse_state(&state)?, last_seq))
+    Ok(CurrentAttempt {
+        state: parse_state(&state)?,
+        attempt,
+        last_seq,
+    })
+}
+
+/// A batch this task already appended: the attempt that did and its seqs.
+async fn stored_batch(
+    conn: &mut SqliteConnection,
+    id: TaskId,
+    batch_id: &str,
+) -> Result<Option<(i64, i64, i64)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT attempt, first_seq, last_seq FROM event_batches WHERE task_id = ?1 AND batch_id = ?2")
+            .bind(id.to_string())
+            .bind(batch_id)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
+fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
+    u32::try_from(attempt).map_err(|_| StoreError::Corrupt(format!("attempt {attempt} is out of range")))
 }
 
 impl Store for SqliteStore {
@@ -134,10 +164,12 @@ impl Store for SqliteStore {
     }
 
     async fn list_session_tasks(&self, session_id: &str, limit: u32) -> Result<Vec<Task>, StoreError> {
+        // Task ids are random, so ties within a millisecond go by rowid, which grows with every insert
+        // (tasks are never deleted).
         let rows: Vec<TaskRow> = sqlx::query_as(concat!(
             "SELECT ",
             task_columns!(),
-            " FROM tasks WHERE session_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
+            " FROM tasks WHERE session_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
         ))
         .bind(session_id)
         .bind(i64::from(limit))
@@ -172,11 +204,12 @@ impl Store for SqliteStore {
     async fn claim_next(&self, runner_id: &str, callback: &TokenHash) -> Result<Option<Task>, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        // One statement picks and flips the oldest queued task; `state = 'queued'` is re-checked
-        // so the update can never take a task another writer already moved.
+        // One statement picks and flips the oldest queued task (ties in insertion order, as in
+        // `list_session_tasks`); `state = 'queued'` is re-checked so the update can never take a
+        // task another writer already moved.
         let row: Option<TaskRow> = sqlx::query_as(concat!(
             "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1 \
-             WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, id LIMIT 1) \
+             WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1) \
              AND state = 'queued' RETURNING ",
             task_columns!()
         ))
@@ -207,8 +240,15 @@ impl Store for SqliteStore {
         &self,
         id: TaskId,
         callback: &TokenHash,
+        batch_id: &str,
         events: &[NewEvent],
     ) -> Result<EventsAppended, StoreError> {
+        if !is_batch_id(batch_id) {
+            return Err(StoreError::Invalid(format!(
+                "batch id {batch_id:?} is not 1 to {} bytes of [A-Za-z0-9._:-]",
+                limits::MAX_BATCH_ID_BYTES
+            )));
+        }
         if events.is_empty() {
             return Err(StoreError::Invalid("no events to append: send at least one".into()));
         }
@@ -228,7 +268,28 @@ impl Store for SqliteStore {
         let now = now_ms();
 
         let mut tx = self.write_tx().await?;
-        let (state, last_seq) = authorize_attempt(&mut tx, id, callback).await?;
+        let current = authorize_attempt(&mut tx, id, callback).await?;
+        // A replay is answered before the state check: the batch was applied while the task ran.
+        if let Some((attempt, first, last)) = stored_batch(&mut tx, id, batch_id).await? {
+            if attempt != current.attempt {
+                return Err(StoreError::BatchOfOtherAttempt {
+                    task: id,
+                    batch_id: batch_id.to_owned(),
+                    stored_attempt: attempt_number(attempt)?,
+                    attempt: attempt_number(current.attempt)?,
+                });
+            }
+            tracing::info!(task = %id, batch = batch_id, first, last, "batch replayed: answered, not stored again");
+            return Ok(EventsAppended {
+                first_seq: seq(first)?,
+                last_seq: seq(last)?,
+            });
+        }
+        let CurrentAttempt {
+            state,
+            attempt,
+            last_seq,
+        } = current;
         if state != TaskState::Running {
             return Err(StoreError::NotRunning { task: id, state });
         }
@@ -260,6 +321,16 @@ impl Store for SqliteStore {
             },
         );
         insert.build().execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&task_id)
+        .bind(batch_id)
+        .bind(attempt)
+        .bind(first)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(EventsAppended {
             first_seq: seq(first)?,
@@ -275,7 +346,7 @@ impl Store for SqliteStore {
     ) -> Result<Task, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let (state, _) = authorize_attempt(&mut tx, id, callback).await?;
+        let CurrentAttempt { state, .. } = authorize_attempt(&mut tx, id, callback).await?;
         let next = verdict.result.state();
         check_transition(id, state, next)?;
         let row: TaskRow = sqlx::query_as(concat!(
@@ -358,6 +429,7 @@ mod tests {
         claim_is_exactly_once_under_concurrency,
         callback_tokens_are_fenced_to_their_task_and_attempt,
         runners_are_found_by_token_hash,
+        a_replayed_batch_is_answered_not_stored_again,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -369,6 +441,66 @@ mod tests {
             .await
             .expect("second store");
         conformance::claims_across_stores_are_exactly_once(first, second).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_id_of_an_earlier_attempt_is_refused() {
+        use crate::auth::{TokenKind, mint};
+        use embark_core::EventKind;
+
+        let (_dir, store) = fresh().await;
+        let event = |n: u32| NewEvent {
+            kind: EventKind::Log,
+            payload: serde_json::json!({ "n": n }),
+        };
+        let (_, runner_token) = mint(TokenKind::Runner);
+        let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");
+        let task = store.create_task(&conformance::new_task("s")).await.expect("create");
+        let (_, first) = mint(TokenKind::Callback);
+        store
+            .claim_next(&runner.id, &first)
+            .await
+            .expect("claim")
+            .expect("queued");
+        store
+            .append_events(task.id, &first, "b1", &[event(1), event(2)])
+            .await
+            .expect("append");
+        // No route re-queues a task yet; put it back by hand so a second attempt can claim it.
+        sqlx::query("UPDATE tasks SET state = 'queued' WHERE id = ?1")
+            .bind(task.id.to_string())
+            .execute(&store.writer)
+            .await
+            .expect("requeue");
+        let (_, second) = mint(TokenKind::Callback);
+        let again = store
+            .claim_next(&runner.id, &second)
+            .await
+            .expect("claim")
+            .expect("queued");
+        assert_eq!(again.attempt, 2);
+
+        let reused = store.append_events(task.id, &second, "b1", &[event(3)]).await;
+        assert!(
+            matches!(
+                &reused,
+                Err(StoreError::BatchOfOtherAttempt {
+                    stored_attempt: 1,
+                    attempt: 2,
+                    ..
+                })
+            ),
+            "{reused:?}"
+        );
+        assert!(matches!(
+            store.append_events(task.id, &first, "b1", &[event(1)]).await,
+            Err(StoreError::TokenRefused(_))
+        ));
+        let fresh_batch = store
+            .append_events(task.id, &second, "2-0", &[event(3)])
+            .await
+            .expect("a fresh id works");
+        assert_eq!((fresh_batch.first_seq, fresh_batch.last_seq), (3, 3));
     }
 
     #[tokio::test]
