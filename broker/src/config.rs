@@ -3,11 +3,12 @@
 //! Secrets come only from the environment or the TOML file, never from flags,
 //! which any local user could read in the process list.
 
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use embark_core::dirs;
+pub use embark_core::secret::Secret;
 use serde::Deserialize;
 
 /// Listen address when neither a flag, the environment nor the file names one.
@@ -45,22 +46,6 @@ pub struct FileConfig {
     pub db: Option<PathBuf>,
     pub client_secret: Option<String>,
     pub runner_enrollment_secret: Option<String>,
-}
-
-/// A secret value; `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -193,14 +178,12 @@ fn secret(
             len: value.len(),
         });
     }
-    Ok(Secret(value))
+    Ok(Secret::new(value))
 }
 
 /// `$XDG_DATA_HOME/embark/broker.db`, or `$HOME/.local/share/embark/broker.db`.
 fn default_db(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let absolute = |name: &str| env(name).map(PathBuf::from).filter(|p| p.is_absolute());
-    let data = absolute("XDG_DATA_HOME").or_else(|| absolute("HOME").map(|home| home.join(".local/share")))?;
-    Some(data.join("embark").join("broker.db"))
+    Some(dirs::data_home(env)?.join("embark").join("broker.db"))
 }
 
 #[cfg(test)]

@@ -5,11 +5,13 @@
 //! change to the wire contract.
 
 pub mod client;
+pub mod dirs;
 pub mod event;
 pub mod intent;
 pub mod limits;
 pub mod protocol;
 pub mod schema;
+pub mod secret;
 pub mod task;
 pub mod wire;
 

@@ -1,12 +1,13 @@
 //! Runner configuration: flags > `EMBARK_*` environment variables > TOML file
 //! > built-in defaults. Every knob is listed in `docs/runner.md`.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::BoolishValueParser;
+use embark_core::dirs;
+pub use embark_core::secret::Secret;
 use serde::Deserialize;
 
 /// Shortest claim long-poll accepted: shorter ones would hammer the broker.
@@ -84,22 +85,6 @@ pub struct FileConfig {
     pub keep_spaces: Option<bool>,
 }
 
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -155,15 +140,8 @@ impl Config {
     /// clap does not read itself (the secret, HOME, XDG dirs); tests pass
     /// their own.
     pub fn resolve(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let home = env("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
-        let xdg = |var: &str, fallback: &str| -> Option<PathBuf> {
-            match env(var).map(PathBuf::from) {
-                Some(dir) if dir.is_absolute() => Some(dir),
-                _ => home.as_ref().map(|h| h.join(fallback)),
-            }
-        };
-        let config_home = xdg("XDG_CONFIG_HOME", ".config");
-        let data_home = xdg("XDG_DATA_HOME", ".local/share");
+        let config_home = dirs::config_home(env);
+        let data_home = dirs::data_home(env);
 
         let (file, toml_name) = match &cli.config {
             Some(path) => (load_file(path, true)?, path.display().to_string()),
@@ -186,7 +164,7 @@ impl Config {
         let enrollment_secret = env("EMBARK_RUNNER_ENROLLMENT_SECRET")
             .or(file.enrollment_secret)
             .filter(|s| !s.is_empty())
-            .map(Secret)
+            .map(Secret::new)
             .ok_or(ConfigError::MissingEnrollmentSecret { toml: toml_name })?;
         let name = match cli.name.or(file.name) {
             Some(name) => name,

@@ -14,9 +14,10 @@
 //! The client secret has no flag (argv is visible to every user of the
 //! machine) and is never logged.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
+use embark_core::dirs;
+pub use embark_core::secret::Secret;
 use serde::Deserialize;
 
 use crate::stdio::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE_BYTES, StdioOptions};
@@ -51,26 +52,6 @@ pub struct ConfigArgs {
     /// Requests answered concurrently; more wait [default: 16]
     #[arg(long, env = "EMBARK_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
-}
-
-/// A credential: printed as `<redacted>` by `Debug`, with no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
 }
 
 /// The resolved settings.
@@ -133,10 +114,7 @@ struct FileConfig {
 
 /// Where the config file is looked for when none is named.
 pub fn default_config_path() -> Option<PathBuf> {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    non_empty("XDG_CONFIG_HOME")
-        .or_else(|| non_empty("HOME").map(|home| home.join(".config")))
-        .map(|dir| dir.join("embark").join("config.toml"))
+    Some(dirs::config_home(&dirs::process_env)?.join("embark").join("config.toml"))
 }
 
 impl Config {
@@ -168,7 +146,7 @@ impl Config {
         let non_empty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
         let config = Config {
             broker_url: non_empty(args.broker_url).or(non_empty(file.broker_url)),
-            client_secret: non_empty(env_secret).or(non_empty(file.client_secret)).map(Secret),
+            client_secret: non_empty(env_secret).or(non_empty(file.client_secret)).map(Secret::new),
             profile: non_empty(args.profile)
                 .or(non_empty(file.profile))
                 .unwrap_or_else(|| DEFAULT_PROFILE.to_owned()),
