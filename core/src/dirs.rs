@@ -36,7 +36,11 @@ mod tests {
 
     #[test]
     fn xdg_wins_when_absolute() {
-        let env = env_of(&[("XDG_CONFIG_HOME", "/cfg"), ("XDG_DATA_HOME", "/data"), ("HOME", "/home/u")]);
+        let env = env_of(&[
+            ("XDG_CONFIG_HOME", "/cfg"),
+            ("XDG_DATA_HOME", "/data"),
+            ("HOME", "/home/u"),
+        ]);
         assert_eq!(config_home(&env), Some(PathBuf::from("/cfg")));
         assert_eq!(data_home(&env), Some(PathBuf::from("/data")));
     }

@@ -114,7 +114,11 @@ struct FileConfig {
 
 /// Where the config file is looked for when none is named.
 pub fn default_config_path() -> Option<PathBuf> {
-    Some(dirs::config_home(&dirs::process_env)?.join("embark").join("config.toml"))
+    Some(
+        dirs::config_home(&dirs::process_env)?
+            .join("embark")
+            .join("config.toml"),
+    )
 }
 
 impl Config {
