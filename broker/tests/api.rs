@@ -201,11 +201,21 @@ async fn a_task_walks_from_creation_to_its_outcome() {
     );
     assert_eq!(fetched.last_seq, 5);
 
-    let (status, code, _) = refusal(client.complete(token, first.id, &verdict).await);
+    let replayed = client
+        .complete(token, first.id, &verdict)
+        .await
+        .expect("a retried verdict is answered");
+    assert_eq!(replayed, done, "a retried verdict changes nothing");
+    let other_verdict = CompleteTask {
+        result: TaskResult::Failed,
+        final_text: None,
+        reason: Some("changed my mind".into()),
+    };
+    let (status, code, _) = refusal(client.complete(token, first.id, &other_verdict).await);
     assert_eq!(
         (status, code),
         (409, ApiErrorCode::Conflict),
-        "a finished task cannot finish again"
+        "a finished task cannot finish differently"
     );
     let (status, code, _) = refusal(client.append_events(token, first.id, &events("b4", &["late"])).await);
     assert_eq!((status, code), (409, ApiErrorCode::Conflict));

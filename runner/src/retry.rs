@@ -22,14 +22,16 @@ impl RetryPolicy {
     };
 }
 
-/// Worth another try: the broker was unreachable or failed on its side.
-/// Refusals (4xx) and unreadable answers are final: retrying cannot help, and
-/// an unreadable answer may mean the call already took effect.
+/// Worth another try: the broker was unreachable, failed on its side, or its
+/// answer was cut off. Retrying after a cut-off answer is safe because the
+/// calls retried here are idempotent: appends carry a batch id and a repeated
+/// verdict is answered unchanged (enrolling twice only leaves an unused
+/// token). Refusals (4xx) are final: retrying cannot help.
 pub fn is_transient(error: &ClientError) -> bool {
     match error {
-        ClientError::Unreachable { .. } => true,
+        ClientError::Unreachable { .. } | ClientError::Decode { .. } => true,
         ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => *status >= 500 || *status == 429,
-        ClientError::BadUrl { .. } | ClientError::Decode { .. } => false,
+        ClientError::BadUrl { .. } => false,
     }
 }
 

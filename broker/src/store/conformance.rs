@@ -117,20 +117,26 @@ pub async fn state_transitions_follow_the_machine<S: Store>(store: S) {
     );
     assert_eq!(store.get_task(a.id).await.expect("get"), done);
 
-    // A terminal task never moves again, whatever the verdict.
-    for result in [TaskResult::Succeeded, TaskResult::Failed] {
-        let again = store.complete_task(a.id, &token_a, &verdict(result)).await;
-        assert!(
-            matches!(
-                again,
-                Err(StoreError::Transition {
-                    from: TaskState::Succeeded,
-                    ..
-                })
-            ),
-            "completing twice must be refused: {again:?}"
-        );
-    }
+    // The same verdict again (a retry whose answer was lost) is answered, unchanged.
+    let mut retried_verdict = verdict(TaskResult::Succeeded);
+    retried_verdict.final_text = Some("a different text".into());
+    let retried = store
+        .complete_task(a.id, &token_a, &retried_verdict)
+        .await
+        .expect("a repeated verdict is answered");
+    assert_eq!(retried, done, "a repeated verdict changes nothing");
+    // A terminal task never moves to another state.
+    let again = store.complete_task(a.id, &token_a, &verdict(TaskResult::Failed)).await;
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::Transition {
+                from: TaskState::Succeeded,
+                ..
+            })
+        ),
+        "a different verdict must be refused: {again:?}"
+    );
     let late = store.append_events(a.id, &token_a, "late", &[log_event(1)]).await;
     assert!(
         matches!(

@@ -121,7 +121,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<EventsAppended, StoreError>> + Send;
 
     /// Records the attempt's verdict and moves the task to its terminal
-    /// state; the same token check as [`Store::append_events`].
+    /// state; the same token check as [`Store::append_events`]. Repeating the
+    /// same result (a retry whose answer was lost) answers the task as it is
+    /// and changes nothing; a different result for a finished task is refused.
     fn complete_task(
         &self,
         id: TaskId,

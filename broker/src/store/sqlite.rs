@@ -348,6 +348,15 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         let CurrentAttempt { state, .. } = authorize_attempt(&mut tx, id, callback).await?;
         let next = verdict.result.state();
+        if state == next {
+            // A retry of this attempt's own verdict whose answer was lost: answer it again.
+            let row: TaskRow = sqlx::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1"))
+                .bind(id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return row.try_into();
+        }
         check_transition(id, state, next)?;
         let row: TaskRow = sqlx::query_as(concat!(
             "UPDATE tasks SET state = ?2, outcome_result = ?3, outcome_final_text = ?4, outcome_reason = ?5, \
