@@ -10,6 +10,7 @@ pub mod event;
 pub mod intent;
 pub mod limits;
 pub mod protocol;
+pub mod repo_url;
 pub mod schema;
 pub mod secret;
 pub mod task;
