@@ -18,7 +18,7 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 
 import { stopAll } from "../smoke/lib/process.mjs";
-import { PiRpc } from "../smoke/lib/pi-rpc-client.mjs";
+import { FINISHED_STATES, PiRpc, submittedTaskId, taskState } from "../smoke/lib/pi-rpc-client.mjs";
 import { PI_BIN, ROOT, buildBinaries, fakeModels, fixtureRepo, startBroker, startFakeModel, startRunner, writeProfile } from "../smoke/lib/stack.mjs";
 
 const { values: opts, positionals } = parseArgs({
@@ -52,14 +52,34 @@ const DEMO_SCRIPT = {
   ],
 };
 
-/** Which model the runner uses, and the profile files that carry its credential. */
-function chooseModel() {
+/**
+ * Which model the runner uses, and the credential for its auth profile. Pi's
+ * own table says which environment variable holds each provider's key; the
+ * key goes into the runner's profile because the runner gives Pi a scrubbed
+ * environment.
+ */
+async function chooseModel() {
+  const { getEnvApiKey, findEnvKeys } = await import("@mariozechner/pi-ai");
   const env = process.env;
-  if (env.EMBARK_PROVIDER && env.EMBARK_MODEL) return { provider: env.EMBARK_PROVIDER, model: env.EMBARK_MODEL, auth: {}, real: true };
-  if (env.ANTHROPIC_API_KEY)
-    return { provider: "anthropic", model: "claude-sonnet-4-5", auth: { anthropic: { type: "api_key", key: env.ANTHROPIC_API_KEY } }, real: true };
-  if (env.OPENAI_API_KEY) return { provider: "openai", model: "gpt-5.1", auth: { openai: { type: "api_key", key: env.OPENAI_API_KEY } }, real: true };
-  return { provider: "fake", model: "fake-model", auth: {}, real: false };
+  let provider;
+  let model;
+  if (env.EMBARK_PROVIDER || env.EMBARK_MODEL) {
+    if (!env.EMBARK_PROVIDER || !env.EMBARK_MODEL) throw new Error("set both EMBARK_PROVIDER and EMBARK_MODEL, or neither");
+    [provider, model] = [env.EMBARK_PROVIDER, env.EMBARK_MODEL];
+  } else if (getEnvApiKey("anthropic")) {
+    [provider, model] = ["anthropic", "claude-sonnet-4-5"];
+  } else if (getEnvApiKey("openai")) {
+    [provider, model] = ["openai", "gpt-5.1"];
+  }
+  if (!provider || provider === "fake") return { provider: "fake", model: "fake-model", auth: {}, real: false };
+  const key = getEnvApiKey(provider);
+  if (!key) {
+    const vars = findEnvKeys(provider) ?? [];
+    throw new Error(
+      `no API key for provider ${provider} in the environment: set ${vars.length ? vars.join(" or ") : "its API key variable"}`,
+    );
+  }
+  return { provider, model, auth: { [provider]: { type: "api_key", key } }, real: true };
 }
 
 function targetRepo() {
@@ -82,7 +102,7 @@ async function main() {
   const bin = buildBinaries({ release: true });
   mkdirSync(STATE, { recursive: true });
   const repo = targetRepo();
-  const choice = chooseModel();
+  const choice = await chooseModel();
 
   const settings = { retry: { enabled: false, provider: { maxRetries: 0 } } };
   const profileFiles = { "settings.json": settings };
@@ -139,17 +159,17 @@ async function roundTrip(repo, env, piArgs) {
   say(`/embark "${prompt}"`);
   const submitted = await pi.embark(JSON.stringify(prompt));
   for (const note of submitted.notes) process.stdout.write(`${note.message}\n`);
-  const id = submitted.notes.map((n) => n.message).join("\n").match(/task ([0-9a-f]{8})/)?.[1];
+  const id = submittedTaskId(submitted);
   if (!id) throw new Error("the submit did not name a task");
   const deadline = Date.now() + 300_000;
   for (;;) {
     const status = await pi.embark(`status ${id}`);
-    const text = status.notes.map((n) => n.message).join("\n");
-    if (/\b(succeeded|failed|cancelled)\b/.test(text) || Date.now() > deadline) {
+    const state = taskState(status);
+    if (FINISHED_STATES.includes(state) || Date.now() > deadline) {
       say(`/embark status ${id}`);
-      process.stdout.write(`${text}\n`);
+      for (const note of status.notes) process.stdout.write(`${note.message}\n`);
       for (const message of status.messages) process.stdout.write(`${message.content}\n`);
-      if (!/\bsucceeded\b/.test(text)) throw new Error(`task ${id} did not succeed`);
+      if (state !== "succeeded") throw new Error(`task ${id} ended ${state ?? "unfinished"}`);
       return;
     }
     await new Promise((r) => setTimeout(r, 1000));

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 import { stopAll } from "./lib/process.mjs";
-import { PiRpc } from "./lib/pi-rpc-client.mjs";
+import { FINISHED_STATES, PiRpc, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
 import {
   ROOT,
   buildBinaries,
@@ -91,25 +91,31 @@ async function main() {
   const submitted = await pi.embark(JSON.stringify(PROMPT));
   const submitText = submitted.notes.map((n) => n.message).join("\n");
   step(`submit said: ${submitText.split("\n")[0]}`);
-  const idMatch = submitText.match(/task ([0-9a-f]{8})/);
-  if (!idMatch) fail(`submit did not name a task: ${submitText}`);
-  const shortId = idMatch[1];
+  const shortId = submittedTaskId(submitted);
+  if (!shortId) fail(`submit did not name a task: ${submitText}`);
 
-  // Poll status (bounded) until the task is finished.
+  // Poll status (bounded) until the task's state row says it is finished.
   let status;
+  let state;
   const deadline = Date.now() + 120_000;
   for (;;) {
     status = await pi.embark(`status ${shortId}`);
-    const text = status.notes.map((n) => n.message).join("\n");
-    if (/\b(succeeded|failed|cancelled)\b/.test(text)) break;
-    if (Date.now() > deadline) fail(`task ${shortId} did not finish within 120 s; last status:\n${text}`);
+    state = taskState(status);
+    if (FINISHED_STATES.includes(state)) break;
+    if (Date.now() > deadline) fail(`task ${shortId} did not finish within 120 s; last state ${state}`);
     await new Promise((r) => setTimeout(r, 1000));
   }
-  const statusText = status.notes.map((n) => n.message).join("\n");
-  const shown = [statusText, ...status.messages.map((m) => m.content)].join("\n");
-  step(`status:\n${statusText}`);
-  if (!/\bsucceeded\b/.test(statusText)) fail(`task did not succeed:\n${shown}`);
-  if (!shown.includes(FINAL_TEXT)) fail(`status does not show the result text ${JSON.stringify(FINAL_TEXT)}:\n${shown}`);
+  step(`status:\n${status.notes.map((n) => n.message).join("\n")}`);
+  if (state !== "succeeded") fail(`task ended ${state}: ${JSON.stringify(status.messages)}`);
+  const results = status.messages.filter((m) => m.customType === "embark-result");
+  if (results.length !== 1) fail(`expected one embark-result message, got ${JSON.stringify(status.messages)}`);
+  if (!results[0].content.includes(FINAL_TEXT)) fail(`the result message lacks ${JSON.stringify(FINAL_TEXT)}: ${results[0].content}`);
+
+  // Asking again shows the status but does not add the result to the conversation a second time.
+  const again = await pi.embark(`status ${shortId}`);
+  if (taskState(again) !== "succeeded") fail("the second status lost the state");
+  if (again.messages.length !== 0) fail(`the result was added again: ${JSON.stringify(again.messages)}`);
+  step("result landed in the conversation once");
 
   const [fullId] = readdirSync(spaces).filter((d) => d.replaceAll("-", "").startsWith(shortId));
   if (!fullId) fail(`no task directory for ${shortId} under ${spaces}`);

@@ -4,7 +4,7 @@
 
 import type { ExtensionAPI } from "@mariozechner/pi-coding-agent";
 import { EmbarkClient } from "./client.ts";
-import { errorText, renderView } from "./render.ts";
+import { errorText, renderView, sessionHistory } from "./render.ts";
 
 export default function embark(pi: ExtensionAPI): void {
   // One sidecar per Pi process, started by the first /embark.
@@ -18,7 +18,7 @@ export default function embark(pi: ExtensionAPI): void {
           session_id: ctx.sessionManager.getSessionId(),
           cwd: ctx.cwd,
         });
-        renderView(view, ctx.ui, pi);
+        renderView(view, ctx.ui, pi, sessionHistory(ctx.sessionManager.getBranch()));
       } catch (err) {
         ctx.ui.notify(errorText(err), "error");
       }

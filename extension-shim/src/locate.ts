@@ -32,8 +32,8 @@ export interface LocateOptions {
 
 /**
  * Order: `$EMBARK_SIDECAR_PATH` (must exist when set: a typo should not
- * silently pick another binary), then the workspace's `target/release` and
- * `target/debug` builds, then `embark-sidecar` on PATH.
+ * silently pick another binary), then the newer of the workspace's
+ * `target/release` and `target/debug` builds, then `embark-sidecar` on PATH.
  */
 export function locateSidecar(options: LocateOptions = {}): Located {
   const env = options.env ?? process.env;
@@ -51,12 +51,14 @@ export function locateSidecar(options: LocateOptions = {}): Located {
     );
   }
 
-  const searched: string[] = [];
-  for (const profile of ["release", "debug"]) {
-    const path = join(workspaceRoot, "target", profile, exe);
-    searched.push(path);
-    if (isExecutableFile(path)) return { path, source: "workspace" };
-  }
+  // The newer of the two workspace builds: a stale release build must not
+  // shadow the debug build a developer just made (or the reverse).
+  const searched = ["release", "debug"].map((profile) => join(workspaceRoot, "target", profile, exe));
+  const built = searched
+    .filter(isExecutableFile)
+    .map((path) => ({ path, mtime: statSync(path).mtimeMs }))
+    .sort((a, b) => b.mtime - a.mtime);
+  if (built[0]) return { path: built[0].path, source: "workspace" };
   for (const dir of (env.PATH ?? "").split(delimiter)) {
     if (dir === "") continue;
     const path = join(dir, exe);

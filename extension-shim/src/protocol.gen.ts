@@ -24,7 +24,8 @@ export type ErrorCode =
   | "config"
   | "broker_unreachable"
   | "broker_rejected"
-  | "task_not_found";
+  | "task_not_found"
+  | "timeout";
 export type Block =
   | {
       text: string;
@@ -125,6 +126,14 @@ export interface ChatMessage {
    * Structured data for renderers (e.g. the task id and state).
    */
   details: unknown;
+  /**
+   * When set, add the message only if the conversation (its current
+   * branch) holds no message of this `custom_type` whose
+   * `details.once_key` equals it; front ends store the key in
+   * `details.once_key`. Used so a task's result lands once however often
+   * `status` is asked.
+   */
+  once_key?: string | null;
 }
 export interface StatusLine {
   key: string;

@@ -16,8 +16,26 @@ export interface ViewMessages {
   sendMessage(message: { customType: string; content: string; display: boolean; details?: unknown }): void;
 }
 
+/** What the conversation already holds: messages added with a `once_key` are added only once. */
+export interface ViewHistory {
+  hasMessage(customType: string, onceKey: string): boolean;
+}
+
+/** History from Pi's session entries (the current branch): custom messages carry their key in `details.once_key`. */
+export function sessionHistory(entries: readonly unknown[]): ViewHistory {
+  return {
+    hasMessage: (customType, onceKey) =>
+      entries.some((entry) => {
+        const e = entry as { type?: unknown; customType?: unknown; details?: { once_key?: unknown } | null };
+        return e.type === "custom_message" && e.customType === customType && e.details?.once_key === onceKey;
+      }),
+  };
+}
+
+const NO_HISTORY: ViewHistory = { hasMessage: () => false };
+
 /** Blocks in order (one notification each), then the status line, then the message. */
-export function renderView(view: View, ui: ViewUi, pi: ViewMessages): void {
+export function renderView(view: View, ui: ViewUi, pi: ViewMessages, history: ViewHistory = NO_HISTORY): void {
   const blocks: unknown[] = Array.isArray(view.blocks) ? view.blocks : [];
   for (const block of blocks) {
     const { text, tone } = renderBlock(block);
@@ -26,13 +44,13 @@ export function renderView(view: View, ui: ViewUi, pi: ViewMessages): void {
   if (view.status !== undefined && view.status !== null) {
     ui.setStatus(view.status.key, view.status.text ?? undefined);
   }
-  if (view.message !== undefined && view.message !== null) {
-    pi.sendMessage({
-      customType: view.message.custom_type,
-      content: view.message.content,
-      display: true,
-      details: view.message.details,
-    });
+  const message = view.message;
+  if (message !== undefined && message !== null) {
+    const onceKey = message.once_key ?? undefined;
+    if (onceKey !== undefined && history.hasMessage(message.custom_type, onceKey)) return;
+    const details =
+      onceKey === undefined ? message.details : { ...(message.details as Record<string, unknown> | null), once_key: onceKey };
+    pi.sendMessage({ customType: message.custom_type, content: message.content, display: true, details });
   }
 }
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -51,12 +51,19 @@ test("EMBARK_SIDECAR_PATH pointing nowhere is an error, not a silent fallback", 
   );
 });
 
-test("the workspace release build is preferred to the debug build", () => {
+test("the newer of the workspace's release and debug builds is used", () => {
   const ws = dir();
   const debug = exe(join(ws, "target", "debug", "embark-sidecar"));
   assert.deepEqual(locateSidecar({ env: { PATH: "" }, workspaceRoot: ws }), { path: debug, source: "workspace" });
   const release = exe(join(ws, "target", "release", "embark-sidecar"));
+  utimesSync(debug, new Date(1_000_000), new Date(1_000_000));
   assert.deepEqual(locateSidecar({ env: { PATH: "" }, workspaceRoot: ws }), { path: release, source: "workspace" });
+  utimesSync(release, new Date(500_000), new Date(500_000));
+  assert.deepEqual(
+    locateSidecar({ env: { PATH: "" }, workspaceRoot: ws }),
+    { path: debug, source: "workspace" },
+    "a stale release build does not shadow a fresh debug build",
+  );
 });
 
 test("PATH is the last resort; non-executable files and directories are skipped", () => {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { View } from "../src/protocol.gen.ts";
-import { errorText, formatTable, renderView, type ViewMessages, type ViewUi } from "../src/render.ts";
+import { errorText, formatTable, renderView, sessionHistory, type ViewMessages, type ViewUi } from "../src/render.ts";
 
 /** A recording stand-in for the slices of Pi's ctx.ui and pi that a View uses. */
 function recorder(): { ui: ViewUi; pi: ViewMessages; calls: unknown[][] } {
@@ -38,6 +38,27 @@ test("blocks become notifications in order, with their tone; then status; then t
       { customType: "embark-task", content: "**task** abc", display: true, details: { task_id: "abc", state: "queued" } },
     ],
   ]);
+});
+
+test("a message with a once_key is added once: not again when the session branch already holds it", () => {
+  const view: View = {
+    blocks: [],
+    message: { custom_type: "embark-result", content: "done", details: { task_id: "t1" }, once_key: "t1:succeeded" },
+  };
+  const first = recorder();
+  renderView(view, first.ui, first.pi, sessionHistory([]));
+  const sent = { customType: "embark-result", content: "done", display: true, details: { task_id: "t1", once_key: "t1:succeeded" } };
+  assert.deepEqual(first.calls, [["sendMessage", sent]]);
+
+  // Pi stores the sent message as a custom_message entry with its details.
+  const entries = [{ type: "message" }, { type: "custom_message", customType: "embark-result", details: sent.details }];
+  const again = recorder();
+  renderView(view, again.ui, again.pi, sessionHistory(entries));
+  assert.deepEqual(again.calls, [], "the same result is not added twice");
+
+  const otherVerdict = recorder();
+  renderView({ ...view, message: { ...view.message!, once_key: "t1:failed" } }, otherVerdict.ui, otherVerdict.pi, sessionHistory(entries));
+  assert.equal(otherVerdict.calls.length, 1, "another key is another message");
 });
 
 test("a status with text null clears the status (undefined for Pi)", () => {

@@ -49,3 +49,15 @@ export class PiRpc {
     };
   }
 }
+
+/** The task id prefix a submit named ("Embarked task 1a2b3c4d …"). */
+export function submittedTaskId(view) {
+  return view.notes.map((n) => n.message).join("\n").match(/task ([0-9a-f]{8,})/)?.[1];
+}
+
+/** The `state` row of a status view's table (its first notification). */
+export function taskState(view) {
+  return (view.notes[0]?.message ?? "").match(/^state\s+(\S+)\s*$/m)?.[1];
+}
+
+export const FINISHED_STATES = ["succeeded", "failed", "cancelled"];

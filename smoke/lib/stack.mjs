@@ -30,6 +30,9 @@ export function git(cwd, ...args) {
     encoding: "utf8",
     env: {
       ...process.env,
+      // The developer's own git config (signing, hooks, templates) must not change fixtures.
+      GIT_CONFIG_NOSYSTEM: "1",
+      GIT_CONFIG_GLOBAL: "/dev/null",
       GIT_AUTHOR_NAME: "embark-smoke",
       GIT_AUTHOR_EMAIL: "smoke@embark.invalid",
       GIT_COMMITTER_NAME: "embark-smoke",

@@ -8,7 +8,9 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .current_dir(dir)
         .args(args)
+        // The developer's own git config (signing, hooks, templates) must not change fixtures.
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_AUTHOR_NAME", "embark-test")
         .env("GIT_AUTHOR_EMAIL", "test@embark.invalid")
         .env("GIT_COMMITTER_NAME", "embark-test")
