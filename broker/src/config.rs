@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use embark_core::dirs;
 pub use embark_core::secret::Secret;
+use embark_core::{dirs, text};
 use serde::Deserialize;
 
 /// Listen address when neither a flag, the environment nor the file names one.
@@ -56,20 +56,19 @@ pub struct Config {
     pub enrollment_secret: Secret,
 }
 
+/// Causes are sources, not part of the message: `main` prints the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("could not read the config file {path}: {source}")]
+    #[error("could not read the config file {path}")]
     ReadFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("the config file {path} is not valid: {source}")]
-    ParseFile {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
+    /// `detail` is the place and the parser's message, never the file's text:
+    /// the file may hold secrets (see [`text::parse_error_detail`]).
+    #[error("the config file {path} is not valid: {detail}")]
+    ParseFile { path: PathBuf, detail: String },
     #[error("no {what}: set {env} (or `{key}` in the config file); it must have at least {min} bytes", min = MIN_SECRET_BYTES)]
     MissingSecret {
         what: &'static str,
@@ -142,9 +141,9 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut file: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
+    let mut file: FileConfig = toml::from_str(&text).map_err(|error| ConfigError::ParseFile {
         path: path.to_path_buf(),
-        source: Box::new(source),
+        detail: text::parse_error_detail(&text, error.span(), error.message()),
     })?;
     if let (Some(db), Some(dir)) = (&file.db, path.parent())
         && db.is_relative()
@@ -296,5 +295,43 @@ mod tests {
         let err = Config::load(args, env_of(&[])).expect_err("typo");
         assert!(matches!(err, ConfigError::ParseFile { .. }));
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_never_quote_a_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.toml");
+        let args = Args {
+            config: Some(path.clone()),
+            ..Args::default()
+        };
+        for (text, line) in [
+            ("listen = \"127.0.0.1:9\"\nclient_secret = hunter2-hunter2-hunter2\n", 2),
+            ("client_secret = 98765432109876543210\n", 1),
+            ("runner_enrollment_secret = \"hunter2-hunter2\nhunter2\"\n", 2),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = Config::load(args.clone(), env_of(&[])).expect_err("not TOML");
+            let shown = format!("{:#}", anyhow::Error::new(err));
+            assert!(shown.contains(&path.display().to_string()), "{shown}");
+            assert!(shown.contains(&format!("line {line}, column")), "{shown}");
+            for secret in ["hunter2", "98765432109876543210"] {
+                assert!(!shown.contains(secret), "{text:?} leaked into {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn causes_are_printed_once() {
+        let args = Args {
+            config: Some("/nonexistent/embark/broker.toml".into()),
+            ..Args::default()
+        };
+        let err = Config::load(args, env_of(&[])).expect_err("no such file");
+        let shown = format!("{:#}", anyhow::Error::new(err));
+        let cause = std::fs::read("/nonexistent/embark/broker.toml")
+            .expect_err("no such file")
+            .to_string();
+        assert_eq!(shown.matches(&cause).count(), 1, "{shown}");
     }
 }

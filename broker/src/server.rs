@@ -12,23 +12,25 @@ use crate::claim::ClaimQueue;
 use crate::config::Config;
 use crate::store::SqliteStore;
 
+/// Why the broker could not start or serve. Causes are sources, not part of
+/// the message: `main` prints the chain with anyhow's `{:#}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("could not open the database {path}: {source}")]
+    #[error("could not open the database {path}")]
     Store {
         path: std::path::PathBuf,
         #[source]
         source: crate::store::StoreError,
     },
-    #[error("could not listen on {addr}: {source}")]
+    #[error("could not listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("could not announce the listening address on stdout: {0}")]
+    #[error("could not announce the listening address on stdout")]
     Announce(#[source] std::io::Error),
-    #[error("the server failed: {0}")]
+    #[error("the server failed")]
     Serve(#[source] std::io::Error),
 }
 

@@ -1,8 +1,8 @@
 //! Checks on request bodies beyond their JSON shape, with the limits of
 //! `embark_core::limits`. Each failure says what was wrong and what to do.
 
-use embark_core::limits;
 use embark_core::wire::{AppendEvents, CompleteTask, CreateTask, EnrollRunner, is_batch_id};
+use embark_core::{limits, text};
 
 /// Longest runner name, in bytes.
 pub const MAX_RUNNER_NAME_BYTES: usize = 128;
@@ -25,7 +25,8 @@ pub fn enroll(request: &EnrollRunner) -> Result<(), Invalid> {
     let name = &request.name;
     if name.trim().is_empty() || name.len() > MAX_RUNNER_NAME_BYTES || name.chars().any(char::is_control) {
         return Err(Invalid::Rule(format!(
-            "runner name {name:?} is not acceptable: use 1 to {MAX_RUNNER_NAME_BYTES} printable bytes, e.g. the host name"
+            "runner name {:?} is not acceptable: use 1 to {MAX_RUNNER_NAME_BYTES} printable bytes, e.g. the host name",
+            text::quote(name)
         )));
     }
     Ok(())
@@ -36,7 +37,7 @@ pub fn append(request: &AppendEvents) -> Result<(), Invalid> {
         return Err(Invalid::Rule(format!(
             "batch_id {:?} is not acceptable: use 1 to {} bytes of letters, digits and `._:-`, unique per batch \
              of this task (e.g. a random UUID) and the same on every retry of that batch",
-            head(&request.batch_id, 80),
+            text::quote(&request.batch_id),
             limits::MAX_BATCH_ID_BYTES
         )));
     }
@@ -63,16 +64,6 @@ pub fn append(request: &AppendEvents) -> Result<(), Invalid> {
         }
     }
     Ok(())
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary, so an error
-/// message never quotes a huge input.
-fn head(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 pub fn complete(request: &CompleteTask) -> Result<(), Invalid> {

@@ -243,6 +243,17 @@ async fn bad_requests_say_what_was_wrong() {
     let (status, _, message) = refusal(client.create_task(secret, &bad).await);
     assert_eq!(status, 422);
     assert!(message.contains("model"), "{message}");
+    let mut bad = new_task("s", "p");
+    bad.repo_url = "https://user:tok-s3cr3t@example.invalid/r.git".into();
+    let (status, code, message) = refusal(client.create_task(secret, &bad).await);
+    assert_eq!((status, code), (422, ApiErrorCode::InvalidRequest));
+    assert!(message.contains("remove the credential"), "{message}");
+    assert!(!message.contains("s3cr3t"), "the credential is not echoed: {message}");
+    let mut bad = new_task("s", "p");
+    bad.repo_url = format!("-{}", "x".repeat(limits::MAX_REPO_URL_BYTES));
+    let (status, _, message) = refusal(client.create_task(secret, &bad).await);
+    assert_eq!(status, 422);
+    assert!(message.len() < 400, "only the URL's head is quoted: {message}");
 
     let tasks_url = format!("{}/v1/tasks", broker.url);
     let (status, body) = raw_error(

@@ -11,16 +11,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::task::TaskId;
+use crate::text;
 use crate::wire::{
     ApiError, ApiErrorCode, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage,
     EventsAppended, Health, RunnerEnrolled, Task, TaskList,
 };
 
+/// What went wrong with a broker call. Causes are [`Error::source`]s, not
+/// part of the message: print with anyhow's `{:#}` or [`text::error_chain`].
+///
+/// [`Error::source`]: std::error::Error::source
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("broker URL {url:?} is not usable: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("could not reach the broker at {url}: {source}")]
+    #[error("could not reach the broker at {url}")]
     Unreachable {
         url: String,
         #[source]
@@ -34,7 +39,7 @@ pub enum ClientError {
     },
     #[error("the broker answered {status} with a body that is not an embark error: {body}")]
     Unexpected { status: u16, body: String },
-    #[error("could not read the broker's answer to {what}: {source}")]
+    #[error("could not read the broker's answer to {what}")]
     Decode {
         what: String,
         #[source]
@@ -221,8 +226,8 @@ impl BrokerClient {
                 source,
             });
         }
-        let text = response.text().await.unwrap_or_default();
-        match serde_json::from_str::<ApiError>(&text) {
+        let body = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ApiError>(&body) {
             Ok(api) => Err(ClientError::Api {
                 status: status.as_u16(),
                 code: api.error.code,
@@ -230,7 +235,7 @@ impl BrokerClient {
             }),
             Err(_) => Err(ClientError::Unexpected {
                 status: status.as_u16(),
-                body: truncate(&text, 500),
+                body: text::excerpt(&body, 500),
             }),
         }
     }
@@ -247,17 +252,6 @@ fn encode_query(value: &str) -> String {
         }
     }
     out
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]
@@ -277,9 +271,20 @@ mod tests {
         assert_eq!(client.base_url(), "http://127.0.0.1:1");
     }
 
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("ééé", 3), "é…");
-        assert_eq!(truncate("abc", 5), "abc");
+    #[tokio::test]
+    async fn an_unreachable_broker_names_the_cause_once() {
+        // A port that was free a moment ago: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let client = BrokerClient::new(&format!("http://127.0.0.1:{port}")).expect("valid");
+        let error = client.health().await.expect_err("nothing listens");
+        assert_eq!(
+            error.to_string(),
+            format!("could not reach the broker at http://127.0.0.1:{port}/v1/health")
+        );
+        let chain = text::error_chain(&error);
+        assert!(chain.len() > error.to_string().len(), "the cause follows: {chain}");
     }
 }

@@ -14,6 +14,7 @@ pub mod repo_url;
 pub mod schema;
 pub mod secret;
 pub mod task;
+pub mod text;
 pub mod wire;
 
 pub use event::{Event, EventKind, NewEvent};

@@ -113,6 +113,13 @@ pub struct ChatMessage {
     pub content: String,
     /// Structured data for renderers (e.g. the task id and state).
     pub details: serde_json::Value,
+    /// When set, add the message only if the conversation (its current
+    /// branch) holds no message of this `custom_type` whose
+    /// `details.once_key` equals it; front ends store the key in
+    /// `details.once_key`. Used so a task's result lands once however often
+    /// `status` is asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_key: Option<String>,
 }
 
 /// Stable JSON-RPC error codes. The JSON-RPC 2.0 ones keep their meaning;
@@ -146,10 +153,13 @@ pub enum ErrorCode {
     BrokerRejected,
     /// 1022: no such task in this session.
     TaskNotFound,
+    /// 1030: the command did not finish in time (git or the broker was too slow); a submit may
+    /// still have created its task, so check `status` before submitting again.
+    Timeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -163,6 +173,7 @@ impl ErrorCode {
         ErrorCode::BrokerUnreachable,
         ErrorCode::BrokerRejected,
         ErrorCode::TaskNotFound,
+        ErrorCode::Timeout,
     ];
 
     /// The number that goes in the JSON-RPC `error.code`.
@@ -181,6 +192,7 @@ impl ErrorCode {
             ErrorCode::BrokerUnreachable => 1020,
             ErrorCode::BrokerRejected => 1021,
             ErrorCode::TaskNotFound => 1022,
+            ErrorCode::Timeout => 1030,
         }
     }
 

@@ -39,7 +39,10 @@ mod tests {
         assert!(has_credentials("https://user:tok@github.com/o/r.git"));
         assert!(has_credentials("https://ghp_token@github.com/o/r.git"));
         assert!(has_credentials("HTTP://u@host/r"));
-        assert_eq!(without_credentials("https://user:tok@github.com/o/r.git"), "https://github.com/o/r.git");
+        assert_eq!(
+            without_credentials("https://user:tok@github.com/o/r.git"),
+            "https://github.com/o/r.git"
+        );
         assert_eq!(without_credentials("https://t@h/a@b"), "https://h/a@b");
     }
 

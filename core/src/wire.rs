@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, NewEvent};
 use crate::intent::{ExecutionIntent, IntentError};
-use crate::limits;
 use crate::task::{TaskId, TaskState};
+use crate::{limits, repo_url, text};
 
 /// `POST /v1/tasks` (client): hand a task to the broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -38,8 +38,15 @@ pub enum CreateTaskError {
     BadCommit(String),
     #[error("repository URL is empty")]
     EmptyRepoUrl,
+    /// Holds the URL's head (see [`text::quote`]), without any credential.
     #[error("repository URL {0:?} is not acceptable: it must not start with '-' or hold control characters, and at most {max} bytes", max = limits::MAX_REPO_URL_BYTES)]
     BadRepoUrl(String),
+    /// Holds the URL's head with the credential removed.
+    #[error(
+        "the repository URL carries a credential (user-info before '@'): remove the credential from the remote URL \
+         ({0:?} without it); runners use their own git credentials"
+    )]
+    CredentialInRepoUrl(String),
     #[error("session id must have 1 to {max} printable bytes", max = limits::MAX_SESSION_ID_BYTES)]
     BadSessionId,
     #[error(transparent)]
@@ -63,22 +70,31 @@ impl CreateTask {
         if self.repo_url.is_empty() {
             return Err(CreateTaskError::EmptyRepoUrl);
         }
+        // The URL is stored, shown and logged: a token in it would spread everywhere.
+        if repo_url::has_credentials(&self.repo_url) {
+            return Err(CreateTaskError::CredentialInRepoUrl(text::quote(
+                &repo_url::without_credentials(&self.repo_url),
+            )));
+        }
         // The URL becomes an argument of `git clone`: never let it read as a flag.
         if self.repo_url.starts_with('-')
             || self.repo_url.len() > limits::MAX_REPO_URL_BYTES
             || self.repo_url.chars().any(char::is_control)
         {
-            return Err(CreateTaskError::BadRepoUrl(self.repo_url.clone()));
+            return Err(CreateTaskError::BadRepoUrl(text::quote(&self.repo_url)));
         }
-        if self.session_id.is_empty()
-            || self.session_id.len() > limits::MAX_SESSION_ID_BYTES
-            || self.session_id.chars().any(char::is_control)
-        {
+        if !is_session_id(&self.session_id) {
             return Err(CreateTaskError::BadSessionId);
         }
         self.intent.validate()?;
         Ok(())
     }
+}
+
+/// True for an acceptable [`CreateTask::session_id`]: 1 to
+/// [`limits::MAX_SESSION_ID_BYTES`] bytes without control characters.
+pub fn is_session_id(s: &str) -> bool {
+    (1..=limits::MAX_SESSION_ID_BYTES).contains(&s.len()) && !s.chars().any(char::is_control)
 }
 
 /// True for a full git object id in lowercase hex (SHA-1 or SHA-256).
@@ -305,6 +321,46 @@ mod tests {
         let mut t = task();
         t.intent.model = "-m".into();
         assert!(matches!(t.validate(), Err(CreateTaskError::Intent(_))));
+    }
+
+    #[test]
+    fn credentials_in_the_repo_url_are_refused_without_being_echoed() {
+        let mut t = task();
+        t.repo_url = "https://user:s3cr3t-token@example.invalid/r.git".into();
+        let err = t.validate().expect_err("credential");
+        assert_eq!(
+            err,
+            CreateTaskError::CredentialInRepoUrl("https://example.invalid/r.git".into())
+        );
+        let message = err.to_string();
+        assert!(!message.contains("s3cr3t"), "{message}");
+        assert!(
+            message.contains("remove the credential from the remote URL"),
+            "{message}"
+        );
+        t.repo_url = "ssh://git@example.invalid/r.git".into();
+        t.validate().expect("a user name alone is no credential");
+    }
+
+    #[test]
+    fn refused_values_are_quoted_by_their_head_only() {
+        let mut t = task();
+        t.repo_url = format!("-{}", "u".repeat(limits::MAX_REPO_URL_BYTES));
+        let err = t.validate().expect_err("bad url");
+        assert!(
+            matches!(&err, CreateTaskError::BadRepoUrl(head) if head.len() < 100),
+            "{err}"
+        );
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    #[test]
+    fn session_ids_are_short_and_printable() {
+        assert!(is_session_id("pi-session-1"));
+        assert!(is_session_id(&"s".repeat(limits::MAX_SESSION_ID_BYTES)));
+        for bad in ["", "a\nb", &"s".repeat(limits::MAX_SESSION_ID_BYTES + 1)] {
+            assert!(!is_session_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

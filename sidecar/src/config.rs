@@ -16,8 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
-use embark_core::dirs;
 pub use embark_core::secret::Secret;
+use embark_core::{dirs, text};
 use serde::Deserialize;
 
 use crate::stdio::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE_BYTES, StdioOptions};
@@ -81,20 +81,19 @@ impl Default for Config {
     }
 }
 
+/// Causes are sources, not part of the message: `main` prints the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("could not read config file {path}: {source}")]
+    #[error("could not read config file {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
+    /// `detail` is the place and the parser's message, never the file's text:
+    /// the file may hold the client secret (see [`text::parse_error_detail`]).
+    #[error("config file {path} is not valid: {detail}")]
+    Parse { path: PathBuf, detail: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -206,9 +205,9 @@ fn read_file(path: &Path, named: bool) -> Result<Option<FileConfig>, ConfigError
             });
         }
     };
-    let file: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+    let file: FileConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
         path: path.to_path_buf(),
-        source: Box::new(source),
+        detail: text::parse_error_detail(&text, error.span(), error.message()),
     })?;
     if file.client_secret.is_some() {
         warn_if_readable_by_others(path);
@@ -325,6 +324,42 @@ mod tests {
             Config::resolve(args, None, None),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_secret() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (text, line) in [
+            (
+                "broker_url = \"http://b\"\nclient_secret = hunter2-hunter2-hunter2\n",
+                2,
+            ),
+            ("client_secret = 98765432109876543210\n", 1),
+        ] {
+            let path = write(dir.path(), text);
+            let error = Config::resolve(ConfigArgs::default(), None, Some(path.clone())).expect_err("not TOML");
+            assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
+            let shown = format!("{:#}", anyhow::Error::new(error));
+            assert!(shown.contains(&path.display().to_string()), "{shown}");
+            assert!(shown.contains(&format!("line {line}, column")), "{shown}");
+            for secret in ["hunter2", "98765432109876543210"] {
+                assert!(!shown.contains(secret), "{text:?} leaked into {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn read_errors_name_their_cause_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A directory where the file should be: it exists but cannot be read as text.
+        let error =
+            Config::resolve(ConfigArgs::default(), None, Some(dir.path().to_path_buf())).expect_err("a directory");
+        assert!(matches!(error, ConfigError::Read { .. }), "{error}");
+        let cause = std::fs::read_to_string(dir.path())
+            .expect_err("a directory")
+            .to_string();
+        let shown = format!("{:#}", anyhow::Error::new(error));
+        assert_eq!(shown.matches(&cause).count(), 1, "{shown}");
     }
 
     #[test]

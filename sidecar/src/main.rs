@@ -2,6 +2,8 @@
 //! Logs go to stderr; stdout is the protocol.
 #![deny(clippy::print_stdout)]
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use embark_sidecar::config::{Config, ConfigArgs};
@@ -31,9 +33,10 @@ fn main() -> anyhow::Result<()> {
             )
             .exit();
     }
+    // The same setup in every embark binary: EMBARK_LOG, else RUST_LOG, else info.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("EMBARK_LOG")
                 .or_else(|_| EnvFilter::try_from_default_env())

@@ -1,6 +1,7 @@
 //! The git facts a submit needs, read with the git CLI: the repository root,
 //! the HEAD commit, the remote a runner clones from, and warnings about what
-//! the runner will not see (unpushed HEAD, uncommitted changes).
+//! the runner will not see (unpushed HEAD, uncommitted changes) or what was
+//! changed in the URL it gets (a credential removed, a local path resolved).
 //!
 //! Read-only: optional locks are off so `git status` never rewrites the
 //! user's index.
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use embark_core::repo_url;
 use tokio::process::Command;
 
 /// One git call may take this long before it is killed.
@@ -20,7 +22,8 @@ pub struct RepoFacts {
     pub root: PathBuf,
     /// The full HEAD commit id.
     pub head: String,
-    /// The remote's name and URL.
+    /// The remote's name and the URL a runner gets for it: never with a
+    /// credential, a local path made absolute (see [`runner_url`]).
     pub remote: String,
     pub remote_url: String,
     /// Things the user should know; none stops the submit.
@@ -124,9 +127,9 @@ pub async fn inspect(cwd: &Path) -> Result<RepoFacts, RepoError> {
     let short = &head[..head.len().min(12)];
 
     let remote = pick_remote(&root).await?;
-    let remote_url = git_ok(&root, &["remote", "get-url", &remote]).await?;
-
+    let configured = git_ok(&root, &["remote", "get-url", &remote]).await?;
     let mut warnings = Vec::new();
+    let remote_url = runner_url(&root, &remote, &configured, &mut warnings);
     let containing = git_ok(&root, &["branch", "-r", "--contains", &head]).await?;
     if containing.trim().is_empty() {
         warnings.push(format!(
@@ -148,6 +151,48 @@ pub async fn inspect(cwd: &Path) -> Result<RepoFacts, RepoError> {
         remote_url,
         warnings,
     })
+}
+
+/// The URL a runner gets for the remote `url` (as git prints it), with a
+/// warning for each change:
+/// - a credential is removed (it would be stored, shown and logged
+///   everywhere; runners use their own git credentials), and never echoed;
+/// - a local path is made absolute against the repository root (where git
+///   resolves it) and canonicalized, since the runner clones from that same
+///   path on its own machine.
+fn runner_url(root: &Path, remote: &str, url: &str, warnings: &mut Vec<String>) -> String {
+    if repo_url::has_credentials(url) {
+        let clean = repo_url::without_credentials(url);
+        warnings.push(format!(
+            "the URL of remote {remote} holds a credential: embark removed it and sends {clean}; runners use their own git credentials (a git credential helper keeps yours out of the URL too)"
+        ));
+        return clean;
+    }
+    let local = if is_local_path(url) {
+        let joined = root.join(url);
+        let path = joined.canonicalize().unwrap_or(joined);
+        path.to_str().map_or_else(|| url.to_owned(), str::to_owned)
+    } else if url.starts_with("file://") {
+        url.to_owned()
+    } else {
+        return url.to_owned();
+    };
+    warnings.push(format!(
+        "remote {remote} is the local path {local}: the runner clones from that same path, so it must be able to read it there (a runner on another machine needs a URL it can reach)"
+    ));
+    local
+}
+
+/// True when git reads `url` as a local path: no `scheme://`, and not
+/// scp-like `[user@]host:path` (git's rule: a colon before any slash).
+fn is_local_path(url: &str) -> bool {
+    if url.contains("://") {
+        return false;
+    }
+    match url.find(':') {
+        Some(colon) => url[..colon].contains('/'),
+        None => true,
+    }
 }
 
 /// The current branch's upstream remote, else `origin`, else the only remote.
@@ -178,8 +223,14 @@ mod tests {
     use super::*;
     use embark_testkit::git::{fixture, git as run_git};
 
+    /// The fixture's origin as the sidecar sends it: canonical.
+    fn origin_url(repo: &embark_testkit::git::FixtureRepo) -> String {
+        let origin = repo.origin.canonicalize().expect("origin exists");
+        origin.to_str().expect("utf-8").to_owned()
+    }
+
     #[tokio::test]
-    async fn a_pushed_clean_fixture_has_no_warnings() {
+    async fn a_pushed_clean_fixture_warns_only_that_its_remote_is_local() {
         let dir = tempfile::tempdir().expect("temp dir");
         let repo = fixture(dir.path());
         let sub = repo.work.join("sub");
@@ -191,8 +242,60 @@ mod tests {
         );
         assert_eq!(facts.head, repo.head);
         assert_eq!(facts.remote, "origin");
-        assert_eq!(facts.remote_url, repo.origin.to_str().expect("utf-8"));
-        assert!(facts.warnings.is_empty(), "{:?}", facts.warnings);
+        assert_eq!(facts.remote_url, origin_url(&repo));
+        assert_eq!(facts.warnings.len(), 1, "{:?}", facts.warnings);
+        assert!(
+            facts.warnings[0].contains("must be able to read it") && facts.warnings[0].contains(&facts.remote_url),
+            "{}",
+            facts.warnings[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_relative_remote_path_is_sent_absolute() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = fixture(dir.path());
+        run_git(&repo.work, &["remote", "set-url", "origin", "../origin.git"]);
+        let facts = inspect(&repo.work).await.expect("inspects");
+        assert_eq!(facts.remote_url, origin_url(&repo));
+        assert!(facts.warnings[0].contains(&facts.remote_url), "{:?}", facts.warnings);
+    }
+
+    #[tokio::test]
+    async fn a_credential_in_the_remote_url_is_removed_and_never_shown() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = fixture(dir.path());
+        run_git(
+            &repo.work,
+            &[
+                "remote",
+                "set-url",
+                "origin",
+                "https://user:tok-s3cr3t@example.invalid/r.git",
+            ],
+        );
+        let facts = inspect(&repo.work).await.expect("inspects");
+        assert_eq!(facts.remote_url, "https://example.invalid/r.git");
+        assert!(facts.warnings[0].contains("holds a credential"), "{:?}", facts.warnings);
+        for warning in &facts.warnings {
+            assert!(!warning.contains("s3cr3t") && !warning.contains("user:"), "{warning}");
+        }
+    }
+
+    #[test]
+    fn local_paths_are_told_from_urls_as_git_does() {
+        for local in ["/srv/r.git", "../r.git", "r", "./a:b", "dir/with:colon"] {
+            assert!(is_local_path(local), "{local}");
+        }
+        for remote in [
+            "git@example.invalid:o/r.git",
+            "example.invalid:r.git",
+            "https://example.invalid/r.git",
+            "ssh://git@example.invalid/r.git",
+            "file:///srv/r.git",
+        ] {
+            assert!(!is_local_path(remote), "{remote}");
+        }
     }
 
     #[tokio::test]
@@ -206,13 +309,14 @@ mod tests {
         std::fs::write(repo.work.join("README.md"), "changed").expect("write");
         let facts = inspect(&repo.work).await.expect("inspects");
         assert_ne!(facts.head, repo.head);
-        assert_eq!(facts.warnings.len(), 2, "{:?}", facts.warnings);
-        assert!(facts.warnings[0].contains("push HEAD first"), "{}", facts.warnings[0]);
-        assert!(facts.warnings[0].contains(&facts.remote_url));
+        assert_eq!(facts.warnings.len(), 3, "{:?}", facts.warnings);
+        assert!(facts.warnings[0].contains("local path"), "{}", facts.warnings[0]);
+        assert!(facts.warnings[1].contains("push HEAD first"), "{}", facts.warnings[1]);
+        assert!(facts.warnings[1].contains(&facts.remote_url));
         assert!(
-            facts.warnings[1].starts_with("2 paths have uncommitted changes"),
+            facts.warnings[2].starts_with("2 paths have uncommitted changes"),
             "{}",
-            facts.warnings[1]
+            facts.warnings[2]
         );
     }
 

@@ -49,6 +49,23 @@ fn table(answer: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The texts of the View's warning blocks.
+fn warnings(answer: &Value) -> Vec<String> {
+    answer["result"]["blocks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no blocks in {answer}"))
+        .iter()
+        .filter(|b| b["tone"] == "warning")
+        .map(|b| b["text"].as_str().expect("text").to_owned())
+        .collect()
+}
+
+/// The fixture's origin as the sidecar sends it: an absolute, canonical path.
+fn origin_url(repo: &embark_testkit::git::FixtureRepo) -> String {
+    let origin = repo.origin.canonicalize().expect("origin exists");
+    origin.to_str().expect("utf-8").to_owned()
+}
+
 fn field(rows: &[(String, String)], name: &str) -> String {
     rows.iter()
         .find(|(f, _)| f == name)
@@ -76,7 +93,7 @@ async fn submit_then_status_shows_the_queued_task() {
     assert_eq!(tasks.len(), 1, "the broker holds the task");
     let task = &tasks[0];
     assert_eq!(task.commit, repo.head);
-    assert_eq!(task.repo_url, repo.origin.to_str().expect("utf-8"));
+    assert_eq!(task.repo_url, origin_url(&repo));
     assert_eq!(task.prompt, "fix it");
     assert_eq!(
         (
@@ -98,11 +115,16 @@ async fn submit_then_status_shows_the_queued_task() {
         "{text}\nwanted it to start with\n{expected}"
     );
     assert!(text.contains(&task.id.to_string()), "{text}");
-    let blocks = submitted["result"]["blocks"].as_array().expect("blocks");
+    let warnings = warnings(&submitted);
     assert_eq!(
-        blocks.len(),
+        warnings.len(),
         1,
-        "a pushed, clean repository has no warnings: {blocks:?}"
+        "a pushed, clean repository is warned about only for its local remote: {warnings:?}"
+    );
+    assert!(
+        warnings[0].contains("must be able to read it") && warnings[0].contains(&task.repo_url),
+        "{}",
+        warnings[0]
     );
     assert_eq!(
         submitted["result"]["status"],
@@ -154,15 +176,11 @@ async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be
         .command(2, "submit second task --model fake-model --provider=fake", &session)
         .await;
     assert!(second.get("error").is_none(), "{second}");
-    let blocks = second["result"]["blocks"].as_array().expect("blocks");
-    let warnings: Vec<&str> = blocks
-        .iter()
-        .filter(|b| b["tone"] == "warning")
-        .map(|b| b["text"].as_str().expect("text"))
-        .collect();
-    assert_eq!(warnings.len(), 2, "{blocks:?}");
-    assert!(warnings[0].contains("push HEAD first") && warnings[0].contains(repo.origin.to_str().expect("utf-8")));
-    assert!(warnings[1].contains("uncommitted changes"), "{}", warnings[1]);
+    let warnings = warnings(&second);
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings[0].contains("local path"), "{}", warnings[0]);
+    assert!(warnings[1].contains("push HEAD first") && warnings[1].contains(&origin_url(&repo)));
+    assert!(warnings[2].contains("uncommitted changes"), "{}", warnings[2]);
     assert_eq!(second["result"]["status"]["text"], "embark: 2 tasks queued");
 
     let tasks = broker
@@ -274,9 +292,14 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
             .is_some_and(|c| c.contains("succeeded") && c.contains("The flaky test is fixed.")),
         "{message}"
     );
+    let once_key = format!("{}:succeeded", claim.task.id);
     assert_eq!(
         message["details"],
-        json!({"task_id": claim.task.id.to_string(), "state": "succeeded"})
+        json!({"task_id": claim.task.id.to_string(), "state": "succeeded", "once_key": once_key})
+    );
+    assert_eq!(
+        message["once_key"], once_key,
+        "the result lands once per task and verdict"
     );
     assert_eq!(
         done["result"]["status"],
@@ -315,6 +338,43 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
     );
     assert_eq!(message["details"]["state"], "failed");
     assert!(view_text(&failed).contains("No events."), "{failed}");
+    assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_credential_in_the_remote_url_never_reaches_the_broker() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    git(
+        &repo.work,
+        &["remote", "set-url", "origin", "https://user:tok@example.invalid/r.git"],
+    );
+    let session = session("pi-session-creds", &repo.work);
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+
+    let submitted = client.command(1, SUBMIT, &session).await;
+    assert!(submitted.get("error").is_none(), "{submitted}");
+    let tasks = broker
+        .client()
+        .list_session_tasks(&broker.client_secret, "pi-session-creds")
+        .await
+        .expect("list")
+        .tasks;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].repo_url, "https://example.invalid/r.git");
+    let warnings = warnings(&submitted);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("holds a credential") && w.contains("removed it")),
+        "{warnings:?}"
+    );
+    assert!(
+        !submitted.to_string().contains("tok@") && !submitted.to_string().contains("user:"),
+        "the credential is never shown: {submitted}"
+    );
     assert!(client.finish().await.is_empty());
 }
 

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use embark_core::text;
 use embark_core::wire::{ApiError, ApiErrorCode, ApiErrorDetail};
 
 use crate::store::StoreError;
@@ -97,7 +98,7 @@ impl From<StoreError> for ApiFailure {
             | StoreError::Database(_)
             | StoreError::Migrate(_) => {
                 // The details are for the operator's log, not for callers.
-                tracing::error!(error = %error, "store failure");
+                tracing::error!(error = %text::error_chain(&error), "store failure");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     ApiErrorCode::Internal,

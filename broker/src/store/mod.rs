@@ -28,6 +28,7 @@ pub struct Runner {
     pub name: String,
 }
 
+/// Causes are sources, not part of the message (see `embark_core::text::error_chain`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no task {0}")]
@@ -57,15 +58,15 @@ pub enum StoreError {
     Invalid(String),
     #[error("stored data is not valid ({0}); was the database written by a newer embark?")]
     Corrupt(String),
-    #[error("could not create the database directory {path}: {source}")]
+    #[error("could not create the database directory {path}")]
     CreateDir {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("database error: {0}")]
+    #[error("database error")]
     Database(#[from] sqlx::Error),
-    #[error("database migration failed: {0}")]
+    #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 

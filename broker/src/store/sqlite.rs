@@ -73,6 +73,26 @@ impl SqliteStore {
     }
 }
 
+/// The session's newest tasks. Task ids are random, so ties within a
+/// millisecond go by rowid, which grows with every insert (tasks are never
+/// deleted). Served by the index `tasks_by_session` without a sort.
+const LIST_SESSION_TASKS: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE session_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
+);
+
+/// One statement picks and flips the oldest queued task (ties in insertion
+/// order, as in [`LIST_SESSION_TASKS`]); `state = 'queued'` is re-checked so
+/// the update can never take a task another writer already moved. Served by
+/// the partial index `tasks_queued` without a sort.
+const CLAIM_NEXT: &str = concat!(
+    "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1 \
+     WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1) \
+     AND state = 'queued' RETURNING ",
+    task_columns!()
+);
+
 /// The task as its current attempt sees it.
 struct CurrentAttempt {
     state: TaskState,
@@ -164,17 +184,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_session_tasks(&self, session_id: &str, limit: u32) -> Result<Vec<Task>, StoreError> {
-        // Task ids are random, so ties within a millisecond go by rowid, which grows with every insert
-        // (tasks are never deleted).
-        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE session_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
-        ))
-        .bind(session_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<TaskRow> = sqlx::query_as(LIST_SESSION_TASKS)
+            .bind(session_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
         rows.into_iter().map(Task::try_from).collect()
     }
 
@@ -204,23 +218,12 @@ impl Store for SqliteStore {
     async fn claim_next(&self, runner_id: &str, callback: &TokenHash) -> Result<Option<Task>, StoreError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        // One statement picks and flips the oldest queued task (ties in insertion order, as in
-        // `list_session_tasks`); `state = 'queued'` is re-checked so the update can never take a
-        // task another writer already moved.
-        let row: Option<TaskRow> = sqlx::query_as(concat!(
-            "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1 \
-             WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1) \
-             AND state = 'queued' RETURNING ",
-            task_columns!()
-        ))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // The queued → running transition is checked in the statement itself (see CLAIM_NEXT).
+        let row: Option<TaskRow> = sqlx::query_as(CLAIM_NEXT).bind(now).fetch_optional(&mut *tx).await?;
         let Some(row) = row else {
             return Ok(None);
         };
         let task = Task::try_from(row)?;
-        check_transition(task.id, TaskState::Queued, task.state)?;
         sqlx::query(
             "INSERT INTO attempts (task_id, attempt, runner_id, callback_token_hash, claimed_at) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -510,6 +513,47 @@ mod tests {
             .await
             .expect("a fresh id works");
         assert_eq!((fresh_batch.first_seq, fresh_batch.last_seq), (3, 3));
+    }
+
+    /// The plan SQLite picks for `sql`, one detail per line.
+    async fn query_plan(store: &SqliteStore, sql: &str, binds: &[&str]) -> String {
+        let mut query =
+            sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        let rows = query.fetch_all(&store.reader).await.expect("explain");
+        rows.into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn the_task_queries_use_their_indexes_without_sorting() {
+        use crate::auth::{TokenKind, mint};
+
+        // A broker's usual shape: most tasks have been claimed, a few are queued.
+        let (_dir, store) = fresh().await;
+        for n in 0..40 {
+            store
+                .create_task(&conformance::new_task(&format!("s{}", n % 3)))
+                .await
+                .expect("create");
+        }
+        let (_, runner_token) = mint(TokenKind::Runner);
+        let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");
+        for _ in 0..35 {
+            let (_, callback) = mint(TokenKind::Callback);
+            store.claim_next(&runner.id, &callback).await.expect("claim");
+        }
+        sqlx::query("ANALYZE").execute(&store.writer).await.expect("analyze");
+        let list = query_plan(&store, LIST_SESSION_TASKS, &["s1", "10"]).await;
+        assert!(list.contains("tasks_by_session"), "{list}");
+        assert!(!list.contains("TEMP B-TREE"), "{list}");
+        let claim = query_plan(&store, CLAIM_NEXT, &["1"]).await;
+        assert!(claim.contains("tasks_queued"), "{claim}");
+        assert!(!claim.contains("TEMP B-TREE"), "{claim}");
     }
 
     #[tokio::test]

@@ -1,9 +1,8 @@
 //! Broker client errors as protocol errors that say what to do.
 
-use std::error::Error;
-
 use embark_core::client::ClientError;
 use embark_core::protocol::ErrorCode;
+use embark_core::text::error_chain;
 use embark_core::wire::ApiErrorCode;
 
 use crate::error::RpcError;
@@ -17,7 +16,7 @@ pub fn broker_error(error: ClientError) -> RpcError {
             ErrorCode::BrokerUnreachable,
             format!(
                 "could not reach the broker ({url}): {}. Is it running, and does EMBARK_BROKER_URL (or broker_url in config.toml) point at it?",
-                chain(&source)
+                error_chain(&source)
             ),
         ),
         ClientError::Api { code, message, status } => match code {
@@ -50,25 +49,10 @@ pub fn broker_error(error: ClientError) -> RpcError {
             ErrorCode::BrokerRejected,
             format!(
                 "could not read the broker's answer to {what}: {}; are the broker and the sidecar the same version?",
-                chain(&source)
+                error_chain(&source)
             ),
         ),
     }
-}
-
-/// An error and its causes, `a: b: c` (reqwest's own message is terse).
-fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -21,6 +21,9 @@ pub use broker_error::broker_error;
 
 /// The key of the footer status line embark owns.
 pub const STATUS_KEY: &str = "embark";
+/// Every command answers within this long: below the shim's 60 s call
+/// timeout, so the user hears why instead of a bare "no answer".
+pub const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// Runs commands with one configuration and one broker client.
 #[derive(Debug)]
@@ -43,14 +46,27 @@ impl Handlers {
         &self.config
     }
 
-    /// One `/embark` line in one Pi session.
+    /// One `/embark` line in one Pi session, answered within [`COMMAND_DEADLINE`].
     pub async fn command(&self, line: &str, session: &SessionContext) -> Result<View, RpcError> {
         check_session(session)?;
-        match command::parse(line).map_err(|e| RpcError::usage(e.0))? {
-            Command::Help => Ok(help()),
-            Command::Status(selector) => status::run(self, &selector, session).await,
-            Command::Submit(args) => submit::run(self, args, session).await,
-        }
+        let command = command::parse(line).map_err(|e| RpcError::usage(e.0))?;
+        let run = async {
+            match command {
+                Command::Help => Ok(help()),
+                Command::Status(ref selector) => status::run(self, selector, session).await,
+                Command::Submit(args) => submit::run(self, args, session).await,
+            }
+        };
+        tokio::time::timeout(COMMAND_DEADLINE, run).await.unwrap_or_else(|_| {
+            Err(RpcError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the command did not finish within {} s (git or the broker was too slow); \
+                     if it was a submit, check /embark status before submitting again",
+                    COMMAND_DEADLINE.as_secs()
+                ),
+            ))
+        })
     }
 
     /// The broker client and the client secret, or a Config error saying what to set.
@@ -91,7 +107,7 @@ fn help() -> View {
 /// The session fields are the shim's to fill in; bad ones are invalid params.
 fn check_session(session: &SessionContext) -> Result<(), RpcError> {
     let id = &session.session_id;
-    if id.is_empty() || id.len() > limits::MAX_SESSION_ID_BYTES || id.chars().any(char::is_control) {
+    if !embark_core::wire::is_session_id(id) {
         return Err(RpcError::new(
             ErrorCode::InvalidParams,
             format!(

@@ -169,10 +169,13 @@ fn result_message(task: &Task, shown: &str) -> Option<ChatMessage> {
         None if task.state == TaskState::Succeeded => content.push_str("\n\n_(no final assistant text)_"),
         None => {}
     }
+    // One result per task and verdict: asking `status` again must not add it to the conversation again.
+    let once_key = format!("{}:{}", task.id, task.state);
     Some(ChatMessage {
         custom_type: RESULT_MESSAGE_TYPE.to_owned(),
         content,
-        details: serde_json::json!({"task_id": task.id, "state": task.state}),
+        details: serde_json::json!({"task_id": task.id, "state": task.state, "once_key": once_key}),
+        once_key: Some(once_key),
     })
 }
 

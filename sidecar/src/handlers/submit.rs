@@ -4,6 +4,7 @@ use std::path::Path;
 
 use embark_core::intent::ExecutionIntent;
 use embark_core::protocol::{Block, ErrorCode, SessionContext, Tone, View};
+use embark_core::text;
 use embark_core::wire::{CreateTask, CreateTaskError};
 use tracing::{info, warn};
 
@@ -41,7 +42,10 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
         Ok(list) if list.tasks.iter().any(|t| t.id == task.id) => list.tasks,
         Ok(_) => vec![task.clone()],
         Err(e) => {
-            warn!("listing the session's tasks after a submit failed: {e}");
+            warn!(
+                "listing the session's tasks after a submit failed: {}",
+                text::error_chain(&e)
+            );
             vec![task.clone()]
         }
     };
@@ -103,9 +107,10 @@ fn create_error(error: CreateTaskError) -> RpcError {
         CreateTaskError::EmptyPrompt | CreateTaskError::PromptTooLong { .. } | CreateTaskError::Intent(_) => {
             RpcError::usage(message)
         }
-        CreateTaskError::BadCommit(_) | CreateTaskError::EmptyRepoUrl | CreateTaskError::BadRepoUrl(_) => {
-            RpcError::repository(message)
-        }
+        CreateTaskError::BadCommit(_)
+        | CreateTaskError::EmptyRepoUrl
+        | CreateTaskError::BadRepoUrl(_)
+        | CreateTaskError::CredentialInRepoUrl(_) => RpcError::repository(message),
         CreateTaskError::BadSessionId => RpcError::new(ErrorCode::InvalidParams, message),
     }
 }
