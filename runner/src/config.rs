@@ -103,14 +103,16 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     ReadFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}")]
-    ParseFile { path: PathBuf, message: String },
+    /// `detail` is the place and the parser's message, never the file's
+    /// text: the file may hold the enrollment secret.
+    #[error("config file {path} is not valid: {detail}")]
+    ParseFile { path: PathBuf, detail: String },
     #[error("no broker URL: pass --broker-url, set EMBARK_BROKER_URL, or put broker_url in {toml}")]
     MissingBrokerUrl { toml: String },
     #[error(
@@ -125,7 +127,7 @@ pub enum ConfigError {
         value: u64,
         expected: &'static str,
     },
-    #[error("cannot make {path} absolute: {source}")]
+    #[error("cannot make {path} absolute")]
     Absolute {
         path: PathBuf,
         #[source]
@@ -263,7 +265,7 @@ fn load_file(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
     };
     toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
         path: path.to_owned(),
-        message: e.to_string(),
+        detail: embark_core::text::parse_error_detail(&text, e.span(), e.message()),
     })
 }
 
@@ -414,10 +416,30 @@ mod tests {
         let err = Config::resolve(cli(&["--config", toml_path.to_str().expect("utf-8")]), &env)
             .expect_err("unknown keys are refused");
         assert!(err.to_string().contains("brokr_url"), "{err}");
+        assert!(err.to_string().contains("line 1, column 1"), "{err}");
         let no_home = env_of(&[("EMBARK_RUNNER_ENROLLMENT_SECRET", "x")]);
         assert!(matches!(
             Config::resolve(cli(&["--broker-url", "http://x"]), &no_home),
             Err(ConfigError::NoHome { flag: "--spaces", .. })
         ));
+    }
+
+    #[test]
+    fn parse_errors_give_the_position_but_never_quote_the_file() {
+        let env = env_of(&[("HOME", "/nonexistent-home")]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let toml_path = dir.path().join("runner.toml");
+        // An unquoted secret: the parser's own Display would quote this line.
+        std::fs::write(
+            &toml_path,
+            "broker_url = \"http://x\"\nenrollment_secret = hunter2-very-secret\n",
+        )
+        .expect("write toml");
+        let err = Config::resolve(cli(&["--config", toml_path.to_str().expect("utf-8")]), &env).expect_err("not TOML");
+        let text = embark_core::text::error_chain(&err);
+        assert!(matches!(err, ConfigError::ParseFile { .. }), "{text}");
+        assert!(text.contains("line 2, column 21"), "{text}");
+        assert!(text.contains(&toml_path.display().to_string()), "{text}");
+        assert!(!text.contains("hunter2"), "the secret is never quoted: {text}");
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use embark_core::{EventKind, NewEvent};
 use serde_json::{Map, Value, json};
 
-use crate::text::head;
+use embark_core::text::head;
 
 /// Longest a text delta waits in the buffer before it is reported.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(250);

@@ -5,6 +5,7 @@
 pub mod checkout;
 pub mod config;
 pub mod events;
+pub mod orphans;
 pub mod pi_process;
 pub mod pi_rpc;
 pub mod profile;
@@ -14,4 +15,3 @@ pub mod runner;
 pub mod shutdown;
 pub mod space;
 pub mod task;
-pub mod text;

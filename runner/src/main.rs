@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use embark_core::text::error_chain;
 use embark_runner::config::{Cli, Config};
+use embark_runner::orphans;
 use embark_runner::pi_process::resolve_program;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -13,16 +15,21 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // EMBARK_LOG, else RUST_LOG, else info; colour only on a terminal.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("EMBARK_LOG")
+                .or_else(|_| EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("embark-runner: {e:#}");
+            // The whole chain once, like `{:#}`, without repeating a cause a message already quotes.
+            eprintln!("embark-runner: {}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -41,6 +48,15 @@ async fn run() -> anyhow::Result<()> {
         "starting"
     );
 
+    // Orphans of the task's tools come to us instead of init, so they can be ended.
+    let stop_orphans = match orphans::become_subreaper() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("cannot become a child subreaper, so processes a task leaves behind are not ended: {e}");
+            false
+        }
+    };
+
     let (stop, shutdown) = watch::channel(false);
     let mut sigint = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
@@ -56,10 +72,11 @@ async fn run() -> anyhow::Result<()> {
             _ = sigterm.recv() => {}
         }
         // Pi sits in its own process group; it exits when its stdin closes with us.
+        // Its leftovers and the task's credential copies are not cleaned up.
         tracing::error!("second signal: exiting now");
         std::process::exit(130);
     });
 
-    embark_runner::runner::run(&config, shutdown).await?;
+    embark_runner::runner::run(&config, stop_orphans, shutdown).await?;
     Ok(())
 }

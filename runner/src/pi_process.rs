@@ -15,7 +15,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::text::{head, tail};
+use embark_core::text::{head, tail};
 
 /// Longest stdout line accepted (an `agent_end` carries the whole conversation).
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
@@ -28,13 +28,13 @@ const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub enum PiError {
     #[error("Pi executable {0:?} not found: install Pi or pass --pi <path>")]
     NotFound(PathBuf),
-    #[error("cannot start Pi ({program}): {source}")]
+    #[error("cannot start Pi ({program})")]
     Spawn {
         program: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write to Pi's stdin (it has probably exited): {0}")]
+    #[error("cannot write to Pi's stdin (it has probably exited)")]
     Write(#[source] std::io::Error),
 }
 

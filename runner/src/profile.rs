@@ -2,13 +2,23 @@
 //! credential set needs (`models.json`, `auth.json`, `settings.json`). For a
 //! task only the named profile is copied into the task's own Pi config dir,
 //! so Pi never sees another profile or the runner's own secrets.
+//!
+//! The copies of the files that may hold credentials (`auth.json`, and
+//! `models.json` with its `apiKey`s) live only as long as Pi runs: they
+//! are removed after Pi and its tools have exited, whether the task
+//! directory is kept or not.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The files a profile may hold, with the mode each copy gets.
-const PROFILE_FILES: [(&str, u32); 3] = [("models.json", 0o644), ("auth.json", 0o600), ("settings.json", 0o644)];
+const PROFILE_FILES: [(&str, u32); 3] = [("models.json", 0o600), ("auth.json", 0o600), ("settings.json", 0o644)];
+
+/// The files in a task's Pi config dir that may hold credentials. Pi
+/// writes `auth.json` itself (refreshed OAuth tokens), so it is removed
+/// even when the profile had none.
+pub const CREDENTIAL_FILES: [&str; 2] = ["auth.json", "models.json"];
 
 /// Largest profile file copied; anything bigger is not a Pi config file.
 const MAX_PROFILE_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -27,9 +37,15 @@ pub enum ProfileError {
         file: PathBuf,
         reason: String,
     },
-    #[error("auth profile {name:?}: cannot copy {file} into the task: {source}")]
+    #[error("auth profile {name:?}: cannot copy {file} into the task")]
     Copy {
         name: String,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove the credential file {file}")]
+    Remove {
         file: PathBuf,
         #[source]
         source: std::io::Error,
@@ -98,6 +114,21 @@ pub fn install(profiles: &Path, name: &str, dest: &Path) -> Result<Vec<&'static 
     Ok(copied)
 }
 
+/// Removes the credential files from a task's Pi config dir `dir`; a file
+/// that is not there is fine. Returns the files removed.
+pub fn remove_credentials(dir: &Path) -> Result<Vec<&'static str>, ProfileError> {
+    let mut removed = Vec::new();
+    for file in CREDENTIAL_FILES {
+        let path = dir.join(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ProfileError::Remove { file: path, source }),
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -133,6 +164,25 @@ mod tests {
         assert_eq!(mode(&dest.join("auth.json")), 0o600);
         assert!(!dest.join("models.json").exists());
         assert!(!dest.join("notes.txt").exists());
+
+        assert_eq!(remove_credentials(&dest).expect("removed"), vec!["auth.json"]);
+        assert!(!dest.join("auth.json").exists());
+        assert!(dest.join("settings.json").exists(), "settings hold no credential");
+        assert_eq!(remove_credentials(&dest).expect("idempotent"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn models_json_may_hold_api_keys_and_is_private_too() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let profile = tmp.path().join("p");
+        std::fs::create_dir_all(&profile).expect("mkdir");
+        std::fs::write(profile.join("models.json"), r#"{"providers":{}}"#).expect("write");
+        let dest = tmp.path().join("dest");
+        std::fs::create_dir(&dest).expect("mkdir");
+        assert_eq!(install(tmp.path(), "p", &dest).expect("installed"), vec!["models.json"]);
+        assert_eq!(mode(&dest.join("models.json")), 0o600);
+        assert_eq!(remove_credentials(&dest).expect("removed"), vec!["models.json"]);
+        assert!(!dest.join("models.json").exists());
     }
 
     #[test]

@@ -1,71 +1,121 @@
 //! Sends a task's events to the broker in order, in batches, with the
-//! attempt's callback token. Sending never blocks the task; a batch that
-//! keeps failing is retried a bounded number of times, and if reporting
-//! finally fails the count of lost events and the error come back from
-//! [`Reporter::finish`] so the task's result can say so.
+//! attempt's callback token. Sending never blocks the task.
 //!
-//! Every batch carries a batch id, and every retry of a batch carries the
-//! same one: when the broker stored a batch but its answer was lost, the
-//! retry is answered with the original seqs instead of being stored twice.
+//! A broker that is away for a while loses nothing: a batch that fails for
+//! a passing reason stays pending and is retried, with capped backoff, for
+//! as long as the task runs, while later events queue up behind it. Every
+//! retry of a batch carries the same batch id, so when the broker stored a
+//! batch but its answer was lost, the retry is answered with the original
+//! seqs instead of being stored twice. Memory stays bounded: beyond
+//! [`ReportOptions::max_queued`] waiting events, new ones are dropped and
+//! counted, and a `log` event in their place says how many.
+//!
+//! When the task ends, [`Reporter::finish`] keeps trying until a deadline
+//! (brought forward by a shutdown) and returns what could not be delivered,
+//! so the task's result can say so.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::time::Duration;
 
-use embark_core::client::{BrokerClient, ClientError};
+use embark_core::client::BrokerClient;
 use embark_core::limits::{MAX_EVENT_PAYLOAD_BYTES, MAX_EVENTS_PER_APPEND};
-use embark_core::wire::{AppendEvents, Claim, EventsAppended};
+use embark_core::wire::{AppendEvents, Claim};
 use embark_core::{NewEvent, TaskId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::{Duration, Instant, sleep_until};
 
 use crate::events::log_event;
-use crate::retry::{RetryPolicy, with_retries};
+use crate::retry::{Backoff, Patience, is_transient};
+use crate::shutdown;
+use embark_core::text::error_chain;
 
 /// How long the first event of a batch waits for company.
 const LINGER: Duration = Duration::from_millis(100);
 /// Serialized payload bytes per append request, so no request is huge.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
+/// How the reporter copes with a broker that does not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportOptions {
+    pub patience: Patience,
+    /// Events waiting behind an undelivered batch before new ones are dropped.
+    pub max_queued: usize,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions {
+            patience: Patience::REPORT,
+            max_queued: 10_000,
+        }
+    }
+}
+
 /// What became of the reported events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Delivery {
+    /// Events the broker stored (the reporter's own notes included).
     pub delivered: u64,
+    /// Events it never got: dropped, refused, or still waiting at the deadline.
     pub undelivered: u64,
-    /// Why reporting stopped, when it did.
+    /// Of those, the ones dropped because too many were waiting.
+    pub dropped: u64,
+    /// Why reporting stopped early, when it did.
     pub error: Option<String>,
 }
 
 impl Delivery {
     /// A sentence for the task's result, when events were lost.
     pub fn problem(&self) -> Option<String> {
-        self.error.as_ref().map(|error| {
-            format!(
-                "{} of {} events could not be reported to the broker: {error}",
-                self.undelivered,
-                self.delivered + self.undelivered
-            )
-        })
+        let total = self.delivered + self.undelivered;
+        match &self.error {
+            Some(error) => Some(format!(
+                "{} of {total} events could not be reported to the broker: {error}",
+                self.undelivered
+            )),
+            None if self.undelivered > 0 => Some(format!(
+                "{} of {total} events were dropped while the broker was unreachable",
+                self.undelivered
+            )),
+            None => None,
+        }
     }
 }
 
+enum Message {
+    Event(NewEvent),
+    /// The task ended: deliver the rest by this deadline.
+    Finish(Instant),
+}
+
 pub struct Reporter {
-    tx: mpsc::UnboundedSender<NewEvent>,
+    tx: mpsc::UnboundedSender<Message>,
     worker: JoinHandle<Delivery>,
 }
 
 impl Reporter {
     /// Starts reporting for the claimed attempt.
-    pub fn start(client: BrokerClient, claim: &Claim) -> Reporter {
+    pub fn start(
+        client: BrokerClient,
+        claim: &Claim,
+        options: ReportOptions,
+        shutdown: watch::Receiver<bool>,
+    ) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = tokio::spawn(deliver(
+        let worker = Worker {
             client,
-            claim.callback_token.clone(),
-            claim.task.id,
-            BatchIds::new(claim.attempt),
-            rx,
-            RetryPolicy::REPORT,
-        ));
+            token: claim.callback_token.clone(),
+            task: claim.task.id,
+            ids: BatchIds::new(claim.attempt),
+            options,
+            queue: VecDeque::new(),
+            queued_since: Instant::now(),
+            unnoted_drops: 0,
+            delivery: Delivery::default(),
+            refused: false,
+            deadline: None,
+        };
+        let worker = tokio::spawn(worker.run(rx, shutdown));
         Reporter { tx, worker }
     }
 
@@ -86,12 +136,14 @@ impl Reporter {
         } else {
             event
         };
-        // The worker only stops after `finish` drops the sender, so this cannot fail earlier.
-        let _ = self.tx.send(event);
+        // The worker only stops after `finish`, so this cannot fail earlier.
+        let _ = self.tx.send(Message::Event(event));
     }
 
-    /// Sends everything still queued and reports what was delivered.
-    pub async fn finish(self) -> Delivery {
+    /// Delivers everything still waiting, trying until `deadline` (sooner on
+    /// shutdown), and reports what was delivered.
+    pub async fn finish(self, deadline: Instant) -> Delivery {
+        let _ = self.tx.send(Message::Finish(deadline));
         drop(self.tx);
         match self.worker.await {
             Ok(delivery) => delivery,
@@ -123,70 +175,217 @@ impl BatchIds {
     }
 }
 
-/// Sends one batch, retrying as `policy` allows; every try sends the very
-/// same batch, batch id included, so a retry can never store it twice.
-async fn send_batch<'a, F, Fut>(
-    policy: RetryPolicy,
-    batch: &'a AppendEvents,
-    send: F,
-) -> Result<EventsAppended, ClientError>
-where
-    F: Fn(&'a AppendEvents) -> Fut,
-    Fut: Future<Output = Result<EventsAppended, ClientError>>,
-{
-    with_retries(policy, "reporting events", || send(batch)).await
-}
-
-async fn deliver(
+struct Worker {
     client: BrokerClient,
     token: String,
     task: TaskId,
-    mut ids: BatchIds,
-    mut rx: mpsc::UnboundedReceiver<NewEvent>,
-    policy: RetryPolicy,
-) -> Delivery {
-    let mut delivery = Delivery::default();
-    let mut pending: VecDeque<NewEvent> = VecDeque::new();
-    loop {
-        if pending.is_empty() {
-            let Some(first) = rx.recv().await else { break };
-            pending.push_back(first);
-            let linger = tokio::time::sleep(LINGER);
-            tokio::pin!(linger);
-            while pending.len() < MAX_EVENTS_PER_APPEND {
-                tokio::select! {
-                    next = rx.recv() => match next {
-                        Some(event) => pending.push_back(event),
-                        None => break,
-                    },
-                    _ = &mut linger => break,
+    ids: BatchIds,
+    options: ReportOptions,
+    /// Events not yet in a batch, oldest first.
+    queue: VecDeque<NewEvent>,
+    /// When the queue last went from empty to non-empty.
+    queued_since: Instant,
+    /// Events dropped since the last note saying so.
+    unnoted_drops: u64,
+    delivery: Delivery,
+    /// The broker refused a batch (4xx): nothing more is sent.
+    refused: bool,
+    /// Set once the task ended.
+    deadline: Option<Instant>,
+}
+
+/// What the worker waits for between sends.
+enum Wake {
+    Message(Option<Message>),
+    Time,
+    Shutdown,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>, mut shutdown: watch::Receiver<bool>) -> Delivery {
+        let patience = self.options.patience;
+        let mut backoff = Backoff::new(&patience);
+        // The batch being delivered: every try sends exactly this, batch id included.
+        let mut batch: Option<AppendEvents> = None;
+        // After a failed try: when to try again.
+        let mut retry_at: Option<Instant> = None;
+        let mut last_error = String::new();
+        let mut shutting_down = false;
+        let mut rx_open = true;
+        loop {
+            let now = Instant::now();
+            if let Some(deadline) = self.deadline {
+                if batch.is_none() && self.queue.is_empty() {
+                    break;
+                }
+                if now >= deadline && retry_at.is_some() {
+                    self.give_up(batch.take(), &last_error);
+                    break;
+                }
+            }
+            let send_at = match (retry_at, &batch) {
+                (Some(at), _) => Some(at),
+                (None, Some(_)) => Some(now),
+                (None, None) if self.queue.is_empty() => None,
+                (None, None) if self.deadline.is_some() || self.queue.len() >= MAX_EVENTS_PER_APPEND => Some(now),
+                (None, None) => Some(self.queued_since + LINGER),
+            };
+            let send_at = match (send_at, self.deadline) {
+                (Some(at), Some(deadline)) => Some(at.min(deadline)),
+                (at, _) => at,
+            };
+            if send_at.is_none_or(|at| at > now) {
+                let wake = tokio::select! {
+                    message = rx.recv(), if rx_open => Wake::Message(message),
+                    () = sleep_until(send_at.unwrap_or(now)), if send_at.is_some() => Wake::Time,
+                    () = shutdown::requested(&mut shutdown), if !shutting_down => Wake::Shutdown,
+                    // Unreachable: with the channel closed there is always a deadline.
+                    else => break,
+                };
+                match wake {
+                    Wake::Message(Some(message)) => self.take(message),
+                    Wake::Message(None) => {
+                        rx_open = false;
+                        // Dropped without `finish` (the task was abandoned): a short last try.
+                        if self.deadline.is_none() {
+                            self.deadline = Some(patience.deadline(true));
+                        }
+                    }
+                    Wake::Time => retry_at = None,
+                    Wake::Shutdown => {
+                        shutting_down = true;
+                        self.deadline = self.deadline.map(|d| patience.on_shutdown(d));
+                    }
+                }
+                continue;
+            }
+            retry_at = None;
+            // Take in whatever arrived, so a new batch is as full as it can be.
+            while let Ok(message) = rx.try_recv() {
+                self.take(message);
+            }
+            if self.refused {
+                // Only the drop note can get here; it is lost with the rest.
+                self.delivery.undelivered += self.queue.len() as u64;
+                self.queue.clear();
+                continue;
+            }
+            let batch_ref = batch.get_or_insert_with(|| AppendEvents {
+                batch_id: self.ids.next_id(),
+                events: take_batch(&mut self.queue, MAX_EVENTS_PER_APPEND, MAX_BATCH_BYTES),
+            });
+            let count = batch_ref.events.len() as u64;
+            let cutoff = self.deadline;
+            let sent = tokio::select! {
+                result = self.client.append_events(&self.token, self.task, batch_ref) => Some(result),
+                // Once the task ended, a hanging try is cut off at the deadline…
+                () = sleep_until(cutoff.unwrap_or(now)), if cutoff.is_some() => None,
+                // …or restarted under a shutdown's shorter one.
+                () = shutdown::requested(&mut shutdown), if !shutting_down && cutoff.is_some() => {
+                    shutting_down = true;
+                    self.deadline = self.deadline.map(|d| patience.on_shutdown(d));
+                    continue;
+                }
+            };
+            match sent {
+                Some(Ok(_)) => {
+                    self.delivery.delivered += count;
+                    batch = None;
+                    backoff.reset();
+                }
+                Some(Err(error)) if !is_transient(&error) => {
+                    tracing::error!(task = %self.task, "the broker refused {count} events; reporting stops: {}", error_chain(&error));
+                    self.delivery.error = Some(error_chain(&error));
+                    self.delivery.undelivered += count + self.queue.len() as u64;
+                    self.queue.clear();
+                    self.refused = true;
+                    batch = None;
+                }
+                Some(Err(error)) => {
+                    let pause = backoff.next_pause();
+                    last_error = error_chain(&error);
+                    tracing::warn!(
+                        task = %self.task,
+                        "reporting {count} events failed, retrying in {pause:?} ({} more waiting): {last_error}",
+                        self.queue.len()
+                    );
+                    retry_at = Some(Instant::now() + pause);
+                }
+                None => {
+                    last_error = "the broker did not answer before the deadline".to_owned();
+                    retry_at = Some(Instant::now());
                 }
             }
         }
-        while let Ok(event) = rx.try_recv() {
-            pending.push_back(event);
-        }
-        if delivery.error.is_some() {
-            // Reporting has failed for good: count, never pretend.
-            delivery.undelivered += pending.len() as u64;
-            pending.clear();
-            continue;
-        }
-        let batch = AppendEvents {
-            batch_id: ids.next_id(),
-            events: take_batch(&mut pending, MAX_EVENTS_PER_APPEND, MAX_BATCH_BYTES),
-        };
-        let count = batch.events.len() as u64;
-        match send_batch(policy, &batch, |batch| client.append_events(&token, task, batch)).await {
-            Ok(_) => delivery.delivered += count,
-            Err(error) => {
-                tracing::error!(%task, "reporting {count} events failed for good: {error}");
-                delivery.undelivered += count;
-                delivery.error = Some(error.to_string());
+        self.delivery
+    }
+
+    /// Takes in one message from the task.
+    fn take(&mut self, message: Message) {
+        match message {
+            Message::Event(event) => self.queue_event(event),
+            Message::Finish(deadline) => {
+                if self.unnoted_drops > 0 {
+                    let note = self.drop_note();
+                    self.push(note);
+                }
+                self.deadline = Some(deadline);
             }
         }
     }
-    delivery
+
+    fn queue_event(&mut self, event: NewEvent) {
+        if self.refused {
+            self.delivery.undelivered += 1;
+            return;
+        }
+        if self.queue.len() >= self.options.max_queued {
+            self.unnoted_drops += 1;
+            self.delivery.dropped += 1;
+            self.delivery.undelivered += 1;
+            return;
+        }
+        if self.unnoted_drops > 0 {
+            // The note takes the dropped events' place in the log, ahead of
+            // this one; it may take the queue one past its bound.
+            let note = self.drop_note();
+            self.push(note);
+        }
+        self.push(event);
+    }
+
+    fn push(&mut self, event: NewEvent) {
+        if self.queue.is_empty() {
+            self.queued_since = Instant::now();
+        }
+        self.queue.push_back(event);
+    }
+
+    fn drop_note(&mut self) -> NewEvent {
+        let dropped = std::mem::take(&mut self.unnoted_drops);
+        tracing::warn!(task = %self.task, "dropped {dropped} events while the broker was unreachable");
+        log_event(
+            "warning",
+            &format!(
+                "{dropped} events were dropped here: the broker was unreachable and {} events were already waiting",
+                self.options.max_queued
+            ),
+        )
+    }
+
+    /// Stops at the deadline: everything still here is lost, and said so.
+    fn give_up(&mut self, batch: Option<AppendEvents>, last_error: &str) {
+        let lost = batch.map_or(0, |b| b.events.len()) + self.queue.len();
+        self.queue.clear();
+        self.delivery.undelivered += lost as u64;
+        let error = if last_error.is_empty() {
+            "the deadline for reporting passed".to_owned()
+        } else {
+            format!("gave up at the deadline; last error: {last_error}")
+        };
+        tracing::error!(task = %self.task, "{lost} events of the task were never delivered: {error}");
+        self.delivery.error = Some(error);
+    }
 }
 
 /// Takes events from the front: at most `max_events`, and no more payload
@@ -250,64 +449,27 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_retried_batch_keeps_its_id() {
-        use std::cell::RefCell;
-
-        use embark_core::wire::ApiErrorCode;
-
-        let policy = RetryPolicy {
-            attempts: 4,
-            first_backoff: Duration::from_millis(1),
-        };
-        let batch = AppendEvents {
-            batch_id: "1-7".into(),
-            events: vec![text_event(1)],
-        };
-        let sent = RefCell::new(Vec::new());
-        let appended = send_batch(policy, &batch, |batch| {
-            sent.borrow_mut().push(batch.clone());
-            let tries = sent.borrow().len();
-            async move {
-                match tries {
-                    // Passing failures: a proxy's 502, then a busy broker.
-                    1 => Err(ClientError::Unexpected {
-                        status: 502,
-                        body: String::new(),
-                    }),
-                    2 => Err(ClientError::Api {
-                        status: 503,
-                        code: ApiErrorCode::Internal,
-                        message: "busy".into(),
-                    }),
-                    _ => Ok(EventsAppended {
-                        first_seq: 1,
-                        last_seq: 1,
-                    }),
-                }
-            }
-        })
-        .await
-        .expect("the third try succeeds");
-        assert_eq!((appended.first_seq, appended.last_seq), (1, 1));
-        let sent = sent.into_inner();
-        assert_eq!(sent.len(), 3);
-        assert!(
-            sent.iter().all(|try_| *try_ == batch),
-            "every try is the same batch: {sent:?}"
-        );
-    }
-
     #[test]
     fn a_problem_sentence_counts_lost_events() {
         let delivery = Delivery {
             delivered: 3,
             undelivered: 2,
+            dropped: 0,
             error: Some("broker gone".into()),
         };
         assert_eq!(
             delivery.problem().as_deref(),
             Some("2 of 5 events could not be reported to the broker: broker gone")
+        );
+        let dropped = Delivery {
+            delivered: 10,
+            undelivered: 4,
+            dropped: 4,
+            error: None,
+        };
+        assert_eq!(
+            dropped.problem().as_deref(),
+            Some("4 of 14 events were dropped while the broker was unreachable")
         );
         assert_eq!(Delivery::default().problem(), None);
     }

@@ -1,9 +1,16 @@
-//! Bounded retries of broker calls that failed for a passing reason.
+//! Retries of broker calls that failed for a passing reason: a bounded
+//! number of tries ([`with_retries`], for enrolling), or patient trying
+//! until a deadline ([`persist`], for reports that must not be lost).
 
 use std::future::Future;
 use std::time::Duration;
 
 use embark_core::client::ClientError;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::shutdown;
+use embark_core::text::error_chain;
 
 /// How often and how patiently a call is retried.
 #[derive(Clone, Copy, Debug)]
@@ -14,12 +21,75 @@ pub struct RetryPolicy {
     pub first_backoff: Duration,
 }
 
-impl RetryPolicy {
-    /// Reports: about 8 s of trying (0.25 + 0.5 + 1 + 2 + 4) before giving up.
-    pub const REPORT: RetryPolicy = RetryPolicy {
-        attempts: 6,
+/// How patiently a report (events, the verdict) is delivered: retried with
+/// exponential backoff capped at `max_backoff` until a deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patience {
+    /// Pause after the first failure; doubled after each later one.
+    pub first_backoff: Duration,
+    /// Longest pause between tries.
+    pub max_backoff: Duration,
+    /// After the task ended: how long delivering its last events and its
+    /// verdict may take in all (while it runs, events are retried without end).
+    pub budget: Duration,
+    /// Once shutdown is requested, the deadline comes at most this soon.
+    pub shutdown_budget: Duration,
+}
+
+impl Patience {
+    /// Reports ride out a broker outage of up to 10 minutes after the task
+    /// ended (and any outage while it runs).
+    pub const REPORT: Patience = Patience {
         first_backoff: Duration::from_millis(250),
+        max_backoff: Duration::from_secs(30),
+        budget: Duration::from_secs(600),
+        shutdown_budget: Duration::from_secs(5),
     };
+
+    /// The deadline for delivering what a task left, starting now.
+    pub fn deadline(&self, shutting_down: bool) -> Instant {
+        Instant::now()
+            + if shutting_down {
+                self.shutdown_budget
+            } else {
+                self.budget
+            }
+    }
+
+    /// `deadline`, brought forward for a shutdown that was just requested.
+    pub fn on_shutdown(&self, deadline: Instant) -> Instant {
+        deadline.min(Instant::now() + self.shutdown_budget)
+    }
+}
+
+/// Exponential backoff, capped.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(patience: &Patience) -> Backoff {
+        Backoff {
+            next: patience.first_backoff,
+            first: patience.first_backoff,
+            max: patience.max_backoff,
+        }
+    }
+
+    /// The pause before the next try.
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        pause.min(self.max)
+    }
+
+    /// After a success: the next failure starts from the first pause again.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
 }
 
 /// Worth another try: the broker was unreachable, failed on its side, or its
@@ -48,14 +118,87 @@ where
             Ok(value) => return Ok(value),
             Err(error) if attempt < policy.attempts && is_transient(&error) => {
                 tracing::warn!(
-                    "{what} failed (try {attempt} of {}), retrying in {backoff:?}: {error}",
-                    policy.attempts
+                    "{what} failed (try {attempt} of {}), retrying in {backoff:?}: {}",
+                    policy.attempts,
+                    error_chain(&error)
                 );
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
                 attempt += 1;
             }
             Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Why [`persist`] stopped without a success.
+#[derive(Debug, thiserror::Error)]
+pub enum Undelivered {
+    /// A refusal (4xx): retrying cannot help.
+    #[error(transparent)]
+    Refused(ClientError),
+    #[error("the broker could not be reached in time ({tries} tries)")]
+    GaveUp {
+        tries: u32,
+        #[source]
+        last: Option<ClientError>,
+    },
+}
+
+/// Runs `call` until it succeeds, fails for good, or `deadline` passes (it
+/// comes sooner once `shutdown` is requested). Only for idempotent calls: a
+/// cut-off answer is retried too.
+pub async fn persist<T, F, Fut>(
+    patience: Patience,
+    mut deadline: Instant,
+    what: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    mut call: F,
+) -> Result<T, Undelivered>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut shutting_down = *shutdown.borrow();
+    if shutting_down {
+        deadline = patience.on_shutdown(deadline);
+    }
+    let mut backoff = Backoff::new(&patience);
+    let mut tries = 0u32;
+    let mut last = None;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(Undelivered::GaveUp { tries, last });
+        }
+        tries += 1;
+        let failed = tokio::select! {
+            result = call() => match result {
+                Ok(value) => return Ok(value),
+                Err(error) if is_transient(&error) => error,
+                Err(error) => return Err(Undelivered::Refused(error)),
+            },
+            // A try still hanging at the deadline is cut off.
+            () = sleep_until(deadline) => continue,
+            // A shutdown cuts a hanging try short; it is made again under the shorter deadline.
+            () = shutdown::requested(shutdown), if !shutting_down => {
+                shutting_down = true;
+                deadline = patience.on_shutdown(deadline);
+                continue;
+            }
+        };
+        let pause = backoff.next_pause();
+        tracing::warn!(
+            "{what} failed (try {tries}), retrying in {pause:?}: {}",
+            error_chain(&failed)
+        );
+        last = Some(failed);
+        let wake = (Instant::now() + pause).min(deadline);
+        tokio::select! {
+            () = sleep_until(wake) => {}
+            () = shutdown::requested(shutdown), if !shutting_down => {
+                shutting_down = true;
+                deadline = patience.on_shutdown(deadline);
+            }
         }
     }
 }
@@ -125,5 +268,95 @@ mod tests {
         })
         .await;
         assert_eq!(result.expect("second try succeeds"), 2);
+    }
+
+    fn quick() -> Patience {
+        Patience {
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(4),
+            budget: Duration::from_secs(60),
+            shutdown_budget: Duration::from_millis(50),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(&Patience {
+            first_backoff: Duration::from_millis(250),
+            ..Patience::REPORT
+        });
+        let pauses: Vec<u64> = (0..10).map(|_| backoff.next_pause().as_millis() as u64).collect();
+        assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        backoff.reset();
+        assert_eq!(backoff.next_pause(), Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn persisting_outlasts_many_failures_but_not_refusals() {
+        let (_stop, mut shutdown) = watch::channel(false);
+        let calls = Cell::new(0);
+        let patience = quick();
+        let result = persist(patience, patience.deadline(false), "test", &mut shutdown, || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 50 { Err(api(503)) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(result.expect("the 50th try succeeds"), 50);
+
+        calls.set(0);
+        let result: Result<(), _> = persist(patience, patience.deadline(false), "test", &mut shutdown, || {
+            calls.set(calls.get() + 1);
+            async { Err(api(409)) }
+        })
+        .await;
+        assert!(matches!(result, Err(Undelivered::Refused(_))), "{result:?}");
+        assert_eq!(calls.get(), 1, "a refusal is not retried");
+    }
+
+    #[tokio::test]
+    async fn persisting_stops_at_the_deadline_and_sooner_on_shutdown() {
+        let (stop, mut shutdown) = watch::channel(false);
+        let patience = quick();
+        let started = Instant::now();
+        let result: Result<(), _> = persist(
+            patience,
+            Instant::now() + Duration::from_millis(100),
+            "test",
+            &mut shutdown,
+            || async { Err(api(503)) },
+        )
+        .await;
+        assert!(
+            matches!(
+                result,
+                Err(Undelivered::GaveUp {
+                    last: Some(ClientError::Api { status: 503, .. }),
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+
+        // The budget is a minute, but a shutdown leaves only the shutdown budget.
+        let started = Instant::now();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = stop.send(true);
+            stop
+        });
+        let result: Result<(), _> = persist(patience, patience.deadline(false), "test", &mut shutdown, || async {
+            Err(api(503))
+        })
+        .await;
+        assert!(result.is_err());
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        drop(stopper.await);
     }
 }

@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use embark_core::client::{BrokerClient, ClientError};
+use embark_core::repo_url::without_credentials;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::retry::{RetryPolicy, is_transient, with_retries};
+use crate::reporter::ReportOptions;
+use crate::retry::{RetryPolicy, Undelivered, is_transient, with_retries};
 use crate::shutdown;
 use crate::task::{TaskSettings, run_task};
+use embark_core::text::error_chain;
 
 /// Enrollment keeps trying for about a minute (the broker may start later).
 const ENROLL_RETRY: RetryPolicy = RetryPolicy {
@@ -23,20 +26,22 @@ const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(30);
 pub enum RunnerError {
     #[error(transparent)]
     BadUrl(ClientError),
-    #[error("enrolling with the broker failed: {0} (check EMBARK_RUNNER_ENROLLMENT_SECRET and --broker-url)")]
+    #[error("enrolling with the broker failed (check EMBARK_RUNNER_ENROLLMENT_SECRET and --broker-url)")]
     Enroll(#[source] ClientError),
-    #[error("the broker refused to hand out tasks: {0}")]
+    #[error("the broker refused to hand out tasks")]
     Claim(#[source] ClientError),
-    #[error("the verdict of task {task} could not be reported: {source}")]
+    #[error("the verdict of task {task} could not be reported")]
     Complete {
         task: embark_core::TaskId,
         #[source]
-        source: ClientError,
+        source: Undelivered,
     },
 }
 
-/// Runs until done (`--once`) or until `shutdown` turns true.
-pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+/// Runs until done (`--once`) or until `shutdown` turns true. With
+/// `stop_orphans` (a runner that is a child subreaper, see `orphans`), the
+/// processes a task's tools leave behind are ended after each task.
+pub async fn run(config: &Config, stop_orphans: bool, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
     let client = BrokerClient::new(&config.broker_url).map_err(RunnerError::BadUrl)?;
     let secret = config.enrollment_secret.expose();
     let enrolled = tokio::select! {
@@ -45,7 +50,12 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
         }
         () = shutdown::requested(&mut shutdown) => return Ok(()),
     };
-    tracing::info!(runner_id = %enrolled.runner_id, name = %config.name, broker = %config.broker_url, "enrolled");
+    tracing::info!(
+        runner_id = %enrolled.runner_id,
+        name = %config.name,
+        broker = %without_credentials(&config.broker_url),
+        "enrolled"
+    );
 
     let settings = TaskSettings {
         runner_name: config.name.clone(),
@@ -55,6 +65,8 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
         task_timeout: config.task_timeout,
         clone_timeout: config.clone_timeout,
         keep_spaces: config.keep_spaces,
+        report: ReportOptions::default(),
+        stop_orphans,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -72,7 +84,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
             Ok(Some(claim)) => claim,
             Ok(None) => continue,
             Err(e) if is_transient(&e) => {
-                tracing::warn!("claiming failed, retrying in {backoff:?}: {e}");
+                tracing::warn!("claiming failed, retrying in {backoff:?}: {}", error_chain(&e));
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = shutdown::requested(&mut shutdown) => break,
@@ -84,18 +96,18 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
         };
         backoff = Duration::from_secs(1);
         let id = claim.task.id;
-        tracing::info!(task = %id, attempt = claim.attempt, repo = %claim.task.repo_url, "claimed");
+        tracing::info!(
+            task = %id,
+            attempt = claim.attempt,
+            repo = %without_credentials(&claim.task.repo_url),
+            "claimed"
+        );
 
-        let verdict = run_task(&client, &settings, &claim, shutdown.clone()).await;
-        tracing::info!(task = %id, result = ?verdict.result, reason = ?verdict.reason, "task finished");
-        let completed = with_retries(RetryPolicy::REPORT, "completing the task", || {
-            client.complete(&claim.callback_token, id, &verdict)
-        })
-        .await;
-        match completed {
+        let finished = run_task(&client, &settings, &claim, shutdown.clone()).await;
+        match finished.reported {
             Ok(task) => tracing::info!(task = %id, state = %task.state, "verdict reported"),
             Err(source) if config.once => return Err(RunnerError::Complete { task: id, source }),
-            Err(source) => tracing::error!("{}", RunnerError::Complete { task: id, source }),
+            Err(source) => tracing::error!("{}", error_chain(&RunnerError::Complete { task: id, source })),
         }
         if config.once {
             break;

@@ -19,7 +19,7 @@ use embark_core::TaskId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpaceError {
-    #[error("cannot create the spaces directory {path}: {source}")]
+    #[error("cannot create the spaces directory {path}")]
     Root {
         path: PathBuf,
         #[source]
@@ -27,7 +27,7 @@ pub enum SpaceError {
     },
     #[error("task directory {0} already exists: refusing to reuse it (remove it if it is stale)")]
     Exists(PathBuf),
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     Create {
         path: PathBuf,
         #[source]

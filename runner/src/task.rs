@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use embark_core::client::BrokerClient;
 use embark_core::limits::MAX_RESULT_TEXT_BYTES;
-use embark_core::wire::{Claim, CompleteTask, TaskResult};
+use embark_core::repo_url::without_credentials;
+use embark_core::wire::{Claim, CompleteTask, Task, TaskResult};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
@@ -16,11 +17,11 @@ use crate::checkout::checkout;
 use crate::events::{EventMapper, lifecycle, log_event};
 use crate::pi_process::{PiLaunch, PiProcess};
 use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
-use crate::profile;
-use crate::reporter::Reporter;
-use crate::shutdown;
+use crate::reporter::{ReportOptions, Reporter};
+use crate::retry::{Undelivered, persist};
 use crate::space::Space;
-use crate::text::head;
+use crate::{orphans, profile, shutdown};
+use embark_core::text::{error_chain, head};
 
 /// After stdin EOF, how long Pi gets to exit before SIGTERM (and again before SIGKILL).
 const PI_EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -39,17 +40,29 @@ pub struct TaskSettings {
     pub task_timeout: Duration,
     pub clone_timeout: Duration,
     pub keep_spaces: bool,
+    /// How reports ride out a broker outage.
+    pub report: ReportOptions,
+    /// End the processes the task's tools left behind. Only for a runner
+    /// that is a child subreaper and runs one task at a time (see `orphans`).
+    pub stop_orphans: bool,
 }
 
-/// Runs the claimed task and returns the verdict to report.
+/// A finished task: its verdict, and what came of reporting it.
+#[derive(Debug)]
+pub struct Finished {
+    pub verdict: CompleteTask,
+    pub reported: Result<Task, Undelivered>,
+}
+
+/// Runs the claimed task and reports its events and verdict.
 pub async fn run_task(
     client: &BrokerClient,
     settings: &TaskSettings,
     claim: &Claim,
     mut shutdown: watch::Receiver<bool>,
-) -> CompleteTask {
+) -> Finished {
     let task = &claim.task;
-    let reporter = Reporter::start(client.clone(), claim);
+    let reporter = Reporter::start(client.clone(), claim, settings.report, shutdown.clone());
     let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
     reporter.send(lifecycle("claimed", Some(&detail)));
 
@@ -62,21 +75,35 @@ pub async fn run_task(
         (TaskResult::Failed, None) => "failed".to_owned(),
     };
     reporter.send(lifecycle("finishing", Some(&summary)));
-    let delivery = reporter.finish().await;
+    // One deadline for the last events and the verdict together.
+    let patience = settings.report.patience;
+    let report_deadline = patience.deadline(*shutdown.borrow());
+    let delivery = reporter.finish(report_deadline).await;
     if let Some(problem) = delivery.problem() {
         verdict.reason = Some(match verdict.reason.take() {
             Some(reason) => format!("{reason}; {problem}"),
             None => problem,
         });
     }
+    verdict.final_text = verdict.final_text.map(|t| head(&t, MAX_RESULT_TEXT_BYTES).0.to_owned());
+    verdict.reason = verdict.reason.map(|t| head(&t, MAX_RESULT_TEXT_BYTES).0.to_owned());
+    tracing::info!(task = %task.id, result = ?verdict.result, reason = ?verdict.reason, "task finished");
+
+    // A repeated verdict is answered unchanged, so retrying is safe.
+    let reported = persist(
+        patience,
+        report_deadline,
+        "reporting the verdict",
+        &mut shutdown,
+        || client.complete(&claim.callback_token, task.id, &verdict),
+    )
+    .await;
     if let Some(space) = space.filter(|_| !settings.keep_spaces)
         && let Err(e) = space.remove()
     {
         tracing::warn!(task = %task.id, "could not remove {}: {e}", space.root.display());
     }
-    verdict.final_text = verdict.final_text.map(|t| head(&t, MAX_RESULT_TEXT_BYTES).0.to_owned());
-    verdict.reason = verdict.reason.map(|t| head(&t, MAX_RESULT_TEXT_BYTES).0.to_owned());
-    verdict
+    Finished { verdict, reported }
 }
 
 fn failed(reason: impl Into<String>) -> CompleteTask {
@@ -105,10 +132,38 @@ async fn attempt(
     }
     let space = match Space::create(&settings.spaces, task.id) {
         Ok(space) => space,
-        Err(e) => return (failed(e.to_string()), None),
+        Err(e) => return (failed(error_chain(&e)), None),
     };
     let verdict = prepare_and_run(settings, claim, &space, reporter, deadline, shutdown).await;
+    clean_up(settings, task.id, &space, reporter).await;
     (verdict, Some(space))
+}
+
+/// After Pi has exited, on every path: no process of the task lives on, and
+/// no credential stays on disk, whether the task directory is kept or not.
+async fn clean_up(settings: &TaskSettings, task: embark_core::TaskId, space: &Space, reporter: &Reporter) {
+    if settings.stop_orphans {
+        let swept = orphans::stop_all(orphans::GRACE).await;
+        if swept.stopped > 0 {
+            tracing::info!(%task, "stopped {} processes left behind by the task's tools", swept.stopped);
+            reporter.send(log_event(
+                "warning",
+                &format!("stopped {} processes the task's tools left running", swept.stopped),
+            ));
+        }
+        if swept.remaining > 0 {
+            tracing::error!(%task, "{} processes left by the task's tools would not end", swept.remaining);
+        }
+    }
+    // Pi and its tools are gone, so nothing rewrites these files any more.
+    match profile::remove_credentials(&space.pi_agent) {
+        Ok(removed) => tracing::debug!(%task, "removed the credential copies {removed:?}"),
+        Err(e) => {
+            let message = error_chain(&e);
+            tracing::error!(%task, "{message}");
+            reporter.send(log_event("error", &message));
+        }
+    }
 }
 
 async fn prepare_and_run(
@@ -124,15 +179,15 @@ async fn prepare_and_run(
     // Cheap checks first: an unknown profile fails before any clone.
     match profile::install(&settings.profiles, &intent.auth_profile, &space.pi_agent) {
         Ok(files) => tracing::info!(task = %task.id, "auth profile {:?}: copied {files:?}", intent.auth_profile),
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(error_chain(&e)),
     }
     if let Err(e) = space.write_prompt(&task.prompt) {
-        return failed(e.to_string());
+        return failed(error_chain(&e));
     }
 
     reporter.send(lifecycle(
         "cloning",
-        Some(&format!("{} @ {}", task.repo_url, task.commit)),
+        Some(&format!("{} @ {}", without_credentials(&task.repo_url), task.commit)),
     ));
     let clone_timeout = settings
         .clone_timeout
@@ -140,7 +195,7 @@ async fn prepare_and_run(
     tokio::select! {
         result = checkout(&task.repo_url, &task.commit, &space.workspace, clone_timeout) => {
             if let Err(e) = result {
-                return failed(e.to_string());
+                return failed(error_chain(&e));
             }
         }
         () = shutdown::requested(shutdown) => return failed(SHUTTING_DOWN),
@@ -163,7 +218,7 @@ async fn prepare_and_run(
     };
     let mut pi = match PiProcess::spawn(&launch) {
         Ok(pi) => pi,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(error_chain(&e)),
     };
     tracing::info!(task = %task.id, pid = ?pi.pid(), "Pi started");
 
@@ -199,7 +254,7 @@ fn timed_out(limit: Duration) -> String {
 pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> CompleteTask {
     let run = match run {
         Ok(run) => run,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(error_chain(&e)),
     };
     let final_text = run
         .last_text

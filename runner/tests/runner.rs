@@ -40,7 +40,13 @@ impl World {
         let broker = Broker::start();
         let model = FakeModel::start(&script);
         let repo = git::fixture(&dir.path().join("repo"));
-        common::write_fake_profile(&dir.path().join("profiles"), "default", &model.base_url());
+        let profile = common::write_fake_profile(&dir.path().join("profiles"), "default", &model.base_url());
+        // A credential the fake model does not need: its copy must not outlive the task either.
+        std::fs::write(
+            profile.join("auth.json"),
+            r#"{"anthropic":{"type":"api_key","key":"sk-unused"}}"#,
+        )
+        .expect("write auth.json");
         std::fs::create_dir_all(dir.path().join("home")).expect("home");
         let client = broker.client();
         World {
@@ -194,6 +200,19 @@ fn assert_gapless(task: &Task, events: &[Event]) {
     assert_eq!(task.last_seq, events.len() as u64);
 }
 
+/// The task directory is kept, but no copy of a credential file is.
+fn assert_no_credentials(world: &World, task: &Task) {
+    let pi_agent = world.spaces().join(task.id.to_string()).join("pi-agent");
+    assert!(pi_agent.join("settings.json").exists(), "the profile was installed");
+    for file in ["auth.json", "models.json"] {
+        assert!(
+            !pi_agent.join(file).exists(),
+            "{file} was removed after Pi exited; {}",
+            world.diagnostics()
+        );
+    }
+}
+
 fn delta_text(events: &[Event]) -> String {
     of_kind(events, EventKind::AssistantDelta)
         .iter()
@@ -235,6 +254,7 @@ async fn a_task_runs_end_to_end_and_streams_its_events() {
         1,
         "session file kept"
     );
+    assert_no_credentials(&world, &task);
 
     assert_gapless(&done, &events);
     assert_eq!(
@@ -279,6 +299,7 @@ async fn a_model_error_fails_the_task_with_its_message() {
             .as_str()
             .is_some_and(|m| m.contains("boom"))
     );
+    assert_no_credentials(&world, &task);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -366,4 +387,67 @@ async fn sigterm_aborts_the_running_task_and_reports_it() {
     let events = world.events(task.id).await;
     assert_gapless(&done, &events);
     assert_eq!(phases(&events).last().map(String::as_str), Some("finishing"));
+    assert_no_credentials(&world, &task);
+}
+
+/// The PID in `file`, once the tool wrote it.
+fn read_pid(file: &std::path::Path) -> u32 {
+    std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_the_tools_leave_behind_do_not_outlive_the_task() {
+    // A background job, and a background shell with a job of its own (two
+    // generations: ending the shell orphans its sleep). The command waits
+    // until the inner PID is written, so every PID file exists when it ends.
+    let command = "sleep 300 & echo $! > bg.pid; \
+                   sh -c 'sleep 300 & echo $! > inner.pid; wait' & echo $! > outer.pid; \
+                   while [ ! -s inner.pid ]; do sleep 0.05; done";
+    let world = World::new(json!({"turns": [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": command}}]},
+        {"text": "started"}
+    ]}));
+    let task = world.submit("start a server", "default").await;
+    let (done, events) = world.run_once(&task, &[]).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{}", world.diagnostics());
+
+    let workspace = world.spaces().join(task.id.to_string()).join("workspace");
+    let pids: Vec<u32> = ["bg.pid", "outer.pid", "inner.pid"]
+        .iter()
+        .map(|file| read_pid(&workspace.join(file)))
+        .collect();
+    let until = Instant::now() + Duration::from_secs(2);
+    while pids.iter().any(|&pid| alive(pid)) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survivors: Vec<u32> = pids.iter().copied().filter(|&pid| alive(pid)).collect();
+    for &pid in &survivors {
+        // Only our own test's leftovers, checked by what they run: no stray sleeps after a failure.
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.starts_with("sleep\x00300") || cmdline.starts_with("sh\x00-c\x00sleep 300") {
+            let pid = rustix::process::Pid::from_raw(pid as i32).expect("valid pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    assert!(
+        survivors.is_empty(),
+        "{survivors:?} of {pids:?} outlived the task; {}",
+        world.diagnostics()
+    );
+    let stopped = of_kind(&events, EventKind::Log)
+        .iter()
+        .filter_map(|e| e.payload["message"].as_str())
+        .find_map(|m| m.strip_prefix("stopped ")?.split(' ').next()?.parse::<u32>().ok());
+    assert!(
+        stopped.is_some_and(|n| n >= 3),
+        "a log event says what was stopped: {stopped:?}"
+    );
 }
