@@ -132,7 +132,7 @@ main()
   .then(async () => {
     await stopAll();
     if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write(`smoke:pi-rpc: 1 passed, 0 failed\n`);
+    process.stdout.write("smoke: 1 passed, 0 failed\n");
   })
   .catch(async (err) => {
     await stopAll();
