@@ -87,7 +87,7 @@ async fn credentials_are_required_and_refusals_are_api_errors() {
     .await;
     assert_eq!((status, body.error.code), (401, ApiErrorCode::Unauthorized));
 
-    let (status, code, _) = refusal(client.list_session_tasks("wrong-secret-0123456789", "s").await);
+    let (status, code, _) = refusal(client.list_session_tasks("wrong-secret-0123456789", "s", 100).await);
     assert_eq!((status, code), (401, ApiErrorCode::Unauthorized));
     // Each credential opens only its own routes.
     let (status, _, _) = refusal(client.create_task(&broker.enrollment_secret, &new_task("s", "p")).await);
@@ -125,7 +125,7 @@ async fn a_task_walks_from_creation_to_its_outcome() {
         .expect("create");
     assert_eq!((first.state, first.attempt, first.last_seq), (TaskState::Queued, 0, 0));
 
-    let listed = client.list_session_tasks(secret, "session-1").await.expect("list");
+    let listed = client.list_session_tasks(secret, "session-1", 100).await.expect("list");
     let ids: Vec<TaskId> = listed.tasks.iter().map(|t| t.id).collect();
     assert_eq!(ids, [second.id, first.id], "newest first, only this session");
 

@@ -119,8 +119,13 @@ impl BrokerClient {
     }
 
     /// The session's tasks, newest first.
-    pub async fn list_session_tasks(&self, client_secret: &str, session_id: &str) -> Result<TaskList, ClientError> {
-        let query = format!("/v1/tasks?session_id={}", encode_query(session_id));
+    pub async fn list_session_tasks(
+        &self,
+        client_secret: &str,
+        session_id: &str,
+        limit: u32,
+    ) -> Result<TaskList, ClientError> {
+        let query = format!("/v1/tasks?session_id={}&limit={limit}", encode_query(session_id));
         self.send(Method::GET, &query, Some(client_secret), None::<&()>, REQUEST_TIMEOUT)
             .await
     }

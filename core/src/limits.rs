@@ -17,6 +17,8 @@ pub const MAX_EVENT_PAYLOAD_BYTES: usize = 256 * 1024;
 pub const MAX_RESULT_TEXT_BYTES: usize = 1024 * 1024;
 /// Most events one read returns.
 pub const MAX_EVENTS_PER_PAGE: u32 = 1000;
+/// Most tasks one session listing returns (newest first).
+pub const MAX_TASKS_PER_LIST: u32 = 1000;
 /// Longest a claim long-poll may wait, in milliseconds.
 pub const MAX_CLAIM_WAIT_MS: u64 = 30_000;
 /// Largest request body the broker reads, in bytes; batch event appends below it.

@@ -86,7 +86,7 @@ async fn submit_then_status_shows_the_queued_task() {
     assert!(submitted.get("error").is_none(), "{submitted}");
     let tasks = broker
         .client()
-        .list_session_tasks(&broker.client_secret, "pi-session-1")
+        .list_session_tasks(&broker.client_secret, "pi-session-1", 100)
         .await
         .expect("list")
         .tasks;
@@ -185,7 +185,7 @@ async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be
 
     let tasks = broker
         .client()
-        .list_session_tasks(&broker.client_secret, "pi-session-2")
+        .list_session_tasks(&broker.client_secret, "pi-session-2", 100)
         .await
         .expect("list")
         .tasks;
@@ -358,7 +358,7 @@ async fn a_credential_in_the_remote_url_never_reaches_the_broker() {
     assert!(submitted.get("error").is_none(), "{submitted}");
     let tasks = broker
         .client()
-        .list_session_tasks(&broker.client_secret, "pi-session-creds")
+        .list_session_tasks(&broker.client_secret, "pi-session-creds", 100)
         .await
         .expect("list")
         .tasks;
@@ -422,7 +422,7 @@ async fn unusable_repositories_are_repository_errors() {
 
     let tasks = broker
         .client()
-        .list_session_tasks(&broker.client_secret, "s")
+        .list_session_tasks(&broker.client_secret, "s", 100)
         .await
         .expect("list")
         .tasks;

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use embark_core::limits;
 use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList};
 use serde::Deserialize;
 
@@ -14,7 +15,7 @@ use crate::validate;
 
 /// Tasks one list answer holds by default, and at most.
 const DEFAULT_LIST_LIMIT: u32 = 100;
-const MAX_LIST_LIMIT: u32 = 1000;
+const MAX_LIST_LIMIT: u32 = limits::MAX_TASKS_PER_LIST;
 
 pub async fn create<S: Store>(
     _: ClientCaller,

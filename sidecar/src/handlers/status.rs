@@ -2,6 +2,7 @@
 //! events and, once it finished, its result as a conversation message.
 
 use embark_core::TaskState;
+use embark_core::limits;
 use embark_core::protocol::{Block, ChatMessage, ErrorCode, SessionContext, Tone, View};
 use embark_core::wire::{EventPage, Task};
 
@@ -18,7 +19,7 @@ pub const RESULT_MESSAGE_TYPE: &str = "embark-result";
 pub async fn run(handlers: &Handlers, selector: &TaskSelector, session: &SessionContext) -> Result<View, RpcError> {
     let (client, secret) = handlers.broker()?;
     let tasks = client
-        .list_session_tasks(secret, &session.session_id)
+        .list_session_tasks(secret, &session.session_id, limits::MAX_TASKS_PER_LIST)
         .await
         .map_err(broker_error)?
         .tasks;

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use embark_core::intent::ExecutionIntent;
+use embark_core::limits;
 use embark_core::protocol::{Block, ErrorCode, SessionContext, Tone, View};
 use embark_core::text;
 use embark_core::wire::{CreateTask, CreateTaskError};
@@ -38,7 +39,10 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
     info!(task = %task.id, commit = %task.commit, "submitted");
 
     // The status line counts every task of the session; fall back to this one alone.
-    let tasks = match client.list_session_tasks(secret, &session.session_id).await {
+    let tasks = match client
+        .list_session_tasks(secret, &session.session_id, limits::MAX_TASKS_PER_LIST)
+        .await
+    {
         Ok(list) if list.tasks.iter().any(|t| t.id == task.id) => list.tasks,
         Ok(_) => vec![task.clone()],
         Err(e) => {
