@@ -9,6 +9,8 @@ pub mod dirs;
 pub mod event;
 pub mod intent;
 pub mod limits;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod protocol;
 pub mod repo_url;
 pub mod schema;

@@ -1,6 +1,5 @@
 //! `embark-runner`: see `docs/runner.md`.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -11,20 +10,10 @@ use embark_runner::orphans;
 use embark_runner::pi_process::resolve_program;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // EMBARK_LOG, else RUST_LOG, else info; colour only on a terminal.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_env("EMBARK_LOG")
-                .or_else(|_| EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    embark_core::logging::init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,12 +2,9 @@
 //! Logs go to stderr; stdout is the protocol.
 #![deny(clippy::print_stdout)]
 
-use std::io::IsTerminal;
-
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use embark_sidecar::config::{Config, ConfigArgs};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,16 +30,8 @@ fn main() -> anyhow::Result<()> {
             )
             .exit();
     }
-    // The same setup in every embark binary: EMBARK_LOG, else RUST_LOG, else info.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_env("EMBARK_LOG")
-                .or_else(|_| EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    // Logs go to stderr only: stdout is the protocol.
+    embark_core::logging::init();
     let config = Config::load(cli.config).context("embark-sidecar could not load its configuration")?;
     tracing::info!(
         broker_url = config.broker_url.as_deref().unwrap_or("(unset)"),
