@@ -6,7 +6,7 @@ use embark_core::limits;
 use embark_core::protocol::{Block, ChatMessage, ErrorCode, SessionContext, Tone, View};
 use embark_core::wire::{EventPage, Task};
 
-use super::text::{event_line, excerpt};
+use super::text::{event_line, one_line};
 use super::{Handlers, broker_error, display_id, status_line};
 use crate::command::TaskSelector;
 use crate::error::RpcError;
@@ -70,7 +70,7 @@ fn select<'a>(tasks: &'a [Task], selector: &TaskSelector) -> Result<&'a Task, Rp
         several => {
             let candidates: Vec<String> = several
                 .iter()
-                .map(|t| format!("  {}  {}  {}", display_id(t, tasks), t.state, excerpt(&t.prompt, 60)))
+                .map(|t| format!("  {}  {}  {}", display_id(t, tasks), t.state, one_line(&t.prompt, 60)))
                 .collect();
             Err(RpcError::usage(format!(
                 "{prefix} matches {} tasks of this session; give more digits:\n{}",
@@ -90,7 +90,7 @@ fn task_table(task: &Task, shown: &str) -> Block {
             "intent",
             format!("{}/{} (profile {})", intent.provider, intent.model, intent.auth_profile),
         ),
-        row("prompt", excerpt(&task.prompt, 200)),
+        row("prompt", one_line(&task.prompt, 200)),
         row("commit", task.commit.clone()),
         row("repo", task.repo_url.clone()),
         row("attempt", task.attempt.to_string()),

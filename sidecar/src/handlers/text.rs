@@ -3,8 +3,9 @@
 use embark_core::event::{Event, EventKind};
 use serde_json::Value;
 
-/// At most `max` characters on one line; longer text ends with `…`.
-pub fn excerpt(text: &str, max: usize) -> String {
+/// The text flattened to one line (runs of whitespace become one space), at
+/// most `max` characters; longer text ends with `…`.
+pub fn one_line(text: &str, max: usize) -> String {
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() <= max {
         return flat;
@@ -22,21 +23,26 @@ pub fn event_line(event: &Event) -> String {
         EventKind::Lifecycle => join_non_empty(&[field("phase"), field("detail")], " — "),
         EventKind::AgentStart => "agent started".to_owned(),
         EventKind::AgentEnd => join_non_empty(&["agent finished", field("stop_reason")], ": "),
-        EventKind::AssistantDelta => excerpt(field("text"), 100),
+        EventKind::AssistantDelta => one_line(field("text"), 100),
         EventKind::AssistantMessage => {
-            join_non_empty(&[&excerpt(field("text"), 100), field("error_message")], " — error: ")
+            // A message made only of tool calls has no text: say so rather than show nothing.
+            let text = match (field("text").trim(), field("stop_reason")) {
+                ("", "toolUse") => "(tool calls)".to_owned(),
+                (text, _) => one_line(text, 100),
+            };
+            join_non_empty(&[&text, field("error_message")], " — error: ")
         }
         EventKind::ToolStart => {
             let args = payload.get("args").map(Value::to_string).unwrap_or_default();
-            join_non_empty(&[field("tool_name"), &excerpt(&args, 80)], " ")
+            join_non_empty(&[field("tool_name"), &one_line(&args, 80)], " ")
         }
         EventKind::ToolEnd => {
             let failed = payload.get("is_error").and_then(Value::as_bool).unwrap_or(false);
             let verdict = if failed { "failed" } else { "ok" };
             let head = format!("{} {verdict}", field("tool_name"));
-            join_non_empty(&[head.trim(), &excerpt(field("output"), 80)], ": ")
+            join_non_empty(&[head.trim(), &one_line(field("output"), 80)], ": ")
         }
-        EventKind::Log => join_non_empty(&[field("level"), &excerpt(field("message"), 100)], ": "),
+        EventKind::Log => join_non_empty(&[field("level"), &one_line(field("message"), 100)], ": "),
     };
     format!("#{} {}: {}", event.seq, event.kind.as_str(), summary)
 }
@@ -63,9 +69,9 @@ mod tests {
     }
 
     #[test]
-    fn excerpts_are_one_bounded_line() {
-        assert_eq!(excerpt("a\n b\tc", 10), "a b c");
-        assert_eq!(excerpt("ééééé", 3), "éé…");
+    fn one_line_flattens_and_bounds() {
+        assert_eq!(one_line("a\n b\tc", 10), "a b c");
+        assert_eq!(one_line("ééééé", 3), "éé…");
     }
 
     #[test]
@@ -88,6 +94,10 @@ mod tests {
                 serde_json::json!({"text": "done", "stop_reason": "stop"}),
             ),
             event(
+                EventKind::AssistantMessage,
+                serde_json::json!({"text": "", "stop_reason": "toolUse"}),
+            ),
+            event(
                 EventKind::Log,
                 serde_json::json!({"level": "warning", "message": "slow"}),
             ),
@@ -102,6 +112,7 @@ mod tests {
                 "#7 tool_start: bash {\"command\":\"ls\"}",
                 "#7 tool_end: bash failed: no way",
                 "#7 assistant_message: done",
+                "#7 assistant_message: (tool calls)",
                 "#7 log: warning: slow",
             ]
         );
