@@ -9,6 +9,8 @@ import { errorText, renderView, sessionHistory } from "./render.ts";
 export default function embark(pi: ExtensionAPI): void {
   // One sidecar per Pi process, started by the first /embark.
   const client = new EmbarkClient();
+  // Keys of once-only messages this process sent (Pi may still hold them in a queue).
+  const sentOnce = new Set<string>();
 
   pi.registerCommand("embark", {
     description: "Hand a task to a remote runner (try /embark help)",
@@ -18,7 +20,10 @@ export default function embark(pi: ExtensionAPI): void {
           session_id: ctx.sessionManager.getSessionId(),
           cwd: ctx.cwd,
         });
-        renderView(view, ctx.ui, pi, sessionHistory(ctx.sessionManager.getBranch()));
+        renderView(view, ctx.ui, pi, {
+          history: sessionHistory(ctx.sessionManager.getBranch(), sentOnce),
+          idle: ctx.isIdle(),
+        });
       } catch (err) {
         ctx.ui.notify(errorText(err), "error");
       }

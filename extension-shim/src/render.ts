@@ -13,29 +13,48 @@ export interface ViewUi {
 
 /** The part of `pi` a View needs. */
 export interface ViewMessages {
-  sendMessage(message: { customType: string; content: string; display: boolean; details?: unknown }): void;
+  sendMessage(
+    message: { customType: string; content: string; display: boolean; details?: unknown },
+    options?: { deliverAs?: "nextTurn" },
+  ): void;
 }
 
-/** What the conversation already holds: messages added with a `once_key` are added only once. */
+/**
+ * What the conversation holds, so a message with a `once_key` is added once:
+ * Pi's session branch (where a delivered message is stored with its key in
+ * `details.once_key`) plus the keys this process has sent, which covers a
+ * message Pi has queued but not stored yet.
+ */
 export interface ViewHistory {
   hasMessage(customType: string, onceKey: string): boolean;
+  remember(customType: string, onceKey: string): void;
 }
 
-/** History from Pi's session entries (the current branch): custom messages carry their key in `details.once_key`. */
-export function sessionHistory(entries: readonly unknown[]): ViewHistory {
+/** History from the session's current branch and a per-process set of sent keys. */
+export function sessionHistory(entries: readonly unknown[], sent: Set<string> = new Set()): ViewHistory {
+  const id = (customType: string, onceKey: string): string => JSON.stringify([customType, onceKey]);
   return {
     hasMessage: (customType, onceKey) =>
+      sent.has(id(customType, onceKey)) ||
       entries.some((entry) => {
         const e = entry as { type?: unknown; customType?: unknown; details?: { once_key?: unknown } | null };
         return e.type === "custom_message" && e.customType === customType && e.details?.once_key === onceKey;
       }),
+    remember: (customType, onceKey) => void sent.add(id(customType, onceKey)),
   };
 }
 
-const NO_HISTORY: ViewHistory = { hasMessage: () => false };
+const NO_HISTORY: ViewHistory = { hasMessage: () => false, remember: () => {} };
+
+export interface RenderOptions {
+  history?: ViewHistory;
+  /** False while Pi's agent is working: the message then waits for the next turn instead of steering this one. */
+  idle?: boolean;
+}
 
 /** Blocks in order (one notification each), then the status line, then the message. */
-export function renderView(view: View, ui: ViewUi, pi: ViewMessages, history: ViewHistory = NO_HISTORY): void {
+export function renderView(view: View, ui: ViewUi, pi: ViewMessages, options: RenderOptions = {}): void {
+  const { history = NO_HISTORY, idle = true } = options;
   const blocks: unknown[] = Array.isArray(view.blocks) ? view.blocks : [];
   for (const block of blocks) {
     const { text, tone } = renderBlock(block);
@@ -50,7 +69,10 @@ export function renderView(view: View, ui: ViewUi, pi: ViewMessages, history: Vi
     if (onceKey !== undefined && history.hasMessage(message.custom_type, onceKey)) return;
     const details =
       onceKey === undefined ? message.details : { ...(message.details as Record<string, unknown> | null), once_key: onceKey };
-    pi.sendMessage({ customType: message.custom_type, content: message.content, display: true, details });
+    const sent = { customType: message.custom_type, content: message.content, display: true, details };
+    if (idle) pi.sendMessage(sent);
+    else pi.sendMessage(sent, { deliverAs: "nextTurn" });
+    if (onceKey !== undefined) history.remember(message.custom_type, onceKey);
   }
 }
 

@@ -12,7 +12,7 @@ function recorder(): { ui: ViewUi; pi: ViewMessages; calls: unknown[][] } {
       notify: (message, type) => calls.push(["notify", message, type]),
       setStatus: (key, text) => calls.push(["setStatus", key, text]),
     },
-    pi: { sendMessage: (message) => calls.push(["sendMessage", message]) },
+    pi: { sendMessage: (message, options) => calls.push(options ? ["sendMessage", message, options] : ["sendMessage", message]) },
   };
 }
 
@@ -43,22 +43,44 @@ test("blocks become notifications in order, with their tone; then status; then t
 test("a message with a once_key is added once: not again when the session branch already holds it", () => {
   const view: View = {
     blocks: [],
-    message: { custom_type: "embark-result", content: "done", details: { task_id: "t1" }, once_key: "t1:succeeded" },
+    message: { custom_type: "embark-result", content: "done", details: { task_id: "t1" }, once_key: "t1:1:succeeded" },
   };
   const first = recorder();
-  renderView(view, first.ui, first.pi, sessionHistory([]));
-  const sent = { customType: "embark-result", content: "done", display: true, details: { task_id: "t1", once_key: "t1:succeeded" } };
+  renderView(view, first.ui, first.pi, { history: sessionHistory([]) });
+  const sent = { customType: "embark-result", content: "done", display: true, details: { task_id: "t1", once_key: "t1:1:succeeded" } };
   assert.deepEqual(first.calls, [["sendMessage", sent]]);
 
   // Pi stores the sent message as a custom_message entry with its details.
   const entries = [{ type: "message" }, { type: "custom_message", customType: "embark-result", details: sent.details }];
   const again = recorder();
-  renderView(view, again.ui, again.pi, sessionHistory(entries));
+  renderView(view, again.ui, again.pi, { history: sessionHistory(entries) });
   assert.deepEqual(again.calls, [], "the same result is not added twice");
 
   const otherVerdict = recorder();
-  renderView({ ...view, message: { ...view.message!, once_key: "t1:failed" } }, otherVerdict.ui, otherVerdict.pi, sessionHistory(entries));
+  renderView({ ...view, message: { ...view.message!, once_key: "t1:2:succeeded" } }, otherVerdict.ui, otherVerdict.pi, {
+    history: sessionHistory(entries),
+  });
   assert.equal(otherVerdict.calls.length, 1, "another key is another message");
+});
+
+test("a once-only message Pi has queued but not stored yet is not sent again by this process", () => {
+  const view: View = {
+    blocks: [],
+    message: { custom_type: "embark-result", content: "done", details: {}, once_key: "t1:1:succeeded" },
+  };
+  const sentOnce = new Set<string>();
+  const first = recorder();
+  renderView(view, first.ui, first.pi, { history: sessionHistory([], sentOnce), idle: false });
+  assert.deepEqual(first.calls, [
+    [
+      "sendMessage",
+      { customType: "embark-result", content: "done", display: true, details: { once_key: "t1:1:succeeded" } },
+      { deliverAs: "nextTurn" },
+    ],
+  ]);
+  const second = recorder();
+  renderView(view, second.ui, second.pi, { history: sessionHistory([], sentOnce) });
+  assert.deepEqual(second.calls, [], "the branch does not hold it yet, but this process sent it");
 });
 
 test("a status with text null clears the status (undefined for Pi)", () => {

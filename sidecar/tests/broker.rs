@@ -292,7 +292,7 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
             .is_some_and(|c| c.contains("succeeded") && c.contains("The flaky test is fixed.")),
         "{message}"
     );
-    let once_key = format!("{}:succeeded", claim.task.id);
+    let once_key = format!("{}:1:succeeded", claim.task.id);
     assert_eq!(
         message["details"],
         json!({"task_id": claim.task.id.to_string(), "state": "succeeded", "once_key": once_key})

@@ -170,8 +170,9 @@ fn result_message(task: &Task, shown: &str) -> Option<ChatMessage> {
         None if task.state == TaskState::Succeeded => content.push_str("\n\n_(no final assistant text)_"),
         None => {}
     }
-    // One result per task and verdict: asking `status` again must not add it to the conversation again.
-    let once_key = format!("{}:{}", task.id, task.state);
+    // One result per task, attempt and verdict: asking `status` again must not add it to the
+    // conversation again, while a later attempt's verdict (once tasks can be retried) still lands.
+    let once_key = format!("{}:{}:{}", task.id, task.attempt, task.state);
     Some(ChatMessage {
         custom_type: RESULT_MESSAGE_TYPE.to_owned(),
         content,
