@@ -1,15 +1,22 @@
-//! JSON Schema documents generated from the wire types.
+//! JSON Schema, OpenRPC and OpenAPI documents generated from the wire types.
 //!
 //! `schemas/v1/*.json` in the repository are these documents, committed; the
 //! `schemas_match_the_code` test fails when they drift, and
-//! `EMBARK_UPDATE_SCHEMAS=1 cargo test -p embark-core --test schemas` rewrites
-//! them. The shim's TypeScript types are generated from the committed files.
+//! `EMBARK_UPDATE_SCHEMAS=1 cargo test -p embark-core --test schemas`
+//! rewrites them. The shim's TypeScript types are generated from the
+//! committed `sidecar-protocol.json`.
+//!
+//! The OpenRPC and OpenAPI documents hold the same definitions as the JSON
+//! Schema documents, under `components.schemas` instead of `$defs`: the same
+//! types go through the same generator, which only writes its `$ref`s there.
 
 use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, SchemaGenerator};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::{event, intent, protocol, task, wire};
+use crate::protocol::{self, ErrorCode};
+use crate::wire::routes::{Credential, ROUTES, Route};
+use crate::{event, intent, task, wire};
 
 /// One generated document: its path under `schemas/` and its JSON.
 pub struct SchemaDocument {
@@ -25,22 +32,38 @@ pub fn documents() -> Vec<SchemaDocument> {
             json: sidecar_protocol(),
         },
         SchemaDocument {
+            path: "v1/sidecar.openrpc.json",
+            json: sidecar_openrpc(),
+        },
+        SchemaDocument {
             path: "v1/broker-api.json",
             json: broker_api(),
+        },
+        SchemaDocument {
+            path: "v1/broker.openapi.json",
+            json: broker_openapi(),
         },
     ]
 }
 
-/// Collects the named root types into one document whose `$defs` hold every type.
+/// Where a JSON Schema document keeps its definitions.
+const DEFS: &str = "/$defs";
+/// Where OpenRPC and OpenAPI documents keep them.
+const COMPONENTS: &str = "/components/schemas";
+
+/// Collects the named root types into one document whose definitions hold every type.
 struct Bundle {
     generator: SchemaGenerator,
     roots: Map<String, Value>,
 }
 
 impl Bundle {
-    fn new() -> Self {
+    /// `definitions_path` is where the `$ref`s point: [`DEFS`] or [`COMPONENTS`].
+    fn new(definitions_path: &'static str) -> Self {
         Self {
-            generator: SchemaSettings::draft2020_12().into_generator(),
+            generator: SchemaSettings::draft2020_12()
+                .with(|settings| settings.definitions_path = definitions_path.into())
+                .into_generator(),
             roots: Map::new(),
         }
     }
@@ -64,23 +87,18 @@ impl Bundle {
     }
 }
 
-fn sidecar_protocol() -> Value {
-    Bundle::new()
+fn sidecar_types(bundle: Bundle) -> Bundle {
+    bundle
         .add::<protocol::HelloParams>()
         .add::<protocol::HelloResult>()
         .add::<protocol::CommandParams>()
         .add::<protocol::View>()
         .add::<protocol::ErrorCode>()
         .add::<protocol::ErrorData>()
-        .finish(
-            "embark:sidecar-protocol:v1",
-            "EmbarkSidecarProtocolV1",
-            "embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol 1. Methods: embark.hello (HelloParams -> HelloResult), embark.command (CommandParams -> View). Errors: error.code from ErrorCode, error.data is ErrorData.",
-        )
 }
 
-fn broker_api() -> Value {
-    Bundle::new()
+fn broker_types(bundle: Bundle) -> Bundle {
+    bundle
         .add::<wire::CreateTask>()
         .add::<wire::Task>()
         .add::<wire::TaskList>()
@@ -98,11 +116,292 @@ fn broker_api() -> Value {
         .add::<event::NewEvent>()
         .add::<task::TaskState>()
         .add::<intent::ExecutionIntent>()
-        .finish(
-            "embark:broker-api:v1",
-            "EmbarkBrokerApiV1",
-            "embark-broker HTTP/JSON API under /v1. See docs/protocol.md for routes and credentials.",
-        )
+}
+
+fn sidecar_protocol() -> Value {
+    sidecar_types(Bundle::new(DEFS)).finish(
+        "embark:sidecar-protocol:v1",
+        "EmbarkSidecarProtocolV1",
+        "embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol 1. Methods: embark.hello (HelloParams -> HelloResult), embark.command (CommandParams -> View). Errors: error.code from ErrorCode, error.data is ErrorData.",
+    )
+}
+
+fn broker_api() -> Value {
+    broker_types(Bundle::new(DEFS)).finish(
+        "embark:broker-api:v1",
+        "EmbarkBrokerApiV1",
+        "embark-broker HTTP/JSON API under /v1. See docs/protocol.md for routes and credentials.",
+    )
+}
+
+/// The errors `embark.hello` answers with. `parse_error`, `invalid_request`
+/// and `method_not_found` are about the line itself, before any method runs:
+/// they are listed under `components.errors` only.
+const HELLO_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidParams,
+    ErrorCode::Internal,
+    ErrorCode::UnsupportedProtocol,
+];
+
+/// The errors `embark.command` answers with.
+const COMMAND_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidParams,
+    ErrorCode::Internal,
+    ErrorCode::HandshakeRequired,
+    ErrorCode::Usage,
+    ErrorCode::Repository,
+    ErrorCode::Config,
+    ErrorCode::BrokerUnreachable,
+    ErrorCode::BrokerRejected,
+    ErrorCode::TaskNotFound,
+    ErrorCode::Timeout,
+];
+
+/// The sidecar protocol as an OpenRPC 1.3 document.
+fn sidecar_openrpc() -> Value {
+    let mut generator = sidecar_types(Bundle::new(COMPONENTS)).generator;
+    let methods = vec![
+        rpc_method::<protocol::HelloParams, protocol::HelloResult>(
+            &mut generator,
+            protocol::method::HELLO,
+            "The handshake: must come first.",
+            "Agrees on the protocol version; every other method is refused with handshake_required until a hello succeeded.",
+            HELLO_ERRORS,
+        ),
+        rpc_method::<protocol::CommandParams, protocol::View>(
+            &mut generator,
+            protocol::method::COMMAND,
+            "One `/embark …` line in a Pi session.",
+            "Runs the command and answers a view model (blocks, a status line, a message) for the front end to render.",
+            COMMAND_ERRORS,
+        ),
+    ];
+    let schemas = generator.take_definitions(true);
+    let errors: Map<String, Value> = ErrorCode::ALL
+        .into_iter()
+        .map(|code| (error_name(code), rpc_error(code, &schemas)))
+        .collect();
+    json!({
+        "openrpc": "1.3.2",
+        "info": {
+            "title": "embark-sidecar protocol",
+            "version": protocol::PROTOCOL_VERSION.to_string(),
+            "description": "JSON-RPC 2.0 over newline-delimited JSON on the stdin and stdout of `embark-sidecar --stdio`, one message per line. Call embark.hello first. Every error carries `data: {\"kind\": <ErrorCode>}`. See docs/sidecar-protocol.md.",
+        },
+        "methods": methods,
+        "components": {
+            "schemas": schemas,
+            "errors": errors,
+        },
+    })
+}
+
+fn rpc_method<P: JsonSchema, R: JsonSchema>(
+    generator: &mut SchemaGenerator,
+    name: &str,
+    summary: &str,
+    description: &str,
+    errors: &[ErrorCode],
+) -> Value {
+    let params: Vec<Value> = fields(&P::json_schema(generator))
+        .into_iter()
+        .map(|field| {
+            let mut descriptor = json!({"name": field.name, "required": field.required, "schema": field.schema});
+            if let Some(text) = field.description {
+                descriptor["description"] = text;
+            }
+            descriptor
+        })
+        .collect();
+    let errors: Vec<Value> = errors
+        .iter()
+        .map(|code| json!({"$ref": format!("#/components/errors/{}", error_name(*code))}))
+        .collect();
+    json!({
+        "name": name,
+        "summary": summary,
+        "description": description,
+        "paramStructure": "by-name",
+        "params": params,
+        "result": {"name": R::schema_name(), "schema": generator.subschema_for::<R>().to_value()},
+        "errors": errors,
+    })
+}
+
+/// The code's name, as `ErrorData.kind` carries it.
+fn error_name(code: ErrorCode) -> String {
+    match serde_json::to_value(code) {
+        Ok(Value::String(name)) => name,
+        other => unreachable!("ErrorCode serializes as a string, not {other:?}"),
+    }
+}
+
+/// An OpenRPC error object; its message is the meaning documented on the variant.
+fn rpc_error(code: ErrorCode, schemas: &Map<String, Value>) -> Value {
+    let name = error_name(code);
+    let documented = schemas["ErrorCode"]["oneOf"]
+        .as_array()
+        .and_then(|variants| variants.iter().find(|v| v["const"] == name.as_str()))
+        .and_then(|variant| variant["description"].as_str())
+        .unwrap_or_else(|| panic!("ErrorCode::{code:?} has no doc comment"));
+    let documented = documented.split_whitespace().collect::<Vec<_>>().join(" ");
+    let meaning = documented
+        .strip_prefix(&format!("{}: ", code.code()))
+        .unwrap_or_else(|| {
+            panic!(
+                "the doc of ErrorCode::{code:?} must start with its number {}",
+                code.code()
+            )
+        });
+    json!({"code": code.code(), "message": meaning, "data": {"kind": name}})
+}
+
+/// One property of an object schema.
+struct Field {
+    name: String,
+    required: bool,
+    description: Option<Value>,
+    /// Without its description.
+    schema: Value,
+}
+
+/// The properties of an object schema: the required ones in their order, then the others by name.
+fn fields(object: &Schema) -> Vec<Field> {
+    let required: Vec<&str> = object
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = object.get("properties").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut fields: Vec<Field> = properties
+        .iter()
+        .map(|(name, schema)| {
+            let mut schema = schema.clone();
+            let description = schema.as_object_mut().and_then(|s| s.remove("description"));
+            Field {
+                name: name.clone(),
+                required: required.contains(&name.as_str()),
+                description,
+                schema,
+            }
+        })
+        .collect();
+    fields.sort_by_key(|field| {
+        let position = required.iter().position(|name| *name == field.name);
+        (position.is_none(), position, field.name.clone())
+    });
+    fields
+}
+
+/// The broker API as an OpenAPI 3.1 document, from [`ROUTES`].
+fn broker_openapi() -> Value {
+    let mut generator = broker_types(Bundle::new(COMPONENTS)).generator;
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let operation = openapi_operation(route, &mut generator);
+        let item = paths.entry(route.path).or_insert_with(|| json!({}));
+        item[route.method.as_str().to_ascii_lowercase()] = operation;
+    }
+    let schemas = generator.take_definitions(true);
+    let schemes: Map<String, Value> = Credential::ALL
+        .into_iter()
+        .map(|credential| {
+            let scheme = json!({"type": "http", "scheme": "bearer", "description": credential.description()});
+            (credential.scheme().to_owned(), scheme)
+        })
+        .collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "embark-broker API",
+            "version": "1",
+            "description": "The broker's HTTP/JSON API. Credentials go in `Authorization: Bearer <credential>`. Every non-2xx answer carries an ApiError body; a route answers 405 (invalid_request) to a method it does not have, and a path not listed here answers 404 (not_found). See docs/broker.md.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": schemes,
+        },
+    })
+}
+
+fn openapi_operation(route: &Route, generator: &mut SchemaGenerator) -> Value {
+    let mut parameters: Vec<Value> = route
+        .path_params
+        .iter()
+        .map(|param| {
+            json!({
+                "name": param.name,
+                "in": "path",
+                "required": true,
+                "description": param.description,
+                "schema": (param.schema)(generator).to_value(),
+            })
+        })
+        .collect();
+    if let Some(query) = route.query {
+        for field in fields(&query(generator)) {
+            let mut parameter = json!({
+                "name": field.name,
+                "in": "query",
+                "required": field.required,
+                // A query string has no null: an optional field is simply absent.
+                "schema": without_null(field.schema),
+            });
+            if let Some(text) = field.description {
+                parameter["description"] = text;
+            }
+            parameters.push(parameter);
+        }
+    }
+    let security = match route.credential {
+        Some(credential) => json!([{ credential.scheme(): [] }]),
+        None => json!([]),
+    };
+    let mut operation = json!({
+        "operationId": route.operation.id(),
+        "summary": route.summary,
+        "security": security,
+    });
+    if !parameters.is_empty() {
+        operation["parameters"] = Value::Array(parameters);
+    }
+    if let Some(request) = route.request {
+        operation["requestBody"] = json!({
+            "required": true,
+            "content": {"application/json": {"schema": request(generator).to_value()}},
+        });
+    }
+    let mut responses = Map::new();
+    for reply in route.replies {
+        let mut response = json!({"description": reply.description});
+        if let Some(body) = reply.body {
+            response["content"] = json!({"application/json": {"schema": body(generator).to_value()}});
+        }
+        responses.insert(reply.status.to_string(), response);
+    }
+    operation["responses"] = Value::Object(responses);
+    operation
+}
+
+/// `schema` without its `null` alternative (and a `null` default).
+fn without_null(mut schema: Value) -> Value {
+    let Some(object) = schema.as_object_mut() else {
+        return schema;
+    };
+    if object.get("default") == Some(&Value::Null) {
+        object.remove("default");
+    }
+    if let Some(Value::Array(types)) = object.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            object.insert("type".into(), only);
+        }
+    }
+    schema
 }
 
 /// Pretty JSON with a trailing newline, as committed.

@@ -13,6 +13,8 @@ use crate::intent::{ExecutionIntent, IntentError};
 use crate::task::{TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
+pub mod routes;
+
 /// `POST /v1/tasks` (client): hand a task to the broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +67,7 @@ impl CreateTask {
             });
         }
         if !is_object_id(&self.commit) {
-            return Err(CreateTaskError::BadCommit(self.commit.clone()));
+            return Err(CreateTaskError::BadCommit(text::quote(&self.commit)));
         }
         if self.repo_url.is_empty() {
             return Err(CreateTaskError::EmptyRepoUrl);
@@ -155,6 +157,17 @@ pub struct TaskList {
     pub tasks: Vec<Task>,
 }
 
+/// The query of `GET /v1/tasks` (client).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListQuery {
+    /// The Pi session whose tasks to list (the `session_id` they were created with).
+    pub session_id: String,
+    /// How many tasks at most: 100 when absent, capped at 1000 (`limits::MAX_TASKS_PER_LIST`); 0 is refused.
+    #[schemars(range(min = 1))]
+    pub limit: Option<u32>,
+}
+
 /// `POST /v1/runners/enroll` (enrollment secret).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +236,17 @@ pub struct EventPage {
     pub events: Vec<Event>,
     /// The task's newest seq when the page was read; more remain when it exceeds the last event's seq.
     pub last_seq: u64,
+}
+
+/// The query of `GET /v1/tasks/{id}/events` (client).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventPageQuery {
+    /// Only events with a greater seq: the last seq the reader has seen (0 when absent).
+    pub after: Option<u64>,
+    /// How many events at most: 100 when absent, capped at 1000 (`limits::MAX_EVENTS_PER_PAGE`); 0 is refused.
+    #[schemars(range(min = 1))]
+    pub limit: Option<u32>,
 }
 
 /// `POST /v1/tasks/{id}/complete` (callback token): the attempt's verdict.

@@ -3,8 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use embark_core::limits;
-use embark_core::wire::{AppendEvents, EventPage, EventsAppended};
-use serde::Deserialize;
+use embark_core::wire::{AppendEvents, EventPage, EventPageQuery, EventsAppended};
 
 use super::App;
 use super::error::ApiFailure;
@@ -36,18 +35,11 @@ pub async fn append<S: Store>(
     Ok(Json(appended))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    after: Option<u64>,
-    limit: Option<u32>,
-}
-
 pub async fn read<S: Store>(
     _: ClientCaller,
     State(app): State<App<S>>,
     TaskPath(id): TaskPath,
-    ApiQuery(query): ApiQuery<ReadQuery>,
+    ApiQuery(query): ApiQuery<EventPageQuery>,
 ) -> Result<Json<EventPage>, ApiFailure> {
     let limit = page_limit(query.limit, DEFAULT_PAGE_LIMIT, limits::MAX_EVENTS_PER_PAGE)?;
     Ok(Json(app.store.events_after(id, query.after.unwrap_or(0), limit).await?))

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use embark_core::task::TaskId;
+use embark_core::wire::routes::Credential;
 use serde::de::DeserializeOwned;
 
 use super::App;
@@ -52,19 +53,23 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
             .map_err(|rejection| ApiFailure::invalid(rejection.body_text()))?;
         raw.parse().map(TaskPath).map_err(|_| {
             ApiFailure::invalid(format!(
-                "task id {raw:?} is not a UUID (the full id, not a short prefix)"
+                "task id {:?} is not a UUID (the full id, not a short prefix)",
+                embark_core::text::quote(&raw)
             ))
         })
     }
 }
 
-fn credential<'a>(parts: &'a Parts, what: &str) -> Result<&'a str, ApiFailure> {
+fn credential(parts: &Parts, what: Credential) -> Result<&str, ApiFailure> {
     bearer(&parts.headers).map_err(|error| {
         let problem = match error {
             BearerError::Missing => "no credential",
             BearerError::Malformed => "the Authorization header is not `Bearer <credential>`",
         };
-        ApiFailure::unauthorized(format!("{problem}: this route needs `Authorization: Bearer <{what}>`"))
+        ApiFailure::unauthorized(format!(
+            "{problem}: this route needs `Authorization: Bearer <{}>`",
+            what.label()
+        ))
     })
 }
 
@@ -75,7 +80,7 @@ impl<S: Store> FromRequestParts<App<S>> for ClientCaller {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
-        let presented = credential(parts, "client secret")?;
+        let presented = credential(parts, Credential::ClientSecret)?;
         if app.client_secret.verify(presented) {
             Ok(ClientCaller)
         } else {
@@ -93,7 +98,7 @@ impl<S: Store> FromRequestParts<App<S>> for EnrollmentCaller {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
-        let presented = credential(parts, "runner enrollment secret")?;
+        let presented = credential(parts, Credential::EnrollmentSecret)?;
         if app.enrollment_secret.verify(presented) {
             Ok(EnrollmentCaller)
         } else {
@@ -111,7 +116,7 @@ impl<S: Store> FromRequestParts<App<S>> for RunnerCaller {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
-        let presented = credential(parts, "runner token")?;
+        let presented = credential(parts, Credential::RunnerToken)?;
         match app.store.runner_by_token(&TokenHash::of(presented)).await? {
             Some(runner) => Ok(RunnerCaller(runner)),
             None => Err(ApiFailure::unauthorized(
@@ -129,6 +134,6 @@ impl<S: Send + Sync> FromRequestParts<S> for CallbackCaller {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiFailure> {
-        credential(parts, "callback token").map(|token| CallbackCaller(TokenHash::of(token)))
+        credential(parts, Credential::CallbackToken).map(|token| CallbackCaller(TokenHash::of(token)))
     }
 }

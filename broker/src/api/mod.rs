@@ -10,9 +10,10 @@ mod tasks;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use embark_core::wire::Health;
+use embark_core::wire::routes::{Method, Operation, ROUTES};
 use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
 
@@ -47,23 +48,39 @@ impl<S: Clone> Clone for App<S> {
     }
 }
 
+/// The routes of `embark_core::wire::routes::ROUTES` (methods, paths and
+/// credentials are there, and the OpenAPI document is made from it), each on
+/// its handler.
 pub fn router<S: Store>(app: App<S>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/tasks", post(tasks::create::<S>).get(tasks::list::<S>))
-        .route("/v1/tasks/{id}", get(tasks::get::<S>))
-        .route(
-            "/v1/tasks/{id}/events",
-            get(events::read::<S>).post(events::append::<S>),
-        )
-        .route("/v1/tasks/{id}/complete", post(tasks::complete::<S>))
-        .route("/v1/runners/enroll", post(runners::enroll::<S>))
-        .route("/v1/runners/claim", post(runners::claim::<S>))
+    let mut router = Router::new();
+    for route in ROUTES {
+        // Routes on one path merge into one method router.
+        router = router.route(route.path, handler::<S>(route.operation, route.method));
+    }
+    router
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
+}
+
+fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S>> {
+    let method = match method {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+    };
+    match operation {
+        Operation::Health => on(method, health),
+        Operation::CreateTask => on(method, tasks::create::<S>),
+        Operation::ListTasks => on(method, tasks::list::<S>),
+        Operation::GetTask => on(method, tasks::get::<S>),
+        Operation::ReadEvents => on(method, events::read::<S>),
+        Operation::EnrollRunner => on(method, runners::enroll::<S>),
+        Operation::ClaimTask => on(method, runners::claim::<S>),
+        Operation::AppendEvents => on(method, events::append::<S>),
+        Operation::CompleteTask => on(method, tasks::complete::<S>),
+    }
 }
 
 async fn health() -> Json<Health> {

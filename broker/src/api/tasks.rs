@@ -4,8 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use embark_core::limits;
-use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList};
-use serde::Deserialize;
+use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList, TaskListQuery};
 
 use super::App;
 use super::error::ApiFailure;
@@ -29,17 +28,10 @@ pub async fn create<S: Store>(
     Ok((StatusCode::CREATED, Json(task)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    session_id: String,
-    limit: Option<u32>,
-}
-
 pub async fn list<S: Store>(
     _: ClientCaller,
     State(app): State<App<S>>,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(query): ApiQuery<TaskListQuery>,
 ) -> Result<Json<TaskList>, ApiFailure> {
     let limit = page_limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
     let tasks = app.store.list_session_tasks(&query.session_id, limit).await?;
