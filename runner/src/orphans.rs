@@ -42,10 +42,22 @@ pub struct Swept {
 
 /// Ends and reaps every child of this process, generation by generation.
 /// Only call it when no child of this process is still needed.
-pub async fn stop_all(grace: Duration) -> Swept {
+///
+/// Once `hurry()` turns true (a shutdown), the rest of the sweep takes at
+/// most one `grace` and one kill wait: later generations get SIGKILL
+/// without a grace, and what is left then stays.
+pub async fn stop_all(grace: Duration, hurry: &dyn Fn() -> bool) -> Swept {
     let me = std::process::id();
     let mut swept = Swept::default();
+    let mut hurry_until: Option<Instant> = None;
     for _ in 0..MAX_ROUNDS {
+        if hurry_until.is_none() && hurry() {
+            hurry_until = Some(Instant::now() + grace + KILL_WAIT);
+        }
+        let cap = |until: Instant| hurry_until.map_or(until, |h| until.min(h));
+        if hurry_until.is_some_and(|h| Instant::now() >= h) {
+            break;
+        }
         let orphans = children_of(me);
         if orphans.is_empty() {
             swept.remaining = 0;
@@ -54,11 +66,14 @@ pub async fn stop_all(grace: Duration) -> Swept {
         for &pid in &orphans {
             signal(pid, Signal::TERM);
         }
-        let mut left = reap_until(orphans.clone(), Instant::now() + grace).await;
+        // Under a hurry the grace shrinks to what is left before the kill wait.
+        let term_until = cap(Instant::now() + grace);
+        let term_until = hurry_until.map_or(term_until, |h| term_until.min(h - KILL_WAIT));
+        let mut left = reap_until(orphans.clone(), term_until).await;
         for &pid in &left {
             signal(pid, Signal::KILL);
         }
-        left = reap_until(left, Instant::now() + KILL_WAIT).await;
+        left = reap_until(left, cap(Instant::now() + KILL_WAIT)).await;
         swept.stopped += orphans.len() - left.len();
         swept.remaining = left.len();
     }

@@ -73,7 +73,6 @@ pub async fn run_prompt(
         give_up_at: None,
     };
     driver
-        .pi
         .send(&json!({"id": PROMPT_ID, "type": "prompt", "message": prompt}))
         .await?;
     if *shutdown.borrow_and_update() {
@@ -147,8 +146,7 @@ impl Driver<'_> {
                     && let Some(id) = value.get("id").and_then(Value::as_str)
                 {
                     // Nobody can answer on a runner: cancel, or the extension waits forever.
-                    self.pi
-                        .send(&json!({"type": "extension_ui_response", "id": id, "cancelled": true}))
+                    self.send(&json!({"type": "extension_ui_response", "id": id, "cancelled": true}))
                         .await?;
                 }
                 self.observer.on_record(&value);
@@ -207,9 +205,15 @@ impl Driver<'_> {
     }
 
     async fn ask_last_text(&mut self, tick: &mut tokio::time::Interval) -> Result<(), RpcError> {
-        self.pi
+        if let Err(e) = self
+            .pi
             .send(&json!({"id": LAST_TEXT_ID, "type": "get_last_assistant_text"}))
-            .await?;
+            .await
+        {
+            // Pi leaving now is harmless: the run already ended.
+            tracing::warn!("could not ask Pi for the last assistant text: {e}");
+            return Ok(());
+        }
         let until = Instant::now() + REPLY_TIMEOUT;
         loop {
             tokio::select! {
@@ -226,6 +230,20 @@ impl Driver<'_> {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Writes one command. Pi gone (a broken pipe) is reported the way its
+    /// closed stdout is, with its exit status and its last words on stderr,
+    /// which say why (e.g. `Unknown provider`).
+    async fn send(&mut self, command: &Value) -> Result<(), RpcError> {
+        match self.pi.send(command).await {
+            Ok(()) => Ok(()),
+            Err(PiError::Write(e)) => {
+                tracing::debug!("writing to Pi failed: {e}");
+                Err(self.exited_early().await)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -6,11 +6,17 @@
 //! The copies of the files that may hold credentials (`auth.json`, and
 //! `models.json` with its `apiKey`s) live only as long as Pi runs: they
 //! are removed after Pi and its tools have exited, whether the task
-//! directory is kept or not.
+//! directory is kept or not. A runner that exits abruptly removes them on
+//! the way out where it still can ([`LiveCredentials`]: a second signal, a
+//! panic); where it cannot (SIGKILL, a crash), the next runner on the same
+//! spaces directory removes them at startup ([`sweep_credentials`]).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, TryLockError};
+
+use embark_core::TaskId;
 
 /// The files a profile may hold, with the mode each copy gets.
 const PROFILE_FILES: [(&str, u32); 3] = [("models.json", 0o600), ("auth.json", 0o600), ("settings.json", 0o644)];
@@ -129,6 +135,85 @@ pub fn remove_credentials(dir: &Path) -> Result<Vec<&'static str>, ProfileError>
     Ok(removed)
 }
 
+/// The Pi config dir of the task under way, shared with the handlers of an
+/// abrupt exit (a second signal, a panic) so they can remove its
+/// credential copies, which the task's own clean-up then never gets to.
+#[derive(Clone, Debug, Default)]
+pub struct LiveCredentials(Arc<Mutex<Option<PathBuf>>>);
+
+impl LiveCredentials {
+    /// `dir` now holds (or is about to hold) a task's credential copies.
+    pub fn set(&self, dir: &Path) {
+        *self.lock() = Some(dir.to_owned());
+    }
+
+    /// The task is over: its clean-up has run.
+    pub fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    /// Removes the current task's credential copies, if there is a current
+    /// task. Never waits: it runs where the task may be stopped mid-step.
+    pub fn remove_now(&self) -> Option<(PathBuf, Result<Vec<&'static str>, ProfileError>)> {
+        let dir = match self.0.try_lock() {
+            Ok(guard) => guard.clone()?,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().clone()?,
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let removed = remove_credentials(&dir);
+        Some((dir, removed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PathBuf>> {
+        // The guarded value is a plain path: a panic elsewhere cannot leave it half-written.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What [`sweep_credentials`] did.
+#[derive(Debug, Default)]
+pub struct SweptCredentials {
+    /// Credential files removed.
+    pub removed: Vec<PathBuf>,
+    /// Files that could not be removed.
+    pub failed: Vec<ProfileError>,
+}
+
+/// Removes the credential copies a runner that died abruptly left behind:
+/// `<spaces>/<task-id>/pi-agent/{auth.json,models.json}`. Only entries
+/// whose name is a task id exactly as the runner writes it are looked at,
+/// only when they and their `pi-agent` are real directories (a symlink is
+/// never followed), and nothing but those two files is removed. Run it
+/// only while no task runs in `spaces` (the runner holds the spaces lock).
+pub fn sweep_credentials(spaces: &Path) -> std::io::Result<SweptCredentials> {
+    let mut swept = SweptCredentials::default();
+    for entry in std::fs::read_dir(spaces)? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let is_task_dir = name
+            .to_str()
+            .and_then(|n| n.parse::<TaskId>().ok().filter(|id| id.to_string() == n))
+            .is_some();
+        // `file_type` does not follow symlinks.
+        if !is_task_dir || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let pi_agent = entry.path().join("pi-agent");
+        if !std::fs::symlink_metadata(&pi_agent).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        for file in CREDENTIAL_FILES {
+            let path = pi_agent.join(file);
+            match std::fs::remove_file(&path) {
+                Ok(()) => swept.removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => swept.failed.push(ProfileError::Remove { file: path, source }),
+            }
+        }
+    }
+    Ok(swept)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -226,5 +311,70 @@ mod tests {
             text.contains("models.json") && text.contains("not valid JSON"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_startup_sweep_removes_only_credential_copies_in_task_dirs() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let spaces = tmp.path().join("spaces");
+        let write = |dir: &Path, files: &[&str]| {
+            std::fs::create_dir_all(dir).expect("mkdir");
+            for file in files {
+                std::fs::write(dir.join(file), "{}").expect("write");
+            }
+        };
+        let all = ["auth.json", "models.json", "settings.json"];
+        let task = TaskId::new().to_string();
+        write(&spaces.join(&task).join("pi-agent"), &all);
+        // Not task dirs: another name, an id in another spelling, a file.
+        write(&spaces.join("notes/pi-agent"), &all);
+        let upper = TaskId::new().to_string().to_uppercase();
+        write(&spaces.join(&upper).join("pi-agent"), &all);
+        std::fs::write(spaces.join(TaskId::new().to_string()), "a file").expect("write");
+        // Symlinks out of the spaces dir are never followed.
+        let outside = tmp.path().join("outside");
+        write(&outside.join("pi-agent"), &all);
+        let linked_task = TaskId::new().to_string();
+        std::os::unix::fs::symlink(&outside, spaces.join(&linked_task)).expect("symlink");
+        let linked_agent = TaskId::new().to_string();
+        std::fs::create_dir_all(spaces.join(&linked_agent)).expect("mkdir");
+        std::os::unix::fs::symlink(outside.join("pi-agent"), spaces.join(&linked_agent).join("pi-agent"))
+            .expect("symlink");
+        // A task dir without a Pi config dir.
+        std::fs::create_dir_all(spaces.join(TaskId::new().to_string()).join("workspace")).expect("mkdir");
+
+        let swept = sweep_credentials(&spaces).expect("swept");
+        assert!(swept.failed.is_empty(), "{:?}", swept.failed);
+        let mut removed = swept.removed.clone();
+        removed.sort();
+        let agent = spaces.join(&task).join("pi-agent");
+        assert_eq!(removed, vec![agent.join("auth.json"), agent.join("models.json")]);
+        assert!(agent.join("settings.json").exists());
+        for dir in [
+            spaces.join("notes/pi-agent"),
+            spaces.join(&upper).join("pi-agent"),
+            outside.join("pi-agent"),
+        ] {
+            for file in all {
+                assert!(dir.join(file).exists(), "{} was left alone", dir.join(file).display());
+            }
+        }
+        assert!(sweep_credentials(&spaces).expect("again").removed.is_empty());
+    }
+
+    #[test]
+    fn live_credentials_are_removed_on_demand() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let live = LiveCredentials::default();
+        assert!(live.remove_now().is_none(), "no task, nothing to do");
+        std::fs::write(tmp.path().join("auth.json"), "{}").expect("write");
+        std::fs::write(tmp.path().join("settings.json"), "{}").expect("write");
+        live.set(tmp.path());
+        let (dir, removed) = live.clone().remove_now().expect("a task is under way");
+        assert_eq!(dir, tmp.path());
+        assert_eq!(removed.expect("removed"), vec!["auth.json"]);
+        assert!(tmp.path().join("settings.json").exists());
+        live.clear();
+        assert!(live.remove_now().is_none());
     }
 }

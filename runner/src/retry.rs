@@ -23,6 +23,12 @@ pub struct RetryPolicy {
 
 /// How patiently a report (events, the verdict) is delivered: retried with
 /// exponential backoff capped at `max_backoff` until a deadline.
+///
+/// After the task ended, its last events may take `budget - verdict_reserve`
+/// and the verdict the rest of `budget`. Once shutdown is requested, the
+/// events get at most `shutdown_events` more and then the verdict at most
+/// `shutdown_verdict`. The verdict always gets at least one try, cut off
+/// after `shutdown_verdict` at the earliest, however late it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Patience {
     /// Pause after the first failure; doubled after each later one.
@@ -32,33 +38,51 @@ pub struct Patience {
     /// After the task ended: how long delivering its last events and its
     /// verdict may take in all (while it runs, events are retried without end).
     pub budget: Duration,
-    /// Once shutdown is requested, the deadline comes at most this soon.
-    pub shutdown_budget: Duration,
+    /// The end of `budget` kept for the verdict: the events stop this long
+    /// before the deadline, so an outage cannot use up the verdict's time.
+    pub verdict_reserve: Duration,
+    /// Once shutdown is requested: the most time the last events still get.
+    pub shutdown_events: Duration,
+    /// Once shutdown is requested: the most time the verdict still gets; also
+    /// the least time its one sure try gets.
+    pub shutdown_verdict: Duration,
 }
 
 impl Patience {
     /// Reports ride out a broker outage of up to 10 minutes after the task
-    /// ended (and any outage while it runs).
+    /// ended (and any outage while it runs); a shutdown leaves them 5 s.
     pub const REPORT: Patience = Patience {
         first_backoff: Duration::from_millis(250),
         max_backoff: Duration::from_secs(30),
         budget: Duration::from_secs(600),
-        shutdown_budget: Duration::from_secs(5),
+        verdict_reserve: Duration::from_secs(30),
+        shutdown_events: Duration::from_secs(3),
+        shutdown_verdict: Duration::from_secs(2),
     };
 
-    /// The deadline for delivering what a task left, starting now.
-    pub fn deadline(&self, shutting_down: bool) -> Instant {
-        Instant::now()
-            + if shutting_down {
-                self.shutdown_budget
-            } else {
-                self.budget
-            }
+    /// The deadline for the events of a task that ended at `ended`.
+    pub fn events_deadline(&self, ended: Instant, shutting_down: bool) -> Instant {
+        if shutting_down {
+            ended + self.shutdown_events
+        } else {
+            ended + self.budget.saturating_sub(self.verdict_reserve)
+        }
     }
 
-    /// `deadline`, brought forward for a shutdown that was just requested.
-    pub fn on_shutdown(&self, deadline: Instant) -> Instant {
-        deadline.min(Instant::now() + self.shutdown_budget)
+    /// The deadline for the verdict of a task that ended at `ended`
+    /// ([`persist`] brings it forward once shutdown is requested).
+    pub fn verdict_deadline(&self, ended: Instant) -> Instant {
+        ended + self.budget
+    }
+
+    /// An events deadline, brought forward for a shutdown requested now.
+    pub fn events_on_shutdown(&self, deadline: Instant) -> Instant {
+        deadline.min(Instant::now() + self.shutdown_events)
+    }
+
+    /// A verdict deadline, brought forward for a shutdown requested now.
+    pub fn verdict_on_shutdown(&self, deadline: Instant) -> Instant {
+        deadline.min(Instant::now() + self.shutdown_verdict)
     }
 }
 
@@ -93,15 +117,30 @@ impl Backoff {
 }
 
 /// Worth another try: the broker was unreachable, failed on its side, or its
-/// answer was cut off. Retrying after a cut-off answer is safe because the
-/// calls retried here are idempotent: appends carry a batch id and a repeated
-/// verdict is answered unchanged (enrolling twice only leaves an unused
-/// token). Refusals (4xx) are final: retrying cannot help.
+/// answer was cut off. Refusals (4xx but 429) are final: retrying cannot help.
+///
+/// After a cut-off answer (see [`answer_may_be_lost`]) the broker may have
+/// done what was asked. That is harmless for appends (a batch id makes a
+/// repeat a no-op), the verdict (a repeat is answered unchanged) and
+/// enrolling (a second token goes unused), but not for a claim: a task
+/// handed out in a lost answer stays `running` until leases (a later issue)
+/// reclaim it. The claim loop logs that case.
 pub fn is_transient(error: &ClientError) -> bool {
     match error {
         ClientError::Unreachable { .. } | ClientError::Decode { .. } => true,
         ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => *status >= 500 || *status == 429,
         ClientError::BadUrl { .. } => false,
+    }
+}
+
+/// True when the request may have reached the broker and been acted on while
+/// its answer never arrived: the answer was cut off, unreadable, or timed
+/// out. A refused connection or an error status is not such a case.
+pub fn answer_may_be_lost(error: &ClientError) -> bool {
+    match error {
+        ClientError::Decode { .. } => true,
+        ClientError::Unreachable { source, .. } => !source.is_connect(),
+        ClientError::Api { .. } | ClientError::Unexpected { .. } | ClientError::BadUrl { .. } => false,
     }
 }
 
@@ -146,8 +185,12 @@ pub enum Undelivered {
 }
 
 /// Runs `call` until it succeeds, fails for good, or `deadline` passes (it
-/// comes sooner once `shutdown` is requested). Only for idempotent calls: a
-/// cut-off answer is retried too.
+/// comes sooner once `shutdown` is requested, see
+/// [`Patience::verdict_on_shutdown`]). The first try is always made, even
+/// past the deadline, and is cut off no sooner than
+/// [`Patience::shutdown_verdict`]: a report that was never sent is worse
+/// than one that came late. Only for idempotent calls: a cut-off answer is
+/// retried too.
 pub async fn persist<T, F, Fut>(
     patience: Patience,
     mut deadline: Instant,
@@ -161,15 +204,21 @@ where
 {
     let mut shutting_down = *shutdown.borrow();
     if shutting_down {
-        deadline = patience.on_shutdown(deadline);
+        deadline = patience.verdict_on_shutdown(deadline);
     }
     let mut backoff = Backoff::new(&patience);
     let mut tries = 0u32;
     let mut last = None;
     loop {
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if tries > 0 && now >= deadline {
             return Err(Undelivered::GaveUp { tries, last });
         }
+        let cutoff = if tries == 0 {
+            deadline.max(now + patience.shutdown_verdict)
+        } else {
+            deadline
+        };
         tries += 1;
         let failed = tokio::select! {
             result = call() => match result {
@@ -178,11 +227,14 @@ where
                 Err(error) => return Err(Undelivered::Refused(error)),
             },
             // A try still hanging at the deadline is cut off.
-            () = sleep_until(deadline) => continue,
+            () = sleep_until(cutoff) => {
+                tracing::warn!("{what}: the broker did not answer within the time left (try {tries})");
+                continue;
+            }
             // A shutdown cuts a hanging try short; it is made again under the shorter deadline.
             () = shutdown::requested(shutdown), if !shutting_down => {
                 shutting_down = true;
-                deadline = patience.on_shutdown(deadline);
+                deadline = patience.verdict_on_shutdown(deadline);
                 continue;
             }
         };
@@ -197,7 +249,7 @@ where
             () = sleep_until(wake) => {}
             () = shutdown::requested(shutdown), if !shutting_down => {
                 shutting_down = true;
-                deadline = patience.on_shutdown(deadline);
+                deadline = patience.verdict_on_shutdown(deadline);
             }
         }
     }
@@ -275,7 +327,9 @@ mod tests {
             first_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
             budget: Duration::from_secs(60),
-            shutdown_budget: Duration::from_millis(50),
+            verdict_reserve: Duration::from_secs(1),
+            shutdown_events: Duration::from_millis(30),
+            shutdown_verdict: Duration::from_millis(50),
         }
     }
 
@@ -296,19 +350,31 @@ mod tests {
         let (_stop, mut shutdown) = watch::channel(false);
         let calls = Cell::new(0);
         let patience = quick();
-        let result = persist(patience, patience.deadline(false), "test", &mut shutdown, || {
-            calls.set(calls.get() + 1);
-            let n = calls.get();
-            async move { if n < 50 { Err(api(503)) } else { Ok(n) } }
-        })
+        let result = persist(
+            patience,
+            patience.verdict_deadline(Instant::now()),
+            "test",
+            &mut shutdown,
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { if n < 50 { Err(api(503)) } else { Ok(n) } }
+            },
+        )
         .await;
         assert_eq!(result.expect("the 50th try succeeds"), 50);
 
         calls.set(0);
-        let result: Result<(), _> = persist(patience, patience.deadline(false), "test", &mut shutdown, || {
-            calls.set(calls.get() + 1);
-            async { Err(api(409)) }
-        })
+        let result: Result<(), _> = persist(
+            patience,
+            patience.verdict_deadline(Instant::now()),
+            "test",
+            &mut shutdown,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(api(409)) }
+            },
+        )
         .await;
         assert!(matches!(result, Err(Undelivered::Refused(_))), "{result:?}");
         assert_eq!(calls.get(), 1, "a refusal is not retried");
@@ -343,20 +409,68 @@ mod tests {
             "{took:?}"
         );
 
-        // The budget is a minute, but a shutdown leaves only the shutdown budget.
+        // The budget is a minute, but a shutdown leaves the verdict only its shutdown share.
         let started = Instant::now();
         let stopper = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(30)).await;
             let _ = stop.send(true);
             stop
         });
-        let result: Result<(), _> = persist(patience, patience.deadline(false), "test", &mut shutdown, || async {
-            Err(api(503))
-        })
+        let result: Result<(), _> = persist(
+            patience,
+            patience.verdict_deadline(Instant::now()),
+            "test",
+            &mut shutdown,
+            || async { Err(api(503)) },
+        )
         .await;
         assert!(result.is_err());
         let took = started.elapsed();
         assert!(took < Duration::from_secs(5), "{took:?}");
         drop(stopper.await);
+    }
+
+    #[tokio::test]
+    async fn the_first_try_is_made_even_past_the_deadline() {
+        let (_stop, mut shutdown) = watch::channel(false);
+        let patience = quick();
+        let calls = Cell::new(0);
+        let late = Instant::now() - Duration::from_secs(1);
+        let result = persist(patience, late, "test", &mut shutdown, || {
+            calls.set(calls.get() + 1);
+            async { Ok::<_, ClientError>("landed") }
+        })
+        .await;
+        assert_eq!(result.expect("one try past the deadline"), "landed");
+        assert_eq!(calls.get(), 1);
+
+        // A failing first try is not repeated once the deadline has passed.
+        calls.set(0);
+        let result: Result<(), _> = persist(patience, late, "test", &mut shutdown, || {
+            calls.set(calls.get() + 1);
+            async { Err(api(503)) }
+        })
+        .await;
+        assert!(
+            matches!(result, Err(Undelivered::GaveUp { tries: 1, .. })),
+            "{result:?}"
+        );
+        assert_eq!(calls.get(), 1);
+
+        // A hanging first try is cut off after the least time it is owed.
+        let started = Instant::now();
+        let result: Result<(), _> = persist(patience, late, "test", &mut shutdown, || {
+            std::future::pending::<Result<(), ClientError>>()
+        })
+        .await;
+        assert!(
+            matches!(result, Err(Undelivered::GaveUp { tries: 1, last: None })),
+            "{result:?}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= patience.shutdown_verdict && took < Duration::from_secs(5),
+            "{took:?}"
+        );
     }
 }

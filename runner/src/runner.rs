@@ -8,8 +8,9 @@ use embark_core::repo_url::without_credentials;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::profile::LiveCredentials;
 use crate::reporter::ReportOptions;
-use crate::retry::{RetryPolicy, Undelivered, is_transient, with_retries};
+use crate::retry::{RetryPolicy, Undelivered, answer_may_be_lost, is_transient, with_retries};
 use crate::shutdown;
 use crate::task::{TaskSettings, run_task};
 use embark_core::text::error_chain;
@@ -41,7 +42,14 @@ pub enum RunnerError {
 /// Runs until done (`--once`) or until `shutdown` turns true. With
 /// `stop_orphans` (a runner that is a child subreaper, see `orphans`), the
 /// processes a task's tools leave behind are ended after each task.
-pub async fn run(config: &Config, stop_orphans: bool, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+/// `credentials` tells the handlers of an abrupt exit where the running
+/// task's credential copies are.
+pub async fn run(
+    config: &Config,
+    stop_orphans: bool,
+    credentials: LiveCredentials,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RunnerError> {
     let client = BrokerClient::new(&config.broker_url).map_err(RunnerError::BadUrl)?;
     let secret = config.enrollment_secret.expose();
     let enrolled = tokio::select! {
@@ -67,6 +75,7 @@ pub async fn run(config: &Config, stop_orphans: bool, mut shutdown: watch::Recei
         keep_spaces: config.keep_spaces,
         report: ReportOptions::default(),
         stop_orphans,
+        credentials,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -84,6 +93,15 @@ pub async fn run(config: &Config, stop_orphans: bool, mut shutdown: watch::Recei
             Ok(Some(claim)) => claim,
             Ok(None) => continue,
             Err(e) if is_transient(&e) => {
+                if answer_may_be_lost(&e) {
+                    // Claims are not idempotent: had the broker handed out a
+                    // task, it now stays running until leases reclaim it.
+                    tracing::warn!(
+                        "the answer to a claim was lost ({}): if the broker handed out a task in it, that task \
+                         stays running until leases (a later issue) reclaim it",
+                        error_chain(&e)
+                    );
+                }
                 tracing::warn!("claiming failed, retrying in {backoff:?}: {}", error_chain(&e));
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}

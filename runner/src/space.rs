@@ -27,12 +27,54 @@ pub enum SpaceError {
     },
     #[error("task directory {0} already exists: refusing to reuse it (remove it if it is stale)")]
     Exists(PathBuf),
+    #[error("another embark-runner is using the spaces directory {0}: give each runner its own --spaces")]
+    Busy(PathBuf),
+    #[error("cannot lock the spaces directory through {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create {path}")]
     Create {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The lock file in the spaces directory (not a task id, so never taken for a task).
+pub const LOCK_FILE: &str = ".embark-runner.lock";
+
+/// Holds the spaces directory for one runner while it lives: a runner
+/// removes stale credential copies from every task directory at startup,
+/// which must never hit a task another runner is running. The lock goes
+/// with the process, however it ends.
+#[derive(Debug)]
+pub struct SpacesLock {
+    _file: std::fs::File,
+}
+
+/// Takes the spaces lock, or says which runner-shared directory is busy.
+pub fn lock_spaces(spaces: &Path) -> Result<SpacesLock, SpaceError> {
+    let path = spaces.join(LOCK_FILE);
+    let lock_error = |source| SpaceError::Lock {
+        path: path.clone(),
+        source,
+    };
+    // Opened close-on-exec (std's default), so Pi and git never hold it.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(lock_error)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(SpacesLock { _file: file }),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SpaceError::Busy(spaces.to_owned())),
+        Err(e) => Err(lock_error(e.into())),
+    }
 }
 
 /// The paths of one task's directory.
@@ -143,5 +185,15 @@ mod tests {
 
         space.remove().expect("removed");
         assert!(!space.root.exists());
+    }
+
+    #[test]
+    fn one_runner_at_a_time_holds_the_spaces_dir() {
+        let spaces = tempfile::tempdir().expect("temp dir");
+        let held = lock_spaces(spaces.path()).expect("first lock");
+        let busy = lock_spaces(spaces.path()).expect_err("second lock");
+        assert!(matches!(busy, SpaceError::Busy(_)), "{busy}");
+        drop(held);
+        lock_spaces(spaces.path()).expect("free again");
     }
 }

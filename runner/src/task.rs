@@ -18,13 +18,15 @@ use crate::events::{EventMapper, lifecycle, log_event};
 use crate::pi_process::{PiLaunch, PiProcess};
 use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
 use crate::reporter::{ReportOptions, Reporter};
-use crate::retry::{Undelivered, persist};
+use crate::retry::{Patience, Undelivered, persist};
 use crate::space::Space;
 use crate::{orphans, profile, shutdown};
 use embark_core::text::{error_chain, head};
 
 /// After stdin EOF, how long Pi gets to exit before SIGTERM (and again before SIGKILL).
 const PI_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// The same, once shutdown is requested (Pi has been aborted by then).
+const PI_EXIT_GRACE_SHUTTING_DOWN: Duration = Duration::from_secs(2);
 /// Non-JSON stdout lines reported as events; more are only counted in logs.
 const MAX_GARBAGE_NOTES: u32 = 20;
 
@@ -45,6 +47,8 @@ pub struct TaskSettings {
     /// End the processes the task's tools left behind. Only for a runner
     /// that is a child subreaper and runs one task at a time (see `orphans`).
     pub stop_orphans: bool,
+    /// Where the running task's credential copies are, for an abrupt exit.
+    pub credentials: profile::LiveCredentials,
 }
 
 /// A finished task: its verdict, and what came of reporting it.
@@ -61,24 +65,54 @@ pub async fn run_task(
     claim: &Claim,
     mut shutdown: watch::Receiver<bool>,
 ) -> Finished {
-    let task = &claim.task;
     let reporter = Reporter::start(client.clone(), claim, settings.report, shutdown.clone());
     let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
     reporter.send(lifecycle("claimed", Some(&detail)));
 
     let deadline = Instant::now() + settings.task_timeout;
-    let (mut verdict, space) = attempt(settings, claim, &reporter, deadline, &mut shutdown).await;
+    let (verdict, space) = attempt(settings, claim, &reporter, deadline, &mut shutdown).await;
+    let finished = report(
+        client,
+        claim,
+        reporter,
+        verdict,
+        settings.report.patience,
+        &mut shutdown,
+    )
+    .await;
+    if let Some(space) = space.filter(|_| !settings.keep_spaces)
+        && let Err(e) = space.remove()
+    {
+        tracing::warn!(task = %claim.task.id, "could not remove {}: {e}", space.root.display());
+    }
+    settings.credentials.clear();
+    finished
+}
 
+/// Reports the end of a task: the `finishing` event and the rest of the
+/// events, then the verdict, whose reason notes events that were lost. The
+/// events stop in time to leave the verdict its share of the time
+/// ([`Patience`]), and the verdict always gets at least one try: a broker
+/// outage at the end of a task must not leave it `running`.
+pub async fn report(
+    client: &BrokerClient,
+    claim: &Claim,
+    reporter: Reporter,
+    mut verdict: CompleteTask,
+    patience: Patience,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Finished {
+    let task = &claim.task;
     let summary = match (&verdict.result, &verdict.reason) {
         (TaskResult::Succeeded, _) => "succeeded".to_owned(),
         (TaskResult::Failed, Some(reason)) => format!("failed: {reason}"),
         (TaskResult::Failed, None) => "failed".to_owned(),
     };
     reporter.send(lifecycle("finishing", Some(&summary)));
-    // One deadline for the last events and the verdict together.
-    let patience = settings.report.patience;
-    let report_deadline = patience.deadline(*shutdown.borrow());
-    let delivery = reporter.finish(report_deadline).await;
+    let ended = Instant::now();
+    let delivery = reporter
+        .finish(patience.events_deadline(ended, *shutdown.borrow()))
+        .await;
     if let Some(problem) = delivery.problem() {
         verdict.reason = Some(match verdict.reason.take() {
             Some(reason) => format!("{reason}; {problem}"),
@@ -92,17 +126,12 @@ pub async fn run_task(
     // A repeated verdict is answered unchanged, so retrying is safe.
     let reported = persist(
         patience,
-        report_deadline,
+        patience.verdict_deadline(ended),
         "reporting the verdict",
-        &mut shutdown,
+        shutdown,
         || client.complete(&claim.callback_token, task.id, &verdict),
     )
     .await;
-    if let Some(space) = space.filter(|_| !settings.keep_spaces)
-        && let Err(e) = space.remove()
-    {
-        tracing::warn!(task = %task.id, "could not remove {}: {e}", space.root.display());
-    }
     Finished { verdict, reported }
 }
 
@@ -134,16 +163,24 @@ async fn attempt(
         Ok(space) => space,
         Err(e) => return (failed(error_chain(&e)), None),
     };
+    settings.credentials.set(&space.pi_agent);
     let verdict = prepare_and_run(settings, claim, &space, reporter, deadline, shutdown).await;
-    clean_up(settings, task.id, &space, reporter).await;
+    clean_up(settings, task.id, &space, reporter, shutdown).await;
     (verdict, Some(space))
 }
 
 /// After Pi has exited, on every path: no process of the task lives on, and
 /// no credential stays on disk, whether the task directory is kept or not.
-async fn clean_up(settings: &TaskSettings, task: embark_core::TaskId, space: &Space, reporter: &Reporter) {
+async fn clean_up(
+    settings: &TaskSettings,
+    task: embark_core::TaskId,
+    space: &Space,
+    reporter: &Reporter,
+    shutdown: &watch::Receiver<bool>,
+) {
     if settings.stop_orphans {
-        let swept = orphans::stop_all(orphans::GRACE).await;
+        // A shutdown cuts the sweep short: the verdict must still go out in time.
+        let swept = orphans::stop_all(orphans::GRACE, &|| *shutdown.borrow()).await;
         if swept.stopped > 0 {
             tracing::info!(%task, "stopped {} processes left behind by the task's tools", swept.stopped);
             reporter.send(log_event(
@@ -231,7 +268,12 @@ async fn prepare_and_run(
     let run = run_prompt(&mut pi, &task.prompt, &mut observer, deadline, shutdown).await;
     observer.flush();
 
-    let exit = pi.shutdown(PI_EXIT_GRACE).await;
+    let grace = if *shutdown.borrow() {
+        PI_EXIT_GRACE_SHUTTING_DOWN
+    } else {
+        PI_EXIT_GRACE
+    };
+    let exit = pi.shutdown(grace).await;
     tracing::info!(task = %task.id, "Pi exited: {:?}", exit.status);
     if let Some(signal) = exit.signalled {
         reporter.send(log_event(

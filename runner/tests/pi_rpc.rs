@@ -167,6 +167,30 @@ async fn pi_failing_at_startup_reports_its_stderr() {
     }
 }
 
+#[tokio::test]
+async fn pi_gone_before_the_prompt_is_written_still_reports_its_stderr() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let model = FakeModel::start(&json!({"turns": [{"text": "unused"}]}));
+    let (_space, launch) = setup(tmp.path(), &model, "no-such-provider");
+    let mut pi = PiProcess::spawn(&launch).expect("Pi starts");
+    // Pi fails at startup and is gone before anything is written to it.
+    let status = pi
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("Pi exits on its own");
+    assert!(!status.success());
+    let (_stop, mut shutdown) = watch::channel(false);
+    let mut seen = Collect::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    match run_prompt(&mut pi, "hi", &mut seen, deadline, &mut shutdown).await {
+        Err(RpcError::ExitedEarly { status, stderr }) => {
+            assert!(status.contains('1'), "{status}");
+            assert!(stderr.contains("Unknown provider \"no-such-provider\""), "{stderr}");
+        }
+        other => panic!("expected an early exit with Pi's stderr, got {other:?}"),
+    }
+}
+
 /// A slow stream: 200 words in 6-character pieces, 30 ms apart (about 5 s).
 fn slow_stream() -> Value {
     json!({"turns": [{"text": common::long_text(200), "chunk_delay_ms": 30}]})

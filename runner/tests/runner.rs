@@ -67,8 +67,13 @@ impl World {
     }
 
     async fn submit(&self, prompt: &str, profile: &str) -> Task {
+        self.submit_repo(self.repo.origin.to_str().expect("utf-8 path"), prompt, profile)
+            .await
+    }
+
+    async fn submit_repo(&self, repo_url: &str, prompt: &str, profile: &str) -> Task {
         let task = CreateTask {
-            repo_url: self.repo.origin.to_str().expect("utf-8 path").to_owned(),
+            repo_url: repo_url.to_owned(),
             commit: self.repo.head.clone(),
             prompt: prompt.to_owned(),
             intent: ExecutionIntent {
@@ -84,9 +89,13 @@ impl World {
             .expect("task created")
     }
 
-    /// Starts the real runner binary; its stderr goes to `runner.log`.
+    /// Starts the real runner binary; its stderr goes to `runner.log` (appended: a test may start several).
     fn start_runner(&self, extra: &[&str]) -> RunnerChild {
-        let log = std::fs::File::create(self.runner_log()).expect("runner log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.runner_log())
+            .expect("runner log");
         let home = self.dir.path().join("home");
         let mut command = Command::new(embark_testkit::bin_path("embark-runner"));
         command
@@ -121,6 +130,24 @@ impl World {
             }
         }
         RunnerChild(command.spawn().expect("runner starts"))
+    }
+
+    /// Sends `signal` to the runner we started (by its PID).
+    fn signal(&self, child: &RunnerChild, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(child.0.id()).expect("pid fits")).expect("valid pid");
+        rustix::process::kill_process(pid, signal).expect("signal the runner we started");
+    }
+
+    /// Waits until the task has an event that `done` accepts.
+    async fn wait_for_event(&self, id: embark_core::TaskId, what: &str, done: impl Fn(&Event) -> bool) {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.events(id).await.iter().any(&done) {
+                return;
+            }
+            assert!(Instant::now() < until, "no {what} seen; {}", self.diagnostics());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn wait(&self, child: &mut RunnerChild, within: Duration) -> ExitStatus {
@@ -362,17 +389,10 @@ async fn sigterm_aborts_the_running_task_and_reports_it() {
     let mut runner = world.start_runner(&[]);
 
     // Wait until Pi is streaming, then ask the runner to stop.
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let events = world.events(task.id).await;
-        if !of_kind(&events, EventKind::AssistantDelta).is_empty() {
-            break;
-        }
-        assert!(Instant::now() < until, "no streaming seen; {}", world.diagnostics());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let pid = rustix::process::Pid::from_raw(i32::try_from(runner.0.id()).expect("pid fits")).expect("valid pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("signal the runner we started");
+    world
+        .wait_for_event(task.id, "streaming", |e| e.kind == EventKind::AssistantDelta)
+        .await;
+    world.signal(&runner, rustix::process::Signal::TERM);
     let status = tokio::task::block_in_place(|| world.wait(&mut runner, Duration::from_secs(30)));
     assert!(
         status.success(),
@@ -449,5 +469,163 @@ async fn processes_the_tools_leave_behind_do_not_outlive_the_task() {
     assert!(
         stopped.is_some_and(|n| n >= 3),
         "a log event says what was stopped: {stopped:?}"
+    );
+}
+
+/// A git server on 127.0.0.1 that takes in requests and never answers: a
+/// clone from it hangs. It tells how many connections it took and how many
+/// its clients have closed since.
+struct HangingGitServer {
+    url: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangingGitServer {
+    async fn start() -> HangingGitServer {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/repo.git", listener.local_addr().expect("address"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (took, gone) = (Arc::clone(&accepted), Arc::clone(&closed));
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                took.fetch_add(1, Ordering::SeqCst);
+                let gone = Arc::clone(&gone);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                    gone.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        HangingGitServer {
+            url,
+            accepted,
+            closed,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HangingGitServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_clone_fails_the_task_and_ends_git() {
+    let world = World::new(json!({"turns": [{"text": "unused"}]}));
+    let server = HangingGitServer::start().await;
+    let task = world.submit_repo(&server.url, "anything", "default").await;
+    let mut runner = world.start_runner(&[]);
+    world
+        .wait_for_event(task.id, "cloning", |e| e.payload["phase"] == "cloning")
+        .await;
+    // Git is connected and waiting for an answer that never comes.
+    let until = Instant::now() + Duration::from_secs(30);
+    while server.accepted() == 0 {
+        assert!(Instant::now() < until, "git never connected; {}", world.diagnostics());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = Instant::now();
+    world.signal(&runner, rustix::process::Signal::TERM);
+    let status = tokio::task::block_in_place(|| world.wait(&mut runner, Duration::from_secs(30)));
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0: {status}; {}",
+        world.diagnostics()
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(10), "{:?}", stopped.elapsed());
+
+    let done = world.task(task.id).await;
+    assert_eq!(done.state, TaskState::Failed, "{}", world.diagnostics());
+    let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
+    assert_eq!(reason, "runner shutting down");
+    let events = world.events(task.id).await;
+    assert_gapless(&done, &events);
+    assert_eq!(phases(&events), ["claimed", "cloning", "finishing"]);
+    let pi_agent = world.spaces().join(task.id.to_string()).join("pi-agent");
+    for file in ["auth.json", "models.json"] {
+        assert!(!pi_agent.join(file).exists(), "{file} was removed");
+    }
+    // Git's helper (git-remote-http) held the connection; the runner ended it.
+    let until = Instant::now() + Duration::from_secs(5);
+    while server.closed() < server.accepted() {
+        assert!(
+            Instant::now() < until,
+            "git still holds {} of {} connections; {}",
+            server.accepted() - server.closed(),
+            server.accepted(),
+            world.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_copies_of_a_killed_runner_are_removed_by_the_next_one() {
+    let world = World::new(slow_stream());
+    let task = world.submit("talk", "default").await;
+    let mut runner = world.start_runner(&[]);
+    world
+        .wait_for_event(task.id, "streaming", |e| e.kind == EventKind::AssistantDelta)
+        .await;
+    let pi_agent = world.spaces().join(task.id.to_string()).join("pi-agent");
+    for file in ["auth.json", "models.json"] {
+        assert!(pi_agent.join(file).exists(), "{file} is there while Pi runs");
+    }
+    // The runner's children (Pi) outlive it; they are ours to wait for.
+    let runner_pid = runner.0.id();
+    let children = embark_runner::orphans::children_of(runner_pid);
+    assert!(!children.is_empty(), "Pi runs under the runner");
+    world.signal(&runner, rustix::process::Signal::KILL);
+    tokio::task::block_in_place(|| world.wait(&mut runner, Duration::from_secs(10)));
+    for file in ["auth.json", "models.json"] {
+        assert!(pi_agent.join(file).exists(), "a killed runner cleans nothing up");
+    }
+    // Pi exits once its stdin is closed; a stray one is stopped by its PID.
+    let until = Instant::now() + Duration::from_secs(15);
+    while children.iter().any(|&pid| alive(pid)) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for &pid in children.iter().filter(|&&pid| alive(pid)) {
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("valid pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+
+    // A decoy: not a task directory, so never touched.
+    let decoy = world.spaces().join("not-a-task/pi-agent");
+    std::fs::create_dir_all(&decoy).expect("mkdir");
+    std::fs::write(decoy.join("auth.json"), "{}").expect("write");
+
+    let mut next = world.start_runner(&[]);
+    let until = Instant::now() + Duration::from_secs(15);
+    while ["auth.json", "models.json"].iter().any(|f| pi_agent.join(f).exists()) {
+        assert!(Instant::now() < until, "the copies stayed; {}", world.diagnostics());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pi_agent.join("settings.json").exists(), "only credentials go");
+    assert!(decoy.join("auth.json").exists(), "only in task directories");
+    world.signal(&next, rustix::process::Signal::TERM);
+    let status = tokio::task::block_in_place(|| world.wait(&mut next, Duration::from_secs(30)));
+    assert!(status.success(), "{status}; {}", world.diagnostics());
+    let log = std::fs::read_to_string(world.runner_log()).expect("log");
+    assert!(
+        log.contains("removed 2 credential copies a previous runner left"),
+        "{log}"
     );
 }
