@@ -73,6 +73,16 @@ fn field(rows: &[(String, String)], name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {rows:?}"))
 }
 
+/// The session's tasks as the broker holds them, newest first.
+async fn session_tasks(broker: &Broker, session_id: &str) -> Vec<embark_core::wire::Task> {
+    broker
+        .client()
+        .list_session_tasks(&broker.client_secret, session_id, 100)
+        .await
+        .expect("list the session's tasks")
+        .tasks
+}
+
 #[tokio::test]
 async fn submit_then_status_shows_the_queued_task() {
     let broker = Broker::start();
@@ -84,12 +94,7 @@ async fn submit_then_status_shows_the_queued_task() {
 
     let submitted = client.command(1, SUBMIT, &session).await;
     assert!(submitted.get("error").is_none(), "{submitted}");
-    let tasks = broker
-        .client()
-        .list_session_tasks(&broker.client_secret, "pi-session-1", 100)
-        .await
-        .expect("list")
-        .tasks;
+    let tasks = session_tasks(&broker, "pi-session-1").await;
     assert_eq!(tasks.len(), 1, "the broker holds the task");
     let task = &tasks[0];
     assert_eq!(task.commit, repo.head);
@@ -183,12 +188,7 @@ async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be
     assert!(warnings[2].contains("uncommitted changes"), "{}", warnings[2]);
     assert_eq!(second["result"]["status"]["text"], "embark: 2 tasks queued");
 
-    let tasks = broker
-        .client()
-        .list_session_tasks(&broker.client_secret, "pi-session-2", 100)
-        .await
-        .expect("list")
-        .tasks;
+    let tasks = session_tasks(&broker, "pi-session-2").await;
     assert_eq!(tasks.len(), 2);
     assert_eq!(tasks[0].commit, head, "the newest task runs at the new HEAD");
     assert_eq!(tasks[0].prompt, "second task");
@@ -356,12 +356,7 @@ async fn a_credential_in_the_remote_url_never_reaches_the_broker() {
 
     let submitted = client.command(1, SUBMIT, &session).await;
     assert!(submitted.get("error").is_none(), "{submitted}");
-    let tasks = broker
-        .client()
-        .list_session_tasks(&broker.client_secret, "pi-session-creds", 100)
-        .await
-        .expect("list")
-        .tasks;
+    let tasks = session_tasks(&broker, "pi-session-creds").await;
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].repo_url, "https://example.invalid/r.git");
     let warnings = warnings(&submitted);
@@ -420,12 +415,7 @@ async fn unusable_repositories_are_repository_errors() {
         "{answer}"
     );
 
-    let tasks = broker
-        .client()
-        .list_session_tasks(&broker.client_secret, "s", 100)
-        .await
-        .expect("list")
-        .tasks;
+    let tasks = session_tasks(&broker, "s").await;
     assert!(tasks.is_empty(), "nothing reached the broker: {tasks:?}");
     assert!(client.finish().await.is_empty());
 }
