@@ -26,13 +26,17 @@ pub enum EventKind {
     AgentEnd,
     /// Coalesced assistant text produced since the previous chunk: `{"text": string}`.
     AssistantDelta,
-    /// One complete assistant message: `{"text": string, "stop_reason": string, "error_message"?: string, "usage"?: object}`.
+    /// One complete assistant message: `{"text": string, "stop_reason": string, "error_message"?: string, "usage"?: object, "truncated"?: true}`
+    /// (`truncated` only when `text` was cut to the runner's limit).
     AssistantMessage,
-    /// A tool call started: `{"tool_call_id": string, "tool_name": string, "args": object}`.
+    /// A tool call started: `{"tool_call_id": string, "tool_name": string, "args": object, "args_truncated"?: true}`
+    /// (`args_truncated` only when long strings in `args` were shortened, or `args` was replaced by
+    /// `{"json_prefix": string}`, to keep the event small).
     ToolStart,
     /// A tool call ended: `{"tool_call_id": string, "tool_name": string, "is_error": bool, "output": string, "truncated": bool}`.
     ToolEnd,
-    /// A runner diagnostic worth showing: `{"level": "info"|"warning"|"error", "message": string}`.
+    /// A diagnostic worth showing (a Pi extension's notification or error, a non-JSON line from Pi,
+    /// a runner warning): `{"level": "info"|"warning"|"error", "message": string}`.
     Log,
 }
 

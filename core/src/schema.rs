@@ -221,7 +221,8 @@ fn rpc_method<P: JsonSchema, R: JsonSchema>(
         "name": name,
         "summary": summary,
         "description": description,
-        "paramStructure": "by-name",
+        // Named params are the documented form; jsonrpsee also takes them by position, in field order.
+        "paramStructure": "either",
         "params": params,
         "result": {"name": R::schema_name(), "schema": generator.subschema_for::<R>().to_value()},
         "errors": errors,

@@ -143,7 +143,7 @@ fn the_openrpc_document_describes_the_protocol() {
         .iter()
         .zip([(["protocol", "client"], "HelloResult"), (["line", "session"], "View")])
     {
-        assert_eq!(m["paramStructure"], "by-name", "{}", m["name"]);
+        assert_eq!(m["paramStructure"], "either", "{}", m["name"]);
         let got: Vec<&str> = m["params"]
             .as_array()
             .expect("params")

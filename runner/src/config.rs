@@ -31,16 +31,16 @@ pub struct Cli {
     /// Name shown in the broker and logs (default: the host name; TOML `name`).
     #[arg(long, env = "EMBARK_RUNNER_NAME")]
     pub name: Option<String>,
-    /// Directory holding one directory per task (default ~/.local/share/embark/spaces; TOML `spaces`).
+    /// Directory holding one directory per task (default $XDG_DATA_HOME/embark/spaces or ~/.local/share/embark/spaces; TOML `spaces`).
     #[arg(long, env = "EMBARK_RUNNER_SPACES", value_name = "DIR")]
     pub spaces: Option<PathBuf>,
-    /// Directory holding one directory per auth profile (default ~/.config/embark/profiles; TOML `profiles`).
+    /// Directory holding one directory per auth profile (default $XDG_CONFIG_HOME/embark/profiles or ~/.config/embark/profiles; TOML `profiles`).
     #[arg(long, env = "EMBARK_RUNNER_PROFILES", value_name = "DIR")]
     pub profiles: Option<PathBuf>,
     /// The Pi executable (default `pi` on PATH; TOML `pi`).
     #[arg(long, env = "EMBARK_PI_BIN", value_name = "PATH")]
     pub pi: Option<PathBuf>,
-    /// TOML config file (default ~/.config/embark/runner.toml; a missing default file is fine).
+    /// TOML config file (default $XDG_CONFIG_HOME/embark/runner.toml or ~/.config/embark/runner.toml; a missing default file is fine).
     #[arg(long, env = "EMBARK_RUNNER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Run one task, then exit (TOML `once`).
@@ -156,16 +156,15 @@ impl Config {
             },
         };
 
-        let broker_url = cli
-            .broker_url
-            .or(file.broker_url)
-            .filter(|u| !u.trim().is_empty())
+        // An empty value counts as unset at every level, so `EMBARK_BROKER_URL=` does not hide the file's.
+        let set = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        let broker_url = set(cli.broker_url)
+            .or(set(file.broker_url))
             .ok_or_else(|| ConfigError::MissingBrokerUrl {
                 toml: toml_name.clone(),
             })?;
-        let enrollment_secret = env("EMBARK_RUNNER_ENROLLMENT_SECRET")
-            .or(file.enrollment_secret)
-            .filter(|s| !s.is_empty())
+        let enrollment_secret = set(env("EMBARK_RUNNER_ENROLLMENT_SECRET"))
+            .or(set(file.enrollment_secret))
             .map(Secret::new)
             .ok_or(ConfigError::MissingEnrollmentSecret { toml: toml_name })?;
         let name = match cli.name.or(file.name) {
@@ -348,6 +347,13 @@ mod tests {
         let config = Config::resolve(cli(&args), &env).expect("resolves");
         assert_eq!(config.enrollment_secret.expose(), "env-secret", "env beats TOML");
         assert!(!config.keep_spaces);
+
+        // Empty values count as unset: they do not hide the file's.
+        let env = env_of(&[("HOME", "/x"), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "")]);
+        let args = ["--config", toml_path.to_str().expect("utf-8"), "--broker-url", ""];
+        let config = Config::resolve(cli(&args), &env).expect("resolves");
+        assert_eq!(config.broker_url, "http://toml");
+        assert_eq!(config.enrollment_secret.expose(), "toml-secret");
     }
 
     #[test]
