@@ -11,15 +11,14 @@
 // In a terminal it opens Pi for you to type `/embark "…"`; without one (CI,
 // a pipe) or with --check it runs one round trip itself and prints it.
 
-import { execFileSync } from "node:child_process";
-import { spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 
 import { stopAll } from "../smoke/lib/process.mjs";
-import { FINISHED_STATES, PiRpc, submittedTaskId, taskState } from "../smoke/lib/pi-rpc-client.mjs";
-import { PI_BIN, ROOT, buildBinaries, fakeModels, fixtureRepo, startBroker, startFakeModel, startRunner, writeProfile } from "../smoke/lib/stack.mjs";
+import { PiRpc, pollStatus, submittedTaskId } from "../smoke/lib/pi-rpc-client.mjs";
+import { PI_BIN, PI_SETTINGS, ROOT, buildBinaries, fakeModels, fixtureRepo, startBrokerAndRunner, startFakeModel } from "../smoke/lib/stack.mjs";
 
 const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
@@ -104,8 +103,7 @@ async function main() {
   const repo = targetRepo();
   const choice = await chooseModel();
 
-  const settings = { retry: { enabled: false, provider: { maxRetries: 0 } } };
-  const profileFiles = { "settings.json": settings };
+  const profileFiles = {};
   let model;
   if (!choice.real) {
     model = await startFakeModel(STATE, DEMO_SCRIPT);
@@ -115,20 +113,19 @@ async function main() {
     say(`using the real model ${choice.provider}/${choice.model}`);
   }
   if (Object.keys(choice.auth).length) profileFiles["auth.json"] = choice.auth;
-  const profiles = join(STATE, "profiles");
-  const profileDir = writeProfile(profiles, "default", profileFiles);
-  if (profileFiles["auth.json"]) chmodSync(join(profileDir, "auth.json"), 0o600);
 
-  const secrets = { client: "demo-client-secret-0123456789", enrollment: "demo-enrollment-secret-0123456789" };
-  const broker = await startBroker(STATE, bin, secrets);
-  startRunner(STATE, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces: join(STATE, "spaces"), profiles, name: "demo-runner" });
-  say(`broker ${broker.url} (SQLite ${join(STATE, "broker.db")}), runner spaces ${join(STATE, "spaces")}`);
+  const { broker, secrets, spaces } = await startBrokerAndRunner(STATE, bin, {
+    label: "demo",
+    profile: profileFiles,
+    runnerName: "demo-runner",
+  });
+  say(`broker ${broker.url} (SQLite ${join(STATE, "broker.db")}), runner spaces ${spaces}`);
 
   const laptopAgent = join(STATE, "laptop-agent");
   mkdirSync(laptopAgent, { recursive: true });
   if (model) {
     writeFileSync(join(laptopAgent, "models.json"), JSON.stringify(fakeModels(model.baseUrl), null, 2));
-    writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify({ ...settings, defaultProvider: "fake", defaultModel: "fake-model" }));
+    writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify({ ...PI_SETTINGS, defaultProvider: "fake", defaultModel: "fake-model" }));
   }
   const env = {
     ...process.env,
@@ -161,19 +158,11 @@ async function roundTrip(repo, env, piArgs) {
   for (const note of submitted.notes) process.stdout.write(`${note.message}\n`);
   const id = submittedTaskId(submitted);
   if (!id) throw new Error("the submit did not name a task");
-  const deadline = Date.now() + 300_000;
-  for (;;) {
-    const status = await pi.embark(`status ${id}`);
-    const state = taskState(status);
-    if (FINISHED_STATES.includes(state) || Date.now() > deadline) {
-      say(`/embark status ${id}`);
-      for (const note of status.notes) process.stdout.write(`${note.message}\n`);
-      for (const message of status.messages) process.stdout.write(`${message.content}\n`);
-      if (state !== "succeeded") throw new Error(`task ${id} ended ${state ?? "unfinished"}`);
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+  const { status, state } = await pollStatus(pi, id, 300_000);
+  say(`/embark status ${id}`);
+  for (const note of status.notes) process.stdout.write(`${note.message}\n`);
+  for (const message of status.messages) process.stdout.write(`${message.content}\n`);
+  if (state !== "succeeded") throw new Error(`task ${id} ended ${state ?? "unfinished"}`);
 }
 
 main()

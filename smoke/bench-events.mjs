@@ -8,15 +8,13 @@
 // broker; we count the rows the broker stored. Both runs are side by side in
 // this script, and the ratio is printed.
 
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { mkdirSync, writeFileSync } from "node:fs";
-
 import { stopAll } from "./lib/process.mjs";
 import { PiRpc } from "./lib/pi-rpc-client.mjs";
-import { PI_BIN, buildBinaries, fakeModels, fixtureRepo, requirePi, startBroker, startFakeModel, startRunner, writeProfile } from "./lib/stack.mjs";
+import { PI_BIN, PI_SETTINGS, buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
 
 const CHARS = Number(process.env.BENCH_CHARS ?? 24_000);
 const PIECE = 6; // the fake model's text piece size
@@ -40,14 +38,10 @@ async function main() {
   const repo = fixtureRepo(join(dir, "repo"));
   const text = Array.from({ length: CHARS }, (_, i) => "abcdefghij klmnopqrst"[i % 21]).join("");
   const model = await startFakeModel(dir, { turns: [{ text, chunk_delay_ms: CHUNK_DELAY_MS }] });
-  const secrets = { client: "bench-client-secret-0123456789", enrollment: "bench-enrollment-secret-0123456789" };
-  const broker = await startBroker(dir, bin, secrets);
-  const profiles = join(dir, "profiles");
-  writeProfile(profiles, "default", {
-    "models.json": fakeModels(model.baseUrl),
-    "settings.json": { retry: { enabled: false, provider: { maxRetries: 0 } } },
+  const { broker, secrets } = await startBrokerAndRunner(dir, bin, {
+    label: "bench",
+    profile: { "models.json": fakeModels(model.baseUrl) },
   });
-  startRunner(dir, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces: join(dir, "spaces"), profiles });
 
   const task = await api(broker.url, secrets.client, "/v1/tasks", {
     repo_url: repo.origin,
@@ -93,7 +87,7 @@ async function piBaseline(baseUrl, cwd) {
   const agent = join(dir, "baseline-agent");
   mkdirSync(agent, { recursive: true });
   writeFileSync(join(agent, "models.json"), JSON.stringify(fakeModels(baseUrl)));
-  writeFileSync(join(agent, "settings.json"), JSON.stringify({ retry: { enabled: false, provider: { maxRetries: 0 } } }));
+  writeFileSync(join(agent, "settings.json"), JSON.stringify(PI_SETTINGS));
   const pi = PiRpc.start({
     piBin: PI_BIN,
     cwd,

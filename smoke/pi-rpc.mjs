@@ -10,18 +10,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 import { stopAll } from "./lib/process.mjs";
-import { FINISHED_STATES, PiRpc, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
-import {
-  ROOT,
-  buildBinaries,
-  fakeModels,
-  fixtureRepo,
-  requirePi,
-  startBroker,
-  startFakeModel,
-  startRunner,
-  writeProfile,
-} from "./lib/stack.mjs";
+import { FINISHED_STATES, PiRpc, pollStatus, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
+import { ROOT, buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
 
 const PROMPT = "create remote.txt saying remote hello";
 const FINAL_TEXT = "done: remote.txt now says remote hello";
@@ -46,17 +36,12 @@ async function main() {
   step(`fixture repo ${repo.work} at ${repo.head.slice(0, 12)}`);
 
   const model = await startFakeModel(dir, SCRIPT);
-  const secrets = { client: "smoke-client-secret-0123456789", enrollment: "smoke-enrollment-secret-0123456789" };
-  const broker = await startBroker(dir, bin, secrets);
-  step(`broker on ${broker.url}, fake model on ${model.baseUrl}`);
-
-  const profiles = join(dir, "profiles");
-  writeProfile(profiles, "default", {
-    "models.json": fakeModels(model.baseUrl),
-    "settings.json": { retry: { enabled: false, provider: { maxRetries: 0 } } },
+  const { broker, secrets, spaces } = await startBrokerAndRunner(dir, bin, {
+    label: "smoke",
+    profile: { "models.json": fakeModels(model.baseUrl) },
+    runnerName: "smoke-runner",
   });
-  const spaces = join(dir, "spaces");
-  startRunner(dir, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces, profiles, name: "smoke-runner" });
+  step(`broker on ${broker.url}, fake model on ${model.baseUrl}`);
 
   // The laptop: its own Pi config dir and HOME, nothing from the real one.
   const laptopAgent = join(dir, "laptop-agent");
@@ -95,16 +80,8 @@ async function main() {
   if (!shortId) fail(`submit did not name a task: ${submitText}`);
 
   // Poll status (bounded) until the task's state row says it is finished.
-  let status;
-  let state;
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    status = await pi.embark(`status ${shortId}`);
-    state = taskState(status);
-    if (FINISHED_STATES.includes(state)) break;
-    if (Date.now() > deadline) fail(`task ${shortId} did not finish within 120 s; last state ${state}`);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+  const { status, state } = await pollStatus(pi, shortId, 120_000);
+  if (!FINISHED_STATES.includes(state)) fail(`task ${shortId} did not finish within 120 s; last state ${state}`);
   step(`status:\n${status.notes.map((n) => n.message).join("\n")}`);
   if (state !== "succeeded") fail(`task ended ${state}: ${JSON.stringify(status.messages)}`);
   const results = status.messages.filter((m) => m.customType === "embark-result");

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-pub use embark_core::secret::Secret;
+use embark_core::secret::Secret;
 use embark_core::{dirs, text};
 use serde::Deserialize;
 

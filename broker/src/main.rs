@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use embark_broker::config::{Args, Config};
 use embark_broker::server;
+use embark_core::dirs;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -22,7 +23,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::load(args, |name| std::env::var(name).ok()).context("configuration")?;
+    let config = Config::load(args, dirs::process_env).context("configuration")?;
     server::run(config, server::shutdown_signal()).await?;
     Ok(())
 }

@@ -69,15 +69,13 @@ pub fn error_chain(error: &dyn Error) -> String {
 /// e.g. for an unquoted numeric secret), that value is cut out of it.
 pub fn parse_error_detail(source: &str, span: Option<Range<usize>>, message: &str) -> String {
     let message = message.trim();
-    let Some(span) = span.filter(|s| s.start <= s.end && s.end <= source.len()) else {
-        return message.to_owned();
-    };
-    let Some(offending) = source.get(span.clone()) else {
+    // `str::get` refuses a span that is reversed, out of range or off a character boundary.
+    let Some((start, offending)) = span.and_then(|span| Some((span.start, source.get(span)?))) else {
         return message.to_owned();
     };
     let mut message = message.to_owned();
-    let line_start = source[..span.start].rfind('\n').map_or(0, |i| i + 1);
-    let is_value = source[line_start..span.start].contains('=');
+    let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
+    let is_value = source[line_start..start].contains('=');
     if is_value {
         let bare = offending.trim().trim_matches(['"', '\'']);
         // A short value cannot be a secret; cutting it could mangle the words around it.
@@ -85,8 +83,8 @@ pub fn parse_error_detail(source: &str, span: Option<Range<usize>>, message: &st
             message = message.replace(bare, "…");
         }
     }
-    let line = source[..span.start].matches('\n').count() + 1;
-    let column = source[line_start..span.start].chars().count() + 1;
+    let line = source[..start].matches('\n').count() + 1;
+    let column = source[line_start..start].chars().count() + 1;
     format!("line {line}, column {column}: {message}")
 }
 

@@ -62,6 +62,11 @@ export class EmbarkClient {
   async stop(): Promise<void> {
     const starting = this.#starting;
     if (starting !== undefined) await starting.catch(() => undefined);
+    await this.#discard();
+  }
+
+  /** Forgets the current sidecar, if any, and stops it. */
+  async #discard(): Promise<void> {
     const sidecar = this.#sidecar;
     this.#sidecar = undefined;
     this.#hello = undefined;
@@ -69,19 +74,11 @@ export class EmbarkClient {
   }
 
   async #start(cwd: string): Promise<Sidecar> {
-    const previous = this.#sidecar;
-    this.#sidecar = undefined;
-    this.#hello = undefined;
-    if (previous !== undefined) await previous.stop();
+    await this.#discard();
 
     const located = (this.#options.locate ?? locateSidecar)();
-    const sidecar = new Sidecar({
-      path: located.path,
-      args: this.#options.args ?? ["--stdio"],
-      cwd,
-      ...(this.#options.env !== undefined ? { env: this.#options.env } : {}),
-      ...(this.#options.callTimeoutMs !== undefined ? { callTimeoutMs: this.#options.callTimeoutMs } : {}),
-    });
+    const { args, env, callTimeoutMs } = this.#options;
+    const sidecar = new Sidecar({ path: located.path, args, cwd, env, callTimeoutMs });
     const params: HelloParams = { protocol: PROTOCOL_VERSION, client: this.#options.client ?? clientInfo() };
     let hello: HelloResult;
     try {

@@ -42,12 +42,13 @@ export class SidecarError extends Error {
 
 export interface SidecarOptions {
   path: string;
-  args?: string[];
+  /** Default `["--stdio"]`. */
+  args?: string[] | undefined;
   cwd: string;
-  env?: NodeJS.ProcessEnv;
-  callTimeoutMs?: number;
-  /** Called for each message the sidecar sends that is not a reply (notifications). */
-  onNotification?: (message: Record<string, unknown>) => void;
+  /** Default: this process's environment. */
+  env?: NodeJS.ProcessEnv | undefined;
+  /** Default {@link DEFAULT_CALL_TIMEOUT_MS}. */
+  callTimeoutMs?: number | undefined;
 }
 
 interface Pending {
@@ -63,7 +64,6 @@ export class Sidecar {
   readonly #pending = new Map<number, Pending>();
   readonly #stderr = new StderrTail();
   readonly #callTimeoutMs: number;
-  readonly #onNotification: (message: Record<string, unknown>) => void;
   #nextId = 1;
   /** Set once the process is gone or unusable; every later call fails with it. */
   #failure: string | undefined;
@@ -74,7 +74,6 @@ export class Sidecar {
   constructor(options: SidecarOptions) {
     this.path = options.path;
     this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
-    this.#onNotification = options.onNotification ?? (() => {});
     this.#child = spawn(options.path, options.args ?? ["--stdio"], {
       cwd: options.cwd,
       env: options.env ?? process.env,
@@ -131,11 +130,6 @@ export class Sidecar {
   /** False once the process exited or broke the protocol. */
   get usable(): boolean {
     return this.#failure === undefined && !this.#exited;
-  }
-
-  /** The last lines the sidecar wrote to stderr. */
-  stderrLines(count = 20): string[] {
-    return this.#stderr.lastLines(count);
   }
 
   /** How the process ended, once it has. */
@@ -197,10 +191,8 @@ export class Sidecar {
       return;
     }
     if (!("id" in message) || message.id === null) {
-      if (typeof message.method === "string") {
-        this.#onNotification(message);
-        return;
-      }
+      // A notification: protocol 1 has none, so there is nothing to do with one.
+      if (typeof message.method === "string") return;
       // An error without id answers a request the sidecar could not parse.
       // Ours are always well-formed, so this is a protocol fault.
       const err = isObject(message.error) ? message.error : {};

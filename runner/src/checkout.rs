@@ -11,10 +11,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use embark_core::repo_url::{has_credentials, without_credentials};
+use embark_core::text::tail;
 use tokio::process::Command;
 use tokio::time::Instant;
-
-use embark_core::text::tail;
 
 /// How much of git's stderr an error carries.
 const STDERR_TAIL_BYTES: usize = 2048;

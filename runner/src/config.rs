@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 use embark_core::dirs;
-pub use embark_core::secret::Secret;
+use embark_core::secret::Secret;
 use serde::Deserialize;
 
 /// Shortest claim long-poll accepted: shorter ones would hammer the broker.

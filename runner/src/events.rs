@@ -8,10 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use embark_core::text::head;
 use embark_core::{EventKind, NewEvent};
 use serde_json::{Map, Value, json};
-
-use embark_core::text::head;
 
 /// Longest a text delta waits in the buffer before it is reported.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(250);
@@ -271,7 +270,8 @@ fn shorten_strings(value: Value, max: usize) -> Value {
     }
 }
 
-fn serialized_len(value: &Value) -> usize {
+/// Bytes of `value` as JSON (the measure of the broker's payload limits).
+pub(crate) fn serialized_len(value: &Value) -> usize {
     serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX)
 }
 

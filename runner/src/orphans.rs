@@ -67,7 +67,7 @@ pub async fn stop_all(grace: Duration, hurry: &dyn Fn() -> bool) -> Swept {
             signal(pid, Signal::TERM);
         }
         // Under a hurry the grace shrinks to what is left before the kill wait.
-        let term_until = cap(Instant::now() + grace);
+        let term_until = Instant::now() + grace;
         let term_until = hurry_until.map_or(term_until, |h| term_until.min(h - KILL_WAIT));
         let mut left = reap_until(orphans.clone(), term_until).await;
         for &pid in &left {

@@ -9,13 +9,12 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use embark_core::text::{head, tail};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-use embark_core::text::{head, tail};
 
 /// Longest stdout line accepted (an `agent_end` carries the whole conversation).
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
@@ -179,9 +178,14 @@ impl PiProcess {
 
     /// Waits up to `within` for Pi to exit on its own (after its stdout closed).
     pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let status = tokio::time::timeout(within, self.child.wait()).await.ok()?.ok();
+        let status = self.wait_within(within).await;
         self.settle_stderr().await;
         status
+    }
+
+    /// Pi's exit status, if it exits within `within`.
+    async fn wait_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(within, self.child.wait()).await.ok()?.ok()
     }
 
     /// Closes stdin (Pi exits on EOF), then after `grace` sends SIGTERM to
@@ -189,10 +193,7 @@ impl PiProcess {
     pub async fn shutdown(mut self, grace: Duration) -> PiExit {
         drop(self.stdin.take());
         let mut signalled = None;
-        let mut status = tokio::time::timeout(grace, self.child.wait())
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let mut status = self.wait_within(grace).await;
         if status.is_none() {
             signalled = Some("SIGTERM");
             if let Some(pid) = self
@@ -203,10 +204,7 @@ impl PiProcess {
             {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
-            status = tokio::time::timeout(grace, self.child.wait())
-                .await
-                .ok()
-                .and_then(Result::ok);
+            status = self.wait_within(grace).await;
         }
         if status.is_none() {
             signalled = Some("SIGKILL");

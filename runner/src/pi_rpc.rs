@@ -11,6 +11,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::events::AssistantSummary;
 use crate::pi_process::{PiError, PiProcess, Record};
+use crate::shutdown;
 
 const PROMPT_ID: &str = "p1";
 const ABORT_ID: &str = "a1";
@@ -75,12 +76,11 @@ pub async fn run_prompt(
     driver
         .send(&json!({"id": PROMPT_ID, "type": "prompt", "message": prompt}))
         .await?;
-    if *shutdown.borrow_and_update() {
+    if *shutdown.borrow() {
         driver.interrupt(Interrupted::ShuttingDown).await;
     }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown_open = true;
     loop {
         let give_up_at = driver.give_up_at;
         let interrupted = driver.run.interrupted.is_some();
@@ -99,11 +99,7 @@ pub async fn run_prompt(
             }
             _ = tick.tick() => driver.observer.on_tick(),
             _ = sleep_until(deadline), if !interrupted => driver.interrupt(Interrupted::TimedOut).await,
-            changed = shutdown.changed(), if !interrupted && shutdown_open => match changed {
-                Ok(()) if *shutdown.borrow_and_update() => driver.interrupt(Interrupted::ShuttingDown).await,
-                Ok(()) => {}
-                Err(_) => shutdown_open = false,
-            },
+            () = shutdown::requested(shutdown), if !interrupted => driver.interrupt(Interrupted::ShuttingDown).await,
             // Pi did not end the run after `abort`: stop waiting for it.
             _ = sleep_until(give_up_at.unwrap_or(deadline)), if give_up_at.is_some() => break,
         }

@@ -26,16 +26,16 @@ use std::future::Future;
 
 use embark_core::client::{BrokerClient, ClientError};
 use embark_core::limits::{MAX_EVENT_PAYLOAD_BYTES, MAX_EVENTS_PER_APPEND};
+use embark_core::text::error_chain;
 use embark_core::wire::{AppendEvents, Claim, EventsAppended};
 use embark_core::{NewEvent, TaskId};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant, sleep_until};
 
-use crate::events::log_event;
-use crate::retry::{Backoff, Patience, is_transient};
+use crate::events::{log_event, serialized_len};
+use crate::retry::{Patience, is_transient};
 use crate::shutdown;
-use embark_core::text::error_chain;
 
 /// How long the first event of a batch waits for company.
 const LINGER: Duration = Duration::from_millis(100);
@@ -118,9 +118,7 @@ struct Queued {
 
 impl Queued {
     fn new(event: NewEvent) -> Queued {
-        let size = serde_json::to_vec(&event.payload)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
+        let size = serialized_len(&event.payload);
         Queued { event, size }
     }
 }
@@ -295,8 +293,7 @@ impl Worker {
         mut rx: mpsc::UnboundedReceiver<Message>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Delivery {
-        let patience = self.options.patience;
-        let mut backoff = Backoff::new(&patience);
+        let mut backoff = self.options.patience.backoff();
         // The batch being delivered: every try sends exactly this, batch id included.
         let mut batch: Option<AppendEvents> = None;
         // After a failed try: when to try again.
@@ -493,11 +490,16 @@ impl Worker {
     }
 
     fn push(&mut self, event: Queued) {
+        self.count_in(&event);
+        self.queue.push_back(event);
+    }
+
+    /// Accounts for `event` about to join the queue.
+    fn count_in(&mut self, event: &Queued) {
         if self.queue.is_empty() {
             self.queued_since = Instant::now();
         }
         self.queued_bytes += event.size;
-        self.queue.push_back(event);
     }
 
     fn clear_queue(&mut self) {
@@ -530,10 +532,7 @@ impl Worker {
                 "error",
                 &format!("{count} events were dropped here: the broker refused them: {message}"),
             ));
-            if self.queue.is_empty() {
-                self.queued_since = Instant::now();
-            }
-            self.queued_bytes += note.size;
+            self.count_in(&note);
             self.queue.push_front(note);
         }
     }

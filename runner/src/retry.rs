@@ -6,11 +6,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use embark_core::client::ClientError;
+use embark_core::text::error_chain;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use crate::shutdown;
-use embark_core::text::error_chain;
 
 /// How often and how patiently a call is retried.
 #[derive(Clone, Copy, Debug)]
@@ -84,6 +84,11 @@ impl Patience {
     pub fn verdict_on_shutdown(&self, deadline: Instant) -> Instant {
         deadline.min(Instant::now() + self.shutdown_verdict)
     }
+
+    /// The pauses between tries of a report.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.first_backoff, self.max_backoff)
+    }
 }
 
 /// Exponential backoff, capped.
@@ -95,11 +100,12 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(patience: &Patience) -> Backoff {
+    /// Pauses from `first`, doubling, never longer than `max`.
+    pub fn new(first: Duration, max: Duration) -> Backoff {
         Backoff {
-            next: patience.first_backoff,
-            first: patience.first_backoff,
-            max: patience.max_backoff,
+            next: first,
+            first,
+            max,
         }
     }
 
@@ -206,7 +212,7 @@ where
     if shutting_down {
         deadline = patience.verdict_on_shutdown(deadline);
     }
-    let mut backoff = Backoff::new(&patience);
+    let mut backoff = patience.backoff();
     let mut tries = 0u32;
     let mut last = None;
     loop {
@@ -335,10 +341,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new(&Patience {
+        let mut backoff = Patience {
             first_backoff: Duration::from_millis(250),
             ..Patience::REPORT
-        });
+        }
+        .backoff();
         let pauses: Vec<u64> = (0..10).map(|_| backoff.next_pause().as_millis() as u64).collect();
         assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
         backoff.reset();

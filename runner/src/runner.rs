@@ -5,21 +5,22 @@ use std::time::Duration;
 
 use embark_core::client::{BrokerClient, ClientError};
 use embark_core::repo_url::without_credentials;
+use embark_core::text::error_chain;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::profile::LiveCredentials;
-use crate::reporter::ReportOptions;
-use crate::retry::{RetryPolicy, Undelivered, answer_may_be_lost, is_transient, with_retries};
+use crate::retry::{Backoff, RetryPolicy, Undelivered, answer_may_be_lost, is_transient, with_retries};
 use crate::shutdown;
 use crate::task::{TaskSettings, run_task};
-use embark_core::text::error_chain;
 
 /// Enrollment keeps trying for about a minute (the broker may start later).
 const ENROLL_RETRY: RetryPolicy = RetryPolicy {
     attempts: 8,
     first_backoff: Duration::from_millis(500),
 };
+/// First pause after a failed claim; doubled after each later failure.
+const FIRST_CLAIM_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest pause between failed claims.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -73,11 +74,10 @@ pub async fn run(
         task_timeout: config.task_timeout,
         clone_timeout: config.clone_timeout,
         keep_spaces: config.keep_spaces,
-        report: ReportOptions::default(),
         stop_orphans,
         credentials,
     };
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(FIRST_CLAIM_BACKOFF, MAX_CLAIM_BACKOFF);
     loop {
         if *shutdown.borrow() {
             break;
@@ -102,17 +102,17 @@ pub async fn run(
                         error_chain(&e)
                     );
                 }
-                tracing::warn!("claiming failed, retrying in {backoff:?}: {}", error_chain(&e));
+                let pause = backoff.next_pause();
+                tracing::warn!("claiming failed, retrying in {pause:?}: {}", error_chain(&e));
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(pause) => {}
                     () = shutdown::requested(&mut shutdown) => break,
                 }
-                backoff = (backoff * 2).min(MAX_CLAIM_BACKOFF);
                 continue;
             }
             Err(e) => return Err(RunnerError::Claim(e)),
         };
-        backoff = Duration::from_secs(1);
+        backoff.reset();
         let id = claim.task.id;
         tracing::info!(
             task = %id,
@@ -121,8 +121,7 @@ pub async fn run(
             "claimed"
         );
 
-        let finished = run_task(&client, &settings, &claim, shutdown.clone()).await;
-        match finished.reported {
+        match run_task(&client, &settings, &claim, shutdown.clone()).await {
             Ok(task) => tracing::info!(task = %id, state = %task.state, "verdict reported"),
             Err(source) if config.once => return Err(RunnerError::Complete { task: id, source }),
             Err(source) => tracing::error!("{}", error_chain(&RunnerError::Complete { task: id, source })),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use embark_core::client::BrokerClient;
 use embark_core::limits::MAX_RESULT_TEXT_BYTES;
 use embark_core::repo_url::without_credentials;
+use embark_core::text::{error_chain, head};
 use embark_core::wire::{Claim, CompleteTask, Task, TaskResult};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -21,7 +22,6 @@ use crate::reporter::{ReportOptions, Reporter};
 use crate::retry::{Patience, Undelivered, persist};
 use crate::space::Space;
 use crate::{orphans, profile, shutdown};
-use embark_core::text::{error_chain, head};
 
 /// After stdin EOF, how long Pi gets to exit before SIGTERM (and again before SIGKILL).
 const PI_EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -42,8 +42,6 @@ pub struct TaskSettings {
     pub task_timeout: Duration,
     pub clone_timeout: Duration,
     pub keep_spaces: bool,
-    /// How reports ride out a broker outage.
-    pub report: ReportOptions,
     /// End the processes the task's tools left behind. Only for a runner
     /// that is a child subreaper and runs one task at a time (see `orphans`).
     pub stop_orphans: bool,
@@ -51,42 +49,29 @@ pub struct TaskSettings {
     pub credentials: profile::LiveCredentials,
 }
 
-/// A finished task: its verdict, and what came of reporting it.
-#[derive(Debug)]
-pub struct Finished {
-    pub verdict: CompleteTask,
-    pub reported: Result<Task, Undelivered>,
-}
-
-/// Runs the claimed task and reports its events and verdict.
+/// Runs the claimed task and reports its events and verdict; returns the
+/// task as the broker took the verdict, or why it could not be delivered.
 pub async fn run_task(
     client: &BrokerClient,
     settings: &TaskSettings,
     claim: &Claim,
     mut shutdown: watch::Receiver<bool>,
-) -> Finished {
-    let reporter = Reporter::start(client.clone(), claim, settings.report, shutdown.clone());
+) -> Result<Task, Undelivered> {
+    let options = ReportOptions::default();
+    let reporter = Reporter::start(client.clone(), claim, options, shutdown.clone());
     let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
     reporter.send(lifecycle("claimed", Some(&detail)));
 
     let deadline = Instant::now() + settings.task_timeout;
     let (verdict, space) = attempt(settings, claim, &reporter, deadline, &mut shutdown).await;
-    let finished = report(
-        client,
-        claim,
-        reporter,
-        verdict,
-        settings.report.patience,
-        &mut shutdown,
-    )
-    .await;
+    let reported = report(client, claim, reporter, verdict, options.patience, &mut shutdown).await;
     if let Some(space) = space.filter(|_| !settings.keep_spaces)
         && let Err(e) = space.remove()
     {
         tracing::warn!(task = %claim.task.id, "could not remove {}: {e}", space.root.display());
     }
     settings.credentials.clear();
-    finished
+    reported
 }
 
 /// Reports the end of a task: the `finishing` event and the rest of the
@@ -101,7 +86,7 @@ pub async fn report(
     mut verdict: CompleteTask,
     patience: Patience,
     shutdown: &mut watch::Receiver<bool>,
-) -> Finished {
+) -> Result<Task, Undelivered> {
     let task = &claim.task;
     let summary = match (&verdict.result, &verdict.reason) {
         (TaskResult::Succeeded, _) => "succeeded".to_owned(),
@@ -124,15 +109,14 @@ pub async fn report(
     tracing::info!(task = %task.id, result = ?verdict.result, reason = ?verdict.reason, "task finished");
 
     // A repeated verdict is answered unchanged, so retrying is safe.
-    let reported = persist(
+    persist(
         patience,
         patience.verdict_deadline(ended),
         "reporting the verdict",
         shutdown,
         || client.complete(&claim.callback_token, task.id, &verdict),
     )
-    .await;
-    Finished { verdict, reported }
+    .await
 }
 
 fn failed(reason: impl Into<String>) -> CompleteTask {
@@ -315,17 +299,14 @@ pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> Comp
         }),
         (None, true, Some(_)) => None,
     };
-    match reason {
-        Some(reason) => CompleteTask {
-            result: TaskResult::Failed,
-            final_text,
-            reason: Some(reason),
+    CompleteTask {
+        result: if reason.is_some() {
+            TaskResult::Failed
+        } else {
+            TaskResult::Succeeded
         },
-        None => CompleteTask {
-            result: TaskResult::Succeeded,
-            final_text,
-            reason: None,
-        },
+        final_text,
+        reason,
     }
 }
 

@@ -191,15 +191,10 @@ async fn pi_gone_before_the_prompt_is_written_still_reports_its_stderr() {
     }
 }
 
-/// A slow stream: 200 words in 6-character pieces, 30 ms apart (about 5 s).
-fn slow_stream() -> Value {
-    json!({"turns": [{"text": common::long_text(200), "chunk_delay_ms": 30}]})
-}
-
 #[tokio::test]
 async fn a_deadline_aborts_the_run_and_deltas_stay_coalesced() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let model = FakeModel::start(&slow_stream());
+    let model = FakeModel::start(&common::slow_stream());
     let (_space, launch) = setup(tmp.path(), &model, "fake");
     let (_stop, mut shutdown) = watch::channel(false);
     let started = Instant::now();
@@ -228,7 +223,7 @@ async fn a_deadline_aborts_the_run_and_deltas_stay_coalesced() {
 #[tokio::test]
 async fn a_shutdown_request_aborts_the_run() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let model = FakeModel::start(&slow_stream());
+    let model = FakeModel::start(&common::slow_stream());
     let (_space, launch) = setup(tmp.path(), &model, "fake");
     let (stop, mut shutdown) = watch::channel(false);
     let stopper = tokio::spawn(async move {

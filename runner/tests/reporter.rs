@@ -352,8 +352,7 @@ fn expected(range: std::ops::RangeInclusive<u32>) -> Vec<String> {
 }
 
 /// Short pauses so the test is quick; the broker stays away far longer than
-/// the longest pause. (The old bounded policy with this first pause, 4 tries,
-/// gave up after about 0.5 s and lost the rest of the task's events.)
+/// the longest pause.
 const QUICK: Patience = Patience {
     first_backoff: Duration::from_millis(50),
     max_backoff: Duration::from_millis(200),
@@ -790,14 +789,14 @@ async fn the_verdict_lands_after_an_outage_that_outlasted_the_events() {
             reporter.send(event(n));
         }
         let started = Instant::now();
-        let finished = tokio::time::timeout(
+        let reported = tokio::time::timeout(
             Duration::from_secs(10),
             embark_runner::task::report(&through_proxy, &claim, reporter, verdict(), patience, &mut shutdown),
         )
         .await
         .expect("reporting ends");
         let took = started.elapsed();
-        let task = finished.reported.unwrap_or_else(|e| {
+        let task = reported.unwrap_or_else(|e| {
             panic!(
                 "shutting down {shutting_down}: the verdict was not delivered: {e}; broker log:\n{}",
                 broker.log()

@@ -349,14 +349,9 @@ async fn an_unknown_profile_fails_naming_it_before_any_clone() {
     assert!(world.model.log().trim().is_empty(), "the model was never asked");
 }
 
-/// 200 words in 6-character pieces, 30 ms apart: about 5 s of streaming.
-fn slow_stream() -> Value {
-    json!({"turns": [{"text": common::long_text(200), "chunk_delay_ms": 30}]})
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_past_its_timeout_is_aborted_and_fails() {
-    let world = World::new(slow_stream());
+    let world = World::new(common::slow_stream());
     let task = world.submit("talk", "default").await;
     let (done, events) = world
         .run_once(&task, &["--task-timeout-secs", "4", "--keep-spaces=false"])
@@ -384,7 +379,7 @@ async fn a_task_past_its_timeout_is_aborted_and_fails() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_aborts_the_running_task_and_reports_it() {
-    let world = World::new(slow_stream());
+    let world = World::new(common::slow_stream());
     let task = world.submit("talk", "default").await;
     let mut runner = world.start_runner(&[]);
 
@@ -578,7 +573,7 @@ async fn sigterm_during_the_clone_fails_the_task_and_ends_git() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credential_copies_of_a_killed_runner_are_removed_by_the_next_one() {
-    let world = World::new(slow_stream());
+    let world = World::new(common::slow_stream());
     let task = world.submit("talk", "default").await;
     let mut runner = world.start_runner(&[]);
     world

@@ -134,18 +134,14 @@ impl Config {
         default_path: Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
         // A named file replaces the default one, even when it is missing.
-        let (path, named) = match (&args.config, default_path) {
-            (Some(path), _) => (Some(path.clone()), true),
-            (None, path) => (path, false),
-        };
-        let (file, path) = match path {
+        let named = args.config.is_some();
+        let (file, path) = match args.config.or(default_path) {
             Some(path) => match read_file(&path, named)? {
-                Some(file) => (Some(file), Some(path)),
-                None => (None, None),
+                Some(file) => (file, Some(path)),
+                None => (FileConfig::default(), None),
             },
-            None => (None, None),
+            None => (FileConfig::default(), None),
         };
-        let file = file.unwrap_or_default();
         let non_empty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
         let config = Config {
             broker_url: non_empty(args.broker_url).or(non_empty(file.broker_url)),

@@ -33,7 +33,7 @@ impl RpcError {
 
     /// The JSON-RPC `error` object: `{code, message, data: {kind}}`.
     pub fn to_json(&self) -> serde_json::Value {
-        error_json(self.code, &self.message)
+        serde_json::json!(ErrorObject::new(self.code, &self.message))
     }
 }
 
@@ -59,10 +59,6 @@ impl<'a> ErrorObject<'a> {
             data: ErrorData { kind: code },
         }
     }
-}
-
-pub fn error_json(code: ErrorCode, message: &str) -> serde_json::Value {
-    serde_json::json!(ErrorObject::new(code, message))
 }
 
 #[cfg(test)]

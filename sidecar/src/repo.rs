@@ -10,11 +10,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use embark_core::repo_url;
+use embark_core::{repo_url, text};
 use tokio::process::Command;
 
 /// One git call may take this long before it is killed.
 const GIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shown digits of a commit id.
+const COMMIT_SHORT: usize = 12;
+
+/// A commit id as shown to people: its first 12 digits.
+pub fn short_commit(commit: &str) -> &str {
+    text::head(commit, COMMIT_SHORT).0
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepoFacts {
@@ -124,7 +131,7 @@ pub async fn inspect(cwd: &Path) -> Result<RepoFacts, RepoError> {
         return Err(RepoError::NoCommit(root));
     }
     let head = head.stdout;
-    let short = &head[..head.len().min(12)];
+    let short = short_commit(&head);
 
     let remote = pick_remote(&root).await?;
     let configured = git_ok(&root, &["remote", "get-url", &remote]).await?;

@@ -61,3 +61,17 @@ export function taskState(view) {
 }
 
 export const FINISHED_STATES = ["succeeded", "failed", "cancelled"];
+
+/**
+ * Asks `/embark status <id>` once a second until the task is finished or
+ * `timeoutMs` passed; returns the last status view and its state.
+ */
+export async function pollStatus(pi, id, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const status = await pi.embark(`status ${id}`);
+    const state = taskState(status);
+    if (FINISHED_STATES.includes(state) || Date.now() > deadline) return { status, state };
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}

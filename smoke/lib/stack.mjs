@@ -2,7 +2,7 @@
 // the real binaries, real Pi, real git, the scripted fake model on 127.0.0.1.
 
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -10,6 +10,8 @@ import { readyLine, start } from "./process.mjs";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PI_BIN = join(ROOT, "node_modules", ".bin", "pi");
+/** Pi settings with retries off, so a scripted model error ends the run at once. */
+export const PI_SETTINGS = { retry: { enabled: false, provider: { maxRetries: 0 } } };
 
 /** Builds the three binaries (a no-op when up to date) and returns their directory. */
 export function buildBinaries({ release = false } = {}) {
@@ -91,11 +93,18 @@ export const fakeModels = (baseUrl) => ({
   },
 });
 
-/** Writes a runner auth profile: `files` maps file name (models.json, auth.json, settings.json) to JSON. */
+/**
+ * Writes a runner auth profile: `files` maps file name (models.json, auth.json,
+ * settings.json) to JSON. auth.json holds keys, so only its owner may read it.
+ */
 export function writeProfile(profilesDir, name, files) {
   const dir = join(profilesDir, name);
   mkdirSync(dir, { recursive: true });
-  for (const [file, json] of Object.entries(files)) writeFileSync(join(dir, file), JSON.stringify(json, null, 2));
+  for (const [file, json] of Object.entries(files)) {
+    const path = join(dir, file);
+    writeFileSync(path, JSON.stringify(json, null, 2));
+    if (file === "auth.json") chmodSync(path, 0o600);
+  }
   return dir;
 }
 
@@ -120,4 +129,19 @@ export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, pro
     env: { ...process.env, EMBARK_RUNNER_ENROLLMENT_SECRET: enrollmentSecret, RUST_LOG: process.env.RUST_LOG ?? "info" },
     logPath: join(dir, "runner.log"),
   });
+}
+
+/**
+ * A broker and one runner in `dir`: secrets named after `label`, the runner's
+ * `default` auth profile holding `profile` files (settings default to
+ * {@link PI_SETTINGS}), its task spaces in `dir/spaces`; `runnerName` is optional.
+ */
+export async function startBrokerAndRunner(dir, bin, { label, profile, runnerName }) {
+  const secrets = { client: `${label}-client-secret-0123456789`, enrollment: `${label}-enrollment-secret-0123456789` };
+  const broker = await startBroker(dir, bin, secrets);
+  const profiles = join(dir, "profiles");
+  writeProfile(profiles, "default", { "settings.json": PI_SETTINGS, ...profile });
+  const spaces = join(dir, "spaces");
+  startRunner(dir, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces, profiles, name: runnerName });
+  return { broker, secrets, spaces };
 }

@@ -42,12 +42,17 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// The JSON line a started `who` prints on stdout once it listens.
+fn ready_line(process: &mut Spawned, who: &str) -> serde_json::Value {
+    let line = process.read_stdout_line(Duration::from_secs(30));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{who}'s first stdout line is not JSON ({e}): {line:?}"))
+}
+
 /// A real `embark-broker` on 127.0.0.1 with a fresh SQLite file, stopped on drop.
 pub struct Broker {
     pub url: String,
     pub client_secret: String,
     pub enrollment_secret: String,
-    pub db_path: PathBuf,
     process: Spawned,
     _dir: TempDir,
 }
@@ -55,7 +60,6 @@ pub struct Broker {
 impl Broker {
     pub fn start() -> Broker {
         let dir = tempfile::tempdir().expect("temp dir for the broker");
-        let db_path = dir.path().join("broker.db");
         let client_secret = "test-client-secret-0123456789".to_owned();
         let enrollment_secret = "test-enrollment-secret-0123456789".to_owned();
         let mut command = Command::new(bin_path("embark-broker"));
@@ -63,14 +67,14 @@ impl Broker {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--db")
-            .arg(&db_path)
+            .arg(dir.path().join("broker.db"))
+            // A developer's own broker config must not leak into tests.
+            .env_remove("EMBARK_BROKER_CONFIG")
             .env("EMBARK_CLIENT_SECRET", &client_secret)
             .env("EMBARK_RUNNER_ENROLLMENT_SECRET", &enrollment_secret)
             .env("RUST_LOG", "info");
         let mut process = Spawned::start(command, &dir.path().join("broker.log"));
-        let line = process.read_stdout_line(Duration::from_secs(30));
-        let ready: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("broker's first stdout line is not JSON ({e}): {line:?}"));
+        let ready = ready_line(&mut process, "broker");
         let addr = ready["listening"]
             .as_str()
             .unwrap_or_else(|| panic!("no `listening` in {ready}"));
@@ -78,7 +82,6 @@ impl Broker {
             url: format!("http://{addr}"),
             client_secret,
             enrollment_secret,
-            db_path,
             process,
             _dir: dir,
         }
@@ -91,10 +94,6 @@ impl Broker {
     /// Everything the broker logged so far.
     pub fn log(&self) -> String {
         self.process.log()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
     }
 }
 
@@ -121,9 +120,7 @@ impl FakeModel {
             .arg("0")
             .stdin(Stdio::null());
         let mut process = Spawned::start(command, &dir.path().join("fake-model.log"));
-        let line = process.read_stdout_line(Duration::from_secs(30));
-        let ready: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("fake model's first stdout line is not JSON ({e}): {line:?}"));
+        let ready = ready_line(&mut process, "fake model");
         let port = ready["port"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())

@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use embark_core::text;
 use embark_core::wire::{ApiError, ApiErrorCode, ApiErrorDetail};
+use embark_core::{limits, text};
 
 use crate::store::StoreError;
 use crate::validate::Invalid;
@@ -50,7 +50,7 @@ impl ApiFailure {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return Self::too_large(format!(
                 "the request body is larger than the broker accepts ({} bytes)",
-                super::MAX_BODY_BYTES
+                limits::MAX_REQUEST_BODY_BYTES
             ));
         }
         let hint = match rejection {

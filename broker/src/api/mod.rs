@@ -12,6 +12,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
+use embark_core::limits;
 use embark_core::wire::Health;
 use embark_core::wire::routes::{Method, Operation, ROUTES};
 use tokio::sync::watch;
@@ -23,10 +24,8 @@ use crate::auth::FixedSecret;
 use crate::claim::ClaimQueue;
 use crate::store::Store;
 
-/// Largest request body the broker reads.
-pub const MAX_BODY_BYTES: usize = embark_core::limits::MAX_REQUEST_BODY_BYTES;
-
 /// What every handler shares.
+#[derive(Clone)]
 pub struct App<S> {
     pub store: S,
     pub client_secret: FixedSecret,
@@ -34,18 +33,6 @@ pub struct App<S> {
     pub claims: Arc<ClaimQueue>,
     /// Turns true when the server begins a graceful shutdown; long-polls end early.
     pub shutdown: watch::Receiver<bool>,
-}
-
-impl<S: Clone> Clone for App<S> {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            client_secret: self.client_secret.clone(),
-            enrollment_secret: self.enrollment_secret.clone(),
-            claims: Arc::clone(&self.claims),
-            shutdown: self.shutdown.clone(),
-        }
-    }
 }
 
 /// The routes of `embark_core::wire::routes::ROUTES` (methods, paths and
@@ -60,7 +47,7 @@ pub fn router<S: Store>(app: App<S>) -> Router {
     router
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(limits::MAX_REQUEST_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
 }

@@ -73,6 +73,9 @@ impl SqliteStore {
     }
 }
 
+/// One task by id.
+const GET_TASK: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
+
 /// The session's newest tasks. Task ids are random, so ties within a
 /// millisecond go by rowid, which grows with every insert (tasks are never
 /// deleted). Served by the index `tasks_by_session` without a sort.
@@ -176,7 +179,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task, StoreError> {
-        let row: Option<TaskRow> = sqlx::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1"))
+        let row: Option<TaskRow> = sqlx::query_as(GET_TASK)
             .bind(id.to_string())
             .fetch_optional(&self.reader)
             .await?;
@@ -353,7 +356,7 @@ impl Store for SqliteStore {
         let next = verdict.result.state();
         if state == next {
             // A retry of this attempt's own verdict whose answer was lost: answer it again.
-            let row: TaskRow = sqlx::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1"))
+            let row: TaskRow = sqlx::query_as(GET_TASK)
                 .bind(id.to_string())
                 .fetch_one(&mut *tx)
                 .await?;

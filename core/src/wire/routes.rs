@@ -196,6 +196,10 @@ const BAD_QUERY: Reply = error(
     "The query misses a required field, has an unknown one, or has a value of the wrong type.",
 );
 const UNAUTHORIZED: Reply = error(401, "The credential is missing, malformed or wrong for this route.");
+const CALLBACK_UNAUTHORIZED: Reply = error(
+    401,
+    "The credential is missing or is not the callback token of this task's current attempt (an unknown task included).",
+);
 const TASK_NOT_FOUND: Reply = error(404, "No such task.");
 const TOO_LARGE: Reply = error(
     413,
@@ -365,10 +369,7 @@ pub const ROUTES: &[Route] = &[
                 "The batch's seqs; the original ones for a batch id already appended.",
             ),
             MALFORMED_JSON,
-            error(
-                401,
-                "The credential is missing or is not the callback token of this task's current attempt (an unknown task included).",
-            ),
+            CALLBACK_UNAUTHORIZED,
             error(
                 409,
                 "The task is not running (for a new batch id), or the batch id belongs to an earlier attempt.",
@@ -401,10 +402,7 @@ pub const ROUTES: &[Route] = &[
                 "The finished task with its outcome; the same task again when the same result is repeated.",
             ),
             MALFORMED_JSON,
-            error(
-                401,
-                "The credential is missing or is not the callback token of this task's current attempt (an unknown task included).",
-            ),
+            CALLBACK_UNAUTHORIZED,
             error(
                 409,
                 "The task is not running (and did not already end with this result).",

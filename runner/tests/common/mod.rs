@@ -33,3 +33,9 @@ pub fn write_fake_profile(profiles: &Path, name: &str, base_url: &str) -> PathBu
 pub fn long_text(words: usize) -> String {
     (0..words).map(|i| format!("w{i:03}")).collect::<Vec<_>>().join(" ")
 }
+
+/// A fake-model script with a slow stream: 200 words in 6-character
+/// pieces, 30 ms apart (about 5 s).
+pub fn slow_stream() -> Value {
+    json!({"turns": [{"text": long_text(200), "chunk_delay_ms": 30}]})
+}

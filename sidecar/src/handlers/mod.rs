@@ -29,8 +29,8 @@ pub const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs
 #[derive(Debug)]
 pub struct Handlers {
     config: Config,
-    /// `Err` holds why the configured URL is unusable.
-    broker: Option<Result<BrokerClient, String>>,
+    /// `Err` says why the configured URL is unusable.
+    broker: Option<Result<BrokerClient, RpcError>>,
 }
 
 impl Handlers {
@@ -38,7 +38,7 @@ impl Handlers {
         let broker = config
             .broker_url
             .as_deref()
-            .map(|url| BrokerClient::new(url).map_err(|e| e.to_string()));
+            .map(|url| BrokerClient::new(url).map_err(broker_error));
         Self { config, broker }
     }
 
@@ -77,11 +77,7 @@ impl Handlers {
                     "no broker URL: set EMBARK_BROKER_URL (or broker_url in config.toml) to the broker's address, e.g. http://127.0.0.1:8787",
                 ));
             }
-            Some(Err(reason)) => {
-                return Err(RpcError::config(format!(
-                    "{reason}; fix EMBARK_BROKER_URL (or broker_url in config.toml)"
-                )));
-            }
+            Some(Err(unusable)) => return Err(unusable.clone()),
             Some(Ok(client)) => client,
         };
         let secret = self.config.client_secret.as_ref().ok_or_else(|| {

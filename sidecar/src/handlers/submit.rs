@@ -14,9 +14,6 @@ use crate::command::SubmitArgs;
 use crate::error::RpcError;
 use crate::repo::{self, RepoError};
 
-/// Shown digits of a commit id.
-const COMMIT_SHORT: usize = 12;
-
 pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext) -> Result<View, RpcError> {
     let config = handlers.config();
     let intent = resolve_intent(
@@ -28,8 +25,8 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
     let (client, secret) = handlers.broker()?;
     let facts = repo::inspect(Path::new(&session.cwd)).await.map_err(repo_error)?;
     let request = CreateTask {
-        repo_url: facts.remote_url.clone(),
-        commit: facts.head.clone(),
+        repo_url: facts.remote_url,
+        commit: facts.head,
         prompt: args.prompt,
         intent,
         session_id: session.session_id.clone(),
@@ -54,7 +51,7 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
         }
     };
     let shown = display_id(&task, &tasks);
-    let commit_short = &task.commit[..task.commit.len().min(COMMIT_SHORT)];
+    let commit_short = repo::short_commit(&task.commit);
     let intent = &task.intent;
     let mut blocks = vec![Block::Text {
         text: format!(
