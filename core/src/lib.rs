@@ -4,7 +4,6 @@
 //! `schemas/` is generated from them (see [`schema`]), so a change here is a
 //! change to the wire contract.
 
-pub mod client;
 pub mod dirs;
 pub mod event;
 pub mod intent;

@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 
-use embark_core::client::{BrokerClient, ClientError};
+use embark_client::{BrokerClient, ClientError};
 use embark_core::limits::{MAX_EVENT_PAYLOAD_BYTES, MAX_EVENTS_PER_APPEND};
 use embark_core::text::error_chain;
 use embark_core::wire::{AppendEvents, Claim, EventsAppended};

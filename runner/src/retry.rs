@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use embark_core::client::ClientError;
+use embark_client::ClientError;
 use embark_core::text::error_chain;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};

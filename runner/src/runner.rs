@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use embark_core::client::{BrokerClient, ClientError};
+use embark_client::{BrokerClient, ClientError};
 use embark_core::repo_url::without_credentials;
 use embark_core::text::error_chain;
 use tokio::sync::watch;

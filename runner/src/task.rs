@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use embark_core::client::BrokerClient;
+use embark_client::BrokerClient;
 use embark_core::limits::MAX_RESULT_TEXT_BYTES;
 use embark_core::repo_url::without_credentials;
 use embark_core::text::{error_chain, head};

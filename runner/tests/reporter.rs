@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use embark_core::client::BrokerClient;
+use embark_client::BrokerClient;
 use embark_core::event::{EventKind, NewEvent};
 use embark_core::intent::ExecutionIntent;
 use embark_core::wire::{Claim, CompleteTask, CreateTask, TaskResult};
@@ -527,7 +527,7 @@ async fn a_batch_whose_answer_was_lost_is_stored_once() {
     let task = &claim.task;
 
     let proxy = AnswerDropper::start(&broker.url).await;
-    let through_proxy = embark_core::client::BrokerClient::new(&proxy.url).expect("proxy url");
+    let through_proxy = embark_client::BrokerClient::new(&proxy.url).expect("proxy url");
     let (_stop, shutdown) = watch::channel(false);
     let reporter = Reporter::start(through_proxy, &claim, ReportOptions::default(), shutdown);
     for n in 1..=3 {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use embark_core::client::BrokerClient;
+use embark_client::BrokerClient;
 use embark_core::wire::{CreateTask, Task, TaskResult};
 use embark_core::{Event, EventKind, ExecutionIntent, TaskState};
 use embark_testkit::{Broker, FakeModel, git};

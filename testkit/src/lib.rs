@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use embark_core::client::BrokerClient;
+use embark_client::BrokerClient;
 use tempfile::TempDir;
 
 pub use process::Spawned;

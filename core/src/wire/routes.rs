@@ -103,6 +103,26 @@ pub enum Operation {
 }
 
 impl Operation {
+    pub const ALL: [Operation; 9] = [
+        Operation::Health,
+        Operation::CreateTask,
+        Operation::ListTasks,
+        Operation::GetTask,
+        Operation::ReadEvents,
+        Operation::EnrollRunner,
+        Operation::ClaimTask,
+        Operation::AppendEvents,
+        Operation::CompleteTask,
+    ];
+
+    /// This operation's entry in [`ROUTES`].
+    pub fn route(self) -> &'static Route {
+        ROUTES
+            .iter()
+            .find(|route| route.operation == self)
+            .expect("every operation has a route in ROUTES (checked by a test)")
+    }
+
     /// The OpenAPI `operationId`.
     pub fn id(self) -> &'static str {
         match self {
@@ -166,6 +186,35 @@ pub struct Route {
     /// The JSON request body's type.
     pub request: Option<SchemaFn>,
     pub replies: &'static [Reply],
+}
+
+impl Route {
+    /// The path with each `{name}` segment replaced by the next of `values`,
+    /// in order, e.g. `/v1/tasks/{id}` with `[id]` → `/v1/tasks/0190…`.
+    /// Callers pass path-safe values (task ids are UUIDs).
+    pub fn path_with(&self, values: &[&str]) -> String {
+        let mut out = String::with_capacity(self.path.len() + 40);
+        let mut values = values.iter();
+        for (index, segment) in self.path.split('/').enumerate() {
+            if index > 0 {
+                out.push('/');
+            }
+            if segment.starts_with('{') && segment.ends_with('}') {
+                let value = values
+                    .next()
+                    .unwrap_or_else(|| panic!("{} needs a value for {segment}", self.path));
+                out.push_str(value);
+            } else {
+                out.push_str(segment);
+            }
+        }
+        assert!(
+            values.next().is_none(),
+            "{} got more values than it has segments",
+            self.path
+        );
+        out
+    }
 }
 
 const TASK_ID: PathParam = PathParam {
@@ -420,3 +469,34 @@ pub const ROUTES: &[Route] = &[
         ],
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_has_exactly_one_route() {
+        for operation in Operation::ALL {
+            let count = ROUTES.iter().filter(|r| r.operation == operation).count();
+            assert_eq!(count, 1, "{operation:?}");
+            assert_eq!(operation.route().operation, operation);
+        }
+        assert_eq!(ROUTES.len(), Operation::ALL.len());
+    }
+
+    #[test]
+    fn paths_are_filled_in_order() {
+        let id = TaskId::new();
+        assert_eq!(Operation::Health.route().path_with(&[]), "/v1/health");
+        assert_eq!(
+            Operation::AppendEvents.route().path_with(&[&id.to_string()]),
+            format!("/v1/tasks/{id}/events")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "needs a value")]
+    fn a_missing_value_is_a_bug() {
+        let _ = Operation::GetTask.route().path_with(&[]);
+    }
+}

@@ -1,6 +1,6 @@
 //! Broker client errors as protocol errors that say what to do.
 
-use embark_core::client::ClientError;
+use embark_client::ClientError;
 use embark_core::protocol::ErrorCode;
 use embark_core::text::error_chain;
 use embark_core::wire::ApiErrorCode;

@@ -7,8 +7,8 @@ mod text;
 
 use std::path::Path;
 
+use embark_client::BrokerClient;
 use embark_core::TaskState;
-use embark_core::client::BrokerClient;
 use embark_core::limits;
 use embark_core::protocol::{Block, ErrorCode, SessionContext, StatusLine, Tone, View};
 use embark_core::wire::Task;

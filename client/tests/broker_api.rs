@@ -1,10 +1,10 @@
 //! The real `embark-broker` binary over HTTP on 127.0.0.1, driven with
-//! core's `BrokerClient` (and raw requests where the client cannot go wrong).
+//! the `BrokerClient` of this crate (and raw requests where the client cannot go wrong).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use embark_core::client::{BrokerClient, ClientError};
+use embark_client::{BrokerClient, ClientError};
 use embark_core::event::{EventKind, NewEvent};
 use embark_core::intent::ExecutionIntent;
 use embark_core::limits;

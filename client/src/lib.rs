@@ -2,20 +2,22 @@
 //!
 //! Every call names the credential it uses: the client secret for task
 //! submission and reads, the enrollment secret or runner token for runners,
-//! the callback token for an attempt's reports.
+//! the callback token for an attempt's reports. Methods and paths come from
+//! the route table (`embark_core::wire::routes`), the one place they are
+//! written; the broker builds its router from the same table.
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use crate::task::TaskId;
-use crate::text;
-use crate::wire::{
+use embark_core::task::TaskId;
+use embark_core::text;
+use embark_core::wire::routes::{Method, Operation};
+use embark_core::wire::{
     ApiError, ApiErrorCode, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage,
     EventsAppended, Health, RunnerEnrolled, Task, TaskList,
 };
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// What went wrong with a broker call. Causes are [`Error::source`]s, not
 /// part of the message: print with anyhow's `{:#}` or [`text::error_chain`].
@@ -92,14 +94,15 @@ impl BrokerClient {
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
-        self.send(Method::GET, "/v1/health", None, None::<&()>, REQUEST_TIMEOUT)
+        self.send(Operation::Health, None, "", None, None::<&()>, REQUEST_TIMEOUT)
             .await
     }
 
     pub async fn create_task(&self, client_secret: &str, task: &CreateTask) -> Result<Task, ClientError> {
         self.send(
-            Method::POST,
-            "/v1/tasks",
+            Operation::CreateTask,
+            None,
+            "",
             Some(client_secret),
             Some(task),
             REQUEST_TIMEOUT,
@@ -109,8 +112,9 @@ impl BrokerClient {
 
     pub async fn get_task(&self, client_secret: &str, id: TaskId) -> Result<Task, ClientError> {
         self.send(
-            Method::GET,
-            &format!("/v1/tasks/{id}"),
+            Operation::GetTask,
+            Some(id),
+            "",
             Some(client_secret),
             None::<&()>,
             REQUEST_TIMEOUT,
@@ -125,9 +129,16 @@ impl BrokerClient {
         session_id: &str,
         limit: u32,
     ) -> Result<TaskList, ClientError> {
-        let query = format!("/v1/tasks?session_id={}&limit={limit}", encode_query(session_id));
-        self.send(Method::GET, &query, Some(client_secret), None::<&()>, REQUEST_TIMEOUT)
-            .await
+        let query = format!("?session_id={}&limit={limit}", encode_query(session_id));
+        self.send(
+            Operation::ListTasks,
+            None,
+            &query,
+            Some(client_secret),
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     /// Events with seq > `after`, oldest first, at most `limit`.
@@ -138,16 +149,24 @@ impl BrokerClient {
         after: u64,
         limit: u32,
     ) -> Result<EventPage, ClientError> {
-        let path = format!("/v1/tasks/{id}/events?after={after}&limit={limit}");
-        self.send(Method::GET, &path, Some(client_secret), None::<&()>, REQUEST_TIMEOUT)
-            .await
+        let query = format!("?after={after}&limit={limit}");
+        self.send(
+            Operation::ReadEvents,
+            Some(id),
+            &query,
+            Some(client_secret),
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn enroll(&self, enrollment_secret: &str, name: &str) -> Result<RunnerEnrolled, ClientError> {
         let body = EnrollRunner { name: name.to_owned() };
         self.send(
-            Method::POST,
-            "/v1/runners/enroll",
+            Operation::EnrollRunner,
+            None,
+            "",
             Some(enrollment_secret),
             Some(&body),
             REQUEST_TIMEOUT,
@@ -159,14 +178,8 @@ impl BrokerClient {
     pub async fn claim(&self, runner_token: &str, wait_ms: u64) -> Result<Option<Claim>, ClientError> {
         let body = ClaimRequest { wait_ms };
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(wait_ms);
-        self.send(
-            Method::POST,
-            "/v1/runners/claim",
-            Some(runner_token),
-            Some(&body),
-            timeout,
-        )
-        .await
+        self.send(Operation::ClaimTask, None, "", Some(runner_token), Some(&body), timeout)
+            .await
     }
 
     pub async fn append_events(
@@ -175,9 +188,15 @@ impl BrokerClient {
         id: TaskId,
         events: &AppendEvents,
     ) -> Result<EventsAppended, ClientError> {
-        let path = format!("/v1/tasks/{id}/events");
-        self.send(Method::POST, &path, Some(callback_token), Some(events), REQUEST_TIMEOUT)
-            .await
+        self.send(
+            Operation::AppendEvents,
+            Some(id),
+            "",
+            Some(callback_token),
+            Some(events),
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn complete(
@@ -186,10 +205,10 @@ impl BrokerClient {
         id: TaskId,
         verdict: &CompleteTask,
     ) -> Result<Task, ClientError> {
-        let path = format!("/v1/tasks/{id}/complete");
         self.send(
-            Method::POST,
-            &path,
+            Operation::CompleteTask,
+            Some(id),
+            "",
             Some(callback_token),
             Some(verdict),
             REQUEST_TIMEOUT,
@@ -197,16 +216,28 @@ impl BrokerClient {
         .await
     }
 
-    /// One request. 204 decodes as JSON `null`, so `Option<T>` answers `None`.
+    /// One request to `operation`'s route, its `{id}` segment (if any)
+    /// filled with `id`, `query` (empty or starting with `?`) appended. 204 decodes
+    /// as JSON `null`, so `Option<T>` answers `None`.
     async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
-        method: Method,
-        path: &str,
+        operation: Operation,
+        id: Option<TaskId>,
+        query: &str,
         bearer: Option<&str>,
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
+        let route = operation.route();
+        let path = match id {
+            Some(id) => route.path_with(&[&id.to_string()]),
+            None => route.path_with(&[]),
+        };
+        let url = format!("{}{path}{query}", self.base);
+        let method = match route.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+        };
         let mut request = self.http.request(method, &url).timeout(timeout);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
@@ -222,12 +253,12 @@ impl BrokerClient {
         if status == StatusCode::NO_CONTENT {
             return serde_json::from_value(serde_json::Value::Null).map_err(|_| ClientError::Unexpected {
                 status: status.as_u16(),
-                body: format!("no content where {path} needs a body"),
+                body: format!("no content where {} needs a body", route.path),
             });
         }
         if status.is_success() {
             return response.json().await.map_err(|source| ClientError::Decode {
-                what: path.to_owned(),
+                what: route.path.to_owned(),
                 source,
             });
         }
