@@ -1,11 +1,105 @@
 //! The `/embark` argument line: tokenizer, grammar and the typed command.
 //! Pure: no I/O, so every rule is unit-tested here.
+//!
+//! Every command word of the whole surface is reserved in [`Verb`], built or
+//! not, so a line naming one never becomes a prompt by accident; see
+//! [`parse`] for when free text is a prompt.
 
 mod parse;
+mod suggest;
 mod tokenize;
 
 pub use parse::{MIN_ID_PREFIX, UsageError, parse};
 pub use tokenize::{Token, TokenizeError, tokenize};
+
+/// Every reserved command word, in the order `help` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Submit,
+    Status,
+    Tasks,
+    Attach,
+    List,
+    Sync,
+    Cancel,
+    Detach,
+    Diff,
+    Apply,
+    Follow,
+    Logs,
+    Reconcile,
+    Cleanup,
+    Runners,
+    Help,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 16] = [
+        Verb::Submit,
+        Verb::Status,
+        Verb::Tasks,
+        Verb::Attach,
+        Verb::List,
+        Verb::Sync,
+        Verb::Cancel,
+        Verb::Detach,
+        Verb::Diff,
+        Verb::Apply,
+        Verb::Follow,
+        Verb::Logs,
+        Verb::Reconcile,
+        Verb::Cleanup,
+        Verb::Runners,
+        Verb::Help,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Submit => "submit",
+            Verb::Status => "status",
+            Verb::Tasks => "tasks",
+            Verb::Attach => "attach",
+            Verb::List => "list",
+            Verb::Sync => "sync",
+            Verb::Cancel => "cancel",
+            Verb::Detach => "detach",
+            Verb::Diff => "diff",
+            Verb::Apply => "apply",
+            Verb::Follow => "follow",
+            Verb::Logs => "logs",
+            Verb::Reconcile => "reconcile",
+            Verb::Cleanup => "cleanup",
+            Verb::Runners => "runners",
+            Verb::Help => "help",
+        }
+    }
+
+    /// What the command does, in a few words (for messages and help).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Verb::Submit => "hand a task to a remote runner",
+            Verb::Status => "show a task's state, recent events and result",
+            Verb::Tasks => "pick one of this session's tasks",
+            Verb::Attach => "follow a task live",
+            Verb::List => "list this session's tasks",
+            Verb::Sync => "fetch a task's new events",
+            Verb::Cancel => "cancel a queued or running task",
+            Verb::Detach => "stop following the attached task",
+            Verb::Diff => "show the code a task changed",
+            Verb::Apply => "apply a task's code changes to this working tree",
+            Verb::Follow => "continue a task's conversation with a new prompt",
+            Verb::Logs => "show a task's full event log",
+            Verb::Reconcile => "refresh this session's task records from the broker",
+            Verb::Cleanup => "forget tasks the broker no longer knows",
+            Verb::Runners => "show what the runners can run",
+            Verb::Help => "show the commands",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Verb> {
+        Verb::ALL.into_iter().find(|verb| verb.as_str() == word)
+    }
+}
 
 /// One `/embark` invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +139,10 @@ pub const USAGE: &str = r#"Usage:
       with the given hex digits (at least 4).
   /embark help
       Show this text.
+
+Reserved for commands to come (a prompt that starts with one must be
+quoted or follow `submit`): tasks attach list sync cancel detach diff apply
+follow logs reconcile cleanup runners.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>  Pi provider on the runner (else EMBARK_PROVIDER or `provider` in config.toml)

@@ -1,7 +1,8 @@
 //! From words to a typed [`Command`].
 
+use super::suggest::closest;
 use super::tokenize::{Token, tokenize};
-use super::{Command, SubmitArgs, TaskSelector, USAGE};
+use super::{Command, SubmitArgs, TaskSelector, USAGE, Verb};
 
 /// What is wrong with an `/embark` line; the message says how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +18,12 @@ impl UsageError {
 /// Shortest task id prefix `status` accepts.
 pub const MIN_ID_PREFIX: usize = 4;
 
+/// Reads one `/embark` line. Free text is a prompt when it is quoted, comes
+/// after `submit`, or starts with a word that is not a reserved [`Verb`] and
+/// is not command-shaped (a single bare word, or a word followed only by
+/// selectors and flags such as `latest`, `3` or an id). A reserved word that
+/// is not built yet, a misspelt one (did you mean …) and a command-shaped
+/// line are usage errors: nothing is submitted.
 pub fn parse(line: &str) -> Result<Command, UsageError> {
     let tokens = tokenize(line).map_err(|e| UsageError(e.to_string()))?;
     let Some(first) = tokens.first() else {
@@ -29,18 +36,39 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
     if first.quoted {
         return parse_submit(&tokens, false);
     }
-    match first.text.as_str() {
-        "help" => match rest.first() {
+    match Verb::parse(&first.text) {
+        Some(Verb::Help) => match rest.first() {
             None => Ok(Command::Help),
             Some(_) => Err(UsageError(
                 "`help` takes no arguments; to submit a prompt that starts with \"help\", quote it: /embark \"help …\""
                     .into(),
             )),
         },
-        "status" => parse_status(rest),
-        "submit" => parse_submit(rest, true),
-        _ => parse_submit(&tokens, false),
+        Some(Verb::Status) => parse_status(rest),
+        Some(Verb::Submit) => parse_submit(rest, true),
+        Some(verb) => Err(not_available(verb, line)),
+        None => parse_submit(&tokens, false),
     }
+}
+
+/// A reserved word whose command this build does not have yet.
+fn not_available(verb: Verb, line: &str) -> UsageError {
+    UsageError(format!(
+        "/embark {} ({}) is not available in this version of embark yet, so nothing was submitted; \
+         /embark help lists the commands it has, and {}",
+        verb.as_str(),
+        verb.summary(),
+        quote_hint(line)
+    ))
+}
+
+/// "to submit these words as a prompt, quote them: /embark "…"".
+fn quote_hint(line: &str) -> String {
+    let words = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    if words.chars().count() > 60 || words.contains(['"', '\\']) {
+        return "to submit these words as a prompt, quote them or use /embark submit <prompt>".to_owned();
+    }
+    format!("to submit these words as a prompt, quote them: /embark \"{words}\"")
 }
 
 /// `--help` or `-h` before any `--`, unquoted.
@@ -122,15 +150,8 @@ fn parse_submit(tokens: &[Token], explicit: bool) -> Result<Command, UsageError>
         }
         *slot = Some(value);
     }
-    // A lone unquoted word is more likely a mistyped subcommand than a prompt.
-    if let [word] = words.as_slice()
-        && !word.quoted
-        && !explicit
-    {
-        return Err(UsageError::with_usage(format!(
-            "unknown command {:?}; to submit it as a prompt, quote it (/embark \"{}\") or use /embark submit {}",
-            word.text, word.text, word.text
-        )));
+    if !explicit {
+        command_shaped(&words)?;
     }
     args.prompt = words.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
     if args.prompt.trim().is_empty() {
@@ -139,6 +160,57 @@ fn parse_submit(tokens: &[Token], explicit: bool) -> Result<Command, UsageError>
         ));
     }
     Ok(Command::Submit(args))
+}
+
+/// Refuses free text that reads as a command rather than a prompt: a
+/// reserved word behind flags, a single bare word, a bare word followed
+/// only by selectors, or a misspelt command word followed by selectors or
+/// quoted text.
+fn command_shaped(words: &[&Token]) -> Result<(), UsageError> {
+    let Some((first, args)) = words.split_first() else {
+        return Ok(());
+    };
+    if first.quoted {
+        return Ok(());
+    }
+    if let Some(verb) = Verb::parse(&first.text) {
+        return Err(UsageError(format!(
+            "{:?} is a command word: put flags after it (/embark {} …), or to submit these words as a prompt, \
+             quote them or use /embark submit <prompt>",
+            verb.as_str(),
+            verb.as_str()
+        )));
+    }
+    let typo = closest(&first.text);
+    let selectors_only = args.iter().all(|t| !t.quoted && is_selector(&t.text));
+    let typo_shaped = typo.is_some() && args.iter().all(|t| t.quoted || is_selector(&t.text));
+    if !(selectors_only || typo_shaped) {
+        return Ok(());
+    }
+    let line = words.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
+    Err(match typo {
+        Some(verb) => UsageError(format!(
+            "unknown command {:?}: did you mean /embark {}? ({}); {}",
+            first.text,
+            verb.as_str(),
+            verb.summary(),
+            quote_hint(&line)
+        )),
+        None => UsageError::with_usage(format!("unknown command {:?}; {}", first.text, quote_hint(&line))),
+    })
+}
+
+/// A word that selects a task or says "all" rather than reading as prose:
+/// `latest`, `all`, a number, something dash-led, or a task id (prefix).
+fn is_selector(word: &str) -> bool {
+    let hex = word.bytes().filter(u8::is_ascii_hexdigit).count();
+    let id_like = hex >= MIN_ID_PREFIX
+        && word.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        && (hex >= 8 || word.bytes().any(|b| b.is_ascii_digit()));
+    matches!(word, "latest" | "all")
+        || word.starts_with('-')
+        || (!word.is_empty() && word.bytes().all(|b| b.is_ascii_digit()))
+        || id_like
 }
 
 #[cfg(test)]
@@ -242,6 +314,125 @@ mod tests {
         assert!(usage_error("submit").starts_with("no prompt"));
         assert!(usage_error(r#""  ""#).starts_with("no prompt"));
         assert!(usage_error(r#""fix it"#).contains("unterminated \" quote"));
+    }
+
+    #[test]
+    fn reserved_words_never_become_prompts() {
+        for line in [
+            "cancel latest",
+            "cancel",
+            "attach 3",
+            "attach latest --model m",
+            "list",
+            "tasks",
+            "sync all",
+            "diff 0190abcd --stat",
+            "apply latest",
+            "follow latest \"now fix the tests\"",
+            "logs",
+            "reconcile",
+            "cleanup",
+            "runners",
+            "detach",
+            "cancel the flaky build please",
+        ] {
+            let message = usage_error(line);
+            assert!(
+                message.contains("is not available in this version"),
+                "{line}: {message}"
+            );
+            assert!(message.contains("nothing was submitted"), "{line}: {message}");
+        }
+        let message = usage_error("cancel latest");
+        assert!(message.contains("quote them: /embark \"cancel latest\""), "{message}");
+        let message = usage_error(&format!("cancel {}", "word ".repeat(30)));
+        assert!(message.contains("use /embark submit <prompt>"), "{message}");
+        // Behind flags or after `--`, a reserved word is still a command word.
+        for line in ["--model m cancel latest", "-- attach 3"] {
+            assert!(usage_error(line).contains("is a command word"), "{line}");
+        }
+        // Quoted, or after submit, the same words are a prompt.
+        assert_eq!(
+            parse("\"cancel latest\""),
+            Ok(submit("cancel latest", None, None, None))
+        );
+        assert_eq!(
+            parse("submit cancel latest"),
+            Ok(submit("cancel latest", None, None, None))
+        );
+        assert_eq!(parse("'attach' 3"), Ok(submit("attach 3", None, None, None)));
+    }
+
+    #[test]
+    fn misspelt_commands_get_a_suggestion() {
+        for (line, verb) in [
+            ("lsit", "list"),
+            ("stauts latest", "status"),
+            ("cancle 3", "cancel"),
+            ("atach 0190abcd", "attach"),
+            ("folow latest \"also fix the tests\"", "follow"),
+            ("runner", "runners"),
+        ] {
+            let message = usage_error(line);
+            assert!(
+                message.contains(&format!("did you mean /embark {verb}?")),
+                "{line}: {message}"
+            );
+            assert!(!message.contains("Usage:"), "{line}: {message}");
+        }
+        // A near miss followed by prose is a prompt: people write "log every request".
+        assert_eq!(
+            parse("log every request in the middleware"),
+            Ok(submit("log every request in the middleware", None, None, None))
+        );
+        assert_eq!(parse("lsit the files"), Ok(submit("lsit the files", None, None, None)));
+    }
+
+    #[test]
+    fn command_shaped_free_text_is_refused() {
+        for line in [
+            "refactor",
+            "update 3",
+            "frobnicate latest",
+            "rerun 0190abcd",
+            "rerun --model m",
+            "x all",
+        ] {
+            let message = usage_error(line);
+            assert!(message.starts_with("unknown command"), "{line}: {message}");
+            assert!(message.contains("Usage:"), "{line}: {message}");
+        }
+        // Prose, even with numbers and ids in it, is a prompt.
+        for line in [
+            "fix the 3 failing tests",
+            "fix test 3 and 4 in store",
+            "explain commit 0190abcd to me",
+            "fix -1 offsets",
+            "add a cafe page",
+        ] {
+            assert!(matches!(parse(line), Ok(Command::Submit(_))), "{line}");
+        }
+    }
+
+    #[test]
+    fn selectors_are_recognised() {
+        for word in [
+            "latest",
+            "all",
+            "3",
+            "12",
+            "-x",
+            "--all",
+            "0190abcd",
+            "abcdef01",
+            "0190-abcd",
+            "a1b2",
+        ] {
+            assert!(is_selector(word), "{word}");
+        }
+        for word in ["fix", "cafe", "dead", "face", "tests", "", "abc", "beefcafe!"] {
+            assert!(!is_selector(word), "{word}");
+        }
     }
 
     #[test]
