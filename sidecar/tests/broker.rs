@@ -162,6 +162,40 @@ async fn submit_then_status_shows_the_queued_task() {
 }
 
 #[tokio::test]
+async fn command_words_and_typos_never_create_a_task() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let session = session("pi-session-grammar", &repo.work);
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+    let flags = "--provider fake --model fake-model";
+    let lines = [
+        format!("cancel latest {flags}"),
+        format!("attach 3 {flags}"),
+        format!("lsit {flags}"),
+        format!("{flags} cancel latest"),
+        format!("rerun 3 {flags}"),
+    ];
+    for (n, line) in lines.iter().enumerate() {
+        let answer = client.command(n as u64 + 1, line, &session).await;
+        assert_error(&answer, 1010, "usage");
+    }
+    assert!(
+        session_tasks(&broker, "pi-session-grammar").await.is_empty(),
+        "no line made a task"
+    );
+    // The same words quoted are a prompt, and do make one.
+    let answer = client.command(9, &format!("\"cancel latest\" {flags}"), &session).await;
+    assert!(answer.get("error").is_none(), "{answer}");
+    let tasks = session_tasks(&broker, "pi-session-grammar").await;
+    assert_eq!(
+        tasks.iter().map(|t| t.prompt.as_str()).collect::<Vec<_>>(),
+        ["cancel latest"]
+    );
+}
+
+#[tokio::test]
 async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be_unique() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("temp dir");
