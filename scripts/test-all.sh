@@ -20,8 +20,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (the binaries the integration tests and smoke scripts start)"
 cargo build --workspace --locked
 
-step "cargo test"
-cargo test --workspace --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  # Test binaries run in parallel, one process per test; doctests separately (nextest skips them).
+  step "cargo nextest run"
+  cargo nextest run --workspace --locked --no-fail-fast
+  step "cargo test --doc"
+  cargo test --workspace --locked --doc
+else
+  step "cargo test"
+  cargo test --workspace --locked
+fi
 
 step "extension shim: generated types, typecheck, tests"
 npm run check:types -w extension-shim
