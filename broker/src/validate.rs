@@ -4,6 +4,8 @@
 use embark_core::wire::{AppendEvents, CompleteTask, CreateTask, EnrollRunner, is_batch_id};
 use embark_core::{limits, text};
 
+use crate::store::EncodedEvent;
+
 /// Longest runner name, in bytes.
 pub const MAX_RUNNER_NAME_BYTES: usize = 128;
 
@@ -32,7 +34,9 @@ pub fn enroll(request: &EnrollRunner) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub fn append(request: &AppendEvents) -> Result<(), Invalid> {
+/// Checks an append and answers its events as they will be stored: each
+/// payload is serialized once, for the size limit and for the store.
+pub fn append(request: &AppendEvents) -> Result<Vec<EncodedEvent>, Invalid> {
     if !is_batch_id(&request.batch_id) {
         return Err(Invalid::Rule(format!(
             "batch_id {:?} is not acceptable: use 1 to {} bytes of letters, digits and `._:-`, unique per batch \
@@ -51,19 +55,23 @@ pub fn append(request: &AppendEvents) -> Result<(), Invalid> {
             limits::MAX_EVENTS_PER_APPEND
         )));
     }
+    let mut encoded = Vec::with_capacity(count);
     for (index, event) in request.events.iter().enumerate() {
-        let size = serde_json::to_string(&event.payload)
-            .map(|s| s.len())
-            .unwrap_or(usize::MAX);
+        let kind = event.payload.kind_name();
+        if let Err(e) = event.payload.check() {
+            return Err(Invalid::Rule(format!("event {index} ({}): {e}", text::quote(kind))));
+        }
+        let event = EncodedEvent::new(event);
+        let size = event.payload.len();
         if size > limits::MAX_EVENT_PAYLOAD_BYTES {
             return Err(Invalid::TooLarge(format!(
-                "event {index} ({}) has a {size}-byte payload; at most {} bytes are accepted: truncate it",
-                event.kind.as_str(),
+                "event {index} ({kind}) has a {size}-byte payload; at most {} bytes are accepted: truncate it",
                 limits::MAX_EVENT_PAYLOAD_BYTES
             )));
         }
+        encoded.push(event);
     }
-    Ok(())
+    Ok(encoded)
 }
 
 pub fn complete(request: &CompleteTask) -> Result<(), Invalid> {
@@ -82,15 +90,17 @@ pub fn complete(request: &CompleteTask) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embark_core::event::{EventKind, NewEvent};
+    use embark_core::event::{Log, LogLevel, NewEvent};
     use embark_core::wire::TaskResult;
     use serde_json::json;
 
-    fn event(payload: serde_json::Value) -> NewEvent {
-        NewEvent {
-            kind: EventKind::Log,
-            payload,
-        }
+    fn event(message: &str) -> NewEvent {
+        NewEvent::new(Log::new(LogLevel::Info, message))
+    }
+
+    /// An event as a runner's JSON gives it, of any kind and payload.
+    fn raw(kind: &str, payload: serde_json::Value) -> NewEvent {
+        serde_json::from_value(json!({"kind": kind, "payload": payload})).expect("an event envelope")
     }
 
     fn batch(events: Vec<NewEvent>) -> AppendEvents {
@@ -103,13 +113,49 @@ mod tests {
     #[test]
     fn appends_are_bounded() {
         assert!(matches!(append(&batch(vec![])), Err(Invalid::Rule(_))));
-        append(&batch(vec![event(json!({"message": "hi"}))])).expect("small is fine");
-        let many = batch(vec![event(json!({})); limits::MAX_EVENTS_PER_APPEND + 1]);
+        let stored = append(&batch(vec![event("hi")])).expect("small is fine");
+        assert_eq!(stored[0].kind, "log");
+        assert_eq!(stored[0].payload, r#"{"level":"info","message":"hi"}"#);
+        let many = batch(vec![event(""); limits::MAX_EVENTS_PER_APPEND + 1]);
         assert!(matches!(append(&many), Err(Invalid::TooLarge(_))));
         let big = "x".repeat(limits::MAX_EVENT_PAYLOAD_BYTES);
-        let err =
-            append(&batch(vec![event(json!({})), event(json!({"text": big}))])).expect_err("payload over the limit");
-        assert!(err.to_string().starts_with("event 1 (log)"), "{err}");
+        let err = append(&batch(vec![event(""), event(&big)])).expect_err("payload over the limit");
+        assert!(
+            matches!(&err, Invalid::TooLarge(m) if m.starts_with("event 1 (log) has a")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn payloads_must_fit_their_kind() {
+        let err = append(&batch(vec![
+            event("fine"),
+            raw("tool_end", json!({"tool_name": "bash", "is_error": "no", "output": ""})),
+        ]))
+        .expect_err("refused");
+        let Invalid::Rule(message) = &err else {
+            panic!("a rule, not a size: {err}")
+        };
+        assert!(
+            message.starts_with("event 1 (tool_end): its payload does not fit the `tool_end` payload type ("),
+            "{message}"
+        );
+        assert!(
+            message.contains("(is_error: invalid type: string \"no\", expected a boolean)"),
+            "{message}"
+        );
+        let err = append(&batch(vec![raw("Bad Kind", json!({}))])).expect_err("refused");
+        assert!(err.to_string().starts_with("event 0 (Bad Kind): its kind"), "{err}");
+
+        // A newer runner's kind and fields are taken, and stored as sent.
+        let stored = append(&batch(vec![
+            raw("sync_progress", json!({"files": 3})),
+            raw("log", json!({"level": "info", "message": "m", "source": "ext"})),
+        ]))
+        .expect("additions are accepted");
+        assert_eq!(stored[0].kind, "sync_progress");
+        assert_eq!(stored[0].payload, r#"{"files":3}"#);
+        assert_eq!(stored[1].payload, r#"{"level":"info","message":"m","source":"ext"}"#);
     }
 
     #[test]
@@ -117,7 +163,7 @@ mod tests {
         for bad in ["", "has space", "a/b", "ü", &"x".repeat(limits::MAX_BATCH_ID_BYTES + 1)] {
             let request = AppendEvents {
                 batch_id: bad.into(),
-                events: vec![event(json!({}))],
+                events: vec![event("")],
             };
             let err = append(&request).expect_err("refused");
             assert!(
@@ -127,13 +173,13 @@ mod tests {
         }
         let long = AppendEvents {
             batch_id: "é".repeat(500),
-            events: vec![event(json!({}))],
+            events: vec![event("")],
         };
         let err = append(&long).expect_err("refused");
         assert!(err.to_string().len() < 400, "the message quotes only the head: {err}");
         append(&AppendEvents {
             batch_id: "0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b".into(),
-            events: vec![event(json!({}))],
+            events: vec![event("")],
         })
         .expect("a UUID is fine");
     }

@@ -5,13 +5,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use embark_client::{BrokerClient, ClientError};
-use embark_core::event::{EventKind, NewEvent};
+use embark_core::event::{AssistantDelta, Event, Log, LogLevel, NewEvent, OtherEvent, Payload};
 use embark_core::intent::ExecutionIntent;
 use embark_core::limits;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{ApiError, ApiErrorCode, AppendEvents, CompleteTask, CreateTask, TaskResult};
 use embark_testkit::{Broker, Spawned, bin_path};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn new_task(session: &str, prompt: &str) -> CreateTask {
     CreateTask {
@@ -33,12 +33,25 @@ fn events(batch_id: &str, texts: &[&str]) -> AppendEvents {
         batch_id: batch_id.into(),
         events: texts
             .iter()
-            .map(|text| NewEvent {
-                kind: EventKind::AssistantDelta,
-                payload: json!({ "text": text }),
+            .map(|text| {
+                NewEvent::new(AssistantDelta {
+                    text: (*text).to_owned(),
+                    ..AssistantDelta::default()
+                })
             })
             .collect(),
     }
+}
+
+/// The texts of the `assistant_delta` events among `events`.
+fn texts(events: &[Event]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::AssistantDelta(delta) => Some(delta.text.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The status and error code of a refused call.
@@ -172,8 +185,7 @@ async fn a_task_walks_from_creation_to_its_outcome() {
     let page = client.task_events(secret, first.id, 2, 100).await.expect("read");
     assert_eq!(page.last_seq, 5);
     assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
-    let texts: Vec<&str> = page.events.iter().filter_map(|e| e.payload["text"].as_str()).collect();
-    assert_eq!(texts, ["c", "d", "e"]);
+    assert_eq!(texts(&page.events), ["c", "d", "e"]);
     let short = client.task_events(secret, first.id, 0, 2).await.expect("read");
     assert_eq!(short.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
 
@@ -313,13 +325,7 @@ async fn bad_requests_say_what_was_wrong() {
         .expect("queued");
     let too_many = AppendEvents {
         batch_id: "b1".into(),
-        events: vec![
-            NewEvent {
-                kind: EventKind::Log,
-                payload: json!({})
-            };
-            501
-        ],
+        events: vec![NewEvent::new(Log::new(LogLevel::Info, "x")); 501],
     };
     let (status, code, _) = refusal(client.append_events(&claim.callback_token, task.id, &too_many).await);
     assert_eq!((status, code), (413, ApiErrorCode::PayloadTooLarge));
@@ -404,8 +410,7 @@ async fn a_retried_append_is_stored_once() {
 
     let page = client.task_events(secret, task.id, 0, 100).await.expect("read");
     assert_eq!(page.last_seq, 3);
-    let texts: Vec<&str> = page.events.iter().filter_map(|e| e.payload["text"].as_str()).collect();
-    assert_eq!(texts, ["a", "b", "c"], "each event once, as first sent");
+    assert_eq!(texts(&page.events), ["a", "b", "c"], "each event once, as first sent");
 
     let verdict = CompleteTask {
         result: TaskResult::Succeeded,
@@ -425,6 +430,106 @@ async fn a_retried_append_is_stored_once() {
         "a new batch after completion"
     );
     assert_eq!(client.get_task(secret, task.id).await.expect("get").last_seq, 3);
+}
+
+/// Additive evolution inside v1, through the real binary: a newer runner's
+/// kinds and fields are stored and served as sent; a known kind whose
+/// payload does not fit is refused, naming the event, its kind and the field.
+#[tokio::test]
+async fn events_of_a_newer_runner_are_kept_and_misfits_refused() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let secret = broker.client_secret.as_str();
+    let http = reqwest::Client::new();
+    let task = client.create_task(secret, &new_task("s", "p")).await.expect("create");
+    let runner = client.enroll(&broker.enrollment_secret, "box").await.expect("enroll");
+    let claim = client
+        .claim(&runner.runner_token, 1000)
+        .await
+        .expect("claim")
+        .expect("queued");
+    let events_url = format!("{}/v1/tasks/{}/events", broker.url, task.id);
+    let append = |body: Value| {
+        http.post(&events_url)
+            .bearer_auth(&claim.callback_token)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+    };
+
+    let sent = json!([
+        {"kind": "sync_progress", "payload": {"files": 3, "bytes": [1, 2]}},
+        {"kind": "tool_end", "payload": {"tool_call_id": "c", "tool_name": "bash", "is_error": false,
+            "output": "ok", "truncated": false, "exit_code": 0}},
+        {"kind": "lifecycle", "payload": {"phase": "syncing"}},
+    ]);
+    let response = append(json!({"batch_id": "1-0", "events": sent}))
+        .await
+        .expect("broker answers");
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+
+    // A raw reader gets every event as it was sent.
+    let page: Value = http
+        .get(format!("{events_url}?after=0"))
+        .bearer_auth(secret)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("broker answers")
+        .json()
+        .await
+        .expect("a page");
+    let served: Vec<Value> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| json!({"kind": e["kind"], "payload": e["payload"]}))
+        .collect();
+    assert_eq!(Value::Array(served), sent);
+
+    // The typed client reads the unknown kind as such, and keeps the new field.
+    let page = client.task_events(secret, task.id, 0, 100).await.expect("read");
+    assert_eq!(
+        page.events[0].payload,
+        Payload::Other(OtherEvent {
+            kind: "sync_progress".into(),
+            payload: json!({"files": 3, "bytes": [1, 2]})
+        })
+    );
+    assert!(matches!(&page.events[1].payload, Payload::ToolEnd(end) if end.extra["exit_code"] == 0));
+    assert!(matches!(&page.events[2].payload, Payload::Lifecycle(step) if step.phase.name() == "syncing"));
+
+    // A known kind with a payload that does not fit: the whole batch is refused.
+    let misfit = json!({"batch_id": "1-1", "events": [
+        {"kind": "log", "payload": {"level": "info", "message": "fine"}},
+        {"kind": "tool_start", "payload": {"tool_call_id": "c", "tool_name": "bash", "args": "ls -l"}},
+    ]});
+    let (status, body) = raw_error(http.post(&events_url).bearer_auth(&claim.callback_token).json(&misfit)).await;
+    assert_eq!((status, body.error.code), (422, ApiErrorCode::InvalidRequest));
+    assert!(
+        body.error
+            .message
+            .starts_with("event 1 (tool_start): its payload does not fit the `tool_start` payload type (args: invalid type: string \"ls -l\", expected a map)"),
+        "{}",
+        body.error.message
+    );
+    let (status, body) = raw_error(
+        http.post(&events_url)
+            .bearer_auth(&claim.callback_token)
+            .json(&json!({"batch_id": "1-2", "events": [{"kind": "Sync Progress", "payload": {}}]})),
+    )
+    .await;
+    assert_eq!((status, body.error.code), (422, ApiErrorCode::InvalidRequest));
+    assert!(
+        body.error.message.starts_with("event 0 (Sync Progress): its kind"),
+        "{}",
+        body.error.message
+    );
+    assert_eq!(
+        client.get_task(secret, task.id).await.expect("get").last_seq,
+        3,
+        "refused batches store nothing"
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use embark_core::event::{EventKind, NewEvent};
+use embark_core::event::{Log, LogLevel, NewEvent};
 use embark_core::intent::ExecutionIntent;
 use embark_core::task::TaskId;
 use embark_core::wire::routes::{Credential, Method, Operation, ROUTES, Route};
@@ -14,7 +14,7 @@ use embark_core::wire::{
     ApiError, ApiErrorCode, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, Health, TaskResult,
 };
 use embark_testkit::Broker;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn new_task(session: &str) -> CreateTask {
     CreateTask {
@@ -39,10 +39,7 @@ fn valid_body(operation: Operation) -> Option<Value> {
         Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
         Operation::AppendEvents => Some(value(&AppendEvents {
             batch_id: "probe-1".into(),
-            events: vec![NewEvent {
-                kind: EventKind::Log,
-                payload: json!({"text": "probe"}),
-            }],
+            events: vec![NewEvent::new(Log::new(LogLevel::Info, "probe"))],
         })),
         Operation::CompleteTask => Some(value(&CompleteTask {
             result: TaskResult::Succeeded,

@@ -18,6 +18,6 @@ pub mod task;
 pub mod text;
 pub mod wire;
 
-pub use event::{Event, EventKind, NewEvent};
+pub use event::{Event, EventKind, NewEvent, Payload};
 pub use intent::{ExecutionIntent, IntentError};
 pub use task::{TaskId, TaskState};

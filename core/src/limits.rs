@@ -11,6 +11,8 @@ pub const MAX_SESSION_ID_BYTES: usize = 256;
 pub const MAX_EVENTS_PER_APPEND: usize = 500;
 /// Longest batch id of an event append, in bytes.
 pub const MAX_BATCH_ID_BYTES: usize = 64;
+/// Longest event kind name, in bytes.
+pub const MAX_EVENT_KIND_BYTES: usize = 64;
 /// Largest serialized payload of one event, in bytes.
 pub const MAX_EVENT_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Longest final assistant text or failure reason a completion may carry, in bytes.

@@ -8,9 +8,14 @@
 
 use std::time::{Duration, Instant};
 
+use embark_core::NewEvent;
+use embark_core::event::{
+    AgentEnd, AgentStart, AssistantDelta, AssistantMessage, Extra, Lifecycle, Log, LogLevel, Phase, ToolEnd, ToolStart,
+    Usage,
+};
 use embark_core::text::head;
-use embark_core::{EventKind, NewEvent};
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
 /// Longest a text delta waits in the buffer before it is reported.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(250);
@@ -32,7 +37,7 @@ pub struct AssistantSummary {
     /// Pi's `stopReason`: `stop`, `length`, `toolUse`, `error` or `aborted`.
     pub stop_reason: String,
     pub error_message: Option<String>,
-    pub usage: Option<Value>,
+    pub usage: Option<Box<Usage>>,
 }
 
 impl AssistantSummary {
@@ -56,13 +61,25 @@ impl AssistantSummary {
             text,
             stop_reason: str_field(message, "stopReason").unwrap_or("unknown").to_owned(),
             error_message: str_field(message, "errorMessage").map(str::to_owned),
-            usage: message.get("usage").filter(|u| u.is_object()).cloned(),
+            usage: message.get("usage").and_then(usage),
         })
     }
 
     /// Pi ended this message because of a provider error or an abort.
     pub fn failed(&self) -> bool {
         matches!(self.stop_reason.as_str(), "error" | "aborted")
+    }
+}
+
+/// Pi's usage object, when it has the fields Pi documents; otherwise the
+/// event goes without it rather than not at all.
+fn usage(value: &Value) -> Option<Box<Usage>> {
+    match Box::<Usage>::deserialize(value) {
+        Ok(usage) => Some(usage),
+        Err(e) => {
+            tracing::warn!("Pi reported a usage object embark cannot read ({e}); the event goes without it");
+            None
+        }
     }
 }
 
@@ -83,17 +100,16 @@ impl EventMapper {
         let kind = str_field(record, "type").unwrap_or("");
         let event = match kind {
             "message_update" => return self.on_update(record, now),
-            "agent_start" => new_event(EventKind::AgentStart, json!({})),
+            "agent_start" => NewEvent::new(AgentStart::default()),
             "agent_end" => {
-                let mut payload = Map::new();
                 let last = record
                     .get("messages")
                     .and_then(Value::as_array)
                     .and_then(|messages| messages.iter().rev().find_map(AssistantSummary::from_message));
-                if let Some(last) = last {
-                    payload.insert("stop_reason".into(), Value::String(last.stop_reason));
-                }
-                new_event(EventKind::AgentEnd, Value::Object(payload))
+                NewEvent::new(AgentEnd {
+                    stop_reason: last.map(|last| last.stop_reason),
+                    extra: Extra::new(),
+                })
             }
             "message_end" => match record.get("message").and_then(AssistantSummary::from_message) {
                 Some(summary) => assistant_message(summary),
@@ -103,14 +119,14 @@ impl EventMapper {
             "tool_execution_end" => tool_end(record),
             "extension_ui_request" if str_field(record, "method") == Some("notify") => {
                 let level = match str_field(record, "notifyType") {
-                    Some("warning") => "warning",
-                    Some("error") => "error",
-                    _ => "info",
+                    Some("warning") => LogLevel::Warning,
+                    Some("error") => LogLevel::Error,
+                    _ => LogLevel::Info,
                 };
                 log_event(level, str_field(record, "message").unwrap_or(""))
             }
             "extension_error" => log_event(
-                "warning",
+                LogLevel::Warning,
                 &format!(
                     "Pi extension {} failed in {}: {}",
                     str_field(record, "extensionPath").unwrap_or("?"),
@@ -139,8 +155,10 @@ impl EventMapper {
         if self.delta.is_empty() {
             return None;
         }
-        let text = std::mem::take(&mut self.delta);
-        Some(new_event(EventKind::AssistantDelta, json!({ "text": text })))
+        Some(NewEvent::new(AssistantDelta {
+            text: std::mem::take(&mut self.delta),
+            extra: Extra::new(),
+        }))
     }
 
     fn on_update(&mut self, record: &Value, now: Instant) -> Vec<NewEvent> {
@@ -162,59 +180,46 @@ impl EventMapper {
     }
 }
 
-fn new_event(kind: EventKind, payload: Value) -> NewEvent {
-    NewEvent { kind, payload }
-}
-
 /// A `log` event (runner diagnostics and extension notifications).
-pub fn log_event(level: &str, message: &str) -> NewEvent {
-    new_event(
-        EventKind::Log,
-        json!({ "level": level, "message": head(message, MAX_NOTE_BYTES).0 }),
-    )
+pub fn log_event(level: LogLevel, message: &str) -> NewEvent {
+    NewEvent::new(Log::new(level, head(message, MAX_NOTE_BYTES).0))
 }
 
 /// A `lifecycle` event for one runner phase.
-pub fn lifecycle(phase: &str, detail: Option<&str>) -> NewEvent {
-    let mut payload = Map::new();
-    payload.insert("phase".into(), json!(phase));
-    if let Some(detail) = detail {
-        payload.insert("detail".into(), json!(head(detail, MAX_NOTE_BYTES).0));
-    }
-    new_event(EventKind::Lifecycle, Value::Object(payload))
+pub fn lifecycle(phase: Phase, detail: Option<&str>) -> NewEvent {
+    let detail = detail.map(|detail| head(detail, MAX_NOTE_BYTES).0.to_owned());
+    NewEvent::new(Lifecycle::new(phase, detail))
 }
 
 fn assistant_message(summary: AssistantSummary) -> NewEvent {
     let (text, truncated) = head(&summary.text, MAX_MESSAGE_TEXT_BYTES);
-    let mut payload = Map::new();
-    payload.insert("text".into(), json!(text));
-    payload.insert("stop_reason".into(), json!(summary.stop_reason));
-    if let Some(error) = &summary.error_message {
-        payload.insert("error_message".into(), json!(head(error, MAX_NOTE_BYTES).0));
-    }
-    if let Some(usage) = summary.usage {
-        payload.insert("usage".into(), usage);
-    }
-    if truncated {
-        payload.insert("truncated".into(), json!(true));
-    }
-    new_event(EventKind::AssistantMessage, Value::Object(payload))
+    NewEvent::new(AssistantMessage {
+        text: text.to_owned(),
+        stop_reason: summary.stop_reason,
+        error_message: summary
+            .error_message
+            .map(|error| head(&error, MAX_NOTE_BYTES).0.to_owned()),
+        usage: summary.usage,
+        truncated,
+        extra: Extra::new(),
+    })
 }
 
 fn tool_start(record: &Value) -> NewEvent {
-    let args = record.get("args").cloned().unwrap_or_else(|| json!({}));
-    let (args, truncated) = bound_args(args);
-    let mut payload = Map::new();
-    payload.insert(
-        "tool_call_id".into(),
-        json!(str_field(record, "toolCallId").unwrap_or("")),
-    );
-    payload.insert("tool_name".into(), json!(str_field(record, "toolName").unwrap_or("")));
-    payload.insert("args".into(), args);
-    if truncated {
-        payload.insert("args_truncated".into(), json!(true));
-    }
-    new_event(EventKind::ToolStart, Value::Object(payload))
+    let args = match record.get("args") {
+        Some(Value::Object(args)) => args.clone(),
+        None | Some(Value::Null) => Map::new(),
+        // Pi's tool arguments are objects; keep anything else rather than lose it.
+        Some(other) => Map::from_iter([("value".to_owned(), other.clone())]),
+    };
+    let (args, args_truncated) = bound_args(args);
+    NewEvent::new(ToolStart {
+        tool_call_id: str_field(record, "toolCallId").unwrap_or("").to_owned(),
+        tool_name: str_field(record, "toolName").unwrap_or("").to_owned(),
+        args,
+        args_truncated,
+        extra: Extra::new(),
+    })
 }
 
 fn tool_end(record: &Value) -> NewEvent {
@@ -235,30 +240,32 @@ fn tool_end(record: &Value) -> NewEvent {
         })
         .unwrap_or_default();
     let (output, truncated) = head(&output, MAX_TOOL_OUTPUT_BYTES);
-    new_event(
-        EventKind::ToolEnd,
-        json!({
-            "tool_call_id": str_field(record, "toolCallId").unwrap_or(""),
-            "tool_name": str_field(record, "toolName").unwrap_or(""),
-            "is_error": record.get("isError").and_then(Value::as_bool).unwrap_or(false),
-            "output": output,
-            "truncated": truncated,
-        }),
-    )
+    NewEvent::new(ToolEnd {
+        tool_call_id: str_field(record, "toolCallId").unwrap_or("").to_owned(),
+        tool_name: str_field(record, "toolName").unwrap_or("").to_owned(),
+        is_error: record.get("isError").and_then(Value::as_bool).unwrap_or(false),
+        output: output.to_owned(),
+        truncated,
+        extra: Extra::new(),
+    })
 }
 
 /// Tool arguments can carry whole files (`write`); keep the event bounded by
 /// shortening long strings, and as a last resort keep a prefix of the JSON.
-fn bound_args(args: Value) -> (Value, bool) {
-    if serialized_len(&args) <= MAX_TOOL_ARGS_BYTES {
+fn bound_args(args: Map<String, Value>) -> (Map<String, Value>, bool) {
+    if json_len(&args) <= MAX_TOOL_ARGS_BYTES {
         return (args, false);
     }
-    let shortened = shorten_strings(args, 2048);
-    if serialized_len(&shortened) <= MAX_TOOL_ARGS_BYTES {
+    let shortened: Map<String, Value> = args.into_iter().map(|(k, v)| (k, shorten_strings(v, 2048))).collect();
+    if json_len(&shortened) <= MAX_TOOL_ARGS_BYTES {
         return (shortened, true);
     }
-    let text = shortened.to_string();
-    (json!({ "json_prefix": head(&text, MAX_TOOL_ARGS_BYTES / 2).0 }), true)
+    let text = Value::Object(shortened).to_string();
+    let prefix = head(&text, MAX_TOOL_ARGS_BYTES / 2).0.to_owned();
+    (
+        Map::from_iter([("json_prefix".to_owned(), Value::String(prefix))]),
+        true,
+    )
 }
 
 fn shorten_strings(value: Value, max: usize) -> Value {
@@ -270,9 +277,8 @@ fn shorten_strings(value: Value, max: usize) -> Value {
     }
 }
 
-/// Bytes of `value` as JSON (the measure of the broker's payload limits).
-pub(crate) fn serialized_len(value: &Value) -> usize {
-    serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX)
+fn json_len(value: &Map<String, Value>) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
 }
 
 fn str_field<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
@@ -281,6 +287,10 @@ fn str_field<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
+    use embark_core::Payload;
+    use embark_core::event::{Cost, Open};
+    use serde_json::json;
+
     use super::*;
 
     /// A real Pi 0.73.1 RPC transcript: bash tool call, then "done: hello".
@@ -296,16 +306,33 @@ mod tests {
     }
 
     /// Maps a transcript with all records arriving at the same instant, then flushes.
-    fn map_all(transcript: &str) -> Vec<NewEvent> {
+    fn map_all(transcript: &str) -> Vec<Payload> {
         let mut mapper = EventMapper::new();
         let now = Instant::now();
         let mut out: Vec<NewEvent> = records(transcript).iter().flat_map(|r| mapper.map(r, now)).collect();
         out.extend(mapper.flush());
-        out
+        out.into_iter().map(|e| e.payload).collect()
     }
 
-    fn kinds(events: &[NewEvent]) -> Vec<&'static str> {
-        events.iter().map(|e| e.kind.as_str()).collect()
+    fn kinds(events: &[Payload]) -> Vec<&str> {
+        events.iter().map(Payload::kind_name).collect()
+    }
+
+    fn args(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().expect("an object")
+    }
+
+    /// Pi's usage of a fake-model reply: tokens, no cost.
+    fn usage(input: u64, output: u64) -> Usage {
+        Usage {
+            input,
+            output,
+            cache_read: 0,
+            cache_write: 0,
+            total_tokens: input + output,
+            cost: Cost::default(),
+            extra: Extra::new(),
+        }
     }
 
     #[test]
@@ -323,33 +350,68 @@ mod tests {
                 "agent_end"
             ]
         );
-        assert_eq!(events[1].payload["stop_reason"], "toolUse");
-        assert_eq!(events[1].payload["text"], "");
-        assert_eq!(
-            events[2].payload,
-            json!({"tool_call_id": "call_fake_0_0", "tool_name": "bash", "args": {"command": "echo hello > hello.txt"}})
-        );
-        assert_eq!(
-            events[3].payload,
-            json!({"tool_call_id": "call_fake_0_0", "tool_name": "bash", "is_error": false,
-                   "output": "(no output)", "truncated": false})
-        );
-        // Two text_delta records ("done: ", "hello") became one chunk.
-        assert_eq!(events[4].payload, json!({"text": "done: hello"}));
-        assert_eq!(events[5].payload["text"], "done: hello");
-        assert_eq!(events[5].payload["stop_reason"], "stop");
-        assert_eq!(events[5].payload["usage"]["totalTokens"], 15);
-        assert!(events[5].payload.get("error_message").is_none());
-        assert_eq!(events[6].payload, json!({"stop_reason": "stop"}));
+        let tool_call = AssistantMessage {
+            text: String::new(),
+            stop_reason: "toolUse".into(),
+            error_message: None,
+            usage: Some(Box::new(usage(10, 5))),
+            truncated: false,
+            extra: Extra::new(),
+        };
+        let expected: Vec<Payload> = vec![
+            AgentStart::default().into(),
+            tool_call.into(),
+            ToolStart {
+                tool_call_id: "call_fake_0_0".into(),
+                tool_name: "bash".into(),
+                args: args(json!({"command": "echo hello > hello.txt"})),
+                args_truncated: false,
+                extra: Extra::new(),
+            }
+            .into(),
+            ToolEnd {
+                tool_call_id: "call_fake_0_0".into(),
+                tool_name: "bash".into(),
+                is_error: false,
+                output: "(no output)".into(),
+                truncated: false,
+                extra: Extra::new(),
+            }
+            .into(),
+            // Two text_delta records ("done: ", "hello") became one chunk.
+            AssistantDelta {
+                text: "done: hello".into(),
+                extra: Extra::new(),
+            }
+            .into(),
+            AssistantMessage {
+                text: "done: hello".into(),
+                stop_reason: "stop".into(),
+                error_message: None,
+                usage: Some(Box::new(usage(10, 5))),
+                truncated: false,
+                extra: Extra::new(),
+            }
+            .into(),
+            AgentEnd {
+                stop_reason: Some("stop".into()),
+                extra: Extra::new(),
+            }
+            .into(),
+        ];
+        assert_eq!(events, expected);
     }
 
     #[test]
     fn a_provider_error_keeps_its_message() {
         let events = map_all(PROVIDER_ERROR);
         assert_eq!(kinds(&events), ["agent_start", "assistant_message", "agent_end"]);
-        assert_eq!(events[1].payload["stop_reason"], "error");
-        assert_eq!(events[1].payload["error_message"], "500 boom");
-        assert_eq!(events[2].payload, json!({"stop_reason": "error"}));
+        let Payload::AssistantMessage(message) = &events[1] else {
+            panic!("{:?}", events[1])
+        };
+        assert_eq!(message.stop_reason, "error");
+        assert_eq!(message.error_message.as_deref(), Some("500 boom"));
+        assert!(matches!(&events[2], Payload::AgentEnd(end) if end.stop_reason.as_deref() == Some("error")));
         let last = records(PROVIDER_ERROR)
             .iter()
             .filter(|r| r["type"] == "message_end")
@@ -359,8 +421,44 @@ mod tests {
         assert_eq!(last.error_message.as_deref(), Some("500 boom"));
     }
 
+    #[test]
+    fn the_real_transcripts_events_round_trip_and_may_be_appended() {
+        for transcript in [BASH_THEN_DONE, PROVIDER_ERROR] {
+            for payload in map_all(transcript) {
+                payload.check().expect("a typed event fits its kind");
+                let event = NewEvent::new(payload);
+                let wire = serde_json::to_value(&event).expect("serializes");
+                let back: NewEvent = serde_json::from_value(wire.clone()).expect("reads back");
+                assert_eq!(back, event, "{wire}");
+            }
+        }
+        // The usage goes out in Pi's field names, as stored events have it.
+        let message = map_all(BASH_THEN_DONE).remove(5);
+        let wire = serde_json::to_value(NewEvent::new(message)).expect("serializes");
+        assert_eq!(wire["payload"]["usage"]["totalTokens"], 15);
+        assert_eq!(wire["payload"]["usage"]["cost"]["cacheRead"], 0.0);
+        assert!(wire["payload"].get("error_message").is_none());
+        assert!(wire["payload"].get("truncated").is_none());
+    }
+
+    #[test]
+    fn a_usage_object_pi_changed_is_left_out_not_fatal() {
+        let message = json!({"role": "assistant", "content": [{"type": "text", "text": "hi"}], "stopReason": "stop",
+            "usage": {"input": "many"}});
+        let summary = AssistantSummary::from_message(&message).expect("an assistant message");
+        assert_eq!(summary.text, "hi");
+        assert_eq!(summary.usage, None);
+    }
+
     fn delta(text: &str) -> Value {
         json!({"type": "message_update", "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": text}})
+    }
+
+    fn delta_text(event: &NewEvent) -> &str {
+        match &event.payload {
+            Payload::AssistantDelta(delta) => &delta.text,
+            other => panic!("not a delta: {other:?}"),
+        }
     }
 
     #[test]
@@ -376,21 +474,27 @@ mod tests {
             "window not over yet"
         );
         let chunk = mapper.tick(t0 + COALESCE_WINDOW).expect("window over");
-        assert_eq!(chunk.payload["text"].as_str().expect("text").len(), 400);
+        assert_eq!(delta_text(&chunk).len(), 400);
         assert!(mapper.tick(t0 + Duration::from_secs(5)).is_none(), "nothing buffered");
 
         // A burst past the size cap is reported at once, without waiting.
         let big = "x".repeat(MAX_DELTA_CHUNK_BYTES);
         let out = mapper.map(&delta(&big), t0);
-        assert_eq!(kinds(&out), ["assistant_delta"]);
+        assert_eq!(
+            out.iter().map(|e| e.payload.kind_name()).collect::<Vec<_>>(),
+            ["assistant_delta"]
+        );
 
         // Any other event first reports the buffered text, keeping order.
         mapper.map(&delta("partial"), t0);
         let tool =
             json!({"type": "tool_execution_start", "toolCallId": "c", "toolName": "read", "args": {"path": "a"}});
         let out = mapper.map(&tool, t0);
-        assert_eq!(kinds(&out), ["assistant_delta", "tool_start"]);
-        assert_eq!(out[0].payload["text"], "partial");
+        assert_eq!(
+            out.iter().map(|e| e.payload.kind_name()).collect::<Vec<_>>(),
+            ["assistant_delta", "tool_start"]
+        );
+        assert_eq!(delta_text(&out[0]), "partial");
     }
 
     #[test]
@@ -421,21 +525,36 @@ mod tests {
         let record = json!({"type": "tool_execution_end", "toolCallId": "c", "toolName": "bash",
             "result": {"content": [{"type": "text", "text": output}]}, "isError": true});
         let event = EventMapper::new().map(&record, Instant::now()).remove(0);
-        assert_eq!(
-            event.payload["output"].as_str().expect("output").len(),
-            MAX_TOOL_OUTPUT_BYTES
-        );
-        assert_eq!(event.payload["truncated"], true);
-        assert_eq!(event.payload["is_error"], true);
+        let Payload::ToolEnd(end) = &event.payload else {
+            panic!("{event:?}")
+        };
+        assert_eq!(end.output.len(), MAX_TOOL_OUTPUT_BYTES);
+        assert!(end.truncated);
+        assert!(end.is_error);
 
         let content = "z".repeat(MAX_TOOL_ARGS_BYTES * 2);
         let record = json!({"type": "tool_execution_start", "toolCallId": "c", "toolName": "write",
             "args": {"path": "big.txt", "content": content}});
         let event = EventMapper::new().map(&record, Instant::now()).remove(0);
-        assert_eq!(event.payload["args"]["path"], "big.txt");
-        assert!(event.payload["args"]["content"].as_str().expect("content").len() < 4096);
-        assert_eq!(event.payload["args_truncated"], true);
-        assert!(serialized_len(&event.payload) <= embark_core::limits::MAX_EVENT_PAYLOAD_BYTES);
+        let Payload::ToolStart(start) = &event.payload else {
+            panic!("{event:?}")
+        };
+        assert_eq!(start.args["path"], "big.txt");
+        assert!(start.args["content"].as_str().expect("content").len() < 4096);
+        assert!(start.args_truncated);
+        assert!(event.payload.json_len() <= embark_core::limits::MAX_EVENT_PAYLOAD_BYTES);
+
+        // Too many long strings even when shortened: a prefix of their JSON.
+        let many: Map<String, Value> = (0..40)
+            .map(|i| (format!("f{i}"), Value::String("w".repeat(4096))))
+            .collect();
+        let record = json!({"type": "tool_execution_start", "toolCallId": "c", "toolName": "x", "args": many});
+        let event = EventMapper::new().map(&record, Instant::now()).remove(0);
+        let Payload::ToolStart(start) = &event.payload else {
+            panic!("{event:?}")
+        };
+        assert_eq!(start.args.keys().collect::<Vec<_>>(), ["json_prefix"]);
+        assert!(start.args_truncated);
     }
 
     #[test]
@@ -445,15 +564,29 @@ mod tests {
         let notify = json!({"type": "extension_ui_request", "id": "1", "method": "notify",
             "message": "careful", "notifyType": "warning"});
         let out = mapper.map(&notify, now);
-        assert_eq!(out[0].payload, json!({"level": "warning", "message": "careful"}));
+        assert_eq!(out, [NewEvent::new(Log::new(LogLevel::Warning, "careful"))]);
         let dialog = json!({"type": "extension_ui_request", "id": "2", "method": "confirm", "title": "ok?"});
         assert!(mapper.map(&dialog, now).is_empty());
         let error = json!({"type": "extension_error", "extensionPath": "/x/ext.ts", "event": "session_start",
             "error": "bad"});
         let out = mapper.map(&error, now);
-        assert_eq!(
-            out[0].payload["message"],
-            "Pi extension /x/ext.ts failed in session_start: bad"
-        );
+        let Payload::Log(log) = &out[0].payload else {
+            panic!("{out:?}")
+        };
+        assert_eq!(log.level, Open::Known(LogLevel::Warning));
+        assert_eq!(log.message, "Pi extension /x/ext.ts failed in session_start: bad");
+    }
+
+    #[test]
+    fn runner_notes_are_bounded() {
+        let long = "n".repeat(MAX_NOTE_BYTES * 2);
+        let Payload::Lifecycle(step) = lifecycle(Phase::Cloning, Some(&long)).payload else {
+            panic!("a lifecycle event")
+        };
+        assert_eq!(step.detail.map(|d| d.len()), Some(MAX_NOTE_BYTES));
+        let Payload::Log(log) = log_event(LogLevel::Error, &long).payload else {
+            panic!("a log event")
+        };
+        assert_eq!(log.message.len(), MAX_NOTE_BYTES);
     }
 }

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 
 use embark_client::{BrokerClient, ClientError};
+use embark_core::event::LogLevel;
 use embark_core::limits::{MAX_EVENT_PAYLOAD_BYTES, MAX_EVENTS_PER_APPEND};
 use embark_core::text::error_chain;
 use embark_core::wire::{AppendEvents, Claim, EventsAppended};
@@ -33,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant, sleep_until};
 
-use crate::events::{log_event, serialized_len};
+use crate::events::log_event;
 use crate::retry::{Patience, is_transient};
 use crate::shutdown;
 
@@ -118,7 +119,7 @@ struct Queued {
 
 impl Queued {
     fn new(event: NewEvent) -> Queued {
-        let size = serialized_len(&event.payload);
+        let size = event.payload.json_len();
         Queued { event, size }
     }
 }
@@ -172,10 +173,10 @@ impl Reporter {
         let queued = Queued::new(event);
         let queued = if queued.size > MAX_EVENT_PAYLOAD_BYTES {
             Queued::new(log_event(
-                "error",
+                LogLevel::Error,
                 &format!(
                     "a {} event of {} bytes was too large to report",
-                    queued.event.kind.as_str(),
+                    queued.event.payload.kind_name(),
                     queued.size
                 ),
             ))
@@ -511,7 +512,7 @@ impl Worker {
         let dropped = std::mem::take(&mut self.unnoted_drops);
         tracing::warn!(task = %self.task, "dropped {dropped} events while the broker was unreachable");
         Queued::new(log_event(
-            "warning",
+            LogLevel::Warning,
             &format!(
                 "{dropped} events were dropped here: the broker was unreachable and the queue of waiting events was full"
             ),
@@ -529,7 +530,7 @@ impl Worker {
         if self.rejection_notes < MAX_REJECTION_NOTES {
             self.rejection_notes += 1;
             let note = Queued::new(log_event(
-                "error",
+                LogLevel::Error,
                 &format!("{count} events were dropped here: the broker refused them: {message}"),
             ));
             self.count_in(&note);
@@ -577,16 +578,15 @@ fn take_batch(pending: &mut VecDeque<Queued>, max_events: usize, max_bytes: usiz
 
 #[cfg(test)]
 mod tests {
-    use embark_core::EventKind;
-    use serde_json::json;
+    use embark_core::event::{AssistantDelta, Extra};
 
     use super::*;
 
     fn text_event(len: usize) -> NewEvent {
-        NewEvent {
-            kind: EventKind::AssistantDelta,
-            payload: json!({ "text": "x".repeat(len) }),
-        }
+        NewEvent::new(AssistantDelta {
+            text: "x".repeat(len),
+            extra: Extra::new(),
+        })
     }
 
     #[test]

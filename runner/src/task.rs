@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use embark_client::BrokerClient;
+use embark_core::event::{LogLevel, Phase};
 use embark_core::limits::MAX_RESULT_TEXT_BYTES;
 use embark_core::repo_url::without_credentials;
 use embark_core::text::{error_chain, head};
@@ -60,7 +61,7 @@ pub async fn run_task(
     let options = ReportOptions::default();
     let reporter = Reporter::start(client.clone(), claim, options, shutdown.clone());
     let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
-    reporter.send(lifecycle("claimed", Some(&detail)));
+    reporter.send(lifecycle(Phase::Claimed, Some(&detail)));
 
     let deadline = Instant::now() + settings.task_timeout;
     let (verdict, space) = attempt(settings, claim, &reporter, deadline, &mut shutdown).await;
@@ -93,7 +94,7 @@ pub async fn report(
         (TaskResult::Failed, Some(reason)) => format!("failed: {reason}"),
         (TaskResult::Failed, None) => "failed".to_owned(),
     };
-    reporter.send(lifecycle("finishing", Some(&summary)));
+    reporter.send(lifecycle(Phase::Finishing, Some(&summary)));
     let ended = Instant::now();
     let delivery = reporter
         .finish(patience.events_deadline(ended, *shutdown.borrow()))
@@ -168,7 +169,7 @@ async fn clean_up(
         if swept.stopped > 0 {
             tracing::info!(%task, "stopped {} processes left behind by the task's tools", swept.stopped);
             reporter.send(log_event(
-                "warning",
+                LogLevel::Warning,
                 &format!("stopped {} processes the task's tools left running", swept.stopped),
             ));
         }
@@ -182,7 +183,7 @@ async fn clean_up(
         Err(e) => {
             let message = error_chain(&e);
             tracing::error!(%task, "{message}");
-            reporter.send(log_event("error", &message));
+            reporter.send(log_event(LogLevel::Error, &message));
         }
     }
 }
@@ -207,7 +208,7 @@ async fn prepare_and_run(
     }
 
     reporter.send(lifecycle(
-        "cloning",
+        Phase::Cloning,
         Some(&format!("{} @ {}", without_credentials(&task.repo_url), task.commit)),
     ));
     let clone_timeout = settings
@@ -224,7 +225,7 @@ async fn prepare_and_run(
     }
 
     reporter.send(lifecycle(
-        "starting_pi",
+        Phase::StartingPi,
         Some(&format!("{}/{}", intent.provider, intent.model)),
     ));
     let launch = PiLaunch {
@@ -243,7 +244,7 @@ async fn prepare_and_run(
     };
     tracing::info!(task = %task.id, pid = ?pi.pid(), "Pi started");
 
-    reporter.send(lifecycle("prompting", None));
+    reporter.send(lifecycle(Phase::Prompting, None));
     let mut observer = ReportingObserver {
         mapper: EventMapper::new(),
         reporter,
@@ -261,7 +262,7 @@ async fn prepare_and_run(
     tracing::info!(task = %task.id, "Pi exited: {:?}", exit.status);
     if let Some(signal) = exit.signalled {
         reporter.send(log_event(
-            "warning",
+            LogLevel::Warning,
             &format!("Pi did not exit after its input closed; sent {signal}"),
         ));
     }
@@ -341,10 +342,10 @@ impl Observer for ReportingObserver<'_> {
     fn on_garbage(&mut self, note: &str) {
         self.garbage += 1;
         if self.garbage <= MAX_GARBAGE_NOTES {
-            self.reporter.send(log_event("warning", note));
+            self.reporter.send(log_event(LogLevel::Warning, note));
         } else if self.garbage == MAX_GARBAGE_NOTES + 1 {
             self.reporter.send(log_event(
-                "warning",
+                LogLevel::Warning,
                 "more non-JSON lines on Pi's stdout; see the runner's log",
             ));
         }

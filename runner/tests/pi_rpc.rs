@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use embark_core::{EventKind, NewEvent, TaskId};
+use embark_core::event::{Log, LogLevel};
+use embark_core::{EventKind, NewEvent, Payload, TaskId};
 use embark_runner::events::EventMapper;
 use embark_runner::pi_process::{PiLaunch, PiProcess};
 use embark_runner::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
@@ -48,7 +49,7 @@ impl Collect {
             .count()
     }
     fn count_events(&self, kind: EventKind) -> usize {
-        self.events.iter().filter(|e| e.kind == kind).count()
+        self.events.iter().filter(|e| e.payload.kind() == Some(kind)).count()
     }
 }
 
@@ -108,7 +109,10 @@ async fn a_bash_then_done_run_ends_cleanly() {
     );
     assert_eq!(seen.count_events(EventKind::ToolStart), 1);
     assert_eq!(seen.count_events(EventKind::ToolEnd), 1);
-    assert_eq!(seen.events.last().map(|e| e.kind), Some(EventKind::AgentEnd));
+    assert_eq!(
+        seen.events.last().and_then(|e| e.payload.kind()),
+        Some(EventKind::AgentEnd)
+    );
 
     let exit = pi.shutdown(Duration::from_secs(5)).await;
     assert!(exit.status.expect("exited").success(), "Pi exits 0 on stdin EOF");
@@ -141,13 +145,13 @@ async fn extension_dialogs_are_cancelled() {
     let run = run.expect("run ends");
     assert_eq!(run.interrupted, None, "the dialog did not block the run");
     assert_eq!(run.last_text.as_deref(), Some("done: hello"));
-    let logs: Vec<&Value> = seen
+    let logs: Vec<&Payload> = seen
         .events
         .iter()
-        .filter(|e| e.kind == EventKind::Log)
         .map(|e| &e.payload)
+        .filter(|p| p.kind() == Some(EventKind::Log))
         .collect();
-    assert_eq!(logs, [&json!({"level": "info", "message": "confirm answered false"})]);
+    assert_eq!(logs, [&Log::new(LogLevel::Info, "confirm answered false").into()]);
     pi.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -11,14 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use embark_client::BrokerClient;
-use embark_core::event::{EventKind, NewEvent};
+use embark_core::event::{Log, LogLevel, NewEvent, Payload};
 use embark_core::intent::ExecutionIntent;
 use embark_core::wire::{Claim, CompleteTask, CreateTask, TaskResult};
 use embark_core::{Event, TaskState};
 use embark_runner::reporter::{Delivery, ReportOptions, Reporter};
 use embark_runner::retry::{Patience, persist};
 use embark_testkit::Broker;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -98,10 +97,7 @@ async fn relay(client: TcpStream, server: TcpStream, drop_answer: bool, sent: Ar
 }
 
 fn event(n: u32) -> NewEvent {
-    NewEvent {
-        kind: EventKind::Log,
-        payload: json!({"level": "info", "message": format!("event {n}")}),
-    }
+    NewEvent::new(Log::new(LogLevel::Info, format!("event {n}")))
 }
 
 /// What [`Gate`] does with the connections it accepts.
@@ -343,7 +339,10 @@ async fn stored_events(broker: &Broker, claim: &Claim) -> Vec<Event> {
 fn messages(events: &[Event]) -> Vec<String> {
     events
         .iter()
-        .filter_map(|e| e.payload["message"].as_str().map(str::to_owned))
+        .filter_map(|e| match &e.payload {
+            Payload::Log(log) => Some(log.message.clone()),
+            _ => None,
+        })
         .collect()
 }
 
@@ -453,7 +452,7 @@ async fn a_broker_outage_loses_no_event_and_the_verdict_still_lands() {
 
 /// Payload bytes of `event(n)`.
 fn size_of_event(n: u32) -> usize {
-    serde_json::to_vec(&event(n).payload).expect("serializes").len()
+    event(n).payload.to_json().len()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -558,11 +557,7 @@ async fn a_batch_whose_answer_was_lost_is_stored_once() {
         .task_events(&broker.client_secret, task.id, 0, 100)
         .await
         .expect("read");
-    let messages: Vec<&str> = page
-        .events
-        .iter()
-        .filter_map(|e| e.payload["message"].as_str())
-        .collect();
+    let messages = messages(&page.events);
     assert_eq!(
         messages,
         ["event 1", "event 2", "event 3", "event 4", "event 5"],

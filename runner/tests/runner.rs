@@ -8,8 +8,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use embark_client::BrokerClient;
+use embark_core::event::{AssistantMessage, Log};
 use embark_core::wire::{CreateTask, Task, TaskResult};
-use embark_core::{Event, EventKind, ExecutionIntent, TaskState};
+use embark_core::{Event, EventKind, ExecutionIntent, Payload, TaskState};
 use embark_testkit::{Broker, FakeModel, git};
 use serde_json::{Value, json};
 
@@ -210,13 +211,36 @@ impl World {
 }
 
 fn of_kind(events: &[Event], kind: EventKind) -> Vec<&Event> {
-    events.iter().filter(|e| e.kind == kind).collect()
+    events.iter().filter(|e| e.payload.kind() == Some(kind)).collect()
 }
 
 fn phases(events: &[Event]) -> Vec<String> {
-    of_kind(events, EventKind::Lifecycle)
+    events
         .iter()
-        .map(|e| e.payload["phase"].as_str().unwrap_or("?").to_owned())
+        .filter_map(|e| match &e.payload {
+            Payload::Lifecycle(step) => Some(step.phase.name().into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assistant_messages(events: &[Event]) -> Vec<&AssistantMessage> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::AssistantMessage(message) => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logs(events: &[Event]) -> Vec<&Log> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::Log(log) => Some(log),
+            _ => None,
+        })
         .collect()
 }
 
@@ -241,9 +265,12 @@ fn assert_no_credentials(world: &World, task: &Task) {
 }
 
 fn delta_text(events: &[Event]) -> String {
-    of_kind(events, EventKind::AssistantDelta)
+    events
         .iter()
-        .filter_map(|e| e.payload["text"].as_str())
+        .filter_map(|e| match &e.payload {
+            Payload::AssistantDelta(delta) => Some(delta.text.as_str()),
+            _ => None,
+        })
         .collect()
 }
 
@@ -290,22 +317,37 @@ async fn a_task_runs_end_to_end_and_streams_its_events() {
     );
     let tool_start = of_kind(&events, EventKind::ToolStart);
     assert_eq!(tool_start.len(), 1);
-    assert_eq!(tool_start[0].payload["tool_name"], "bash");
-    assert_eq!(tool_start[0].payload["args"]["command"], "echo hello > hello.txt");
+    let Payload::ToolStart(tool_start) = &tool_start[0].payload else {
+        unreachable!("of_kind")
+    };
+    assert_eq!(tool_start.tool_name, "bash");
+    assert_eq!(tool_start.args["command"], "echo hello > hello.txt");
     let tool_end = of_kind(&events, EventKind::ToolEnd);
     assert_eq!(tool_end.len(), 1);
-    assert_eq!(tool_end[0].payload["is_error"], false);
-    let messages = of_kind(&events, EventKind::AssistantMessage);
+    assert!(matches!(&tool_end[0].payload, Payload::ToolEnd(end) if !end.is_error));
+    let messages = assistant_messages(&events);
     assert_eq!(messages.len(), 2);
-    assert_eq!(messages[1].payload["text"], "done: hello");
-    assert_eq!(messages[1].payload["stop_reason"], "stop");
+    assert_eq!(messages[1].text, "done: hello");
+    assert_eq!(messages[1].stop_reason, "stop");
+    assert!(
+        messages[1].usage.as_ref().is_some_and(|u| u.total_tokens > 0),
+        "Pi's usage came through: {:?}",
+        messages[1].usage
+    );
+    let unread: Vec<&Event> = events.iter().filter(|e| e.payload.kind().is_none()).collect();
+    assert!(unread.is_empty(), "every event fits its kind: {unread:?}");
     assert_eq!(of_kind(&events, EventKind::AgentStart).len(), 1);
     assert_eq!(of_kind(&events, EventKind::AgentEnd).len(), 1);
     // The fake model streamed "done: hello" as two pieces: one chunk, not a row per token.
     assert_eq!(delta_text(&events), "done: hello");
     assert!(of_kind(&events, EventKind::AssistantDelta).len() <= 2);
     // Order: the tool ran before the final message, which came before agent_end.
-    let pos = |kind| events.iter().position(|e| e.kind == kind).expect("present");
+    let pos = |kind| {
+        events
+            .iter()
+            .position(|e| e.payload.kind() == Some(kind))
+            .expect("present")
+    };
     assert!(pos(EventKind::ToolEnd) < pos(EventKind::AgentEnd));
 }
 
@@ -318,14 +360,10 @@ async fn a_model_error_fails_the_task_with_its_message() {
     let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
     assert!(reason.contains("boom"), "{reason}");
     assert_gapless(&done, &events);
-    let messages = of_kind(&events, EventKind::AssistantMessage);
+    let messages = assistant_messages(&events);
     assert_eq!(messages.len(), 1);
-    assert_eq!(messages[0].payload["stop_reason"], "error");
-    assert!(
-        messages[0].payload["error_message"]
-            .as_str()
-            .is_some_and(|m| m.contains("boom"))
-    );
+    assert_eq!(messages[0].stop_reason, "error");
+    assert!(messages[0].error_message.as_deref().is_some_and(|m| m.contains("boom")));
     assert_no_credentials(&world, &task);
 }
 
@@ -360,8 +398,8 @@ async fn a_task_past_its_timeout_is_aborted_and_fails() {
     let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
     assert!(reason.contains("timed out after 4 s"), "{reason}");
     assert_gapless(&done, &events);
-    let messages = of_kind(&events, EventKind::AssistantMessage);
-    assert_eq!(messages.last().expect("a message").payload["stop_reason"], "aborted");
+    let messages = assistant_messages(&events);
+    assert_eq!(messages.last().expect("a message").stop_reason, "aborted");
     // Coalescing: the streamed text arrived in 6-character pieces, the events are far fewer.
     let text = delta_text(&events);
     let pieces = text.len().div_ceil(6);
@@ -385,7 +423,9 @@ async fn sigterm_aborts_the_running_task_and_reports_it() {
 
     // Wait until Pi is streaming, then ask the runner to stop.
     world
-        .wait_for_event(task.id, "streaming", |e| e.kind == EventKind::AssistantDelta)
+        .wait_for_event(task.id, "streaming", |e| {
+            e.payload.kind() == Some(EventKind::AssistantDelta)
+        })
         .await;
     world.signal(&runner, rustix::process::Signal::TERM);
     let status = tokio::task::block_in_place(|| world.wait(&mut runner, Duration::from_secs(30)));
@@ -457,9 +497,9 @@ async fn processes_the_tools_leave_behind_do_not_outlive_the_task() {
         "{survivors:?} of {pids:?} outlived the task; {}",
         world.diagnostics()
     );
-    let stopped = of_kind(&events, EventKind::Log)
+    let stopped = logs(&events)
         .iter()
-        .filter_map(|e| e.payload["message"].as_str())
+        .map(|log| log.message.as_str())
         .find_map(|m| m.strip_prefix("stopped ")?.split(' ').next()?.parse::<u32>().ok());
     assert!(
         stopped.is_some_and(|n| n >= 3),
@@ -528,7 +568,11 @@ async fn sigterm_during_the_clone_fails_the_task_and_ends_git() {
     let task = world.submit_repo(&server.url, "anything", "default").await;
     let mut runner = world.start_runner(&[]);
     world
-        .wait_for_event(task.id, "cloning", |e| e.payload["phase"] == "cloning")
+        .wait_for_event(
+            task.id,
+            "cloning",
+            |e| matches!(&e.payload, Payload::Lifecycle(step) if step.phase.name() == "cloning"),
+        )
         .await;
     // Git is connected and waiting for an answer that never comes.
     let until = Instant::now() + Duration::from_secs(30);
@@ -577,7 +621,9 @@ async fn credential_copies_of_a_killed_runner_are_removed_by_the_next_one() {
     let task = world.submit("talk", "default").await;
     let mut runner = world.start_runner(&[]);
     world
-        .wait_for_event(task.id, "streaming", |e| e.kind == EventKind::AssistantDelta)
+        .wait_for_event(task.id, "streaming", |e| {
+            e.payload.kind() == Some(EventKind::AssistantDelta)
+        })
         .await;
     let pi_agent = world.spaces().join(task.id.to_string()).join("pi-agent");
     for file in ["auth.json", "models.json"] {

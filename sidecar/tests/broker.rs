@@ -8,7 +8,9 @@
 mod common;
 
 use common::{Client, assert_error, view_text};
-use embark_core::event::{EventKind, NewEvent};
+use embark_core::event::{
+    AgentEnd, AgentStart, AssistantMessage, Lifecycle, NewEvent, OtherEvent, Payload, Phase, ToolStart,
+};
 use embark_core::wire::{AppendEvents, CompleteTask, TaskResult};
 use embark_sidecar::config::{Config, Secret};
 use embark_testkit::Broker;
@@ -273,26 +275,28 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
     let events = AppendEvents {
         batch_id: format!("{}-0", claim.attempt),
         events: vec![
-            NewEvent {
-                kind: EventKind::Lifecycle,
-                payload: json!({"phase": "cloning"}),
-            },
-            NewEvent {
-                kind: EventKind::AgentStart,
-                payload: json!({}),
-            },
-            NewEvent {
-                kind: EventKind::ToolStart,
-                payload: json!({"tool_call_id": "t1", "tool_name": "bash", "args": {"command": "ls"}}),
-            },
-            NewEvent {
-                kind: EventKind::AssistantMessage,
-                payload: json!({"text": "All done.", "stop_reason": "stop"}),
-            },
-            NewEvent {
-                kind: EventKind::AgentEnd,
-                payload: json!({"stop_reason": "stop"}),
-            },
+            NewEvent::new(Lifecycle::new(Phase::Cloning, None)),
+            NewEvent::new(AgentStart::default()),
+            NewEvent::new(ToolStart {
+                tool_call_id: "t1".into(),
+                tool_name: "bash".into(),
+                args: json!({"command": "ls"}).as_object().cloned().expect("an object"),
+                ..ToolStart::default()
+            }),
+            // A kind a newer runner added: kept by the broker, shown generically.
+            NewEvent::new(Payload::Other(OtherEvent {
+                kind: "sync_progress".into(),
+                payload: json!({"files": 3}),
+            })),
+            NewEvent::new(AssistantMessage {
+                text: "All done.".into(),
+                stop_reason: "stop".into(),
+                ..AssistantMessage::default()
+            }),
+            NewEvent::new(AgentEnd {
+                stop_reason: Some("stop".into()),
+                ..AgentEnd::default()
+            }),
         ],
     };
     api.append_events(&claim.callback_token, claim.task.id, &events)
@@ -314,10 +318,11 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
     assert_eq!(field(&rows, "attempt"), "1");
     assert!(rows.iter().any(|(f, _)| f == "finished"), "{rows:?}");
     let text = view_text(&done);
-    assert!(text.contains("Recent events (5 of 5):"), "{text}");
+    assert!(text.contains("Recent events (6 of 6):"), "{text}");
     assert!(text.contains("#1 lifecycle: cloning"), "{text}");
     assert!(text.contains("#3 tool_start: bash {\"command\":\"ls\"}"), "{text}");
-    assert!(text.contains("#4 assistant_message: All done."), "{text}");
+    assert!(text.contains("#4 sync_progress: {\"files\":3}"), "{text}");
+    assert!(text.contains("#5 assistant_message: All done."), "{text}");
     let message = &done["result"]["message"];
     assert_eq!(message["custom_type"], "embark-result");
     assert!(

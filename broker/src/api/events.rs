@@ -20,11 +20,8 @@ pub async fn append<S: Store>(
     TaskPath(id): TaskPath,
     ApiJson(request): ApiJson<AppendEvents>,
 ) -> Result<Json<EventsAppended>, ApiFailure> {
-    validate::append(&request)?;
-    let appended = app
-        .store
-        .append_events(id, &token, &request.batch_id, &request.events)
-        .await?;
+    let events = validate::append(&request)?;
+    let appended = app.store.append_events(id, &token, &request.batch_id, &events).await?;
     tracing::debug!(
         task = %id,
         batch = %request.batch_id,

@@ -4,15 +4,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use embark_core::NewEvent;
-use embark_core::event::EventKind;
+use embark_core::event::{Log, LogLevel, NewEvent, OtherEvent, Payload, ToolEnd};
 use embark_core::intent::ExecutionIntent;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{CompleteTask, CreateTask, TaskResult};
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use super::{Runner, Store, StoreError};
+use super::{EncodedEvent, Runner, Store, StoreError};
 use crate::auth::{TokenHash, TokenKind, mint};
 
 pub fn new_task(session: &str) -> CreateTask {
@@ -44,11 +43,12 @@ async fn claim<S: Store>(store: &S, runner: &Runner) -> Option<(embark_core::wir
         .map(|task| (task, hash))
 }
 
-fn log_event(n: u64) -> NewEvent {
-    NewEvent {
-        kind: EventKind::Log,
-        payload: json!({"level": "info", "message": format!("event {n}")}),
-    }
+fn log(n: u64) -> Payload {
+    Log::new(LogLevel::Info, format!("event {n}")).into()
+}
+
+fn log_event(n: u64) -> EncodedEvent {
+    EncodedEvent::new(&NewEvent::new(log(n)))
 }
 
 fn verdict(result: TaskResult) -> CompleteTask {
@@ -188,12 +188,7 @@ pub async fn events_are_gapless_and_paged<S: Store>(store: S) {
     assert_eq!(all.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     for event in &all.events {
         assert_eq!(event.task_id, task.id);
-        assert_eq!(event.kind, EventKind::Log);
-        assert_eq!(
-            event.payload,
-            log_event(event.seq).payload,
-            "payloads come back as sent, in order"
-        );
+        assert_eq!(event.payload, log(event.seq), "payloads come back as sent, in order");
     }
     let page = store.events_after(task.id, 2, 2).await.expect("read");
     assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
@@ -218,6 +213,65 @@ pub async fn events_are_gapless_and_paged<S: Store>(store: S) {
     ));
 }
 
+/// What the broker appends is read back whatever this build knows of it:
+/// a newer runner's kind and fields, and payloads stored before appends
+/// were checked, come back as they were stored.
+pub async fn stored_events_are_read_whatever_their_kind<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let task = store.create_task(&new_task("s")).await.expect("create");
+    let (_, token) = claim(&store, &worker).await.expect("claim");
+    let newer_tool_end = json!({"tool_call_id": "c", "tool_name": "bash", "is_error": false, "output": "",
+        "truncated": false, "exit_code": 2});
+    let stored = [
+        EncodedEvent {
+            kind: "sync_progress".into(),
+            payload: r#"{"files":3}"#.into(),
+        },
+        EncodedEvent {
+            kind: "tool_end".into(),
+            payload: newer_tool_end.to_string(),
+        },
+        EncodedEvent {
+            kind: "lifecycle".into(),
+            payload: r#"{"step":"cloning"}"#.into(),
+        },
+        log_event(4),
+    ];
+    store
+        .append_events(task.id, &token, "b1", &stored)
+        .await
+        .expect("append");
+    let page = store.events_after(task.id, 0, 10).await.expect("read");
+    let payloads: Vec<&Payload> = page.events.iter().map(|e| &e.payload).collect();
+    assert_eq!(
+        payloads[0],
+        &Payload::Other(OtherEvent {
+            kind: "sync_progress".into(),
+            payload: json!({"files": 3})
+        })
+    );
+    let Payload::ToolEnd(ToolEnd { tool_name, extra, .. }) = payloads[1] else {
+        panic!("a typed tool_end: {:?}", payloads[1])
+    };
+    assert_eq!((tool_name.as_str(), &extra["exit_code"]), ("bash", &json!(2)));
+    assert_eq!(
+        payloads[2],
+        &Payload::Other(OtherEvent {
+            kind: "lifecycle".into(),
+            payload: json!({"step": "cloning"})
+        })
+    );
+    assert_eq!(payloads[3], &log(4));
+    // Served again, each reads as it was stored.
+    for (event, sent) in page.events.iter().zip(&stored) {
+        assert_eq!(event.payload.kind_name(), sent.kind);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&event.payload.to_json()).expect("JSON"),
+            serde_json::from_str::<serde_json::Value>(&sent.payload).expect("JSON"),
+        );
+    }
+}
+
 pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
     const TASKS: usize = 4;
     const WRITERS: usize = 3;
@@ -236,10 +290,10 @@ pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
                 let mut ranges = Vec::new();
                 for n in 0..APPENDS {
                     // 1 to 3 events per append, each naming its writer and position.
-                    let batch: Vec<NewEvent> = (0..(n % 3 + 1))
-                        .map(|k| NewEvent {
-                            kind: EventKind::Log,
-                            payload: json!({"writer": writer, "n": n, "k": k}),
+                    let batch: Vec<EncodedEvent> = (0..(n % 3 + 1))
+                        .map(|k| EncodedEvent {
+                            kind: "log".into(),
+                            payload: json!({"writer": writer, "n": n, "k": k}).to_string(),
                         })
                         .collect();
                     let batch_id = format!("w{writer}-{n}");
@@ -278,13 +332,13 @@ pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
         assert_eq!(page.last_seq, expected);
         let seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=expected).collect::<Vec<_>>());
-        let distinct: HashSet<String> = page.events.iter().map(|e| e.payload.to_string()).collect();
+        let distinct: HashSet<String> = page.events.iter().map(|e| e.payload.to_json()).collect();
         assert_eq!(distinct.len() as u64, expected, "every event stored exactly once");
     }
 }
 
 /// The seqs of every event in the task's log, and their payloads.
-async fn log_of<S: Store>(store: &S, id: TaskId) -> (Vec<u64>, Vec<serde_json::Value>) {
+async fn log_of<S: Store>(store: &S, id: TaskId) -> (Vec<u64>, Vec<Payload>) {
     let page = store.events_after(id, 0, 1000).await.expect("read");
     assert_eq!(
         page.last_seq,
@@ -321,7 +375,7 @@ pub async fn a_replayed_batch_is_answered_not_stored_again<S: Store>(store: S) {
     assert_eq!(changed, first);
     let (seqs, payloads) = log_of(&store, task.id).await;
     assert_eq!(seqs, [1, 2, 3], "each event once");
-    assert_eq!(payloads, batch.iter().map(|e| e.payload.clone()).collect::<Vec<_>>());
+    assert_eq!(payloads, [log(1), log(2), log(3)]);
 
     let next = store
         .append_events(task.id, &token, "b2", &[log_event(4), log_event(5)])

@@ -21,6 +21,23 @@ use crate::auth::TokenHash;
 
 pub use sqlite::SqliteStore;
 
+/// An event as a store writes it: its kind's name and its payload as JSON
+/// text, serialized once (the size limit is checked on the same text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedEvent {
+    pub kind: String,
+    pub payload: String,
+}
+
+impl EncodedEvent {
+    pub fn new(event: &NewEvent) -> EncodedEvent {
+        EncodedEvent {
+            kind: event.payload.kind_name().to_owned(),
+            payload: event.payload.to_json(),
+        }
+    }
+}
+
 /// An enrolled runner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Runner {
@@ -118,7 +135,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         id: TaskId,
         callback: &TokenHash,
         batch_id: &str,
-        events: &[NewEvent],
+        events: &[EncodedEvent],
     ) -> impl Future<Output = Result<EventsAppended, StoreError>> + Send;
 
     /// Records the attempt's verdict and moves the task to its terminal
@@ -133,7 +150,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Task, StoreError>> + Send;
 
     /// Up to `limit` events with seq > `after`, oldest first, and the task's
-    /// `last_seq` as of the same snapshot.
+    /// `last_seq` as of the same snapshot. An event of a kind this build does
+    /// not know, or whose payload does not fit its kind, is served as it was
+    /// stored ([`embark_core::Payload::Other`]), never as an error.
     fn events_after(
         &self,
         id: TaskId,

@@ -1,7 +1,7 @@
 //! Rows as the databases hold them, and their conversion to domain types.
 //! Shared by every store: times are integer milliseconds, ids and enums text.
 
-use embark_core::event::{Event, EventKind};
+use embark_core::event::{Event, Payload};
 use embark_core::intent::ExecutionIntent;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{Task, TaskOutcome, TaskResult};
@@ -88,16 +88,15 @@ pub(crate) struct EventRow {
 }
 
 impl EventRow {
+    /// The stored event, typed where its kind is known and its payload fits,
+    /// kept whole otherwise: only a payload that is not JSON is corrupt.
     pub fn into_event(self, task_id: TaskId) -> Result<Event, StoreError> {
-        let kind = EventKind::parse(&self.kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {:?}", self.kind)))?;
-        let payload = serde_json::from_str(&self.payload)
+        let payload = Payload::decode_str(&self.kind, &self.payload)
             .map_err(|e| StoreError::Corrupt(format!("event {task_id}/{} payload: {e}", self.seq)))?;
         Ok(Event {
             task_id,
             seq: seq(self.seq)?,
             time: timestamp(self.time)?,
-            kind,
             payload,
         })
     }

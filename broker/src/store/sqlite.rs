@@ -10,7 +10,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use embark_core::NewEvent;
 use embark_core::limits;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, is_batch_id};
@@ -18,7 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
-use super::{Runner, Store, StoreError, check_transition};
+use super::{EncodedEvent, Runner, Store, StoreError, check_transition};
 use crate::auth::TokenHash;
 
 /// How long a statement waits for another process's write lock.
@@ -247,7 +246,7 @@ impl Store for SqliteStore {
         id: TaskId,
         callback: &TokenHash,
         batch_id: &str,
-        events: &[NewEvent],
+        events: &[EncodedEvent],
     ) -> Result<EventsAppended, StoreError> {
         if !is_batch_id(batch_id) {
             return Err(StoreError::Invalid(format!(
@@ -265,11 +264,6 @@ impl Store for SqliteStore {
                 limits::MAX_EVENTS_PER_APPEND
             )));
         }
-        let payloads = events
-            .iter()
-            .map(|event| serde_json::to_string(&event.payload))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Invalid(format!("event payload does not serialize: {e}")))?;
         let count = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many events".into()))?;
         let now = now_ms();
 
@@ -316,16 +310,13 @@ impl Store for SqliteStore {
         }
         let task_id = id.to_string();
         let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO events (task_id, seq, time, kind, payload) ");
-        insert.push_values(
-            events.iter().zip(payloads).zip(first..),
-            |mut row, ((event, payload), seq)| {
-                row.push_bind(task_id.clone())
-                    .push_bind(seq)
-                    .push_bind(now)
-                    .push_bind(event.kind.as_str())
-                    .push_bind(payload);
-            },
-        );
+        insert.push_values(events.iter().zip(first..), |mut row, (event, seq)| {
+            row.push_bind(task_id.clone())
+                .push_bind(seq)
+                .push_bind(now)
+                .push_bind(&event.kind)
+                .push_bind(&event.payload);
+        });
         insert.build().execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -445,6 +436,7 @@ mod tests {
         callback_tokens_are_fenced_to_their_task_and_attempt,
         runners_are_found_by_token_hash,
         a_replayed_batch_is_answered_not_stored_again,
+        stored_events_are_read_whatever_their_kind,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -461,12 +453,11 @@ mod tests {
     #[tokio::test]
     async fn a_batch_id_of_an_earlier_attempt_is_refused() {
         use crate::auth::{TokenKind, mint};
-        use embark_core::EventKind;
 
         let (_dir, store) = fresh().await;
-        let event = |n: u32| NewEvent {
-            kind: EventKind::Log,
-            payload: serde_json::json!({ "n": n }),
+        let event = |n: u32| EncodedEvent {
+            kind: "log".into(),
+            payload: format!(r#"{{"n":{n}}}"#),
         };
         let (_, runner_token) = mint(TokenKind::Runner);
         let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");

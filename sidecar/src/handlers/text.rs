@@ -1,7 +1,11 @@
 //! Short, single-line renderings of events and texts for views.
 
-use embark_core::event::{Event, EventKind};
-use serde_json::Value;
+use embark_core::event::{Event, Payload};
+
+/// How much of a payload a line shows.
+const EXCERPT_CHARS: usize = 80;
+/// How much of a text a line shows.
+const TEXT_CHARS: usize = 100;
 
 /// The text flattened to one line (runs of whitespace become one space), at
 /// most `max` characters; longer text ends with `…`.
@@ -15,36 +19,35 @@ pub fn one_line(text: &str, max: usize) -> String {
     out
 }
 
-/// `#12 tool_start: bash {"command":"ls"}`
+/// `#12 tool_start: bash {"command":"ls"}`. A kind this sidecar does not
+/// know (from a newer runner) shows its name and the start of its payload.
 pub fn event_line(event: &Event) -> String {
-    let payload = &event.payload;
-    let field = |name: &str| payload.get(name).and_then(Value::as_str).unwrap_or("");
-    let summary = match event.kind {
-        EventKind::Lifecycle => join_non_empty(&[field("phase"), field("detail")], " — "),
-        EventKind::AgentStart => "agent started".to_owned(),
-        EventKind::AgentEnd => join_non_empty(&["agent finished", field("stop_reason")], ": "),
-        EventKind::AssistantDelta => one_line(field("text"), 100),
-        EventKind::AssistantMessage => {
+    let summary = match &event.payload {
+        Payload::Lifecycle(step) => join_non_empty(&[&step.phase.name(), step.detail.as_deref().unwrap_or("")], " — "),
+        Payload::AgentStart(_) => "agent started".to_owned(),
+        Payload::AgentEnd(end) => join_non_empty(&["agent finished", end.stop_reason.as_deref().unwrap_or("")], ": "),
+        Payload::AssistantDelta(delta) => one_line(&delta.text, TEXT_CHARS),
+        Payload::AssistantMessage(message) => {
             // A message made only of tool calls has no text: say so rather than show nothing.
-            let text = match (field("text").trim(), field("stop_reason")) {
+            let text = match (message.text.trim(), message.stop_reason.as_str()) {
                 ("", "toolUse") => "(tool calls)".to_owned(),
-                (text, _) => one_line(text, 100),
+                (text, _) => one_line(text, TEXT_CHARS),
             };
-            join_non_empty(&[&text, field("error_message")], " — error: ")
+            join_non_empty(&[&text, message.error_message.as_deref().unwrap_or("")], " — error: ")
         }
-        EventKind::ToolStart => {
-            let args = payload.get("args").map(Value::to_string).unwrap_or_default();
-            join_non_empty(&[field("tool_name"), &one_line(&args, 80)], " ")
+        Payload::ToolStart(start) => {
+            let args = serde_json::to_string(&start.args).unwrap_or_default();
+            join_non_empty(&[&start.tool_name, &one_line(&args, EXCERPT_CHARS)], " ")
         }
-        EventKind::ToolEnd => {
-            let failed = payload.get("is_error").and_then(Value::as_bool).unwrap_or(false);
-            let verdict = if failed { "failed" } else { "ok" };
-            let head = format!("{} {verdict}", field("tool_name"));
-            join_non_empty(&[head.trim(), &one_line(field("output"), 80)], ": ")
+        Payload::ToolEnd(end) => {
+            let verdict = if end.is_error { "failed" } else { "ok" };
+            let head = format!("{} {verdict}", end.tool_name);
+            join_non_empty(&[head.trim(), &one_line(&end.output, EXCERPT_CHARS)], ": ")
         }
-        EventKind::Log => join_non_empty(&[field("level"), &one_line(field("message"), 100)], ": "),
+        Payload::Log(log) => join_non_empty(&[&log.level.name(), &one_line(&log.message, TEXT_CHARS)], ": "),
+        Payload::Other(other) => one_line(&other.payload.to_string(), EXCERPT_CHARS),
     };
-    format!("#{} {}: {}", event.seq, event.kind.as_str(), summary)
+    format!("#{} {}: {}", event.seq, event.payload.kind_name(), summary)
 }
 
 fn join_non_empty(parts: &[&str], separator: &str) -> String {
@@ -58,14 +61,40 @@ fn join_non_empty(parts: &[&str], separator: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use embark_core::event::{
+        AgentEnd, AgentStart, AssistantDelta, AssistantMessage, Extra, Lifecycle, Log, LogLevel, Phase, ToolEnd,
+        ToolStart,
+    };
+    use serde_json::{Value, json};
+
     use super::*;
 
-    fn event(kind: EventKind, payload: Value) -> Event {
-        serde_json::from_value(serde_json::json!({
+    /// Event 7 as the broker serves it, `kind` and `payload` as given.
+    fn served(kind: &str, payload: Value) -> Event {
+        serde_json::from_value(json!({
             "task_id": "01900000-0000-7000-8000-000000000001", "seq": 7, "time": "2025-01-01T00:00:00Z",
             "kind": kind, "payload": payload
         }))
         .expect("an event")
+    }
+
+    fn event(payload: impl Into<Payload>) -> Event {
+        let payload: Payload = payload.into();
+        let event = served(
+            payload.kind_name(),
+            serde_json::from_str(&payload.to_json()).expect("JSON"),
+        );
+        assert_eq!(event.payload, payload, "read back typed");
+        event
+    }
+
+    fn message(text: &str, stop_reason: &str, error: Option<&str>) -> AssistantMessage {
+        AssistantMessage {
+            text: text.into(),
+            stop_reason: stop_reason.into(),
+            error_message: error.map(str::to_owned),
+            ..AssistantMessage::default()
+        }
     }
 
     #[test]
@@ -75,32 +104,36 @@ mod tests {
     }
 
     #[test]
-    fn events_read_as_one_line() {
+    fn every_kind_reads_as_one_line() {
         let lines = [
-            event(
-                EventKind::Lifecycle,
-                serde_json::json!({"phase": "cloning", "detail": "from x"}),
-            ),
-            event(
-                EventKind::ToolStart,
-                serde_json::json!({"tool_name": "bash", "args": {"command": "ls"}}),
-            ),
-            event(
-                EventKind::ToolEnd,
-                serde_json::json!({"tool_name": "bash", "is_error": true, "output": "no\nway"}),
-            ),
-            event(
-                EventKind::AssistantMessage,
-                serde_json::json!({"text": "done", "stop_reason": "stop"}),
-            ),
-            event(
-                EventKind::AssistantMessage,
-                serde_json::json!({"text": "", "stop_reason": "toolUse"}),
-            ),
-            event(
-                EventKind::Log,
-                serde_json::json!({"level": "warning", "message": "slow"}),
-            ),
+            event(Lifecycle::new(Phase::Cloning, Some("from x".into()))),
+            event(Lifecycle::new(Phase::Prompting, None)),
+            event(AgentStart::default()),
+            event(AgentEnd {
+                stop_reason: Some("stop".into()),
+                extra: Extra::new(),
+            }),
+            event(AssistantDelta {
+                text: "partial\ntext".into(),
+                extra: Extra::new(),
+            }),
+            event(ToolStart {
+                tool_call_id: "c1".into(),
+                tool_name: "bash".into(),
+                args: json!({"command": "ls"}).as_object().cloned().expect("an object"),
+                ..ToolStart::default()
+            }),
+            event(ToolEnd {
+                tool_call_id: "c1".into(),
+                tool_name: "bash".into(),
+                is_error: true,
+                output: "no\nway".into(),
+                ..ToolEnd::default()
+            }),
+            event(message("done", "stop", None)),
+            event(message("", "toolUse", None)),
+            event(message("", "error", Some("500 boom"))),
+            event(Log::new(LogLevel::Warning, "slow")),
         ]
         .iter()
         .map(event_line)
@@ -109,12 +142,35 @@ mod tests {
             lines,
             [
                 "#7 lifecycle: cloning — from x",
+                "#7 lifecycle: prompting",
+                "#7 agent_start: agent started",
+                "#7 agent_end: agent finished: stop",
+                "#7 assistant_delta: partial text",
                 "#7 tool_start: bash {\"command\":\"ls\"}",
                 "#7 tool_end: bash failed: no way",
                 "#7 assistant_message: done",
                 "#7 assistant_message: (tool calls)",
+                "#7 assistant_message: 500 boom",
                 "#7 log: warning: slow",
             ]
         );
+    }
+
+    #[test]
+    fn what_a_newer_runner_sends_is_shown_not_dropped() {
+        let unknown = served("sync_progress", json!({"files": 3, "note": "x".repeat(200)}));
+        let line = event_line(&unknown);
+        assert!(
+            line.starts_with("#7 sync_progress: {\"files\":3,\"note\":\"xxx"),
+            "{line}"
+        );
+        assert!(line.ends_with('…') && line.chars().count() < 120, "{line}");
+        let phase = served("lifecycle", json!({"phase": "syncing", "detail": "3 files"}));
+        assert_eq!(event_line(&phase), "#7 lifecycle: syncing — 3 files");
+        let level = served("log", json!({"level": "debug", "message": "m", "source": "ext"}));
+        assert_eq!(event_line(&level), "#7 log: debug: m");
+        // A stored payload that does not fit its kind is shown like an unknown kind.
+        let misfit = served("tool_end", json!({"tool_name": "bash"}));
+        assert_eq!(event_line(&misfit), "#7 tool_end: {\"tool_name\":\"bash\"}");
     }
 }
