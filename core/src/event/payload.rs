@@ -23,6 +23,7 @@ fn is_false(flag: &bool) -> bool {
 /// `lifecycle`: the runner reached a step of the task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Lifecycle {
+    /// The step reached.
     pub phase: Open<Phase>,
     /// What the step is about, for people (e.g. the repository and commit being cloned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,6 +70,7 @@ pub struct AgentEnd {
 /// Pi's token-by-token deltas are coalesced by the runner, never one event each.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AssistantDelta {
+    /// The text, in order after the previous chunk's.
     pub text: String,
     #[serde(flatten)]
     pub extra: Extra,
@@ -131,7 +133,9 @@ pub struct Cost {
 /// `tool_start`: a tool call started.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ToolStart {
+    /// Pi's id of the call; its `tool_end` carries the same.
     pub tool_call_id: String,
+    /// The tool, e.g. `bash`, `read`, `edit`, `write`.
     pub tool_name: String,
     /// The tool's arguments as Pi passed them; each tool has its own. Long
     /// strings in them may be shortened, or the whole replaced by
@@ -147,8 +151,10 @@ pub struct ToolStart {
 /// `tool_end`: a tool call ended.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ToolEnd {
+    /// The id of the call its `tool_start` reported.
     pub tool_call_id: String,
     pub tool_name: String,
+    /// The tool reported a failure (the output says which).
     pub is_error: bool,
     /// The result's text parts, joined by newlines; other parts as `[image]` and the like.
     pub output: String,
@@ -164,6 +170,7 @@ pub struct ToolEnd {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Log {
     pub level: Open<LogLevel>,
+    /// What happened, for people.
     pub message: String,
     #[serde(flatten)]
     pub extra: Extra,
