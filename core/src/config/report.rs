@@ -81,9 +81,9 @@ impl fmt::Display for Report {
                 .find(|spec| spec.key == entry.key)
                 .expect("entries follow the declaration");
             match (&entry.shown, &entry.source) {
-                (Shown::Value(value), Some(source)) => writeln!(f, "{} = {value}  # from {source}", entry.key)?,
+                (Shown::Value(value), Some(source)) => writeln!(f, "{} = {value}  # {}", entry.key, from(source))?,
                 (Shown::Secret, Some(source)) => {
-                    writeln!(f, "# {} is set (secret, not shown)  # from {source}", entry.key)?;
+                    writeln!(f, "# {} is set (secret, not shown)  # {}", entry.key, from(source))?;
                 }
                 (Shown::NotResolved, _) => writeln!(f, "# {}: not resolved (see the error)", entry.key)?,
                 _ => writeln!(
@@ -98,6 +98,14 @@ impl fmt::Display for Report {
             writeln!(f, "# warning: {warning}")?;
         }
         Ok(())
+    }
+}
+
+/// "from env EMBARK_X", or "default".
+fn from(source: &Source) -> String {
+    match source {
+        Source::Default => "default".to_owned(),
+        source => format!("from {source}"),
     }
 }
 

@@ -152,11 +152,11 @@ impl<'a> Resolver<'a> {
             FileStatus::Read { path, .. } | FileStatus::DefaultMissing(path) => {
                 format!("put {} in {}", knob.key, path.display())
             }
-            FileStatus::None => format!(
-                "put {} in a config file named by {}",
-                knob.key,
-                self.declaration.file.flag.unwrap_or("--config")
-            ),
+            FileStatus::None => {
+                let file = &self.declaration.file;
+                let names: Vec<String> = [file.flag, file.env].into_iter().flatten().map(str::to_owned).collect();
+                format!("put {} in a config file named by {}", knob.key, or_list(names))
+            }
         });
         ConfigError::Missing {
             what: knob.what,

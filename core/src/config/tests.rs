@@ -301,7 +301,7 @@ fn missing_values_say_every_way_to_set_them() {
         resolver
             .missing(&URL, "")
             .to_string()
-            .ends_with("or put url in a config file named by --config"),
+            .ends_with("or put url in a config file named by --config or EMBARK_T_CONFIG"),
         "{}",
         resolver.missing(&URL, "")
     );
