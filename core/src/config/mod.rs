@@ -44,7 +44,7 @@ use std::path::PathBuf;
 
 pub use error::ConfigError;
 pub use report::Report;
-pub use resolve::{Resolved, Resolver};
+pub use resolve::{Resolved, Resolver, absolute};
 pub use value::Setting;
 
 /// Looks up an environment variable: the process environment in `main`
