@@ -198,31 +198,53 @@ mod tests {
     #[test]
     fn missing_short_or_equal_secrets_are_refused_with_the_variable_to_set() {
         let db = args(&["--db", "/x.db"]);
-        let err = Config::load(&db, &env_of(&[("EMBARK_RUNNER_ENROLLMENT_SECRET", ENROLL)])).expect_err("no client secret");
+        let err =
+            Config::load(&db, &env_of(&[("EMBARK_RUNNER_ENROLLMENT_SECRET", ENROLL)])).expect_err("no client secret");
         assert!(matches!(err, ConfigError::Missing { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
             "the client secret is not set: set EMBARK_CLIENT_SECRET or put client_secret in a config file named by --config or EMBARK_BROKER_CONFIG (at least 16 bytes)"
         );
 
-        let env = env_of(&[("EMBARK_CLIENT_SECRET", CLIENT), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "short")]);
+        let env = env_of(&[
+            ("EMBARK_CLIENT_SECRET", CLIENT),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", "short"),
+        ]);
         let err = Config::load(&db, &env).expect_err("short");
         assert!(
-            matches!(err, ConfigError::Invalid { key: "runner_enrollment_secret", origin: Source::Env(_), value: None, .. }),
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "runner_enrollment_secret",
+                    origin: Source::Env(_),
+                    value: None,
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert!(err.to_string().contains("at least 16 bytes"), "{err}");
 
-        let env = env_of(&[("EMBARK_CLIENT_SECRET", CLIENT), ("EMBARK_RUNNER_ENROLLMENT_SECRET", CLIENT)]);
+        let env = env_of(&[
+            ("EMBARK_CLIENT_SECRET", CLIENT),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", CLIENT),
+        ]);
         let err = Config::load(&db, &env).expect_err("same");
         assert!(err.to_string().contains("differs from client_secret"), "{err}");
         assert!(!format!("{err} {err:?}").contains(CLIENT), "{err:?}");
 
         // Without a home there is no default database.
-        let env = env_of(&[("EMBARK_CLIENT_SECRET", CLIENT), ("EMBARK_RUNNER_ENROLLMENT_SECRET", ENROLL)]);
+        let env = env_of(&[
+            ("EMBARK_CLIENT_SECRET", CLIENT),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", ENROLL),
+        ]);
         let err = Config::load(&Args::default(), &env).expect_err("no db");
         assert!(err.to_string().contains("pass --db, set EMBARK_BROKER_DB"), "{err}");
-        assert!(err.to_string().ends_with("or set HOME or XDG_DATA_HOME for the default"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("or set HOME or XDG_DATA_HOME for the default"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -243,11 +265,18 @@ mod tests {
         let err = Config::load(&named, &env_of(&[])).expect_err("typo");
         assert!(matches!(err, ConfigError::UnknownKey { .. }));
         assert!(err.to_string().contains("lisen"), "{err}");
-        assert!(err.to_string().contains("`listen`, `db`, `client_secret`, `runner_enrollment_secret`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`listen`, `db`, `client_secret`, `runner_enrollment_secret`"),
+            "{err}"
+        );
 
         std::fs::write(&path, "listen = \"localhost\"\n").expect("write");
         let err = Config::load(&named, &env_of(&[])).expect_err("not an address");
-        assert!(err.to_string().starts_with("listen = \"localhost\" (from file"), "{err}");
+        assert!(
+            err.to_string().starts_with("listen = \"localhost\" (from file"),
+            "{err}"
+        );
         assert!(err.to_string().contains("use an IP address and port"), "{err}");
     }
 
@@ -279,7 +308,11 @@ mod tests {
         assert!(matches!(err, ConfigError::NamedFileMissing { .. }), "{err:?}");
         let env = env_of(&[("EMBARK_BROKER_CONFIG", "/nonexistent/embark/broker.toml")]);
         let err = Config::load(&Args::default(), &env).expect_err("no such file");
-        assert!(err.to_string().contains("named by env EMBARK_BROKER_CONFIG does not exist"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("named by env EMBARK_BROKER_CONFIG does not exist"),
+            "{err}"
+        );
     }
 
     #[test]

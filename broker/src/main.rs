@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use embark_broker::config::{Args, Config, DECLARATION};
-use embark_core::config::Resolver;
 use embark_broker::server;
+use embark_core::config::Resolver;
 use embark_core::dirs;
 
 #[tokio::main]

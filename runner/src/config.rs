@@ -194,7 +194,11 @@ impl Setting for Program {
     }
     /// A bare name stays a name for the PATH lookup.
     fn anchor(self, dir: &Path) -> Self {
-        if self.is_bare_name() { self } else { Program(self.0.anchor(dir)) }
+        if self.is_bare_name() {
+            self
+        } else {
+            Program(self.0.anchor(dir))
+        }
     }
 }
 
@@ -246,7 +250,9 @@ impl Config {
         let no_home = ", or set HOME for the default";
         // Pi runs with the workspace as its cwd: every path it gets must be absolute.
         let spaces = spaces.ok_or_else(|| resolver.missing(&SPACES, no_home))?.absolute()?;
-        let profiles = profiles.ok_or_else(|| resolver.missing(&PROFILES, no_home))?.absolute()?;
+        let profiles = profiles
+            .ok_or_else(|| resolver.missing(&PROFILES, no_home))?
+            .absolute()?;
         let pi = match pi.value {
             pi if pi.is_bare_name() => pi.0,
             pi => embark_core::config::absolute(PI.key, pi.0)?,
@@ -364,7 +370,11 @@ mod tests {
         assert_eq!(config.enrollment_secret.expose(), "toml-secret");
         assert_eq!(config.name, "from-toml");
         // And a blank name everywhere is the host name, not an empty name.
-        let config = Config::load(&cli(&["--broker-url", "http://x", "--name", " "]), &env_of(&[("HOME", "/x"), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "s")])).expect("resolves");
+        let config = Config::load(
+            &cli(&["--broker-url", "http://x", "--name", " "]),
+            &env_of(&[("HOME", "/x"), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "s")]),
+        )
+        .expect("resolves");
         assert_eq!(config.name, host_name());
     }
 
@@ -386,12 +396,25 @@ mod tests {
         std::fs::write(&default, "broker_url = \"https://b\"\nspaces = \"s\"\npi = \"pi\"\n").expect("write");
         let config = Config::load(&cli(&[]), &env).expect("resolves");
         assert_eq!(config.broker_url, "https://b");
-        assert_eq!(config.spaces, home.path().join(".config/embark/s"), "from the file's directory");
+        assert_eq!(
+            config.spaces,
+            home.path().join(".config/embark/s"),
+            "from the file's directory"
+        );
         assert_eq!(config.pi, PathBuf::from("pi"), "a bare name stays a name");
 
         let env = env_of(&[("HOME", h), ("EMBARK_RUNNER_CONFIG", "/nonexistent/runner.toml")]);
         let err = Config::load(&cli(&[]), &env).expect_err("named");
-        assert!(matches!(err, ConfigError::NamedFileMissing { origin: Source::Env("EMBARK_RUNNER_CONFIG"), .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::NamedFileMissing {
+                    origin: Source::Env("EMBARK_RUNNER_CONFIG"),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -424,30 +447,56 @@ mod tests {
     #[test]
     fn bad_input_gets_typed_errors_naming_key_source_and_what_is_allowed() {
         let env = env_of(&[("HOME", "/nonexistent-home"), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "x")]);
-        assert!(matches!(Config::load(&cli(&[]), &env), Err(ConfigError::Missing { .. })));
+        assert!(matches!(
+            Config::load(&cli(&[]), &env),
+            Err(ConfigError::Missing { .. })
+        ));
         let no_secret = env_of(&[("HOME", "/nonexistent-home")]);
         let err = Config::load(&cli(&["--broker-url", "http://x"]), &no_secret).expect_err("no secret");
-        assert!(err.to_string().starts_with("the enrollment secret is not set: set EMBARK_RUNNER_ENROLLMENT_SECRET"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the enrollment secret is not set: set EMBARK_RUNNER_ENROLLMENT_SECRET"),
+            "{err}"
+        );
         assert!(err.to_string().ends_with("(it must match the broker's)"), "{err}");
-        let err = Config::load(&cli(&["--broker-url", "http://x", "--claim-wait-ms", "40000"]), &env).expect_err("range");
+        let err =
+            Config::load(&cli(&["--broker-url", "http://x", "--claim-wait-ms", "40000"]), &env).expect_err("range");
         assert_eq!(
             err.to_string(),
             "claim_wait_ms = 40000 (from flag --claim-wait-ms) is not allowed: use a whole number of milliseconds from 100 to 30000"
         );
         let err = Config::load(&cli(&["--broker-url", "http://x", "--claim-wait-ms", "soon"]), &env).expect_err("type");
-        assert!(err.to_string().starts_with("claim_wait_ms = \"soon\" (from flag --claim-wait-ms)"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("claim_wait_ms = \"soon\" (from flag --claim-wait-ms)"),
+            "{err}"
+        );
         assert!(matches!(
             Config::load(&cli(&["--broker-url", "http://x", "--task-timeout-secs", "0"]), &env),
-            Err(ConfigError::Invalid { key: "task_timeout_secs", .. })
+            Err(ConfigError::Invalid {
+                key: "task_timeout_secs",
+                ..
+            })
         ));
-        let env_url = env_of(&[("HOME", "/h"), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "x"), ("EMBARK_BROKER_URL", "127.0.0.1:8787")]);
+        let env_url = env_of(&[
+            ("HOME", "/h"),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", "x"),
+            ("EMBARK_BROKER_URL", "127.0.0.1:8787"),
+        ]);
         let err = Config::load(&cli(&[]), &env_url).expect_err("no scheme");
         assert!(err.to_string().starts_with("broker_url = \"127.0.0.1:8787\" (from env EMBARK_BROKER_URL) is not allowed: use the broker's root URL starting with http://"), "{err}");
-        let bad_bool = env_of(&[("HOME", "/h"), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "x"), ("EMBARK_RUNNER_KEEP_SPACES", "sometimes")]);
+        let bad_bool = env_of(&[
+            ("HOME", "/h"),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", "x"),
+            ("EMBARK_RUNNER_KEEP_SPACES", "sometimes"),
+        ]);
         let err = Config::load(&cli(&["--broker-url", "http://x"]), &bad_bool).expect_err("not a bool");
         assert!(err.to_string().contains("use true or false"), "{err}");
         assert!(matches!(
-            Config::load(&cli(&["--broker-url", "http://x", "--config", "/nonexistent/runner.toml"]), &env),
+            Config::load(
+                &cli(&["--broker-url", "http://x", "--config", "/nonexistent/runner.toml"]),
+                &env
+            ),
             Err(ConfigError::NamedFileMissing { .. })
         ));
         let dir = tempfile::tempdir().expect("temp dir");
@@ -456,13 +505,23 @@ mod tests {
         let err = Config::load(&cli(&["--config", toml_path.to_str().expect("utf-8")]), &env)
             .expect_err("unknown keys are refused");
         assert!(err.to_string().contains("unknown key `brokr_url` (line 1)"), "{err}");
-        assert!(err.to_string().contains("`broker_url`, `enrollment_secret`, `name`"), "{err}");
+        assert!(
+            err.to_string().contains("`broker_url`, `enrollment_secret`, `name`"),
+            "{err}"
+        );
         std::fs::write(&toml_path, "claim_wait_ms = \"1000\"\n").expect("write toml");
         let err = Config::load(&cli(&["--config", toml_path.to_str().expect("utf-8")]), &env).expect_err("a string");
-        assert!(err.to_string().starts_with("claim_wait_ms = \"1000\" (from file "), "{err}");
+        assert!(
+            err.to_string().starts_with("claim_wait_ms = \"1000\" (from file "),
+            "{err}"
+        );
         let no_home = env_of(&[("EMBARK_RUNNER_ENROLLMENT_SECRET", "x")]);
         let err = Config::load(&cli(&["--broker-url", "http://x"]), &no_home).expect_err("no home");
-        assert!(err.to_string().starts_with("the spaces directory is not set: pass --spaces"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the spaces directory is not set: pass --spaces"),
+            "{err}"
+        );
     }
 
     #[test]

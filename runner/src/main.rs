@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use embark_core::text::error_chain;
 use embark_core::config::Resolver;
 use embark_core::dirs;
+use embark_core::text::error_chain;
 use embark_runner::config::{Cli, Config, DECLARATION};
 use embark_runner::pi_process::resolve_program;
 use embark_runner::profile::{LiveCredentials, sweep_credentials};

@@ -8,7 +8,9 @@ use super::Source;
 /// Causes are sources, not part of the message: binaries print the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("the config file {path} named by {origin} does not exist: create it (an empty file is fine) or name another one")]
+    #[error(
+        "the config file {path} named by {origin} does not exist: create it (an empty file is fine) or name another one"
+    )]
     NamedFileMissing { path: PathBuf, origin: Source },
     #[error("could not read the config file {path}: fix its permissions or name another file with {flag}")]
     ReadFile {

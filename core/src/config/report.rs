@@ -13,7 +13,10 @@ pub(super) enum FileStatus {
     None,
     /// The default location, which does not exist: fine.
     DefaultMissing(PathBuf),
-    Read { path: PathBuf, origin: Source },
+    Read {
+        path: PathBuf,
+        origin: Source,
+    },
 }
 
 /// How one knob's value is shown.
@@ -63,11 +66,9 @@ impl fmt::Display for Report {
                 "# config file: none (name one with {})",
                 levels(file_knob.flag, file_knob.env, None)
             )?,
-            FileStatus::DefaultMissing(path) => writeln!(
-                f,
-                "# config file: none; the default {} does not exist",
-                path.display()
-            )?,
+            FileStatus::DefaultMissing(path) => {
+                writeln!(f, "# config file: none; the default {} does not exist", path.display())?
+            }
             FileStatus::Read {
                 path,
                 origin: Source::Default,

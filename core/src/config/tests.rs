@@ -87,7 +87,11 @@ fn each_level_beats_the_ones_below_it() {
             setup = setup.set("EMBARK_T_URL", "http://env");
         }
         let path = setup.default_file(if file { "url = \"http://file\"\n" } else { "" });
-        let flags = if flag { flags(&[(&URL, "http://flag")]) } else { Flags::default() };
+        let flags = if flag {
+            flags(&[(&URL, "http://flag")])
+        } else {
+            Flags::default()
+        };
         let vars = setup.env();
         let mut resolver = Resolver::load(&DECLARATION, flags, &vars).expect("loads");
         let resolved = resolver
@@ -126,7 +130,9 @@ fn empty_or_blank_values_are_unset_at_every_level() {
         setup.default_file(&format!("url = {}\n", toml::Value::String(blank.to_owned())));
         let env = setup.env();
         let mut resolver = Resolver::load(&DECLARATION, Flags::default(), &env).expect("loads");
-        let resolved = resolver.or_default(&URL, "http://default".to_owned()).expect("resolves");
+        let resolved = resolver
+            .or_default(&URL, "http://default".to_owned())
+            .expect("resolves");
         assert_eq!(resolved.source, Source::Default, "{blank:?}");
         // A blank config file name is no name: the default file is read.
         let setup = Setup::new().set("EMBARK_T_CONFIG", blank);
@@ -153,7 +159,13 @@ fn a_missing_named_file_is_an_error_and_a_missing_default_file_is_not() {
     let err = Resolver::load(&DECLARATION, Flags::default().with(&FILE, Some(absent_text)), &env)
         .expect_err("named by the flag");
     assert!(
-        matches!(&err, ConfigError::NamedFileMissing { origin: Source::Flag("--config"), .. }),
+        matches!(
+            &err,
+            ConfigError::NamedFileMissing {
+                origin: Source::Flag("--config"),
+                ..
+            }
+        ),
         "{err:?}"
     );
     let shown = err.to_string();
@@ -163,7 +175,13 @@ fn a_missing_named_file_is_an_error_and_a_missing_default_file_is_not() {
     let env = setup.env();
     let err = Resolver::load(&DECLARATION, Flags::default(), &env).expect_err("named by the env");
     assert!(
-        matches!(err, ConfigError::NamedFileMissing { origin: Source::Env("EMBARK_T_CONFIG"), .. }),
+        matches!(
+            err,
+            ConfigError::NamedFileMissing {
+                origin: Source::Env("EMBARK_T_CONFIG"),
+                ..
+            }
+        ),
         "{err:?}"
     );
 
@@ -194,13 +212,19 @@ fn unknown_keys_are_refused_naming_the_key_and_the_known_ones() {
     let env = setup.env();
     let err = Resolver::load(&DECLARATION, Flags::default(), &env).expect_err("a typo");
     let shown = err.to_string();
-    assert!(matches!(&err, ConfigError::UnknownKey { key, line: 3, .. } if key == "coutn"), "{err:?}");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, line: 3, .. } if key == "coutn"),
+        "{err:?}"
+    );
     assert!(shown.contains(&path.display().to_string()), "{shown}");
     assert!(shown.contains("`url`, `count`, `on`, `dir`, `token`"), "{shown}");
     // The file knob is not a key: a file cannot name another.
     setup.default_file("config = \"/etc/other.toml\"\n");
     let err = Resolver::load(&DECLARATION, Flags::default(), &env).expect_err("not a key");
-    assert!(matches!(&err, ConfigError::UnknownKey { key, .. } if key == "config"), "{err:?}");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, .. } if key == "config"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -217,7 +241,10 @@ fn type_errors_name_the_key_the_source_and_what_is_allowed() {
     let flags = Flags::default().with(&COUNT, Some("-1"));
     let mut resolver = Resolver::load(&DECLARATION, flags, &env).expect("loads");
     let err = resolver.optional(&COUNT).expect_err("negative");
-    assert!(err.to_string().starts_with("count = \"-1\" (from flag --count)"), "{err}");
+    assert!(
+        err.to_string().starts_with("count = \"-1\" (from flag --count)"),
+        "{err}"
+    );
 
     let setup = Setup::new();
     let path = setup.default_file("on = \"maybe\"\ncount = 12\n");
@@ -238,7 +265,11 @@ fn type_errors_name_the_key_the_source_and_what_is_allowed() {
         .ensure(|n| (1..=9).contains(n))
         .expect_err("out of range");
     assert!(err.to_string().starts_with("count = 12 (from file"), "{err}");
-    assert!(err.to_string().ends_with("line 2) is not allowed: use a whole number from 1 to 9"), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("line 2) is not allowed: use a whole number from 1 to 9"),
+        "{err}"
+    );
 
     // Long values are quoted only in part.
     let setup = Setup::new().set("EMBARK_T_COUNT", &"9".repeat(500));
@@ -435,5 +466,8 @@ fn the_report_is_toml_with_each_source() {
 #[test]
 fn help_gaps_are_found() {
     let help = "--config [env: EMBARK_T_CONFIG] --url [env: EMBARK_T_URL] --count --dir EMBARK_T_DIR EMBARK_T_ON";
-    assert_eq!(DECLARATION.missing_from_help(help), ["EMBARK_T_COUNT", "EMBARK_T_TOKEN"]);
+    assert_eq!(
+        DECLARATION.missing_from_help(help),
+        ["EMBARK_T_COUNT", "EMBARK_T_TOKEN"]
+    );
 }
