@@ -21,7 +21,7 @@ pub enum ConfigError {
     },
     /// `detail` is the place and the parser's message, never the file's text:
     /// the file may hold secrets (see [`crate::text::parse_error_detail`]).
-    #[error("the config file {path} is not valid TOML: {detail}; fix it there")]
+    #[error("the config file {path} is not valid TOML: {detail}")]
     ParseFile { path: PathBuf, detail: String },
     #[error("the config file {path} has an unknown key `{key}` (line {line}): use one of {known}")]
     UnknownKey {
