@@ -33,19 +33,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let env = dirs::process_env;
-    if cli.print_config {
-        let mut resolver = Resolver::load(&DECLARATION, cli.config.flags(), &env)
-            .context("embark-sidecar could not load its configuration")?;
-        let config = Config::resolve(&mut resolver);
-        // The report is this mode's only output; no protocol runs.
-        std::io::stdout()
-            .write_all(resolver.report().to_string().as_bytes())
-            .context("write the configuration to stdout")?;
-        config.context("embark-sidecar could not load its configuration")?;
-        return Ok(());
-    }
-    if !cli.stdio {
+    if !cli.stdio && !cli.print_config {
         Cli::command()
             .error(
                 clap::error::ErrorKind::MissingRequiredArgument,
@@ -53,11 +41,21 @@ fn main() -> anyhow::Result<()> {
             )
             .exit();
     }
-    // Logs go to stderr only: stdout is the protocol.
-    embark_core::logging::init();
+    let env = dirs::process_env;
     let mut resolver = Resolver::load(&DECLARATION, cli.config.flags(), &env)
         .context("embark-sidecar could not load its configuration")?;
-    let config = Config::resolve(&mut resolver).context("embark-sidecar could not load its configuration")?;
+    let config = Config::resolve(&mut resolver);
+    if cli.print_config {
+        // The report is this mode's only output; no protocol runs.
+        std::io::stdout()
+            .write_all(resolver.report().to_string().as_bytes())
+            .context("write the configuration to stdout")?;
+        config.context("embark-sidecar could not load its configuration")?;
+        return Ok(());
+    }
+    let config = config.context("embark-sidecar could not load its configuration")?;
+    // Logs go to stderr only: stdout is the protocol.
+    embark_core::logging::init();
     for warning in resolver.warnings() {
         tracing::warn!("{warning}");
     }
