@@ -18,7 +18,7 @@ import { parseArgs } from "node:util";
 
 import { stopAll } from "../smoke/lib/process.mjs";
 import { PiRpc, pollStatus, submittedTaskId } from "../smoke/lib/pi-rpc-client.mjs";
-import { PI_BIN, PI_SETTINGS, ROOT, buildBinaries, fakeModels, fixtureRepo, startBrokerAndRunner, startFakeModel } from "../smoke/lib/stack.mjs";
+import { PI_BIN, PI_SETTINGS, ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, startBrokerAndRunner, startFakeModel } from "../smoke/lib/stack.mjs";
 
 const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
@@ -132,6 +132,8 @@ async function main() {
     PI_CODING_AGENT_DIR: laptopAgent,
     PI_OFFLINE: "1",
     EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
+    // The demo's own settings only, not the developer's ~/.config/embark/config.toml.
+    EMBARK_CONFIG: emptyConfig(STATE, "laptop"),
     EMBARK_BROKER_URL: broker.url,
     EMBARK_CLIENT_SECRET: secrets.client,
     EMBARK_PROFILE: "default",

@@ -11,7 +11,7 @@ import { join } from "node:path";
 
 import { stopAll } from "./lib/process.mjs";
 import { FINISHED_STATES, PiRpc, pollStatus, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
-import { ROOT, buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
+import { ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
 
 const PROMPT = "create remote.txt saying remote hello";
 const FINAL_TEXT = "done: remote.txt now says remote hello";
@@ -60,7 +60,8 @@ async function main() {
       PI_CODING_AGENT_DIR: laptopAgent,
       PI_OFFLINE: "1",
       EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
-      EMBARK_CONFIG: join(dir, "no-such-config.toml"),
+      // An empty file, not a missing one: a named config file must exist.
+      EMBARK_CONFIG: emptyConfig(dir, "laptop"),
       EMBARK_BROKER_URL: broker.url,
       EMBARK_CLIENT_SECRET: secrets.client,
       EMBARK_PROFILE: "default",

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use embark_broker::config::{Args, Config};
+use embark_broker::config::{Args, Config, DECLARATION};
 use embark_broker::server;
+use embark_core::config::Resolver;
 use embark_core::dirs;
 
 #[tokio::main]
@@ -23,7 +24,18 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::load(args, dirs::process_env).context("configuration")?;
-    server::run(config, server::shutdown_signal()).await?;
+    let env = dirs::process_env;
+    let mut resolver = Resolver::load(&DECLARATION, args.flags(), &env).context("configuration")?;
+    let config = Config::resolve(&mut resolver, &env);
+    if args.print_config {
+        // On stdout, then the error (if any) the broker would have stopped with.
+        print!("{}", resolver.report());
+        config.context("configuration")?;
+        return Ok(());
+    }
+    for warning in resolver.warnings() {
+        tracing::warn!("{warning}");
+    }
+    server::run(config.context("configuration")?, server::shutdown_signal()).await?;
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! `schemas/` is generated from them (see [`schema`]), so a change here is a
 //! change to the wire contract.
 
+#[cfg(feature = "config")]
+pub mod config;
 pub mod dirs;
 pub mod event;
 pub mod intent;

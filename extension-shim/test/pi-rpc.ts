@@ -1,9 +1,9 @@
 // A minimal client for real `pi --mode rpc`, isolated in a temp agent dir.
 
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { LineSplitter } from "../src/ndjson.ts";
 import { StderrTail } from "../src/stderr-tail.ts";
 import { piBin } from "./support.ts";
@@ -15,8 +15,22 @@ export function isolatedDirs(): { agentDir: string; cwd: string } {
   return { agentDir: join(root, "agent"), cwd: mkdtempSync(join(root, "proj-")) };
 }
 
+/**
+ * Pi's environment: this one plus an isolated agent dir, and an empty embark
+ * config file beside it so the sidecar Pi starts never reads the developer's
+ * (a named config file must exist, so it is written here).
+ */
 export function piEnv(agentDir: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, PI_CODING_AGENT_DIR: agentDir, PI_OFFLINE: "1", ...extra };
+  mkdirSync(dirname(agentDir), { recursive: true });
+  const embarkConfig = join(dirname(agentDir), "embark-config.toml");
+  writeFileSync(embarkConfig, "");
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PI_CODING_AGENT_DIR: agentDir,
+    PI_OFFLINE: "1",
+    EMBARK_CONFIG: embarkConfig,
+    ...extra,
+  };
   for (const [k, v] of Object.entries(extra)) if (v === undefined) delete env[k];
   return env;
 }

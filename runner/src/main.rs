@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use embark_core::config::Resolver;
+use embark_core::dirs;
 use embark_core::text::error_chain;
-use embark_runner::config::{Cli, Config};
+use embark_runner::config::{Cli, Config, DECLARATION};
 use embark_runner::pi_process::resolve_program;
 use embark_runner::profile::{LiveCredentials, sweep_credentials};
 use embark_runner::{orphans, space};
@@ -27,7 +29,19 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut config = Config::resolve(cli, &|key| std::env::var(key).ok())?;
+    let env = dirs::process_env;
+    let mut resolver = Resolver::load(&DECLARATION, cli.flags(), &env)?;
+    let config = Config::resolve(&mut resolver, &env);
+    if cli.print_config {
+        // On stdout, then the error (if any) the runner would have stopped with.
+        print!("{}", resolver.report());
+        config?;
+        return Ok(());
+    }
+    for warning in resolver.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let mut config = config?;
     config.pi = resolve_program(&config.pi, std::env::var_os("PATH").as_deref())?;
     std::fs::create_dir_all(&config.spaces)
         .with_context(|| format!("cannot create the spaces directory {}", config.spaces.display()))?;

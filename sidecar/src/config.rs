@@ -1,8 +1,9 @@
-//! The sidecar's settings: flags > `EMBARK_*` environment > TOML file.
+//! The sidecar's knobs and checks, on top of [`embark_core::config`] (which
+//! owns precedence, empty values, the file and the errors).
 //!
 //! | setting          | flag               | env                      | TOML             | default |
 //! |------------------|--------------------|--------------------------|------------------|---------|
-//! | config file      | `--config`         | `EMBARK_CONFIG`          | –                | `$XDG_CONFIG_HOME/embark/config.toml` or `~/.config/embark/config.toml`; a missing file is fine |
+//! | config file      | `--config`         | `EMBARK_CONFIG`          | –                | `$XDG_CONFIG_HOME/embark/config.toml` or `~/.config/embark/config.toml`; only this default may be missing |
 //! | broker URL       | `--broker-url`     | `EMBARK_BROKER_URL`      | `broker_url`     | none: `submit`/`status` answer a Config error |
 //! | client secret    | –                  | `EMBARK_CLIENT_SECRET`   | `client_secret`  | none: as above |
 //! | auth profile     | `--profile`        | `EMBARK_PROFILE`         | `profile`        | `default` |
@@ -12,13 +13,15 @@
 //! | max in-flight    | `--max-in-flight`  | `EMBARK_MAX_IN_FLIGHT`   | `max_in_flight`  | 16 |
 //!
 //! The client secret has no flag (argv is visible to every user of the
-//! machine) and is never logged.
+//! machine) and is never logged. A missing broker URL or secret is not a
+//! start-up error: `/embark help` works without them, and the commands
+//! that need them say what to set.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+pub use embark_core::config::ConfigError;
+use embark_core::config::{Declaration, Env, Flags, Knob, Resolver};
 pub use embark_core::secret::Secret;
-use embark_core::{dirs, text};
-use serde::Deserialize;
 
 use crate::stdio::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE_BYTES, StdioOptions};
 
@@ -28,30 +31,95 @@ pub const DEFAULT_PROFILE: &str = "default";
 pub const MIN_LINE_BYTES: usize = 1024;
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1024;
 
-/// The settings that come from flags or their environment variables (clap reads both).
+pub static CONFIG_FILE: Knob<PathBuf> = Knob::new("config", "the config file", "a path to a TOML file")
+    .flag("--config")
+    .env("EMBARK_CONFIG");
+pub static BROKER_URL: Knob<String> = Knob::new(
+    "broker_url",
+    "the broker URL",
+    "the broker's root URL, e.g. http://127.0.0.1:8787",
+)
+.flag("--broker-url")
+.env("EMBARK_BROKER_URL");
+pub static CLIENT_SECRET: Knob<Secret> =
+    Knob::new("client_secret", "the client secret", "the broker's client secret").env("EMBARK_CLIENT_SECRET");
+pub static PROFILE: Knob<String> = Knob::new("profile", "the auth profile", "the name of a runner auth profile")
+    .flag("--profile")
+    .env("EMBARK_PROFILE");
+pub static PROVIDER: Knob<String> = Knob::new("provider", "the provider", "a Pi provider name")
+    .flag("--provider")
+    .env("EMBARK_PROVIDER");
+pub static MODEL: Knob<String> = Knob::new("model", "the model", "a model id of the provider")
+    .flag("--model")
+    .env("EMBARK_MODEL");
+pub static MAX_LINE_BYTES: Knob<usize> = Knob::new(
+    "max_line_bytes",
+    "the longest request line",
+    "a whole number of bytes, at least 1024",
+)
+.flag("--max-line-bytes")
+.env("EMBARK_MAX_LINE_BYTES");
+pub static MAX_IN_FLIGHT: Knob<usize> = Knob::new(
+    "max_in_flight",
+    "the number of calls answered at once",
+    "a whole number from 1 to 1024",
+)
+.flag("--max-in-flight")
+.env("EMBARK_MAX_IN_FLIGHT");
+
+pub static DECLARATION: Declaration = Declaration {
+    binary: "embark-sidecar",
+    file: &CONFIG_FILE,
+    default_file: Some("embark/config.toml"),
+    knobs: &[
+        &BROKER_URL.spec,
+        &CLIENT_SECRET.spec,
+        &PROFILE.spec,
+        &PROVIDER.spec,
+        &MODEL.spec,
+        &MAX_LINE_BYTES.spec,
+        &MAX_IN_FLIGHT.spec,
+    ],
+};
+
+/// The settings that come from flags (parsed as text: every level's value
+/// is read by the same rules).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ConfigArgs {
-    /// TOML config file [default: $XDG_CONFIG_HOME/embark/config.toml or ~/.config/embark/config.toml]
-    #[arg(long, env = "EMBARK_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Broker base URL, e.g. http://127.0.0.1:8787
-    #[arg(long, env = "EMBARK_BROKER_URL", value_name = "URL")]
+    /// TOML config file; a named one must exist [env: EMBARK_CONFIG] [default: $XDG_CONFIG_HOME/embark/config.toml or ~/.config/embark/config.toml, which may be missing]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<String>,
+    /// Broker base URL, e.g. http://127.0.0.1:8787 [env: EMBARK_BROKER_URL] [TOML: broker_url]
+    #[arg(long, value_name = "URL")]
     pub broker_url: Option<String>,
-    /// Auth profile tasks run with unless `/embark --profile` says otherwise [default: default]
-    #[arg(long, env = "EMBARK_PROFILE", value_name = "NAME")]
+    /// Auth profile tasks run with unless `/embark --profile` says otherwise [env: EMBARK_PROFILE] [TOML: profile] [default: default]
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
-    /// Provider tasks run with unless `/embark --provider` says otherwise (no default)
-    #[arg(long, env = "EMBARK_PROVIDER", value_name = "NAME")]
+    /// Provider tasks run with unless `/embark --provider` says otherwise [env: EMBARK_PROVIDER] [TOML: provider] (no default)
+    #[arg(long, value_name = "NAME")]
     pub provider: Option<String>,
-    /// Model tasks run with unless `/embark --model` says otherwise (no default)
-    #[arg(long, env = "EMBARK_MODEL", value_name = "ID")]
+    /// Model tasks run with unless `/embark --model` says otherwise [env: EMBARK_MODEL] [TOML: model] (no default)
+    #[arg(long, value_name = "ID")]
     pub model: Option<String>,
-    /// Longest request line accepted, in bytes [default: 1048576]
-    #[arg(long, env = "EMBARK_MAX_LINE_BYTES", value_name = "BYTES")]
-    pub max_line_bytes: Option<usize>,
-    /// Requests answered concurrently; more wait [default: 16]
-    #[arg(long, env = "EMBARK_MAX_IN_FLIGHT", value_name = "N")]
-    pub max_in_flight: Option<usize>,
+    /// Longest request line accepted, in bytes [env: EMBARK_MAX_LINE_BYTES] [TOML: max_line_bytes] [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub max_line_bytes: Option<String>,
+    /// Requests answered concurrently; more wait [env: EMBARK_MAX_IN_FLIGHT] [TOML: max_in_flight] [default: 16]
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<String>,
+}
+
+impl ConfigArgs {
+    pub fn flags(&self) -> Flags {
+        Flags::default()
+            .with(&CONFIG_FILE, self.config.clone())
+            .with(&BROKER_URL, self.broker_url.clone())
+            .with(&PROFILE, self.profile.clone())
+            .with(&PROVIDER, self.provider.clone())
+            .with(&MODEL, self.model.clone())
+            .with(&MAX_LINE_BYTES, self.max_line_bytes.clone())
+            .with(&MAX_IN_FLIGHT, self.max_in_flight.clone())
+    }
 }
 
 /// The resolved settings.
@@ -81,156 +149,65 @@ impl Default for Config {
     }
 }
 
-/// Causes are sources, not part of the message: `main` prints the chain.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("could not read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// `detail` is the place and the parser's message, never the file's text:
-    /// the file may hold the client secret (see [`text::parse_error_detail`]).
-    #[error("config file {path} is not valid: {detail}")]
-    Parse { path: PathBuf, detail: String },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// The TOML file's keys (every one optional; unknown keys are refused so typos show).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    broker_url: Option<String>,
-    client_secret: Option<String>,
-    profile: Option<String>,
-    provider: Option<String>,
-    model: Option<String>,
-    max_line_bytes: Option<usize>,
-    max_in_flight: Option<usize>,
-}
-
-/// Where the config file is looked for when none is named.
-pub fn default_config_path() -> Option<PathBuf> {
-    Some(
-        dirs::config_home(&dirs::process_env)?
-            .join("embark")
-            .join("config.toml"),
-    )
-}
-
 impl Config {
-    /// Reads the process environment's secret and the default path.
-    pub fn load(args: ConfigArgs) -> Result<Config, ConfigError> {
-        let secret = std::env::var("EMBARK_CLIENT_SECRET").ok();
-        Config::resolve(args, secret, default_config_path())
+    /// Reads the TOML file and resolves every knob; tests pass their own `env`.
+    pub fn load(args: &ConfigArgs, env: Env<'_>) -> Result<Config, ConfigError> {
+        let mut resolver = Resolver::load(&DECLARATION, args.flags(), env)?;
+        Config::resolve(&mut resolver)
     }
 
-    /// Merges flags/env (`args`, `env_secret`) over the TOML file.
-    pub fn resolve(
-        args: ConfigArgs,
-        env_secret: Option<String>,
-        default_path: Option<PathBuf>,
-    ) -> Result<Config, ConfigError> {
-        // A named file replaces the default one, even when it is missing.
-        let named = args.config.is_some();
-        let (file, path) = match args.config.or(default_path) {
-            Some(path) => match read_file(&path, named)? {
-                Some(file) => (file, Some(path)),
-                None => (FileConfig::default(), None),
-            },
-            None => (FileConfig::default(), None),
-        };
-        let non_empty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
-        let config = Config {
-            broker_url: non_empty(args.broker_url).or(non_empty(file.broker_url)),
-            client_secret: non_empty(env_secret).or(non_empty(file.client_secret)).map(Secret::new),
-            profile: non_empty(args.profile)
-                .or(non_empty(file.profile))
-                .unwrap_or_else(|| DEFAULT_PROFILE.to_owned()),
-            provider: non_empty(args.provider).or(non_empty(file.provider)),
-            model: non_empty(args.model).or(non_empty(file.model)),
+    /// Every knob is looked up before any check fails, so `--print-config`
+    /// shows them all.
+    pub fn resolve(resolver: &mut Resolver<'_>) -> Result<Config, ConfigError> {
+        let broker_url = resolver.optional(&BROKER_URL)?;
+        let client_secret = resolver.optional(&CLIENT_SECRET)?;
+        let profile = resolver.or_default(&PROFILE, DEFAULT_PROFILE.to_owned())?;
+        let provider = resolver.optional(&PROVIDER)?;
+        let model = resolver.optional(&MODEL)?;
+        let max_line_bytes = resolver.or_default(&MAX_LINE_BYTES, DEFAULT_MAX_LINE_BYTES)?;
+        let max_in_flight = resolver.or_default(&MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)?;
+        Ok(Config {
+            broker_url: broker_url.map(|r| r.value),
+            client_secret: client_secret.map(|r| r.value),
+            profile: profile.value,
+            provider: provider.map(|r| r.value),
+            model: model.map(|r| r.value),
             stdio: StdioOptions {
-                max_line_bytes: args
-                    .max_line_bytes
-                    .or(file.max_line_bytes)
-                    .unwrap_or(DEFAULT_MAX_LINE_BYTES),
-                max_in_flight: args
-                    .max_in_flight
-                    .or(file.max_in_flight)
-                    .unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+                max_line_bytes: max_line_bytes.ensure(|bytes| *bytes >= MIN_LINE_BYTES)?.value,
+                max_in_flight: max_in_flight.ensure(|n| (1..=MAX_IN_FLIGHT_LIMIT).contains(n))?.value,
                 ..StdioOptions::default()
             },
-            file: path,
-        };
-        if config.stdio.max_line_bytes < MIN_LINE_BYTES {
-            return Err(ConfigError::Invalid(format!(
-                "max line bytes {} is too small: use at least {MIN_LINE_BYTES}",
-                config.stdio.max_line_bytes
-            )));
-        }
-        if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&config.stdio.max_in_flight) {
-            return Err(ConfigError::Invalid(format!(
-                "max in-flight {} is out of range: use 1 to {MAX_IN_FLIGHT_LIMIT}",
-                config.stdio.max_in_flight
-            )));
-        }
-        Ok(config)
+            file: resolver.file().map(PathBuf::from),
+        })
     }
 }
-
-/// `Ok(None)` when the file is absent. That is fine even for a named file:
-/// clients point EMBARK_CONFIG at a missing file to rule the user's out.
-fn read_file(path: &Path, named: bool) -> Result<Option<FileConfig>, ConfigError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if named {
-                tracing::info!(
-                    "config file {} does not exist; using flags and environment only",
-                    path.display()
-                );
-            }
-            return Ok(None);
-        }
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let file: FileConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
-        path: path.to_path_buf(),
-        detail: text::parse_error_detail(&text, error.span(), error.message()),
-    })?;
-    if file.client_secret.is_some() {
-        warn_if_readable_by_others(path);
-    }
-    Ok(Some(file))
-}
-
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            "{} holds client_secret and other users may read it: chmod 600 {}",
-            path.display(),
-            path.display()
-        );
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use clap::Parser;
+    use embark_core::config::Source;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ConfigArgs,
+    }
+
+    fn args(argv: &[&str]) -> ConfigArgs {
+        Cli::try_parse_from(std::iter::once("embark-sidecar").chain(argv.iter().copied()))
+            .expect("arguments parse")
+            .config
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |key| map.get(key).cloned()
+    }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("config.toml");
@@ -239,23 +216,23 @@ mod tests {
     }
 
     #[test]
-    fn flags_beat_env_secret_beats_file_and_defaults_fill_in() {
+    fn flags_beat_env_which_beats_the_file_and_defaults_fill_in() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write(
             dir.path(),
             "broker_url = \"http://file\"\nclient_secret = \"file-secret\"\nprovider = \"file-p\"\nmodel = \"file-m\"\nmax_in_flight = 4\n",
         );
-        let args = ConfigArgs {
-            config: Some(path.clone()),
-            broker_url: Some("http://flag".into()),
-            model: Some("flag-m".into()),
-            ..ConfigArgs::default()
-        };
-        let config = Config::resolve(args, Some("env-secret".into()), None).expect("resolves");
+        let file = path.to_str().expect("utf-8");
+        let env = env_of(&[
+            ("EMBARK_CLIENT_SECRET", "env-secret"),
+            ("EMBARK_BROKER_URL", "http://env"),
+            ("EMBARK_MODEL", "env-m"),
+        ]);
+        let config = Config::load(&args(&["--config", file, "--broker-url", "http://flag"]), &env).expect("resolves");
         assert_eq!(config.broker_url.as_deref(), Some("http://flag"));
         assert_eq!(config.client_secret, Some(Secret::new("env-secret")));
         assert_eq!(config.provider.as_deref(), Some("file-p"));
-        assert_eq!(config.model.as_deref(), Some("flag-m"));
+        assert_eq!(config.model.as_deref(), Some("env-m"));
         assert_eq!(config.profile, DEFAULT_PROFILE);
         assert_eq!(
             config.stdio,
@@ -265,61 +242,88 @@ mod tests {
                 barriers: &[],
             }
         );
-        assert_eq!(config.file, Some(path));
+        assert_eq!(config.file, Some(path.clone()));
 
-        let from_file = Config::resolve(
-            ConfigArgs {
-                config: config.file.clone(),
-                ..ConfigArgs::default()
-            },
-            Some(String::new()),
-            None,
-        )
-        .expect("resolves");
+        // Empty values are unset: the file's show through.
+        let env = env_of(&[("EMBARK_CLIENT_SECRET", ""), ("EMBARK_PROVIDER", " ")]);
+        let from_file = Config::load(&args(&["--config", file, "--model", ""]), &env).expect("resolves");
         assert_eq!(from_file.client_secret, Some(Secret::new("file-secret")));
+        assert_eq!(from_file.provider.as_deref(), Some("file-p"));
+        assert_eq!(from_file.model.as_deref(), Some("file-m"));
     }
 
     #[test]
-    fn a_missing_file_is_fine_named_or_not() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let absent = dir.path().join("nope.toml");
-        let config = Config::resolve(ConfigArgs::default(), None, Some(absent.clone())).expect("resolves");
-        assert_eq!(config, Config::default());
-        let present = write(dir.path(), "provider = \"from-default-file\"\n");
-        let named = ConfigArgs {
-            config: Some(absent),
-            ..ConfigArgs::default()
-        };
-        let config = Config::resolve(named, None, Some(present)).expect("resolves");
+    fn a_missing_default_file_is_fine_but_a_missing_named_file_is_not() {
+        let home = tempfile::tempdir().expect("temp dir");
+        let env = env_of(&[("HOME", home.path().to_str().expect("utf-8"))]);
         assert_eq!(
-            config,
-            Config::default(),
-            "the named (missing) file replaces the default one"
+            Config::load(&ConfigArgs::default(), &env).expect("resolves"),
+            Config::default()
         );
+
+        let default = home.path().join(".config/embark/config.toml");
+        std::fs::create_dir_all(default.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&default, "provider = \"from-default-file\"\n").expect("write");
+        let config = Config::load(&ConfigArgs::default(), &env).expect("resolves");
+        assert_eq!(config.provider.as_deref(), Some("from-default-file"));
+        assert_eq!(config.file, Some(default));
+
+        // Naming an empty file is how a script rules the user's file out.
+        let empty = write(home.path(), "");
+        let named = args(&["--config", empty.to_str().expect("utf-8")]);
+        assert_eq!(
+            Config::load(&named, &env).expect("resolves"),
+            Config {
+                file: Some(empty),
+                ..Config::default()
+            }
+        );
+
+        let absent = home.path().join("nope.toml");
+        let env = env_of(&[
+            ("HOME", home.path().to_str().expect("utf-8")),
+            ("EMBARK_CONFIG", absent.to_str().expect("utf-8")),
+        ]);
+        let err = Config::load(&ConfigArgs::default(), &env).expect_err("named and missing");
+        assert!(
+            matches!(
+                &err,
+                ConfigError::NamedFileMissing {
+                    origin: Source::Env("EMBARK_CONFIG"),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(absent.to_str().expect("utf-8")), "{err}");
     }
 
     #[test]
     fn typos_and_bad_bounds_are_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write(dir.path(), "brokr_url = \"x\"\n");
-        let error = Config::resolve(ConfigArgs::default(), None, Some(path)).expect_err("typo");
-        assert!(error.to_string().contains("brokr_url"), "{error}");
-        let args = ConfigArgs {
-            max_line_bytes: Some(10),
-            ..ConfigArgs::default()
-        };
-        assert!(matches!(
-            Config::resolve(args, None, None),
-            Err(ConfigError::Invalid(_))
-        ));
-        let args = ConfigArgs {
-            max_in_flight: Some(0),
-            ..ConfigArgs::default()
-        };
-        assert!(matches!(
-            Config::resolve(args, None, None),
-            Err(ConfigError::Invalid(_))
-        ));
+        let named = args(&["--config", path.to_str().expect("utf-8")]);
+        let error = Config::load(&named, &env_of(&[])).expect_err("typo");
+        assert!(error.to_string().contains("unknown key `brokr_url`"), "{error}");
+        let error = Config::load(&args(&["--max-line-bytes", "10"]), &env_of(&[])).expect_err("too small");
+        assert_eq!(
+            error.to_string(),
+            "max_line_bytes = 10 (from flag --max-line-bytes) is not allowed: use a whole number of bytes, at least 1024"
+        );
+        let error = Config::load(&ConfigArgs::default(), &env_of(&[("EMBARK_MAX_IN_FLIGHT", "0")])).expect_err("zero");
+        assert!(
+            error
+                .to_string()
+                .starts_with("max_in_flight = 0 (from env EMBARK_MAX_IN_FLIGHT)"),
+            "{error}"
+        );
+        let path = write(dir.path(), "max_in_flight = \"many\"\n");
+        let named = args(&["--config", path.to_str().expect("utf-8")]);
+        let error = Config::load(&named, &env_of(&[])).expect_err("a string");
+        assert!(
+            error.to_string().contains("use a whole number from 1 to 1024"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -333,8 +337,9 @@ mod tests {
             ("client_secret = 98765432109876543210\n", 1),
         ] {
             let path = write(dir.path(), text);
-            let error = Config::resolve(ConfigArgs::default(), None, Some(path.clone())).expect_err("not TOML");
-            assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
+            let named = args(&["--config", path.to_str().expect("utf-8")]);
+            let error = Config::load(&named, &env_of(&[])).expect_err("not TOML");
+            assert!(matches!(error, ConfigError::ParseFile { .. }), "{error}");
             let shown = format!("{:#}", anyhow::Error::new(error));
             assert!(shown.contains(&path.display().to_string()), "{shown}");
             assert!(shown.contains(&format!("line {line}, column")), "{shown}");
@@ -342,20 +347,6 @@ mod tests {
                 assert!(!shown.contains(secret), "{text:?} leaked into {shown}");
             }
         }
-    }
-
-    #[test]
-    fn read_errors_name_their_cause_once() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // A directory where the file should be: it exists but cannot be read as text.
-        let error =
-            Config::resolve(ConfigArgs::default(), None, Some(dir.path().to_path_buf())).expect_err("a directory");
-        assert!(matches!(error, ConfigError::Read { .. }), "{error}");
-        let cause = std::fs::read_to_string(dir.path())
-            .expect_err("a directory")
-            .to_string();
-        let shown = format!("{:#}", anyhow::Error::new(error));
-        assert_eq!(shown.matches(&cause).count(), 1, "{shown}");
     }
 
     #[test]

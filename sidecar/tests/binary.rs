@@ -9,10 +9,17 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Runs the binary with `args`, writes `input` to its stdin, closes it and
 /// waits (bounded) for it to exit.
 fn run(args: &[&str], input: &[u8]) -> Output {
+    run_with(args, &[], input)
+}
+
+/// [`run`] with `env` as the whole environment besides PATH (no HOME, so
+/// no user config file unless `env` says otherwise).
+fn run_with(args: &[&str], env: &[(&str, &str)], input: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_embark-sidecar"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -124,4 +131,70 @@ fn the_client_secret_never_reaches_the_logs() {
         !stderr.contains(secret) && !stdout.contains(secret),
         "the secret leaked:\n{stderr}"
     );
+}
+
+#[test]
+fn print_config_shows_each_source_redacts_the_secret_and_needs_no_stdio() {
+    let secret = "do-not-print-this-secret-0123456789";
+    let home = tempfile::tempdir().expect("temp dir");
+    let file = home.path().join(".config/embark/config.toml");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&file, "provider = \"file-p\"\nmax_in_flight = 8\n").expect("write config");
+    let home_text = home.path().to_str().expect("utf-8");
+    let output = run_with(
+        &["--print-config", "--model", "flag-m"],
+        &[
+            ("HOME", home_text),
+            ("EMBARK_CLIENT_SECRET", secret),
+            ("EMBARK_BROKER_URL", "http://127.0.0.1:9"),
+            ("EMBARK_PROFILE", " "),
+        ],
+        b"",
+    );
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}", output.status);
+    let shown = file.display();
+    for line in [
+        format!("# config file: {shown} (the default location)"),
+        "broker_url = \"http://127.0.0.1:9\"  # from env EMBARK_BROKER_URL".to_owned(),
+        "# client_secret is set (secret, not shown)  # from env EMBARK_CLIENT_SECRET".to_owned(),
+        "profile = \"default\"  # default".to_owned(),
+        format!("provider = \"file-p\"  # from file {shown}, line 1"),
+        "model = \"flag-m\"  # from flag --model".to_owned(),
+        "max_line_bytes = 1048576  # default".to_owned(),
+        format!("max_in_flight = 8  # from file {shown}, line 2"),
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "no line {line:?} in:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains(secret) && !stderr.contains(secret),
+        "the secret leaked"
+    );
+    assert!(!stdout.contains("jsonrpc"), "no protocol ran: {stdout}");
+    let pasted: toml::Table = toml::from_str(&stdout).expect("the report is TOML");
+    assert_eq!(pasted["model"].as_str(), Some("flag-m"));
+}
+
+#[test]
+fn a_named_config_file_that_is_missing_stops_it() {
+    // Scripts that want no user config name an empty file instead.
+    let output = run_with(&["--stdio"], &[("EMBARK_CONFIG", "/nonexistent/embark.toml")], b"");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the config file /nonexistent/embark.toml named by env EMBARK_CONFIG does not exist"),
+        "{stderr}"
+    );
+    let empty = tempfile::NamedTempFile::new().expect("an empty file");
+    let output = run_with(
+        &["--print-config", "--config", empty.path().to_str().expect("utf-8")],
+        &[],
+        b"",
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("(from flag --config)"), "{stdout}");
+    assert!(stdout.contains("# broker_url is not set"), "{stdout}");
 }

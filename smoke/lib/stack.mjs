@@ -108,8 +108,20 @@ export function writeProfile(profilesDir, name, files) {
   return dir;
 }
 
+/**
+ * An empty config file in `dir` for `who`: naming it (`--config`, or the
+ * binary's config variable) rules out the developer's own file and any
+ * `EMBARK_*CONFIG` they set. A named file must exist, so it is written here.
+ */
+export function emptyConfig(dir, who) {
+  const path = join(dir, `${who}-config.toml`);
+  writeFileSync(path, "");
+  return path;
+}
+
 export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
-  const proc = start("embark-broker", join(bin, "embark-broker"), ["--listen", listen, "--db", join(dir, "broker.db")], {
+  const args = ["--listen", listen, "--db", join(dir, "broker.db"), "--config", emptyConfig(dir, "broker")];
+  const proc = start("embark-broker", join(bin, "embark-broker"), args, {
     cwd: dir,
     env: {
       ...process.env,
@@ -124,7 +136,8 @@ export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
 }
 
 export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, profiles, name = "local-runner" }) {
-  return start("embark-runner", join(bin, "embark-runner"), ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", requirePi(), "--name", name], {
+  const args = ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", requirePi(), "--name", name, "--config", emptyConfig(dir, "runner")];
+  return start("embark-runner", join(bin, "embark-runner"), args, {
     cwd: dir,
     env: { ...process.env, EMBARK_RUNNER_ENROLLMENT_SECRET: enrollmentSecret, RUST_LOG: process.env.RUST_LOG ?? "info" },
     logPath: join(dir, "runner.log"),
