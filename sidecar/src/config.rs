@@ -160,7 +160,6 @@ impl Config {
                     .max_in_flight
                     .or(file.max_in_flight)
                     .unwrap_or(DEFAULT_MAX_IN_FLIGHT),
-                ..StdioOptions::default()
             },
             file: path,
         };
@@ -262,7 +261,6 @@ mod tests {
             StdioOptions {
                 max_line_bytes: DEFAULT_MAX_LINE_BYTES,
                 max_in_flight: 4,
-                barriers: &[],
             }
         );
         assert_eq!(config.file, Some(path));
