@@ -36,6 +36,15 @@ pub struct StdioOptions {
     pub max_in_flight: usize,
 }
 
+impl Default for StdioOptions {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
 /// How the loop treats one call to a method that exists.
 #[derive(Debug, PartialEq)]
 pub enum Admission {
@@ -51,15 +60,6 @@ pub enum Admission {
 /// Decides, before each call runs, whether and how it runs.
 pub trait Gate: Sync {
     fn admit(&self, method: &str) -> Admission;
-}
-
-impl Default for StdioOptions {
-    fn default() -> Self {
-        Self {
-            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-        }
-    }
 }
 
 /// Serves requests read from `reader` until EOF, each admitted by `gate`,
