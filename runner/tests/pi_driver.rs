@@ -391,7 +391,7 @@ async fn a_shutdown_request_mid_run_sends_abort() {
         let prompt = expect_command(&mut peer, "prompt").await;
         peer.send(&response(&prompt)).await.expect("send");
         peer.send(&json!({"type": "agent_start"})).await.expect("send");
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Mid-run: the driver has the prompt's response and is waiting for more.
         stop.send(true).expect("the driver listens");
         let abort = expect_command(&mut peer, "abort").await;
         end_aborted(&mut peer, &abort).await;
