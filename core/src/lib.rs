@@ -12,6 +12,8 @@ pub mod intent;
 pub mod limits;
 #[cfg(feature = "logging")]
 pub mod logging;
+#[cfg(feature = "ndjson")]
+pub mod ndjson;
 pub mod protocol;
 pub mod repo_url;
 pub mod schema;

@@ -6,6 +6,7 @@ pub mod checkout;
 pub mod config;
 pub mod events;
 pub mod orphans;
+pub mod pi_connection;
 pub mod pi_process;
 pub mod pi_rpc;
 pub mod profile;

@@ -1,7 +1,7 @@
-//! The Pi child process and its RPC transport: spawn with a scrubbed
-//! environment, write JSON commands to stdin, read LF-delimited JSON records
-//! from stdout, keep a bounded tail of stderr, and stop it (stdin EOF, then
-//! SIGTERM by PID, then SIGKILL).
+//! The Pi child process: spawn it with a scrubbed environment, wire its
+//! stdio to a [`Connection`] (the driver's side of Pi's RPC protocol), keep a
+//! bounded tail of its stderr, and stop it (stdin EOF, then SIGTERM by PID,
+//! then SIGKILL). The RPC conversation itself is [`crate::pi_rpc`]'s.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -9,19 +9,19 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use embark_core::text::{head, tail};
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::mpsc;
+use embark_core::text::tail;
+use tokio::io::{AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-/// Longest stdout line accepted (an `agent_end` carries the whole conversation).
-const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+use crate::pi_connection::{Connection, MAX_LINE_BYTES, PeerGone, PiPeer};
+
 /// How much of Pi's stderr is kept for failure reasons.
 const STDERR_TAIL_BYTES: usize = 16 * 1024;
 /// PATH for Pi when the runner itself has none.
 const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// How long Pi, its stdout closed, gets to exit before the driver reports it gone.
+const GONE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PiError {
@@ -33,8 +33,6 @@ pub enum PiError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write to Pi's stdin (it has probably exited)")]
-    Write(#[source] std::io::Error),
 }
 
 /// How to start Pi for one task.
@@ -83,22 +81,12 @@ impl PiLaunch {
     }
 }
 
-/// One line of Pi's stdout.
-#[derive(Debug)]
-pub enum Record {
-    Json(Value),
-    /// A line that is not JSON (a child process that wrote to Pi's stdout), or
-    /// an oversized line that was skipped; kept as a short note.
-    Garbage(String),
-}
-
 /// A running Pi.
 pub struct PiProcess {
     child: Child,
-    stdin: Option<ChildStdin>,
-    records: mpsc::Receiver<Record>,
+    connection: Connection,
     stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
+    stderr_reader: JoinHandle<()>,
 }
 
 /// How Pi ended.
@@ -132,42 +120,20 @@ impl PiProcess {
                 source,
             },
         })?;
-        let stdin = child.stdin.take();
+        let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr_pipe = child.stderr.take().expect("stderr is piped");
-        let (tx, records) = mpsc::channel(1024);
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            tokio::spawn(read_records(stdout, tx)),
-            tokio::spawn(read_stderr(stderr_pipe, Arc::clone(&stderr))),
-        ];
         Ok(PiProcess {
             child,
-            stdin,
-            records,
+            connection: Connection::new(stdout, stdin, MAX_LINE_BYTES),
+            stderr_reader: tokio::spawn(read_stderr(stderr_pipe, Arc::clone(&stderr))),
             stderr,
-            readers,
         })
     }
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
-    }
-
-    /// Writes one command as a JSON line.
-    pub async fn send(&mut self, command: &Value) -> Result<(), PiError> {
-        let Some(stdin) = self.stdin.as_mut() else {
-            return Err(PiError::Write(std::io::Error::from(std::io::ErrorKind::BrokenPipe)));
-        };
-        let mut line = command.to_string();
-        line.push('\n');
-        stdin.write_all(line.as_bytes()).await.map_err(PiError::Write)?;
-        stdin.flush().await.map_err(PiError::Write)
-    }
-
-    /// The next stdout record; `None` once stdout is closed.
-    pub async fn recv(&mut self) -> Option<Record> {
-        self.records.recv().await
     }
 
     /// The last part of what Pi wrote to stderr.
@@ -191,7 +157,7 @@ impl PiProcess {
     /// Closes stdin (Pi exits on EOF), then after `grace` sends SIGTERM to
     /// the child's PID, then after another `grace` kills it.
     pub async fn shutdown(mut self, grace: Duration) -> PiExit {
-        drop(self.stdin.take());
+        self.connection.close().await;
         let mut signalled = None;
         let mut status = self.wait_within(grace).await;
         if status.is_none() {
@@ -218,76 +184,34 @@ impl PiProcess {
     /// Gives the stderr reader a moment to take in Pi's last words. A
     /// grandchild holding the pipe open must not stall us, hence the bound.
     async fn settle_stderr(&mut self) {
-        if let Some(reader) = self.readers.get_mut(1).filter(|r| !r.is_finished()) {
-            let _ = tokio::time::timeout(Duration::from_millis(500), reader).await;
+        if !self.stderr_reader.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut self.stderr_reader).await;
+        }
+    }
+}
+
+impl PiPeer for PiProcess {
+    fn connection(&mut self) -> &mut Connection {
+        &mut self.connection
+    }
+
+    /// Its exit status (waiting a little: stdout closes just before the exit)
+    /// and its last words on stderr, which say why (e.g. `Unknown provider`).
+    async fn gone(&mut self) -> PeerGone {
+        let status = match self.wait_exit(GONE_WAIT).await {
+            Some(status) => status.to_string(),
+            None => "still running, stdout closed".to_owned(),
+        };
+        PeerGone {
+            status,
+            stderr: self.stderr_tail(),
         }
     }
 }
 
 impl Drop for PiProcess {
     fn drop(&mut self) {
-        for reader in &self.readers {
-            reader.abort();
-        }
-    }
-}
-
-/// Splits stdout on LF only (never on U+2028/2029), strips a trailing CR,
-/// and parses each line as JSON.
-async fn read_records(stdout: ChildStdout, tx: mpsc::Sender<Record>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
-    let mut line: Vec<u8> = Vec::new();
-    let mut oversized = false;
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(buf) => buf,
-            Err(e) => {
-                tracing::warn!("reading Pi's stdout failed: {e}");
-                break;
-            }
-        };
-        if buf.is_empty() {
-            if !line.is_empty() && !oversized {
-                let _ = tx.send(parse_line(&line)).await;
-            }
-            break;
-        }
-        let (chunk, used, complete) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (&buf[..i], i + 1, true),
-            None => (buf, buf.len(), false),
-        };
-        if !oversized {
-            if line.len() + chunk.len() > MAX_LINE_BYTES {
-                oversized = true;
-                line = Vec::new();
-            } else {
-                line.extend_from_slice(chunk);
-            }
-        }
-        reader.consume(used);
-        if complete {
-            let record = if oversized {
-                Record::Garbage(format!("skipped a stdout line longer than {MAX_LINE_BYTES} bytes"))
-            } else {
-                parse_line(&line)
-            };
-            if tx.send(record).await.is_err() {
-                break;
-            }
-            line.clear();
-            oversized = false;
-        }
-    }
-}
-
-pub fn parse_line(line: &[u8]) -> Record {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    match serde_json::from_slice::<Value>(line) {
-        Ok(value) => Record::Json(value),
-        Err(_) => {
-            let text = String::from_utf8_lossy(line);
-            Record::Garbage(format!("non-JSON line on Pi's stdout: {}", head(&text, 200).0))
-        }
+        self.stderr_reader.abort();
     }
 }
 
@@ -407,17 +331,6 @@ mod tests {
                 "/spaces/t/session"
             ]
         );
-    }
-
-    #[test]
-    fn lines_strip_cr_and_non_json_is_garbage() {
-        assert!(matches!(parse_line(b"{\"type\":\"agent_start\"}\r"), Record::Json(v) if v["type"] == "agent_start"));
-        // U+2028 inside a JSON string is data, not a line break.
-        assert!(matches!(
-            parse_line("{\"a\":\"x\u{2028}y\"}".as_bytes()),
-            Record::Json(_)
-        ));
-        assert!(matches!(parse_line(b"child with stdio inherit"), Record::Garbage(_)));
     }
 
     #[test]

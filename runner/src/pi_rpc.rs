@@ -2,6 +2,11 @@
 //! extension opens, pass events to an observer, wait for `agent_end`, then
 //! ask for the last assistant text. A deadline or a shutdown request sends
 //! `abort` and waits a bounded time for Pi to wind down.
+//!
+//! The driver speaks in records and commands over a [`PiPeer`]'s
+//! [`Connection`](crate::pi_connection::Connection), never in bytes or
+//! processes: the same code runs against real Pi and against an in-memory
+//! peer replaying recorded transcripts (`runner/tests/pi_driver.rs`).
 
 use std::time::Duration;
 
@@ -10,18 +15,18 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use crate::events::AssistantSummary;
-use crate::pi_process::{PiError, PiProcess, Record};
+use crate::pi_connection::{PeerGone, PiPeer, Record};
 use crate::shutdown;
 
 const PROMPT_ID: &str = "p1";
 const ABORT_ID: &str = "a1";
 const LAST_TEXT_ID: &str = "t1";
 /// How often the observer gets a tick (it flushes coalesced text on ticks).
-const TICK: Duration = Duration::from_millis(50);
+pub const TICK: Duration = Duration::from_millis(50);
 /// After `abort`, how long Pi gets to end the run.
-const ABORT_GRACE: Duration = Duration::from_secs(10);
+pub const ABORT_GRACE: Duration = Duration::from_secs(10);
 /// How long a simple command's response may take.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dialog methods that wait for an answer; every one is cancelled.
 const DIALOGS: [&str; 4] = ["select", "confirm", "input", "editor"];
 
@@ -55,13 +60,11 @@ pub enum RpcError {
     PromptRejected(String),
     #[error("Pi exited ({status}) before the run finished; its stderr ends with: {stderr}")]
     ExitedEarly { status: String, stderr: String },
-    #[error(transparent)]
-    Process(#[from] PiError),
 }
 
 /// Runs `prompt` to the end (or to `deadline`, or until `shutdown` turns true).
-pub async fn run_prompt(
-    pi: &mut PiProcess,
+pub async fn run_prompt<P: PiPeer>(
+    pi: &mut P,
     prompt: &str,
     observer: &mut dyn Observer,
     deadline: Instant,
@@ -85,7 +88,7 @@ pub async fn run_prompt(
         let give_up_at = driver.give_up_at;
         let interrupted = driver.run.interrupted.is_some();
         tokio::select! {
-            record = driver.pi.recv() => {
+            record = driver.pi.connection().recv() => {
                 let Some(record) = record else {
                     // After an abort, Pi leaving is the interruption's outcome, not a new failure.
                     if driver.run.interrupted.is_some() {
@@ -117,14 +120,14 @@ enum Handled {
     LastText,
 }
 
-struct Driver<'a> {
-    pi: &'a mut PiProcess,
+struct Driver<'a, P> {
+    pi: &'a mut P,
     observer: &'a mut dyn Observer,
     run: PromptRun,
     give_up_at: Option<Instant>,
 }
 
-impl Driver<'_> {
+impl<P: PiPeer> Driver<'_, P> {
     async fn handle(&mut self, record: Record) -> Result<Handled, RpcError> {
         let value = match record {
             Record::Json(value) => value,
@@ -194,7 +197,12 @@ impl Driver<'_> {
         tracing::warn!("aborting Pi's run: {why:?}");
         self.run.interrupted = Some(why);
         self.give_up_at = Some(Instant::now() + ABORT_GRACE);
-        if let Err(e) = self.pi.send(&json!({"id": ABORT_ID, "type": "abort"})).await {
+        if let Err(e) = self
+            .pi
+            .connection()
+            .send(&json!({"id": ABORT_ID, "type": "abort"}))
+            .await
+        {
             // Pi is gone; its stdout closing ends the loop.
             tracing::warn!("could not send abort: {e}");
         }
@@ -203,6 +211,7 @@ impl Driver<'_> {
     async fn ask_last_text(&mut self, tick: &mut tokio::time::Interval) -> Result<(), RpcError> {
         if let Err(e) = self
             .pi
+            .connection()
             .send(&json!({"id": LAST_TEXT_ID, "type": "get_last_assistant_text"}))
             .await
         {
@@ -213,7 +222,7 @@ impl Driver<'_> {
         let until = Instant::now() + REPLY_TIMEOUT;
         loop {
             tokio::select! {
-                record = self.pi.recv() => {
+                record = self.pi.connection().recv() => {
                     // Pi leaving now is harmless: the run already ended.
                     let Some(record) = record else { return Ok(()) };
                     if self.handle(record).await? == Handled::LastText {
@@ -230,25 +239,19 @@ impl Driver<'_> {
     }
 
     /// Writes one command. Pi gone (a broken pipe) is reported the way its
-    /// closed stdout is, with its exit status and its last words on stderr,
-    /// which say why (e.g. `Unknown provider`).
+    /// closed stdout is, with what its owner says of how it ended.
     async fn send(&mut self, command: &Value) -> Result<(), RpcError> {
-        match self.pi.send(command).await {
+        match self.pi.connection().send(command).await {
             Ok(()) => Ok(()),
-            Err(PiError::Write(e)) => {
+            Err(e) => {
                 tracing::debug!("writing to Pi failed: {e}");
                 Err(self.exited_early().await)
             }
-            Err(e) => Err(e.into()),
         }
     }
 
     async fn exited_early(&mut self) -> RpcError {
-        let status = match self.pi.wait_exit(Duration::from_secs(5)).await {
-            Some(status) => status.to_string(),
-            None => "still running, stdout closed".to_owned(),
-        };
-        let stderr = self.pi.stderr_tail();
+        let PeerGone { status, stderr } = self.pi.gone().await;
         let stderr = if stderr.is_empty() {
             "(nothing)".to_owned()
         } else {

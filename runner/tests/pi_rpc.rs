@@ -1,6 +1,7 @@
 //! The Pi driver against real Pi 0.73.1 and the scripted fake model: a full
 //! run, a dialog that must be cancelled, Pi failing at startup, a deadline
-//! and a shutdown request mid-stream.
+//! and a shutdown request mid-stream. (The driver's every branch, under
+//! paused time and without a process, is in `tests/pi_driver.rs`.)
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use embark_core::event::{Log, LogLevel};
 use embark_core::{EventKind, NewEvent, Payload, TaskId};
 use embark_runner::events::EventMapper;
+use embark_runner::pi_connection::{PiPeer, Record};
 use embark_runner::pi_process::{PiLaunch, PiProcess};
 use embark_runner::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
 use embark_runner::profile;
@@ -25,12 +27,19 @@ struct Collect {
     records: Vec<Value>,
     events: Vec<NewEvent>,
     mapper: EventMapper,
+    /// Requests shutdown once this many text deltas have come: mid-stream, whatever the machine's speed.
+    stop_after_deltas: Option<(usize, watch::Sender<bool>)>,
 }
 
 impl Observer for Collect {
     fn on_record(&mut self, record: &Value) {
         self.records.push(record.clone());
         self.events.extend(self.mapper.map(record, std::time::Instant::now()));
+        if let Some((after, stop)) = &self.stop_after_deltas
+            && self.count_records("message_update", Some("text_delta")) == *after
+        {
+            stop.send(true).expect("the driver listens");
+        }
     }
     fn on_tick(&mut self) {
         self.events.extend(self.mapper.tick(std::time::Instant::now()));
@@ -73,16 +82,61 @@ fn setup(root: &Path, model: &FakeModel, provider: &str) -> (Space, PiLaunch) {
     (space, launch)
 }
 
+/// Waits until Pi answers a first command, so a deadline counts the run and
+/// not Pi's start-up (1.5 s here, several on a loaded machine).
+async fn ready(pi: &mut PiProcess) {
+    pi.connection()
+        .send(&json!({"id": "ready", "type": "get_state"}))
+        .await
+        .expect("Pi reads its stdin");
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match pi.connection().recv().await {
+                Some(Record::Json(record)) if record["id"] == "ready" => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("Pi answers get_state within 60 s");
+    assert!(answered, "Pi exited before it was ready: {}", pi.stderr_tail());
+}
+
 async fn drive(
     launch: &PiLaunch,
     prompt: &str,
     within: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
+    drive_with(launch, prompt, within, shutdown, Collect::default()).await
+}
+
+/// Starts Pi, waits until it is ready, then runs `prompt` with `within` to go.
+async fn drive_with(
+    launch: &PiLaunch,
+    prompt: &str,
+    within: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    mut seen: Collect,
+) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
     let mut pi = PiProcess::spawn(launch).expect("Pi starts");
-    let mut seen = Collect::default();
+    ready(&mut pi).await;
     let run = run_prompt(&mut pi, prompt, &mut seen, Instant::now() + within, shutdown).await;
     seen.events.extend(seen.mapper.flush());
+    (run, seen, pi)
+}
+
+/// Starts Pi and runs `prompt` right away, as the runner does (for a Pi that fails at start).
+async fn drive_unready(
+    launch: &PiLaunch,
+    prompt: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
+    let mut pi = PiProcess::spawn(launch).expect("Pi starts");
+    let mut seen = Collect::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = run_prompt(&mut pi, prompt, &mut seen, deadline, shutdown).await;
     (run, seen, pi)
 }
 
@@ -161,7 +215,7 @@ async fn pi_failing_at_startup_reports_its_stderr() {
     let model = FakeModel::start(&json!({"turns": [{"text": "unused"}]}));
     let (_space, launch) = setup(tmp.path(), &model, "no-such-provider");
     let (_stop, mut shutdown) = watch::channel(false);
-    let (run, _seen, _pi) = drive(&launch, "hi", Duration::from_secs(30), &mut shutdown).await;
+    let (run, _seen, _pi) = drive_unready(&launch, "hi", &mut shutdown).await;
     match run {
         Err(RpcError::ExitedEarly { status, stderr }) => {
             assert!(status.contains('1'), "{status}");
@@ -202,12 +256,12 @@ async fn a_deadline_aborts_the_run_and_deltas_stay_coalesced() {
     let (_space, launch) = setup(tmp.path(), &model, "fake");
     let (_stop, mut shutdown) = watch::channel(false);
     let started = Instant::now();
-    // Pi needs about 1.5 s to start; the stream is cut about 2 s in.
-    let (run, seen, pi) = drive(&launch, "talk", Duration::from_millis(3500), &mut shutdown).await;
+    // The stream (200 deltas, 30 ms apart) is cut about 2 s in.
+    let (run, seen, pi) = drive(&launch, "talk", Duration::from_millis(2500), &mut shutdown).await;
     let run = run.expect("run ends");
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "abort is prompt: {:?}",
+        started.elapsed() < Duration::from_secs(60),
+        "the run ended soon after the deadline: {:?}",
         started.elapsed()
     );
     assert_eq!(run.interrupted, Some(Interrupted::TimedOut));
@@ -230,16 +284,22 @@ async fn a_shutdown_request_aborts_the_run() {
     let model = FakeModel::start(&common::slow_stream());
     let (_space, launch) = setup(tmp.path(), &model, "fake");
     let (stop, mut shutdown) = watch::channel(false);
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(3000)).await;
-        stop.send(true).expect("driver listens");
-        stop
-    });
-    let (run, _seen, pi) = drive(&launch, "talk", Duration::from_secs(60), &mut shutdown).await;
+    let seen = Collect {
+        stop_after_deltas: Some((10, stop)),
+        ..Collect::default()
+    };
+    let (run, seen, pi) = drive_with(&launch, "talk", Duration::from_secs(60), &mut shutdown, seen).await;
     let run = run.expect("run ends");
     assert_eq!(run.interrupted, Some(Interrupted::ShuttingDown));
     assert!(run.agent_ended);
+    let last = run.last_assistant.expect("assistant message");
+    assert_eq!(last.stop_reason, "aborted", "the stream was cut, not run to its end");
+    assert!(
+        last.text.len() < common::long_text(200).len(),
+        "only part of the text came: {} bytes",
+        last.text.len()
+    );
+    assert!(seen.count_records("message_update", Some("text_delta")) >= 10);
     let exit = pi.shutdown(Duration::from_secs(5)).await;
     assert!(exit.status.expect("exited").success());
-    drop(stopper.await);
 }

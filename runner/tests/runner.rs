@@ -389,14 +389,16 @@ async fn an_unknown_profile_fails_naming_it_before_any_clone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_past_its_timeout_is_aborted_and_fails() {
-    let world = World::new(common::slow_stream());
+    // The timeout covers clone and Pi's start-up (seconds on a loaded machine), so the
+    // stream is long (about 10 s) and the timeout lands in it even when Pi starts late.
+    let world = World::new(json!({"turns": [{"text": common::long_text(400), "chunk_delay_ms": 30}]}));
     let task = world.submit("talk", "default").await;
     let (done, events) = world
-        .run_once(&task, &["--task-timeout-secs", "4", "--keep-spaces=false"])
+        .run_once(&task, &["--task-timeout-secs", "8", "--keep-spaces=false"])
         .await;
     assert_eq!(done.state, TaskState::Failed, "{}", world.diagnostics());
     let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
-    assert!(reason.contains("timed out after 4 s"), "{reason}");
+    assert!(reason.contains("timed out after 8 s"), "{reason}");
     assert_gapless(&done, &events);
     let messages = assistant_messages(&events);
     assert_eq!(messages.last().expect("a message").stop_reason, "aborted");

@@ -175,7 +175,6 @@ impl Config {
             stdio: StdioOptions {
                 max_line_bytes: max_line_bytes.ensure(|bytes| *bytes >= MIN_LINE_BYTES)?.value,
                 max_in_flight: max_in_flight.ensure(|n| (1..=MAX_IN_FLIGHT_LIMIT).contains(n))?.value,
-                ..StdioOptions::default()
             },
             file: resolver.file().map(PathBuf::from),
         })
@@ -239,7 +238,6 @@ mod tests {
             StdioOptions {
                 max_line_bytes: DEFAULT_MAX_LINE_BYTES,
                 max_in_flight: 4,
-                barriers: &[],
             }
         );
         assert_eq!(config.file, Some(path.clone()));

@@ -1,27 +1,20 @@
-//! The JSON-RPC methods (`embark.hello`, `embark.command`) and the handshake
-//! rule: nothing but `embark.hello` is answered before a successful hello.
-//! The transport runs hello as a barrier (see [`crate::serve`]), so a command
-//! sent right behind it sees it done.
+//! The JSON-RPC methods (`embark.hello`, `embark.command`). The handshake
+//! and its rules belong to the connection's [`Session`]: hello is the
+//! session's [`Session::hello`], and the transport lets no other call through
+//! before it succeeded, so the methods here never check it.
 //!
 //! Parameters are by name, as in [`HelloParams`](embark_core::protocol::HelloParams)
 //! and [`CommandParams`](embark_core::protocol::CommandParams).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use embark_core::protocol::{
-    ErrorCode, HelloResult, PROTOCOL_VERSION, PeerInfo, SUPPORTED_PROTOCOLS, SessionContext, View,
-};
+use embark_core::protocol::{HelloResult, PeerInfo, SessionContext, View};
 use jsonrpsee::RpcModule;
 use jsonrpsee::core::RpcResult;
 use jsonrpsee::proc_macros::rpc;
-use tracing::info;
 
-use crate::error::RpcError;
 use crate::handlers::Handlers;
-
-/// Optional features this build offers (none yet in protocol 1).
-pub const CAPABILITIES: &[&str] = &[];
+use crate::session::Session;
 
 #[rpc(server, namespace = "embark", namespace_separator = ".")]
 pub trait Embark {
@@ -34,64 +27,30 @@ pub trait Embark {
     async fn command(&self, line: String, session: SessionContext) -> RpcResult<View>;
 }
 
-/// One connection's state: the negotiated protocol (0 until a hello succeeded).
+/// One connection's methods, over its session.
 pub struct EmbarkRpc {
     handlers: Arc<Handlers>,
-    protocol: AtomicU32,
+    session: Arc<Session>,
 }
 
 impl EmbarkRpc {
-    pub fn new(handlers: Arc<Handlers>) -> Self {
-        Self {
-            handlers,
-            protocol: AtomicU32::new(0),
-        }
+    pub fn new(handlers: Arc<Handlers>, session: Arc<Session>) -> Self {
+        Self { handlers, session }
     }
 
-    /// The methods, ready for [`crate::stdio::serve`].
-    pub fn module(handlers: Arc<Handlers>) -> RpcModule<EmbarkRpc> {
-        EmbarkRpc::new(handlers).into_rpc()
+    /// The methods, ready for [`crate::stdio::serve`] with the same session as its gate.
+    pub fn module(handlers: Arc<Handlers>, session: Arc<Session>) -> RpcModule<EmbarkRpc> {
+        EmbarkRpc::new(handlers, session).into_rpc()
     }
 }
 
 #[jsonrpsee::core::async_trait]
 impl EmbarkServer for EmbarkRpc {
     async fn hello(&self, protocol: u32, client: Option<PeerInfo>) -> RpcResult<HelloResult> {
-        if !SUPPORTED_PROTOCOLS.contains(&protocol) {
-            let supported: Vec<String> = SUPPORTED_PROTOCOLS.iter().map(u32::to_string).collect();
-            return Err(RpcError::new(
-                ErrorCode::UnsupportedProtocol,
-                format!(
-                    "protocol {protocol} is not supported: this sidecar speaks {}; update the extension or the sidecar so they match",
-                    supported.join(", ")
-                ),
-            )
-            .into());
-        }
-        self.protocol.store(protocol, Ordering::SeqCst);
-        match &client {
-            Some(peer) => info!(protocol, client = %peer.name, version = %peer.version, "hello"),
-            None => info!(protocol, "hello"),
-        }
-        Ok(HelloResult {
-            protocol,
-            supported: SUPPORTED_PROTOCOLS.to_vec(),
-            server: PeerInfo {
-                name: "embark-sidecar".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-            },
-            capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
-        })
+        Ok(self.session.hello(protocol, client.as_ref())?)
     }
 
     async fn command(&self, line: String, session: SessionContext) -> RpcResult<View> {
-        if self.protocol.load(Ordering::SeqCst) == 0 {
-            return Err(RpcError::new(
-                ErrorCode::HandshakeRequired,
-                format!("call embark.hello first, with {{\"protocol\": {PROTOCOL_VERSION}}}"),
-            )
-            .into());
-        }
         Ok(self.handlers.command(&line, &session).await?)
     }
 }

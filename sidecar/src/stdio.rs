@@ -2,23 +2,26 @@
 //! out, one per line, written by a single writer.
 //!
 //! jsonrpsee ships no stdio transport, so this loop drives the methods with
-//! [`Methods::raw_json_request`] and handles what that call does not: line
-//! framing (`\n` only, one trailing `\r` stripped), a maximum line length
-//! that never buffers more than the limit, invalid UTF-8, malformed JSON,
-//! batches, notifications, a cap on in-flight calls and an orderly shutdown
-//! on EOF. It is generic over the streams so tests run it in memory.
+//! [`Methods::raw_json_request`] and handles what that call does not:
+//! malformed JSON, invalid UTF-8, batches, notifications, over-long lines, a
+//! cap on in-flight calls and an orderly shutdown on EOF. Line framing is
+//! [`embark_core::ndjson`]'s, shared with the runner's Pi driver. Which calls
+//! may run, and which must finish before the next line is read, is the
+//! [`Gate`]'s decision (the connection's session): this loop knows nothing of
+//! embark's methods. It is generic over the streams so tests run it in memory.
 
 use std::io;
 use std::sync::Arc;
 
+use embark_core::ndjson::{Line, LineReader, LineWriter};
 use embark_core::protocol::ErrorCode;
 use jsonrpsee::Methods;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
-use crate::error::ErrorObject;
+use crate::error::{ErrorObject, RpcError};
 
 /// Default longest request line, in bytes (without the line ending).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
@@ -31,9 +34,6 @@ pub struct StdioOptions {
     pub max_line_bytes: usize,
     /// Calls answered concurrently; when all are busy, reading pauses.
     pub max_in_flight: usize,
-    /// Methods that finish before the next line is read (the handshake), so
-    /// a client may send the next request without waiting for their answer.
-    pub barriers: &'static [&'static str],
 }
 
 impl Default for StdioOptions {
@@ -41,16 +41,38 @@ impl Default for StdioOptions {
         Self {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            barriers: &[],
         }
     }
 }
 
-/// Serves requests read from `reader` until EOF, then lets the calls under
-/// way finish, writes their answers and returns.
+/// How the loop treats one call to a method that exists.
+#[derive(Debug, PartialEq)]
+pub enum Admission {
+    /// Run it alongside the other calls.
+    Concurrent,
+    /// Run it to its answer before reading the next line, so a request sent
+    /// right behind it sees its effect.
+    InOrder,
+    /// Answer with this error without running it.
+    Refuse(RpcError),
+}
+
+/// Decides, before each call runs, whether and how it runs.
+pub trait Gate: Sync {
+    fn admit(&self, method: &str) -> Admission;
+}
+
+/// Serves requests read from `reader` until EOF, each admitted by `gate`,
+/// then lets the calls under way finish, writes their answers and returns.
 ///
 /// Returns an error when reading or writing fails.
-pub async fn serve<R, W>(methods: impl Into<Methods>, reader: R, writer: W, options: StdioOptions) -> io::Result<()>
+pub async fn serve<R, W>(
+    methods: impl Into<Methods>,
+    gate: &dyn Gate,
+    reader: R,
+    writer: W,
+    options: StdioOptions,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -62,7 +84,7 @@ where
     };
     // Bounded: a client that stops reading our output eventually stops us reading its input.
     let (tx, rx) = mpsc::channel::<String>(options.max_in_flight * 2);
-    let reading = read_requests(methods, reader, tx, options);
+    let reading = read_requests(methods, gate, reader, tx, options);
     let writing = write_lines(writer, rx);
     let (read_result, write_result) = tokio::join!(reading, writing);
     write_result?;
@@ -74,6 +96,7 @@ where
 /// for in-flight calls.
 async fn read_requests<R: AsyncRead + Unpin>(
     methods: Methods,
+    gate: &dyn Gate,
     reader: R,
     tx: mpsc::Sender<String>,
     options: StdioOptions,
@@ -81,7 +104,6 @@ async fn read_requests<R: AsyncRead + Unpin>(
     let StdioOptions {
         max_line_bytes,
         max_in_flight,
-        barriers,
     } = options;
     let mut lines = LineReader::new(reader, max_line_bytes);
     let permits = Arc::new(Semaphore::new(max_in_flight));
@@ -150,6 +172,17 @@ async fn read_requests<R: AsyncRead + Unpin>(
             }
             continue;
         }
+        let in_order = match gate.admit(&method) {
+            Admission::Concurrent => false,
+            Admission::InOrder => true,
+            Admission::Refuse(error) => {
+                debug!(%method, %id, "refused: {error}");
+                if tx.send(error_response(&id, error.code, &error.message)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         // Backpressure: when every slot is busy, stop reading until one frees up.
         let permit = tokio::select! {
             biased;
@@ -159,7 +192,6 @@ async fn read_requests<R: AsyncRead + Unpin>(
         debug!(%method, %id, "call");
         let methods = methods.clone();
         let tx = tx.clone();
-        let barrier = barriers.contains(&method.as_str());
         let answered = tokio::spawn(async move {
             let _permit = permit;
             // A second task, so a panic in a method still gets an answer.
@@ -174,7 +206,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             // A closed output means nobody is listening any more; nothing to do.
             let _ = tx.send(response).await;
         });
-        if barrier {
+        if in_order {
             // The task never panics (the call runs in its own); an error here means shutdown.
             let _ = answered.await;
         }
@@ -194,89 +226,14 @@ async fn call(methods: Methods, id: Value, text: String) -> String {
 
 /// Writes each response as one line; flushes whenever no other is waiting.
 async fn write_lines<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<String>) -> io::Result<()> {
-    let mut writer = BufWriter::new(writer);
-    while let Some(mut line) = rx.recv().await {
-        if line.contains('\n') {
-            // Never happens with compact JSON; if it did, the framing would break.
-            line = serde_json::from_str::<Value>(&line)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|_| line.replace('\n', " "));
-        }
-        writer.write_all(line.as_bytes()).await?;
-        writer.write_all(b"\n").await?;
+    let mut writer = LineWriter::new(writer);
+    while let Some(line) = rx.recv().await {
+        writer.write_json_text(&line).await?;
         if rx.is_empty() {
             writer.flush().await?;
         }
     }
-    writer.flush().await?;
     writer.shutdown().await
-}
-
-/// One input line, framed.
-#[derive(Debug, PartialEq, Eq)]
-enum Line {
-    /// A whole line without its `\n` (and without one trailing `\r`).
-    Complete(Vec<u8>),
-    /// A line longer than the limit, already skipped up to its `\n`.
-    TooLong {
-        len: u64,
-    },
-    /// Bytes after the last `\n` when the input ended.
-    Partial {
-        len: u64,
-    },
-    Eof,
-}
-
-/// Splits on `\n` only and never holds more than `max + 1` bytes of a line
-/// (the extra one for a `\r`).
-struct LineReader<R> {
-    inner: BufReader<R>,
-    max: usize,
-}
-
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    fn new(reader: R, max: usize) -> Self {
-        Self {
-            inner: BufReader::new(reader),
-            max,
-        }
-    }
-
-    async fn next_line(&mut self) -> io::Result<Line> {
-        let mut line = Vec::new();
-        let mut len: u64 = 0;
-        let mut too_long = false;
-        loop {
-            let chunk = self.inner.fill_buf().await?;
-            if chunk.is_empty() {
-                return Ok(if len == 0 { Line::Eof } else { Line::Partial { len } });
-            }
-            let (take, ends) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(at) => (at, true),
-                None => (chunk.len(), false),
-            };
-            len += take as u64;
-            if !too_long {
-                if line.len() + take > self.max + 1 {
-                    too_long = true;
-                    line = Vec::new();
-                } else {
-                    line.extend_from_slice(&chunk[..take]);
-                }
-            }
-            self.inner.consume(take + usize::from(ends));
-            if ends {
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                if too_long || line.len() > self.max {
-                    return Ok(Line::TooLong { len });
-                }
-                return Ok(Line::Complete(line));
-            }
-        }
-    }
 }
 
 /// What to do with one complete line.
@@ -428,55 +385,6 @@ fn normalize_response(response: &str, id: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn frame(input: &[u8], max: usize) -> Vec<Line> {
-        let mut reader = LineReader::new(input, max);
-        let mut out = Vec::new();
-        loop {
-            let line = reader.next_line().await.expect("in-memory read");
-            let end = matches!(line, Line::Eof | Line::Partial { .. });
-            out.push(line);
-            if end {
-                return out;
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn lines_split_on_lf_only_and_lose_one_cr() {
-        let lines = frame("a\r\nb\u{2028}c\n\r\r\n".as_bytes(), 16).await;
-        assert_eq!(
-            lines,
-            vec![
-                Line::Complete(b"a".to_vec()),
-                Line::Complete("b\u{2028}c".as_bytes().to_vec()),
-                Line::Complete(b"\r".to_vec()),
-                Line::Eof
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn the_limit_excludes_the_line_ending() {
-        let lines = frame(b"12345\r\n123456\n1234\n", 5).await;
-        assert_eq!(
-            lines,
-            vec![
-                Line::Complete(b"12345".to_vec()),
-                Line::TooLong { len: 6 },
-                Line::Complete(b"1234".to_vec()),
-                Line::Eof
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_line_without_its_newline_is_partial() {
-        assert_eq!(
-            frame(b"ok\nhalf", 16).await,
-            vec![Line::Complete(b"ok".to_vec()), Line::Partial { len: 4 }]
-        );
-    }
 
     #[test]
     fn ids_and_shapes_are_checked() {

@@ -338,6 +338,21 @@ async fn the_handshake_comes_first_and_must_name_a_supported_protocol() {
 }
 
 #[tokio::test]
+async fn before_the_handshake_a_command_is_refused_whatever_its_params() {
+    let mut client = Client::start(config());
+    // The session refuses before the method decodes its params (it names no session).
+    let early = client.call(1, "embark.command", json!({"line": "help"})).await;
+    assert_error(&early, 1002, "handshake_required");
+    // An unknown method is still named as such: the method table comes first.
+    let unknown = client.call(2, "embark.nope", json!({})).await;
+    assert_error(&unknown, -32601, "method_not_found");
+    client.hello().await;
+    let missing = client.call(3, "embark.command", json!({"line": "help"})).await;
+    assert_error(&missing, -32602, "invalid_params");
+    assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
 async fn bad_requests_get_standard_codes_with_kinds() {
     let mut client = Client::start(config());
     client.hello().await;
