@@ -86,8 +86,20 @@ test("a non-JSON line on stdout fails the pending call at once and retires the p
 });
 
 test("a call that gets no answer times out with a clear error", async () => {
-  const p = peer(`process.stdin.resume(); process.stderr.write("thinking hard\\n");`, 200);
+  // The first call is answered (so the peer is up whatever the machine's load), the second never is.
+  const p = peer(
+    `
+    let calls = 0;
+    function answer(req) {
+      if (++calls > 1) return;
+      process.stderr.write("thinking hard\\n");
+      process.stdout.write(JSON.stringify({ jsonrpc: "2.0", id: req.id, result: {} }) + "\\n");
+    }
+    ${SERVE}`,
+    200,
+  );
   try {
+    await within(10_000, "the first answer", p.call("embark.hello", {}));
     await assert.rejects(p.call("embark.command", {}), (err: unknown) => {
       assert.ok(err instanceof SidecarError);
       assert.match(err.message, /did not answer embark\.command within 200 ms/);
