@@ -3,8 +3,11 @@
 //!
 //! The wake-up is only a hint: every waiter re-runs the atomic claim, and a
 //! periodic re-check backs it up for tasks that become claimable without a
-//! signal from this process.
+//! signal from this process. When to look again is a pure policy
+//! ([`LongPoll`], fed instants); [`ClaimQueue`] drives it with the clock and
+//! is tested under tokio's paused time.
 
+use std::future::Future;
 use std::time::Duration;
 
 use embark_core::limits;
@@ -18,9 +21,34 @@ use crate::store::{Runner, Store, StoreError};
 /// How often a waiting claimer re-checks the queue without a wake-up.
 const POLL_FALLBACK: Duration = Duration::from_secs(5);
 
+/// Logged (at debug) when a claim found nothing and starts to wait: from
+/// then on, a task created wakes it. Tests wait for this line rather than
+/// guess when a claim is waiting (`embark_testkit::CLAIM_WAITING`).
+const WAITING: &str = "claim waiting for a task";
+
 /// The wait a runner asked for, capped at `limits::MAX_CLAIM_WAIT_MS`.
 pub fn effective_wait(wait_ms: u64) -> Duration {
     Duration::from_millis(wait_ms.min(limits::MAX_CLAIM_WAIT_MS))
+}
+
+/// When a waiting claimer looks at the queue again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LongPoll {
+    deadline: Instant,
+}
+
+impl LongPoll {
+    /// A wait of `wait` from `now`.
+    pub fn new(now: Instant, wait: Duration) -> LongPoll {
+        LongPoll { deadline: now + wait }
+    }
+
+    /// After a look at `now` that found nothing: when to look again without
+    /// a wake-up (the next fallback re-check, or the deadline for a last
+    /// look), or `None` when the wait is over.
+    pub fn next_look(&self, now: Instant) -> Option<Instant> {
+        (now < self.deadline).then(|| self.deadline.min(now + POLL_FALLBACK))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,12 +69,43 @@ impl ClaimQueue {
         store: &S,
         runner: &Runner,
         wait: Duration,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<Option<Claim>, StoreError> {
-        let deadline = Instant::now() + wait;
         let (callback_token, callback_hash) = mint(TokenKind::Callback);
-        // Bounded by the deadline: every turn either returns or sleeps until a wake-up,
-        // the next poll or the deadline, and the turn after the deadline returns.
+        let task = self
+            .wait_for(wait, shutdown, &runner.name, || {
+                store.claim_next(&runner.id, &callback_hash)
+            })
+            .await?;
+        Ok(task.map(|task| {
+            let attempt = task.attempt;
+            Claim {
+                task,
+                attempt,
+                callback_token,
+            }
+        }))
+    }
+
+    /// Runs `look` until it finds something, looking again on a wake-up
+    /// ([`ClaimQueue::task_added`]) and when [`LongPoll`] says; `None` once
+    /// the wait is over or shutdown is requested.
+    async fn wait_for<T, E, F, Fut>(
+        &self,
+        wait: Duration,
+        mut shutdown: watch::Receiver<bool>,
+        runner: &str,
+        mut look: F,
+    ) -> Result<Option<T>, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let poll = LongPoll::new(Instant::now(), wait);
+        let mut waiting = false;
+        // Bounded by the deadline: every turn either returns or waits until a
+        // wake-up, the next look or the deadline, and the turn after the
+        // deadline returns.
         loop {
             // Register for the wake-up before looking, so a task created between
             // the look and the wait is not missed.
@@ -54,19 +113,16 @@ impl ClaimQueue {
             tokio::pin!(woken);
             woken.as_mut().enable();
 
-            if let Some(task) = store.claim_next(&runner.id, &callback_hash).await? {
-                let attempt = task.attempt;
-                return Ok(Some(Claim {
-                    task,
-                    attempt,
-                    callback_token,
-                }));
+            if let Some(found) = look().await? {
+                return Ok(Some(found));
             }
-            let now = Instant::now();
-            if now >= deadline || *shutdown.borrow() {
+            let Some(until) = poll.next_look(Instant::now()).filter(|_| !*shutdown.borrow()) else {
                 return Ok(None);
+            };
+            if !waiting {
+                waiting = true;
+                tracing::debug!(runner, "{WAITING}");
             }
-            let until = deadline.min(now + POLL_FALLBACK);
             tokio::select! {
                 () = &mut woken => {}
                 () = tokio::time::sleep_until(until) => {}
@@ -79,7 +135,14 @@ impl ClaimQueue {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
+    use embark_core::intent::ExecutionIntent;
+    use embark_core::wire::{CreateTask, Task};
+
     use super::*;
+    use crate::auth::TokenHash;
+    use crate::store::SqliteStore;
 
     #[test]
     fn waits_are_capped() {
@@ -88,5 +151,211 @@ mod tests {
             effective_wait(u64::MAX),
             Duration::from_millis(limits::MAX_CLAIM_WAIT_MS)
         );
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_long_poll_looks_again_at_each_fallback_and_last_at_the_deadline() {
+        let t0 = Instant::now();
+        let poll = LongPoll::new(t0, 12 * SECOND);
+        assert_eq!(poll.next_look(t0), Some(t0 + 5 * SECOND));
+        assert_eq!(poll.next_look(t0 + 5 * SECOND), Some(t0 + 10 * SECOND));
+        assert_eq!(poll.next_look(t0 + 10 * SECOND), Some(t0 + 12 * SECOND));
+        assert_eq!(poll.next_look(t0 + 12 * SECOND), None);
+        assert_eq!(LongPoll::new(t0, Duration::ZERO).next_look(t0), None, "one look only");
+    }
+
+    /// While it lives, the paused clock does not auto-advance: SQLite works on
+    /// its own thread, and the clock must not jump while it does. (As
+    /// `embark_testkit::clock::Hold`, which the broker does not depend on, to
+    /// keep reqwest out of its tree.)
+    struct Hold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+    fn hold() -> Hold {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        drop(tokio::task::spawn_blocking(move || {
+            let _ = released.recv();
+        }));
+        Hold(release)
+    }
+
+    async fn held<F: Future>(work: F) -> F::Output {
+        let _hold = hold();
+        work.await
+    }
+
+    fn new_task() -> CreateTask {
+        CreateTask {
+            repo_url: "https://example.invalid/repo.git".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            prompt: "wake up".into(),
+            intent: ExecutionIntent {
+                auth_profile: "default".into(),
+                provider: "fake".into(),
+                model: "fake-model".into(),
+            },
+            session_id: "s".into(),
+        }
+    }
+
+    /// A store on a fresh SQLite file, a runner, and a callback token hash.
+    struct World {
+        _dir: tempfile::TempDir,
+        store: SqliteStore,
+        runner: Runner,
+        callback: TokenHash,
+        queue: ClaimQueue,
+        /// When each look started, from the world's start.
+        looks: RefCell<Vec<Duration>>,
+        /// Looks that came back.
+        answered: watch::Sender<usize>,
+        started: Instant,
+    }
+
+    impl World {
+        async fn new() -> World {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = held(SqliteStore::open(&dir.path().join("broker.db")))
+                .await
+                .expect("open store");
+            let (_, runner_hash) = mint(TokenKind::Runner);
+            let runner = held(store.enroll_runner("box", &runner_hash)).await.expect("enroll");
+            let (_, callback) = mint(TokenKind::Callback);
+            World {
+                _dir: dir,
+                store,
+                runner,
+                callback,
+                queue: ClaimQueue::default(),
+                looks: RefCell::new(Vec::new()),
+                answered: watch::Sender::new(0),
+                started: Instant::now(),
+            }
+        }
+
+        async fn create(&self) -> Task {
+            held(self.store.create_task(&new_task())).await.expect("create")
+        }
+
+        /// One look at the queue, as a claim makes it.
+        async fn look(&self) -> Result<Option<Task>, StoreError> {
+            self.looks.borrow_mut().push(self.started.elapsed());
+            let found = held(self.store.claim_next(&self.runner.id, &self.callback)).await;
+            self.answered.send_modify(|n| *n += 1);
+            found
+        }
+
+        fn looks(&self) -> Vec<u64> {
+            self.looks.borrow().iter().map(|d| d.as_secs()).collect()
+        }
+
+        /// Waits (virtual time) for a task as a claim does.
+        async fn claim(&self, wait: Duration, shutdown: watch::Receiver<bool>) -> Option<Task> {
+            self.queue
+                .wait_for(wait, shutdown, "box", move || self.look())
+                .await
+                .expect("the store answers")
+        }
+
+        /// Resolves once the claim's first look has found nothing.
+        async fn first_look_came_back_empty(&self) {
+            let mut answered = self.answered.subscribe();
+            answered.wait_for(|n| *n > 0).await.expect("the world lives");
+        }
+    }
+
+    fn running() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+        watch::channel(false)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_task_is_handed_out_at_once() {
+        let world = World::new().await;
+        let task = world.create().await;
+        let (_stop, shutdown) = running();
+        let claimed = world.claim(30 * SECOND, shutdown).await.expect("a task");
+        assert_eq!(claimed.id, task.id);
+        assert_eq!(world.looks(), [0]);
+        assert_eq!(world.started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_queue_is_looked_at_every_fallback_and_at_the_deadline() {
+        let world = World::new().await;
+        let (_stop, shutdown) = running();
+        assert!(world.claim(12 * SECOND, shutdown).await.is_none());
+        assert_eq!(world.looks(), [0, 5, 10, 12]);
+        assert_eq!(world.started.elapsed(), 12 * SECOND, "answered at the deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_created_while_a_claim_waits_wakes_it() {
+        let world = World::new().await;
+        let (_stop, shutdown) = running();
+        let create = async {
+            world.first_look_came_back_empty().await;
+            let task = world.create().await;
+            world.queue.task_added();
+            task
+        };
+        let (claimed, created) = tokio::join!(world.claim(30 * SECOND, shutdown), create);
+        assert_eq!(claimed.expect("the new task").id, created.id);
+        assert_eq!(world.looks(), [0, 0], "woken at once, not at the fallback");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_created_between_the_look_and_the_wait_is_not_missed() {
+        let world = World::new().await;
+        let (_stop, shutdown) = running();
+        let first = &std::cell::Cell::new(true);
+        let world = &world;
+        let claimed = world
+            .queue
+            .wait_for(30 * SECOND, shutdown, "box", move || async move {
+                let found = world.look().await;
+                if first.replace(false) {
+                    // Created (and announced) after the look, before the wait.
+                    world.create().await;
+                    world.queue.task_added();
+                }
+                found
+            })
+            .await
+            .expect("the store answers");
+        assert!(claimed.is_some());
+        assert_eq!(world.looks(), [0, 0], "the wake-up was registered before the look");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_wake_up_the_fallback_look_finds_the_task() {
+        let world = World::new().await;
+        let (_stop, shutdown) = running();
+        let create = async {
+            world.first_look_came_back_empty().await;
+            // Queued by another process, say: nobody wakes the claim.
+            world.create().await
+        };
+        let (claimed, created) = tokio::join!(world.claim(30 * SECOND, shutdown), create);
+        assert_eq!(claimed.expect("the new task").id, created.id);
+        assert_eq!(world.looks(), [0, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_ends_the_wait() {
+        let world = World::new().await;
+        let (stop, shutdown) = running();
+        let stopping = async {
+            world.first_look_came_back_empty().await;
+            stop.send_replace(true);
+        };
+        let (claimed, ()) = tokio::join!(world.claim(30 * SECOND, shutdown.clone()), stopping);
+        assert!(claimed.is_none());
+        assert_eq!(world.started.elapsed(), Duration::ZERO, "at once, not after the wait");
+
+        // Already shutting down: one look, no wait.
+        world.looks.borrow_mut().clear();
+        assert!(world.claim(30 * SECOND, shutdown).await.is_none());
+        assert_eq!(world.looks(), [0]);
     }
 }
