@@ -18,33 +18,31 @@
 //! refusal of the attempt itself (401, 404, 409, …) stops reporting.
 //!
 //! When the task ends, [`Reporter::finish`] keeps trying until a deadline
-//! (brought forward by a shutdown) and returns what could not be delivered,
-//! so the task's result can say so.
+//! (brought forward by a shutdown, and a try hanging then is made again at
+//! once) and returns what could not be delivered, so the task's result can
+//! say so; a try still hanging at the deadline is cut off.
+//!
+//! Every one of those decisions is made by [`outbox::Outbox`], a state
+//! machine fed events, answers and instants; the worker here only drives it
+//! with the channel, the HTTP client and the clock.
 
-use std::collections::VecDeque;
+mod outbox;
+
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use embark_client::{BrokerClient, ClientError};
-use embark_core::event::LogLevel;
-use embark_core::limits::{MAX_EVENT_PAYLOAD_BYTES, MAX_EVENTS_PER_APPEND};
-use embark_core::text::error_chain;
 use embark_core::wire::{AppendEvents, Claim, EventsAppended};
 use embark_core::{NewEvent, TaskId};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Duration, Instant, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
-use crate::events::log_event;
-use crate::retry::{Patience, is_transient};
+use crate::retry::Patience;
 use crate::shutdown;
-
-/// How long the first event of a batch waits for company.
-const LINGER: Duration = Duration::from_millis(100);
-/// Serialized payload bytes per append request, so no request is huge.
-const MAX_BATCH_BYTES: usize = 1024 * 1024;
-/// Notes about refused batches per task: a broker that refuses every batch
-/// (the notes' too) must not keep the reporter busy with notes.
-const MAX_REJECTION_NOTES: u32 = 10;
+use outbox::{Outbox, Step};
 
 /// How the reporter copes with a broker that does not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,21 +109,8 @@ impl Delivery {
     }
 }
 
-/// An event with the size of its serialized payload, measured once.
-struct Queued {
-    event: NewEvent,
-    size: usize,
-}
-
-impl Queued {
-    fn new(event: NewEvent) -> Queued {
-        let size = event.payload.json_len();
-        Queued { event, size }
-    }
-}
-
 enum Message {
-    Event(Queued),
+    Event(NewEvent),
     /// The task ended: deliver the rest by this deadline.
     Finish(Instant),
 }
@@ -144,47 +129,21 @@ impl Reporter {
         shutdown: watch::Receiver<bool>,
     ) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = Worker {
-            task: claim.task.id,
-            ids: BatchIds::new(claim.attempt),
-            options,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            queued_since: Instant::now(),
-            unnoted_drops: 0,
-            rejection_notes: 0,
-            delivery: Delivery::default(),
-            refused: false,
-            deadline: None,
-            shutting_down: false,
-            rx_open: true,
-        };
+        let outbox = Outbox::new(claim.task.id, claim.attempt, options, Instant::now());
         let link = Link {
             client,
             token: claim.callback_token.clone(),
+            task: claim.task.id,
         };
-        let worker = tokio::spawn(worker.run(link, rx, shutdown));
+        let worker = tokio::spawn(drive(outbox, link, rx, shutdown));
         Reporter { tx, worker }
     }
 
-    /// Queues one event. An event too large for the broker is replaced by a
-    /// `log` event that says so, rather than failing its whole batch.
+    /// Queues one event (an event too large for the broker is replaced by a
+    /// `log` event that says so).
     pub fn send(&self, event: NewEvent) {
-        let queued = Queued::new(event);
-        let queued = if queued.size > MAX_EVENT_PAYLOAD_BYTES {
-            Queued::new(log_event(
-                LogLevel::Error,
-                &format!(
-                    "a {} event of {} bytes was too large to report",
-                    queued.event.payload.kind_name(),
-                    queued.size
-                ),
-            ))
-        } else {
-            queued
-        };
         // The worker only stops after `finish`, so this cannot fail earlier.
-        let _ = self.tx.send(Message::Event(queued));
+        let _ = self.tx.send(Message::Event(event));
     }
 
     /// Delivers everything still waiting, trying until `deadline` (sooner on
@@ -203,425 +162,99 @@ impl Reporter {
     }
 }
 
-/// Batch ids `<attempt>-<n>`, `n` counting from 0: unique per task, since
-/// each attempt of a task has its own number, and valid on the wire.
-#[derive(Debug)]
-struct BatchIds {
-    attempt: u32,
-    next: u64,
-}
+/// One try of a batch, under way.
+type Try = Pin<Box<dyn Future<Output = Result<EventsAppended, ClientError>> + Send>>;
 
-impl BatchIds {
-    fn new(attempt: u32) -> Self {
-        Self { attempt, next: 0 }
-    }
-
-    fn next_id(&mut self) -> String {
-        let id = format!("{}-{}", self.attempt, self.next);
-        self.next += 1;
-        id
-    }
-}
-
-/// How the worker reaches the broker (kept apart from its state, so a
-/// request can be under way while the state takes in new events).
+/// How the worker reaches the broker.
 struct Link {
     client: BrokerClient,
     token: String,
-}
-
-struct Worker {
     task: TaskId,
-    ids: BatchIds,
-    options: ReportOptions,
-    /// Events not yet in a batch, oldest first.
-    queue: VecDeque<Queued>,
-    /// Their payload bytes.
-    queued_bytes: usize,
-    /// When the queue last went from empty to non-empty.
-    queued_since: Instant,
-    /// Events dropped since the last note saying so.
-    unnoted_drops: u64,
-    /// Notes made about refused batches.
-    rejection_notes: u32,
-    delivery: Delivery,
-    /// The broker refused the attempt: nothing more is sent.
-    refused: bool,
-    /// Set once the task ended.
-    deadline: Option<Instant>,
-    shutting_down: bool,
-    /// The task may still send events.
-    rx_open: bool,
 }
 
-/// What the worker waits for between sends.
-enum Wake {
-    Message(Option<Message>),
-    Time,
-    Shutdown,
+impl Link {
+    fn append(&self, batch: Arc<AppendEvents>) -> Try {
+        let (client, token, task) = (self.client.clone(), self.token.clone(), self.task);
+        Box::pin(async move { client.append_events(&token, task, &batch).await })
+    }
 }
 
-/// How one try of a batch ended.
-enum Try {
-    Answered(Result<EventsAppended, ClientError>),
-    /// Still no answer at the deadline.
-    CutOff,
-    /// Shutdown was requested: try again at once (under its shorter deadline).
-    Restart,
+fn take(outbox: &mut Outbox, message: Message, now: Instant) {
+    match message {
+        Message::Event(event) => outbox.push(event, now),
+        Message::Finish(deadline) => outbox.finish(deadline, now),
+    }
 }
 
-/// How a refusal is handled.
-fn refuses_only_the_batch(error: &ClientError) -> bool {
-    // The request's own content: malformed, too large, or not valid. A
-    // refusal of the attempt itself (401, 404, 409) or anything unforeseen
-    // stops reporting instead.
-    matches!(
-        error,
-        ClientError::Api {
-            status: 400 | 413 | 422,
-            ..
-        } | ClientError::Unexpected {
-            status: 400 | 413 | 422,
-            ..
-        }
-    )
-}
-
-impl Worker {
-    async fn run(
-        mut self,
-        link: Link,
-        mut rx: mpsc::UnboundedReceiver<Message>,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Delivery {
-        let mut backoff = self.options.patience.backoff();
-        // The batch being delivered: every try sends exactly this, batch id included.
-        let mut batch: Option<AppendEvents> = None;
-        // After a failed try: when to try again.
-        let mut retry_at: Option<Instant> = None;
-        let mut last_error = String::new();
-        loop {
-            let now = Instant::now();
-            if let Some(deadline) = self.deadline {
-                if batch.is_none() && self.queue.is_empty() {
-                    break;
-                }
-                // Whatever woke us, no try starts past the deadline.
-                if now >= deadline {
-                    self.give_up(batch.take(), &last_error);
-                    break;
+/// Carries out what the outbox says until it is done. New events are taken
+/// in while a try is under way, so they wait in the outbox's bounded queue,
+/// not in the channel.
+async fn drive(
+    mut outbox: Outbox,
+    link: Link,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Delivery {
+    let mut under_way: Option<Try> = None;
+    let mut open = true;
+    loop {
+        let now = Instant::now();
+        // Take in whatever arrived, so a new batch is as full as it can be.
+        while open {
+            match rx.try_recv() {
+                Ok(message) => take(&mut outbox, message, now),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    outbox.abandon(now);
                 }
             }
-            let send_at = match (retry_at, &batch) {
-                (Some(at), _) => Some(at),
-                (None, Some(_)) => Some(now),
-                (None, None) if self.queue.is_empty() => None,
-                (None, None) if self.deadline.is_some() || self.queue.len() >= MAX_EVENTS_PER_APPEND => Some(now),
-                (None, None) => Some(self.queued_since + LINGER),
-            };
-            let send_at = match (send_at, self.deadline) {
-                (Some(at), Some(deadline)) => Some(at.min(deadline)),
-                (at, _) => at,
-            };
-            if send_at.is_none_or(|at| at > now) {
-                let wake = tokio::select! {
-                    message = rx.recv(), if self.rx_open => Wake::Message(message),
-                    () = sleep_until(send_at.unwrap_or(now)), if send_at.is_some() => Wake::Time,
-                    () = shutdown::requested(&mut shutdown), if !self.shutting_down => Wake::Shutdown,
-                    // Unreachable: with the channel closed there is always a deadline.
-                    else => break,
-                };
-                match wake {
-                    Wake::Message(message) => self.receive(message),
-                    Wake::Time => retry_at = None,
-                    Wake::Shutdown => self.on_shutdown(),
-                }
+        }
+        let until = match outbox.next(now) {
+            Step::Done(delivery) => return delivery,
+            Step::Send(batch) => {
+                under_way = Some(link.append(batch));
                 continue;
             }
-            retry_at = None;
-            // Take in whatever arrived, so a new batch is as full as it can be.
-            while let Ok(message) = rx.try_recv() {
-                self.take(message);
-            }
-            if self.refused {
-                // Only a note can get here; it is lost with the rest.
-                self.delivery.undelivered += self.queue.len() as u64;
-                self.clear_queue();
-                continue;
-            }
-            let batch_ref = batch.get_or_insert_with(|| AppendEvents {
-                batch_id: self.ids.next_id(),
-                events: self.take_batch(),
-            });
-            let count = batch_ref.events.len() as u64;
-            let answer = {
-                let request = link.client.append_events(&link.token, self.task, batch_ref);
-                tokio::pin!(request);
-                self.wait_for_answer(request, &mut rx, &mut shutdown, now).await
-            };
-            match answer {
-                Try::Answered(Ok(_)) => {
-                    self.delivery.delivered += count;
-                    batch = None;
-                    backoff.reset();
-                    last_error.clear();
-                }
-                Try::Answered(Err(error)) if is_transient(&error) => {
-                    let pause = backoff.next_pause();
-                    last_error = error_chain(&error);
-                    tracing::warn!(
-                        task = %self.task,
-                        "reporting {count} events failed, retrying in {pause:?} ({} more waiting): {last_error}",
-                        self.queue.len()
-                    );
-                    retry_at = Some(Instant::now() + pause);
-                }
-                Try::Answered(Err(error)) if refuses_only_the_batch(&error) => {
-                    if let Some(refused) = batch.take() {
-                        self.reject(refused, &error);
-                    }
-                }
-                Try::Answered(Err(error)) => {
-                    tracing::error!(task = %self.task, "the broker refused {count} events; reporting stops: {}", error_chain(&error));
-                    self.delivery.error = Some(error_chain(&error));
-                    self.delivery.undelivered += count + self.queue.len() as u64;
-                    self.clear_queue();
-                    self.refused = true;
-                    batch = None;
-                }
-                Try::CutOff => {
-                    // An earlier, real error says more than the cut-off.
-                    if last_error.is_empty() {
-                        "the broker did not answer before the deadline".clone_into(&mut last_error);
-                    }
-                }
-                Try::Restart => {}
-            }
-        }
-        self.delivery
-    }
-
-    /// Waits for the answer to one try, taking in new events meanwhile (so
-    /// they wait in the bounded queue, not in the channel).
-    async fn wait_for_answer<F>(
-        &mut self,
-        mut request: std::pin::Pin<&mut F>,
-        rx: &mut mpsc::UnboundedReceiver<Message>,
-        shutdown: &mut watch::Receiver<bool>,
-        now: Instant,
-    ) -> Try
-    where
-        F: Future<Output = Result<EventsAppended, ClientError>>,
-    {
-        loop {
-            let cutoff = self.deadline;
-            tokio::select! {
-                result = &mut request => return Try::Answered(result),
-                message = rx.recv(), if self.rx_open => self.receive(message),
-                // Once the task ended, a hanging try is cut off at the deadline.
-                () = sleep_until(cutoff.unwrap_or(now)), if cutoff.is_some() => return Try::CutOff,
-                // A shutdown leaves little time: a try that hangs (on a dead
-                // connection, say) is dropped and made again at once.
-                () = shutdown::requested(shutdown), if !self.shutting_down => {
-                    self.on_shutdown();
-                    return Try::Restart;
-                }
-            }
-        }
-    }
-
-    fn receive(&mut self, message: Option<Message>) {
-        match message {
-            Some(message) => self.take(message),
-            None => {
-                self.rx_open = false;
-                // Dropped without `finish` (the task was abandoned): a short last try.
-                if self.deadline.is_none() {
-                    self.deadline = Some(Instant::now() + self.options.patience.shutdown_events);
-                }
-            }
-        }
-    }
-
-    fn on_shutdown(&mut self) {
-        self.shutting_down = true;
-        let patience = self.options.patience;
-        self.deadline = self.deadline.map(|d| patience.events_on_shutdown(d));
-    }
-
-    /// Takes in one message from the task.
-    fn take(&mut self, message: Message) {
-        match message {
-            Message::Event(event) => self.queue_event(event),
-            Message::Finish(deadline) => {
-                if self.unnoted_drops > 0 {
-                    let note = self.drop_note();
-                    self.push(note);
-                }
-                let patience = self.options.patience;
-                self.deadline = Some(if self.shutting_down {
-                    patience.events_on_shutdown(deadline)
-                } else {
-                    deadline
-                });
-            }
-        }
-    }
-
-    fn queue_event(&mut self, event: Queued) {
-        if self.refused {
-            self.delivery.undelivered += 1;
-            return;
-        }
-        if self.queue.len() >= self.options.max_queued
-            || self.queued_bytes.saturating_add(event.size) > self.options.max_queued_bytes
-        {
-            self.unnoted_drops += 1;
-            self.delivery.dropped += 1;
-            self.delivery.undelivered += 1;
-            return;
-        }
-        if self.unnoted_drops > 0 {
-            // The note takes the dropped events' place in the log, ahead of
-            // this one; it may take the queue one past its bounds.
-            let note = self.drop_note();
-            self.push(note);
-        }
-        self.push(event);
-    }
-
-    fn push(&mut self, event: Queued) {
-        self.count_in(&event);
-        self.queue.push_back(event);
-    }
-
-    /// Accounts for `event` about to join the queue.
-    fn count_in(&mut self, event: &Queued) {
-        if self.queue.is_empty() {
-            self.queued_since = Instant::now();
-        }
-        self.queued_bytes += event.size;
-    }
-
-    fn clear_queue(&mut self) {
-        self.queue.clear();
-        self.queued_bytes = 0;
-    }
-
-    fn drop_note(&mut self) -> Queued {
-        let dropped = std::mem::take(&mut self.unnoted_drops);
-        tracing::warn!(task = %self.task, "dropped {dropped} events while the broker was unreachable");
-        Queued::new(log_event(
-            LogLevel::Warning,
-            &format!(
-                "{dropped} events were dropped here: the broker was unreachable and the queue of waiting events was full"
-            ),
-        ))
-    }
-
-    /// The broker refused `batch` for its content: its events are lost, a
-    /// note takes their place, and the rest goes on.
-    fn reject(&mut self, batch: AppendEvents, error: &ClientError) {
-        let count = batch.events.len() as u64;
-        self.delivery.undelivered += count;
-        self.delivery.rejected += count;
-        let message = error_chain(error);
-        tracing::error!(task = %self.task, "the broker refused a batch of {count} events, which are dropped: {message}");
-        if self.rejection_notes < MAX_REJECTION_NOTES {
-            self.rejection_notes += 1;
-            let note = Queued::new(log_event(
-                LogLevel::Error,
-                &format!("{count} events were dropped here: the broker refused them: {message}"),
-            ));
-            self.count_in(&note);
-            self.queue.push_front(note);
-        }
-    }
-
-    /// Stops at the deadline: everything still here is lost, and said so.
-    fn give_up(&mut self, batch: Option<AppendEvents>, last_error: &str) {
-        let lost = batch.map_or(0, |b| b.events.len()) + self.queue.len();
-        self.clear_queue();
-        self.delivery.undelivered += lost as u64;
-        let error = if last_error.is_empty() {
-            "the deadline for reporting passed".to_owned()
-        } else {
-            format!("gave up at the deadline; last error: {last_error}")
+            Step::Wait(until) => until,
         };
-        tracing::error!(task = %self.task, "{lost} events of the task were never delivered: {error}");
-        self.delivery.error = Some(error);
-    }
-
-    /// The next batch from the front of the queue.
-    fn take_batch(&mut self) -> Vec<NewEvent> {
-        let (events, bytes) = take_batch(&mut self.queue, MAX_EVENTS_PER_APPEND, MAX_BATCH_BYTES);
-        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
-        events
+        tokio::select! {
+            answer = answer_to(&mut under_way) => {
+                under_way = None;
+                outbox.answered(answer, Instant::now());
+            }
+            message = rx.recv(), if open => match message {
+                Some(message) => take(&mut outbox, message, Instant::now()),
+                None => {
+                    open = false;
+                    outbox.abandon(Instant::now());
+                }
+            },
+            () = sleep_until_some(until) => {}
+            () = shutdown::requested(&mut shutdown), if !outbox.shutting_down() => outbox.shutdown(Instant::now()),
+        }
     }
 }
 
-/// Takes events from the front: at most `max_events`, and no more payload
-/// bytes than `max_bytes` (but always at least one event). Returns them and
-/// their payload bytes.
-fn take_batch(pending: &mut VecDeque<Queued>, max_events: usize, max_bytes: usize) -> (Vec<NewEvent>, usize) {
-    let mut batch = Vec::new();
-    let mut bytes = 0usize;
-    while let Some(next) = pending.front() {
-        if batch.len() == max_events || (!batch.is_empty() && bytes.saturating_add(next.size) > max_bytes) {
-            break;
-        }
-        bytes = bytes.saturating_add(next.size);
-        batch.extend(pending.pop_front().map(|q| q.event));
+/// The answer to the try under way; never, when there is none.
+async fn answer_to(under_way: &mut Option<Try>) -> Result<EventsAppended, ClientError> {
+    match under_way {
+        Some(request) => request.await,
+        None => std::future::pending().await,
     }
-    (batch, bytes)
+}
+
+/// Sleeps until `at`; forever, when there is no such instant.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use embark_core::event::{AssistantDelta, Extra};
-
     use super::*;
-
-    fn text_event(len: usize) -> NewEvent {
-        NewEvent::new(AssistantDelta {
-            text: "x".repeat(len),
-            extra: Extra::new(),
-        })
-    }
-
-    #[test]
-    fn batches_respect_count_and_bytes_in_order() {
-        let mut pending: VecDeque<Queued> = (0..7).map(|i| Queued::new(text_event(i * 100))).collect();
-        let (first, bytes) = take_batch(&mut pending, 3, usize::MAX);
-        assert_eq!(first.len(), 3);
-        assert_eq!(first[0], text_event(0));
-        // Payload sizes are 11 + len bytes.
-        assert_eq!(bytes, 11 + 111 + 211);
-        // 311 + 411 = 722 fits in 800, 511 more does not.
-        let (second, bytes) = take_batch(&mut pending, 100, 800);
-        assert_eq!(second, vec![text_event(300), text_event(400)]);
-        assert_eq!(bytes, 722);
-        // One oversized event still goes alone rather than blocking forever.
-        let (third, _) = take_batch(&mut pending, 100, 10);
-        assert_eq!(third, vec![text_event(500)]);
-        assert_eq!(pending.len(), 1);
-    }
-
-    #[test]
-    fn batch_ids_are_per_attempt_distinct_and_valid() {
-        let mut ids = BatchIds::new(3);
-        let taken: Vec<String> = (0..3).map(|_| ids.next_id()).collect();
-        assert_eq!(taken, ["3-0", "3-1", "3-2"]);
-        assert!(taken.iter().all(|id| embark_core::wire::is_batch_id(id)));
-        let mut largest = BatchIds {
-            attempt: u32::MAX,
-            next: u64::MAX - 1,
-        };
-        assert!(
-            embark_core::wire::is_batch_id(&largest.next_id()),
-            "even the longest id fits"
-        );
-    }
 
     #[test]
     fn a_problem_sentence_counts_lost_events() {

@@ -1,6 +1,13 @@
 //! Retries of broker calls that failed for a passing reason: a bounded
 //! number of tries ([`with_retries`], for enrolling), or patient trying
 //! until a deadline ([`persist`], for reports that must not be lost).
+//!
+//! The timing is kept apart from the calls, as pure policies fed attempt
+//! counts and instants: [`RetryPolicy::pause_after`], [`Backoff`] and
+//! [`Persistence`] say how long to pause, when a try is cut off and when to
+//! give up; the async functions only drive them with the clock. So the
+//! policies are tested with explicit instants and the drivers under paused
+//! time, without waiting for real.
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,6 +26,18 @@ pub struct RetryPolicy {
     pub attempts: u32,
     /// Pause before the second try; doubled before each later one.
     pub first_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The pause after failed try number `tried` (1 for the first), or
+    /// `None` when that was the last try.
+    pub fn pause_after(&self, tried: u32) -> Option<Duration> {
+        (tried < self.attempts).then(|| {
+            2u32.checked_pow(tried.saturating_sub(1))
+                .and_then(|factor| self.first_backoff.checked_mul(factor))
+                .unwrap_or(Duration::MAX)
+        })
+    }
 }
 
 /// How patiently a report (events, the verdict) is delivered: retried with
@@ -75,14 +94,14 @@ impl Patience {
         ended + self.budget
     }
 
-    /// An events deadline, brought forward for a shutdown requested now.
-    pub fn events_on_shutdown(&self, deadline: Instant) -> Instant {
-        deadline.min(Instant::now() + self.shutdown_events)
+    /// An events deadline, brought forward for a shutdown requested at `now`.
+    pub fn events_on_shutdown(&self, deadline: Instant, now: Instant) -> Instant {
+        deadline.min(now + self.shutdown_events)
     }
 
-    /// A verdict deadline, brought forward for a shutdown requested now.
-    pub fn verdict_on_shutdown(&self, deadline: Instant) -> Instant {
-        deadline.min(Instant::now() + self.shutdown_verdict)
+    /// A verdict deadline, brought forward for a shutdown requested at `now`.
+    pub fn verdict_on_shutdown(&self, deadline: Instant, now: Instant) -> Instant {
+        deadline.min(now + self.shutdown_verdict)
     }
 
     /// The pauses between tries of a report.
@@ -122,6 +141,81 @@ impl Backoff {
     }
 }
 
+/// The timing of [`persist`], fed instants: when a try is cut off, how long
+/// to pause after a failure, and when to give up.
+///
+/// The first try is always made, even past the deadline, and is cut off no
+/// sooner than [`Patience::shutdown_verdict`] after it starts: a report that
+/// was never sent is worse than one that came late. A later try starts only
+/// before the deadline, and no pause runs past it. A shutdown brings the
+/// deadline forward ([`Patience::verdict_on_shutdown`]).
+#[derive(Clone, Debug)]
+pub struct Persistence {
+    patience: Patience,
+    deadline: Instant,
+    shutting_down: bool,
+    backoff: Backoff,
+    tries: u32,
+}
+
+impl Persistence {
+    /// Trying until `deadline`; `shutting_down` when shutdown was already
+    /// requested at `now`.
+    pub fn new(patience: Patience, deadline: Instant, shutting_down: bool, now: Instant) -> Persistence {
+        let mut persistence = Persistence {
+            patience,
+            deadline,
+            shutting_down: false,
+            backoff: patience.backoff(),
+            tries: 0,
+        };
+        if shutting_down {
+            persistence.shutdown(now);
+        }
+        persistence
+    }
+
+    /// Starts a try at `now` and says when it is cut off, or `None` when it
+    /// is time to give up instead.
+    pub fn start_try(&mut self, now: Instant) -> Option<Instant> {
+        let cutoff = if self.tries == 0 {
+            self.deadline.max(now + self.patience.shutdown_verdict)
+        } else if now < self.deadline {
+            self.deadline
+        } else {
+            return None;
+        };
+        self.tries += 1;
+        Some(cutoff)
+    }
+
+    /// The try failed for a passing reason at `now`: the pause before the
+    /// next one and when it may start (never past the deadline).
+    pub fn failed(&mut self, now: Instant) -> (Duration, Instant) {
+        let pause = self.backoff.next_pause();
+        (pause, (now + pause).min(self.deadline))
+    }
+
+    /// Shutdown was requested at `now`.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        self.deadline = self.patience.verdict_on_shutdown(self.deadline, now);
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Tries started so far.
+    pub fn tries(&self) -> u32 {
+        self.tries
+    }
+}
+
 /// Worth another try: the broker was unreachable, failed on its side, or its
 /// answer was cut off. Refusals (4xx but 429) are final: retrying cannot help.
 ///
@@ -150,26 +244,28 @@ pub fn answer_may_be_lost(error: &ClientError) -> bool {
     }
 }
 
-/// Runs `call` until it succeeds, fails for good, or the tries run out.
+/// Runs `call` until it succeeds, fails for good, or the tries run out
+/// ([`RetryPolicy::pause_after`]).
 pub async fn with_retries<T, F, Fut>(policy: RetryPolicy, what: &str, mut call: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
-    let mut backoff = policy.first_backoff;
-    let mut attempt = 1;
+    let mut tried = 0;
     loop {
+        tried += 1;
         match call().await {
             Ok(value) => return Ok(value),
-            Err(error) if attempt < policy.attempts && is_transient(&error) => {
+            Err(error) if is_transient(&error) => {
+                let Some(pause) = policy.pause_after(tried) else {
+                    return Err(error);
+                };
                 tracing::warn!(
-                    "{what} failed (try {attempt} of {}), retrying in {backoff:?}: {}",
+                    "{what} failed (try {tried} of {}), retrying in {pause:?}: {}",
                     policy.attempts,
                     error_chain(&error)
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
-                attempt += 1;
+                tokio::time::sleep(pause).await;
             }
             Err(error) => return Err(error),
         }
@@ -190,16 +286,14 @@ pub enum Undelivered {
     },
 }
 
-/// Runs `call` until it succeeds, fails for good, or `deadline` passes (it
-/// comes sooner once `shutdown` is requested, see
-/// [`Patience::verdict_on_shutdown`]). The first try is always made, even
-/// past the deadline, and is cut off no sooner than
-/// [`Patience::shutdown_verdict`]: a report that was never sent is worse
-/// than one that came late. Only for idempotent calls: a cut-off answer is
+/// Runs `call` until it succeeds, fails for good, or `deadline` passes, as
+/// [`Persistence`] times it (the deadline comes sooner once `shutdown` is
+/// requested, and a try that hangs then is cut short and made again under
+/// the shorter deadline). Only for idempotent calls: a cut-off answer is
 /// retried too.
 pub async fn persist<T, F, Fut>(
     patience: Patience,
-    mut deadline: Instant,
+    deadline: Instant,
     what: &str,
     shutdown: &mut watch::Receiver<bool>,
     mut call: F,
@@ -208,62 +302,47 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
-    let mut shutting_down = *shutdown.borrow();
-    if shutting_down {
-        deadline = patience.verdict_on_shutdown(deadline);
-    }
-    let mut backoff = patience.backoff();
-    let mut tries = 0u32;
+    let mut plan = Persistence::new(patience, deadline, *shutdown.borrow(), Instant::now());
     let mut last = None;
     loop {
-        let now = Instant::now();
-        if tries > 0 && now >= deadline {
-            return Err(Undelivered::GaveUp { tries, last });
-        }
-        let cutoff = if tries == 0 {
-            deadline.max(now + patience.shutdown_verdict)
-        } else {
-            deadline
+        let Some(cutoff) = plan.start_try(Instant::now()) else {
+            return Err(Undelivered::GaveUp {
+                tries: plan.tries(),
+                last,
+            });
         };
-        tries += 1;
         let failed = tokio::select! {
             result = call() => match result {
                 Ok(value) => return Ok(value),
                 Err(error) if is_transient(&error) => error,
                 Err(error) => return Err(Undelivered::Refused(error)),
             },
-            // A try still hanging at the deadline is cut off.
             () = sleep_until(cutoff) => {
-                tracing::warn!("{what}: the broker did not answer within the time left (try {tries})");
+                tracing::warn!("{what}: the broker did not answer within the time left (try {})", plan.tries());
                 continue;
             }
-            // A shutdown cuts a hanging try short; it is made again under the shorter deadline.
-            () = shutdown::requested(shutdown), if !shutting_down => {
-                shutting_down = true;
-                deadline = patience.verdict_on_shutdown(deadline);
+            () = shutdown::requested(shutdown), if !plan.shutting_down() => {
+                plan.shutdown(Instant::now());
                 continue;
             }
         };
-        let pause = backoff.next_pause();
+        let (pause, wake) = plan.failed(Instant::now());
         tracing::warn!(
-            "{what} failed (try {tries}), retrying in {pause:?}: {}",
+            "{what} failed (try {}), retrying in {pause:?}: {}",
+            plan.tries(),
             error_chain(&failed)
         );
         last = Some(failed);
-        let wake = (Instant::now() + pause).min(deadline);
         tokio::select! {
             () = sleep_until(wake) => {}
-            () = shutdown::requested(shutdown), if !shutting_down => {
-                shutting_down = true;
-                deadline = patience.verdict_on_shutdown(deadline);
-            }
+            () = shutdown::requested(shutdown), if !plan.shutting_down() => plan.shutdown(Instant::now()),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
 
     use embark_core::wire::ApiErrorCode;
 
@@ -277,10 +356,13 @@ mod tests {
         }
     }
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
     fn only_passing_failures_are_transient() {
         assert!(is_transient(&api(500)));
         assert!(is_transient(&api(503)));
+        assert!(is_transient(&api(429)));
         assert!(!is_transient(&api(401)));
         assert!(!is_transient(&api(409)));
         assert!(!is_transient(&api(422)));
@@ -292,24 +374,140 @@ mod tests {
             url: String::new(),
             reason: String::new()
         }));
+        assert!(!answer_may_be_lost(&api(503)), "an error status is an answer");
     }
 
-    #[tokio::test]
-    async fn retries_are_bounded_and_stop_at_final_errors() {
+    #[test]
+    fn a_bounded_policy_doubles_its_pauses_until_the_tries_run_out() {
+        let policy = RetryPolicy {
+            attempts: 4,
+            first_backoff: 500 * MS,
+        };
+        let pauses: Vec<Option<Duration>> = (1..=5).map(|tried| policy.pause_after(tried)).collect();
+        assert_eq!(pauses, [Some(500 * MS), Some(1000 * MS), Some(2000 * MS), None, None]);
+        let huge = RetryPolicy {
+            attempts: u32::MAX,
+            first_backoff: Duration::from_secs(1),
+        };
+        assert_eq!(huge.pause_after(100), Some(Duration::MAX), "saturates, never overflows");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut backoff = Patience::REPORT.backoff();
+        let pauses: Vec<u128> = (0..10).map(|_| backoff.next_pause().as_millis()).collect();
+        assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        backoff.reset();
+        assert_eq!(backoff.next_pause(), 250 * MS);
+    }
+
+    fn quick() -> Patience {
+        Patience {
+            first_backoff: 10 * MS,
+            max_backoff: 40 * MS,
+            budget: Duration::from_secs(60),
+            verdict_reserve: Duration::from_secs(1),
+            shutdown_events: 30 * MS,
+            shutdown_verdict: 50 * MS,
+        }
+    }
+
+    #[test]
+    fn deadlines_split_the_budget_and_a_shutdown_brings_them_forward() {
+        let patience = quick();
+        let t0 = Instant::now();
+        assert_eq!(patience.events_deadline(t0, false), t0 + Duration::from_secs(59));
+        assert_eq!(patience.events_deadline(t0, true), t0 + 30 * MS);
+        assert_eq!(patience.verdict_deadline(t0), t0 + Duration::from_secs(60));
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(
+            patience.events_on_shutdown(t0 + Duration::from_secs(59), later),
+            later + 30 * MS
+        );
+        assert_eq!(
+            patience.verdict_on_shutdown(t0 + Duration::from_secs(60), later),
+            later + 50 * MS
+        );
+        // Never later than it was.
+        assert_eq!(patience.verdict_on_shutdown(t0 + MS, later), t0 + MS);
+    }
+
+    #[test]
+    fn persistence_pauses_with_backoff_and_gives_up_at_the_deadline() {
+        let t0 = Instant::now();
+        let deadline = t0 + 100 * MS;
+        let mut plan = Persistence::new(quick(), deadline, false, t0);
+        assert_eq!(
+            plan.start_try(t0),
+            Some(deadline),
+            "a try runs until the deadline at most"
+        );
+        assert_eq!(plan.failed(t0 + MS), (10 * MS, t0 + 11 * MS));
+        assert_eq!(plan.start_try(t0 + 11 * MS), Some(deadline));
+        assert_eq!(plan.failed(t0 + 12 * MS), (20 * MS, t0 + 32 * MS));
+        assert_eq!(plan.start_try(t0 + 32 * MS), Some(deadline));
+        assert_eq!(plan.failed(t0 + 33 * MS), (40 * MS, t0 + 73 * MS));
+        assert_eq!(plan.start_try(t0 + 73 * MS), Some(deadline));
+        assert_eq!(
+            plan.failed(t0 + 74 * MS),
+            (40 * MS, deadline),
+            "capped, and no pause runs past the deadline"
+        );
+        assert_eq!(plan.start_try(deadline), None, "no try starts at the deadline");
+        assert_eq!(plan.tries(), 4);
+    }
+
+    #[test]
+    fn the_first_try_is_made_even_past_the_deadline_and_owed_its_least_time() {
+        let t0 = Instant::now();
+        let mut plan = Persistence::new(quick(), t0, false, t0);
+        let late = t0 + Duration::from_secs(1);
+        assert_eq!(plan.start_try(late), Some(late + 50 * MS));
+        plan.failed(late + MS);
+        assert_eq!(plan.start_try(late + 20 * MS), None, "but only the first");
+        assert_eq!(plan.tries(), 1);
+    }
+
+    #[test]
+    fn a_shutdown_brings_the_verdict_deadline_forward() {
+        let patience = quick();
+        let t0 = Instant::now();
+        let mut plan = Persistence::new(patience, patience.verdict_deadline(t0), false, t0);
+        assert_eq!(plan.start_try(t0), Some(t0 + Duration::from_secs(60)));
+        plan.shutdown(t0 + 5 * MS);
+        assert!(plan.shutting_down());
+        assert_eq!(plan.deadline(), t0 + 55 * MS);
+        assert_eq!(
+            plan.start_try(t0 + 5 * MS),
+            Some(t0 + 55 * MS),
+            "the cut try is made again"
+        );
+        assert_eq!(plan.start_try(t0 + 55 * MS), None);
+
+        let already = Persistence::new(patience, patience.verdict_deadline(t0), true, t0);
+        assert_eq!(already.deadline(), t0 + 50 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_retries_pauses_as_its_policy_says_and_stops_at_refusals() {
         let policy = RetryPolicy {
             attempts: 3,
-            first_backoff: Duration::from_millis(1),
+            first_backoff: 500 * MS,
         };
-        let calls = Cell::new(0);
+        let started = Instant::now();
+        let tries = RefCell::new(Vec::new());
         let result: Result<(), _> = with_retries(policy, "test", || {
-            calls.set(calls.get() + 1);
+            tries.borrow_mut().push(started.elapsed());
             async { Err(api(500)) }
         })
         .await;
-        assert!(result.is_err());
-        assert_eq!(calls.get(), 3);
+        assert!(
+            matches!(result, Err(ClientError::Api { status: 500, .. })),
+            "{result:?}"
+        );
+        assert_eq!(*tries.borrow(), [Duration::ZERO, 500 * MS, 1500 * MS]);
 
-        calls.set(0);
+        let calls = Cell::new(0);
         let result: Result<(), _> = with_retries(policy, "test", || {
             calls.set(calls.get() + 1);
             async { Err(api(409)) }
@@ -328,53 +526,36 @@ mod tests {
         assert_eq!(result.expect("second try succeeds"), 2);
     }
 
-    fn quick() -> Patience {
-        Patience {
-            first_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(4),
-            budget: Duration::from_secs(60),
-            verdict_reserve: Duration::from_secs(1),
-            shutdown_events: Duration::from_millis(30),
-            shutdown_verdict: Duration::from_millis(50),
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut backoff = Patience {
-            first_backoff: Duration::from_millis(250),
-            ..Patience::REPORT
-        }
-        .backoff();
-        let pauses: Vec<u64> = (0..10).map(|_| backoff.next_pause().as_millis() as u64).collect();
-        assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        backoff.reset();
-        assert_eq!(backoff.next_pause(), Duration::from_millis(250));
-    }
-
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn persisting_outlasts_many_failures_but_not_refusals() {
         let (_stop, mut shutdown) = watch::channel(false);
-        let calls = Cell::new(0);
         let patience = quick();
+        let started = Instant::now();
+        let tries = RefCell::new(Vec::new());
         let result = persist(
             patience,
-            patience.verdict_deadline(Instant::now()),
+            patience.verdict_deadline(started),
             "test",
             &mut shutdown,
             || {
-                calls.set(calls.get() + 1);
-                let n = calls.get();
-                async move { if n < 50 { Err(api(503)) } else { Ok(n) } }
+                tries.borrow_mut().push(started.elapsed());
+                let n = tries.borrow().len();
+                async move { if n < 6 { Err(api(503)) } else { Ok(n) } }
             },
         )
         .await;
-        assert_eq!(result.expect("the 50th try succeeds"), 50);
+        assert_eq!(result.expect("the 6th try succeeds"), 6);
+        let ms: Vec<u128> = tries.borrow().iter().map(Duration::as_millis).collect();
+        assert_eq!(
+            ms,
+            [0, 10, 30, 70, 110, 150],
+            "pauses of 10, 20, 40, then capped at 40 ms"
+        );
 
-        calls.set(0);
+        let calls = Cell::new(0);
         let result: Result<(), _> = persist(
             patience,
-            patience.verdict_deadline(Instant::now()),
+            patience.verdict_deadline(started),
             "test",
             &mut shutdown,
             || {
@@ -387,57 +568,67 @@ mod tests {
         assert_eq!(calls.get(), 1, "a refusal is not retried");
     }
 
-    #[tokio::test]
-    async fn persisting_stops_at_the_deadline_and_sooner_on_shutdown() {
-        let (stop, mut shutdown) = watch::channel(false);
-        let patience = quick();
+    #[tokio::test(start_paused = true)]
+    async fn persisting_gives_up_at_the_deadline_naming_the_last_error() {
+        let (_stop, mut shutdown) = watch::channel(false);
         let started = Instant::now();
-        let result: Result<(), _> = persist(
-            patience,
-            Instant::now() + Duration::from_millis(100),
-            "test",
-            &mut shutdown,
-            || async { Err(api(503)) },
-        )
+        let result: Result<(), _> = persist(quick(), started + 100 * MS, "test", &mut shutdown, || async {
+            Err(api(503))
+        })
         .await;
         assert!(
             matches!(
                 result,
                 Err(Undelivered::GaveUp {
+                    tries: 4,
                     last: Some(ClientError::Api { status: 503, .. }),
-                    ..
                 })
             ),
             "{result:?}"
         );
-        let took = started.elapsed();
-        assert!(
-            took >= Duration::from_millis(100) && took < Duration::from_secs(5),
-            "{took:?}"
-        );
+        assert_eq!(started.elapsed(), 100 * MS, "it stopped at the deadline, not later");
+    }
 
-        // The budget is a minute, but a shutdown leaves the verdict only its shutdown share.
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_cuts_a_hanging_try_and_leaves_the_verdict_its_shutdown_share() {
+        let (stop, mut shutdown) = watch::channel(false);
+        let patience = quick();
         let started = Instant::now();
-        let stopper = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            let _ = stop.send(true);
+        let stopper = embark_testkit::clock::at(started + Duration::from_secs(10), async move {
+            stop.send_replace(true);
             stop
         });
+        let tries = RefCell::new(Vec::new());
         let result: Result<(), _> = persist(
             patience,
-            patience.verdict_deadline(Instant::now()),
+            patience.verdict_deadline(started),
             "test",
             &mut shutdown,
-            || async { Err(api(503)) },
+            || {
+                tries.borrow_mut().push(started.elapsed());
+                std::future::pending()
+            },
         )
         .await;
-        assert!(result.is_err());
-        let took = started.elapsed();
-        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(
+            matches!(result, Err(Undelivered::GaveUp { tries: 2, last: None })),
+            "{result:?}"
+        );
+        let ms: Vec<u128> = tries.borrow().iter().map(Duration::as_millis).collect();
+        assert_eq!(
+            ms,
+            [0, 10_000],
+            "the hanging try was cut at the shutdown and made again"
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10) + patience.shutdown_verdict,
+            "a minute's budget, but only the shutdown share after it"
+        );
         drop(stopper.await);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_first_try_is_made_even_past_the_deadline() {
         let (_stop, mut shutdown) = watch::channel(false);
         let patience = quick();
@@ -474,10 +665,6 @@ mod tests {
             matches!(result, Err(Undelivered::GaveUp { tries: 1, last: None })),
             "{result:?}"
         );
-        let took = started.elapsed();
-        assert!(
-            took >= patience.shutdown_verdict && took < Duration::from_secs(5),
-            "{took:?}"
-        );
+        assert_eq!(started.elapsed(), patience.shutdown_verdict);
     }
 }

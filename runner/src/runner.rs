@@ -1,11 +1,16 @@
 //! The runner's life: enroll, then claim (long-poll) → run → complete, until
 //! `--once` is satisfied or shutdown is requested.
+//!
+//! What follows a claim's answer (run it, claim again, pause, stop) is a pure
+//! policy ([`Claiming`]), so its pauses are tested without a broker; the loop
+//! only carries it out.
 
 use std::time::Duration;
 
 use embark_client::{BrokerClient, ClientError};
 use embark_core::repo_url::without_credentials;
 use embark_core::text::error_chain;
+use embark_core::wire::Claim;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -77,7 +82,7 @@ pub async fn run(
         stop_orphans,
         credentials,
     };
-    let mut backoff = Backoff::new(FIRST_CLAIM_BACKOFF, MAX_CLAIM_BACKOFF);
+    let mut claiming = Claiming::new();
     loop {
         if *shutdown.borrow() {
             break;
@@ -85,34 +90,22 @@ pub async fn run(
         // A shutdown drops an in-flight claim; should the broker have handed
         // out a task in that instant, it stays running until leases (a later
         // issue) reclaim it.
-        let claimed = tokio::select! {
+        let answer = tokio::select! {
             result = client.claim(&enrolled.runner_token, config.claim_wait_ms) => result,
             () = shutdown::requested(&mut shutdown) => break,
         };
-        let claim = match claimed {
-            Ok(Some(claim)) => claim,
-            Ok(None) => continue,
-            Err(e) if is_transient(&e) => {
-                if answer_may_be_lost(&e) {
-                    // Claims are not idempotent: had the broker handed out a
-                    // task, it now stays running until leases reclaim it.
-                    tracing::warn!(
-                        "the answer to a claim was lost ({}): if the broker handed out a task in it, that task \
-                         stays running until leases (a later issue) reclaim it",
-                        error_chain(&e)
-                    );
-                }
-                let pause = backoff.next_pause();
-                tracing::warn!("claiming failed, retrying in {pause:?}: {}", error_chain(&e));
+        let claim = match claiming.answered(answer) {
+            AfterClaim::Run(claim) => claim,
+            AfterClaim::Again => continue,
+            AfterClaim::Pause(pause) => {
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = shutdown::requested(&mut shutdown) => break,
                 }
                 continue;
             }
-            Err(e) => return Err(RunnerError::Claim(e)),
+            AfterClaim::Stop(e) => return Err(RunnerError::Claim(e)),
         };
-        backoff.reset();
         let id = claim.task.id;
         tracing::info!(
             task = %id,
@@ -132,4 +125,119 @@ pub async fn run(
     }
     tracing::info!("runner stopped");
     Ok(())
+}
+
+/// What the claim loop does next.
+#[derive(Debug)]
+enum AfterClaim {
+    Run(Box<Claim>),
+    /// The broker answered that no task came: claim again at once.
+    Again,
+    /// A passing failure: claim again after this pause.
+    Pause(Duration),
+    /// A refusal: retrying cannot help.
+    Stop(ClientError),
+}
+
+/// The claim loop's policy: pauses after failures double from
+/// [`FIRST_CLAIM_BACKOFF`] up to [`MAX_CLAIM_BACKOFF`], and start over once
+/// the broker answers again.
+struct Claiming {
+    backoff: Backoff,
+}
+
+impl Claiming {
+    fn new() -> Claiming {
+        Claiming {
+            backoff: Backoff::new(FIRST_CLAIM_BACKOFF, MAX_CLAIM_BACKOFF),
+        }
+    }
+
+    fn answered(&mut self, answer: Result<Option<Claim>, ClientError>) -> AfterClaim {
+        match answer {
+            Ok(Some(claim)) => {
+                self.backoff.reset();
+                AfterClaim::Run(Box::new(claim))
+            }
+            Ok(None) => {
+                self.backoff.reset();
+                AfterClaim::Again
+            }
+            Err(e) if is_transient(&e) => {
+                if answer_may_be_lost(&e) {
+                    // Claims are not idempotent: had the broker handed out a
+                    // task, it now stays running until leases reclaim it.
+                    tracing::warn!(
+                        "the answer to a claim was lost ({}): if the broker handed out a task in it, that task \
+                         stays running until leases (a later issue) reclaim it",
+                        error_chain(&e)
+                    );
+                }
+                let pause = self.backoff.next_pause();
+                tracing::warn!("claiming failed, retrying in {pause:?}: {}", error_chain(&e));
+                AfterClaim::Pause(pause)
+            }
+            Err(e) => AfterClaim::Stop(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use embark_core::wire::ApiErrorCode;
+
+    use super::*;
+
+    fn api(status: u16) -> ClientError {
+        ClientError::Api {
+            status,
+            code: ApiErrorCode::Internal,
+            message: "x".into(),
+        }
+    }
+
+    fn pause(after: &AfterClaim) -> Option<u64> {
+        match after {
+            AfterClaim::Pause(pause) => Some(pause.as_secs()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn failed_claims_pause_longer_each_time_up_to_a_cap() {
+        let mut claiming = Claiming::new();
+        let pauses: Vec<Option<u64>> = (0..8).map(|_| pause(&claiming.answered(Err(api(503))))).collect();
+        assert_eq!(
+            pauses,
+            [
+                Some(1),
+                Some(2),
+                Some(4),
+                Some(8),
+                Some(16),
+                Some(30),
+                Some(30),
+                Some(30)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_answer_from_the_broker_starts_the_pauses_over() {
+        let mut claiming = Claiming::new();
+        for _ in 0..4 {
+            claiming.answered(Err(api(502)));
+        }
+        assert!(matches!(claiming.answered(Ok(None)), AfterClaim::Again));
+        assert_eq!(pause(&claiming.answered(Err(api(503)))), Some(1));
+    }
+
+    #[test]
+    fn a_refused_claim_stops_the_loop() {
+        let mut claiming = Claiming::new();
+        assert!(matches!(
+            claiming.answered(Err(api(401))),
+            AfterClaim::Stop(ClientError::Api { status: 401, .. })
+        ));
+    }
 }

@@ -1,9 +1,16 @@
-//! Test support shared by the crates' integration tests: the real binaries,
-//! the scripted fake model server and fixture git repositories. Nothing here
-//! stands in for an embark component; it only starts them.
+//! Test support shared by the crates' integration tests: the real binaries
+//! (a broker here, a runner in [`runner`]), the scripted fake model server,
+//! fixture git repositories, TCP fault proxies ([`proxy`]), real I/O under
+//! tokio's paused clock ([`clock`]) and bounded waits for real processes
+//! ([`poll`]). Nothing here stands in for an embark component; it only
+//! starts them, or gets in their way.
 
+pub mod clock;
 pub mod git;
+pub mod poll;
 pub mod process;
+pub mod proxy;
+pub mod runner;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,6 +55,13 @@ fn ready_line(process: &mut Spawned, who: &str) -> serde_json::Value {
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{who}'s first stdout line is not JSON ({e}): {line:?}"))
 }
 
+/// The log filter of the brokers tests start: `info`, and the long-poll's
+/// `debug` lines, which say when a claim waits ([`Broker::claims_waiting`]).
+pub const BROKER_LOG_FILTER: &str = "info,embark_broker::claim=debug";
+
+/// What the broker logs when a claim finds no task and starts to wait.
+pub const CLAIM_WAITING: &str = "claim waiting for a task";
+
 /// A real `embark-broker` on 127.0.0.1 with a fresh SQLite file, stopped on drop.
 pub struct Broker {
     pub url: String,
@@ -72,7 +86,8 @@ impl Broker {
             .env_remove("EMBARK_BROKER_CONFIG")
             .env("EMBARK_CLIENT_SECRET", &client_secret)
             .env("EMBARK_RUNNER_ENROLLMENT_SECRET", &enrollment_secret)
-            .env("RUST_LOG", "info");
+            // Debug from the long-poll: tests read when a claim is waiting.
+            .env("EMBARK_LOG", BROKER_LOG_FILTER);
         let mut process = Spawned::start(command, &dir.path().join("broker.log"));
         let ready = ready_line(&mut process, "broker");
         let addr = ready["listening"]
@@ -94,6 +109,11 @@ impl Broker {
     /// Everything the broker logged so far.
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// How many claims have started waiting for a task so far (from its log).
+    pub fn claims_waiting(&self) -> usize {
+        self.log().matches(CLAIM_WAITING).count()
     }
 }
 
