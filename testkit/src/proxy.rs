@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::clock::Hold;
+use crate::clock::{self, Hold};
 
 /// What a [`FaultProxy`] does with the requests it takes in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub body: Vec<u8>,
+    /// When it was taken in (virtual, under paused time).
+    pub at: Instant,
 }
 
 impl Request {
@@ -155,6 +158,14 @@ impl FaultProxy {
     /// From now on, requests meet `fault`.
     pub fn set(&self, fault: Fault) {
         *self.shared.fault.lock().expect("not poisoned") = fault;
+    }
+
+    /// From `at` on (virtual, under paused time), requests meet `fault`.
+    pub fn set_at(&self, at: Instant, fault: Fault) {
+        let shared = Arc::clone(&self.shared);
+        drop(clock::at(at, async move {
+            *shared.fault.lock().expect("not poisoned") = fault;
+        }));
     }
 
     /// Every request taken in so far, in order (refused and hung ones too).
@@ -293,7 +304,13 @@ async fn read_request(client: &mut TcpStream) -> Option<(Request, Vec<u8>)> {
         rewritten.push_str(header);
     }
     rewritten.push_str("\r\nConnection: close\r\n\r\n");
-    Some((Request { method, path, body }, rewritten.into_bytes()))
+    let request = Request {
+        method,
+        path,
+        body,
+        at: Instant::now(),
+    };
+    Some((request, rewritten.into_bytes()))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
