@@ -10,7 +10,8 @@ use embark_core::intent::ExecutionIntent;
 use embark_core::limits;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{ApiError, ApiErrorCode, AppendEvents, CompleteTask, CreateTask, TaskResult};
-use embark_testkit::{Broker, Spawned, bin_path};
+use embark_testkit::poll::eventually;
+use embark_testkit::{BROKER_LOG_FILTER, Broker, CLAIM_WAITING, Spawned, bin_path};
 use serde_json::{Value, json};
 
 fn new_task(session: &str, prompt: &str) -> CreateTask {
@@ -547,7 +548,13 @@ async fn a_waiting_claim_wakes_when_a_task_is_created() {
             (claim, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The broker logs when the claim found nothing and waits: from then on a
+    // new task must wake it (created earlier, it would just be handed out).
+    let logged = eventually(Duration::from_secs(10), async || {
+        (broker.claims_waiting() == 1).then_some(())
+    })
+    .await;
+    assert!(logged.is_some(), "the claim never waited; log:\n{}", broker.log());
     let task = client
         .create_task(&broker.client_secret, &new_task("s", "wake up"))
         .await
@@ -573,6 +580,7 @@ async fn sigterm_ends_waiting_claims_and_stops_cleanly() {
         .arg(&db)
         .env("EMBARK_CLIENT_SECRET", "client-secret-0123456789")
         .env("EMBARK_RUNNER_ENROLLMENT_SECRET", "enroll-secret-0123456789")
+        .env("EMBARK_LOG", BROKER_LOG_FILTER)
         .env_remove("EMBARK_BROKER_CONFIG");
     let mut broker = Spawned::start(command, &dir.path().join("broker.log"));
     let line = broker.read_stdout_line(Duration::from_secs(30));
@@ -583,7 +591,11 @@ async fn sigterm_ends_waiting_claims_and_stops_cleanly() {
     let client = BrokerClient::new(&url).expect("url");
     let runner = client.enroll("enroll-secret-0123456789", "box").await.expect("enroll");
     let waiting = tokio::spawn(async move { client.claim(&runner.runner_token, 20_000).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logged = eventually(Duration::from_secs(10), async || {
+        broker.log().contains(CLAIM_WAITING).then_some(())
+    })
+    .await;
+    assert!(logged.is_some(), "the claim never waited; log:\n{}", broker.log());
 
     let sent = Command::new("kill")
         .args(["-TERM", &broker.pid().to_string()])
@@ -596,18 +608,11 @@ async fn sigterm_ends_waiting_claims_and_stops_cleanly() {
         .expect("claim task finished");
     assert!(claim.expect("claim answered").is_none(), "204 on shutdown");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = broker.child_mut().try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broker did not exit; log:\n{}",
-            broker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exited = eventually(Duration::from_secs(10), async || {
+        broker.child_mut().try_wait().expect("wait")
+    })
+    .await;
+    let status = exited.unwrap_or_else(|| panic!("the broker did not exit; log:\n{}", broker.log()));
     assert!(status.success(), "clean exit, got {status}; log:\n{}", broker.log());
 }
 

@@ -4,35 +4,27 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use embark_client::BrokerClient;
 use embark_core::event::{AssistantMessage, Log};
 use embark_core::wire::{CreateTask, Task, TaskResult};
 use embark_core::{Event, EventKind, ExecutionIntent, Payload, TaskState};
+use embark_testkit::poll::{eventually, eventually_blocking};
+use embark_testkit::proxy::HangingServer;
+use embark_testkit::runner::{RunnerHome, RunnerProcess};
 use embark_testkit::{Broker, FakeModel, git};
 use serde_json::{Value, json};
 
-/// The runner process, killed (by its own PID) if a test ends without stopping it.
-struct RunnerChild(Child);
-
-impl Drop for RunnerChild {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// One test's world: broker, fake model, fixture repo, profiles, spaces.
+/// One test's world: broker, fake model, fixture repo, and a home for runners.
 struct World {
     broker: Broker,
     model: FakeModel,
     client: BrokerClient,
     repo: git::FixtureRepo,
-    dir: tempfile::TempDir,
+    runners: RunnerHome,
+    _dir: tempfile::TempDir,
 }
 
 impl World {
@@ -41,30 +33,26 @@ impl World {
         let broker = Broker::start();
         let model = FakeModel::start(&script);
         let repo = git::fixture(&dir.path().join("repo"));
-        let profile = common::write_fake_profile(&dir.path().join("profiles"), "default", &model.base_url());
+        let runners = RunnerHome::new(dir.path(), &model);
         // A credential the fake model does not need: its copy must not outlive the task either.
         std::fs::write(
-            profile.join("auth.json"),
+            runners.profiles().join("default/auth.json"),
             r#"{"anthropic":{"type":"api_key","key":"sk-unused"}}"#,
         )
         .expect("write auth.json");
-        std::fs::create_dir_all(dir.path().join("home")).expect("home");
         let client = broker.client();
         World {
             broker,
             model,
             client,
             repo,
-            dir,
+            runners,
+            _dir: dir,
         }
     }
 
     fn spaces(&self) -> PathBuf {
-        self.dir.path().join("spaces")
-    }
-
-    fn runner_log(&self) -> PathBuf {
-        self.dir.path().join("runner.log")
+        self.runners.spaces()
     }
 
     async fn submit(&self, prompt: &str, profile: &str) -> Task {
@@ -90,87 +78,30 @@ impl World {
             .expect("task created")
     }
 
-    /// Starts the real runner binary; its stderr goes to `runner.log` (appended: a test may start several).
-    fn start_runner(&self, extra: &[&str]) -> RunnerChild {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.runner_log())
-            .expect("runner log");
-        let home = self.dir.path().join("home");
-        let mut command = Command::new(embark_testkit::bin_path("embark-runner"));
-        command
-            .arg("--broker-url")
-            .arg(&self.broker.url)
-            // Relative on purpose: Pi runs elsewhere (the workspace), so the runner must resolve them.
-            .current_dir(self.dir.path())
-            .arg("--spaces")
-            .arg("spaces")
-            .arg("--profiles")
-            .arg("profiles")
-            .arg("--pi")
-            .arg(embark_testkit::pi_path())
-            .arg("--name")
-            .arg("test-runner")
-            .arg("--claim-wait-ms")
-            .arg("2000")
-            .args(extra)
-            // Nothing from the developer's own config: a fresh HOME, no EMBARK_* leaking in.
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("EMBARK_RUNNER_ENROLLMENT_SECRET", &self.broker.enrollment_secret)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if key.starts_with("EMBARK_") && key != "EMBARK_RUNNER_ENROLLMENT_SECRET" {
-                command.env_remove(key);
-            }
-        }
-        RunnerChild(command.spawn().expect("runner starts"))
+    /// Starts the real runner binary (its log goes to the runner home's log).
+    fn start_runner(&self, extra: &[&str]) -> RunnerProcess {
+        self.runners.start(&self.broker, extra)
     }
 
-    /// Sends `signal` to the runner we started (by its PID).
-    fn signal(&self, child: &RunnerChild, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(i32::try_from(child.0.id()).expect("pid fits")).expect("valid pid");
-        rustix::process::kill_process(pid, signal).expect("signal the runner we started");
-    }
-
-    /// Waits until the task has an event that `done` accepts.
+    /// Waits (bounded) until the task has an event that `done` accepts.
     async fn wait_for_event(&self, id: embark_core::TaskId, what: &str, done: impl Fn(&Event) -> bool) {
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.events(id).await.iter().any(&done) {
-                return;
-            }
-            assert!(Instant::now() < until, "no {what} seen; {}", self.diagnostics());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let seen = eventually(Duration::from_secs(60), async || {
+            self.events(id).await.iter().any(&done).then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "no {what} seen; {}", self.diagnostics());
     }
 
-    fn wait(&self, child: &mut RunnerChild, within: Duration) -> ExitStatus {
-        let child = &mut child.0;
-        let until = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("poll runner") {
-                return status;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("runner did not exit within {within:?}; log:\n{}", self.diagnostics());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// Waits (bounded) for the runner to exit.
+    fn wait(&self, runner: &mut RunnerProcess, within: Duration) -> ExitStatus {
+        tokio::task::block_in_place(|| runner.exit_within(within))
+            .unwrap_or_else(|| panic!("runner did not exit within {within:?}; {}", self.diagnostics()))
     }
 
     fn diagnostics(&self) -> String {
         format!(
             "--- runner log\n{}\n--- fake model log\n{}\n--- broker log\n{}",
-            std::fs::read_to_string(self.runner_log()).unwrap_or_default(),
+            self.runners.log(),
             self.model.log(),
             self.broker.log()
         )
@@ -204,7 +135,7 @@ impl World {
         let mut args = vec!["--once"];
         args.extend_from_slice(extra);
         let mut runner = self.start_runner(&args);
-        let status = tokio::task::block_in_place(|| self.wait(&mut runner, Duration::from_secs(90)));
+        let status = self.wait(&mut runner, Duration::from_secs(90));
         assert!(status.success(), "runner exit {status}; {}", self.diagnostics());
         (self.task(task.id).await, self.events(task.id).await)
     }
@@ -376,7 +307,7 @@ async fn an_unknown_profile_fails_naming_it_before_any_clone() {
     let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
     assert!(reason.contains("\"nonexistent-profile\""), "{reason}");
     assert!(
-        reason.contains(&world.dir.path().join("profiles").display().to_string()),
+        reason.contains(&world.runners.profiles().display().to_string()),
         "{reason}"
     );
     assert_eq!(phases(&events), ["claimed", "finishing"]);
@@ -429,8 +360,8 @@ async fn sigterm_aborts_the_running_task_and_reports_it() {
             e.payload.kind() == Some(EventKind::AssistantDelta)
         })
         .await;
-    world.signal(&runner, rustix::process::Signal::TERM);
-    let status = tokio::task::block_in_place(|| world.wait(&mut runner, Duration::from_secs(30)));
+    runner.terminate();
+    let status = world.wait(&mut runner, Duration::from_secs(30));
     assert!(
         status.success(),
         "graceful shutdown exits 0: {status}; {}",
@@ -444,6 +375,22 @@ async fn sigterm_aborts_the_running_task_and_reports_it() {
     let events = world.events(task.id).await;
     assert_gapless(&done, &events);
     assert_eq!(phases(&events).last().map(String::as_str), Some("finishing"));
+    // Cut short mid-stream: Pi was aborted, and only part of the text came.
+    let messages = assistant_messages(&events);
+    assert_eq!(
+        messages.last().map(|m| m.stop_reason.as_str()),
+        Some("aborted"),
+        "{}",
+        world.diagnostics()
+    );
+    let streamed = delta_text(&events);
+    let whole = common::long_text(common::SLOW_STREAM_WORDS);
+    assert!(
+        !streamed.is_empty() && streamed.len() < whole.len() && whole.starts_with(&streamed),
+        "a strict prefix of the text was streamed: {} of {} bytes",
+        streamed.len(),
+        whole.len()
+    );
     assert_no_credentials(&world, &task);
 }
 
@@ -481,10 +428,10 @@ async fn processes_the_tools_leave_behind_do_not_outlive_the_task() {
         .iter()
         .map(|file| read_pid(&workspace.join(file)))
         .collect();
-    let until = Instant::now() + Duration::from_secs(2);
-    while pids.iter().any(|&pid| alive(pid)) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Ended with the task; give the kernel a moment to reap them.
+    let _ = eventually_blocking(Duration::from_secs(2), || {
+        (!pids.iter().any(|&pid| alive(pid))).then_some(())
+    });
     let survivors: Vec<u32> = pids.iter().copied().filter(|&pid| alive(pid)).collect();
     for &pid in &survivors {
         // Only our own test's leftovers, checked by what they run: no stray sleeps after a failure.
@@ -509,65 +456,13 @@ async fn processes_the_tools_leave_behind_do_not_outlive_the_task() {
     );
 }
 
-/// A git server on 127.0.0.1 that takes in requests and never answers: a
-/// clone from it hangs. It tells how many connections it took and how many
-/// its clients have closed since.
-struct HangingGitServer {
-    url: String,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl HangingGitServer {
-    async fn start() -> HangingGitServer {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/repo.git", listener.local_addr().expect("address"));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let closed = Arc::new(AtomicUsize::new(0));
-        let (took, gone) = (Arc::clone(&accepted), Arc::clone(&closed));
-        let task = tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                took.fetch_add(1, Ordering::SeqCst);
-                let gone = Arc::clone(&gone);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
-                    gone.fetch_add(1, Ordering::SeqCst);
-                });
-            }
-        });
-        HangingGitServer {
-            url,
-            accepted,
-            closed,
-            task,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn closed(&self) -> usize {
-        self.closed.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for HangingGitServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_the_clone_fails_the_task_and_ends_git() {
     let world = World::new(json!({"turns": [{"text": "unused"}]}));
-    let server = HangingGitServer::start().await;
-    let task = world.submit_repo(&server.url, "anything", "default").await;
+    // A clone from it hangs.
+    let server = HangingServer::start().await;
+    let repo_url = format!("{}/repo.git", server.url());
+    let task = world.submit_repo(&repo_url, "anything", "default").await;
     let mut runner = world.start_runner(&[]);
     world
         .wait_for_event(
@@ -577,14 +472,12 @@ async fn sigterm_during_the_clone_fails_the_task_and_ends_git() {
         )
         .await;
     // Git is connected and waiting for an answer that never comes.
-    let until = Instant::now() + Duration::from_secs(30);
-    while server.accepted() == 0 {
-        assert!(Instant::now() < until, "git never connected; {}", world.diagnostics());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stopped = Instant::now();
-    world.signal(&runner, rustix::process::Signal::TERM);
-    let status = tokio::task::block_in_place(|| world.wait(&mut runner, Duration::from_secs(30)));
+    tokio::time::timeout(Duration::from_secs(30), server.connected())
+        .await
+        .unwrap_or_else(|_| panic!("git never connected; {}", world.diagnostics()));
+    let stopped = std::time::Instant::now();
+    runner.terminate();
+    let status = world.wait(&mut runner, Duration::from_secs(30));
     assert!(
         status.success(),
         "graceful shutdown exits 0: {status}; {}",
@@ -604,17 +497,14 @@ async fn sigterm_during_the_clone_fails_the_task_and_ends_git() {
         assert!(!pi_agent.join(file).exists(), "{file} was removed");
     }
     // Git's helper (git-remote-http) held the connection; the runner ended it.
-    let until = Instant::now() + Duration::from_secs(5);
-    while server.closed() < server.accepted() {
-        assert!(
-            Instant::now() < until,
-            "git still holds {} of {} connections; {}",
-            server.accepted() - server.closed(),
-            server.accepted(),
-            world.diagnostics()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), server.all_closed()).await;
+    assert!(
+        closed.is_ok(),
+        "git still holds {} of {} connections; {}",
+        server.accepted() - server.closed(),
+        server.accepted(),
+        world.diagnostics()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -632,19 +522,18 @@ async fn credential_copies_of_a_killed_runner_are_removed_by_the_next_one() {
         assert!(pi_agent.join(file).exists(), "{file} is there while Pi runs");
     }
     // The runner's children (Pi) outlive it; they are ours to wait for.
-    let runner_pid = runner.0.id();
-    let children = embark_runner::orphans::children_of(runner_pid);
+    let children = embark_runner::orphans::children_of(runner.pid());
     assert!(!children.is_empty(), "Pi runs under the runner");
-    world.signal(&runner, rustix::process::Signal::KILL);
-    tokio::task::block_in_place(|| world.wait(&mut runner, Duration::from_secs(10)));
+    runner.kill();
+    world.wait(&mut runner, Duration::from_secs(10));
     for file in ["auth.json", "models.json"] {
         assert!(pi_agent.join(file).exists(), "a killed runner cleans nothing up");
     }
     // Pi exits once its stdin is closed; a stray one is stopped by its PID.
-    let until = Instant::now() + Duration::from_secs(15);
-    while children.iter().any(|&pid| alive(pid)) && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _ = eventually(Duration::from_secs(15), async || {
+        (!children.iter().any(|&pid| alive(pid))).then_some(())
+    })
+    .await;
     for &pid in children.iter().filter(|&&pid| alive(pid)) {
         let pid = rustix::process::Pid::from_raw(pid as i32).expect("valid pid");
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
@@ -656,17 +545,17 @@ async fn credential_copies_of_a_killed_runner_are_removed_by_the_next_one() {
     std::fs::write(decoy.join("auth.json"), "{}").expect("write");
 
     let mut next = world.start_runner(&[]);
-    let until = Instant::now() + Duration::from_secs(15);
-    while ["auth.json", "models.json"].iter().any(|f| pi_agent.join(f).exists()) {
-        assert!(Instant::now() < until, "the copies stayed; {}", world.diagnostics());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let swept = eventually(Duration::from_secs(15), async || {
+        (!["auth.json", "models.json"].iter().any(|f| pi_agent.join(f).exists())).then_some(())
+    })
+    .await;
+    assert!(swept.is_some(), "the copies stayed; {}", world.diagnostics());
     assert!(pi_agent.join("settings.json").exists(), "only credentials go");
     assert!(decoy.join("auth.json").exists(), "only in task directories");
-    world.signal(&next, rustix::process::Signal::TERM);
-    let status = tokio::task::block_in_place(|| world.wait(&mut next, Duration::from_secs(30)));
+    next.terminate();
+    let status = world.wait(&mut next, Duration::from_secs(30));
     assert!(status.success(), "{status}; {}", world.diagnostics());
-    let log = std::fs::read_to_string(world.runner_log()).expect("log");
+    let log = world.runners.log();
     assert!(
         log.contains("removed 2 credential copies a previous runner left"),
         "{log}"

@@ -2,7 +2,9 @@
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use embark_testkit::poll::exit_within;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -29,13 +31,9 @@ fn run_with(args: &[&str], env: &[(&str, &str)], input: &[u8]) -> Output {
     // The child may exit before reading (usage errors): a broken pipe is fine.
     let _ = stdin.write_all(input);
     drop(stdin);
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    while child.try_wait().expect("poll the child").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("embark-sidecar did not exit within {EXIT_TIMEOUT:?} after its stdin closed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if exit_within(&mut child, EXIT_TIMEOUT).is_none() {
+        let _ = child.kill();
+        panic!("embark-sidecar did not exit within {EXIT_TIMEOUT:?} after its stdin closed");
     }
     child.wait_with_output().expect("collect the output")
 }
