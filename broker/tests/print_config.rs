@@ -3,7 +3,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 const CLIENT: &str = "client-secret-never-shown-0123";
@@ -12,7 +13,7 @@ const ENROLL: &str = "enroll-secret-never-shown-0123";
 /// Runs the broker in a clean environment (only PATH and HOME, plus `env`)
 /// and waits, bounded, for it to exit: a broker that started would not.
 fn run(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_embark-broker"))
+    let child = Command::new(env!("CARGO_BIN_EXE_embark-broker"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -23,15 +24,18 @@ fn run(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn embark-broker");
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    while child.try_wait().expect("poll the child").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
+    // Waits for the exit itself (no polling: the broker links no testkit).
+    let pid = child.id().to_string();
+    let (done, exited) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match exited.recv_timeout(EXIT_TIMEOUT) {
+        Ok(output) => output.expect("collect the output"),
+        Err(_) => {
+            // The broker we started, by its PID.
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
             panic!("embark-broker --print-config did not exit within {EXIT_TIMEOUT:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().expect("collect the output")
 }
 
 #[test]

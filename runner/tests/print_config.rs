@@ -3,7 +3,9 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use embark_testkit::poll::exit_within;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 const SECRET: &str = "enroll-secret-never-shown-0123";
@@ -23,13 +25,9 @@ fn run(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn embark-runner");
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    while child.try_wait().expect("poll the child").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("embark-runner --print-config did not exit within {EXIT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if exit_within(&mut child, EXIT_TIMEOUT).is_none() {
+        let _ = child.kill();
+        panic!("embark-runner --print-config did not exit within {EXIT_TIMEOUT:?}");
     }
     child.wait_with_output().expect("collect the output")
 }
