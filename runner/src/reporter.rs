@@ -22,7 +22,7 @@
 //! once) and returns what could not be delivered, so the task's result can
 //! say so; a try still hanging at the deadline is cut off.
 //!
-//! Every one of those decisions is made by [`outbox::Outbox`], a state
+//! Every one of those decisions is made by `outbox::Outbox`, a state
 //! machine fed events, answers and instants; the worker here only drives it
 //! with the channel, the HTTP client and the clock.
 

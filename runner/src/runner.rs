@@ -2,7 +2,7 @@
 //! `--once` is satisfied or shutdown is requested.
 //!
 //! What follows a claim's answer (run it, claim again, pause, stop) is a pure
-//! policy ([`Claiming`]), so its pauses are tested without a broker; the loop
+//! policy (`Claiming`), so its pauses are tested without a broker; the loop
 //! only carries it out.
 
 use std::time::Duration;
