@@ -1,14 +1,20 @@
 //! The sidecar's JSON-RPC 2.0 protocol (NDJSON over stdio), version 1.
 //!
-//! Methods:
-//! - `embark.hello` ([`HelloParams`] → [`HelloResult`]): the handshake; must come first.
-//! - `embark.command` ([`CommandParams`] → [`View`]): one `/embark …` line.
+//! Every method is declared once, in [`METHODS`]: its name, its params and
+//! result types and every error it can answer. The OpenRPC document
+//! (`schemas/v1/sidecar.openrpc.json`) is generated from that table, the
+//! shim's method names, protocol version and error codes are generated from
+//! the document, and the sidecar's tests check what it serves and answers
+//! against the table. So a method, a type or an error list changes in one
+//! edit here, and shows up as schema drift and in the shim's generated code.
 //!
 //! Answers are view models, never pre-rendered text with escapes, so any
 //! front end can render them. Errors carry a stable [`ErrorCode`].
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::schema::{SchemaFn, schema};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -20,6 +26,68 @@ pub mod method {
     pub const HELLO: &str = "embark.hello";
     pub const COMMAND: &str = "embark.command";
 }
+
+/// One method of the protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct Method {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub description: &'static str,
+    /// The params type: an object, each field one named param.
+    pub params: SchemaFn,
+    pub result: SchemaFn,
+    /// Every error the method answers with. The errors about a line itself
+    /// ([`ErrorCode::TRANSPORT`]) are not listed: any line can get them.
+    pub errors: &'static [ErrorCode],
+}
+
+impl Method {
+    /// The method called `name`, if the protocol has one.
+    pub fn named(name: &str) -> Option<&'static Method> {
+        METHODS.iter().find(|method| method.name == name)
+    }
+
+    /// Whether a call of this method may be answered with `code`: one of its
+    /// own errors or one about the line itself.
+    pub fn may_answer(&self, code: ErrorCode) -> bool {
+        self.errors.contains(&code) || ErrorCode::TRANSPORT.contains(&code)
+    }
+}
+
+/// Every method of the protocol, in the order the OpenRPC document lists them.
+pub const METHODS: [Method; 2] = [
+    Method {
+        name: method::HELLO,
+        summary: "The handshake: must come first.",
+        description: "Agrees on the protocol version; every other method is refused with handshake_required until a hello succeeded.",
+        params: schema::<HelloParams>,
+        result: schema::<HelloResult>,
+        errors: &[
+            ErrorCode::InvalidParams,
+            ErrorCode::Internal,
+            ErrorCode::UnsupportedProtocol,
+        ],
+    },
+    Method {
+        name: method::COMMAND,
+        summary: "One `/embark …` line in a Pi session.",
+        description: "Runs the command and answers a view model (blocks, a status line, a message) for the front end to render.",
+        params: schema::<CommandParams>,
+        result: schema::<View>,
+        errors: &[
+            ErrorCode::InvalidParams,
+            ErrorCode::Internal,
+            ErrorCode::HandshakeRequired,
+            ErrorCode::Usage,
+            ErrorCode::Repository,
+            ErrorCode::Config,
+            ErrorCode::BrokerUnreachable,
+            ErrorCode::BrokerRejected,
+            ErrorCode::TaskNotFound,
+            ErrorCode::Timeout,
+        ],
+    },
+];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +264,14 @@ impl ErrorCode {
         }
     }
 
+    /// The errors about a line itself, before any method runs: it is not
+    /// JSON, not a request, or names no method. Any line can get them.
+    pub const TRANSPORT: [ErrorCode; 3] = [
+        ErrorCode::ParseError,
+        ErrorCode::InvalidRequest,
+        ErrorCode::MethodNotFound,
+    ];
+
     pub fn from_code(code: i32) -> Option<ErrorCode> {
         ErrorCode::ALL.into_iter().find(|c| c.code() == code)
     }
@@ -219,6 +295,36 @@ mod tests {
             assert!(seen.insert(code.code()), "{code:?} reuses a number");
             assert_eq!(ErrorCode::from_code(code.code()), Some(code));
         }
+    }
+
+    #[test]
+    fn every_error_is_answered_by_the_transport_or_by_a_method() {
+        for code in ErrorCode::ALL {
+            let transport = ErrorCode::TRANSPORT.contains(&code);
+            let methods: Vec<&str> = METHODS
+                .iter()
+                .filter(|m| m.errors.contains(&code))
+                .map(|m| m.name)
+                .collect();
+            assert!(
+                transport != !methods.is_empty(),
+                "{code:?}: transport {transport}, methods {methods:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn methods_are_found_by_name_and_declare_each_error_once() {
+        for method in &METHODS {
+            assert_eq!(Method::named(method.name).map(|m| m.name), Some(method.name));
+            let mut seen = std::collections::HashSet::new();
+            assert!(
+                method.errors.iter().all(|code| seen.insert(code.code())),
+                "{}",
+                method.name
+            );
+        }
+        assert!(Method::named("embark.nope").is_none());
     }
 
     #[test]

@@ -14,9 +14,19 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::protocol::{self, ErrorCode};
+use crate::protocol::{self, ErrorCode, METHODS};
 use crate::wire::routes::{Credential, ROUTES, Route};
 use crate::{event, intent, task, wire};
+
+/// A wire type's JSON Schema, as the function that generates it: a `$ref`
+/// into the generator's definitions (or the schema itself for inlined types).
+/// The route and method tables name their types this way.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// The [`SchemaFn`] of `T`.
+pub fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
 
 /// One generated document: its path under `schemas/` and its JSON.
 pub struct SchemaDocument {
@@ -68,9 +78,14 @@ impl Bundle {
         }
     }
 
-    fn add<T: JsonSchema>(mut self) -> Self {
-        let reference = self.generator.subschema_for::<T>();
-        self.roots.insert(T::schema_name().into_owned(), reference.to_value());
+    fn add<T: JsonSchema>(self) -> Self {
+        self.add_schema(schema::<T>)
+    }
+
+    fn add_schema(mut self, schema: SchemaFn) -> Self {
+        let reference = schema(&mut self.generator);
+        self.roots
+            .insert(defined_name(&reference).to_owned(), reference.to_value());
         self
     }
 
@@ -87,14 +102,21 @@ impl Bundle {
     }
 }
 
-fn sidecar_types(bundle: Bundle) -> Bundle {
-    bundle
-        .add::<protocol::HelloParams>()
-        .add::<protocol::HelloResult>()
-        .add::<protocol::CommandParams>()
-        .add::<protocol::View>()
-        .add::<protocol::ErrorCode>()
-        .add::<protocol::ErrorData>()
+/// The name a `$ref` schema points at, e.g. `View` for `#/$defs/View`.
+fn defined_name(reference: &Schema) -> &str {
+    reference
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|target| target.rsplit('/').next())
+        .unwrap_or_else(|| panic!("a root type must be a named definition, not {reference:?}"))
+}
+
+/// Every method's params and result, and the error types.
+fn sidecar_types(mut bundle: Bundle) -> Bundle {
+    for method in &METHODS {
+        bundle = bundle.add_schema(method.params).add_schema(method.result);
+    }
+    bundle.add::<protocol::ErrorCode>().add::<protocol::ErrorData>()
 }
 
 fn broker_types(bundle: Bundle) -> Bundle {
@@ -119,10 +141,28 @@ fn broker_types(bundle: Bundle) -> Bundle {
 }
 
 fn sidecar_protocol() -> Value {
-    sidecar_types(Bundle::new(DEFS)).finish(
-        "embark:sidecar-protocol:v1",
-        "EmbarkSidecarProtocolV1",
-        "embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol 1. Methods: embark.hello (HelloParams -> HelloResult), embark.command (CommandParams -> View). Errors: error.code from ErrorCode, error.data is ErrorData.",
+    let mut bundle = sidecar_types(Bundle::new(DEFS));
+    let methods: Vec<String> = METHODS
+        .iter()
+        .map(|method| {
+            let params = (method.params)(&mut bundle.generator);
+            let result = (method.result)(&mut bundle.generator);
+            format!(
+                "{} ({} -> {})",
+                method.name,
+                defined_name(&params),
+                defined_name(&result)
+            )
+        })
+        .collect();
+    let version = protocol::PROTOCOL_VERSION;
+    bundle.finish(
+        &format!("embark:sidecar-protocol:v{version}"),
+        &format!("EmbarkSidecarProtocolV{version}"),
+        &format!(
+            "embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol {version}. Methods: {}. Errors: error.code from ErrorCode, error.data is ErrorData.",
+            methods.join(", ")
+        ),
     )
 }
 
@@ -134,48 +174,13 @@ fn broker_api() -> Value {
     )
 }
 
-/// The errors `embark.hello` answers with. `parse_error`, `invalid_request`
-/// and `method_not_found` are about the line itself, before any method runs:
-/// they are listed under `components.errors` only.
-const HELLO_ERRORS: &[ErrorCode] = &[
-    ErrorCode::InvalidParams,
-    ErrorCode::Internal,
-    ErrorCode::UnsupportedProtocol,
-];
-
-/// The errors `embark.command` answers with.
-const COMMAND_ERRORS: &[ErrorCode] = &[
-    ErrorCode::InvalidParams,
-    ErrorCode::Internal,
-    ErrorCode::HandshakeRequired,
-    ErrorCode::Usage,
-    ErrorCode::Repository,
-    ErrorCode::Config,
-    ErrorCode::BrokerUnreachable,
-    ErrorCode::BrokerRejected,
-    ErrorCode::TaskNotFound,
-    ErrorCode::Timeout,
-];
-
 /// The sidecar protocol as an OpenRPC 1.3 document.
 fn sidecar_openrpc() -> Value {
     let mut generator = sidecar_types(Bundle::new(COMPONENTS)).generator;
-    let methods = vec![
-        rpc_method::<protocol::HelloParams, protocol::HelloResult>(
-            &mut generator,
-            protocol::method::HELLO,
-            "The handshake: must come first.",
-            "Agrees on the protocol version; every other method is refused with handshake_required until a hello succeeded.",
-            HELLO_ERRORS,
-        ),
-        rpc_method::<protocol::CommandParams, protocol::View>(
-            &mut generator,
-            protocol::method::COMMAND,
-            "One `/embark …` line in a Pi session.",
-            "Runs the command and answers a view model (blocks, a status line, a message) for the front end to render.",
-            COMMAND_ERRORS,
-        ),
-    ];
+    let methods: Vec<Value> = METHODS
+        .iter()
+        .map(|method| rpc_method(&mut generator, method))
+        .collect();
     let schemas = generator.take_definitions(true);
     let errors: Map<String, Value> = ErrorCode::ALL
         .into_iter()
@@ -186,6 +191,7 @@ fn sidecar_openrpc() -> Value {
         "info": {
             "title": "embark-sidecar protocol",
             "version": protocol::PROTOCOL_VERSION.to_string(),
+            "x-supported-protocols": protocol::SUPPORTED_PROTOCOLS,
             "description": "JSON-RPC 2.0 over newline-delimited JSON on the stdin and stdout of `embark-sidecar --stdio`, one message per line. Call embark.hello first. Every error carries `data: {\"kind\": <ErrorCode>}`. See docs/sidecar-protocol.md.",
         },
         "methods": methods,
@@ -196,14 +202,18 @@ fn sidecar_openrpc() -> Value {
     })
 }
 
-fn rpc_method<P: JsonSchema, R: JsonSchema>(
-    generator: &mut SchemaGenerator,
-    name: &str,
-    summary: &str,
-    description: &str,
-    errors: &[ErrorCode],
-) -> Value {
-    let params: Vec<Value> = fields(&P::json_schema(generator))
+/// One OpenRPC method object. `x-params` names the params type, so a
+/// generator can type a call by its params object (the shim's does).
+fn rpc_method(generator: &mut SchemaGenerator, method: &protocol::Method) -> Value {
+    let params_ref = (method.params)(generator);
+    let params_name = defined_name(&params_ref).to_owned();
+    let params_object = generator
+        .definitions()
+        .get(&params_name)
+        .cloned()
+        .and_then(|schema| Schema::try_from(schema).ok())
+        .unwrap_or_else(|| panic!("{}: the params type {params_name} has no definition", method.name));
+    let params: Vec<Value> = fields(&params_object)
         .into_iter()
         .map(|field| {
             let mut descriptor = json!({"name": field.name, "required": field.required, "schema": field.schema});
@@ -213,18 +223,21 @@ fn rpc_method<P: JsonSchema, R: JsonSchema>(
             descriptor
         })
         .collect();
-    let errors: Vec<Value> = errors
+    let result = (method.result)(generator);
+    let errors: Vec<Value> = method
+        .errors
         .iter()
         .map(|code| json!({"$ref": format!("#/components/errors/{}", error_name(*code))}))
         .collect();
     json!({
-        "name": name,
-        "summary": summary,
-        "description": description,
+        "name": method.name,
+        "summary": method.summary,
+        "description": method.description,
         // Named params are the documented form; jsonrpsee also takes them by position, in field order.
         "paramStructure": "either",
         "params": params,
-        "result": {"name": R::schema_name(), "schema": generator.subschema_for::<R>().to_value()},
+        "x-params": params_ref.to_value(),
+        "result": {"name": defined_name(&result), "schema": result.to_value()},
         "errors": errors,
     })
 }

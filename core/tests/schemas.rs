@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use embark_core::protocol::{ErrorCode, PROTOCOL_VERSION, method};
+use embark_core::protocol::{ErrorCode, METHODS, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, method};
 use embark_core::schema::{documents, render};
 use embark_core::wire::routes::ROUTES;
 use serde_json::{Value, json};
@@ -136,13 +136,16 @@ fn the_openrpc_document_describes_the_protocol() {
         doc["openrpc"]
     );
     assert_eq!(doc["info"]["version"], PROTOCOL_VERSION.to_string());
+    assert_eq!(doc["info"]["x-supported-protocols"], json!(SUPPORTED_PROTOCOLS));
     let methods = doc["methods"].as_array().expect("methods");
     let names: Vec<&str> = methods.iter().filter_map(|m| m["name"].as_str()).collect();
     assert_eq!(names, [method::HELLO, method::COMMAND]);
-    for (m, (params, result)) in methods
-        .iter()
-        .zip([(["protocol", "client"], "HelloResult"), (["line", "session"], "View")])
-    {
+    for (m, (params, result)) in methods.iter().zip([
+        (["protocol", "client"], ("HelloParams", "HelloResult")),
+        (["line", "session"], ("CommandParams", "View")),
+    ]) {
+        let (params_type, result) = result;
+        assert_eq!(m["x-params"]["$ref"], format!("#/components/schemas/{params_type}"));
         assert_eq!(m["paramStructure"], "either", "{}", m["name"]);
         let got: Vec<&str> = m["params"]
             .as_array()
@@ -152,7 +155,22 @@ fn the_openrpc_document_describes_the_protocol() {
             .collect();
         assert_eq!(got, params, "{}", m["name"]);
         assert_eq!(m["result"]["schema"]["$ref"], format!("#/components/schemas/{result}"));
-        assert!(!m["errors"].as_array().expect("errors").is_empty(), "{}", m["name"]);
+        let declared = METHODS
+            .iter()
+            .find(|d| d.name == m["name"])
+            .expect("every documented method is in METHODS");
+        let errors: Vec<Value> = declared
+            .errors
+            .iter()
+            .map(|code| json!({"$ref": format!("#/components/errors/{}", serde_json::to_value(code).expect("a name").as_str().expect("a string"))}))
+            .collect();
+        assert!(!errors.is_empty(), "{}", m["name"]);
+        assert_eq!(
+            m["errors"],
+            json!(errors),
+            "{}: the errors of its METHODS entry",
+            m["name"]
+        );
     }
     let errors = doc["components"]["errors"].as_object().expect("components.errors");
     assert_eq!(errors.len(), ErrorCode::ALL.len());

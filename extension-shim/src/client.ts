@@ -1,16 +1,29 @@
 // The embark client of one Pi process: one lazily started sidecar, the
 // handshake, and the `embark.command` call. A dead sidecar is replaced on the
-// next command.
+// next command. Method names, the protocol version and each call's params and
+// result types are generated from core's method table (protocol.gen.ts).
 
 import { locateSidecar, packageInfo, type Located } from "./locate.ts";
-import type { CommandParams, HelloParams, HelloResult, PeerInfo, SessionContext, View } from "./protocol.gen.ts";
+import {
+  METHOD,
+  PROTOCOL_VERSION,
+  type HelloResult,
+  type MethodName,
+  type MethodTypes,
+  type PeerInfo,
+  type SessionContext,
+  type View,
+} from "./protocol.gen.ts";
 import { RpcError, Sidecar, SidecarError } from "./sidecar.ts";
 
-/** The protocol version this shim speaks. */
-export const PROTOCOL_VERSION = 1;
-
-export const METHOD_HELLO = "embark.hello";
-export const METHOD_COMMAND = "embark.command";
+/** Calls `method` with params and result typed as the protocol declares them. */
+function invoke<M extends MethodName>(
+  sidecar: Sidecar,
+  method: M,
+  params: MethodTypes[M]["params"],
+): Promise<MethodTypes[M]["result"]> {
+  return sidecar.call<MethodTypes[M]["result"]>(method, params);
+}
 
 export interface ClientOptions {
   /** How to find the binary; default: `locateSidecar()`. */
@@ -44,8 +57,7 @@ export class EmbarkClient {
   /** Runs one `/embark` line (raw, untrimmed) in a Pi session. */
   async command(line: string, session: SessionContext): Promise<View> {
     const sidecar = await this.ensure(session.cwd);
-    const params: CommandParams = { line, session };
-    return sidecar.call<View>(METHOD_COMMAND, params);
+    return invoke(sidecar, METHOD.command, { line, session });
   }
 
   /** Starts the sidecar (cwd = `cwd`) and shakes hands, unless one is running. */
@@ -79,10 +91,12 @@ export class EmbarkClient {
     const located = (this.#options.locate ?? locateSidecar)();
     const { args, env, callTimeoutMs } = this.#options;
     const sidecar = new Sidecar({ path: located.path, args, cwd, env, callTimeoutMs });
-    const params: HelloParams = { protocol: PROTOCOL_VERSION, client: this.#options.client ?? clientInfo() };
     let hello: HelloResult;
     try {
-      hello = await sidecar.call<HelloResult>(METHOD_HELLO, params);
+      hello = await invoke(sidecar, METHOD.hello, {
+        protocol: PROTOCOL_VERSION,
+        client: this.#options.client ?? clientInfo(),
+      });
     } catch (err) {
       await sidecar.stop();
       if (err instanceof RpcError && err.kind === "unsupported_protocol") {

@@ -1,5 +1,5 @@
 // generated — do not edit; npm run gen:types
-// Source: schemas/v1/sidecar-protocol.json (itself generated from core/src/protocol.rs).
+// Source: schemas/v1/sidecar-protocol.json and sidecar.openrpc.json (generated from core/src/protocol.rs).
 /* eslint-disable */
 
 /**
@@ -139,3 +139,67 @@ export interface StatusLine {
   key: string;
   text?: string | null;
 }
+
+// From schemas/v1/sidecar.openrpc.json.
+
+/** The protocol version these types describe: the one this shim asks for in `embark.hello`. */
+export const PROTOCOL_VERSION = 1;
+/** Every protocol version a sidecar built from the same commit speaks. */
+export const SUPPORTED_PROTOCOLS: readonly number[] = [1];
+
+/** The method names. */
+export const METHOD = {
+  /** The handshake: must come first. */
+  hello: "embark.hello",
+  /** One `/embark …` line in a Pi session. */
+  command: "embark.command",
+} as const;
+export type MethodName = (typeof METHOD)[keyof typeof METHOD];
+
+/** What each method takes and answers. */
+export interface MethodTypes {
+  "embark.hello": { params: HelloParams; result: HelloResult };
+  "embark.command": { params: CommandParams; result: View };
+}
+
+/** Each error's `error.code`, by its name (`error.data.kind`). */
+export const ERROR_CODES = {
+  broker_rejected: 1021,
+  broker_unreachable: 1020,
+  config: 1012,
+  handshake_required: 1002,
+  internal: -32603,
+  invalid_params: -32602,
+  invalid_request: -32600,
+  method_not_found: -32601,
+  parse_error: -32700,
+  repository: 1011,
+  task_not_found: 1022,
+  timeout: 1030,
+  unsupported_protocol: 1001,
+  usage: 1010,
+} as const satisfies Record<ErrorCode, number>;
+
+/** The errors about a line itself (not JSON, not a request, no such method): any line can get them. */
+export const LINE_ERRORS = ["invalid_request", "method_not_found", "parse_error"] as const satisfies readonly ErrorCode[];
+
+/** The errors each method can answer with, besides the {@link LINE_ERRORS}. */
+export const METHOD_ERRORS = {
+  "embark.hello": [
+    "invalid_params",
+    "internal",
+    "unsupported_protocol",
+  ],
+  "embark.command": [
+    "invalid_params",
+    "internal",
+    "handshake_required",
+    "usage",
+    "repository",
+    "config",
+    "broker_unreachable",
+    "broker_rejected",
+    "task_not_found",
+    "timeout",
+  ],
+} as const satisfies Record<MethodName, readonly ErrorCode[]>;

@@ -6,7 +6,7 @@
 
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { encodeLine, LineSplitter } from "./ndjson.ts";
-import type { ErrorCode } from "./protocol.gen.ts";
+import { ERROR_CODES, type ErrorCode } from "./protocol.gen.ts";
 import { StderrTail } from "./stderr-tail.ts";
 
 export const DEFAULT_CALL_TIMEOUT_MS = 60_000;
@@ -16,7 +16,7 @@ export const STOP_GRACE_MS = 500;
 /** The sidecar answered with a JSON-RPC error. */
 export class RpcError extends Error {
   readonly code: number;
-  /** `error.data.kind`, when the sidecar sent one. */
+  /** `error.data.kind`, else the name of a known `code`. */
   readonly kind: ErrorCode | undefined;
   readonly data: unknown;
   /** The method that failed. */
@@ -26,8 +26,7 @@ export class RpcError extends Error {
     this.name = "RpcError";
     this.code = code;
     this.data = data;
-    const kind = isObject(data) && typeof data.kind === "string" ? (data.kind as ErrorCode) : undefined;
-    this.kind = kind;
+    this.kind = isObject(data) && typeof data.kind === "string" ? (data.kind as ErrorCode) : errorKind(code);
     this.method = method;
   }
 }
@@ -243,6 +242,12 @@ export class Sidecar {
     const lines = this.#stderr.lastLines(20);
     return lines.length === 0 ? "" : `\nLast lines of its stderr:\n${lines.join("\n")}`;
   }
+}
+
+/** The name of an embark error number, if it is one. */
+export function errorKind(code: number): ErrorCode | undefined {
+  const names = Object.keys(ERROR_CODES) as ErrorCode[];
+  return names.find((name) => ERROR_CODES[name] === code);
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -1,6 +1,7 @@
 // The sidecar's golden transcripts (sidecar/tests/golden/*.ndjson, format in
 // its README) replayed against the real binary from TypeScript, through this
-// package's NDJSON framing.
+// package's NDJSON framing. Every error answer must be one the generated
+// METHOD_ERRORS (or LINE_ERRORS) allow for its request, with the generated number.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -9,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { LineSplitter } from "../src/ndjson.ts";
+import { ERROR_CODES, LINE_ERRORS, METHOD_ERRORS, type ErrorCode } from "../src/protocol.gen.ts";
 import { StderrTail } from "../src/stderr-tail.ts";
 import { requireSidecar, within, workspaceRoot } from "./support.ts";
 
@@ -35,6 +37,36 @@ function load(file: string): Step[] {
     });
 }
 
+/** The method each request id of a transcript called (lines that are not requests are skipped). */
+function methodsById(steps: Step[]): Map<string, string> {
+  const methods = new Map<string, string>();
+  for (const step of steps) {
+    if (!("send" in step)) continue;
+    try {
+      const request = JSON.parse(step.send) as { id?: unknown; method?: unknown };
+      if (typeof request.method === "string" && request.id !== undefined) methods.set(JSON.stringify(request.id), request.method);
+    } catch {
+      // Not JSON: a parse error, whose answer has id null.
+    }
+  }
+  return methods;
+}
+
+/** Fails unless an error answer's kind is allowed for the method it answers, with the kind's number. */
+function checkDeclared(file: string, answer: unknown, methods: Map<string, string>): void {
+  const { id, error } = answer as { id?: unknown; error?: { code?: unknown; data?: { kind?: unknown } } };
+  if (error === undefined) return;
+  const kind = error.data?.kind as ErrorCode;
+  assert.equal(error.code, ERROR_CODES[kind], `${file}: ${JSON.stringify(answer)} carries the number of its kind`);
+  const method = methods.get(JSON.stringify(id));
+  const declared: readonly string[] =
+    method !== undefined && method in METHOD_ERRORS ? METHOD_ERRORS[method as keyof typeof METHOD_ERRORS] : [];
+  assert.ok(
+    (LINE_ERRORS as readonly string[]).includes(kind) || declared.includes(kind),
+    `${file}: ${String(method)} answered ${kind}, which its METHODS entry does not declare: ${JSON.stringify(answer)}`,
+  );
+}
+
 test("golden transcripts exist", () => {
   assert.ok(transcripts.length >= 1, `no *.ndjson in ${goldenDir}`);
 });
@@ -44,6 +76,7 @@ for (const file of transcripts) {
     const path = requireSidecar(t);
     if (path === undefined) return;
     const steps = load(file);
+    const methods = methodsById(steps);
     // The transcripts assume a clean configuration: no EMBARK_* and no config file.
     const child = spawn(path, ["--stdio"], {
       cwd,
@@ -94,7 +127,9 @@ for (const file of transcripts) {
         } else {
           answer++;
           const line = await nextLine(`answer ${answer} (step ${i + 1})`);
-          assert.deepEqual(JSON.parse(line), step.recv, `${file}: answer ${answer} (step ${i + 1}) differs`);
+          const got: unknown = JSON.parse(line);
+          assert.deepEqual(got, step.recv, `${file}: answer ${answer} (step ${i + 1}) differs`);
+          checkDeclared(file, got, methods);
         }
       }
       child.stdin.end();

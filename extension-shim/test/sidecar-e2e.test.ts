@@ -5,8 +5,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { EmbarkClient, PROTOCOL_VERSION } from "../src/client.ts";
-import type { HelloResult, View } from "../src/protocol.gen.ts";
+import { EmbarkClient } from "../src/client.ts";
+import { ERROR_CODES, METHOD, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, type HelloResult, type View } from "../src/protocol.gen.ts";
 import { RpcError, Sidecar, SidecarError } from "../src/sidecar.ts";
 import { requireSidecar, within } from "./support.ts";
 
@@ -27,7 +27,7 @@ test("hello, then help: a View whose first block is text", async (t) => {
     const view = await within(30_000, "help", client.command("help", session));
     const hello = client.hello as HelloResult;
     assert.equal(hello.protocol, PROTOCOL_VERSION);
-    assert.ok(hello.supported.includes(PROTOCOL_VERSION));
+    assert.deepEqual(hello.supported, SUPPORTED_PROTOCOLS, "the versions generated from the same core as the sidecar");
     assert.equal(hello.server.name, "embark-sidecar");
     assert.ok(Array.isArray(view.blocks) && view.blocks.length >= 1, JSON.stringify(view));
     const first = view.blocks[0];
@@ -46,26 +46,27 @@ test("the raw protocol: command before hello, unknown method, unsupported versio
   if (path === undefined) return;
   const sidecar = new Sidecar({ path, cwd, env: cleanEnv() });
   try {
-    await assert.rejects(sidecar.call("embark.command", { line: "help", session }), (err: unknown) => {
+    await assert.rejects(sidecar.call(METHOD.command, { line: "help", session }), (err: unknown) => {
       assert.ok(err instanceof RpcError, String(err));
       assert.equal(err.kind, "handshake_required");
-      assert.equal(err.code, 1002);
+      assert.equal(err.code, ERROR_CODES.handshake_required);
       return true;
     });
-    await assert.rejects(sidecar.call("embark.hello", { protocol: 99 }), (err: unknown) => {
+    await assert.rejects(sidecar.call(METHOD.hello, { protocol: 99 }), (err: unknown) => {
       assert.ok(err instanceof RpcError, String(err));
       assert.equal(err.kind, "unsupported_protocol");
-      assert.equal(err.code, 1001);
+      assert.equal(err.code, ERROR_CODES.unsupported_protocol);
       return true;
     });
-    const hello = await sidecar.call<HelloResult>("embark.hello", {
-      protocol: 1,
+    const hello = await sidecar.call<HelloResult>(METHOD.hello, {
+      protocol: PROTOCOL_VERSION,
       client: { name: "pi-embark-test", version: "0" },
     });
-    assert.equal(hello.protocol, 1);
+    assert.equal(hello.protocol, PROTOCOL_VERSION);
     await assert.rejects(sidecar.call("embark.nope", {}), (err: unknown) => {
       assert.ok(err instanceof RpcError, String(err));
-      assert.equal(err.code, -32601);
+      assert.equal(err.code, ERROR_CODES.method_not_found);
+      assert.equal(err.kind, "method_not_found");
       return true;
     });
     assert.equal(sidecar.usable, true);

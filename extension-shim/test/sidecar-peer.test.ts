@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { tmpdir } from "node:os";
 import { test } from "node:test";
+import { ERROR_CODES, METHOD } from "../src/protocol.gen.ts";
 import { RpcError, Sidecar, SidecarError } from "../src/sidecar.ts";
 import { within } from "./support.ts";
 
@@ -57,11 +58,11 @@ test("a JSON-RPC error becomes an RpcError with code, message and kind", async (
     }
     ${SERVE}`);
   try {
-    await assert.rejects(p.call("embark.command", {}), (err: unknown) => {
+    await assert.rejects(p.call(METHOD.command, {}), (err: unknown) => {
       assert.ok(err instanceof RpcError);
       assert.equal(err.code, 1010);
       assert.equal(err.kind, "usage");
-      assert.equal(err.method, "embark.command");
+      assert.equal(err.method, METHOD.command);
       assert.equal(err.message, "usage: /embark <prompt>");
       return true;
     });
@@ -71,10 +72,35 @@ test("a JSON-RPC error becomes an RpcError with code, message and kind", async (
   }
 });
 
+test("an error without data.kind is named by its code; an unknown code has no kind", async () => {
+  const p = peer(`
+    function answer(req) {
+      const code = req.params.code;
+      process.stdout.write(JSON.stringify({ jsonrpc: "2.0", id: req.id, error: { code, message: "no kind" } }) + "\\n");
+    }
+    ${SERVE}`);
+  try {
+    for (const [code, kind] of [
+      [ERROR_CODES.timeout, "timeout"],
+      [ERROR_CODES.invalid_params, "invalid_params"],
+      [4242, undefined],
+    ] as const) {
+      await assert.rejects(p.call(METHOD.command, { code }), (err: unknown) => {
+        assert.ok(err instanceof RpcError);
+        assert.equal(err.code, code);
+        assert.equal(err.kind, kind);
+        return true;
+      });
+    }
+  } finally {
+    await p.stop();
+  }
+});
+
 test("a non-JSON line on stdout fails the pending call at once and retires the process", async () => {
   const p = peer(`process.stdin.on("data", () => console.log("oops, a log line on stdout")); setInterval(() => {}, 1000);`);
   const started = Date.now();
-  await assert.rejects(within(5_000, "the rejection", p.call("embark.hello", {})), (err: unknown) => {
+  await assert.rejects(within(5_000, "the rejection", p.call(METHOD.hello, {})), (err: unknown) => {
     assert.ok(err instanceof SidecarError);
     assert.match(err.message, /wrote a line to stdout that is not JSON: "oops, a log line on stdout"/);
     assert.match(err.message, /before answering embark\.hello/);
@@ -99,8 +125,8 @@ test("a call that gets no answer times out with a clear error", async () => {
     200,
   );
   try {
-    await within(10_000, "the first answer", p.call("embark.hello", {}));
-    await assert.rejects(p.call("embark.command", {}), (err: unknown) => {
+    await within(10_000, "the first answer", p.call(METHOD.hello, {}));
+    await assert.rejects(p.call(METHOD.command, {}), (err: unknown) => {
       assert.ok(err instanceof SidecarError);
       assert.match(err.message, /did not answer embark\.command within 200 ms/);
       assert.match(err.message, /Last lines of its stderr:\nthinking hard/);
@@ -118,7 +144,7 @@ test("a peer that dies mid-call fails the call with its exit code and the tail o
       process.stderr.write("panicked at sidecar/src/main.rs: broker exploded\\n");
       process.exit(3);
     });`);
-  await assert.rejects(within(10_000, "the rejection", p.call("embark.command", {})), (err: unknown) => {
+  await assert.rejects(within(10_000, "the rejection", p.call(METHOD.command, {})), (err: unknown) => {
     assert.ok(err instanceof SidecarError);
     assert.match(err.message, /exited with code 3 before answering embark\.command/);
     assert.match(err.message, /Last lines of its stderr:\n/);
@@ -128,12 +154,12 @@ test("a peer that dies mid-call fails the call with its exit code and the tail o
   });
   assert.equal(p.usable, false);
   assert.deepEqual(p.exitStatus, { code: 3, signal: null });
-  await assert.rejects(p.call("embark.command", {}), /exited with code 3/);
+  await assert.rejects(p.call(METHOD.command, {}), /exited with code 3/);
 });
 
 test("a binary that cannot be started is reported, not thrown inside Pi", async () => {
   const p = new Sidecar({ path: "/nonexistent/embark-sidecar", cwd: tmpdir() });
-  await assert.rejects(within(5_000, "the rejection", p.call("embark.hello", {})), /could not be started: spawn \/nonexistent\/embark-sidecar ENOENT/);
+  await assert.rejects(within(5_000, "the rejection", p.call(METHOD.hello, {})), /could not be started: spawn \/nonexistent\/embark-sidecar ENOENT/);
   await within(5_000, "exit", p.exited);
   await p.stop();
 });

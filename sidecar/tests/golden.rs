@@ -5,6 +5,9 @@
 //! `EMBARK_UPDATE_GOLDEN=1 cargo test -p embark-sidecar --test golden`
 //! rewrites the `recv` lines from what the sidecar answers now (review the diff).
 
+mod common;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -111,7 +114,28 @@ fn expected(steps: &[Step]) -> Vec<Value> {
         .collect()
 }
 
+/// The method each request id of a transcript called (keyed by the id's JSON).
+fn methods_by_id(steps: &[Step]) -> HashMap<String, String> {
+    steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Send(line) => serde_json::from_str::<Value>(line).ok(),
+            Step::Recv(_) => None,
+        })
+        .filter_map(|request| {
+            let method = request.get("method")?.as_str()?.to_owned();
+            Some((request.get("id")?.to_string(), method))
+        })
+        .collect()
+}
+
 fn compare(path: &Path, steps: &[Step], actual: &[Value], how: &str) {
+    let methods = methods_by_id(steps);
+    for answer in actual {
+        // An answer with no request id (a parse error) may only carry a line error.
+        let method = methods.get(&answer["id"].to_string()).map_or("", String::as_str);
+        common::assert_declared(method, answer);
+    }
     let expected = expected(steps);
     assert_eq!(expected.len(), actual.len(), "{}: answer count ({how})", path.display());
     for (n, (want, got)) in expected.iter().zip(actual).enumerate() {

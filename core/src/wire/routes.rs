@@ -13,6 +13,7 @@ use super::{
     ApiError, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage, EventPageQuery,
     EventsAppended, Health, RunnerEnrolled, Task, TaskList, TaskListQuery,
 };
+use crate::schema::{SchemaFn, schema};
 use crate::task::TaskId;
 
 /// The HTTP methods the API uses.
@@ -137,15 +138,6 @@ impl Operation {
             Operation::CompleteTask => "completeTask",
         }
     }
-}
-
-/// A wire type's JSON Schema, as the function that generates it: a `$ref`
-/// into the generator's definitions (or the schema itself for inlined types).
-pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
-
-/// The [`SchemaFn`] of `T`.
-pub fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
-    generator.subschema_for::<T>()
 }
 
 /// The inline object schema of a query type; each property is one query parameter.

@@ -1,9 +1,12 @@
 //! An in-memory client for the sidecar's stdio loop: the real loop and
-//! methods, driven over `tokio::io::duplex` instead of a pipe.
+//! methods, driven over `tokio::io::duplex` instead of a pipe. Every answer a
+//! call gets is checked against the method table: an error must be one its
+//! method declares (see [`assert_declared`]).
 #![allow(dead_code)]
 
 use std::time::Duration;
 
+use embark_core::protocol::{ErrorCode, Method, PROTOCOL_VERSION, method};
 use embark_sidecar::config::Config;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
@@ -74,16 +77,17 @@ impl Client {
             .await;
         let answer = self.recv().await;
         assert_eq!(answer["id"], json!(id), "answer to another request: {answer}");
+        assert_declared(method, &answer);
         answer
     }
 
     pub async fn hello(&mut self) {
-        let answer = self.call(0, "embark.hello", json!({"protocol": 1})).await;
-        assert_eq!(answer["result"]["protocol"], 1, "{answer}");
+        let answer = self.call(0, method::HELLO, json!({"protocol": PROTOCOL_VERSION})).await;
+        assert_eq!(answer["result"]["protocol"], PROTOCOL_VERSION, "{answer}");
     }
 
     pub async fn command(&mut self, id: u64, line: &str, session: &Value) -> Value {
-        self.call(id, "embark.command", json!({"line": line, "session": session}))
+        self.call(id, method::COMMAND, json!({"line": line, "session": session}))
             .await
     }
 
@@ -114,6 +118,28 @@ impl Client {
             .expect("the server ends without an I/O error");
         rest
     }
+}
+
+/// Panics unless `answer`, an answer to a call of `method`, is a result or
+/// an error its entry in [`embark_core::protocol::METHODS`] declares (or one
+/// about the line itself), with the number and kind of that code. Every
+/// error a handler produces in these tests passes here, so a handler that
+/// starts answering an undeclared code fails them.
+pub fn assert_declared(method: &str, answer: &Value) {
+    let Some(error) = answer.get("error") else {
+        return;
+    };
+    let kind: ErrorCode = serde_json::from_value(error["data"]["kind"].clone())
+        .unwrap_or_else(|e| panic!("error.data.kind is not an ErrorCode ({e}): {answer}"));
+    assert_eq!(error["code"], json!(kind.code()), "the number of {kind:?}: {answer}");
+    let allowed = match Method::named(method) {
+        Some(declared) => declared.may_answer(kind),
+        None => ErrorCode::TRANSPORT.contains(&kind),
+    };
+    assert!(
+        allowed,
+        "{method} answered {kind:?}, which its entry in protocol::METHODS does not declare: {answer}"
+    );
 }
 
 /// The error code of an answer (panics on a result).
