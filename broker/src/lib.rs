@@ -2,9 +2,10 @@
 //! credentials, over HTTP, on SQLite.
 //!
 //! `store` holds the state behind the [`store::Store`] trait, `api` is the
-//! HTTP transport, `claim` the long-poll, `auth` the credentials,
-//! `validate` the request limits, `config` the flags, environment and TOML
-//! file, and `server` binds, serves and shuts down.
+//! HTTP transport (its extractors check every request against its rules,
+//! `embark_core::wire::rules`), `claim` the long-poll, `auth` the
+//! credentials, `config` the flags, environment and TOML file, and `server`
+//! binds, serves and shuts down.
 
 pub mod api;
 pub mod auth;
@@ -12,4 +13,3 @@ pub mod claim;
 pub mod config;
 pub mod server;
 pub mod store;
-pub mod validate;

@@ -131,7 +131,7 @@ fn api_error(status: u16, text: &str) -> ApiError {
 }
 
 fn listed(route: &Route, status: u16) -> bool {
-    route.replies.iter().any(|reply| reply.status == status)
+    route.statuses().contains(&status)
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@ pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
 pub const MAX_REPO_URL_BYTES: usize = 2048;
 /// Longest client session id, in bytes.
 pub const MAX_SESSION_ID_BYTES: usize = 256;
+/// Longest runner name, in bytes.
+pub const MAX_RUNNER_NAME_BYTES: usize = 128;
 /// Most events one append request may carry.
 pub const MAX_EVENTS_PER_APPEND: usize = 500;
 /// Longest batch id of an event append, in bytes.

@@ -10,6 +10,8 @@
 //! Schema documents, under `components.schemas` instead of `$defs`: the same
 //! types go through the same generator, which only writes its `$ref`s there.
 
+use std::collections::BTreeMap;
+
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
@@ -356,7 +358,7 @@ fn openapi_operation(route: &Route, generator: &mut SchemaGenerator) -> Value {
         })
         .collect();
     if let Some(query) = route.query {
-        for field in fields(&query(generator)) {
+        for field in fields(&(query.schema)(generator)) {
             let mut parameter = json!({
                 "name": field.name,
                 "in": "query",
@@ -385,7 +387,7 @@ fn openapi_operation(route: &Route, generator: &mut SchemaGenerator) -> Value {
     if let Some(request) = route.request {
         operation["requestBody"] = json!({
             "required": true,
-            "content": {"application/json": {"schema": request(generator).to_value()}},
+            "content": {"application/json": {"schema": (request.schema)(generator).to_value()}},
         });
     }
     let mut responses = Map::new();
@@ -395,6 +397,23 @@ fn openapi_operation(route: &Route, generator: &mut SchemaGenerator) -> Value {
             response["content"] = json!({"application/json": {"schema": body(generator).to_value()}});
         }
         responses.insert(reply.status.to_string(), response);
+    }
+    // The refusals of bad input: one response per status, saying each rule that answers it.
+    let mut refusals: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for rule in route.rules() {
+        refusals.entry(rule.status()).or_default().push(rule.description());
+    }
+    for (status, rules) in refusals {
+        let error = schema::<wire::ApiError>(generator);
+        let description = match rules.as_slice() {
+            [only] => only.clone(),
+            several => format!("One of:\n- {}", several.join("\n- ")),
+        };
+        let response = json!({
+            "description": description,
+            "content": {"application/json": {"schema": error.to_value()}},
+        });
+        responses.insert(status.to_string(), response);
     }
     operation["responses"] = Value::Object(responses);
     operation

@@ -1,4 +1,5 @@
-//! The broker's HTTP API (`/v1`) request and response bodies.
+//! The broker's HTTP API (`/v1`) request and response bodies, and each
+//! request's rules ([`rules::Check`]).
 //!
 //! Three kinds of caller, three credentials, all as `Authorization: Bearer …`:
 //! clients (the client secret), runners (a runner token from enrollment) and
@@ -14,6 +15,9 @@ use crate::task::{TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
 pub mod routes;
+pub mod rules;
+
+use rules::{Check, Refusal, Rule};
 
 /// `POST /v1/tasks` (client): hand a task to the broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -55,7 +59,33 @@ pub enum CreateTaskError {
     Intent(#[from] IntentError),
 }
 
+impl CreateTaskError {
+    /// The rule the task broke.
+    pub fn rule(&self) -> Rule {
+        match self {
+            CreateTaskError::EmptyPrompt | CreateTaskError::PromptTooLong { .. } => Rule::Prompt,
+            CreateTaskError::BadCommit(_) => Rule::Commit,
+            CreateTaskError::EmptyRepoUrl
+            | CreateTaskError::BadRepoUrl(_)
+            | CreateTaskError::CredentialInRepoUrl(_) => Rule::RepoUrl,
+            CreateTaskError::BadSessionId => Rule::SessionId,
+            CreateTaskError::Intent(_) => Rule::Intent,
+        }
+    }
+}
+
+impl Check for CreateTask {
+    const RULES: &'static [Rule] = &[Rule::Prompt, Rule::Commit, Rule::RepoUrl, Rule::SessionId, Rule::Intent];
+
+    fn check(&self) -> Result<(), Refusal> {
+        self.validate()
+            .map_err(|error| Refusal::new(error.rule(), error.to_string()))
+    }
+}
+
 impl CreateTask {
+    /// The task's rules, typed (the sidecar checks them before it submits;
+    /// the broker through [`Check`]).
     pub fn validate(&self) -> Result<(), CreateTaskError> {
         if self.prompt.trim().is_empty() {
             return Err(CreateTaskError::EmptyPrompt);
@@ -176,6 +206,25 @@ pub struct EnrollRunner {
     pub name: String,
 }
 
+impl Check for EnrollRunner {
+    const RULES: &'static [Rule] = &[Rule::RunnerName];
+
+    fn check(&self) -> Result<(), Refusal> {
+        let name = &self.name;
+        if name.trim().is_empty() || name.len() > limits::MAX_RUNNER_NAME_BYTES || name.chars().any(char::is_control) {
+            return Err(Refusal::new(
+                Rule::RunnerName,
+                format!(
+                    "runner name {:?} is not acceptable: use 1 to {} printable bytes, e.g. the host name",
+                    text::quote(name),
+                    limits::MAX_RUNNER_NAME_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunnerEnrolled {
     pub runner_id: String,
@@ -190,6 +239,15 @@ pub struct RunnerEnrolled {
 pub struct ClaimRequest {
     /// How long to wait for a task, in milliseconds (capped by the broker at 30000).
     pub wait_ms: u64,
+}
+
+/// The wait has no rule: the broker caps it.
+impl Check for ClaimRequest {
+    const RULES: &'static [Rule] = &[];
+
+    fn check(&self) -> Result<(), Refusal> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -214,6 +272,69 @@ pub struct AppendEvents {
     #[schemars(length(min = 1, max = limits::MAX_BATCH_ID_BYTES), pattern(r"^[A-Za-z0-9._:-]+$"))]
     pub batch_id: String,
     pub events: Vec<NewEvent>,
+}
+
+impl Check for AppendEvents {
+    const RULES: &'static [Rule] = &[
+        Rule::BatchId,
+        Rule::EmptyBatch,
+        Rule::BatchSize,
+        Rule::EventPayload,
+        Rule::EventPayloadSize,
+    ];
+
+    fn check(&self) -> Result<(), Refusal> {
+        check_batch_shape(&self.batch_id, self.events.len())?;
+        for (index, event) in self.events.iter().enumerate() {
+            let kind = event.payload.kind_name();
+            if let Err(e) = event.payload.check() {
+                return Err(Refusal::new(
+                    Rule::EventPayload,
+                    format!("event {index} ({}): {e}", text::quote(kind)),
+                ));
+            }
+            let size = event.payload.json_len();
+            if size > limits::MAX_EVENT_PAYLOAD_BYTES {
+                return Err(Refusal::new(
+                    Rule::EventPayloadSize,
+                    format!(
+                        "event {index} ({kind}) has a {size}-byte payload; at most {} bytes are accepted: truncate it",
+                        limits::MAX_EVENT_PAYLOAD_BYTES
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rules of a batch as a whole (its id and its number of events), for
+/// [`AppendEvents`] and for a store that is handed a batch.
+pub fn check_batch_shape(batch_id: &str, count: usize) -> Result<(), Refusal> {
+    if !is_batch_id(batch_id) {
+        return Err(Refusal::new(
+            Rule::BatchId,
+            format!(
+                "batch_id {:?} is not acceptable: use 1 to {} bytes of letters, digits and `._:-`, unique per batch \
+                 of this task (e.g. a random UUID) and the same on every retry of that batch",
+                text::quote(batch_id),
+                limits::MAX_BATCH_ID_BYTES
+            ),
+        ));
+    }
+    if count == 0 {
+        return Err(Refusal::new(Rule::EmptyBatch, "no events: send at least one"));
+    }
+    if count > limits::MAX_EVENTS_PER_APPEND {
+        return Err(Refusal::new(
+            Rule::BatchSize,
+            format!(
+                "{count} events in one append; at most {} are accepted: split the batch",
+                limits::MAX_EVENTS_PER_APPEND
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// True for an acceptable [`AppendEvents::batch_id`].
@@ -256,6 +377,50 @@ pub struct CompleteTask {
     pub result: TaskResult,
     pub final_text: Option<String>,
     pub reason: Option<String>,
+}
+
+impl Check for CompleteTask {
+    const RULES: &'static [Rule] = &[Rule::ResultTextSize];
+
+    fn check(&self) -> Result<(), Refusal> {
+        for (field, text) in [("final_text", &self.final_text), ("reason", &self.reason)] {
+            let len = text.as_deref().map_or(0, str::len);
+            if len > limits::MAX_RESULT_TEXT_BYTES {
+                return Err(Refusal::new(
+                    Rule::ResultTextSize,
+                    format!(
+                        "{field} has {len} bytes; at most {} are accepted: truncate it",
+                        limits::MAX_RESULT_TEXT_BYTES
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `limit` of a listing query: absent is fine, 0 is not.
+fn check_limit(limit: Option<u32>, max: u32) -> Result<(), Refusal> {
+    match limit {
+        Some(0) => Err(Refusal::new(Rule::Limit, format!("limit must be between 1 and {max}"))),
+        _ => Ok(()),
+    }
+}
+
+impl Check for TaskListQuery {
+    const RULES: &'static [Rule] = &[Rule::Limit];
+
+    fn check(&self) -> Result<(), Refusal> {
+        check_limit(self.limit, limits::MAX_TASKS_PER_LIST)
+    }
+}
+
+impl Check for EventPageQuery {
+    const RULES: &'static [Rule] = &[Rule::Limit];
+
+    fn check(&self) -> Result<(), Refusal> {
+        check_limit(self.limit, limits::MAX_EVENTS_PER_PAGE)
+    }
 }
 
 /// Every non-2xx answer of the broker carries this body.
@@ -401,6 +566,172 @@ mod tests {
         for bad in ["", " ", "a b", "a/b", "é", "a\n", &"b".repeat(65)] {
             assert!(!is_batch_id(bad), "{bad:?}");
         }
+    }
+
+    fn event(message: &str) -> NewEvent {
+        NewEvent::new(crate::event::Log::new(crate::event::LogLevel::Info, message))
+    }
+
+    /// An event as a runner's JSON gives it, of any kind and payload.
+    fn raw(kind: &str, payload: serde_json::Value) -> NewEvent {
+        serde_json::from_value(serde_json::json!({"kind": kind, "payload": payload})).expect("an event envelope")
+    }
+
+    fn batch(batch_id: &str, events: Vec<NewEvent>) -> AppendEvents {
+        AppendEvents {
+            batch_id: batch_id.into(),
+            events,
+        }
+    }
+
+    fn rule_of<T: Check>(request: &T) -> Option<Rule> {
+        let refused = request.check().err()?;
+        assert!(
+            T::RULES.contains(&refused.rule),
+            "{:?} is not in the type's RULES",
+            refused.rule
+        );
+        Some(refused.rule)
+    }
+
+    #[test]
+    fn each_task_error_names_its_rule() {
+        assert_eq!(rule_of(&task()), None);
+        type Spoil = fn(&mut CreateTask);
+        let cases: [(Spoil, Rule); 7] = [
+            (|t| t.prompt = " ".into(), Rule::Prompt),
+            (|t| t.prompt = "x".repeat(limits::MAX_PROMPT_BYTES + 1), Rule::Prompt),
+            (|t| t.commit = "HEAD".into(), Rule::Commit),
+            (|t| t.repo_url = String::new(), Rule::RepoUrl),
+            (
+                |t| t.repo_url = "https://u:p@example.invalid/r.git".into(),
+                Rule::RepoUrl,
+            ),
+            (|t| t.session_id = "a\nb".into(), Rule::SessionId),
+            (|t| t.intent.provider = "-p".into(), Rule::Intent),
+        ];
+        for (spoil, rule) in cases {
+            let mut t = task();
+            spoil(&mut t);
+            assert_eq!(rule_of(&t), Some(rule));
+        }
+    }
+
+    #[test]
+    fn appends_are_bounded() {
+        assert_eq!(rule_of(&batch("1-0", vec![])), Some(Rule::EmptyBatch));
+        assert_eq!(rule_of(&batch("1-0", vec![event("hi")])), None);
+        let many = batch("1-0", vec![event(""); limits::MAX_EVENTS_PER_APPEND + 1]);
+        assert_eq!(rule_of(&many), Some(Rule::BatchSize));
+        let big = "x".repeat(limits::MAX_EVENT_PAYLOAD_BYTES);
+        let refused = batch("1-0", vec![event(""), event(&big)])
+            .check()
+            .expect_err("payload over the limit");
+        assert_eq!(refused.rule, Rule::EventPayloadSize);
+        assert!(refused.message.starts_with("event 1 (log) has a"), "{refused}");
+    }
+
+    #[test]
+    fn payloads_must_fit_their_kind() {
+        let misfit = raw(
+            "tool_end",
+            serde_json::json!({"tool_name": "bash", "is_error": "no", "output": ""}),
+        );
+        let refused = batch("1-0", vec![event("fine"), misfit]).check().expect_err("refused");
+        assert_eq!(refused.rule, Rule::EventPayload);
+        assert!(
+            refused
+                .message
+                .starts_with("event 1 (tool_end): its payload does not fit the `tool_end` payload type ("),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .message
+                .contains("(is_error: invalid type: string \"no\", expected a boolean)"),
+            "{refused}"
+        );
+        let refused = batch("1-0", vec![raw("Bad Kind", serde_json::json!({}))])
+            .check()
+            .expect_err("refused");
+        assert_eq!(refused.rule, Rule::EventPayload);
+        assert!(refused.message.starts_with("event 0 (Bad Kind): its kind"), "{refused}");
+
+        // A newer runner's kind and fields are taken.
+        let newer = batch(
+            "1-0",
+            vec![
+                raw("sync_progress", serde_json::json!({"files": 3})),
+                raw(
+                    "log",
+                    serde_json::json!({"level": "info", "message": "m", "source": "ext"}),
+                ),
+            ],
+        );
+        assert_eq!(rule_of(&newer), None, "additions are accepted");
+    }
+
+    #[test]
+    fn batch_ids_must_be_short_and_plain() {
+        for bad in ["", "has space", "a/b", "ü", &"x".repeat(limits::MAX_BATCH_ID_BYTES + 1)] {
+            let refused = batch(bad, vec![event("")]).check().expect_err("refused");
+            assert_eq!(refused.rule, Rule::BatchId, "{bad:?}");
+            assert!(
+                refused.message.starts_with("batch_id") && refused.message.contains("retry"),
+                "{refused}"
+            );
+        }
+        let refused = batch(&"é".repeat(500), vec![event("")]).check().expect_err("refused");
+        assert!(
+            refused.message.len() < 400,
+            "the message quotes only the head: {refused}"
+        );
+        assert_eq!(
+            rule_of(&batch("0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b", vec![event("")])),
+            None
+        );
+    }
+
+    #[test]
+    fn completion_texts_are_bounded() {
+        let ok = CompleteTask {
+            result: TaskResult::Succeeded,
+            final_text: Some("done".into()),
+            reason: None,
+        };
+        assert_eq!(rule_of(&ok), None);
+        let long = CompleteTask {
+            reason: Some("r".repeat(limits::MAX_RESULT_TEXT_BYTES + 1)),
+            ..ok
+        };
+        let refused = long.check().expect_err("too long");
+        assert_eq!(refused.rule, Rule::ResultTextSize);
+        assert!(refused.message.starts_with("reason"), "{refused}");
+    }
+
+    #[test]
+    fn runner_names_must_be_printable() {
+        let named = |name: &str| EnrollRunner { name: name.into() };
+        assert_eq!(rule_of(&named("box-1")), None);
+        for bad in [" ", "a\nb", &"n".repeat(limits::MAX_RUNNER_NAME_BYTES + 1)] {
+            assert_eq!(rule_of(&named(bad)), Some(Rule::RunnerName), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused() {
+        let list = |limit| TaskListQuery {
+            session_id: "s".into(),
+            limit,
+        };
+        assert_eq!(rule_of(&list(None)), None);
+        assert_eq!(rule_of(&list(Some(5000))), None, "a big limit is capped, not refused");
+        assert_eq!(rule_of(&list(Some(0))), Some(Rule::Limit));
+        let page = EventPageQuery {
+            after: None,
+            limit: Some(0),
+        };
+        assert_eq!(rule_of(&page), Some(Rule::Limit));
     }
 
     #[test]

@@ -9,10 +9,11 @@ use embark_core::protocol::METHODS;
 use embark_sidecar::config::Config;
 use embark_sidecar::handlers::Handlers;
 use embark_sidecar::rpc::EmbarkRpc;
+use embark_sidecar::session::Session;
 
 #[test]
 fn the_rpc_module_serves_the_method_table() {
-    let module = EmbarkRpc::module(Arc::new(Handlers::new(Config::default())));
+    let module = EmbarkRpc::module(Arc::new(Handlers::new(Config::default())), Arc::new(Session::new()));
     let mut served: Vec<&str> = module.method_names().collect();
     served.sort_unstable();
     let mut declared: Vec<&str> = METHODS.iter().map(|method| method.name).collect();

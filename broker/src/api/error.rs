@@ -1,15 +1,15 @@
 //! The one error type of every handler: it always answers with a
-//! `core::wire::ApiError` body.
+//! `core::wire::ApiError` body. A refused request's status and code come
+//! from the rule it broke (`embark_core::wire::rules::Rule`), nowhere else.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use embark_core::text;
+use embark_core::wire::rules::Refusal;
 use embark_core::wire::{ApiError, ApiErrorCode, ApiErrorDetail};
-use embark_core::{limits, text};
 
 use crate::store::StoreError;
-use crate::validate::Invalid;
 
 #[derive(Debug, Clone)]
 pub struct ApiFailure {
@@ -34,51 +34,12 @@ impl ApiFailure {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, ApiErrorCode::NotFound, message)
     }
-
-    /// 422: well-formed but breaks a rule.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ApiErrorCode::InvalidRequest, message)
-    }
-
-    pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::PayloadTooLarge, message)
-    }
-
-    /// A body axum could not read as JSON of the expected type.
-    pub fn from_json_rejection(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::too_large(format!(
-                "the request body is larger than the broker accepts ({} bytes)",
-                limits::MAX_REQUEST_BODY_BYTES
-            ));
-        }
-        let hint = match rejection {
-            JsonRejection::MissingJsonContentType(_) => "; send `Content-Type: application/json`",
-            _ => "",
-        };
-        Self::new(
-            status,
-            ApiErrorCode::InvalidRequest,
-            format!("{}{hint}", rejection.body_text()),
-        )
-    }
-
-    pub fn from_query_rejection(rejection: QueryRejection) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            ApiErrorCode::InvalidRequest,
-            rejection.body_text(),
-        )
-    }
 }
 
-impl From<Invalid> for ApiFailure {
-    fn from(invalid: Invalid) -> Self {
-        match invalid {
-            Invalid::TooLarge(message) => Self::too_large(message),
-            Invalid::Rule(message) => Self::invalid(message),
-        }
+impl From<Refusal> for ApiFailure {
+    fn from(refusal: Refusal) -> Self {
+        let status = StatusCode::from_u16(refusal.rule.status()).expect("every rule's status is a valid HTTP status");
+        Self::new(status, refusal.rule.code(), refusal.message)
     }
 }
 
@@ -92,7 +53,7 @@ impl From<StoreError> for ApiFailure {
             StoreError::NotRunning { .. } | StoreError::Transition { .. } | StoreError::BatchOfOtherAttempt { .. } => {
                 Self::new(StatusCode::CONFLICT, ApiErrorCode::Conflict, error.to_string())
             }
-            StoreError::Invalid(message) => Self::invalid(message.clone()),
+            StoreError::Invalid(refusal) => refusal.clone().into(),
             StoreError::Corrupt(_)
             | StoreError::CreateDir { .. }
             | StoreError::Database(_)

@@ -9,8 +9,7 @@ use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
 use super::tasks::page_limit;
-use crate::store::Store;
-use crate::validate;
+use crate::store::{EncodedEvent, Store};
 
 const DEFAULT_PAGE_LIMIT: u32 = 100;
 
@@ -20,7 +19,8 @@ pub async fn append<S: Store>(
     TaskPath(id): TaskPath,
     ApiJson(request): ApiJson<AppendEvents>,
 ) -> Result<Json<EventsAppended>, ApiFailure> {
-    let events = validate::append(&request)?;
+    // Each payload serialized once, as it is stored.
+    let events: Vec<EncodedEvent> = request.events.iter().map(EncodedEvent::new).collect();
     let appended = app.store.append_events(id, &token, &request.batch_id, &events).await?;
     tracing::debug!(
         task = %id,
@@ -38,6 +38,6 @@ pub async fn read<S: Store>(
     TaskPath(id): TaskPath,
     ApiQuery(query): ApiQuery<EventPageQuery>,
 ) -> Result<Json<EventPage>, ApiFailure> {
-    let limit = page_limit(query.limit, DEFAULT_PAGE_LIMIT, limits::MAX_EVENTS_PER_PAGE)?;
+    let limit = page_limit(query.limit, DEFAULT_PAGE_LIMIT, limits::MAX_EVENTS_PER_PAGE);
     Ok(Json(app.store.events_after(id, query.after.unwrap_or(0), limit).await?))
 }

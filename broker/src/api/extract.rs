@@ -1,11 +1,20 @@
 //! Extractors whose rejections are `ApiError` bodies, and the caller
 //! credentials of each route kind.
+//!
+//! Reading a request is where it is checked, once: [`ApiJson`] and
+//! [`ApiQuery`] read the JSON and then run the type's [`Check`], and
+//! [`TaskPath`] parses the id, so a handler only ever sees a request that
+//! keeps every rule of its route. Each refusal names its [`Rule`], which
+//! decides the status.
 
 use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use embark_core::task::TaskId;
 use embark_core::wire::routes::Credential;
+use embark_core::wire::rules::{Check, Refusal, Rule};
+use embark_core::{limits, text};
 use serde::de::DeserializeOwned;
 
 use super::App;
@@ -13,31 +22,52 @@ use super::error::ApiFailure;
 use crate::auth::{BearerError, TokenHash, bearer};
 use crate::store::{Runner, Store};
 
-/// `Json<T>` whose failures say what was wrong, as an `ApiError`.
+/// A JSON body of type `T` that keeps `T`'s rules.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Check> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiFailure;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiFailure> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(ApiFailure::from_json_rejection(rejection)),
-        }
+        let Json(value) = Json::<T>::from_request(request, state).await.map_err(body_refusal)?;
+        value.check()?;
+        Ok(ApiJson(value))
     }
 }
 
-/// `Query<T>` whose failures are `ApiError`s.
+/// The rule a body axum could not read as JSON of the expected type broke.
+fn body_refusal(rejection: JsonRejection) -> Refusal {
+    let detail = rejection.body_text();
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => Refusal::new(
+            Rule::JsonContentType,
+            format!("{detail}; send `Content-Type: application/json`"),
+        ),
+        JsonRejection::JsonDataError(_) => Refusal::new(Rule::BodyShape, detail),
+        _ if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Refusal::new(
+            Rule::BodySize,
+            format!(
+                "the request body is larger than the broker accepts ({} bytes)",
+                limits::MAX_REQUEST_BODY_BYTES
+            ),
+        ),
+        // Not JSON text, or a body that could not be read at all.
+        _ => Refusal::new(Rule::Json, detail),
+    }
+}
+
+/// A query string of type `T` that keeps `T`'s rules.
 pub struct ApiQuery<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Check> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(value)) => Ok(ApiQuery(value)),
-            Err(rejection) => Err(ApiFailure::from_query_rejection(rejection)),
-        }
+        let Query(value) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection: QueryRejection| Refusal::new(Rule::QueryShape, rejection.body_text()))?;
+        value.check()?;
+        Ok(ApiQuery(value))
     }
 }
 
@@ -50,12 +80,16 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|rejection| ApiFailure::invalid(rejection.body_text()))?;
+            .map_err(|rejection| Refusal::new(Rule::TaskId, rejection.body_text()))?;
         raw.parse().map(TaskPath).map_err(|_| {
-            ApiFailure::invalid(format!(
-                "task id {:?} is not a UUID (the full id, not a short prefix)",
-                embark_core::text::quote(&raw)
-            ))
+            Refusal::new(
+                Rule::TaskId,
+                format!(
+                    "task id {:?} is not a UUID (the full id, not a short prefix)",
+                    text::quote(&raw)
+                ),
+            )
+            .into()
         })
     }
 }

@@ -10,7 +10,6 @@ use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
 use crate::store::Store;
-use crate::validate;
 
 /// Tasks one list answer holds by default, and at most.
 const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -21,7 +20,6 @@ pub async fn create<S: Store>(
     State(app): State<App<S>>,
     ApiJson(request): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiFailure> {
-    validate::create_task(&request)?;
     let task = app.store.create_task(&request).await?;
     tracing::info!(task = %task.id, session = %task.session_id, "task queued");
     app.claims.task_added();
@@ -33,7 +31,7 @@ pub async fn list<S: Store>(
     State(app): State<App<S>>,
     ApiQuery(query): ApiQuery<TaskListQuery>,
 ) -> Result<Json<TaskList>, ApiFailure> {
-    let limit = page_limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+    let limit = page_limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT);
     let tasks = app.store.list_session_tasks(&query.session_id, limit).await?;
     Ok(Json(TaskList { tasks }))
 }
@@ -52,17 +50,12 @@ pub async fn complete<S: Store>(
     TaskPath(id): TaskPath,
     ApiJson(verdict): ApiJson<CompleteTask>,
 ) -> Result<Json<Task>, ApiFailure> {
-    validate::complete(&verdict)?;
     let task = app.store.complete_task(id, &token, &verdict).await?;
     tracing::info!(task = %task.id, state = %task.state, attempt = task.attempt, "task finished");
     Ok(Json(task))
 }
 
-/// A `limit` query value: `default` when absent, capped at `max`, never 0.
-pub fn page_limit(requested: Option<u32>, default: u32, max: u32) -> Result<u32, ApiFailure> {
-    match requested {
-        None => Ok(default),
-        Some(0) => Err(ApiFailure::invalid(format!("limit must be between 1 and {max}"))),
-        Some(n) => Ok(n.min(max)),
-    }
+/// A `limit` query value: `default` when absent, capped at `max` (0 was refused by the query's rules).
+pub fn page_limit(requested: Option<u32>, default: u32, max: u32) -> u32 {
+    requested.map_or(default, |n| n.min(max))
 }

@@ -71,8 +71,9 @@ pub enum StoreError {
         from: TaskState,
         to: TaskState,
     },
+    /// A write the store refuses under a request rule (it checks what it is handed, too).
     #[error("invalid request: {0}")]
-    Invalid(String),
+    Invalid(embark_core::wire::rules::Refusal),
     #[error("stored data is not valid ({0}); was the database written by a newer embark?")]
     Corrupt(String),
     #[error("could not create the database directory {path}")]

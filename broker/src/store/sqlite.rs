@@ -10,9 +10,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use embark_core::limits;
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, is_batch_id};
+use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, check_batch_shape};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -248,23 +247,8 @@ impl Store for SqliteStore {
         batch_id: &str,
         events: &[EncodedEvent],
     ) -> Result<EventsAppended, StoreError> {
-        if !is_batch_id(batch_id) {
-            return Err(StoreError::Invalid(format!(
-                "batch id {batch_id:?} is not 1 to {} bytes of [A-Za-z0-9._:-]",
-                limits::MAX_BATCH_ID_BYTES
-            )));
-        }
-        if events.is_empty() {
-            return Err(StoreError::Invalid("no events to append: send at least one".into()));
-        }
-        if events.len() > limits::MAX_EVENTS_PER_APPEND {
-            return Err(StoreError::Invalid(format!(
-                "{} events in one append; at most {} are accepted",
-                events.len(),
-                limits::MAX_EVENTS_PER_APPEND
-            )));
-        }
-        let count = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many events".into()))?;
+        check_batch_shape(batch_id, events.len()).map_err(StoreError::Invalid)?;
+        let count = i64::try_from(events.len()).expect("a batch holds at most MAX_EVENTS_PER_APPEND events (checked)");
         let now = now_ms();
 
         let mut tx = self.write_tx().await?;

@@ -4,11 +4,15 @@
 //! only if it is in this table.
 //!
 //! Statuses are the ones the broker really answers; every non-2xx answer
-//! carries an [`ApiError`] body. Besides these, any route answers 405 to a
-//! method it does not have, and any path not here answers 404.
+//! carries an [`ApiError`] body. A route's refusals of bad input are not
+//! listed by hand: they come from the [`Rule`]s of its path, query and body
+//! types ([`Route::rules`]), the ones the broker checks. Besides these, any
+//! route answers 405 to a method it does not have, and any path not here
+//! answers 404.
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
+use super::rules::{Check, Rule};
 use super::{
     ApiError, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage, EventPageQuery,
     EventsAppended, Health, RunnerEnrolled, Task, TaskList, TaskListQuery,
@@ -141,8 +145,32 @@ impl Operation {
 }
 
 /// The inline object schema of a query type; each property is one query parameter.
-pub fn query<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+fn inline<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     T::json_schema(generator)
+}
+
+/// A request's body or query: its type's schema and the rules the broker checks it against.
+#[derive(Clone, Copy, Debug)]
+pub struct Input {
+    pub schema: SchemaFn,
+    /// The type's own rules ([`Check::RULES`]), besides those of reading it.
+    pub rules: &'static [Rule],
+}
+
+/// A JSON body of type `T`.
+pub const fn body<T: JsonSchema + Check>() -> Input {
+    Input {
+        schema: schema::<T>,
+        rules: T::RULES,
+    }
+}
+
+/// A query string of type `T`: its schema is the inline object, each property one parameter.
+pub const fn query<T: JsonSchema + Check>() -> Input {
+    Input {
+        schema: inline::<T>,
+        rules: T::RULES,
+    }
 }
 
 /// A `{name}` segment of a route's path.
@@ -151,6 +179,8 @@ pub struct PathParam {
     pub name: &'static str,
     pub schema: SchemaFn,
     pub description: &'static str,
+    /// What a bad value breaks.
+    pub rule: Rule,
 }
 
 /// One answer a route can give.
@@ -174,13 +204,39 @@ pub struct Route {
     pub credential: Option<Credential>,
     pub path_params: &'static [PathParam],
     /// The query string's type (see [`query`]).
-    pub query: Option<SchemaFn>,
-    /// The JSON request body's type.
-    pub request: Option<SchemaFn>,
+    pub query: Option<Input>,
+    /// The JSON request body's type (see [`body`]).
+    pub request: Option<Input>,
+    /// Every answer besides the refusals under [`Route::rules`]: success,
+    /// credential, and what the store decides.
     pub replies: &'static [Reply],
 }
 
 impl Route {
+    /// Every rule the broker checks this route's request against, in the
+    /// order it checks them: path, query, body.
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = self.path_params.iter().map(|param| param.rule).collect();
+        if let Some(query) = self.query {
+            rules.push(Rule::QueryShape);
+            rules.extend(query.rules);
+        }
+        if let Some(body) = self.request {
+            rules.extend(Rule::BODY);
+            rules.extend(body.rules);
+        }
+        rules
+    }
+
+    /// Every status the route answers: its replies' and its rules'.
+    pub fn statuses(&self) -> Vec<u16> {
+        let mut statuses: Vec<u16> = self.replies.iter().map(|reply| reply.status).collect();
+        statuses.extend(self.rules().iter().map(|rule| rule.status()));
+        statuses.sort_unstable();
+        statuses.dedup();
+        statuses
+    }
+
     /// The path with each `{name}` segment replaced by the next of `values`,
     /// in order, e.g. `/v1/tasks/{id}` with `[id]` → `/v1/tasks/0190…`.
     /// Callers pass path-safe values (task ids are UUIDs).
@@ -213,6 +269,7 @@ const TASK_ID: PathParam = PathParam {
     name: "id",
     schema: schema::<TaskId>,
     description: "The task's id: the full UUID, not a short prefix.",
+    rule: Rule::TaskId,
 };
 
 const fn ok(status: u16, body: SchemaFn, description: &'static str) -> Reply {
@@ -231,22 +288,12 @@ const fn error(status: u16, description: &'static str) -> Reply {
     }
 }
 
-const MALFORMED_JSON: Reply = error(400, "The body is not JSON.");
-const BAD_QUERY: Reply = error(
-    400,
-    "The query misses a required field, has an unknown one, or has a value of the wrong type.",
-);
 const UNAUTHORIZED: Reply = error(401, "The credential is missing, malformed or wrong for this route.");
 const CALLBACK_UNAUTHORIZED: Reply = error(
     401,
     "The credential is missing or is not the callback token of this task's current attempt (an unknown task included).",
 );
 const TASK_NOT_FOUND: Reply = error(404, "No such task.");
-const TOO_LARGE: Reply = error(
-    413,
-    "The request is larger than the broker accepts (see embark_core::limits).",
-);
-const NOT_JSON: Reply = error(415, "The body is not sent as `Content-Type: application/json`.");
 const INTERNAL: Reply = error(500, "The broker's database failed; the broker log has the details.");
 
 /// Every route the broker serves.
@@ -270,19 +317,8 @@ pub const ROUTES: &[Route] = &[
         credential: Some(Credential::ClientSecret),
         path_params: &[],
         query: None,
-        request: Some(schema::<CreateTask>),
-        replies: &[
-            ok(201, schema::<Task>, "The task, queued."),
-            MALFORMED_JSON,
-            UNAUTHORIZED,
-            TOO_LARGE,
-            NOT_JSON,
-            error(
-                422,
-                "The task fails validation (CreateTask::validate, e.g. a repo_url carrying a credential), or the body has an unknown or missing field.",
-            ),
-            INTERNAL,
-        ],
+        request: Some(body::<CreateTask>()),
+        replies: &[ok(201, schema::<Task>, "The task, queued."), UNAUTHORIZED, INTERNAL],
     },
     Route {
         operation: Operation::ListTasks,
@@ -291,13 +327,11 @@ pub const ROUTES: &[Route] = &[
         summary: "A session's tasks, newest first.",
         credential: Some(Credential::ClientSecret),
         path_params: &[],
-        query: Some(query::<TaskListQuery>),
+        query: Some(query::<TaskListQuery>()),
         request: None,
         replies: &[
             ok(200, schema::<TaskList>, "The session's tasks, newest first."),
-            BAD_QUERY,
             UNAUTHORIZED,
-            error(422, "`limit` is 0."),
             INTERNAL,
         ],
     },
@@ -314,7 +348,6 @@ pub const ROUTES: &[Route] = &[
             ok(200, schema::<Task>, "The task."),
             UNAUTHORIZED,
             TASK_NOT_FOUND,
-            error(422, "The id is not a UUID."),
             INTERNAL,
         ],
     },
@@ -325,7 +358,7 @@ pub const ROUTES: &[Route] = &[
         summary: "A page of a task's events with seq > after, oldest first.",
         credential: Some(Credential::ClientSecret),
         path_params: &[TASK_ID],
-        query: Some(query::<EventPageQuery>),
+        query: Some(query::<EventPageQuery>()),
         request: None,
         replies: &[
             ok(
@@ -333,10 +366,8 @@ pub const ROUTES: &[Route] = &[
                 schema::<EventPage>,
                 "The events with seq > after, oldest first; `last_seq` is the task's newest seq at read time.",
             ),
-            BAD_QUERY,
             UNAUTHORIZED,
             TASK_NOT_FOUND,
-            error(422, "The id is not a UUID, or `limit` is 0."),
             INTERNAL,
         ],
     },
@@ -348,21 +379,14 @@ pub const ROUTES: &[Route] = &[
         credential: Some(Credential::EnrollmentSecret),
         path_params: &[],
         query: None,
-        request: Some(schema::<EnrollRunner>),
+        request: Some(body::<EnrollRunner>()),
         replies: &[
             ok(
                 200,
                 schema::<RunnerEnrolled>,
                 "The runner's id and token (shown once, stored hashed).",
             ),
-            MALFORMED_JSON,
             UNAUTHORIZED,
-            TOO_LARGE,
-            NOT_JSON,
-            error(
-                422,
-                "The runner name is empty, too long or holds control characters, or the body has an unknown or missing field.",
-            ),
             INTERNAL,
         ],
     },
@@ -374,7 +398,7 @@ pub const ROUTES: &[Route] = &[
         credential: Some(Credential::RunnerToken),
         path_params: &[],
         query: None,
-        request: Some(schema::<ClaimRequest>),
+        request: Some(body::<ClaimRequest>()),
         replies: &[
             ok(
                 200,
@@ -386,11 +410,7 @@ pub const ROUTES: &[Route] = &[
                 body: None,
                 description: "No task came within the wait, or the broker is shutting down.",
             },
-            MALFORMED_JSON,
             UNAUTHORIZED,
-            TOO_LARGE,
-            NOT_JSON,
-            error(422, "The body has an unknown or missing field."),
             INTERNAL,
         ],
     },
@@ -402,27 +422,17 @@ pub const ROUTES: &[Route] = &[
         credential: Some(Credential::CallbackToken),
         path_params: &[TASK_ID],
         query: None,
-        request: Some(schema::<AppendEvents>),
+        request: Some(body::<AppendEvents>()),
         replies: &[
             ok(
                 200,
                 schema::<EventsAppended>,
                 "The batch's seqs; the original ones for a batch id already appended.",
             ),
-            MALFORMED_JSON,
             CALLBACK_UNAUTHORIZED,
             error(
                 409,
                 "The task is not running (for a new batch id), or the batch id belongs to an earlier attempt.",
-            ),
-            error(
-                413,
-                "The body, the batch (more than 500 events) or an event's payload (more than 256 KiB) is too large.",
-            ),
-            NOT_JSON,
-            error(
-                422,
-                "The id is not a UUID, the batch_id is not acceptable, the batch is empty, or the body has an unknown or missing field.",
             ),
             INTERNAL,
         ],
@@ -435,27 +445,17 @@ pub const ROUTES: &[Route] = &[
         credential: Some(Credential::CallbackToken),
         path_params: &[TASK_ID],
         query: None,
-        request: Some(schema::<CompleteTask>),
+        request: Some(body::<CompleteTask>()),
         replies: &[
             ok(
                 200,
                 schema::<Task>,
                 "The finished task with its outcome; the same task again when the same result is repeated.",
             ),
-            MALFORMED_JSON,
             CALLBACK_UNAUTHORIZED,
             error(
                 409,
                 "The task is not running (and did not already end with this result).",
-            ),
-            error(
-                413,
-                "The body, or its final_text or reason (more than 1 MiB each), is too large.",
-            ),
-            NOT_JSON,
-            error(
-                422,
-                "The id is not a UUID, or the body has an unknown or missing field.",
             ),
             INTERNAL,
         ],
@@ -474,6 +474,25 @@ mod tests {
             assert_eq!(operation.route().operation, operation);
         }
         assert_eq!(ROUTES.len(), Operation::ALL.len());
+    }
+
+    #[test]
+    fn refusals_of_bad_input_come_from_rules_only() {
+        for route in ROUTES {
+            let rule_statuses: Vec<u16> = route.rules().iter().map(|rule| rule.status()).collect();
+            for reply in route.replies {
+                assert!(
+                    !rule_statuses.contains(&reply.status),
+                    "{} {}: {} is a rule's status; it is documented from the rules",
+                    route.method.as_str(),
+                    route.path,
+                    reply.status
+                );
+            }
+        }
+        let create = Operation::CreateTask.route();
+        assert_eq!(create.statuses(), [201, 400, 401, 413, 415, 422, 500]);
+        assert_eq!(Operation::GetTask.route().statuses(), [200, 401, 404, 422, 500]);
     }
 
     #[test]

@@ -1,0 +1,262 @@
+//! Every rule of every route (`Route::rules`, the list the OpenAPI document's
+//! refusals are made from) broken on purpose against the real broker: each
+//! answers its rule's one status and code, and a message about that rule.
+//! Every rule of `Rule::ALL` is some route's.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use embark_core::event::{Log, LogLevel, NewEvent};
+use embark_core::intent::ExecutionIntent;
+use embark_core::limits;
+use embark_core::task::TaskId;
+use embark_core::wire::routes::{Credential, Method, Operation, ROUTES, Route};
+use embark_core::wire::rules::Rule;
+use embark_core::wire::{ApiError, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, TaskResult};
+use embark_testkit::Broker;
+use serde_json::{Value, json};
+
+fn new_task() -> CreateTask {
+    CreateTask {
+        repo_url: "https://example.invalid/repo.git".into(),
+        commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
+        prompt: "break the rules".into(),
+        intent: ExecutionIntent {
+            auth_profile: "default".into(),
+            provider: "fake".into(),
+            model: "fake-model".into(),
+        },
+        session_id: "rules".into(),
+    }
+}
+
+fn value(body: &impl serde::Serialize) -> Value {
+    serde_json::to_value(body).expect("wire types serialize")
+}
+
+/// A body the route accepts.
+fn valid_body(operation: Operation) -> Option<Value> {
+    match operation {
+        Operation::CreateTask => Some(value(&new_task())),
+        Operation::EnrollRunner => Some(value(&EnrollRunner { name: "rules".into() })),
+        Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
+        Operation::AppendEvents => Some(value(&AppendEvents {
+            batch_id: "rules-1".into(),
+            events: vec![NewEvent::new(Log::new(LogLevel::Info, "rules"))],
+        })),
+        Operation::CompleteTask => Some(value(&CompleteTask {
+            result: TaskResult::Succeeded,
+            final_text: Some("done".into()),
+            reason: None,
+        })),
+        Operation::Health | Operation::ListTasks | Operation::GetTask | Operation::ReadEvents => None,
+    }
+}
+
+/// A query the route accepts.
+fn valid_query(operation: Operation) -> &'static str {
+    match operation {
+        Operation::ListTasks => "?session_id=rules",
+        _ => "",
+    }
+}
+
+/// One request: everything right but what the rule is about.
+struct Request {
+    id: String,
+    query: String,
+    content_type: &'static str,
+    body: Option<Vec<u8>>,
+    /// Text the refusal's message must hold, so it is this rule that answered.
+    says: &'static str,
+}
+
+/// A request to `route` that breaks `rule` and nothing else.
+fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
+    let body = valid_body(route.operation);
+    let mut request = Request {
+        id: task.to_string(),
+        query: valid_query(route.operation).to_owned(),
+        content_type: "application/json",
+        body: body.as_ref().map(|b| b.to_string().into_bytes()),
+        says: "",
+    };
+    let mut spoil = |field: &str, spoiled: Value| {
+        let mut changed = body.clone().expect("a rule of a body");
+        changed[field] = spoiled;
+        request.body = Some(changed.to_string().into_bytes());
+    };
+    let says = match rule {
+        Rule::JsonContentType => {
+            request.content_type = "text/plain";
+            "application/json"
+        }
+        Rule::BodySize => {
+            request.body = Some(vec![b' '; limits::MAX_REQUEST_BODY_BYTES + 1]);
+            "larger than the broker accepts"
+        }
+        Rule::Json => {
+            request.body = Some(b"{not json".to_vec());
+            "JSON"
+        }
+        Rule::BodyShape => {
+            spoil("extra_field", json!(1));
+            "extra_field"
+        }
+        Rule::QueryShape => {
+            request.query = match route.operation {
+                Operation::ListTasks => "?limit=3".into(),
+                _ => "?after=soon".into(),
+            };
+            if route.operation == Operation::ListTasks {
+                "session_id"
+            } else {
+                "after"
+            }
+        }
+        Rule::TaskId => {
+            request.id = "not-a-uuid".into();
+            "not a UUID"
+        }
+        Rule::Limit => {
+            request.query = match route.operation {
+                Operation::ListTasks => "?session_id=rules&limit=0".into(),
+                _ => "?limit=0".into(),
+            };
+            "limit"
+        }
+        Rule::Prompt => {
+            spoil("prompt", json!("  "));
+            "prompt"
+        }
+        Rule::Commit => {
+            spoil("commit", json!("HEAD"));
+            "commit"
+        }
+        Rule::RepoUrl => {
+            spoil("repo_url", json!("https://user:s3cr3t@example.invalid/r.git"));
+            "credential"
+        }
+        Rule::SessionId => {
+            spoil("session_id", json!(""));
+            "session id"
+        }
+        Rule::Intent => {
+            let mut intent = value(&new_task().intent);
+            intent["model"] = json!("--api-key=x");
+            spoil("intent", intent);
+            "model"
+        }
+        Rule::RunnerName => {
+            spoil("name", json!(" "));
+            "runner name"
+        }
+        Rule::BatchId => {
+            spoil("batch_id", json!("two words"));
+            "batch_id"
+        }
+        Rule::EmptyBatch => {
+            spoil("events", json!([]));
+            "no events"
+        }
+        Rule::BatchSize => {
+            let event = json!({"kind": "log", "payload": {"level": "info", "message": "m"}});
+            spoil("events", json!(vec![event; limits::MAX_EVENTS_PER_APPEND + 1]));
+            "events in one append"
+        }
+        Rule::EventPayload => {
+            let misfit = json!({"tool_name": "bash", "is_error": "no", "output": ""});
+            spoil("events", json!([{"kind": "tool_end", "payload": misfit}]));
+            "does not fit the `tool_end` payload type"
+        }
+        Rule::EventPayloadSize => {
+            let message = "x".repeat(limits::MAX_EVENT_PAYLOAD_BYTES);
+            spoil(
+                "events",
+                json!([{"kind": "log", "payload": {"level": "info", "message": message}}]),
+            );
+            "-byte payload"
+        }
+        Rule::ResultTextSize => {
+            spoil("reason", json!("r".repeat(limits::MAX_RESULT_TEXT_BYTES + 1)));
+            "reason"
+        }
+    };
+    request.says = says;
+    request
+}
+
+fn http_method(method: Method) -> reqwest::Method {
+    match method {
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+    }
+}
+
+#[tokio::test]
+async fn every_rule_answers_its_status() {
+    let broker = Broker::start();
+    let client = broker.client();
+    // A running task and every credential, so each route gets past its caller check.
+    let task = client
+        .create_task(&broker.client_secret, &new_task())
+        .await
+        .expect("create");
+    let runner = client.enroll(&broker.enrollment_secret, "rules").await.expect("enroll");
+    let claim = client
+        .claim(&runner.runner_token, 5_000)
+        .await
+        .expect("claim")
+        .expect("the task is queued");
+    let credential = |kind: Credential| match kind {
+        Credential::ClientSecret => broker.client_secret.clone(),
+        Credential::EnrollmentSecret => broker.enrollment_secret.clone(),
+        Credential::RunnerToken => runner.runner_token.clone(),
+        Credential::CallbackToken => claim.callback_token.clone(),
+    };
+    let http = reqwest::Client::new();
+
+    let mut broken = BTreeSet::new();
+    for route in ROUTES {
+        for rule in route.rules() {
+            let name = format!("{} {} breaking {rule:?}", route.method.as_str(), route.path);
+            let request = breaking(route, rule, task.id);
+            let ids: Vec<&str> = route.path_params.iter().map(|_| request.id.as_str()).collect();
+            let url = format!("{}{}{}", broker.url, route.path_with(&ids), request.query);
+            let mut call = http
+                .request(http_method(route.method), url)
+                .timeout(Duration::from_secs(30));
+            if let Some(needed) = route.credential {
+                call = call.bearer_auth(credential(needed));
+            }
+            if let Some(body) = request.body {
+                call = call.header("content-type", request.content_type).body(body);
+            }
+            let response = call.send().await.expect("the broker answers");
+            let status = response.status().as_u16();
+            let text = response.text().await.expect("body");
+            let error: ApiError =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: not an ApiError ({e}): {text}"));
+            assert_eq!(
+                (status, error.error.code),
+                (rule.status(), rule.code()),
+                "{name}: {text}"
+            );
+            assert!(route.statuses().contains(&status), "{name}: {status} is not documented");
+            assert!(
+                error.error.message.contains(request.says),
+                "{name}: the message should be about {:?}: {text}",
+                request.says
+            );
+            broken.insert(format!("{rule:?}"));
+        }
+    }
+    let all: BTreeSet<String> = Rule::ALL.iter().map(|rule| format!("{rule:?}")).collect();
+    assert_eq!(broken, all, "every rule is some route's");
+    let after = client.get_task(&broker.client_secret, task.id).await.expect("get");
+    assert_eq!(
+        (after.last_seq, after.state),
+        (0, embark_core::TaskState::Running),
+        "no refused request wrote anything"
+    );
+}
