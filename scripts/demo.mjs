@@ -12,13 +12,13 @@
 // a pipe) or with --check it runs one round trip itself and prints it.
 
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 
 import { stopAll } from "../smoke/lib/process.mjs";
 import { PiRpc, pollStatus, submittedTaskId } from "../smoke/lib/pi-rpc-client.mjs";
-import { PI_BIN, PI_SETTINGS, ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, startBrokerAndRunner, startFakeModel } from "../smoke/lib/stack.mjs";
+import { PI_BIN, ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, startBrokerAndRunner, startFakeModel, writeFakePiConfig } from "../smoke/lib/stack.mjs";
 
 const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
@@ -123,10 +123,7 @@ async function main() {
 
   const laptopAgent = join(STATE, "laptop-agent");
   mkdirSync(laptopAgent, { recursive: true });
-  if (model) {
-    writeFileSync(join(laptopAgent, "models.json"), JSON.stringify(fakeModels(model.baseUrl), null, 2));
-    writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify({ ...PI_SETTINGS, defaultProvider: "fake", defaultModel: "fake-model" }));
-  }
+  if (model) writeFakePiConfig(laptopAgent, model.baseUrl, { defaultProvider: "fake", defaultModel: "fake-model" });
   const env = {
     ...process.env,
     PI_CODING_AGENT_DIR: laptopAgent,

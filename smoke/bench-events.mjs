@@ -8,13 +8,13 @@
 // broker; we count the rows the broker stored. Both runs are side by side in
 // this script, and the ratio is printed.
 
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 import { stopAll } from "./lib/process.mjs";
 import { PiRpc } from "./lib/pi-rpc-client.mjs";
-import { PI_BIN, PI_SETTINGS, buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
+import { PI_BIN, buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, writeFakePiConfig } from "./lib/stack.mjs";
 
 const CHARS = Number(process.env.BENCH_CHARS ?? 24_000);
 const PIECE = 6; // the fake model's text piece size
@@ -84,10 +84,7 @@ async function main() {
 
 /** Real Pi in RPC mode on the same script: the events a forward-everything runner would store. */
 async function piBaseline(baseUrl, cwd) {
-  const agent = join(dir, "baseline-agent");
-  mkdirSync(agent, { recursive: true });
-  writeFileSync(join(agent, "models.json"), JSON.stringify(fakeModels(baseUrl)));
-  writeFileSync(join(agent, "settings.json"), JSON.stringify(PI_SETTINGS));
+  const agent = writeFakePiConfig(join(dir, "baseline-agent"), baseUrl);
   const pi = PiRpc.start({
     piBin: PI_BIN,
     cwd,

@@ -11,7 +11,7 @@ import { join } from "node:path";
 
 import { stopAll } from "./lib/process.mjs";
 import { FINISHED_STATES, PiRpc, pollStatus, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
-import { ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
+import { PI_SETTINGS, ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
 
 const PROMPT = "create remote.txt saying remote hello";
 const FINAL_TEXT = "done: remote.txt now says remote hello";
@@ -48,7 +48,7 @@ async function main() {
   const laptopHome = join(dir, "laptop-home");
   mkdirSync(laptopAgent, { recursive: true });
   mkdirSync(laptopHome, { recursive: true });
-  writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify({ retry: { enabled: false } }));
+  writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify(PI_SETTINGS));
   const pi = PiRpc.start({
     piBin,
     cwd: repo.work,

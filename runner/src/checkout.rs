@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(git::git(&dest, &["rev-parse", "HEAD"]), repo.head);
         assert_eq!(
             std::fs::read_to_string(dest.join("README.md")).expect("read"),
-            "# fixture\n"
+            std::fs::read_to_string(repo.work.join("README.md")).expect("read the fixture's"),
         );
         assert!(!dest.join("later.txt").exists());
         let branch = git::git(&dest, &["rev-parse", "--abbrev-ref", "HEAD"]);

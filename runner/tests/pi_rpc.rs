@@ -66,7 +66,7 @@ impl Collect {
 fn setup(root: &Path, model: &FakeModel, provider: &str) -> (Space, PiLaunch) {
     let space = Space::create(&root.join("spaces"), TaskId::new()).expect("task dir");
     let profiles = root.join("profiles");
-    embark_testkit::runner::write_fake_profile(&profiles, "default", &model.base_url());
+    embark_testkit::write_fake_profile(&profiles, "default", &model.base_url());
     profile::install(&profiles, "default", &space.pi_agent).expect("profile installed");
     std::fs::create_dir_all(&space.workspace).expect("workspace");
     let launch = PiLaunch {

@@ -1,8 +1,10 @@
 // The embark stack on one machine, as the smoke scripts and the demo run it:
 // the real binaries, real Pi, real git, the scripted fake model on 127.0.0.1.
+// The fixture repository and the fake model's Pi configuration come from
+// testkit/fixtures/*.json, the files the Rust tests read too.
 
 import { execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -10,8 +12,12 @@ import { readyLine, start } from "./process.mjs";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PI_BIN = join(ROOT, "node_modules", ".bin", "pi");
+const FIXTURES = join(ROOT, "testkit", "fixtures");
+const fixture = (name) => JSON.parse(readFileSync(join(FIXTURES, name), "utf8"));
 /** Pi settings with retries off, so a scripted model error ends the run at once. */
-export const PI_SETTINGS = { retry: { enabled: false, provider: { maxRetries: 0 } } };
+export const PI_SETTINGS = fixture("pi-settings.json");
+/** How a fixture repository is made (testkit/fixtures/README.md). */
+const REPO = fixture("repo.json");
 
 /** Builds the three binaries (a no-op when up to date) and returns their directory. */
 export function buildBinaries({ release = false } = {}) {
@@ -26,37 +32,26 @@ export function requirePi() {
   return PI_BIN;
 }
 
+/** Runs git in `cwd` with the fixtures' git environment and returns trimmed stdout. */
 export function git(cwd, ...args) {
   return execFileSync("git", args, {
     cwd,
     encoding: "utf8",
-    env: {
-      ...process.env,
-      // The developer's own git config (signing, hooks, templates) must not change fixtures.
-      GIT_CONFIG_NOSYSTEM: "1",
-      GIT_CONFIG_GLOBAL: "/dev/null",
-      GIT_AUTHOR_NAME: "embark-smoke",
-      GIT_AUTHOR_EMAIL: "smoke@embark.invalid",
-      GIT_COMMITTER_NAME: "embark-smoke",
-      GIT_COMMITTER_EMAIL: "smoke@embark.invalid",
-    },
+    env: { ...process.env, ...REPO.env },
     stdio: ["ignore", "pipe", "pipe"],
   }).trim();
 }
 
-/** A working repository with one pushed commit and a bare `origin` beside it. */
+/** The fixture repository in `dir`: a working clone with one pushed commit and a bare `origin` beside it. */
 export function fixtureRepo(dir) {
-  const origin = join(dir, "origin.git");
-  const work = join(dir, "work");
-  mkdirSync(work, { recursive: true });
-  git(dir, "init", "-q", "--bare", "-b", "main", origin);
-  git(work, "init", "-q", "-b", "main");
-  writeFileSync(join(work, "README.md"), "# embark fixture\n");
-  git(work, "add", "README.md");
-  git(work, "commit", "-q", "-m", "initial");
-  git(work, "remote", "add", "origin", origin);
-  git(work, "push", "-q", "-u", "origin", "main");
-  return { work, origin, head: git(work, "rev-parse", "HEAD") };
+  const place = (text) => text.replaceAll("{dir}", dir);
+  mkdirSync(dir, { recursive: true });
+  for (const step of REPO.steps) {
+    if ("git" in step) git(place(step.in), ...step.git.map(place));
+    else writeFileSync(place(step.write), step.text);
+  }
+  const work = place(REPO.work);
+  return { work, origin: place(REPO.origin), head: git(work, "rev-parse", "HEAD") };
 }
 
 export async function startFakeModel(dir, script) {
@@ -71,27 +66,23 @@ export async function startFakeModel(dir, script) {
   return { proc, port, baseUrl: `http://127.0.0.1:${port}/v1` };
 }
 
-export const fakeModels = (baseUrl) => ({
-  providers: {
-    fake: {
-      baseUrl,
-      api: "openai-completions",
-      apiKey: "fake-key",
-      compat: { supportsDeveloperRole: false, supportsReasoningEffort: false },
-      models: [
-        {
-          id: "fake-model",
-          name: "embark scripted demo model (not a real LLM)",
-          reasoning: false,
-          input: ["text"],
-          contextWindow: 128000,
-          maxTokens: 4096,
-          cost: { input: 0, output: 0, cacheRead: 0, cacheWrite: 0 },
-        },
-      ],
-    },
-  },
-});
+/** Pi's models.json for the fake model at `baseUrl` (…/v1): provider `fake`, model `fake-model`. */
+export function fakeModels(baseUrl) {
+  const models = fixture("fake-models.json");
+  models.providers.fake.baseUrl = baseUrl;
+  return models;
+}
+
+/**
+ * Makes `dir` a Pi config dir (PI_CODING_AGENT_DIR) for the fake model at
+ * `baseUrl`: its models.json, and {@link PI_SETTINGS} plus `settings`.
+ */
+export function writeFakePiConfig(dir, baseUrl, settings = {}) {
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "models.json"), JSON.stringify(fakeModels(baseUrl), null, 2));
+  writeFileSync(join(dir, "settings.json"), JSON.stringify({ ...PI_SETTINGS, ...settings }, null, 2));
+  return dir;
+}
 
 /**
  * Writes a runner auth profile: `files` maps file name (models.json, auth.json,

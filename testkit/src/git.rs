@@ -1,20 +1,48 @@
-//! Fixture git repositories built with the real git CLI.
+//! Fixture git repositories built with the real git CLI, from the one recipe
+//! in `testkit/fixtures/repo.json` that the smoke scripts and the demo run too.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::LazyLock;
 
-/// Runs git in `dir` and returns trimmed stdout; panics with stderr on failure.
+use serde::Deserialize;
+
+/// `testkit/fixtures/repo.json` (its README says what each part means).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recipe {
+    env: BTreeMap<String, String>,
+    work: String,
+    origin: String,
+    steps: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+enum Step {
+    Git {
+        #[serde(rename = "in")]
+        dir: String,
+        git: Vec<String>,
+    },
+    Write {
+        write: String,
+        text: String,
+    },
+}
+
+static RECIPE: LazyLock<Recipe> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../fixtures/repo.json")).expect("testkit/fixtures/repo.json is a recipe")
+});
+
+/// Runs git in `dir` (with the recipe's environment) and returns trimmed
+/// stdout; panics with stderr on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .current_dir(dir)
         .args(args)
-        // The developer's own git config (signing, hooks, templates) must not change fixtures.
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "embark-test")
-        .env("GIT_AUTHOR_EMAIL", "test@embark.invalid")
-        .env("GIT_COMMITTER_NAME", "embark-test")
-        .env("GIT_COMMITTER_EMAIL", "test@embark.invalid")
+        .envs(&RECIPE.env)
         .output()
         .unwrap_or_else(|e| panic!("run git {args:?}: {e}"));
     assert!(
@@ -33,30 +61,51 @@ pub struct FixtureRepo {
     pub head: String,
 }
 
+/// Makes the fixture repository in `parent` (created if missing).
 pub fn fixture(parent: &Path) -> FixtureRepo {
-    let origin = parent.join("origin.git");
-    let work = parent.join("work");
-    std::fs::create_dir_all(&work).expect("create work dir");
-    git(
-        parent,
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            origin.to_str().expect("utf-8 path"),
-        ],
-    );
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("README.md"), "# fixture\n").expect("write README");
-    git(&work, &["add", "README.md"]);
-    git(&work, &["commit", "-q", "-m", "initial"]);
-    git(
-        &work,
-        &["remote", "add", "origin", origin.to_str().expect("utf-8 path")],
-    );
-    git(&work, &["push", "-q", "origin", "main"]);
+    std::fs::create_dir_all(parent).expect("create the fixture directory");
+    let dir = parent.to_str().expect("fixture directories are UTF-8");
+    let place = |text: &str| text.replace("{dir}", dir);
+    for step in &RECIPE.steps {
+        match step {
+            Step::Git { dir: cwd, git: args } => {
+                let args: Vec<String> = args.iter().map(|arg| place(arg)).collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                git(Path::new(&place(cwd)), &args);
+            }
+            Step::Write { write, text } => {
+                let path = PathBuf::from(place(write));
+                std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            }
+        }
+    }
+    let work = PathBuf::from(place(&RECIPE.work));
     let head = git(&work, &["rev-parse", "HEAD"]);
-    FixtureRepo { work, origin, head }
+    FixtureRepo {
+        work,
+        origin: PathBuf::from(place(&RECIPE.origin)),
+        head,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixture_is_one_pushed_commit_on_main() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = fixture(dir.path());
+        assert_eq!(git(&repo.work, &["rev-list", "--count", "HEAD"]), "1");
+        assert_eq!(git(&repo.work, &["status", "--porcelain"]), "");
+        assert_eq!(
+            git(&repo.work, &["rev-parse", "--abbrev-ref", "@{upstream}"]),
+            "origin/main"
+        );
+        assert_eq!(git(&repo.origin, &["rev-parse", "main"]), repo.head);
+        assert_eq!(
+            git(&repo.work, &["log", "-1", "--format=%an <%ae>"]),
+            "embark-fixture <fixture@embark.invalid>"
+        );
+    }
 }

@@ -1,9 +1,11 @@
 //! Test support shared by the crates' integration tests: the real binaries
-//! (a broker here, a runner in [`runner`]), the scripted fake model server,
-//! fixture git repositories, TCP fault proxies ([`proxy`]), real I/O under
-//! tokio's paused clock ([`clock`]) and bounded waits for real processes
-//! ([`poll`]). Nothing here stands in for an embark component; it only
-//! starts them, or gets in their way.
+//! (a broker here, a runner in [`runner`]), the scripted fake model server
+//! and Pi's configuration for it, fixture git repositories, TCP fault proxies
+//! ([`proxy`]), real I/O under tokio's paused clock ([`clock`]) and bounded
+//! waits for real processes ([`poll`]). Nothing here stands in for an embark
+//! component; it only starts them, or gets in their way. The fake model's Pi
+//! configuration and the fixture repository are `testkit/fixtures/*.json`,
+//! which the smoke scripts and the demo read too.
 
 pub mod clock;
 pub mod git;
@@ -17,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use embark_client::BrokerClient;
+use serde_json::Value;
 use tempfile::TempDir;
 
 pub use process::Spawned;
@@ -127,7 +130,7 @@ pub struct FakeModel {
 
 impl FakeModel {
     /// `script` is the JSON script (see `smoke/fake-model/README.md`).
-    pub fn start(script: &serde_json::Value) -> FakeModel {
+    pub fn start(script: &Value) -> FakeModel {
         let dir = tempfile::tempdir().expect("temp dir for the fake model");
         let script_path = dir.path().join("script.json");
         std::fs::write(&script_path, script.to_string()).expect("write fake model script");
@@ -156,10 +159,44 @@ impl FakeModel {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 
+    /// Pi's `models.json` for this server (see [`fake_models`]).
+    pub fn models(&self) -> Value {
+        fake_models(&self.base_url())
+    }
+
     /// Every request the server received, as it logged them (one JSON per line).
     pub fn log(&self) -> String {
         self.process.log()
     }
+}
+
+/// Pi's `models.json` for the fake model at `base_url` (`…/v1`), from
+/// `testkit/fixtures/fake-models.json`: provider `fake`, model `fake-model`.
+pub fn fake_models(base_url: &str) -> Value {
+    let mut models: Value = serde_json::from_str(include_str!("../fixtures/fake-models.json"))
+        .expect("testkit/fixtures/fake-models.json is JSON");
+    let url = models
+        .pointer_mut("/providers/fake/baseUrl")
+        .expect("fake-models.json has providers.fake.baseUrl");
+    *url = Value::String(base_url.to_owned());
+    models
+}
+
+/// Pi's `settings.json` with retries off, so a scripted model error ends the
+/// run at once: `testkit/fixtures/pi-settings.json`.
+pub fn pi_settings() -> Value {
+    serde_json::from_str(include_str!("../fixtures/pi-settings.json"))
+        .expect("testkit/fixtures/pi-settings.json is JSON")
+}
+
+/// Writes the runner auth profile `<profiles>/<name>/` for the fake model at
+/// `base_url`: its `models.json` and `settings.json`.
+pub fn write_fake_profile(profiles: &Path, name: &str, base_url: &str) -> PathBuf {
+    let dir = profiles.join(name);
+    std::fs::create_dir_all(&dir).expect("create profile dir");
+    std::fs::write(dir.join("models.json"), fake_models(base_url).to_string()).expect("write models.json");
+    std::fs::write(dir.join("settings.json"), pi_settings().to_string()).expect("write settings.json");
+    dir
 }
 
 /// The Pi binary the smoke package pins (`node_modules/.bin/pi` after `npm ci`).

@@ -6,35 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
-use crate::{Broker, FakeModel, bin_path, pi_path, poll};
-
-/// `models.json` for the scripted fake model at `base_url` (…/v1): provider
-/// `fake`, model `fake-model`.
-pub fn fake_models(base_url: &str) -> Value {
-    json!({"providers": {"fake": {
-        "baseUrl": base_url, "api": "openai-completions", "apiKey": "fake-key",
-        "compat": {"supportsDeveloperRole": false, "supportsReasoningEffort": false},
-        "models": [{"id": "fake-model", "name": "Fake Model", "reasoning": false, "input": ["text"],
-                    "contextWindow": 128000, "maxTokens": 4096,
-                    "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}}]}}})
-}
-
-/// Pi settings that keep provider errors visible (no retries).
-pub fn no_retries() -> Value {
-    json!({"retry": {"enabled": false, "provider": {"maxRetries": 0}}})
-}
-
-/// Writes the auth profile `<profiles>/<name>/{models,settings}.json` for
-/// the fake model at `base_url`; returns its directory.
-pub fn write_fake_profile(profiles: &Path, name: &str, base_url: &str) -> PathBuf {
-    let dir = profiles.join(name);
-    std::fs::create_dir_all(&dir).expect("create profile dir");
-    std::fs::write(dir.join("models.json"), fake_models(base_url).to_string()).expect("write models.json");
-    std::fs::write(dir.join("settings.json"), no_retries().to_string()).expect("write settings.json");
-    dir
-}
+use crate::{Broker, FakeModel, bin_path, pi_path, poll, write_fake_profile};
 
 /// Where runners under test live, in a directory of the test's: the
 /// profiles (`default` for the fake model), the spaces, a fresh HOME, and

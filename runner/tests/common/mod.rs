@@ -1,4 +1,5 @@
-//! Helpers shared by the runner's integration tests.
+//! Helpers shared by the runner's integration tests (the fake model's Pi
+//! configuration is `embark_testkit::write_fake_profile`).
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
