@@ -22,7 +22,8 @@ use crate::auth::TokenHash;
 pub use sqlite::SqliteStore;
 
 /// An event as a store writes it: its kind's name and its payload as JSON
-/// text, serialized once (the size limit is checked on the same text).
+/// text, serialized once (the size limit, `AppendEvents`'s rules, counts the
+/// same bytes without building them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncodedEvent {
     pub kind: String,
