@@ -11,8 +11,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use embark_core::limits;
+use embark_core::shutdown::Shutdown;
 use embark_core::wire::Claim;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::auth::{TokenKind, mint};
@@ -69,7 +70,7 @@ impl ClaimQueue {
         store: &S,
         runner: &Runner,
         wait: Duration,
-        shutdown: watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Result<Option<Claim>, StoreError> {
         let (callback_token, callback_hash) = mint(TokenKind::Callback);
         let task = self
@@ -93,7 +94,7 @@ impl ClaimQueue {
     async fn wait_for<T, E, F, Fut>(
         &self,
         wait: Duration,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: &Shutdown,
         runner: &str,
         mut look: F,
     ) -> Result<Option<T>, E>
@@ -116,7 +117,7 @@ impl ClaimQueue {
             if let Some(found) = look().await? {
                 return Ok(Some(found));
             }
-            let Some(until) = poll.next_look(Instant::now()).filter(|_| !*shutdown.borrow()) else {
+            let Some(until) = poll.next_look(Instant::now()).filter(|_| !shutdown.is_requested()) else {
                 return Ok(None);
             };
             if !waiting {
@@ -126,8 +127,7 @@ impl ClaimQueue {
             tokio::select! {
                 () = &mut woken => {}
                 () = tokio::time::sleep_until(until) => {}
-                // A closed channel also means the server is going away.
-                _ = shutdown.wait_for(|stopping| *stopping) => return Ok(None),
+                () = shutdown.requested() => return Ok(None),
             }
         }
     }
@@ -139,6 +139,7 @@ mod tests {
 
     use embark_core::intent::ExecutionIntent;
     use embark_core::wire::{CreateTask, Task};
+    use tokio::sync::watch;
 
     use super::*;
     use crate::auth::TokenHash;
@@ -251,7 +252,7 @@ mod tests {
         }
 
         /// Waits (virtual time) for a task as a claim does.
-        async fn claim(&self, wait: Duration, shutdown: watch::Receiver<bool>) -> Option<Task> {
+        async fn claim(&self, wait: Duration, shutdown: &Shutdown) -> Option<Task> {
             self.queue
                 .wait_for(wait, shutdown, "box", move || self.look())
                 .await
@@ -265,16 +266,12 @@ mod tests {
         }
     }
 
-    fn running() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-        watch::channel(false)
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_queued_task_is_handed_out_at_once() {
         let world = World::new().await;
         let task = world.create().await;
-        let (_stop, shutdown) = running();
-        let claimed = world.claim(30 * SECOND, shutdown).await.expect("a task");
+        let shutdown = Shutdown::new();
+        let claimed = world.claim(30 * SECOND, &shutdown).await.expect("a task");
         assert_eq!(claimed.id, task.id);
         assert_eq!(world.looks(), [0]);
         assert_eq!(world.started.elapsed(), Duration::ZERO);
@@ -283,8 +280,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_empty_queue_is_looked_at_every_fallback_and_at_the_deadline() {
         let world = World::new().await;
-        let (_stop, shutdown) = running();
-        assert!(world.claim(12 * SECOND, shutdown).await.is_none());
+        let shutdown = Shutdown::new();
+        assert!(world.claim(12 * SECOND, &shutdown).await.is_none());
         assert_eq!(world.looks(), [0, 5, 10, 12]);
         assert_eq!(world.started.elapsed(), 12 * SECOND, "answered at the deadline");
     }
@@ -292,14 +289,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_task_created_while_a_claim_waits_wakes_it() {
         let world = World::new().await;
-        let (_stop, shutdown) = running();
+        let shutdown = Shutdown::new();
         let create = async {
             world.first_look_came_back_empty().await;
             let task = world.create().await;
             world.queue.task_added();
             task
         };
-        let (claimed, created) = tokio::join!(world.claim(30 * SECOND, shutdown), create);
+        let (claimed, created) = tokio::join!(world.claim(30 * SECOND, &shutdown), create);
         assert_eq!(claimed.expect("the new task").id, created.id);
         assert_eq!(world.looks(), [0, 0], "woken at once, not at the fallback");
     }
@@ -307,12 +304,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_task_created_between_the_look_and_the_wait_is_not_missed() {
         let world = World::new().await;
-        let (_stop, shutdown) = running();
+        let shutdown = Shutdown::new();
         let first = &std::cell::Cell::new(true);
         let world = &world;
         let claimed = world
             .queue
-            .wait_for(30 * SECOND, shutdown, "box", move || async move {
+            .wait_for(30 * SECOND, &shutdown, "box", move || async move {
                 let found = world.look().await;
                 if first.replace(false) {
                     // Created (and announced) after the look, before the wait.
@@ -330,13 +327,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_wake_up_the_fallback_look_finds_the_task() {
         let world = World::new().await;
-        let (_stop, shutdown) = running();
+        let shutdown = Shutdown::new();
         let create = async {
             world.first_look_came_back_empty().await;
             // Queued by another process, say: nobody wakes the claim.
             world.create().await
         };
-        let (claimed, created) = tokio::join!(world.claim(30 * SECOND, shutdown), create);
+        let (claimed, created) = tokio::join!(world.claim(30 * SECOND, &shutdown), create);
         assert_eq!(claimed.expect("the new task").id, created.id);
         assert_eq!(world.looks(), [0, 5]);
     }
@@ -344,18 +341,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_shutdown_ends_the_wait() {
         let world = World::new().await;
-        let (stop, shutdown) = running();
+        let shutdown = Shutdown::new();
         let stopping = async {
             world.first_look_came_back_empty().await;
-            stop.send_replace(true);
+            shutdown.trigger();
         };
-        let (claimed, ()) = tokio::join!(world.claim(30 * SECOND, shutdown.clone()), stopping);
+        let (claimed, ()) = tokio::join!(world.claim(30 * SECOND, &shutdown), stopping);
         assert!(claimed.is_none());
         assert_eq!(world.started.elapsed(), Duration::ZERO, "at once, not after the wait");
 
         // Already shutting down: one look, no wait.
         world.looks.borrow_mut().clear();
-        assert!(world.claim(30 * SECOND, shutdown).await.is_none());
+        assert!(world.claim(30 * SECOND, &shutdown).await.is_none());
         assert_eq!(world.looks(), [0]);
     }
 }

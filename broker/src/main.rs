@@ -8,6 +8,7 @@ use embark_broker::config::{Args, Config, DECLARATION};
 use embark_broker::server;
 use embark_core::config::Resolver;
 use embark_core::dirs;
+use embark_core::shutdown::{Shutdown, Signals, trigger_on_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -36,6 +37,10 @@ async fn run() -> anyhow::Result<()> {
     for warning in resolver.warnings() {
         tracing::warn!("{warning}");
     }
-    server::run(config.context("configuration")?, server::shutdown_signal()).await?;
+    let shutdown = Shutdown::new();
+    // Later signals are ignored while the broker drains.
+    let signals = Signals::listen().context("cannot listen for SIGINT and SIGTERM")?;
+    tokio::spawn(trigger_on_signal(signals, shutdown.clone()));
+    server::run(config.context("configuration")?, shutdown).await?;
     Ok(())
 }

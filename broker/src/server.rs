@@ -1,10 +1,11 @@
-//! Binds, announces the address, serves until SIGINT/SIGTERM, then drains.
+//! Binds, announces the address, serves until shutdown is requested (main
+//! requests it on SIGINT/SIGTERM), then drains.
 
 use std::io::Write;
 use std::sync::Arc;
 
+use embark_core::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::api::{self, App};
 use crate::auth::FixedSecret;
@@ -34,8 +35,9 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
 }
 
-/// Runs the broker until a shutdown signal; `shutdown` resolves on the signal.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+/// Runs the broker until `shutdown` is requested: then waiting long-polls
+/// answer 204, open requests finish, and it returns.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServeError> {
     let store = SqliteStore::open(&config.db)
         .await
         .map_err(|source| ServeError::Store {
@@ -53,13 +55,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         source,
     })?;
 
-    let (stopping_tx, stopping_rx) = watch::channel(false);
     let app = App {
         store: store.clone(),
         client_secret: FixedSecret::new(config.client_secret.expose()),
         enrollment_secret: FixedSecret::new(config.enrollment_secret.expose()),
         claims: Arc::new(ClaimQueue::default()),
-        shutdown: stopping_rx,
+        // Long-polls end on it too, so the drain is quick.
+        shutdown: shutdown.clone(),
     };
 
     // The one line on stdout: tests and supervisors read the real address from it.
@@ -73,38 +75,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     axum::serve(listener, api::router(app))
         .with_graceful_shutdown(async move {
-            shutdown.await;
+            shutdown.requested().await;
             tracing::info!("shutting down: finishing open requests");
-            // Ends waiting long-polls (they answer 204) so the drain is quick.
-            let _ = stopping_tx.send(true);
         })
         .await
         .map_err(ServeError::Serve)?;
     store.close().await;
     tracing::info!("broker stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the broker");
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

@@ -18,6 +18,8 @@ pub mod protocol;
 pub mod repo_url;
 pub mod schema;
 pub mod secret;
+#[cfg(feature = "shutdown")]
+pub mod shutdown;
 pub mod task;
 pub mod text;
 pub mod wire;

@@ -13,6 +13,5 @@ pub mod profile;
 pub mod reporter;
 pub mod retry;
 pub mod runner;
-pub mod shutdown;
 pub mod space;
 pub mod task;

@@ -6,13 +6,12 @@ use anyhow::Context;
 use clap::Parser;
 use embark_core::config::Resolver;
 use embark_core::dirs;
+use embark_core::shutdown::{Shutdown, Signals, trigger_on_signal};
 use embark_core::text::error_chain;
 use embark_runner::config::{Cli, Config, DECLARATION};
 use embark_runner::pi_process::resolve_program;
 use embark_runner::profile::{LiveCredentials, sweep_credentials};
 use embark_runner::{orphans, space};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -68,25 +67,20 @@ async fn run() -> anyhow::Result<()> {
     remove_credentials_on_panic(credentials.clone());
     let on_exit = credentials.clone();
 
-    let (stop, shutdown) = watch::channel(false);
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
+    let shutdown = Shutdown::new();
+    let signals = Signals::listen().context("cannot listen for SIGINT and SIGTERM")?;
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut signals = trigger_on_signal(signals, shutdown).await;
+            tracing::warn!("shutdown requested: no more claims; a running task is aborted and reported as failed");
+            signals.next().await;
+            // Pi sits in its own process group; it exits when its stdin closes with us.
+            // Its leftover processes stay; the task's credential copies do not.
+            tracing::error!("second signal: exiting now");
+            remove_live_credentials(&on_exit);
+            std::process::exit(130);
         }
-        tracing::warn!("shutdown requested: no more claims; a running task is aborted and reported as failed");
-        let _ = stop.send(true);
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-        // Pi sits in its own process group; it exits when its stdin closes with us.
-        // Its leftover processes stay; the task's credential copies do not.
-        tracing::error!("second signal: exiting now");
-        remove_live_credentials(&on_exit);
-        std::process::exit(130);
     });
 
     embark_runner::runner::run(&config, stop_orphans, credentials, shutdown).await?;

@@ -10,13 +10,12 @@
 
 use std::time::Duration;
 
+use embark_core::shutdown::Shutdown;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use crate::events::AssistantSummary;
 use crate::pi_connection::{PeerGone, PiPeer, Record};
-use crate::shutdown;
 
 const PROMPT_ID: &str = "p1";
 const ABORT_ID: &str = "a1";
@@ -68,7 +67,7 @@ pub async fn run_prompt<P: PiPeer>(
     prompt: &str,
     observer: &mut dyn Observer,
     deadline: Instant,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<PromptRun, RpcError> {
     let mut driver = Driver {
         pi,
@@ -79,7 +78,7 @@ pub async fn run_prompt<P: PiPeer>(
     driver
         .send(&json!({"id": PROMPT_ID, "type": "prompt", "message": prompt}))
         .await?;
-    if *shutdown.borrow() {
+    if shutdown.is_requested() {
         driver.interrupt(Interrupted::ShuttingDown).await;
     }
     let mut tick = tokio::time::interval(TICK);
@@ -102,7 +101,7 @@ pub async fn run_prompt<P: PiPeer>(
             }
             _ = tick.tick() => driver.observer.on_tick(),
             _ = sleep_until(deadline), if !interrupted => driver.interrupt(Interrupted::TimedOut).await,
-            () = shutdown::requested(shutdown), if !interrupted => driver.interrupt(Interrupted::ShuttingDown).await,
+            () = shutdown.requested(), if !interrupted => driver.interrupt(Interrupted::ShuttingDown).await,
             // Pi did not end the run after `abort`: stop waiting for it.
             _ = sleep_until(give_up_at.unwrap_or(deadline)), if give_up_at.is_some() => break,
         }

@@ -33,15 +33,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use embark_client::{BrokerClient, ClientError};
+use embark_core::shutdown::Shutdown;
 use embark_core::wire::{AppendEvents, Claim, EventsAppended};
 use embark_core::{NewEvent, TaskId};
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
 use crate::retry::Patience;
-use crate::shutdown;
 use outbox::{Outbox, Step};
 
 /// How the reporter copes with a broker that does not answer.
@@ -122,12 +122,7 @@ pub struct Reporter {
 
 impl Reporter {
     /// Starts reporting for the claimed attempt.
-    pub fn start(
-        client: BrokerClient,
-        claim: &Claim,
-        options: ReportOptions,
-        shutdown: watch::Receiver<bool>,
-    ) -> Reporter {
+    pub fn start(client: BrokerClient, claim: &Claim, options: ReportOptions, shutdown: Shutdown) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
         let outbox = Outbox::new(claim.task.id, claim.attempt, options, Instant::now());
         let link = Link {
@@ -193,7 +188,7 @@ async fn drive(
     mut outbox: Outbox,
     link: Link,
     mut rx: mpsc::UnboundedReceiver<Message>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Delivery {
     let mut under_way: Option<Try> = None;
     let mut open = true;
@@ -231,7 +226,7 @@ async fn drive(
                 }
             },
             () = sleep_until_some(until) => {}
-            () = shutdown::requested(&mut shutdown), if !outbox.shutting_down() => outbox.shutdown(Instant::now()),
+            () = shutdown.requested(), if !outbox.shutting_down() => outbox.shutdown(Instant::now()),
         }
     }
 }

@@ -13,11 +13,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use embark_client::ClientError;
+use embark_core::shutdown::Shutdown;
 use embark_core::text::error_chain;
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
-
-use crate::shutdown;
 
 /// How often and how patiently a call is retried.
 #[derive(Clone, Copy, Debug)]
@@ -295,14 +293,14 @@ pub async fn persist<T, F, Fut>(
     patience: Patience,
     deadline: Instant,
     what: &str,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
     mut call: F,
 ) -> Result<T, Undelivered>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
-    let mut plan = Persistence::new(patience, deadline, *shutdown.borrow(), Instant::now());
+    let mut plan = Persistence::new(patience, deadline, shutdown.is_requested(), Instant::now());
     let mut last = None;
     loop {
         let Some(cutoff) = plan.start_try(Instant::now()) else {
@@ -321,7 +319,7 @@ where
                 tracing::warn!("{what}: the broker did not answer within the time left (try {})", plan.tries());
                 continue;
             }
-            () = shutdown::requested(shutdown), if !plan.shutting_down() => {
+            () = shutdown.requested(), if !plan.shutting_down() => {
                 plan.shutdown(Instant::now());
                 continue;
             }
@@ -335,7 +333,7 @@ where
         last = Some(failed);
         tokio::select! {
             () = sleep_until(wake) => {}
-            () = shutdown::requested(shutdown), if !plan.shutting_down() => plan.shutdown(Instant::now()),
+            () = shutdown.requested(), if !plan.shutting_down() => plan.shutdown(Instant::now()),
         }
     }
 }
@@ -528,21 +526,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn persisting_outlasts_many_failures_but_not_refusals() {
-        let (_stop, mut shutdown) = watch::channel(false);
+        let shutdown = Shutdown::new();
         let patience = quick();
         let started = Instant::now();
         let tries = RefCell::new(Vec::new());
-        let result = persist(
-            patience,
-            patience.verdict_deadline(started),
-            "test",
-            &mut shutdown,
-            || {
-                tries.borrow_mut().push(started.elapsed());
-                let n = tries.borrow().len();
-                async move { if n < 6 { Err(api(503)) } else { Ok(n) } }
-            },
-        )
+        let result = persist(patience, patience.verdict_deadline(started), "test", &shutdown, || {
+            tries.borrow_mut().push(started.elapsed());
+            let n = tries.borrow().len();
+            async move { if n < 6 { Err(api(503)) } else { Ok(n) } }
+        })
         .await;
         assert_eq!(result.expect("the 6th try succeeds"), 6);
         let ms: Vec<u128> = tries.borrow().iter().map(Duration::as_millis).collect();
@@ -553,16 +545,10 @@ mod tests {
         );
 
         let calls = Cell::new(0);
-        let result: Result<(), _> = persist(
-            patience,
-            patience.verdict_deadline(started),
-            "test",
-            &mut shutdown,
-            || {
-                calls.set(calls.get() + 1);
-                async { Err(api(409)) }
-            },
-        )
+        let result: Result<(), _> = persist(patience, patience.verdict_deadline(started), "test", &shutdown, || {
+            calls.set(calls.get() + 1);
+            async { Err(api(409)) }
+        })
         .await;
         assert!(matches!(result, Err(Undelivered::Refused(_))), "{result:?}");
         assert_eq!(calls.get(), 1, "a refusal is not retried");
@@ -570,9 +556,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn persisting_gives_up_at_the_deadline_naming_the_last_error() {
-        let (_stop, mut shutdown) = watch::channel(false);
+        let shutdown = Shutdown::new();
         let started = Instant::now();
-        let result: Result<(), _> = persist(quick(), started + 100 * MS, "test", &mut shutdown, || async {
+        let result: Result<(), _> = persist(quick(), started + 100 * MS, "test", &shutdown, || async {
             Err(api(503))
         })
         .await;
@@ -591,24 +577,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_shutdown_cuts_a_hanging_try_and_leaves_the_verdict_its_shutdown_share() {
-        let (stop, mut shutdown) = watch::channel(false);
+        let shutdown = Shutdown::new();
         let patience = quick();
         let started = Instant::now();
+        let stop = shutdown.clone();
         let stopper = embark_testkit::clock::at(started + Duration::from_secs(10), async move {
-            stop.send_replace(true);
-            stop
+            stop.trigger();
         });
         let tries = RefCell::new(Vec::new());
-        let result: Result<(), _> = persist(
-            patience,
-            patience.verdict_deadline(started),
-            "test",
-            &mut shutdown,
-            || {
-                tries.borrow_mut().push(started.elapsed());
-                std::future::pending()
-            },
-        )
+        let result: Result<(), _> = persist(patience, patience.verdict_deadline(started), "test", &shutdown, || {
+            tries.borrow_mut().push(started.elapsed());
+            std::future::pending()
+        })
         .await;
         assert!(
             matches!(result, Err(Undelivered::GaveUp { tries: 2, last: None })),
@@ -625,16 +605,16 @@ mod tests {
             Duration::from_secs(10) + patience.shutdown_verdict,
             "a minute's budget, but only the shutdown share after it"
         );
-        drop(stopper.await);
+        stopper.await.expect("the stopper ran");
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_first_try_is_made_even_past_the_deadline() {
-        let (_stop, mut shutdown) = watch::channel(false);
+        let shutdown = Shutdown::new();
         let patience = quick();
         let calls = Cell::new(0);
         let late = Instant::now() - Duration::from_secs(1);
-        let result = persist(patience, late, "test", &mut shutdown, || {
+        let result = persist(patience, late, "test", &shutdown, || {
             calls.set(calls.get() + 1);
             async { Ok::<_, ClientError>("landed") }
         })
@@ -644,7 +624,7 @@ mod tests {
 
         // A failing first try is not repeated once the deadline has passed.
         calls.set(0);
-        let result: Result<(), _> = persist(patience, late, "test", &mut shutdown, || {
+        let result: Result<(), _> = persist(patience, late, "test", &shutdown, || {
             calls.set(calls.get() + 1);
             async { Err(api(503)) }
         })
@@ -657,7 +637,7 @@ mod tests {
 
         // A hanging first try is cut off after the least time it is owed.
         let started = Instant::now();
-        let result: Result<(), _> = persist(patience, late, "test", &mut shutdown, || {
+        let result: Result<(), _> = persist(patience, late, "test", &shutdown, || {
             std::future::pending::<Result<(), ClientError>>()
         })
         .await;

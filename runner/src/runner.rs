@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use embark_client::{BrokerClient, ClientError};
 use embark_core::repo_url::without_credentials;
+use embark_core::shutdown::Shutdown;
 use embark_core::text::error_chain;
 use embark_core::wire::Claim;
-use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::profile::LiveCredentials;
 use crate::retry::{Backoff, RetryPolicy, Undelivered, answer_may_be_lost, is_transient, with_retries};
-use crate::shutdown;
 use crate::task::{TaskSettings, run_task};
 
 /// Enrollment keeps trying for about a minute (the broker may start later).
@@ -54,7 +53,7 @@ pub async fn run(
     config: &Config,
     stop_orphans: bool,
     credentials: LiveCredentials,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), RunnerError> {
     let client = BrokerClient::new(&config.broker_url).map_err(RunnerError::BadUrl)?;
     let secret = config.enrollment_secret.expose();
@@ -62,7 +61,7 @@ pub async fn run(
         result = with_retries(ENROLL_RETRY, "enrolling", || client.enroll(secret, &config.name)) => {
             result.map_err(RunnerError::Enroll)?
         }
-        () = shutdown::requested(&mut shutdown) => return Ok(()),
+        () = shutdown.requested() => return Ok(()),
     };
     tracing::info!(
         runner_id = %enrolled.runner_id,
@@ -84,7 +83,7 @@ pub async fn run(
     };
     let mut claiming = Claiming::new();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_requested() {
             break;
         }
         // A shutdown drops an in-flight claim; should the broker have handed
@@ -92,7 +91,7 @@ pub async fn run(
         // issue) reclaim it.
         let answer = tokio::select! {
             result = client.claim(&enrolled.runner_token, config.claim_wait_ms) => result,
-            () = shutdown::requested(&mut shutdown) => break,
+            () = shutdown.requested() => break,
         };
         let claim = match claiming.answered(answer) {
             AfterClaim::Run(claim) => claim,
@@ -100,7 +99,7 @@ pub async fn run(
             AfterClaim::Pause(pause) => {
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
-                    () = shutdown::requested(&mut shutdown) => break,
+                    () = shutdown.requested() => break,
                 }
                 continue;
             }

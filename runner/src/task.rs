@@ -9,10 +9,10 @@ use embark_client::BrokerClient;
 use embark_core::event::{LogLevel, Phase};
 use embark_core::limits::MAX_RESULT_TEXT_BYTES;
 use embark_core::repo_url::without_credentials;
+use embark_core::shutdown::Shutdown;
 use embark_core::text::{error_chain, head};
 use embark_core::wire::{Claim, CompleteTask, Task, TaskResult};
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use crate::checkout::checkout;
@@ -22,7 +22,7 @@ use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
 use crate::reporter::{ReportOptions, Reporter};
 use crate::retry::{Patience, Undelivered, persist};
 use crate::space::Space;
-use crate::{orphans, profile, shutdown};
+use crate::{orphans, profile};
 
 /// After stdin EOF, how long Pi gets to exit before SIGTERM (and again before SIGKILL).
 const PI_EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -56,7 +56,7 @@ pub async fn run_task(
     client: &BrokerClient,
     settings: &TaskSettings,
     claim: &Claim,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<Task, Undelivered> {
     let options = ReportOptions::default();
     let reporter = Reporter::start(client.clone(), claim, options, shutdown.clone());
@@ -64,8 +64,8 @@ pub async fn run_task(
     reporter.send(lifecycle(Phase::Claimed, Some(&detail)));
 
     let deadline = Instant::now() + settings.task_timeout;
-    let (verdict, space) = attempt(settings, claim, &reporter, deadline, &mut shutdown).await;
-    let reported = report(client, claim, reporter, verdict, options.patience, &mut shutdown).await;
+    let (verdict, space) = attempt(settings, claim, &reporter, deadline, &shutdown).await;
+    let reported = report(client, claim, reporter, verdict, options.patience, &shutdown).await;
     if let Some(space) = space.filter(|_| !settings.keep_spaces)
         && let Err(e) = space.remove()
     {
@@ -86,7 +86,7 @@ pub async fn report(
     reporter: Reporter,
     mut verdict: CompleteTask,
     patience: Patience,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<Task, Undelivered> {
     let task = &claim.task;
     let summary = match (&verdict.result, &verdict.reason) {
@@ -97,7 +97,7 @@ pub async fn report(
     reporter.send(lifecycle(Phase::Finishing, Some(&summary)));
     let ended = Instant::now();
     let delivery = reporter
-        .finish(patience.events_deadline(ended, *shutdown.borrow()))
+        .finish(patience.events_deadline(ended, shutdown.is_requested()))
         .await;
     if let Some(problem) = delivery.problem() {
         verdict.reason = Some(match verdict.reason.take() {
@@ -135,7 +135,7 @@ async fn attempt(
     claim: &Claim,
     reporter: &Reporter,
     deadline: Instant,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> (CompleteTask, Option<Space>) {
     let task = &claim.task;
     if let Err(e) = task.intent.validate() {
@@ -161,11 +161,11 @@ async fn clean_up(
     task: embark_core::TaskId,
     space: &Space,
     reporter: &Reporter,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) {
     if settings.stop_orphans {
         // A shutdown cuts the sweep short: the verdict must still go out in time.
-        let swept = orphans::stop_all(orphans::GRACE, &|| *shutdown.borrow()).await;
+        let swept = orphans::stop_all(orphans::GRACE, &|| shutdown.is_requested()).await;
         if swept.stopped > 0 {
             tracing::info!(%task, "stopped {} processes left behind by the task's tools", swept.stopped);
             reporter.send(log_event(
@@ -194,7 +194,7 @@ async fn prepare_and_run(
     space: &Space,
     reporter: &Reporter,
     deadline: Instant,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> CompleteTask {
     let task = &claim.task;
     let intent = &task.intent;
@@ -220,7 +220,7 @@ async fn prepare_and_run(
                 return failed(error_chain(&e));
             }
         }
-        () = shutdown::requested(shutdown) => return failed(SHUTTING_DOWN),
+        () = shutdown.requested() => return failed(SHUTTING_DOWN),
         () = sleep_until(deadline) => return failed(timed_out(settings.task_timeout)),
     }
 
@@ -253,7 +253,7 @@ async fn prepare_and_run(
     let run = run_prompt(&mut pi, &task.prompt, &mut observer, deadline, shutdown).await;
     observer.flush();
 
-    let grace = if *shutdown.borrow() {
+    let grace = if shutdown.is_requested() {
         PI_EXIT_GRACE_SHUTTING_DOWN
     } else {
         PI_EXIT_GRACE

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
+use embark_core::shutdown::Shutdown;
 use embark_runner::pi_connection::{MemoryPeer, memory, memory_with_max_line};
 use embark_runner::pi_rpc::{ABORT_GRACE, Interrupted, Observer, PromptRun, REPLY_TIMEOUT, RpcError, TICK, run_prompt};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -92,10 +92,6 @@ fn replay(mut peer: MemoryPeer, transcript: &'static str, extra: Vec<(usize, Vec
     })
 }
 
-fn no_shutdown() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-    watch::channel(false)
-}
-
 fn far_deadline() -> Instant {
     Instant::now() + Duration::from_secs(600)
 }
@@ -147,8 +143,8 @@ async fn a_recorded_run_ends_with_the_last_assistant_text() {
     let (mut pi, peer) = memory();
     let script = replay(peer, BASH_THEN_DONE, Vec::new());
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "make hello", &mut seen, far_deadline(), &mut shutdown)
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "make hello", &mut seen, far_deadline(), &shutdown)
         .await
         .expect("the run ends");
     drop(pi);
@@ -178,8 +174,8 @@ async fn a_recorded_provider_error_ends_the_run_with_the_error_and_no_text() {
     let (mut pi, peer) = memory();
     let script = replay(peer, PROVIDER_ERROR, Vec::new());
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "make hello", &mut seen, far_deadline(), &mut shutdown)
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "make hello", &mut seen, far_deadline(), &shutdown)
         .await
         .expect("the run ends");
     drop(pi);
@@ -206,8 +202,8 @@ async fn garbage_and_over_long_lines_become_notes_and_the_run_goes_on() {
     ];
     let script = replay(peer, BASH_THEN_DONE, extra);
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "make hello", &mut seen, far_deadline(), &mut shutdown)
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "make hello", &mut seen, far_deadline(), &shutdown)
         .await
         .expect("the run ends");
     drop(pi);
@@ -256,8 +252,8 @@ async fn a_dialog_is_cancelled_and_a_notification_left_alone() {
         (answer, peer.recv().await)
     });
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &mut shutdown)
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &shutdown)
         .await
         .expect("the run ends");
     drop(pi);
@@ -293,8 +289,8 @@ async fn a_refused_prompt_is_an_error_with_pi_s_reason() {
         peer.recv().await
     });
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &mut shutdown).await;
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &shutdown).await;
     drop(pi);
     match run {
         Err(RpcError::PromptRejected(reason)) => assert_eq!(reason, "No API key found for fake."),
@@ -313,8 +309,8 @@ async fn pi_exiting_mid_run_is_an_error_with_its_status_and_stderr() {
         peer.exit("exit status: 1", "TypeError: boom\n    at extension.ts:3");
     });
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &mut shutdown).await;
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &shutdown).await;
     script.await.expect("script");
     match run {
         Err(error @ RpcError::ExitedEarly { .. }) => {
@@ -333,8 +329,8 @@ async fn pi_gone_before_the_prompt_is_written_is_an_early_exit() {
     let (mut pi, peer) = memory();
     peer.exit("exit status: 1", "");
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    match run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &mut shutdown).await {
+    let shutdown = Shutdown::new();
+    match run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &shutdown).await {
         Err(RpcError::ExitedEarly { status, stderr }) => {
             assert_eq!(status, "exit status: 1");
             assert_eq!(stderr, "(nothing)");
@@ -361,8 +357,8 @@ async fn a_deadline_sends_abort_and_the_run_ends_aborted() {
         aborted_at
     });
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "talk", &mut seen, deadline, &mut shutdown)
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "talk", &mut seen, deadline, &shutdown)
         .await
         .expect("the run ends");
 
@@ -386,24 +382,24 @@ async fn a_deadline_sends_abort_and_the_run_ends_aborted() {
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_request_mid_run_sends_abort() {
     let (mut pi, mut peer) = memory();
-    let (stop, mut shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
     let script = tokio::spawn(async move {
         let prompt = expect_command(&mut peer, "prompt").await;
         peer.send(&response(&prompt)).await.expect("send");
         peer.send(&json!({"type": "agent_start"})).await.expect("send");
         // Mid-run: the driver has the prompt's response and is waiting for more.
-        stop.send(true).expect("the driver listens");
+        stop.trigger();
         let abort = expect_command(&mut peer, "abort").await;
         end_aborted(&mut peer, &abort).await;
         let last = expect_command(&mut peer, "get_last_assistant_text").await;
         peer.send(&response(&last)).await.expect("send");
-        stop
     });
     let mut seen = Seen::default();
-    let run = run_prompt(&mut pi, "talk", &mut seen, far_deadline(), &mut shutdown)
+    let run = run_prompt(&mut pi, "talk", &mut seen, far_deadline(), &shutdown)
         .await
         .expect("the run ends");
-    drop(script.await.expect("script"));
+    script.await.expect("script");
     assert_eq!(run.interrupted, Some(Interrupted::ShuttingDown));
     assert!(run.agent_ended);
 }
@@ -411,7 +407,8 @@ async fn a_shutdown_request_mid_run_sends_abort() {
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_requested_before_the_run_aborts_right_after_the_prompt() {
     let (mut pi, mut peer) = memory();
-    let (_stop, mut shutdown) = watch::channel(true);
+    let shutdown = Shutdown::new();
+    shutdown.trigger();
     let started = Instant::now();
     let script = tokio::spawn(async move {
         let prompt = expect_command(&mut peer, "prompt").await;
@@ -422,7 +419,7 @@ async fn a_shutdown_requested_before_the_run_aborts_right_after_the_prompt() {
         abort
     });
     let mut seen = Seen::default();
-    let run = run_prompt(&mut pi, "talk", &mut seen, far_deadline(), &mut shutdown)
+    let run = run_prompt(&mut pi, "talk", &mut seen, far_deadline(), &shutdown)
         .await
         .expect("the run ends");
     script.await.expect("script");
@@ -444,8 +441,8 @@ async fn pi_silent_after_abort_is_given_up_after_the_grace() {
         peer.recv().await
     });
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "talk", &mut seen, deadline, &mut shutdown)
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "talk", &mut seen, deadline, &shutdown)
         .await
         .expect("the driver gives up instead of waiting forever");
     let ended = started.elapsed();
@@ -483,8 +480,8 @@ async fn an_unanswered_last_text_request_is_given_up_after_the_reply_timeout() {
         (asked_at, peer.recv().await)
     });
     let mut seen = Seen::default();
-    let (_stop, mut shutdown) = no_shutdown();
-    let run = run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &mut shutdown)
+    let shutdown = Shutdown::new();
+    let run = run_prompt(&mut pi, "hi", &mut seen, far_deadline(), &shutdown)
         .await
         .expect("the run ends");
     let ended = Instant::now();

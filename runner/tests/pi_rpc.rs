@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use embark_core::event::{Log, LogLevel};
+use embark_core::shutdown::Shutdown;
 use embark_core::{EventKind, NewEvent, Payload, TaskId};
 use embark_runner::events::EventMapper;
 use embark_runner::pi_connection::{PiPeer, Record};
@@ -18,7 +19,6 @@ use embark_runner::profile;
 use embark_runner::space::Space;
 use embark_testkit::FakeModel;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Keeps what the driver passed on, mapped the way the runner maps it.
@@ -28,7 +28,7 @@ struct Collect {
     events: Vec<NewEvent>,
     mapper: EventMapper,
     /// Requests shutdown once this many text deltas have come: mid-stream, whatever the machine's speed.
-    stop_after_deltas: Option<(usize, watch::Sender<bool>)>,
+    stop_after_deltas: Option<(usize, Shutdown)>,
 }
 
 impl Observer for Collect {
@@ -38,7 +38,7 @@ impl Observer for Collect {
         if let Some((after, stop)) = &self.stop_after_deltas
             && self.count_records("message_update", Some("text_delta")) == *after
         {
-            stop.send(true).expect("the driver listens");
+            stop.trigger();
         }
     }
     fn on_tick(&mut self) {
@@ -107,7 +107,7 @@ async fn drive(
     launch: &PiLaunch,
     prompt: &str,
     within: Duration,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
     drive_with(launch, prompt, within, shutdown, Collect::default()).await
 }
@@ -117,7 +117,7 @@ async fn drive_with(
     launch: &PiLaunch,
     prompt: &str,
     within: Duration,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
     mut seen: Collect,
 ) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
     let mut pi = PiProcess::spawn(launch).expect("Pi starts");
@@ -131,7 +131,7 @@ async fn drive_with(
 async fn drive_unready(
     launch: &PiLaunch,
     prompt: &str,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
     let mut pi = PiProcess::spawn(launch).expect("Pi starts");
     let mut seen = Collect::default();
@@ -148,8 +148,8 @@ async fn a_bash_then_done_run_ends_cleanly() {
         {"text": "done: hello"}
     ]}));
     let (space, launch) = setup(tmp.path(), &model, "fake");
-    let (_stop, mut shutdown) = watch::channel(false);
-    let (run, seen, pi) = drive(&launch, "create hello.txt", Duration::from_secs(60), &mut shutdown).await;
+    let shutdown = Shutdown::new();
+    let (run, seen, pi) = drive(&launch, "create hello.txt", Duration::from_secs(60), &shutdown).await;
     let run = run.unwrap_or_else(|e| panic!("run failed: {e}; model log:\n{}", model.log()));
 
     assert!(run.agent_ended);
@@ -194,8 +194,8 @@ async fn extension_dialogs_are_cancelled() {
 "#,
     )
     .expect("write extension");
-    let (_stop, mut shutdown) = watch::channel(false);
-    let (run, seen, pi) = drive(&launch, "hi", Duration::from_secs(30), &mut shutdown).await;
+    let shutdown = Shutdown::new();
+    let (run, seen, pi) = drive(&launch, "hi", Duration::from_secs(30), &shutdown).await;
     let run = run.expect("run ends");
     assert_eq!(run.interrupted, None, "the dialog did not block the run");
     assert_eq!(run.last_text.as_deref(), Some("done: hello"));
@@ -214,8 +214,8 @@ async fn pi_failing_at_startup_reports_its_stderr() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let model = FakeModel::start(&json!({"turns": [{"text": "unused"}]}));
     let (_space, launch) = setup(tmp.path(), &model, "no-such-provider");
-    let (_stop, mut shutdown) = watch::channel(false);
-    let (run, _seen, _pi) = drive_unready(&launch, "hi", &mut shutdown).await;
+    let shutdown = Shutdown::new();
+    let (run, _seen, _pi) = drive_unready(&launch, "hi", &shutdown).await;
     match run {
         Err(RpcError::ExitedEarly { status, stderr }) => {
             assert!(status.contains('1'), "{status}");
@@ -237,10 +237,10 @@ async fn pi_gone_before_the_prompt_is_written_still_reports_its_stderr() {
         .await
         .expect("Pi exits on its own");
     assert!(!status.success());
-    let (_stop, mut shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let mut seen = Collect::default();
     let deadline = Instant::now() + Duration::from_secs(30);
-    match run_prompt(&mut pi, "hi", &mut seen, deadline, &mut shutdown).await {
+    match run_prompt(&mut pi, "hi", &mut seen, deadline, &shutdown).await {
         Err(RpcError::ExitedEarly { status, stderr }) => {
             assert!(status.contains('1'), "{status}");
             assert!(stderr.contains("Unknown provider \"no-such-provider\""), "{stderr}");
@@ -254,10 +254,10 @@ async fn a_deadline_aborts_the_run_and_deltas_stay_coalesced() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let model = FakeModel::start(&common::slow_stream());
     let (_space, launch) = setup(tmp.path(), &model, "fake");
-    let (_stop, mut shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let started = Instant::now();
     // The stream (200 deltas, 30 ms apart) is cut about 2 s in.
-    let (run, seen, pi) = drive(&launch, "talk", Duration::from_millis(2500), &mut shutdown).await;
+    let (run, seen, pi) = drive(&launch, "talk", Duration::from_millis(2500), &shutdown).await;
     let run = run.expect("run ends");
     assert!(
         started.elapsed() < Duration::from_secs(60),
@@ -283,12 +283,12 @@ async fn a_shutdown_request_aborts_the_run() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let model = FakeModel::start(&common::slow_stream());
     let (_space, launch) = setup(tmp.path(), &model, "fake");
-    let (stop, mut shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let seen = Collect {
-        stop_after_deltas: Some((10, stop)),
+        stop_after_deltas: Some((10, shutdown.clone())),
         ..Collect::default()
     };
-    let (run, seen, pi) = drive_with(&launch, "talk", Duration::from_secs(60), &mut shutdown, seen).await;
+    let (run, seen, pi) = drive_with(&launch, "talk", Duration::from_secs(60), &shutdown, seen).await;
     let run = run.expect("run ends");
     assert_eq!(run.interrupted, Some(Interrupted::ShuttingDown));
     assert!(run.agent_ended);

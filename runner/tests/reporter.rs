@@ -14,6 +14,7 @@ use std::time::Duration;
 use embark_client::BrokerClient;
 use embark_core::event::{Log, LogLevel, NewEvent, Payload};
 use embark_core::intent::ExecutionIntent;
+use embark_core::shutdown::Shutdown;
 use embark_core::wire::{Claim, CompleteTask, CreateTask, TaskResult};
 use embark_core::{Event, TaskState};
 use embark_runner::reporter::{Delivery, ReportOptions, Reporter};
@@ -21,7 +22,6 @@ use embark_runner::retry::{Patience, persist};
 use embark_testkit::Broker;
 use embark_testkit::clock::held;
 use embark_testkit::proxy::{Fault, FaultProxy};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 const MS: Duration = Duration::from_millis(1);
@@ -124,7 +124,7 @@ async fn a_broker_outage_loses_no_event_and_the_verdict_still_lands() {
     let broker = Broker::start();
     let claim = claimed_task(&broker).await;
     let proxy = FaultProxy::start(&broker.url, Fault::Refuse).await;
-    let (_stop, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let started = Instant::now();
     let outage = Duration::from_secs(2);
     proxy.set_at(started + outage, Fault::Relay);
@@ -176,13 +176,12 @@ async fn a_broker_outage_loses_no_event_and_the_verdict_still_lands() {
         final_text: Some("done".into()),
         reason: None,
     };
-    let mut shutdown = shutdown;
     let through_proxy = through(&proxy);
     let task = persist(
         QUICK,
         QUICK.verdict_deadline(Instant::now()),
         "completing",
-        &mut shutdown,
+        &shutdown,
         || through_proxy.complete(&claim.callback_token, claim.task.id, &verdict),
     )
     .await
@@ -217,7 +216,7 @@ async fn past_the_queue_bounds_events_are_dropped_and_a_note_says_how_many() {
         let broker = Broker::start();
         let claim = claimed_task(&broker).await;
         let proxy = FaultProxy::start(&broker.url, Fault::Refuse).await;
-        let (_stop, shutdown) = watch::channel(false);
+        let shutdown = Shutdown::new();
         let reporter = Reporter::start(through(&proxy), &claim, options, shutdown);
         reporter.send(event(1));
         // Event 1 is now the pending batch; 10 more may wait behind it, 20 are dropped.
@@ -261,7 +260,7 @@ async fn a_batch_whose_answer_was_lost_is_stored_once() {
     let broker = Broker::start();
     let claim = claimed_task(&broker).await;
     let proxy = FaultProxy::start(&broker.url, Fault::DropAnswer).await;
-    let (_stop, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let reporter = Reporter::start(through(&proxy), &claim, ReportOptions::default(), shutdown);
     let started = Instant::now();
     for n in 1..=3 {
@@ -304,7 +303,7 @@ async fn a_refusal_stops_reporting_and_every_event_is_counted() {
     let mut claim = claimed_task(&broker).await;
     claim.callback_token = "not-this-attempts-token".into();
     let proxy = FaultProxy::start(&broker.url, Fault::Relay).await;
-    let (_stop, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let reporter = Reporter::start(through(&proxy), &claim, quick(), shutdown);
     for n in 1..=3 {
         reporter.send(event(n));
@@ -331,7 +330,7 @@ async fn a_batch_refused_for_its_content_is_noted_and_reporting_goes_on() {
         to: br#""batch_id":"1 0""#.to_vec(),
     };
     let proxy = FaultProxy::start(&broker.url, spoil).await;
-    let (_stop, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let reporter = Reporter::start(through(&proxy), &claim, quick(), shutdown);
     for n in 1..=3 {
         reporter.send(event(n));
@@ -371,7 +370,7 @@ async fn giving_up_at_the_deadline_names_the_real_error_and_starts_no_late_try()
     let broker = Broker::start();
     let claim = claimed_task(&broker).await;
     let proxy = FaultProxy::start(&broker.url, Fault::Refuse).await;
-    let (_stop, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let reporter = Reporter::start(through(&proxy), &claim, quick(), shutdown);
     for n in 1..=3 {
         reporter.send(event(n));
@@ -394,8 +393,8 @@ async fn a_shutdown_cuts_a_hanging_try_and_makes_it_again_with_the_same_batch_id
     let broker = Broker::start();
     let claim = claimed_task(&broker).await;
     let proxy = FaultProxy::start(&broker.url, Fault::Hang).await;
-    let (stop, shutdown) = watch::channel(false);
-    let reporter = Reporter::start(through(&proxy), &claim, quick(), shutdown);
+    let shutdown = Shutdown::new();
+    let reporter = Reporter::start(through(&proxy), &claim, quick(), shutdown.clone());
     for n in 1..=3 {
         reporter.send(event(n));
     }
@@ -404,7 +403,7 @@ async fn a_shutdown_cuts_a_hanging_try_and_makes_it_again_with_the_same_batch_id
     proxy.taken_in(1).await;
     proxy.set(Fault::Relay);
     let stopped = Instant::now();
-    stop.send_replace(true);
+    shutdown.trigger();
     let delivery = finishing.await.expect("the reporter ran");
     assert_eq!(stopped.elapsed(), Duration::ZERO, "made again at once");
     assert_eq!(
@@ -420,15 +419,15 @@ async fn a_shutdown_cuts_a_hanging_try_and_makes_it_again_with_the_same_batch_id
     // With the broker hanging throughout, a shutdown brings the deadline forward.
     let proxy = FaultProxy::start(&broker.url, Fault::Hang).await;
     let claim = claimed_task(&broker).await;
-    let (stop, shutdown) = watch::channel(false);
-    let reporter = Reporter::start(through(&proxy), &claim, quick(), shutdown);
+    let shutdown = Shutdown::new();
+    let reporter = Reporter::start(through(&proxy), &claim, quick(), shutdown.clone());
     for n in 1..=3 {
         reporter.send(event(n));
     }
     let finishing = tokio::spawn(reporter.finish(Instant::now() + Duration::from_secs(20)));
     proxy.taken_in(1).await;
     let stopped = Instant::now();
-    stop.send_replace(true);
+    shutdown.trigger();
     let delivery = finishing.await.expect("the reporter ran");
     assert_eq!(
         stopped.elapsed(),
@@ -468,14 +467,17 @@ async fn the_verdict_lands_after_an_outage_that_outlasted_the_events() {
         let claim = claimed_task(&broker).await;
         let proxy = FaultProxy::start(&broker.url, Fault::RefusePath("/events".into())).await;
         let through_proxy = through(&proxy);
-        let (_stop, mut shutdown) = watch::channel(shutting_down);
+        let shutdown = Shutdown::new();
+        if shutting_down {
+            shutdown.trigger();
+        }
         let reporter = Reporter::start(through_proxy.clone(), &claim, options, shutdown.clone());
         for n in 1..=3 {
             reporter.send(event(n));
         }
         let started = Instant::now();
         let reported =
-            embark_runner::task::report(&through_proxy, &claim, reporter, verdict(), patience, &mut shutdown).await;
+            embark_runner::task::report(&through_proxy, &claim, reporter, verdict(), patience, &shutdown).await;
         let took = started.elapsed();
         let task = reported.unwrap_or_else(|e| {
             panic!(

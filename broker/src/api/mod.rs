@@ -13,9 +13,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use embark_core::limits;
+use embark_core::shutdown::Shutdown;
 use embark_core::wire::Health;
 use embark_core::wire::routes::{Method, Operation, ROUTES};
-use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiFailure;
@@ -31,8 +31,8 @@ pub struct App<S> {
     pub client_secret: FixedSecret,
     pub enrollment_secret: FixedSecret,
     pub claims: Arc<ClaimQueue>,
-    /// Turns true when the server begins a graceful shutdown; long-polls end early.
-    pub shutdown: watch::Receiver<bool>,
+    /// Requested when the server begins a graceful shutdown; long-polls end early.
+    pub shutdown: Shutdown,
 }
 
 /// The routes of `embark_core::wire::routes::ROUTES` (methods, paths and

@@ -34,11 +34,7 @@ pub async fn claim<S: Store>(
     ApiJson(request): ApiJson<ClaimRequest>,
 ) -> Result<Response, ApiFailure> {
     let wait = effective_wait(request.wait_ms);
-    match app
-        .claims
-        .claim(&app.store, &runner, wait, app.shutdown.clone())
-        .await?
-    {
+    match app.claims.claim(&app.store, &runner, wait, &app.shutdown).await? {
         Some(claim) => {
             tracing::info!(task = %claim.task.id, attempt = claim.attempt, runner = %runner.name, "task claimed");
             Ok(Json(claim).into_response())
