@@ -10,12 +10,16 @@ use std::path::PathBuf;
 
 use clap::Parser;
 pub use embark_core::config::ConfigError;
-use embark_core::config::{Declaration, Env, Flags, Knob, Resolver};
+use embark_core::config::{Declaration, Env, Flags, Knob, Resolver, Source};
 use embark_core::dirs;
 use embark_core::secret::Secret;
 
+use crate::store::database::{self, Database};
+
 /// Listen address when neither a flag, the environment nor the file names one.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8787));
+/// PostgreSQL connections per broker when nothing says.
+pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = crate::store::postgres::DEFAULT_MAX_CONNECTIONS;
 /// Shortest secret the broker accepts, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -29,10 +33,17 @@ pub static LISTEN: Knob<SocketAddr> = Knob::new(
 )
 .flag("--listen")
 .env("EMBARK_BROKER_LISTEN");
-/// A relative `db` in the TOML file is taken from the file's directory.
-pub static DB: Knob<PathBuf> = Knob::new("db", "the database path", "a file path")
+/// A relative SQLite path in the TOML file is taken from the file's directory.
+pub static DB: Knob<Database> = Knob::new("db", "the database", database::ALLOWED)
     .flag("--db")
     .env("EMBARK_BROKER_DB");
+pub static DB_MAX_CONNECTIONS: Knob<u32> = Knob::new(
+    "db_max_connections",
+    "the PostgreSQL connections per broker",
+    "a whole number from 1 to 1000",
+)
+.flag("--db-max-connections")
+.env("EMBARK_BROKER_DB_MAX_CONNECTIONS");
 pub static CLIENT_SECRET: Knob<Secret> = Knob::new(
     "client_secret",
     "the client secret",
@@ -50,7 +61,13 @@ pub static DECLARATION: Declaration = Declaration {
     binary: "embark-broker",
     file: &CONFIG_FILE,
     default_file: None,
-    knobs: &[&LISTEN.spec, &DB.spec, &CLIENT_SECRET.spec, &ENROLLMENT_SECRET.spec],
+    knobs: &[
+        &LISTEN.spec,
+        &DB.spec,
+        &DB_MAX_CONNECTIONS.spec,
+        &CLIENT_SECRET.spec,
+        &ENROLLMENT_SECRET.spec,
+    ],
 };
 
 /// embark's broker: task queue, event log and credentials over HTTP.
@@ -65,9 +82,12 @@ pub struct Args {
     /// Address to listen on; port 0 picks a free port [env: EMBARK_BROKER_LISTEN] [TOML: listen] [default: 127.0.0.1:8787]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// SQLite database file; its directory is created [env: EMBARK_BROKER_DB] [TOML: db] [default: $XDG_DATA_HOME/embark/broker.db]
-    #[arg(long, value_name = "PATH")]
+    /// The database: a SQLite file (a path or sqlite:PATH; created with its directory) or a postgres:// URL, its password not on the command line [env: EMBARK_BROKER_DB] [TOML: db] [default: $XDG_DATA_HOME/embark/broker.db]
+    #[arg(long, value_name = "PATH|URL")]
     pub db: Option<String>,
+    /// PostgreSQL only: the size of this broker's connection pool (one more connection listens for other replicas' tasks) [env: EMBARK_BROKER_DB_MAX_CONNECTIONS] [TOML: db_max_connections] [default: 16]
+    #[arg(long, value_name = "N")]
+    pub db_max_connections: Option<String>,
     /// TOML configuration file; it must exist [env: EMBARK_BROKER_CONFIG] [default: none]
     #[arg(long, value_name = "TOML")]
     pub config: Option<String>,
@@ -82,13 +102,15 @@ impl Args {
             .with(&CONFIG_FILE, self.config.clone())
             .with(&LISTEN, self.listen.clone())
             .with(&DB, self.db.clone())
+            .with(&DB_MAX_CONNECTIONS, self.db_max_connections.clone())
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub db: PathBuf,
+    pub db: Database,
+    pub db_max_connections: u32,
     pub client_secret: Secret,
     pub enrollment_secret: Secret,
 }
@@ -104,7 +126,10 @@ impl Config {
     /// shows them all.
     pub fn resolve(resolver: &mut Resolver<'_>, env: Env<'_>) -> Result<Config, ConfigError> {
         let listen = resolver.or_default(&LISTEN, DEFAULT_LISTEN)?;
-        let db = resolver.or_else(&DB, || Some(dirs::data_home(env)?.join("embark").join("broker.db")))?;
+        let db = resolver.or_else(&DB, || {
+            Some(Database::Sqlite(dirs::data_home(env)?.join("embark").join("broker.db")))
+        })?;
+        let db_max_connections = resolver.or_default(&DB_MAX_CONNECTIONS, DEFAULT_DB_MAX_CONNECTIONS)?;
         let client_secret = resolver.optional(&CLIENT_SECRET)?;
         let enrollment_secret = resolver.optional(&ENROLLMENT_SECRET)?;
 
@@ -120,10 +145,15 @@ impl Config {
             .value;
         let db = db
             .ok_or_else(|| resolver.missing(&DB, ", or set HOME or XDG_DATA_HOME for the default"))?
-            .value;
+            .ensure(Database::is_well_formed)?;
+        // argv is visible to every local user: a password never comes from the flag.
+        let from_flag = matches!(db.source, Source::Flag(_));
+        let db = db.ensure(|db| !(from_flag && db.has_password()))?.value;
+        let db_max_connections = db_max_connections.ensure(|n| (1..=1000).contains(n))?.value;
         Ok(Config {
             listen: listen.value,
             db,
+            db_max_connections,
             client_secret,
             enrollment_secret,
         })
@@ -158,7 +188,10 @@ mod tests {
         ]);
         let config = Config::load(&Args::default(), &env).expect("valid");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8787");
-        assert_eq!(config.db, PathBuf::from("/home/u/.local/share/embark/broker.db"));
+        assert_eq!(
+            config.db,
+            Database::Sqlite("/home/u/.local/share/embark/broker.db".into())
+        );
         assert_eq!(config.client_secret.expose(), CLIENT);
         let env = env_of(&[
             ("EMBARK_CLIENT_SECRET", CLIENT),
@@ -167,7 +200,7 @@ mod tests {
             ("XDG_DATA_HOME", "/data"),
         ]);
         let config = Config::load(&Args::default(), &env).expect("valid");
-        assert_eq!(config.db, PathBuf::from("/data/embark/broker.db"));
+        assert_eq!(config.db, Database::Sqlite("/data/embark/broker.db".into()));
     }
 
     #[test]
@@ -188,7 +221,11 @@ mod tests {
         ]);
         let config = Config::load(&args(&["--config", file, "--listen", "127.0.0.1:1"]), &env).expect("valid");
         assert_eq!(config.listen.port(), 1, "the flag beats the env");
-        assert_eq!(config.db, PathBuf::from("/file/broker.db"), "an empty env is unset");
+        assert_eq!(
+            config.db,
+            Database::Sqlite("/file/broker.db".into()),
+            "an empty env is unset"
+        );
         assert_eq!(config.client_secret.expose(), CLIENT, "the env beats the file");
         assert_eq!(config.enrollment_secret.expose(), "file-enroll-secret-0123");
         let config = Config::load(&args(&["--config", file]), &env).expect("valid");
@@ -259,7 +296,7 @@ mod tests {
         let named = args(&["--config", path.to_str().expect("utf-8")]);
         let config = Config::load(&named, &env_of(&[])).expect("valid");
         assert_eq!(config.listen.port(), 9);
-        assert_eq!(config.db, dir.path().join("data/b.db"));
+        assert_eq!(config.db, Database::Sqlite(dir.path().join("data/b.db")));
 
         std::fs::write(&path, "lisen = \"127.0.0.1:9\"\n").expect("write");
         let err = Config::load(&named, &env_of(&[])).expect_err("typo");
@@ -267,7 +304,7 @@ mod tests {
         assert!(err.to_string().contains("lisen"), "{err}");
         assert!(
             err.to_string()
-                .contains("`listen`, `db`, `client_secret`, `runner_enrollment_secret`"),
+                .contains("`listen`, `db`, `db_max_connections`, `client_secret`, `runner_enrollment_secret`"),
             "{err}"
         );
 
@@ -278,6 +315,86 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("use an IP address and port"), "{err}");
+    }
+
+    #[test]
+    fn db_takes_a_path_a_sqlite_url_or_a_postgres_url() {
+        let secrets = [
+            ("EMBARK_CLIENT_SECRET", CLIENT),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", ENROLL),
+        ];
+        let with_db = |db: &str| {
+            let mut pairs = secrets.to_vec();
+            pairs.push(("EMBARK_BROKER_DB", db));
+            env_of(&pairs)
+        };
+        let load = |db: &str| Config::load(&Args::default(), &with_db(db));
+        assert_eq!(
+            load("sqlite:/srv/b.db").expect("valid").db,
+            Database::Sqlite("/srv/b.db".into())
+        );
+        let url = "postgresql://embark:hunter2@127.0.0.1:5432/embark";
+        assert_eq!(load(url).expect("valid").db, Database::Postgres(url.into()));
+        // A password in the environment is fine, on the command line it is not.
+        let err = Config::load(&args(&["--db", url]), &env_of(&secrets)).expect_err("password in argv");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "db",
+                    origin: Source::Flag("--db"),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let shown = err.to_string();
+        assert!(
+            shown.contains("postgresql://embark:***@127.0.0.1:5432/embark"),
+            "{shown}"
+        );
+        assert!(shown.contains("never in --db"), "{shown}");
+        assert!(!format!("{shown} {err:?}").contains("hunter2"), "{err:?}");
+        Config::load(
+            &args(&["--db", "postgres://embark@127.0.0.1/embark"]),
+            &env_of(&secrets),
+        )
+        .expect("a URL without a password may be a flag");
+
+        for bad in ["mysql://u@h/d", "sqlite:", "postgres://u:hunter2@h:notaport/d"] {
+            let err = load(bad).expect_err(bad);
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        key: "db",
+                        origin: Source::Env("EMBARK_BROKER_DB"),
+                        ..
+                    }
+                ),
+                "{bad}: {err:?}"
+            );
+            let shown = err.to_string();
+            assert!(
+                shown.contains("sqlite:PATH") && shown.contains("postgres://"),
+                "{shown}"
+            );
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn print_config_hides_the_database_password() {
+        let env = env_of(&[
+            ("EMBARK_CLIENT_SECRET", CLIENT),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", ENROLL),
+            ("EMBARK_BROKER_DB", "postgres://embark:hunter2@127.0.0.1/embark"),
+        ]);
+        let mut resolver = Resolver::load(&DECLARATION, Args::default().flags(), &env).expect("load");
+        Config::resolve(&mut resolver, &env).expect("valid");
+        let report = resolver.report().to_string();
+        assert!(report.contains("postgres://embark:***@127.0.0.1/embark"), "{report}");
+        assert!(!report.contains("hunter2"), "{report}");
     }
 
     #[test]

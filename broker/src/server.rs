@@ -11,17 +11,19 @@ use crate::api::{self, App};
 use crate::auth::FixedSecret;
 use crate::claim::ClaimQueue;
 use crate::config::Config;
-use crate::store::SqliteStore;
+use crate::store::postgres::wakeups;
+use crate::store::{Database, PgStore, SqliteStore, Store, StoreError};
 
 /// Why the broker could not start or serve. Causes are sources, not part of
 /// the message: `main` prints the chain with anyhow's `{:#}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("could not open the database {path}")]
+    /// `db` is shown with any password hidden.
+    #[error("could not open the database {db}")]
     Store {
-        path: std::path::PathBuf,
+        db: String,
         #[source]
-        source: crate::store::StoreError,
+        source: StoreError,
     },
     #[error("could not listen on {addr}")]
     Bind {
@@ -35,15 +37,42 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
 }
 
-/// Runs the broker until `shutdown` is requested: then waiting long-polls
-/// answer 204, open requests finish, and it returns.
+/// Runs the broker on the store `config.db` names until `shutdown` is
+/// requested: then waiting long-polls answer 204, open requests finish, and
+/// it returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServeError> {
-    let store = SqliteStore::open(&config.db)
-        .await
-        .map_err(|source| ServeError::Store {
-            path: config.db.clone(),
-            source,
-        })?;
+    let claims = Arc::new(ClaimQueue::default());
+    let opening = |source| ServeError::Store {
+        db: config.db.to_string(),
+        source,
+    };
+    match &config.db {
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(path).await.map_err(opening)?;
+            serve(store, claims, &config, shutdown).await
+        }
+        Database::Postgres(url) => {
+            let store = PgStore::connect(url, config.db_max_connections)
+                .await
+                .map_err(opening)?;
+            // Tasks created through other replicas wake this one's claimers
+            // (all of them: each re-runs the atomic claim, so none is taken twice).
+            let queue = Arc::clone(&claims);
+            wakeups::forward(&store, move || queue.task_added())
+                .await
+                .map_err(opening)?;
+            serve(store, claims, &config, shutdown).await
+        }
+    }
+}
+
+/// Serves the API on `store`; the rest does not depend on the database.
+async fn serve<S: Store>(
+    store: S,
+    claims: Arc<ClaimQueue>,
+    config: &Config,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -59,7 +88,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServeError> {
         store: store.clone(),
         client_secret: FixedSecret::new(config.client_secret.expose()),
         enrollment_secret: FixedSecret::new(config.enrollment_secret.expose()),
-        claims: Arc::new(ClaimQueue::default()),
+        claims,
         // Long-polls end on it too, so the drain is quick.
         shutdown: shutdown.clone(),
     };
@@ -71,7 +100,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServeError> {
         .and_then(|()| stdout.flush())
         .map_err(ServeError::Announce)?;
     drop(stdout);
-    tracing::info!(%addr, db = %config.db.display(), "broker listening");
+    tracing::info!(%addr, db = %config.db, "broker listening");
 
     axum::serve(listener, api::router(app))
         .with_graceful_shutdown(async move {

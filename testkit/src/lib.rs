@@ -10,12 +10,15 @@
 pub mod clock;
 pub mod git;
 pub mod poll;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod runner;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use embark_client::BrokerClient;
@@ -65,51 +68,121 @@ pub const BROKER_LOG_FILTER: &str = "info,embark_broker::claim=debug";
 /// What the broker logs when a claim finds no task and starts to wait.
 pub const CLAIM_WAITING: &str = "claim waiting for a task";
 
-/// A real `embark-broker` on 127.0.0.1 with a fresh SQLite file, stopped on drop.
+/// Which database a test broker keeps its state in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh database on the server `EMBARK_TEST_DATABASE_URL` names
+    /// ([`postgres::TestDatabase`]).
+    Postgres,
+}
+
+/// What the brokers of one test share: the database, and a directory for
+/// their logs (and the SQLite file). Dropped with the last of them.
+struct Storage {
+    /// `--db`: the SQLite path or the PostgreSQL URL.
+    db: String,
+    /// Kept for PostgreSQL: dropping it drops the database.
+    _database: Option<postgres::TestDatabase>,
+    dir: TempDir,
+    started: AtomicUsize,
+}
+
+/// A real `embark-broker` on 127.0.0.1 with a fresh database, stopped
+/// (by its PID) on drop. [`Broker::replica`] starts another on the same
+/// database; [`Broker::kill`] and [`Broker::restart`] crash and restart it.
 pub struct Broker {
     pub url: String,
     pub client_secret: String,
     pub enrollment_secret: String,
+    pub backend: Backend,
+    /// Declared before `storage`: the process stops before its database goes.
     process: Spawned,
-    _dir: TempDir,
+    storage: Arc<Storage>,
 }
 
 impl Broker {
+    /// A broker on SQLite.
     pub fn start() -> Broker {
+        Broker::start_with(Backend::Sqlite)
+    }
+
+    /// A broker on a fresh database of `backend`.
+    pub fn start_with(backend: Backend) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir for the broker");
+        let (db, database) = match backend {
+            Backend::Sqlite => (dir.path().join("broker.db").display().to_string(), None),
+            Backend::Postgres => {
+                let database = postgres::TestDatabase::create();
+                (database.url.clone(), Some(database))
+            }
+        };
+        let storage = Arc::new(Storage {
+            db,
+            _database: database,
+            dir,
+            started: AtomicUsize::new(0),
+        });
         let client_secret = "test-client-secret-0123456789".to_owned();
         let enrollment_secret = "test-enrollment-secret-0123456789".to_owned();
-        let mut command = Command::new(bin_path("embark-broker"));
-        command
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--db")
-            .arg(dir.path().join("broker.db"))
-            // A developer's own broker config must not leak into tests.
-            .env_remove("EMBARK_BROKER_CONFIG")
-            .env("EMBARK_CLIENT_SECRET", &client_secret)
-            .env("EMBARK_RUNNER_ENROLLMENT_SECRET", &enrollment_secret)
-            // Debug from the long-poll: tests read when a claim is waiting.
-            .env("EMBARK_LOG", BROKER_LOG_FILTER);
-        let mut process = Spawned::start(command, &dir.path().join("broker.log"));
-        let ready = ready_line(&mut process, "broker");
-        let addr = ready["listening"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no `listening` in {ready}"));
+        let (process, url) = spawn_broker(&storage, &client_secret, &enrollment_secret);
         Broker {
-            url: format!("http://{addr}"),
+            url,
             client_secret,
             enrollment_secret,
+            backend,
             process,
-            _dir: dir,
+            storage,
         }
+    }
+
+    /// Another broker process on the same database, with the same secrets:
+    /// a second replica behind the same load balancer.
+    pub fn replica(&self) -> Broker {
+        let (process, url) = spawn_broker(&self.storage, &self.client_secret, &self.enrollment_secret);
+        Broker {
+            url,
+            client_secret: self.client_secret.clone(),
+            enrollment_secret: self.enrollment_secret.clone(),
+            backend: self.backend,
+            process,
+            storage: Arc::clone(&self.storage),
+        }
+    }
+
+    /// Kills the broker with SIGKILL (no chance to finish anything) and reaps it.
+    pub fn kill(&mut self) {
+        let child = self.process.child_mut();
+        child.kill().expect("SIGKILL the broker");
+        child.wait().expect("reap the broker");
+    }
+
+    /// Starts the broker again on its database (after [`Broker::kill`]; a
+    /// running one is killed first). It listens on a new port: `url` changes.
+    pub fn restart(&mut self) {
+        if self.process.child_mut().try_wait().expect("poll the broker").is_none() {
+            self.kill();
+        }
+        let (process, url) = spawn_broker(&self.storage, &self.client_secret, &self.enrollment_secret);
+        self.process = process;
+        self.url = url;
+    }
+
+    /// What `--db` names: the SQLite path or the PostgreSQL URL.
+    pub fn db(&self) -> &str {
+        &self.storage.db
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     pub fn client(&self) -> BrokerClient {
         BrokerClient::new(&self.url).expect("broker URL is valid")
     }
 
-    /// Everything the broker logged so far.
+    /// Everything this broker process logged so far.
     pub fn log(&self) -> String {
         self.process.log()
     }
@@ -118,6 +191,30 @@ impl Broker {
     pub fn claims_waiting(&self) -> usize {
         self.log().matches(CLAIM_WAITING).count()
     }
+}
+
+/// Starts a broker on `storage` and waits for its `{"listening": …}` line.
+fn spawn_broker(storage: &Storage, client_secret: &str, enrollment_secret: &str) -> (Spawned, String) {
+    let n = storage.started.fetch_add(1, Ordering::Relaxed);
+    let mut command = Command::new(bin_path("embark-broker"));
+    command
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--db")
+        .arg(&storage.db)
+        // A developer's own broker config must not leak into tests.
+        .env_remove("EMBARK_BROKER_CONFIG")
+        .env("EMBARK_CLIENT_SECRET", client_secret)
+        .env("EMBARK_RUNNER_ENROLLMENT_SECRET", enrollment_secret)
+        // Debug from the long-poll: tests read when a claim is waiting.
+        .env("EMBARK_LOG", BROKER_LOG_FILTER);
+    // One log per start: a restart must not truncate what the crashed one wrote.
+    let mut process = Spawned::start(command, &storage.dir.path().join(format!("broker-{n}.log")));
+    let ready = ready_line(&mut process, "broker");
+    let addr = ready["listening"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `listening` in {ready}"));
+    (process, format!("http://{addr}"))
 }
 
 /// The scripted fake model server (`smoke/fake-model/server.mjs`) on

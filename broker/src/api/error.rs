@@ -56,6 +56,7 @@ impl From<StoreError> for ApiFailure {
             StoreError::Invalid(refusal) => refusal.clone().into(),
             StoreError::Corrupt(_)
             | StoreError::CreateDir { .. }
+            | StoreError::CreateFile { .. }
             | StoreError::Database(_)
             | StoreError::Migrate(_) => {
                 // The details are for the operator's log, not for callers.

@@ -1,5 +1,6 @@
 //! The behaviour every [`Store`] must have. Each check takes a fresh, empty
-//! store; each concrete store instantiates all of them on a real database.
+//! store; each concrete store instantiates all of them on a real database
+//! with [`suite!`], so a case added here runs on every store.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use embark_core::event::{Log, LogLevel, NewEvent, OtherEvent, Payload, ToolEnd};
 use embark_core::intent::ExecutionIntent;
 use embark_core::task::{TaskId, TaskState};
+use embark_core::wire::rules::Rule;
 use embark_core::wire::{CompleteTask, CreateTask, TaskResult};
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -272,23 +274,39 @@ pub async fn stored_events_are_read_whatever_their_kind<S: Store>(store: S) {
     }
 }
 
-pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
-    const TASKS: usize = 4;
-    const WRITERS: usize = 3;
-    const APPENDS: usize = 20;
-    let worker = runner(&store, "w").await;
+/// 16 writers appending to one task at once: the seqs tile 1..=N, and a
+/// reader tailing the log meanwhile never sees a gap.
+pub async fn concurrent_appends_to_one_task_stay_gapless<S: Store>(store: S) {
+    append_race(&store, 1, 16, 25).await;
+}
+
+/// 4 writers on each of 12 tasks at once: every task's seqs tile 1..=N.
+pub async fn concurrent_appends_to_many_tasks_stay_gapless<S: Store>(store: S) {
+    append_race(&store, 12, 4, 15).await;
+}
+
+/// `writers` concurrent writers per task on `tasks` running tasks, each
+/// appending `appends` batches of 1 to 3 events, while one reader per task
+/// tails the log after its cursor.
+async fn append_race<S: Store>(store: &S, tasks: usize, writers: usize, appends: usize) {
+    let worker = runner(store, "w").await;
     let mut claimed = Vec::new();
-    for _ in 0..TASKS {
+    for _ in 0..tasks {
         store.create_task(&new_task("s")).await.expect("create");
-        claimed.push(claim(&store, &worker).await.expect("claim"));
+        claimed.push(claim(store, &worker).await.expect("claim"));
     }
+    let per_writer: u64 = (0..appends as u64).map(|n| n % 3 + 1).sum();
+    let expected = per_writer * writers as u64;
+    let start = Arc::new(Barrier::new(tasks * (writers + 1)));
     let mut handles = Vec::new();
+    let mut tails = Vec::new();
     for (task, token) in &claimed {
-        for writer in 0..WRITERS {
-            let (store, id, token) = (store.clone(), task.id, *token);
+        for writer in 0..writers {
+            let (store, id, token, start) = (store.clone(), task.id, *token, Arc::clone(&start));
             handles.push(tokio::spawn(async move {
+                start.wait().await;
                 let mut ranges = Vec::new();
-                for n in 0..APPENDS {
+                for n in 0..appends {
                     // 1 to 3 events per append, each naming its writer and position.
                     let batch: Vec<EncodedEvent> = (0..(n % 3 + 1))
                         .map(|k| EncodedEvent {
@@ -307,6 +325,17 @@ pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
                 (id, ranges)
             }));
         }
+        // Two tails suffice to watch the order; more would only compete for connections.
+        let tailed = tails.len() < 2;
+        let (store, id, start) = (store.clone(), task.id, Arc::clone(&start));
+        tails.push(tokio::spawn(async move {
+            start.wait().await;
+            if tailed {
+                tail_until(&store, id, expected).await
+            } else {
+                1
+            }
+        }));
     }
     let mut ranges_by_task: BTreeMap<TaskId, Vec<(u64, u64)>> = BTreeMap::new();
     for handle in handles {
@@ -315,8 +344,11 @@ pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
         assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0), "{ranges:?}");
         ranges_by_task.entry(id).or_default().extend(ranges);
     }
-    let per_writer: u64 = (0..APPENDS as u64).map(|n| n % 3 + 1).sum();
-    let expected = per_writer * WRITERS as u64;
+    assert_eq!(ranges_by_task.len(), tasks);
+    for tail in tails {
+        let reads = tail.await.expect("tail finished");
+        assert!(reads > 0);
+    }
     for (id, mut ranges) in ranges_by_task {
         ranges.sort_unstable();
         let mut next = 1;
@@ -335,6 +367,30 @@ pub async fn concurrent_appends_stay_gapless_per_task<S: Store>(store: S) {
         let distinct: HashSet<String> = page.events.iter().map(|e| e.payload.to_json()).collect();
         assert_eq!(distinct.len() as u64, expected, "every event stored exactly once");
     }
+}
+
+/// Reads the task's log page by page after a cursor, as a live tail does,
+/// until it has `expected` events; answers how many reads it took. Every
+/// page must continue exactly at the cursor: an event that became visible
+/// before one with a lower seq would show as a gap here.
+async fn tail_until<S: Store>(store: &S, id: TaskId, expected: u64) -> usize {
+    let mut cursor = 0;
+    let mut reads = 0;
+    // Bounded: the writers append exactly `expected` events, then stop.
+    while cursor < expected {
+        let page = store.events_after(id, cursor, 7).await.expect("tail read");
+        reads += 1;
+        let seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+        let contiguous: Vec<u64> = (cursor + 1..).take(seqs.len()).collect();
+        assert_eq!(seqs, contiguous, "task {id}: a tail after {cursor} saw a gap");
+        cursor += seqs.len() as u64;
+        assert!(page.last_seq >= cursor, "last_seq {} behind the page", page.last_seq);
+        if seqs.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(cursor, expected);
+    reads
 }
 
 /// The seqs of every event in the task's log, and their payloads.
@@ -444,13 +500,125 @@ pub async fn a_replayed_batch_is_answered_not_stored_again<S: Store>(store: S) {
     ));
 }
 
-/// Several concurrent claimers over one queue: each task exactly once.
-pub async fn claim_is_exactly_once_under_concurrency<S: Store>(store: S) {
-    let claimers: Vec<S> = (0..8).map(|_| store.clone()).collect();
-    claim_race(&claimers, &store, 200).await;
+/// Writers whose every batch is sent twice at once (a retry racing its
+/// original) and once more afterwards, on several tasks: each batch is
+/// stored once, and all three sends get the same answer.
+pub async fn replays_racing_their_originals_store_each_batch_once<S: Store>(store: S) {
+    const TASKS: usize = 4;
+    const WRITERS: usize = 3;
+    const BATCHES: usize = 10;
+    let worker = runner(&store, "w").await;
+    let mut claimed = Vec::new();
+    for _ in 0..TASKS {
+        store.create_task(&new_task("s")).await.expect("create");
+        claimed.push(claim(&store, &worker).await.expect("claim"));
+    }
+    let mut handles = Vec::new();
+    for (task, token) in &claimed {
+        for writer in 0..WRITERS {
+            let (store, id, token) = (store.clone(), task.id, *token);
+            handles.push(tokio::spawn(async move {
+                let mut ranges = Vec::new();
+                for n in 0..BATCHES {
+                    let batch_id = format!("w{writer}-{n}");
+                    let batch: Vec<EncodedEvent> = (0..(n % 2 + 1))
+                        .map(|k| EncodedEvent {
+                            kind: "log".into(),
+                            payload: json!({"writer": writer, "n": n, "k": k}).to_string(),
+                        })
+                        .collect();
+                    let send = || store.append_events(id, &token, &batch_id, &batch);
+                    let (original, retry) = tokio::join!(send(), send());
+                    let original = original.expect("original");
+                    assert_eq!(retry.expect("racing retry"), original, "{batch_id}");
+                    assert_eq!(send().await.expect("late retry"), original, "{batch_id}");
+                    ranges.push((original.first_seq, original.last_seq));
+                }
+                (id, ranges)
+            }));
+        }
+    }
+    let mut ranges_by_task: BTreeMap<TaskId, Vec<(u64, u64)>> = BTreeMap::new();
+    for handle in handles {
+        let (id, ranges) = handle.await.expect("writer finished");
+        ranges_by_task.entry(id).or_default().extend(ranges);
+    }
+    let expected: u64 = (0..BATCHES as u64).map(|n| n % 2 + 1).sum::<u64>() * WRITERS as u64;
+    for (id, mut ranges) in ranges_by_task {
+        ranges.sort_unstable();
+        let mut next = 1;
+        for (first, last) in ranges {
+            assert_eq!(first, next, "task {id}: each batch stored once, the seqs tiling 1..=N");
+            next = last + 1;
+        }
+        let (seqs, payloads) = log_of(&store, id).await;
+        assert_eq!(seqs, (1..=expected).collect::<Vec<_>>());
+        let distinct: HashSet<String> = payloads.iter().map(Payload::to_json).collect();
+        assert_eq!(distinct.len() as u64, expected, "no event stored twice");
+    }
 }
 
-/// As [`claim_is_exactly_once_under_concurrency`], with claimers split over two stores on one database.
+/// Text no store can keep as sent (PostgreSQL's cannot hold U+0000) is
+/// refused by every store, before anything is written.
+pub async fn text_with_a_nul_character_is_refused<S: Store>(store: S) {
+    let mut task = new_task("s");
+    task.prompt = "fix\0it".into();
+    let refused = store.create_task(&task).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Invalid(refusal))
+            if refusal.rule == Rule::Prompt && refusal.message.contains("prompt") && refusal.message.contains("NUL")),
+        "{refused:?}"
+    );
+    assert!(store.list_session_tasks("s", 10).await.expect("list").is_empty());
+
+    let worker = runner(&store, "w").await;
+    let queued = store.create_task(&new_task("s")).await.expect("create");
+    let (_, token) = claim(&store, &worker).await.expect("claim");
+    let bad_event = EncodedEvent {
+        kind: "log".into(),
+        payload: "{\"message\":\"a\0b\"}".into(),
+    };
+    let refused = store
+        .append_events(queued.id, &token, "b1", &[log_event(1), bad_event])
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Invalid(refusal))
+            if refusal.rule == Rule::EventPayload && refusal.message.contains("event 1")),
+        "{refused:?}"
+    );
+    // The JSON escape is text like any other, and is kept.
+    let escaped = EncodedEvent {
+        kind: "log".into(),
+        payload: r#"{"level":"info","message":"a\u0000b"}"#.into(),
+    };
+    store
+        .append_events(queued.id, &token, "b2", &[escaped])
+        .await
+        .expect("an escaped NUL is fine");
+    assert_eq!(
+        log_of(&store, queued.id).await.0,
+        [1],
+        "the refused batch wrote nothing"
+    );
+
+    let mut verdict = verdict(TaskResult::Failed);
+    verdict.reason = Some("pi\0".into());
+    let refused = store.complete_task(queued.id, &token, &verdict).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Invalid(refusal)) if refusal.message.contains("reason")),
+        "{refused:?}"
+    );
+    assert_eq!(store.get_task(queued.id).await.expect("get").state, TaskState::Running);
+}
+
+/// 16 concurrent claimers over 2,000 queued tasks: each task exactly once.
+pub async fn claim_is_exactly_once_with_16_claimers_over_2000_tasks<S: Store>(store: S) {
+    let claimers: Vec<S> = (0..16).map(|_| store.clone()).collect();
+    claim_race(&claimers, &store, 2000).await;
+}
+
+/// As [`claim_is_exactly_once_with_16_claimers_over_2000_tasks`], with 8 claimers split over two
+/// stores on one database (two broker processes).
 pub async fn claims_across_stores_are_exactly_once<S: Store>(first: S, second: S) {
     let claimers: Vec<S> = (0..8)
         .map(|i| if i % 2 == 0 { first.clone() } else { second.clone() })
@@ -575,3 +743,39 @@ pub async fn runners_are_found_by_token_hash<S: Store>(store: S) {
         None
     );
 }
+
+/// Instantiates every case above as a test in the invoking module: `fresh`
+/// is an async fn answering `(guard, store)` for a new, empty database (the
+/// guard lives until the case ends), and the attributes in brackets (e.g.
+/// an `ignore`) go on every case.
+macro_rules! suite {
+    ($fresh:ident, $attrs:tt) => {
+        $crate::store::conformance::suite!(@cases $fresh, $attrs,
+            create_get_and_list_by_session,
+            claim_takes_the_oldest_and_marks_it_running,
+            state_transitions_follow_the_machine,
+            events_are_gapless_and_paged,
+            concurrent_appends_to_one_task_stay_gapless,
+            concurrent_appends_to_many_tasks_stay_gapless,
+            claim_is_exactly_once_with_16_claimers_over_2000_tasks,
+            callback_tokens_are_fenced_to_their_task_and_attempt,
+            runners_are_found_by_token_hash,
+            a_replayed_batch_is_answered_not_stored_again,
+            replays_racing_their_originals_store_each_batch_once,
+            stored_events_are_read_whatever_their_kind,
+            text_with_a_nul_character_is_refused,
+        );
+    };
+    (@cases $fresh:ident, $attrs:tt, $($name:ident),* $(,)?) => {$(
+        $crate::store::conformance::suite!(@case $fresh, $attrs, $name);
+    )*};
+    (@case $fresh:ident, [$(#[$attr:meta])*], $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn $name() {
+            let (_guard, store) = $fresh().await;
+            $crate::store::conformance::$name(store).await;
+        }
+    };
+}
+pub(crate) use suite;

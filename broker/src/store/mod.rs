@@ -1,10 +1,14 @@
 //! Durable state behind one trait.
 //!
-//! Each database gets its own concrete store (`SqliteStore` now, a
-//! `PgStore` later) rather than `sqlx::Any`, and every store must pass the
-//! same conformance suite (`conformance.rs`). The trait speaks in domain
-//! terms; credentials reach it only as hashes.
+//! Each database gets its own concrete store, [`SqliteStore`] (the default:
+//! one file, one broker) and [`PgStore`] (several replicas on one database),
+//! with its own migrations and SQL rather than `sqlx::Any` (which mishandles
+//! PostgreSQL's placeholders), and every store passes the same conformance
+//! suite (`conformance.rs`). The trait speaks in domain terms; credentials
+//! reach it only as hashes. [`Database`] is what `--db` names.
 
+pub mod database;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 
@@ -15,10 +19,13 @@ use std::future::Future;
 
 use embark_core::NewEvent;
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
+use embark_core::wire::rules::{Refusal, Rule};
+use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, check_batch_shape};
 
 use crate::auth::TokenHash;
 
+pub use database::Database;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// An event as a store writes it: its kind's name and its payload as JSON
@@ -77,6 +84,12 @@ pub enum StoreError {
     Invalid(embark_core::wire::rules::Refusal),
     #[error("stored data is not valid ({0}); was the database written by a newer embark?")]
     Corrupt(String),
+    #[error("could not create the database {path}")]
+    CreateFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not create the database directory {path}")]
     CreateDir {
         path: std::path::PathBuf,
@@ -161,6 +174,61 @@ pub trait Store: Clone + Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+
+    /// Waits for the connections in use to be returned, then closes them all.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Refuses text a store cannot keep as it was sent, under `rule`.
+/// PostgreSQL's `TEXT` cannot hold U+0000, so neither store takes it: a
+/// request gets the same answer whichever database the broker runs on.
+pub(crate) fn check_text(rule: Rule, field: &str, text: &str) -> Result<(), StoreError> {
+    if text.contains('\0') {
+        return Err(StoreError::Invalid(Refusal::new(
+            rule,
+            format!("{field} contains a NUL character (U+0000), which cannot be stored: remove it"),
+        )));
+    }
+    Ok(())
+}
+
+/// [`check_text`] for every text of a new task (the request rules already
+/// refuse control characters in all of them but the prompt).
+pub(crate) fn check_new_task(task: &CreateTask) -> Result<(), StoreError> {
+    let intent = &task.intent;
+    for (rule, field, text) in [
+        (Rule::RepoUrl, "repo_url", &task.repo_url),
+        (Rule::Commit, "commit", &task.commit),
+        (Rule::Prompt, "prompt", &task.prompt),
+        (Rule::Intent, "auth_profile", &intent.auth_profile),
+        (Rule::Intent, "provider", &intent.provider),
+        (Rule::Intent, "model", &intent.model),
+        (Rule::SessionId, "session_id", &task.session_id),
+    ] {
+        check_text(rule, field, text)?;
+    }
+    Ok(())
+}
+
+/// [`check_text`] for a verdict's texts.
+pub(crate) fn check_verdict(verdict: &CompleteTask) -> Result<(), StoreError> {
+    for (field, text) in [("final_text", &verdict.final_text), ("reason", &verdict.reason)] {
+        // A string the broker cannot take is a value of the wrong shape (422).
+        check_text(Rule::BodyShape, field, text.as_deref().unwrap_or_default())?;
+    }
+    Ok(())
+}
+
+/// What every store checks of an append it is handed before it opens a
+/// transaction: the batch's shape (the request's own rules) and text it can
+/// keep. Answers the number of events.
+pub(crate) fn check_append(batch_id: &str, events: &[EncodedEvent]) -> Result<i64, StoreError> {
+    check_batch_shape(batch_id, events.len()).map_err(StoreError::Invalid)?;
+    for (index, event) in events.iter().enumerate() {
+        check_text(Rule::EventPayload, &format!("event {index}'s kind"), &event.kind)?;
+        check_text(Rule::EventPayload, &format!("event {index}'s payload"), &event.payload)?;
+    }
+    Ok(i64::try_from(events.len()).expect("a batch holds at most MAX_EVENTS_PER_APPEND events (checked)"))
 }
 
 /// Refuses a transition the state machine does not have.

@@ -6,17 +6,20 @@
 //! lock first, then read), so a second process on the same file cannot
 //! interleave a read-then-write with ours either. Reads use their own pool
 //! and, thanks to WAL, never wait for writers.
+//!
+//! The file is created mode 0600 (its directory 0700) before SQLite opens
+//! it; SQLite gives its `-wal` and `-shm` files the same mode.
 
 use std::path::Path;
 use std::time::Duration;
 
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, check_batch_shape};
+use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
-use super::{EncodedEvent, Runner, Store, StoreError, check_transition};
+use super::{EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict};
 use crate::auth::TokenHash;
 
 /// How long a statement waits for another process's write lock.
@@ -33,15 +36,9 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating it and its directory when missing) and migrates the database at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
+        create_private(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // With WAL, NORMAL loses at most the last transactions on power loss, never consistency.
             .synchronous(SqliteSynchronous::Normal)
@@ -51,7 +48,7 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!().run(&writer).await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options)
@@ -59,15 +56,38 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
-    /// Waits for open connections to finish and closes them (checkpointing the WAL).
-    pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
-    }
-
     /// A write transaction that holds the write lock from its first statement.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Creates the database file (empty, which SQLite takes as a new database)
+/// readable by its owner only, and its directory likewise, unless they exist.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut dirs = std::fs::DirBuilder::new();
+    dirs.recursive(true);
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        dirs.mode(0o700);
+        file.mode(0o600);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        dirs.create(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    match file.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -155,6 +175,7 @@ fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
 
 impl Store for SqliteStore {
     async fn create_task(&self, task: &CreateTask) -> Result<Task, StoreError> {
+        check_new_task(task)?;
         let now = now_ms();
         let row: TaskRow = sqlx::query_as(concat!(
             "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
@@ -247,8 +268,7 @@ impl Store for SqliteStore {
         batch_id: &str,
         events: &[EncodedEvent],
     ) -> Result<EventsAppended, StoreError> {
-        check_batch_shape(batch_id, events.len()).map_err(StoreError::Invalid)?;
-        let count = i64::try_from(events.len()).expect("a batch holds at most MAX_EVENTS_PER_APPEND events (checked)");
+        let count = check_append(batch_id, events)?;
         let now = now_ms();
 
         let mut tx = self.write_tx().await?;
@@ -325,6 +345,7 @@ impl Store for SqliteStore {
         callback: &TokenHash,
         verdict: &CompleteTask,
     ) -> Result<Task, StoreError> {
+        check_verdict(verdict)?;
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let CurrentAttempt { state, .. } = authorize_attempt(&mut tx, id, callback).await?;
@@ -384,6 +405,12 @@ impl Store for SqliteStore {
             last_seq: seq(last_seq)?,
         })
     }
+
+    /// Closing the writer last checkpoints the WAL into the main file.
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
 }
 
 #[cfg(test)]
@@ -400,28 +427,7 @@ mod tests {
         (dir, store)
     }
 
-    macro_rules! conformance_tests {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                let (_dir, store) = fresh().await;
-                conformance::$name(store).await;
-            }
-        )*};
-    }
-
-    conformance_tests!(
-        create_get_and_list_by_session,
-        claim_takes_the_oldest_and_marks_it_running,
-        state_transitions_follow_the_machine,
-        events_are_gapless_and_paged,
-        concurrent_appends_stay_gapless_per_task,
-        claim_is_exactly_once_under_concurrency,
-        callback_tokens_are_fenced_to_their_task_and_attempt,
-        runners_are_found_by_token_hash,
-        a_replayed_batch_is_answered_not_stored_again,
-        stored_events_are_read_whatever_their_kind,
-    );
+    conformance::suite!(fresh, []);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn two_stores_on_one_file_never_claim_the_same_task() {
@@ -532,6 +538,22 @@ mod tests {
         let claim = query_plan(&store, CLAIM_NEXT, &["1"]).await;
         assert!(claim.contains("tasks_queued"), "{claim}");
         assert!(!claim.contains("TEMP B-TREE"), "{claim}");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_files_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+        let (dir, store) = fresh().await;
+        // A write makes sure the WAL and its index exist.
+        store.create_task(&conformance::new_task("s")).await.expect("create");
+        let db = dir.path().join("nested/broker.db");
+        for file in ["broker.db", "broker.db-wal", "broker.db-shm"] {
+            assert_eq!(mode(&db.with_file_name(file)), 0o600, "{file}");
+        }
+        assert_eq!(mode(&dir.path().join("nested")), 0o700, "the directory it created");
     }
 
     #[tokio::test]
