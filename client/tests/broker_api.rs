@@ -4,14 +4,14 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use embark_client::{BrokerClient, ClientError};
+use embark_client::ClientError;
 use embark_core::event::{AssistantDelta, Event, Log, LogLevel, NewEvent, OtherEvent, Payload};
 use embark_core::intent::ExecutionIntent;
 use embark_core::limits;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{ApiError, ApiErrorCode, AppendEvents, CompleteTask, CreateTask, TaskResult};
 use embark_testkit::poll::eventually;
-use embark_testkit::{BROKER_LOG_FILTER, Broker, CLAIM_WAITING, Spawned, bin_path};
+use embark_testkit::{Backend, Broker, CLAIM_WAITING, bin_path};
 use serde_json::{Value, json};
 
 fn new_task(session: &str, prompt: &str) -> CreateTask {
@@ -76,9 +76,8 @@ async fn raw_error(request: reqwest::RequestBuilder) -> (u16, ApiError) {
     (status, body)
 }
 
-#[tokio::test]
-async fn credentials_are_required_and_refusals_are_api_errors() {
-    let broker = Broker::start();
+async fn credentials_are_required_and_refusals_are_api_errors(backend: Backend) {
+    let broker = Broker::start_with(backend);
     let client = broker.client();
     let http = reqwest::Client::new();
 
@@ -119,9 +118,8 @@ async fn credentials_are_required_and_refusals_are_api_errors() {
     assert_eq!(status, 401);
 }
 
-#[tokio::test]
-async fn a_task_walks_from_creation_to_its_outcome() {
-    let broker = Broker::start();
+async fn a_task_walks_from_creation_to_its_outcome(backend: Backend) {
+    let broker = Broker::start_with(backend);
     let client = broker.client();
     let secret = broker.client_secret.as_str();
 
@@ -239,9 +237,8 @@ async fn a_task_walks_from_creation_to_its_outcome() {
     );
 }
 
-#[tokio::test]
-async fn bad_requests_say_what_was_wrong() {
-    let broker = Broker::start();
+async fn bad_requests_say_what_was_wrong(backend: Backend) {
+    let broker = Broker::start_with(backend);
     let client = broker.client();
     let secret = broker.client_secret.as_str();
     let http = reqwest::Client::new();
@@ -372,9 +369,8 @@ async fn bad_requests_say_what_was_wrong() {
     );
 }
 
-#[tokio::test]
-async fn a_retried_append_is_stored_once() {
-    let broker = Broker::start();
+async fn a_retried_append_is_stored_once(backend: Backend) {
+    let broker = Broker::start_with(backend);
     let client = broker.client();
     let secret = broker.client_secret.as_str();
     let task = client.create_task(secret, &new_task("s", "p")).await.expect("create");
@@ -436,9 +432,8 @@ async fn a_retried_append_is_stored_once() {
 /// Additive evolution inside v1, through the real binary: a newer runner's
 /// kinds and fields are stored and served as sent; a known kind whose
 /// payload does not fit is refused, naming the event, its kind and the field.
-#[tokio::test]
-async fn events_of_a_newer_runner_are_kept_and_misfits_refused() {
-    let broker = Broker::start();
+async fn events_of_a_newer_runner_are_kept_and_misfits_refused(backend: Backend) {
+    let broker = Broker::start_with(backend);
     let client = broker.client();
     let secret = broker.client_secret.as_str();
     let http = reqwest::Client::new();
@@ -533,9 +528,8 @@ async fn events_of_a_newer_runner_are_kept_and_misfits_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_waiting_claim_wakes_when_a_task_is_created() {
-    let broker = Broker::start();
+async fn a_waiting_claim_wakes_when_a_task_is_created(backend: Backend) {
+    let broker = Broker::start_with(backend);
     let client = broker.client();
     let runner = client.enroll(&broker.enrollment_secret, "box").await.expect("enroll");
 
@@ -570,26 +564,10 @@ async fn a_waiting_claim_wakes_when_a_task_is_created() {
     assert!(waited < Duration::from_secs(4), "woke only after {waited:?}");
 }
 
-#[tokio::test]
-async fn sigterm_ends_waiting_claims_and_stops_cleanly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("data/broker.db");
-    let mut command = Command::new(bin_path("embark-broker"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .env("EMBARK_CLIENT_SECRET", "client-secret-0123456789")
-        .env("EMBARK_RUNNER_ENROLLMENT_SECRET", "enroll-secret-0123456789")
-        .env("EMBARK_LOG", BROKER_LOG_FILTER)
-        .env_remove("EMBARK_BROKER_CONFIG");
-    let mut broker = Spawned::start(command, &dir.path().join("broker.log"));
-    let line = broker.read_stdout_line(Duration::from_secs(30));
-    let ready: serde_json::Value = serde_json::from_str(&line).expect("announcement is JSON");
-    let url = format!("http://{}", ready["listening"].as_str().expect("listening address"));
-    assert!(db.is_file(), "the database and its directory were created");
-
-    let client = BrokerClient::new(&url).expect("url");
-    let runner = client.enroll("enroll-secret-0123456789", "box").await.expect("enroll");
+async fn sigterm_ends_waiting_claims_and_stops_cleanly(backend: Backend) {
+    let mut broker = Broker::start_with(backend);
+    let client = broker.client();
+    let runner = client.enroll(&broker.enrollment_secret, "box").await.expect("enroll");
     let waiting = tokio::spawn(async move { client.claim(&runner.runner_token, 20_000).await });
     let logged = eventually(Duration::from_secs(10), async || {
         broker.log().contains(CLAIM_WAITING).then_some(())
@@ -608,13 +586,21 @@ async fn sigterm_ends_waiting_claims_and_stops_cleanly() {
         .expect("claim task finished");
     assert!(claim.expect("claim answered").is_none(), "204 on shutdown");
 
-    let exited = eventually(Duration::from_secs(10), async || {
-        broker.child_mut().try_wait().expect("wait")
-    })
-    .await;
+    let exited = eventually(Duration::from_secs(10), async || broker.exit_status()).await;
     let status = exited.unwrap_or_else(|| panic!("the broker did not exit; log:\n{}", broker.log()));
     assert!(status.success(), "clean exit, got {status}; log:\n{}", broker.log());
 }
+
+// Every test above, as `sqlite::…` and `postgres::…`.
+embark_testkit::backend_tests!(
+    credentials_are_required_and_refusals_are_api_errors,
+    a_task_walks_from_creation_to_its_outcome,
+    bad_requests_say_what_was_wrong,
+    a_retried_append_is_stored_once,
+    events_of_a_newer_runner_are_kept_and_misfits_refused,
+    a_waiting_claim_wakes_when_a_task_is_created,
+    sigterm_ends_waiting_claims_and_stops_cleanly,
+);
 
 #[test]
 fn it_refuses_to_start_without_good_secrets() {

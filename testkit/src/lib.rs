@@ -16,7 +16,7 @@ pub mod proxy;
 pub mod runner;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -178,6 +178,11 @@ impl Broker {
         self.process.pid()
     }
 
+    /// The broker's exit status once it has exited; `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.process.child_mut().try_wait().expect("poll the broker")
+    }
+
     pub fn client(&self) -> BrokerClient {
         BrokerClient::new(&self.url).expect("broker URL is valid")
     }
@@ -191,6 +196,37 @@ impl Broker {
     pub fn claims_waiting(&self) -> usize {
         self.log().matches(CLAIM_WAITING).count()
     }
+}
+
+/// Runs each named `async fn(Backend)` on both backends, as the tests
+/// `sqlite::NAME` and `postgres::NAME`. The PostgreSQL ones are ignored
+/// (reported as skipped) unless the invoking crate's build script set
+/// `cfg(embark_pg_tests)` because `EMBARK_TEST_DATABASE_URL` was set (see
+/// [`postgres`]).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                #[cfg_attr(
+                    not(embark_pg_tests),
+                    ignore = "PostgreSQL case: set EMBARK_TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run it"
+                )]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
 }
 
 /// Starts a broker on `storage` and waits for its `{"listening": …}` line.
