@@ -20,6 +20,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (the binaries the integration tests and smoke scripts start)"
 cargo build --workspace --locked
 
+if [ -z "${EMBARK_TEST_DATABASE_URL:-}" ]; then
+  # The PostgreSQL cases are compiled as ignored and reported as skipped.
+  printf '\nnote: EMBARK_TEST_DATABASE_URL is not set: the PostgreSQL tests are skipped (set it to e.g. postgres://postgres@127.0.0.1:5432/postgres to run them)\n'
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   # Test binaries run in parallel, one process per test; doctests separately (nextest skips them).
   step "cargo nextest run"

@@ -1,5 +1,5 @@
 //! embark's broker: the task queue, the per-task event logs and the
-//! credentials, over HTTP, on SQLite.
+//! credentials, over HTTP, on SQLite or PostgreSQL.
 //!
 //! `store` holds the state behind the [`store::Store`] trait, `api` is the
 //! HTTP transport (its extractors check every request against its rules,

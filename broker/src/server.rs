@@ -58,7 +58,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServeError> {
             // Tasks created through other replicas wake this one's claimers
             // (all of them: each re-runs the atomic claim, so none is taken twice).
             let queue = Arc::clone(&claims);
-            wakeups::forward(&store, move || queue.task_added())
+            wakeups::forward(&store, move |_tasks| queue.task_added())
                 .await
                 .map_err(opening)?;
             serve(store, claims, &config, shutdown).await

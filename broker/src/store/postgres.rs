@@ -13,9 +13,9 @@
 //!   without waiting for one another.
 //! - A read that needs a consistent view (an event page and `last_seq`) is
 //!   one statement, which sees one snapshot.
-//! - A created task sends a `NOTIFY` (delivered at commit, so only for a
-//!   task that exists): other replicas' waiting claimers wake up
-//!   ([`wakeups`]); their polling stays behind it.
+//! - Created tasks are announced with `NOTIFY`, after they committed and
+//!   coalesced ([`wakeups`]): other replicas' waiting claimers wake up; their
+//!   polling stays behind it.
 //!
 //! Statements that need several steps are one statement with data-modifying
 //! CTEs where that saves round trips; each is next to the method using it.
@@ -23,12 +23,14 @@
 pub mod wakeups;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres};
 
+use self::wakeups::Announcer;
 use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
 use super::{EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict};
 use crate::auth::TokenHash;
@@ -36,15 +38,12 @@ use crate::auth::TokenHash;
 /// Connections per broker when the configuration does not say.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 
-/// The channel a created task is announced on; the payload is the creating
-/// replica's id, so a replica can skip its own announcements.
-pub const TASK_QUEUED_CHANNEL: &str = "embark_task_queued";
-
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-    /// This store's id in `NOTIFY` payloads (see [`TASK_QUEUED_CHANNEL`]).
+    /// This store's id in its announcements (see [`wakeups::TASK_QUEUED_CHANNEL`]).
     replica: String,
+    announcer: Arc<Announcer>,
 }
 
 impl PgStore {
@@ -57,9 +56,12 @@ impl PgStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        let replica = uuid::Uuid::new_v4().to_string();
+        let announcer = Announcer::start(pool.clone(), replica.clone());
         Ok(Self {
             pool,
-            replica: uuid::Uuid::new_v4().to_string(),
+            replica,
+            announcer,
         })
     }
 
@@ -81,13 +83,10 @@ const LIST_SESSION_TASKS: &str = concat!(
     " FROM tasks WHERE session_id = $1 ORDER BY created_at DESC, arrival DESC LIMIT $2"
 );
 
-/// Inserts the task and announces it in one statement; the `NOTIFY` is
-/// delivered when the statement's transaction commits.
 const CREATE_TASK: &str = concat!(
-    "WITH created AS (INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
+    "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
      session_id, created_at, updated_at) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING ",
-    task_columns!(),
-    ") SELECT created.* FROM created CROSS JOIN LATERAL (SELECT pg_notify($10, $11)) AS announced"
+    task_columns!()
 );
 
 /// Takes the oldest queued task nobody else is taking (`SKIP LOCKED`: a row
@@ -196,10 +195,10 @@ impl Store for PgStore {
             .bind(&task.intent.model)
             .bind(&task.session_id)
             .bind(now_ms())
-            .bind(TASK_QUEUED_CHANNEL)
-            .bind(&self.replica)
             .fetch_one(&self.pool)
             .await?;
+        // Committed (one statement, autocommit): other replicas may now be told.
+        self.announcer.task_queued();
         row.try_into()
     }
 
@@ -393,6 +392,8 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use embark_testkit::postgres::TestDatabase;
 
     use super::*;
@@ -428,6 +429,21 @@ mod tests {
         conformance::claims_across_stores_are_exactly_once(first, second).await;
     }
 
+    /// Waits (bounded) for the next announcement an outside listener sees.
+    async fn next_announcement(observer: &mut sqlx::postgres::PgListener) -> String {
+        let next = tokio::time::timeout(Duration::from_secs(10), observer.recv()).await;
+        next.expect("an announcement within 10 s")
+            .expect("the observer listens")
+            .payload()
+            .to_owned()
+    }
+
+    /// Waits (bounded) for the next wake-up the forwarder hands over.
+    async fn next_wake(woken: &mut tokio::sync::mpsc::UnboundedReceiver<u64>) -> u64 {
+        let next = tokio::time::timeout(Duration::from_secs(10), woken.recv()).await;
+        next.expect("a wake-up within 10 s").expect("the forwarder runs")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     #[cfg_attr(
         not(embark_pg_tests),
@@ -436,37 +452,50 @@ mod tests {
     async fn replicas_wake_each_other_but_not_themselves() {
         let (database, here) = fresh().await;
         let there = connect(&database).await;
+        // Notifications reach every listener in the order they were sent, so
+        // an outside listener tells when one was sent.
+        let mut observer = sqlx::postgres::PgListener::connect(&database.url)
+            .await
+            .expect("observer");
+        observer.listen(wakeups::TASK_QUEUED_CHANNEL).await.expect("listen");
         let (woken_tx, mut woken) = tokio::sync::mpsc::unbounded_channel();
-        let forwarding = wakeups::forward(&here, move || {
-            let _ = woken_tx.send(());
+        let forwarding = wakeups::forward(&here, move |tasks| {
+            let _ = woken_tx.send(tasks);
         })
         .await
         .expect("listen");
 
-        // Announcements arrive in commit order: had `here`'s own come through,
-        // it would be the first wake-up, ahead of the one from `there`.
         here.create_task(&conformance::new_task("s"))
             .await
             .expect("create here");
+        assert_eq!(next_announcement(&mut observer).await, format!("{} 1", here.replica));
         there
             .create_task(&conformance::new_task("s"))
             .await
             .expect("create there");
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), woken.recv()).await;
-        assert_eq!(first.expect("woken by the other replica's task"), Some(()));
-        there
-            .create_task(&conformance::new_task("s"))
-            .await
-            .expect("create there");
-        let second = tokio::time::timeout(std::time::Duration::from_secs(10), woken.recv()).await;
-        assert_eq!(second.expect("woken again"), Some(()));
-        assert!(
-            woken.try_recv().is_err(),
-            "one wake-up per task from elsewhere, none for its own"
-        );
+        assert_eq!(next_announcement(&mut observer).await, format!("{} 1", there.replica));
+        // Had `here`'s own announcement come through, it would be the first wake-up.
+        assert_eq!(next_wake(&mut woken).await, 1, "woken by the other replica's task");
+        assert!(woken.try_recv().is_err(), "not woken by its own task");
+
+        // Creations while an announcement is in flight go out together: the counts add up.
+        let creators: Vec<_> = (0..40)
+            .map(|_| {
+                let there = there.clone();
+                tokio::spawn(async move { there.create_task(&conformance::new_task("s")).await })
+            })
+            .collect();
+        for creator in creators {
+            creator.await.expect("creator finished").expect("create");
+        }
+        let mut announced = 0;
+        while announced < 40 {
+            announced += next_wake(&mut woken).await;
+        }
+        assert_eq!(announced, 40, "each task announced once");
 
         here.close().await;
-        tokio::time::timeout(std::time::Duration::from_secs(10), forwarding)
+        tokio::time::timeout(Duration::from_secs(10), forwarding)
             .await
             .expect("listening ends when the store closes")
             .expect("the listener did not panic");
