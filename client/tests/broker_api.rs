@@ -636,3 +636,42 @@ fn it_refuses_to_start_without_good_secrets() {
         "no database is created before the config is valid"
     );
 }
+
+#[test]
+fn it_refuses_a_database_it_cannot_use_and_never_shows_its_password() {
+    let run = |db_flag: Option<&str>, db_env: Option<&str>| {
+        let mut command = Command::new(bin_path("embark-broker"));
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .env("EMBARK_CLIENT_SECRET", "client-secret-0123456789")
+            .env("EMBARK_RUNNER_ENROLLMENT_SECRET", "enroll-secret-0123456789")
+            .env_remove("EMBARK_BROKER_DB")
+            .env_remove("EMBARK_BROKER_CONFIG");
+        if let Some(db) = db_flag {
+            command.args(["--db", db]);
+        }
+        if let Some(db) = db_env {
+            command.env("EMBARK_BROKER_DB", db);
+        }
+        let output = command.output().expect("run broker");
+        assert!(!output.status.success());
+        assert!(output.stdout.is_empty(), "nothing announced on stdout");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+        stderr
+    };
+    let stderr = run(Some("mysql://embark@127.0.0.1/embark"), None);
+    assert!(
+        stderr.contains("sqlite:PATH") && stderr.contains("postgres://"),
+        "names what is allowed: {stderr}"
+    );
+    let stderr = run(Some("postgres://embark:hunter2@127.0.0.1/embark"), None);
+    assert!(stderr.contains("never in --db"), "{stderr}");
+    // Nothing listens on port 1: the broker says so at once instead of starting.
+    let stderr = run(None, Some("postgres://embark:hunter2@127.0.0.1:1/embark"));
+    assert!(
+        stderr.contains("could not open the database postgres://embark:***@127.0.0.1:1/embark")
+            && stderr.contains("could not connect"),
+        "{stderr}"
+    );
+}

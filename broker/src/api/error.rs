@@ -57,6 +57,7 @@ impl From<StoreError> for ApiFailure {
             StoreError::Corrupt(_)
             | StoreError::CreateDir { .. }
             | StoreError::CreateFile { .. }
+            | StoreError::Connect(_)
             | StoreError::Database(_)
             | StoreError::Migrate(_) => {
                 // The details are for the operator's log, not for callers.

@@ -96,6 +96,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "could not connect to the database: check that it is running, that this machine may reach it, and the \
+         URL's host, port, user, password and database"
+    )]
+    Connect(#[source] sqlx::Error),
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed")]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres};
+use sqlx::{Connection, PgConnection, Postgres};
 
 use self::wakeups::Announcer;
 use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
@@ -51,6 +51,13 @@ impl PgStore {
     /// start together are safe: the migrator holds an advisory lock.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("embark-broker");
+        // One connection first: the pool would retry a refused or failed
+        // login until its acquire timeout and then report only the timeout.
+        PgConnection::connect_with(&options)
+            .await
+            .map_err(StoreError::Connect)?
+            .close()
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .connect_with(options)
