@@ -130,3 +130,26 @@ fn a_configuration_that_would_not_start_is_printed_then_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_database_url_is_printed_without_its_password() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let output = run(
+        home.path(),
+        &["--print-config"],
+        &[
+            ("EMBARK_CLIENT_SECRET", CLIENT),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", ENROLL),
+            ("EMBARK_BROKER_DB", "postgres://embark:hunter2@127.0.0.1:5432/embark"),
+        ],
+    );
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(output.status.success(), "exit {:?}", output.status);
+    for line in [
+        "db = \"postgres://embark:***@127.0.0.1:5432/embark\"  # from env EMBARK_BROKER_DB",
+        "db_max_connections = 16  # default",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "no line {line:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}

@@ -83,12 +83,36 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     }
     match file.open(path) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            warn_if_shared(path);
+            Ok(())
+        }
         Err(source) => Err(StoreError::CreateFile {
             path: path.to_path_buf(),
             source,
         }),
     }
+}
+
+/// An existing database (say, made by an older broker) is left as it is,
+/// but one that other users may read is worth a line in the log.
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "other users may read the database: `chmod 600` it and its -wal and -shm files"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// One task by id.
