@@ -4,8 +4,8 @@
 //! **Announcing** ([`Announcer`]): a `NOTIFY` inside the creating
 //! transaction takes PostgreSQL's global notification lock until that
 //! transaction's commit is flushed, which serializes every creation behind
-//! it (measured: 8 creators fell from ~3,000 to ~550 tasks/s, decision D14 in
-//! `docs/decisions.md`). So creations are counted instead, and one task per
+//! it (measured with 8 creators: 14–58 % of their rate without it; decision
+//! D14 in `docs/decisions.md`). So creations are counted instead, and one task per
 //! replica sends them after they committed, as one `NOTIFY` carrying the
 //! count: at most one in flight, and everything created meanwhile goes into
 //! the next one.
