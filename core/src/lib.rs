@@ -14,6 +14,7 @@ pub mod limits;
 pub mod logging;
 #[cfg(feature = "ndjson")]
 pub mod ndjson;
+pub mod manifest;
 pub mod protocol;
 pub mod repo_url;
 pub mod schema;
