@@ -34,4 +34,4 @@ mod status;
 pub use bounds::{BoundsError, Exceeded, Offender};
 pub use config::{Bounds, DEFAULT_EXCLUDES, GitConfig, SyncConfig, parse_excludes};
 pub use error::ManifestError;
-pub use scan::{Scan, ScanStats, scan};
+pub use scan::{Scan, ScanStats, scan, scan_at};

@@ -123,7 +123,12 @@ impl Scan {
 
 /// Scans the repository containing `path` (see the crate docs).
 pub fn scan(path: &Path, config: &SyncConfig) -> Result<Scan, ManifestError> {
-    let scan_start = SystemTime::now();
+    scan_at(path, config, SystemTime::now())
+}
+
+/// [`scan`] with the scan's start time given: the stat cache's racy rule trusts only files that
+/// last changed before it (less [`RACY_MARGIN`](crate::stat_cache::RACY_MARGIN)). Tests inject it.
+pub fn scan_at(path: &Path, config: &SyncConfig, scan_start: SystemTime) -> Result<Scan, ManifestError> {
     let repo = status::open(path, config.git_config)?;
     let workdir = repo.workdir().expect("open() refuses bare repositories").to_owned();
     let excludes = Excludes::load(&workdir, config)?;

@@ -253,10 +253,14 @@ pub fn expected_tree(repo: &Path) -> (BTreeMap<Vec<u8>, State>, BTreeSet<Vec<u8>
                 continue;
             }
         }
-        if deleted.contains(path) {
+        if deleted.contains(path) || !reachable_without_symlinks(repo, path) {
             continue;
         }
         let meta = std::fs::symlink_metadata(&abs).expect("listed path exists");
+        if meta.is_dir() {
+            // An index entry that became a directory: git status reports it deleted (ls-files -d does not).
+            continue;
+        }
         let state = if meta.file_type().is_symlink() {
             State::Symlink(
                 std::fs::read_link(&abs)
@@ -422,4 +426,24 @@ pub fn assert_matches_git(repo: &Repo, config: &SyncConfig) -> Scan {
         );
     }
     scan
+}
+
+/// Runs git and says whether it succeeded (for commands expected to fail, like a conflicting merge).
+pub fn git_output_status(dir: &Path, args: &[&str]) -> bool {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    command(dir, &args).output().expect("run git").status.success()
+}
+
+/// Whether every parent of `path` is a real directory: git status treats a path behind a symlinked
+/// directory as deleted (`ls-files --deleted` follows the link and does not).
+fn reachable_without_symlinks(repo: &Path, path: &[u8]) -> bool {
+    let mut current = repo.to_path_buf();
+    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+    for part in &parts[..parts.len() - 1] {
+        current.push(OsStr::from_bytes(part));
+        if !std::fs::symlink_metadata(&current).is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+    }
+    true
 }
