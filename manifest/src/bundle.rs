@@ -98,15 +98,17 @@ pub fn base_state(
             args: "bundle create".into(),
             detail: format!("the git dir path {} is not UTF-8", dir.display()),
         })?;
-        git.run(&[
-            "bundle",
-            "create",
-            "--quiet",
-            tmp_arg,
-            commit.as_str(),
-            "--not",
-            &not_remotes,
-        ])?;
+        // A bundle carries refs, so it is made of `HEAD` (a bare commit id makes an empty one)…
+        git.run(&["bundle", "create", "--quiet", tmp_arg, "HEAD", "--not", &not_remotes])?;
+        // …and must carry the commit this scan saw.
+        let heads = git.run(&["bundle", "list-heads", tmp_arg])?;
+        if !heads.lines().any(|line| line.starts_with(commit.as_str())) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ManifestError::GitCli {
+                args: "bundle create".into(),
+                detail: format!("HEAD moved away from {} during the scan; scan again", commit.short()),
+            });
+        }
         std::fs::rename(&tmp, &file).map_err(ManifestError::io(&file))?;
         std::fs::write(&stamp, &wanted_stamp).map_err(ManifestError::io(&stamp))?;
     }
