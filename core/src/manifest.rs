@@ -610,7 +610,7 @@ mod hex {
             _ => None,
         };
         let text = text.as_bytes();
-        if text.len() % 2 != 0 {
+        if !text.len().is_multiple_of(2) {
             return None;
         }
         text.chunks(2)

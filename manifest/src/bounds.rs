@@ -90,7 +90,7 @@ pub fn check(manifest: &Manifest, bounds: &Bounds, untracked: &dyn Fn(&RepoPath)
             .iter()
             .map(|(e, size)| file_offender(&e.path, *size, untracked(&e.path)))
             .collect();
-        offenders.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        offenders.sort_by_key(|o| std::cmp::Reverse(o.bytes));
         offenders.truncate(NAMED);
         return Err(BoundsError {
             exceeded: Exceeded::FileBytes {
@@ -165,7 +165,7 @@ pub fn check(manifest: &Manifest, bounds: &Bounds, untracked: &dyn Fn(&RepoPath)
                 fix: "push those commits first".into(),
             });
         }
-        offenders.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        offenders.sort_by_key(|o| std::cmp::Reverse(o.bytes));
         offenders.truncate(NAMED);
         return Err(BoundsError {
             exceeded: Exceeded::Bytes {

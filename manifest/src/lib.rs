@@ -25,6 +25,7 @@ pub mod bundle;
 pub mod config;
 mod error;
 pub mod excludes;
+pub mod hashing;
 mod paths;
 pub mod render;
 mod scan;

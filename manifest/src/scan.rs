@@ -18,7 +18,6 @@
 //! raw bytes) is dropped, so staging and un-staging back leave no trace.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -37,11 +36,9 @@ use crate::bundle;
 use crate::config::SyncConfig;
 use crate::error::ManifestError;
 use crate::excludes::Excludes;
+use crate::hashing;
 use crate::stat_cache::{FileStat, Hashed, StatCache};
 use crate::status::{self, Candidate, GitView, HeadInfo};
-
-/// Files at least this big are hashed with blake3's memory-mapped multi-threaded mode.
-const MMAP_THRESHOLD: u64 = 4 * 1024 * 1024;
 
 /// What a scan did, for benchmarks and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -210,7 +207,7 @@ pub fn scan_at(path: &Path, config: &SyncConfig, scan_start: SystemTime) -> Resu
     let results: Vec<Result<(usize, FileStat, Hashed, bool), ManifestError>> = to_hash
         .par_iter()
         .map(|(i, abs, stat, need_git_id)| {
-            let (h, stable) = hash_file(abs, stat, *need_git_id, object_hash)?;
+            let (h, stable) = hashing::hash_file(abs, stat.size, *need_git_id, object_hash)?;
             Ok((*i, *stat, h, stable))
         })
         .collect();
@@ -397,10 +394,9 @@ fn observe(
         if index.mode.is_submodule() {
             return Ok(Observed::Submodule(index.id));
         }
-        let object = repo.find_object(index.id).map_err(|e| ManifestError::Git {
-            what: "a skip-worktree blob",
-            source: Box::new(e.into()),
-        })?;
+        let object = repo
+            .find_object(index.id)
+            .map_err(ManifestError::git("a skip-worktree blob"))?;
         return Ok(Observed::Blob {
             mode: index.mode,
             bytes: object.data.clone(),
@@ -432,7 +428,7 @@ fn observe(
     if file_type.is_symlink() {
         let target = std::fs::read_link(&abs).map_err(ManifestError::io(&abs))?;
         let bytes = crate::paths::to_bytes(&target).to_vec();
-        let git_id = git_blob_id(view.object_hash, &bytes);
+        let git_id = hashing::git_blob_id(view.object_hash, &bytes);
         return Ok(Observed::Blob {
             mode: Mode::SYMLINK,
             bytes,
@@ -495,41 +491,6 @@ impl ParentDirs {
 
 fn needs_git_id(head: Option<HeadInfo>) -> bool {
     head.is_some_and(|h| h.mode == Mode::FILE || h.mode == Mode::FILE_EXECUTABLE)
-}
-
-/// Hashes one file. `stable` is false when it changed while being read (then it is not cached).
-fn hash_file(
-    abs: &Path,
-    stat: &FileStat,
-    need_git_id: bool,
-    object_hash: gix::hash::Kind,
-) -> Result<(Hashed, bool), ManifestError> {
-    if stat.size >= MMAP_THRESHOLD && !need_git_id {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap_rayon(abs).map_err(ManifestError::io(abs))?;
-        let size = hasher.count();
-        let hash = ContentHash(*hasher.finalize().as_bytes());
-        return Ok((
-            Hashed {
-                hash,
-                size,
-                git_id: None,
-            },
-            size == stat.size,
-        ));
-    }
-    let mut file = std::fs::File::open(abs).map_err(ManifestError::io(abs))?;
-    let mut bytes = Vec::with_capacity(usize::try_from(stat.size).unwrap_or(0).saturating_add(1));
-    file.read_to_end(&mut bytes).map_err(ManifestError::io(abs))?;
-    let hash = ContentHash::of(&bytes);
-    let git_id = need_git_id.then(|| git_blob_id(object_hash, &bytes));
-    let size = bytes.len() as u64;
-    Ok((Hashed { hash, size, git_id }, size == stat.size))
-}
-
-/// git's blob id of `bytes` as they are (no filters).
-fn git_blob_id(kind: gix::hash::Kind, bytes: &[u8]) -> ObjectId {
-    gix::objs::compute_hash(kind, gix::objs::Kind::Blob, bytes).expect("hashing in memory does not fail")
 }
 
 fn commit_id(id: ObjectId) -> CommitId {

@@ -109,16 +109,34 @@ pub fn collect(repo: &gix::Repository, excludes: &Excludes, git_config: GitConfi
         .filesystem_options()
         .map_err(ManifestError::git("filesystem options"))?;
 
+    // git's cache-tree: when the index's root tree is valid and is HEAD's tree, index and HEAD
+    // agree on every path and HEAD's tree need not be read at all (git's diff-index skips the same way).
+    let index_is_head = match (head_tree, index.tree()) {
+        (Some(tree), Some(cache)) => {
+            cache.id == tree
+                && cache.num_entries.is_some_and(|n| n as usize == index.entries().len())
+                && index
+                    .entries()
+                    .iter()
+                    .all(|e| e.stage_raw() == 0 && !e.flags.contains(Flags::INTENT_TO_ADD))
+        }
+        _ => false,
+    };
+
     let sync_repo = repo.clone().into_sync();
     let (head_state, worktree, walk) = std::thread::scope(|scope| {
-        let head_job = scope.spawn(|| -> Result<gix::index::State, ManifestError> {
+        let head_job = scope.spawn(|| -> Result<Option<gix::index::State>, ManifestError> {
+            if index_is_head {
+                return Ok(None);
+            }
             let repo = sync_repo.to_thread_local();
             match head_tree {
-                Some(tree) => Ok(repo
-                    .index_from_tree(&tree)
-                    .map_err(ManifestError::git("HEAD's tree"))?
-                    .into()),
-                None => Ok(gix::index::State::new(repo.object_hash())),
+                Some(tree) => Ok(Some(
+                    repo.index_from_tree(&tree)
+                        .map_err(ManifestError::git("HEAD's tree"))?
+                        .into(),
+                )),
+                None => Ok(Some(gix::index::State::new(repo.object_hash()))),
             }
         });
         let walk_job = scope.spawn(|| -> Result<Walk<'_>, ManifestError> {
@@ -184,7 +202,9 @@ pub fn collect(repo: &gix::Repository, excludes: &Excludes, git_config: GitConfi
     let (head_state, worktree, walk) = (head_state?, worktree?, walk?);
 
     let mut candidates: BTreeMap<BString, Candidate> = BTreeMap::new();
-    diff_head_index(&head_state, &index, &mut candidates);
+    if let Some(head_state) = &head_state {
+        diff_head_index(head_state, &index, &mut candidates);
+    }
     for path in worktree.paths {
         candidates.entry(path).or_default();
     }
@@ -192,9 +212,11 @@ pub fn collect(repo: &gix::Repository, excludes: &Excludes, git_config: GitConfi
         candidates.entry(path).or_default().untracked = true;
     }
     for (path, candidate) in candidates.iter_mut() {
-        candidate.head = head_state
-            .entry_by_path(path.as_bstr())
-            .map(|e| HeadInfo { mode: e.mode, id: e.id });
+        let head_entry = match &head_state {
+            Some(head_state) => head_state.entry_by_path(path.as_bstr()),
+            None => index.entry_by_path(path.as_bstr()),
+        };
+        candidate.head = head_entry.map(|e| HeadInfo { mode: e.mode, id: e.id });
         candidate.index = index.entry_by_path(path.as_bstr()).map(|e| IndexInfo {
             mode: e.mode,
             id: e.id,
@@ -339,17 +361,17 @@ impl Delegate for Walk<'_> {
         }
         let path = entry.rela_path.as_ref();
         match entry.disk_kind {
-            Some(DiskKind::Directory) => {
-                if self.pruned.contains(path) {
-                    if let Some(rule) = self.excludes.rule_for(crate::paths::to_path(path), true) {
-                        self.excluded.push(Excluded {
-                            path: RepoPath::new(path.to_vec()),
-                            is_dir: true,
-                            rule,
-                        });
-                    }
+            // Only directories we pruned are emitted as such.
+            Some(DiskKind::Directory) if self.pruned.contains(path) => {
+                if let Some(rule) = self.excludes.rule_for(crate::paths::to_path(path), true) {
+                    self.excluded.push(Excluded {
+                        path: RepoPath::new(path.to_vec()),
+                        is_dir: true,
+                        rule,
+                    });
                 }
             }
+            Some(DiskKind::Directory) => {}
             Some(DiskKind::Repository) => match self.excludes.rule_for(crate::paths::to_path(path), true) {
                 Some(rule) => self.excluded.push(Excluded {
                     path: RepoPath::new(path.to_vec()),

@@ -43,7 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn content(seed: u8) -> Vec<u8> {
     // Some contents repeat on purpose, so rewrites back to the committed bytes happen.
     let mut bytes = format!("content {}\n", seed % 7).into_bytes();
-    if seed % 5 == 0 {
+    if seed.is_multiple_of(5) {
         bytes.extend_from_slice(b"\r\n\0binary\xff");
     }
     bytes
