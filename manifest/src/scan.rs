@@ -50,6 +50,10 @@ pub struct ScanStats {
     pub hashed_bytes: u64,
     /// Files whose hash came from the stat cache.
     pub cache_hits: u64,
+    /// Tracked files read to compare with the index because their stat changed (git's refresh).
+    pub tracked_files_read: u64,
+    /// Tracked files whose changed stat an earlier scan had already checked (see [`crate::stat_cache::Refresh`]).
+    pub refreshes_applied: u64,
 }
 
 /// Where an overlay blob's bytes are.
@@ -129,15 +133,20 @@ pub fn scan_at(path: &Path, config: &SyncConfig, scan_start: SystemTime) -> Resu
     let repo = status::open(path, config.git_config)?;
     let workdir = repo.workdir().expect("open() refuses bare repositories").to_owned();
     let excludes = Excludes::load(&workdir, config)?;
-    let view = status::collect(&repo, &excludes, config.git_config)?;
     let mut cache = if config.stat_cache {
-        StatCache::load(&view.git_dir)
+        StatCache::load(repo.git_dir())
     } else {
         StatCache::disabled()
     };
+    let view = status::collect(&repo, &excludes, config.git_config, cache.refreshes(), scan_start)?;
+    for (path, refresh) in &view.refreshes {
+        cache.put_refresh(path, *refresh, scan_start);
+    }
 
     let mut stats = ScanStats {
         candidates: view.candidates.len() as u64,
+        tracked_files_read: view.tracked_files_read,
+        refreshes_applied: view.refreshes_applied,
         ..ScanStats::default()
     };
     let mut parents = ParentDirs::default();

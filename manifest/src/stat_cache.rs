@@ -21,10 +21,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use embark_core::manifest::ContentHash;
 use gix::hash::ObjectId;
 
-const MAGIC: &[u8] = b"embark-stat-cache 1\n";
+const MAGIC: &[u8] = b"embark-stat-cache 2\n";
 
-/// How far before a scan's start a file must have last changed for its hash to be kept.
-pub const RACY_MARGIN: Duration = Duration::from_secs(1);
+/// How far before a scan's start a file must have last changed for its hash to be kept, when its
+/// times are whole seconds (a filesystem with coarse times; FAT's are even 2 s).
+pub const RACY_MARGIN: Duration = Duration::from_secs(2);
+/// The same for times with a sub-second part: the kernel stamps files from a clock that moves in
+/// ticks of a few milliseconds, so a write just after the scan started may carry a time just before.
+pub const RACY_MARGIN_SUBSECOND: Duration = Duration::from_millis(20);
 
 /// The stat fields that say a file is unchanged; all must match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,15 +57,43 @@ impl FileStat {
 
     /// Whether a hash taken of this file during a scan that started at `scan_start` may be trusted later.
     pub fn settled_before(&self, scan_start: SystemTime) -> bool {
-        let Ok(start) = scan_start
-            .checked_sub(RACY_MARGIN)
-            .unwrap_or(UNIX_EPOCH)
-            .duration_since(UNIX_EPOCH)
-        else {
-            return false;
-        };
-        let start = i128::try_from(start.as_nanos()).unwrap_or(i128::MAX);
-        self.mtime_ns < start && self.ctime_ns < start
+        settled(self.mtime_ns, self.ctime_ns, scan_start)
+    }
+}
+
+/// The racy rule: both times lie before `scan_start` by the margin their granularity needs.
+fn settled(mtime_ns: i128, ctime_ns: i128, scan_start: SystemTime) -> bool {
+    let whole_seconds = mtime_ns % 1_000_000_000 == 0 && ctime_ns % 1_000_000_000 == 0;
+    let margin = if whole_seconds {
+        RACY_MARGIN
+    } else {
+        RACY_MARGIN_SUBSECOND
+    };
+    let Ok(start) = scan_start
+        .checked_sub(margin)
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+    else {
+        return false;
+    };
+    let start = i128::try_from(start.as_nanos()).unwrap_or(i128::MAX);
+    mtime_ns < start && ctime_ns < start
+}
+
+/// A tracked file whose stat changed while its content still matches the index entry (`id`,
+/// `mode`): git would refresh its index with `stat`; embark may not write the index, so it keeps
+/// the refresh here and lays it over an in-memory copy of the index on the next scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refresh {
+    pub id: ObjectId,
+    pub mode: u32,
+    pub stat: gix::index::entry::Stat,
+}
+
+impl Refresh {
+    fn settled_before(&self, scan_start: SystemTime) -> bool {
+        let ns = |t: gix::index::entry::stat::Time| i128::from(t.secs) * 1_000_000_000 + i128::from(t.nsecs);
+        settled(ns(self.stat.mtime), ns(self.stat.ctime), scan_start)
     }
 }
 
@@ -80,11 +112,17 @@ struct Record {
     hashed: Hashed,
 }
 
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Contents {
+    hashes: HashMap<Vec<u8>, Record>,
+    refreshes: HashMap<Vec<u8>, Refresh>,
+}
+
 #[derive(Debug, Default)]
 pub struct StatCache {
     path: Option<PathBuf>,
-    old: HashMap<Vec<u8>, Record>,
-    new: HashMap<Vec<u8>, Record>,
+    old: Contents,
+    new: Contents,
 }
 
 impl StatCache {
@@ -102,27 +140,39 @@ impl StatCache {
         let old = match std::fs::read(&path) {
             Ok(bytes) => decode(&bytes).unwrap_or_else(|| {
                 tracing::debug!(path = %path.display(), "ignoring an unreadable stat cache");
-                HashMap::new()
+                Contents::default()
             }),
-            Err(_) => HashMap::new(),
+            Err(_) => Contents::default(),
         };
         Self {
             path: Some(path),
             old,
-            new: HashMap::new(),
+            new: Contents::default(),
         }
     }
 
     /// The remembered hash of `path`, if its stat is unchanged (and it has a git id when one is needed).
     pub fn get(&self, path: &[u8], stat: &FileStat, need_git_id: bool) -> Option<Hashed> {
-        let record = self.old.get(path)?;
+        let record = self.old.hashes.get(path)?;
         (record.stat == *stat && (!need_git_id || record.hashed.git_id.is_some())).then_some(record.hashed)
     }
 
     /// Remembers a hash for the next scan, unless the file changed too recently to trust its stat.
     pub fn put(&mut self, path: &[u8], stat: FileStat, hashed: Hashed, scan_start: SystemTime) {
         if self.path.is_some() && stat.settled_before(scan_start) {
-            self.new.insert(path.to_vec(), Record { stat, hashed });
+            self.new.hashes.insert(path.to_vec(), Record { stat, hashed });
+        }
+    }
+
+    /// The refreshes the last scan kept, by path.
+    pub fn refreshes(&self) -> &HashMap<Vec<u8>, Refresh> {
+        &self.old.refreshes
+    }
+
+    /// Keeps a refresh for the next scan, unless the file changed too recently to trust its stat.
+    pub fn put_refresh(&mut self, path: &[u8], refresh: Refresh, scan_start: SystemTime) {
+        if self.path.is_some() && refresh.settled_before(scan_start) {
+            self.new.refreshes.insert(path.to_vec(), refresh);
         }
     }
 
@@ -148,8 +198,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn encode(records: &HashMap<Vec<u8>, Record>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + records.len() * 128);
+fn encode(contents: &Contents) -> Vec<u8> {
+    let records = &contents.hashes;
+    let mut out = Vec::with_capacity(MAGIC.len() + (records.len() + contents.refreshes.len()) * 96);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(records.len() as u64).to_le_bytes());
     let mut sorted: Vec<_> = records.iter().collect();
@@ -174,10 +225,35 @@ fn encode(records: &HashMap<Vec<u8>, Record>) -> Vec<u8> {
             }
         }
     }
+    out.extend_from_slice(&(contents.refreshes.len() as u64).to_le_bytes());
+    let mut sorted: Vec<_> = contents.refreshes.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (path, Refresh { id, mode, stat }) in sorted {
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path);
+        let id = id.as_bytes();
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
+        let fields = [
+            *mode,
+            stat.mtime.secs,
+            stat.mtime.nsecs,
+            stat.ctime.secs,
+            stat.ctime.nsecs,
+            stat.dev,
+            stat.ino,
+            stat.uid,
+            stat.gid,
+            stat.size,
+        ];
+        for field in fields {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+    }
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<HashMap<Vec<u8>, Record>> {
+fn decode(bytes: &[u8]) -> Option<Contents> {
     let mut r = Reader(bytes.strip_prefix(MAGIC)?);
     let count = r.u64()?;
     let mut records = HashMap::with_capacity(usize::try_from(count).ok()?.min(1 << 20));
@@ -206,7 +282,33 @@ fn decode(bytes: &[u8]) -> Option<HashMap<Vec<u8>, Record>> {
             },
         );
     }
-    r.0.is_empty().then_some(records)
+    let count = r.u64()?;
+    let mut refreshes = HashMap::with_capacity(usize::try_from(count).ok()?.min(1 << 20));
+    for _ in 0..count {
+        let len = r.u32()? as usize;
+        let path = r.take(len)?.to_vec();
+        let id_len = usize::from(r.take(1)?[0]);
+        let id = ObjectId::try_from(r.take(id_len)?).ok()?;
+        let mut f = [0u32; 10];
+        for field in &mut f {
+            *field = r.u32()?;
+        }
+        let time = |secs, nsecs| gix::index::entry::stat::Time { secs, nsecs };
+        let stat = gix::index::entry::Stat {
+            mtime: time(f[1], f[2]),
+            ctime: time(f[3], f[4]),
+            dev: f[5],
+            ino: f[6],
+            uid: f[7],
+            gid: f[8],
+            size: f[9],
+        };
+        refreshes.insert(path, Refresh { id, mode: f[0], stat });
+    }
+    r.0.is_empty().then_some(Contents {
+        hashes: records,
+        refreshes,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -236,10 +338,11 @@ mod tests {
     use super::*;
 
     fn stat(mtime_s: i128) -> FileStat {
+        let ns = mtime_s * 1_000_000_000;
         FileStat {
             size: 3,
-            mtime_ns: mtime_s * 1_000_000_000,
-            ctime_ns: mtime_s * 1_000_000_000,
+            mtime_ns: ns,
+            ctime_ns: ns,
             ino: 7,
             dev: 1,
             mode: 0o100644,
@@ -262,44 +365,115 @@ mod tests {
         // Same size and same timestamps as a later rewrite would have: only the racy rule can tell.
         cache.put(b"racy", stat(1_000), hashed(b"abc"), start);
         cache.put(b"just-before", stat(999), hashed(b"abc"), start);
-        cache.put(b"settled", stat(998), hashed(b"abc"), start);
+        cache.put(b"settled", stat(997), hashed(b"abc"), start);
+        // Sub-second times: the margin is the clock tick's, not a second's.
+        let fine = |ns: i128| FileStat {
+            mtime_ns: ns,
+            ctime_ns: ns,
+            ..stat(0)
+        };
+        cache.put(b"fine-racy", fine(999_990_000_001), hashed(b"abc"), start);
+        cache.put(b"fine-settled", fine(999_900_000_001), hashed(b"abc"), start);
         cache.save();
 
         let cache = StatCache::load(dir.path());
         assert_eq!(cache.get(b"racy", &stat(1_000), false), None);
-        assert_eq!(cache.get(b"just-before", &stat(999), false), None);
-        assert_eq!(cache.get(b"settled", &stat(998), false), Some(hashed(b"abc")));
-        assert_eq!(cache.get(b"settled", &FileStat { ino: 8, ..stat(998) }, false), None);
         assert_eq!(
-            cache.get(b"settled", &stat(998), true),
+            cache.get(b"just-before", &stat(999), false),
+            None,
+            "whole-second times need 2 s"
+        );
+        assert_eq!(cache.get(b"settled", &stat(997), false), Some(hashed(b"abc")));
+        assert_eq!(cache.get(b"settled", &FileStat { ino: 8, ..stat(997) }, false), None);
+        assert_eq!(
+            cache.get(b"settled", &stat(997), true),
             None,
             "a git id was not recorded"
+        );
+        assert_eq!(
+            cache.get(b"fine-racy", &fine(999_990_000_001), false),
+            None,
+            "10 ms before the start"
+        );
+        assert_eq!(
+            cache.get(b"fine-settled", &fine(999_900_000_001), false),
+            Some(hashed(b"abc"))
         );
     }
 
     #[test]
-    fn records_round_trip_and_garbage_is_ignored() {
-        let mut records = HashMap::new();
+    fn refreshes_obey_the_same_racy_rule_and_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let start = UNIX_EPOCH + Duration::from_secs(1_000);
         let id = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").expect("hex");
-        records.insert(
+        let refresh = |secs: u32, nsecs: u32| {
+            let time = gix::index::entry::stat::Time { secs, nsecs };
+            let stat = gix::index::entry::Stat {
+                mtime: time,
+                ctime: time,
+                dev: 1,
+                ino: 2,
+                uid: 3,
+                gid: 4,
+                size: 5,
+            };
+            Refresh {
+                id,
+                mode: 0o100644,
+                stat,
+            }
+        };
+        let mut cache = StatCache::load(dir.path());
+        cache.put_refresh(b"racy", refresh(999, 995_000_000), start);
+        cache.put_refresh(b"settled", refresh(999, 500_000_000), start);
+        cache.save();
+        let cache = StatCache::load(dir.path());
+        assert_eq!(cache.refreshes().len(), 1);
+        assert_eq!(cache.refreshes().get(&b"settled"[..]), Some(&refresh(999, 500_000_000)));
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_is_ignored() {
+        let id = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").expect("hex");
+        let mut hashes = HashMap::new();
+        let with_id = Hashed {
+            git_id: Some(id),
+            ..hashed(b"xyz")
+        };
+        hashes.insert(
             b"a\xffb".to_vec(),
             Record {
                 stat: stat(5),
-                hashed: Hashed {
-                    git_id: Some(id),
-                    ..hashed(b"xyz")
-                },
+                hashed: with_id,
             },
         );
-        records.insert(
+        hashes.insert(
             b"c".to_vec(),
             Record {
                 stat: stat(6),
                 hashed: hashed(b""),
             },
         );
-        let bytes = encode(&records);
-        assert_eq!(decode(&bytes), Some(records));
+        let time = gix::index::entry::stat::Time { secs: 9, nsecs: 8 };
+        let refresh = Refresh {
+            id,
+            mode: 0o100755,
+            stat: gix::index::entry::Stat {
+                mtime: time,
+                ctime: time,
+                dev: 1,
+                ino: 2,
+                uid: 3,
+                gid: 4,
+                size: 5,
+            },
+        };
+        let contents = Contents {
+            hashes,
+            refreshes: HashMap::from([(b"d/e".to_vec(), refresh)]),
+        };
+        let bytes = encode(&contents);
+        assert_eq!(decode(&bytes), Some(contents));
         assert_eq!(decode(&bytes[..bytes.len() - 1]), None);
         assert_eq!(decode(b"something else"), None);
     }

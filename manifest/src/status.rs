@@ -11,9 +11,10 @@
 //! Nothing here writes the index: stat refreshes gix finds are returned, not
 //! applied.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::time::SystemTime;
 
 use embark_core::manifest::{Excluded, RepoPath};
 use gix::bstr::{BStr, BString, ByteSlice};
@@ -29,6 +30,7 @@ use gix::status::plumbing::index_as_worktree_with_renames::{Entry as WorktreeEnt
 use crate::config::GitConfig;
 use crate::error::ManifestError;
 use crate::excludes::Excludes;
+use crate::stat_cache::Refresh;
 
 /// An index entry's state, for a candidate that is in the index.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +75,12 @@ pub struct GitView {
     pub excluded: Vec<Excluded>,
     pub executable_bit: bool,
     pub object_hash: gix::hash::Kind,
+    /// Stat refreshes to keep for the next scan: found now, or laid over the index and still true.
+    pub refreshes: Vec<(Vec<u8>, Refresh)>,
+    /// Tracked files whose content gix read because their stat did not settle the question.
+    pub tracked_files_read: u64,
+    /// Index entries whose stat came from an earlier scan's refresh.
+    pub refreshes_applied: u64,
 }
 
 pub fn open(path: &Path, git_config: GitConfig) -> Result<gix::Repository, ManifestError> {
@@ -91,7 +99,15 @@ pub fn open(path: &Path, git_config: GitConfig) -> Result<gix::Repository, Manif
     Ok(repo)
 }
 
-pub fn collect(repo: &gix::Repository, excludes: &Excludes, git_config: GitConfig) -> Result<GitView, ManifestError> {
+/// git's view of the working tree. `refreshes` are the stat refreshes an earlier scan kept (see
+/// [`Refresh`]); they are laid over an in-memory copy of the index, never written to it.
+pub fn collect(
+    repo: &gix::Repository,
+    excludes: &Excludes,
+    git_config: GitConfig,
+    refreshes: &HashMap<Vec<u8>, Refresh>,
+    scan_start: SystemTime,
+) -> Result<GitView, ManifestError> {
     let workdir = repo.workdir().expect("open() refuses bare repositories").to_owned();
     let head = repo.head().map_err(ManifestError::git("HEAD"))?;
     let branch = head.referent_name().map(|name| name.shorten().to_string());
@@ -122,6 +138,10 @@ pub fn collect(repo: &gix::Repository, excludes: &Excludes, git_config: GitConfi
         }
         _ => false,
     };
+
+    let stat_options = repo.stat_options().map_err(ManifestError::git("stat options"))?;
+    let refreshed = with_refreshes(&index, refreshes, scan_start, stat_options);
+    let worktree_index: &gix::index::State = refreshed.as_ref().map_or(&index, |r| &r.file);
 
     let sync_repo = repo.clone().into_sync();
     let (head_state, worktree, walk) = std::thread::scope(|scope| {
@@ -174,25 +194,27 @@ pub fn collect(repo: &gix::Repository, excludes: &Excludes, git_config: GitConfi
         let worktree = (|| -> Result<WorktreeChanges, ManifestError> {
             let repo = sync_repo.to_thread_local();
             let mut changes = WorktreeChanges::default();
-            repo.index_worktree_status(
-                &index,
-                Vec::<BString>::new(),
-                &mut changes,
-                FastEq,
-                SubmoduleHead {
-                    workdir: workdir.clone(),
-                    git_config,
-                },
-                &mut gix::progress::Discard,
-                &AtomicBool::new(false),
-                gix::status::index_worktree::Options {
-                    sorting: None,
-                    dirwalk_options: None,
-                    rewrites: None,
-                    thread_limit: None,
-                },
-            )
-            .map_err(ManifestError::git("working tree status"))?;
+            let outcome = repo
+                .index_worktree_status(
+                    worktree_index,
+                    Vec::<BString>::new(),
+                    &mut changes,
+                    FastEq,
+                    SubmoduleHead {
+                        workdir: workdir.clone(),
+                        git_config,
+                    },
+                    &mut gix::progress::Discard,
+                    &AtomicBool::new(false),
+                    gix::status::index_worktree::Options {
+                        sorting: None,
+                        dirwalk_options: None,
+                        rewrites: None,
+                        thread_limit: None,
+                    },
+                )
+                .map_err(ManifestError::git("working tree status"))?;
+            changes.files_read = outcome.tracked_file_modification.worktree_files_read as u64;
             Ok(changes)
         })();
         let head_state = head_job.join().expect("the HEAD-tree thread does not panic");
@@ -200,6 +222,16 @@ pub fn collect(repo: &gix::Repository, excludes: &Excludes, git_config: GitConfi
         (head_state, worktree, walk)
     });
     let (head_state, worktree, walk) = (head_state?, worktree?, walk?);
+
+    // Refreshes laid over the index and not contradicted by this scan still hold.
+    let mut kept_refreshes = Vec::new();
+    if let Some(refreshed) = &refreshed {
+        for path in &refreshed.applied {
+            if !worktree.seen.contains(path.as_slice()) {
+                kept_refreshes.push((path.clone(), refreshes[path.as_slice()]));
+            }
+        }
+    }
 
     let mut candidates: BTreeMap<BString, Candidate> = BTreeMap::new();
     if let Some(head_state) = &head_state {
@@ -249,6 +281,9 @@ pub fn collect(repo: &gix::Repository, excludes: &Excludes, git_config: GitConfi
         nested,
         excluded: walk.excluded,
         executable_bit: fs.executable_bit,
+        tracked_files_read: worktree.files_read,
+        refreshes_applied: refreshed.as_ref().map_or(0, |r| r.applied.len() as u64),
+        refreshes: worktree.refreshes.into_iter().chain(kept_refreshes).collect(),
         object_hash: repo.object_hash(),
     })
 }
@@ -291,10 +326,14 @@ fn diff_head_index(head: &gix::index::State, index: &gix::index::State, out: &mu
     }
 }
 
-/// Index entries whose worktree state differs from the index.
+/// Index entries whose worktree state differs from the index, and refreshes for the unchanged.
 #[derive(Default)]
 struct WorktreeChanges {
     paths: Vec<BString>,
+    refreshes: Vec<(Vec<u8>, Refresh)>,
+    /// Every path the status reported anything for.
+    seen: HashSet<Vec<u8>>,
+    files_read: u64,
 }
 
 impl<'index> VisitEntry<'index> for WorktreeChanges {
@@ -302,10 +341,24 @@ impl<'index> VisitEntry<'index> for WorktreeChanges {
     type SubmoduleStatus = ();
 
     fn visit_entry(&mut self, entry: WorktreeEntry<'index, (), ()>) {
-        if let WorktreeEntry::Modification { rela_path, status, .. } = entry {
+        if let WorktreeEntry::Modification {
+            rela_path,
+            status,
+            entry,
+            ..
+        } = entry
+        {
+            self.seen.insert(rela_path.to_vec());
             match status {
-                // Same content, new stat: git would refresh its index; we leave it alone.
-                EntryStatus::NeedsUpdate(_) => {}
+                // Same content, new stat: git would refresh its index; we keep the refresh ourselves.
+                EntryStatus::NeedsUpdate(stat) => {
+                    let refresh = Refresh {
+                        id: entry.id,
+                        mode: entry.mode.bits(),
+                        stat,
+                    };
+                    self.refreshes.push((rela_path.to_vec(), refresh));
+                }
                 EntryStatus::Conflict { .. } | EntryStatus::IntentToAdd => self.paths.push(rela_path.to_owned()),
                 EntryStatus::Change(
                     Change::Removed
@@ -418,5 +471,131 @@ impl Delegate for Walk<'_> {
             for_deletion,
             worktree_root_is_repository,
         )
+    }
+}
+
+/// An in-memory copy of the index with earlier refreshes laid over it.
+struct Refreshed {
+    file: gix::index::File,
+    /// Paths whose stat came from a refresh.
+    applied: Vec<Vec<u8>>,
+}
+
+/// Lays `refreshes` over a copy of `index`, keeping git's racy rule intact.
+///
+/// A refresh says "at this stat the file held the index entry's content", recorded only once the
+/// file had settled (see [`crate::stat_cache`]). For gix to trust it, the copy's timestamp must
+/// be later than the refreshed times, so it becomes `max(index timestamp, scan start)`. Entries
+/// that were racy against the *real* timestamp must stay racy: their recorded mtime is set to the
+/// new timestamp, so they never match on stat alone and are checked by content. Returns `None`
+/// when there is nothing to lay over (the index is then used as it is).
+fn with_refreshes(
+    index: &gix::index::File,
+    refreshes: &HashMap<Vec<u8>, Refresh>,
+    scan_start: SystemTime,
+    stat_options: gix::index::entry::stat::Options,
+) -> Option<Refreshed> {
+    if refreshes.is_empty() {
+        return None;
+    }
+    let mut file = index.clone();
+    let old_timestamp = file.timestamp();
+    let start = filetime::FileTime::from_system_time(scan_start);
+    let timestamp = old_timestamp.max(start);
+    let smudged = gix::index::entry::stat::Time {
+        secs: u32::try_from(timestamp.unix_seconds()).unwrap_or(u32::MAX),
+        nsecs: timestamp.nanoseconds(),
+    };
+    let mut applied = Vec::new();
+    for (entry, path) in file.entries_mut_with_paths() {
+        let refresh = refreshes.get(path.as_bytes()).filter(|r| {
+            r.id == entry.id
+                && r.mode == entry.mode.bits()
+                && r.stat != entry.stat
+                && entry.stage_raw() == 0
+                && !entry.flags.intersects(Flags::SKIP_WORKTREE | Flags::INTENT_TO_ADD)
+        });
+        match refresh {
+            Some(refresh) => {
+                entry.stat = refresh.stat;
+                applied.push(path.to_vec());
+            }
+            None if entry.stat.is_racy(old_timestamp, stat_options) => entry.stat.mtime = smudged,
+            None => {}
+        }
+    }
+    if applied.is_empty() {
+        return None;
+    }
+    file.set_timestamp(timestamp);
+    Some(Refreshed { file, applied })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gix::index::entry::Stat;
+    use gix::index::entry::stat::{Options, Time};
+
+    fn stat(secs: u32) -> Stat {
+        let time = Time { secs, nsecs: 0 };
+        Stat {
+            mtime: time,
+            ctime: time,
+            dev: 1,
+            ino: 2,
+            uid: 0,
+            gid: 0,
+            size: 10,
+        }
+    }
+
+    #[test]
+    fn refreshes_apply_and_racy_entries_are_smudged_not_trusted() {
+        let id = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").expect("hex");
+        let mut state = gix::index::State::new(gix::hash::Kind::Sha1);
+        for (path, secs) in [("old", 100), ("racy", 200), ("touched", 150)] {
+            state.dangerously_push_entry(stat(secs), id, Flags::empty(), Mode::FILE, path.into());
+        }
+        state.sort_entries();
+        state.set_timestamp(filetime::FileTime::from_unix_time(200, 0));
+        let index = gix::index::File::from_state(state, "/nonexistent/index");
+        let refreshes = HashMap::from([(
+            b"touched".to_vec(),
+            Refresh {
+                id,
+                mode: Mode::FILE.bits(),
+                stat: stat(900),
+            },
+        )]);
+        let start = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        let out = with_refreshes(&index, &refreshes, start, Options::default()).expect("a refresh applies");
+        assert_eq!(out.applied, [b"touched".to_vec()]);
+        assert_eq!(out.file.timestamp(), filetime::FileTime::from_unix_time(1000, 0));
+        let by_path = |p: &str| out.file.entry_by_path(p.into()).expect("entry").stat;
+        assert_eq!(by_path("touched"), stat(900), "the refresh is laid over");
+        assert_eq!(by_path("old"), stat(100), "settled entries are left alone");
+        // Racy against the real timestamp (200): it must not match on stat under the new one (1000).
+        let racy = by_path("racy");
+        assert_eq!(racy.mtime, Time { secs: 1000, nsecs: 0 });
+        assert!(racy.is_racy(out.file.timestamp(), Options::default()));
+
+        // A refresh for another blob, or one the index already has, is not applied.
+        let stale = HashMap::from([(
+            b"touched".to_vec(),
+            Refresh {
+                id: ObjectId::null(gix::hash::Kind::Sha1),
+                ..refreshes[&b"touched"[..]]
+            },
+        )]);
+        assert!(with_refreshes(&index, &stale, start, Options::default()).is_none());
+        let same = HashMap::from([(
+            b"touched".to_vec(),
+            Refresh {
+                stat: stat(150),
+                ..refreshes[&b"touched"[..]]
+            },
+        )]);
+        assert!(with_refreshes(&index, &same, start, Options::default()).is_none());
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Repo, isolated, plain};
+use common::{Repo, assert_matches_git, isolated, plain};
 use embark_core::manifest::{Base, Change, RuleSource};
 use embark_manifest::{Exceeded, ManifestError, SyncConfig, scan, scan_at};
 
@@ -454,4 +454,87 @@ fn bad_input_gets_a_clear_error() {
     )
     .expect_err("bad");
     assert!(error.to_string().contains("EMBARK_SYNC_EXCLUDES"), "{error}");
+}
+
+#[test]
+fn a_touched_tree_is_checked_by_content_once_then_by_remembered_stat() {
+    let repo = base_repo();
+    for i in 0..30 {
+        repo.write(format!("t/{i}.txt"), format!("tracked {i}\n"));
+    }
+    repo.commit_all("thirty files");
+    repo.write("src/lib.rs", "a real edit\n");
+    let git_dir = repo.root.join(".git");
+    let index_before = std::fs::read(git_dir.join("index")).expect("index");
+    // Every tracked file's mtime moves, content stays (a checkout or a build tool does this).
+    let moved = SystemTime::now() - Duration::from_secs(30);
+    for i in 0..30 {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(repo.path(format!("t/{i}.txt")))
+            .expect("open");
+        f.set_modified(moved).expect("touch");
+    }
+    let first = scan_at(&repo.root, &plain(), later()).expect("scan");
+    assert_eq!(paths(&first), ["src/lib.rs"]);
+    assert!(first.stats.tracked_files_read >= 30, "{:?}", first.stats);
+    let second = scan_at(&repo.root, &plain(), later()).expect("scan");
+    assert_eq!(second.manifest, first.manifest);
+    assert_eq!(second.stats.refreshes_applied, 30, "{:?}", second.stats);
+    // Read again: the edited file, and the few committed in the index's own second (racy for git too).
+    assert!(
+        second.stats.tracked_files_read <= 4,
+        "the touched files are not read again: {:?}",
+        second.stats
+    );
+    assert_eq!(
+        std::fs::read(git_dir.join("index")).expect("index"),
+        index_before,
+        "the index is never written"
+    );
+
+    // An edit after the refresh is seen, even one that keeps the size.
+    repo.write("t/7.txt", "tracked X\n");
+    let third = scan_at(&repo.root, &plain(), later()).expect("scan");
+    assert_eq!(paths(&third), ["src/lib.rs", "t/7.txt"]);
+    assert_matches_git(&repo, &plain());
+    // Once git refreshes its own index, the remembered refreshes are dropped.
+    repo.git(&["status", "--porcelain"]);
+    let after_git = scan_at(&repo.root, &plain(), later()).expect("scan");
+    assert_eq!(after_git.stats.refreshes_applied, 0, "{:?}", after_git.stats);
+    assert_eq!(paths(&after_git), ["src/lib.rs", "t/7.txt"]);
+}
+
+#[test]
+fn a_racy_index_entry_stays_racy_under_remembered_refreshes() {
+    // A file committed and then rewritten (same size) within the index's own second is racy for
+    // git; laying refreshes over the index must not make it look clean.
+    let repo = base_repo();
+    for i in 0..5 {
+        repo.write(format!("t/{i}.txt"), format!("tracked {i}\n"));
+    }
+    repo.commit_all("five");
+    let old = SystemTime::now() - Duration::from_secs(30);
+    for i in 0..4 {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(repo.path(format!("t/{i}.txt")))
+            .expect("open");
+        f.set_modified(old).expect("touch");
+    }
+    scan_at(&repo.root, &plain(), later()).expect("records refreshes for t/0..3");
+    // Same size, and its mtime put back to what the index recorded.
+    let index_mtime = std::fs::metadata(repo.path("t/4.txt"))
+        .expect("meta")
+        .modified()
+        .expect("mtime");
+    repo.write("t/4.txt", "TRACKED 4\n");
+    std::fs::File::options()
+        .write(true)
+        .open(repo.path("t/4.txt"))
+        .and_then(|f| f.set_modified(index_mtime))
+        .expect("restore mtime");
+    let scan = scan_at(&repo.root, &plain(), later()).expect("scan");
+    assert_eq!(scan.stats.refreshes_applied, 4, "{:?}", scan.stats);
+    assert_eq!(paths(&scan), ["t/4.txt"]);
 }
