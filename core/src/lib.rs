@@ -12,9 +12,9 @@ pub mod intent;
 pub mod limits;
 #[cfg(feature = "logging")]
 pub mod logging;
+pub mod manifest;
 #[cfg(feature = "ndjson")]
 pub mod ndjson;
-pub mod manifest;
 pub mod protocol;
 pub mod repo_url;
 pub mod schema;
