@@ -62,6 +62,10 @@ fn build_repo(root: &Path, files: usize) -> Vec<PathBuf> {
     std::fs::create_dir_all(root).expect("mkdir");
     git(root, &["init", "-q", "-b", "main"]);
     git(root, &["config", "core.autocrlf", "false"]);
+    // No background `gc --auto` after the 100k-object commit: it would compete for the cores and
+    // keep writing into the directory while it is removed.
+    git(root, &["config", "gc.auto", "0"]);
+    git(root, &["config", "maintenance.auto", "false"]);
     std::fs::write(root.join(".gitignore"), "*.o\n/out/\n").expect("write .gitignore");
     let per_dir = 100;
     let mut paths = Vec::with_capacity(files);
