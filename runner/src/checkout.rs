@@ -2,6 +2,23 @@
 //! detached, made with the git CLI (so credential helpers, SSH config and
 //! proxies of the runner's user apply).
 //!
+//! The repository URL and everything git fetches are data from the
+//! network, so git runs fenced in:
+//! - **protocols**: the URL must use one of the runner's allowed protocols
+//!   (`git_protocols`: https, ssh and git by default; `file` for local
+//!   repositories and `http` only when the operator allows them). The URL
+//!   is classified before git starts, so a remote-helper URL such as
+//!   `fd::17` or `ext::sh -c …` fails at once instead of parking the
+//!   runner, and `GIT_ALLOW_PROTOCOL` holds git itself (redirects,
+//!   submodules) to the same list;
+//! - **no repository-controlled code**: no hooks (`core.hooksPath=/dev/null`,
+//!   no template), no `core.fsmonitor`, no submodule recursion, no
+//!   terminal prompt, no stdin;
+//! - **bounded**: the clone and checkout together must finish within the
+//!   clone timeout and stay under `clone_max_mib`, or git is stopped;
+//! - **guarded**: git runs under a task guard ([`crate::guard`]), so helpers
+//!   it leaves behind (a credential cache daemon, an SSH master) end with it.
+//!
 //! A repository URL may carry a credential (`https://user:TOKEN@host/…`).
 //! The clone uses the URL as given, but nothing this module shows — error
 //! messages, git's stderr, the workspace's `origin` remote — keeps it.
@@ -12,20 +29,141 @@ use std::time::Duration;
 
 use embark_core::repo_url::{has_credentials, without_credentials};
 use embark_core::text::tail;
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::time::Instant;
+
+use crate::guard::{Guard, GuardedChild};
 
 /// How much of git's stderr an error carries.
 const STDERR_TAIL_BYTES: usize = 2048;
 /// Parts of a URL's credential shorter than this are not searched for in
 /// git's stderr on their own (a user name like `git` would mangle the text).
 const MIN_SECRET_PART: usize = 4;
+/// How often the workspace's size is measured while git runs.
+const SIZE_POLL: Duration = Duration::from_millis(250);
+/// Settings no repository, template or user config may turn on for the
+/// runner's git: code from the network must never run.
+const FENCE: [&str; 8] = [
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "protocol.allow=never",
+];
+
+/// A transport a repository URL may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GitProtocol {
+    Https,
+    Ssh,
+    Git,
+    Http,
+    /// Local repositories: paths and `file://` URLs.
+    File,
+}
+
+impl GitProtocol {
+    pub const ALL: [GitProtocol; 5] = [
+        GitProtocol::Https,
+        GitProtocol::Ssh,
+        GitProtocol::Git,
+        GitProtocol::Http,
+        GitProtocol::File,
+    ];
+
+    /// The name, as `GIT_ALLOW_PROTOCOL` and the `git_protocols` knob spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GitProtocol::Https => "https",
+            GitProtocol::Ssh => "ssh",
+            GitProtocol::Git => "git",
+            GitProtocol::Http => "http",
+            GitProtocol::File => "file",
+        }
+    }
+}
+
+/// The protocols the runner's git may use (`git_protocols`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitProtocols(Vec<GitProtocol>);
+
+impl Default for GitProtocols {
+    fn default() -> GitProtocols {
+        GitProtocols(vec![GitProtocol::Https, GitProtocol::Ssh, GitProtocol::Git])
+    }
+}
+
+impl GitProtocols {
+    /// From names (blank ones skipped); `None` for an unknown name or none at all.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<GitProtocols> {
+        let mut protocols = Vec::new();
+        for name in names.into_iter().map(str::trim).filter(|n| !n.is_empty()) {
+            protocols.push(GitProtocol::ALL.into_iter().find(|p| p.name() == name)?);
+        }
+        protocols.sort();
+        protocols.dedup();
+        (!protocols.is_empty()).then_some(GitProtocols(protocols))
+    }
+
+    pub fn of(protocols: &[GitProtocol]) -> GitProtocols {
+        GitProtocols::parse(protocols.iter().map(|p| p.name())).expect("known protocols")
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().map(|p| p.name())
+    }
+
+    pub fn allows(&self, protocol: GitProtocol) -> bool {
+        self.0.contains(&protocol)
+    }
+
+    /// `GIT_ALLOW_PROTOCOL`'s value: git's own names, `:`-separated.
+    fn git_allow_protocol(&self) -> String {
+        let mut names: Vec<&str> = self.names().collect();
+        if self.allows(GitProtocol::Ssh) {
+            // git's names for the same transport.
+            names.extend(["git+ssh", "ssh+git"]);
+        }
+        names.join(":")
+    }
+}
+
+/// How the clone is bounded and which protocols it may use.
+#[derive(Clone, Debug)]
+pub struct CloneLimits {
+    pub timeout: Duration,
+    /// The most the workspace may hold, repository and checkout together.
+    pub max_bytes: u64,
+    pub protocols: GitProtocols,
+}
 
 /// Errors name the repository by its URL without credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
     #[error("commit {0:?} is not a full hex object id")]
     BadCommit(String),
+    #[error(
+        "repository URL {url} uses a git remote helper ({helper}::…), which the runner never runs: use an https, ssh or git URL"
+    )]
+    RemoteHelper { url: String, helper: String },
+    #[error("repository URL {url} has a scheme git does not clone from ({scheme}): use an https, ssh or git URL")]
+    UnknownScheme { url: String, scheme: String },
+    #[error("repository URL {0:?} is not acceptable: it is empty or starts with '-'")]
+    BadUrl(String),
+    #[error(
+        "repository URL {url} uses {}, which this runner does not allow (allowed: {allowed}); {}",
+        .protocol.name(),
+        if *.protocol == GitProtocol::File { "local repositories need `file` in --git-protocols" } else { "ask the operator to add it to --git-protocols, or use another URL" }
+    )]
+    ProtocolNotAllowed {
+        url: String,
+        protocol: GitProtocol,
+        allowed: String,
+    },
     #[error("cannot run git (is git installed and on PATH?)")]
     Spawn(#[source] std::io::Error),
     #[error("git clone of {url} failed: {stderr}")]
@@ -36,25 +174,98 @@ pub enum CheckoutError {
     Checkout { commit: String, stderr: String },
     #[error("git {step} did not finish within {after:?}")]
     Timeout { step: &'static str, after: Duration },
+    #[error(
+        "the repository at {url} is larger than this runner takes: its clone passed {} MiB (--clone-max-mib) and was stopped",
+        .limit >> 20
+    )]
+    TooLarge { url: String, limit: u64 },
     #[error("could not take the credential out of the workspace's origin remote: {stderr}")]
     ScrubRemote { stderr: String },
 }
 
+/// Which protocol `url` uses, as git would read it; refuses what git
+/// must never be given.
+pub fn classify(url: &str) -> Result<GitProtocol, CheckoutError> {
+    let shown = || without_credentials(url);
+    if url.trim().is_empty() || url.starts_with('-') {
+        return Err(CheckoutError::BadUrl(shown()));
+    }
+    let scheme_end = url.find("://");
+    // `<transport>::<address>` runs git-remote-<transport>, before any `://`.
+    if let Some(helper) = url.find("::")
+        && scheme_end.is_none_or(|end| helper < end)
+    {
+        return Err(CheckoutError::RemoteHelper {
+            url: shown(),
+            helper: url[..helper].chars().take(32).collect(),
+        });
+    }
+    if let Some(end) = scheme_end {
+        let scheme = url[..end].to_ascii_lowercase();
+        return match scheme.as_str() {
+            "https" => Ok(GitProtocol::Https),
+            "http" => Ok(GitProtocol::Http),
+            "ssh" | "git+ssh" | "ssh+git" => Ok(GitProtocol::Ssh),
+            "git" => Ok(GitProtocol::Git),
+            "file" => Ok(GitProtocol::File),
+            _ => Err(CheckoutError::UnknownScheme {
+                url: shown(),
+                scheme: scheme.chars().take(32).collect(),
+            }),
+        };
+    }
+    // `[user@]host:path` is ssh when the colon comes before any slash.
+    match (url.find(':'), url.find('/')) {
+        (Some(colon), slash) if slash.is_none_or(|slash| colon < slash) => Ok(GitProtocol::Ssh),
+        _ => Ok(GitProtocol::File),
+    }
+}
+
 /// Clones `url` into `dest` (which must not exist yet) and checks out
-/// `commit` detached, all within `timeout`.
-pub async fn checkout(url: &str, commit: &str, dest: &Path, timeout: Duration) -> Result<(), CheckoutError> {
+/// `commit` detached, within `limits`. Every git runs under `guard`, marked
+/// with `task` (see [`crate::pi_process::TASK_MARKER`]).
+pub async fn checkout(
+    url: &str,
+    commit: &str,
+    dest: &Path,
+    limits: &CloneLimits,
+    guard: &Guard,
+    task: &str,
+) -> Result<(), CheckoutError> {
     if !embark_core::wire::is_object_id(commit) {
         return Err(CheckoutError::BadCommit(commit.to_owned()));
     }
-    let deadline = Instant::now() + timeout;
+    let protocol = classify(url)?;
+    if !limits.protocols.allows(protocol) {
+        return Err(CheckoutError::ProtocolNotAllowed {
+            url: without_credentials(url),
+            protocol,
+            allowed: limits.protocols.names().collect::<Vec<_>>().join(", "),
+        });
+    }
+    let git = Git {
+        guard,
+        task,
+        limits,
+        deadline: Instant::now() + limits.timeout,
+        dest,
+        url,
+    };
 
-    // `--` keeps a URL from ever being read as an option.
-    let mut clone = git(None);
+    // `--` keeps a URL from ever being read as an option; no template, no hooks.
+    let mut clone = git.command(None);
     clone
-        .args(["clone", "--no-checkout", "--quiet", "--"])
+        .args([
+            "clone",
+            "--no-checkout",
+            "--quiet",
+            "--template=",
+            "--no-recurse-submodules",
+            "--",
+        ])
         .arg(url)
         .arg(dest);
-    let clone = run(&mut clone, deadline, "clone", timeout).await?;
+    let clone = git.run(clone, "clone").await?;
     if !clone.ok {
         return Err(CheckoutError::Clone {
             url: without_credentials(url),
@@ -64,11 +275,11 @@ pub async fn checkout(url: &str, commit: &str, dest: &Path, timeout: Duration) -
     if has_credentials(url) {
         // The clone recorded the URL as `origin` in .git/config, where the
         // task's tools (and so the model) would read it.
-        let mut scrub = git(Some(dest));
+        let mut scrub = git.command(Some(dest));
         scrub
             .args(["remote", "set-url", "origin", "--"])
             .arg(without_credentials(url));
-        let scrub = run(&mut scrub, deadline, "remote set-url", timeout).await?;
+        let scrub = git.run(scrub, "remote set-url").await?;
         if !scrub.ok {
             return Err(CheckoutError::ScrubRemote {
                 stderr: redact(&scrub.stderr, url),
@@ -76,9 +287,9 @@ pub async fn checkout(url: &str, commit: &str, dest: &Path, timeout: Duration) -
         }
     }
 
-    let mut probe = git(Some(dest));
+    let mut probe = git.command(Some(dest));
     probe.args(["cat-file", "-e", &format!("{commit}^{{commit}}")]);
-    let probe = run(&mut probe, deadline, "cat-file", timeout).await?;
+    let probe = git.run(probe, "cat-file").await?;
     if !probe.ok {
         return Err(CheckoutError::CommitMissing {
             commit: commit.to_owned(),
@@ -86,9 +297,9 @@ pub async fn checkout(url: &str, commit: &str, dest: &Path, timeout: Duration) -
         });
     }
 
-    let mut checkout = git(Some(dest));
+    let mut checkout = git.command(Some(dest));
     checkout.args(["checkout", "--quiet", "--detach", commit]);
-    let checkout = run(&mut checkout, deadline, "checkout", timeout).await?;
+    let checkout = git.run(checkout, "checkout").await?;
     if !checkout.ok {
         return Err(CheckoutError::Checkout {
             commit: commit.to_owned(),
@@ -119,28 +330,15 @@ pub fn redact(text: &str, url: &str) -> String {
     text
 }
 
-/// A git command that never prompts, never reads our stdin and never sees
-/// the runner's own `EMBARK_*` settings (the enrollment secret among them).
-fn git(dir: Option<&Path>) -> Command {
-    let mut command = Command::new("git");
-    if let Some(dir) = dir {
-        command.arg("-C").arg(dir);
-    }
-    command
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        // Own process group: a Ctrl-C meant for the runner must not fail the
-        // clone before the runner reports "shutting down".
-        .process_group(0)
-        .kill_on_drop(true);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("EMBARK_") {
-            command.env_remove(key);
-        }
-    }
-    command
+/// One checkout's git invocations: guarded, fenced, bounded.
+struct Git<'a> {
+    guard: &'a Guard,
+    task: &'a str,
+    limits: &'a CloneLimits,
+    deadline: Instant,
+    /// Measured against `limits.max_bytes` while git runs.
+    dest: &'a Path,
+    url: &'a str,
 }
 
 struct GitOutput {
@@ -148,22 +346,92 @@ struct GitOutput {
     stderr: String,
 }
 
-/// Runs `command` to completion by `deadline`; on timeout the future is
-/// dropped and `kill_on_drop` ends git.
-async fn run(
-    command: &mut Command,
-    deadline: Instant,
-    step: &'static str,
-    timeout: Duration,
-) -> Result<GitOutput, CheckoutError> {
-    let output = tokio::time::timeout_at(deadline, command.output())
-        .await
-        .map_err(|_| CheckoutError::Timeout { step, after: timeout })?
-        .map_err(CheckoutError::Spawn)?;
-    Ok(GitOutput {
-        ok: output.status.success(),
-        stderr: tail(String::from_utf8_lossy(&output.stderr).trim(), STDERR_TAIL_BYTES),
-    })
+impl Git<'_> {
+    /// A git command that never prompts, never reads our stdin, never sees
+    /// the runner's own `EMBARK_*` settings (the enrollment secret among
+    /// them), and only speaks the allowed protocols.
+    fn command(&self, dir: Option<&Path>) -> Command {
+        let mut command = self.guard.command(None, "git");
+        command.args(FENCE);
+        if let Some(dir) = dir {
+            command.arg("-C").arg(dir);
+        }
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("EMBARK_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ALLOW_PROTOCOL", self.limits.protocols.git_allow_protocol())
+            .env(crate::pi_process::TASK_MARKER, self.task)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs `command` to completion by the deadline while the workspace
+    /// stays under the size limit; otherwise its guard stops it.
+    async fn run(&self, mut command: Command, step: &'static str) -> Result<GitOutput, CheckoutError> {
+        let mut child = GuardedChild(command.spawn().map_err(CheckoutError::Spawn)?);
+        let mut stderr_pipe = child.0.stderr.take().expect("stderr is piped");
+        let stderr = tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            let _ = stderr_pipe.read_to_end(&mut bytes).await;
+            bytes
+        });
+        let mut poll = tokio::time::interval(SIZE_POLL);
+        let status = loop {
+            tokio::select! {
+                status = child.0.wait() => break status.map_err(CheckoutError::Spawn)?,
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    // Dropping the child asks its guard to end git.
+                    return Err(CheckoutError::Timeout { step, after: self.limits.timeout });
+                }
+                _ = poll.tick() => self.check_size().await?,
+            }
+        };
+        // A step quicker than one poll is measured too.
+        self.check_size().await?;
+        let stderr = stderr.await.unwrap_or_default();
+        Ok(GitOutput {
+            ok: status.success(),
+            stderr: tail(String::from_utf8_lossy(&stderr).trim(), STDERR_TAIL_BYTES),
+        })
+    }
+}
+
+impl Git<'_> {
+    async fn check_size(&self) -> Result<(), CheckoutError> {
+        let dest = self.dest.to_owned();
+        let size = tokio::task::spawn_blocking(move || dir_size(&dest)).await.unwrap_or(0);
+        if size > self.limits.max_bytes {
+            return Err(CheckoutError::TooLarge {
+                url: without_credentials(self.url),
+                limit: self.limits.max_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of the files under `dir` (symlinks not followed; 0 when absent).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
 }
 
 #[cfg(test)]
@@ -173,6 +441,22 @@ mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn limits() -> CloneLimits {
+        CloneLimits {
+            timeout: TIMEOUT,
+            max_bytes: 1 << 30,
+            protocols: GitProtocols::of(&[GitProtocol::File, GitProtocol::Https]),
+        }
+    }
+
+    fn guard() -> Guard {
+        Guard::at(embark_testkit::bin_path("embark-runner"))
+    }
+
+    async fn clone(url: &str, commit: &str, dest: &Path) -> Result<(), CheckoutError> {
+        checkout(url, commit, dest, &limits(), &guard(), "test-task").await
+    }
 
     #[tokio::test]
     async fn clones_the_exact_commit_detached() {
@@ -186,7 +470,7 @@ mod tests {
 
         let dest = tmp.path().join("workspace");
         let url = repo.origin.to_str().expect("utf-8");
-        checkout(url, &repo.head, &dest, TIMEOUT).await.expect("checked out");
+        clone(url, &repo.head, &dest).await.expect("checked out");
         assert_eq!(git::git(&dest, &["rev-parse", "HEAD"]), repo.head);
         assert_eq!(
             std::fs::read_to_string(dest.join("README.md")).expect("read"),
@@ -207,9 +491,7 @@ mod tests {
         let local = git::git(&repo.work, &["rev-parse", "HEAD"]);
 
         let url = repo.origin.to_str().expect("utf-8");
-        let err = checkout(url, &local, &tmp.path().join("ws"), TIMEOUT)
-            .await
-            .expect_err("missing");
+        let err = clone(url, &local, &tmp.path().join("ws")).await.expect_err("missing");
         assert!(matches!(err, CheckoutError::CommitMissing { .. }), "{err}");
         assert_eq!(
             err.to_string(),
@@ -222,16 +504,14 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let missing = tmp.path().join("no-such-repo.git");
         let url = missing.to_str().expect("utf-8");
-        let err = checkout(url, &"a".repeat(40), &tmp.path().join("ws"), TIMEOUT)
+        let err = clone(url, &"a".repeat(40), &tmp.path().join("ws"))
             .await
             .expect_err("no repo");
         match err {
             CheckoutError::Clone { stderr, .. } => assert!(stderr.contains("no-such-repo"), "{stderr}"),
             other => panic!("expected a clone error, got {other}"),
         }
-        let err = checkout(url, "HEAD", &tmp.path().join("ws"), TIMEOUT)
-            .await
-            .expect_err("bad id");
+        let err = clone(url, "HEAD", &tmp.path().join("ws")).await.expect_err("bad id");
         assert!(matches!(err, CheckoutError::BadCommit(_)));
     }
 
@@ -243,7 +523,7 @@ mod tests {
         // git accepts (and ignores) user-info in file:// URLs: a clone that works with a credential.
         let url = format!("file://user:s3cr3t-token@{origin}");
         let dest = tmp.path().join("workspace");
-        checkout(&url, &repo.head, &dest, TIMEOUT).await.expect("checked out");
+        clone(&url, &repo.head, &dest).await.expect("checked out");
         assert_eq!(git::git(&dest, &["rev-parse", "HEAD"]), repo.head);
         assert_eq!(
             git::git(&dest, &["remote", "get-url", "origin"]),
@@ -255,13 +535,122 @@ mod tests {
 
         // An unreachable server: the error names the URL without the token.
         let url = "https://user:s3cr3t-token@127.0.0.1:1/o/r.git";
-        let err = checkout(url, &repo.head, &tmp.path().join("ws2"), TIMEOUT)
+        let err = clone(url, &repo.head, &tmp.path().join("ws2"))
             .await
             .expect_err("nothing listens on port 1");
         let text = err.to_string();
         assert!(matches!(err, CheckoutError::Clone { .. }), "{text}");
         assert!(text.contains("https://127.0.0.1:1/o/r.git"), "{text}");
         assert!(!text.contains("s3cr3t") && !text.contains("user:"), "{text}");
+    }
+
+    #[test]
+    fn urls_are_classified_the_way_git_reads_them() {
+        for (url, protocol) in [
+            ("https://host/o/r.git", GitProtocol::Https),
+            ("HTTPS://host/o/r.git", GitProtocol::Https),
+            ("http://host/r", GitProtocol::Http),
+            ("ssh://git@host/o/r", GitProtocol::Ssh),
+            ("git+ssh://host/r", GitProtocol::Ssh),
+            ("git@host:o/r.git", GitProtocol::Ssh),
+            ("host:r", GitProtocol::Ssh),
+            ("git://host/r", GitProtocol::Git),
+            ("file:///srv/r.git", GitProtocol::File),
+            ("/srv/r.git", GitProtocol::File),
+            ("./r", GitProtocol::File),
+            ("dir/with:colon", GitProtocol::File),
+        ] {
+            assert_eq!(classify(url).expect(url), protocol, "{url}");
+        }
+        for url in ["fd::17", "ext::sh -c touch% /tmp/pwned", "transport::https://host/r"] {
+            let err = classify(url).expect_err(url);
+            assert!(matches!(err, CheckoutError::RemoteHelper { .. }), "{url}: {err}");
+        }
+        assert!(matches!(
+            classify("ftp://host/r"),
+            Err(CheckoutError::UnknownScheme { .. })
+        ));
+        for url in ["", "  ", "--upload-pack=touch /tmp/x"] {
+            assert!(matches!(classify(url), Err(CheckoutError::BadUrl(_))), "{url:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn disallowed_protocols_and_remote_helpers_fail_at_once_without_git() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let repo = git::fixture(tmp.path());
+        let head = repo.head.clone();
+        let started = std::time::Instant::now();
+        let err = clone("fd::17", &head, &tmp.path().join("ws")).await.expect_err("fd");
+        assert!(matches!(err, CheckoutError::RemoteHelper { .. }), "{err}");
+        let strict = CloneLimits {
+            protocols: GitProtocols::default(),
+            ..limits()
+        };
+        let url = repo.origin.to_str().expect("utf-8");
+        let err = checkout(url, &head, &tmp.path().join("ws"), &strict, &guard(), "t")
+            .await
+            .expect_err("local repositories are not allowed by default");
+        assert!(
+            err.to_string()
+                .contains("local repositories need `file` in --git-protocols"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(!tmp.path().join("ws").exists(), "git never ran");
+    }
+
+    #[tokio::test]
+    async fn git_itself_holds_to_the_allowed_protocols() {
+        // A submodule-style fetch or redirect git would make on its own:
+        // `file` is allowed here only through GIT_ALLOW_PROTOCOL's list.
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let repo = git::fixture(tmp.path());
+        let https_only = CloneLimits {
+            protocols: GitProtocols::of(&[GitProtocol::Https]),
+            ..limits()
+        };
+        let git = Git {
+            guard: &guard(),
+            task: "t",
+            limits: &https_only,
+            deadline: Instant::now() + TIMEOUT,
+            dest: &tmp.path().join("ws"),
+            url: "",
+        };
+        let mut clone = git.command(None);
+        clone
+            .args(["clone", "-q", "--"])
+            .arg(&repo.origin)
+            .arg(tmp.path().join("ws"));
+        let out = git.run(clone, "clone").await.expect("git ran");
+        assert!(!out.ok);
+        assert!(out.stderr.contains("transport 'file' not allowed"), "{}", out.stderr);
+    }
+
+    #[tokio::test]
+    async fn a_clone_past_the_size_limit_is_stopped() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let repo = git::fixture(tmp.path());
+        // Incompressible content: the pack is as large as the file.
+        let noise: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(repo.work.join("big.bin"), noise).expect("write");
+        git::git(&repo.work, &["add", "big.bin"]);
+        git::git(&repo.work, &["commit", "-q", "-m", "big"]);
+        git::git(&repo.work, &["push", "-q", "origin", "main"]);
+        let head = git::git(&repo.work, &["rev-parse", "HEAD"]);
+        let small = CloneLimits {
+            max_bytes: 1 << 20,
+            ..limits()
+        };
+        let url = repo.origin.to_str().expect("utf-8");
+        let err = checkout(url, &head, &tmp.path().join("ws"), &small, &guard(), "t")
+            .await
+            .expect_err("too large");
+        assert!(matches!(err, CheckoutError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("passed 1 MiB"), "{err}");
     }
 
     #[test]

@@ -12,11 +12,22 @@ use embark_core::dirs;
 use embark_core::limits::MAX_CLAIM_WAIT_MS;
 use embark_core::secret::Secret;
 
+use crate::checkout::GitProtocols;
+use crate::isolation::IsolationMode;
+use crate::space::WorkspaceCleanup;
+
 /// Shortest claim long-poll accepted: shorter ones would hammer the broker.
 const MIN_CLAIM_WAIT_MS: u64 = 100;
 const DEFAULT_CLAIM_WAIT_MS: u64 = 25_000;
 const DEFAULT_TASK_TIMEOUT_SECS: u64 = 3600;
 const DEFAULT_CLONE_TIMEOUT_SECS: u64 = 600;
+const DEFAULT_CLONE_MAX_MIB: u64 = 4096;
+const DEFAULT_RESULT_MAX_CHARS: usize = 20_000;
+const MAX_MAX_TASKS: usize = 64;
+/// Where the task directory is mounted in a container, by default.
+pub const DEFAULT_DOCKER_TASK_DIR: &str = "/embark/task";
+/// The image `docker/pi-runner/Dockerfile` builds, by its documented tag.
+pub const DEFAULT_DOCKER_IMAGE: &str = "embark-pi-runner:0.73.1";
 
 pub static CONFIG_FILE: Knob<PathBuf> = Knob::new("config", "the config file", "a path to a TOML file")
     .flag("--config")
@@ -72,13 +83,98 @@ pub static CLONE_TIMEOUT_SECS: Knob<u64> = Knob::new(
 )
 .flag("--clone-timeout-secs")
 .env("EMBARK_RUNNER_CLONE_TIMEOUT_SECS");
+pub static CLONE_MAX_MIB: Knob<u64> = Knob::new(
+    "clone_max_mib",
+    "the clone size limit",
+    "a whole number of MiB, at least 1",
+)
+.flag("--clone-max-mib")
+.env("EMBARK_RUNNER_CLONE_MAX_MIB");
+pub static GIT_PROTOCOLS: Knob<GitProtocols> = Knob::new(
+    "git_protocols",
+    "the git protocols allowed",
+    "a list of https, ssh, git, http and file (comma-separated, or a TOML array)",
+)
+.flag("--git-protocols")
+.env("EMBARK_RUNNER_GIT_PROTOCOLS");
+pub static WORKSPACE_CLEANUP: Knob<WorkspaceCleanup> = Knob::new(
+    "workspace_cleanup",
+    "when task directories are removed",
+    "never, success or terminal",
+)
+.flag("--workspace-cleanup")
+.env("EMBARK_RUNNER_WORKSPACE_CLEANUP");
+/// Deprecated alias of `workspace_cleanup` (true = never, false = terminal).
 pub static KEEP_SPACES: Knob<bool> = Knob::new(
     "keep_spaces",
-    "whether task directories are kept",
+    "whether task directories are kept (deprecated: use workspace_cleanup)",
     "true or false (also yes/no, on/off, 1/0)",
 )
 .flag("--keep-spaces")
 .env("EMBARK_RUNNER_KEEP_SPACES");
+pub static MAX_TASKS: Knob<usize> = Knob::new(
+    "max_tasks",
+    "the number of tasks run at once",
+    "a whole number from 1 to 64",
+)
+.flag("--max-tasks")
+.env("EMBARK_RUNNER_MAX_TASKS");
+pub static RESULT_MAX_CHARS: Knob<usize> = Knob::new(
+    "result_max_chars",
+    "the longest final text stored",
+    "a whole number of characters, at least 1",
+)
+.flag("--result-max-chars")
+.env("EMBARK_RESULT_MAX_CHARS");
+pub static PI_NO_EXTENSIONS: Knob<bool> = Knob::new(
+    "pi_no_extensions",
+    "whether Pi runs without extensions",
+    "true or false (also yes/no, on/off, 1/0)",
+)
+.flag("--pi-no-extensions")
+.env("EMBARK_PI_NO_EXTENSIONS");
+pub static ISOLATION: Knob<IsolationMode> = Knob::new("isolation", "the isolation mode", "process, bwrap or docker")
+    .flag("--isolation")
+    .env("EMBARK_RUNNER_ISOLATION");
+pub static BWRAP: Knob<Program> = Knob::new(
+    "bwrap",
+    "the bubblewrap executable",
+    "a program name looked up on PATH, or a path to the program",
+)
+.flag("--bwrap")
+.env("EMBARK_RUNNER_BWRAP_BIN");
+pub static DOCKER: Knob<Program> = Knob::new(
+    "docker",
+    "the docker executable",
+    "a program name looked up on PATH, or a path to the program",
+)
+.flag("--docker")
+.env("EMBARK_RUNNER_DOCKER_BIN");
+pub static DOCKER_IMAGE: Knob<String> = Knob::new(
+    "docker_image",
+    "the task container image",
+    "an image reference, e.g. embark-pi-runner:0.73.1",
+)
+.flag("--docker-image")
+.env("EMBARK_RUNNER_DOCKER_IMAGE");
+pub static DOCKER_NETWORK: Knob<String> = Knob::new(
+    "docker_network",
+    "the task container network",
+    "a docker network name, e.g. bridge or none",
+)
+.flag("--docker-network")
+.env("EMBARK_RUNNER_DOCKER_NETWORK");
+pub static DOCKER_USER: Knob<String> =
+    Knob::new("docker_user", "the task container user", "UID or UID:GID, not root (0)")
+        .flag("--docker-user")
+        .env("EMBARK_RUNNER_DOCKER_USER");
+pub static DOCKER_TASK_DIR: Knob<PathBuf> = Knob::new(
+    "docker_task_dir",
+    "where the task directory is mounted in the container",
+    "an absolute path inside the container, not /",
+)
+.flag("--docker-task-dir")
+.env("EMBARK_RUNNER_DOCKER_TASK_DIR");
 
 pub static DECLARATION: Declaration = Declaration {
     binary: "embark-runner",
@@ -95,7 +191,20 @@ pub static DECLARATION: Declaration = Declaration {
         &CLAIM_WAIT_MS.spec,
         &TASK_TIMEOUT_SECS.spec,
         &CLONE_TIMEOUT_SECS.spec,
+        &CLONE_MAX_MIB.spec,
+        &GIT_PROTOCOLS.spec,
+        &WORKSPACE_CLEANUP.spec,
         &KEEP_SPACES.spec,
+        &MAX_TASKS.spec,
+        &RESULT_MAX_CHARS.spec,
+        &PI_NO_EXTENSIONS.spec,
+        &ISOLATION.spec,
+        &BWRAP.spec,
+        &DOCKER.spec,
+        &DOCKER_IMAGE.spec,
+        &DOCKER_NETWORK.spec,
+        &DOCKER_USER.spec,
+        &DOCKER_TASK_DIR.spec,
     ],
 };
 
@@ -142,7 +251,16 @@ pub struct Cli {
     /// Longest the git clone and checkout may take [env: EMBARK_RUNNER_CLONE_TIMEOUT_SECS] [TOML: clone_timeout_secs] [default: 600]
     #[arg(long, value_name = "SECS")]
     pub clone_timeout_secs: Option<String>,
-    /// Keep each task directory after the task finished; `--keep-spaces=false` removes them [env: EMBARK_RUNNER_KEEP_SPACES] [TOML: keep_spaces] [default: true]
+    /// Largest a clone (repository and checkout) may grow, in MiB [env: EMBARK_RUNNER_CLONE_MAX_MIB] [TOML: clone_max_mib] [default: 4096]
+    #[arg(long, value_name = "MIB")]
+    pub clone_max_mib: Option<String>,
+    /// Git protocols a repository URL may use, comma-separated: https, ssh, git, http, file (file = local repositories) [env: EMBARK_RUNNER_GIT_PROTOCOLS] [TOML: git_protocols] [default: https,ssh,git]
+    #[arg(long, value_name = "LIST")]
+    pub git_protocols: Option<String>,
+    /// When a task directory is removed: never, success (after a succeeded verdict) or terminal (after any verdict) [env: EMBARK_RUNNER_WORKSPACE_CLEANUP] [TOML: workspace_cleanup] [default: never]
+    #[arg(long, value_name = "WHEN")]
+    pub workspace_cleanup: Option<String>,
+    /// Deprecated: use --workspace-cleanup (true = never, false = terminal) [env: EMBARK_RUNNER_KEEP_SPACES] [TOML: keep_spaces]
     #[arg(
         long,
         value_name = "BOOL",
@@ -151,6 +269,42 @@ pub struct Cli {
         default_missing_value = "true"
     )]
     pub keep_spaces: Option<String>,
+    /// How many tasks run at once, each in its own sandbox, 1..=64 [env: EMBARK_RUNNER_MAX_TASKS] [TOML: max_tasks] [default: 1]
+    #[arg(long, value_name = "N")]
+    pub max_tasks: Option<String>,
+    /// Longest final assistant text stored with the verdict, in characters; longer ones are cut and marked [env: EMBARK_RESULT_MAX_CHARS] [TOML: result_max_chars] [default: 20000]
+    #[arg(long, value_name = "CHARS")]
+    pub result_max_chars: Option<String>,
+    /// Run Pi with --no-extensions (no extension or package discovery) [env: EMBARK_PI_NO_EXTENSIONS] [TOML: pi_no_extensions] [default: false]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub pi_no_extensions: Option<String>,
+    /// How Pi and its tools are isolated: process, bwrap or docker [env: EMBARK_RUNNER_ISOLATION] [TOML: isolation] [default: process]
+    #[arg(long, value_name = "MODE")]
+    pub isolation: Option<String>,
+    /// The bubblewrap executable, for --isolation bwrap [env: EMBARK_RUNNER_BWRAP_BIN] [TOML: bwrap] [default: `bwrap` on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub bwrap: Option<String>,
+    /// The docker executable, for --isolation docker [env: EMBARK_RUNNER_DOCKER_BIN] [TOML: docker] [default: `docker` on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub docker: Option<String>,
+    /// The image task containers run [env: EMBARK_RUNNER_DOCKER_IMAGE] [TOML: docker_image] [default: embark-pi-runner:0.73.1]
+    #[arg(long, value_name = "IMAGE")]
+    pub docker_image: Option<String>,
+    /// The network task containers join [env: EMBARK_RUNNER_DOCKER_NETWORK] [TOML: docker_network] [default: bridge]
+    #[arg(long, value_name = "NETWORK")]
+    pub docker_network: Option<String>,
+    /// The user task containers run as, UID[:GID], never root [env: EMBARK_RUNNER_DOCKER_USER] [TOML: docker_user] [default: the runner's UID:GID]
+    #[arg(long, value_name = "UID[:GID]")]
+    pub docker_user: Option<String>,
+    /// Where the task directory is mounted in the container [env: EMBARK_RUNNER_DOCKER_TASK_DIR] [TOML: docker_task_dir] [default: /embark/task]
+    #[arg(long, value_name = "DIR")]
+    pub docker_task_dir: Option<String>,
     /// Print the effective configuration, each value with its source (secrets redacted), and exit
     #[arg(long)]
     pub print_config: bool,
@@ -170,7 +324,20 @@ impl Cli {
             .with(&CLAIM_WAIT_MS, self.claim_wait_ms.clone())
             .with(&TASK_TIMEOUT_SECS, self.task_timeout_secs.clone())
             .with(&CLONE_TIMEOUT_SECS, self.clone_timeout_secs.clone())
+            .with(&CLONE_MAX_MIB, self.clone_max_mib.clone())
+            .with(&GIT_PROTOCOLS, self.git_protocols.clone())
+            .with(&WORKSPACE_CLEANUP, self.workspace_cleanup.clone())
             .with(&KEEP_SPACES, self.keep_spaces.clone())
+            .with(&MAX_TASKS, self.max_tasks.clone())
+            .with(&RESULT_MAX_CHARS, self.result_max_chars.clone())
+            .with(&PI_NO_EXTENSIONS, self.pi_no_extensions.clone())
+            .with(&ISOLATION, self.isolation.clone())
+            .with(&BWRAP, self.bwrap.clone())
+            .with(&DOCKER, self.docker.clone())
+            .with(&DOCKER_IMAGE, self.docker_image.clone())
+            .with(&DOCKER_NETWORK, self.docker_network.clone())
+            .with(&DOCKER_USER, self.docker_user.clone())
+            .with(&DOCKER_TASK_DIR, self.docker_task_dir.clone())
     }
 }
 
@@ -202,6 +369,46 @@ impl Setting for Program {
     }
 }
 
+impl Setting for IsolationMode {
+    fn from_text(text: &str) -> Option<Self> {
+        IsolationMode::ALL.into_iter().find(|mode| mode.name() == text.trim())
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(self.name().to_owned()))
+    }
+}
+
+impl Setting for WorkspaceCleanup {
+    fn from_text(text: &str) -> Option<Self> {
+        WorkspaceCleanup::ALL
+            .into_iter()
+            .find(|when| when.name() == text.trim())
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(self.name().to_owned()))
+    }
+}
+
+/// `https,ssh,git` (commas or colons, like `GIT_ALLOW_PROTOCOL`), or a TOML array.
+impl Setting for GitProtocols {
+    fn from_text(text: &str) -> Option<Self> {
+        GitProtocols::parse(text.split([',', ':']))
+    }
+    fn from_toml(value: &toml::Value) -> Option<Self> {
+        match value {
+            toml::Value::Array(items) => {
+                GitProtocols::parse(items.iter().map(|item| item.as_str()).collect::<Option<Vec<_>>>()?)
+            }
+            other => other.as_str().and_then(Self::from_text),
+        }
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Array(
+            self.names().map(|name| toml::Value::String(name.to_owned())).collect(),
+        ))
+    }
+}
+
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -215,7 +422,29 @@ pub struct Config {
     pub claim_wait_ms: u64,
     pub task_timeout: Duration,
     pub clone_timeout: Duration,
-    pub keep_spaces: bool,
+    pub clone_max_bytes: u64,
+    pub git_protocols: GitProtocols,
+    pub workspace_cleanup: WorkspaceCleanup,
+    pub max_tasks: usize,
+    pub result_max_chars: usize,
+    pub pi_no_extensions: bool,
+    pub isolation: IsolationMode,
+    /// The bubblewrap program (looked up on PATH at startup in bwrap mode).
+    pub bwrap: PathBuf,
+    pub docker: DockerSettings,
+}
+
+/// The `docker_*` knobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// The docker program (looked up on PATH at startup in docker mode).
+    pub program: PathBuf,
+    pub image: String,
+    pub network: String,
+    /// `UID[:GID]`, never root.
+    pub user: String,
+    /// Where the task directory is mounted in the container.
+    pub task_dir: PathBuf,
 }
 
 impl Config {
@@ -238,7 +467,27 @@ impl Config {
         let claim_wait_ms = resolver.or_default(&CLAIM_WAIT_MS, DEFAULT_CLAIM_WAIT_MS)?;
         let task_timeout_secs = resolver.or_default(&TASK_TIMEOUT_SECS, DEFAULT_TASK_TIMEOUT_SECS)?;
         let clone_timeout_secs = resolver.or_default(&CLONE_TIMEOUT_SECS, DEFAULT_CLONE_TIMEOUT_SECS)?;
-        let keep_spaces = resolver.or_default(&KEEP_SPACES, true)?;
+        let clone_max_mib = resolver.or_default(&CLONE_MAX_MIB, DEFAULT_CLONE_MAX_MIB)?;
+        let git_protocols = resolver.or_default(&GIT_PROTOCOLS, GitProtocols::default())?;
+        let keep_spaces = resolver.optional(&KEEP_SPACES)?;
+        let cleanup_from_alias = keep_spaces.as_ref().map(|keep| {
+            if keep.value {
+                WorkspaceCleanup::Never
+            } else {
+                WorkspaceCleanup::Terminal
+            }
+        });
+        let workspace_cleanup = resolver.optional(&WORKSPACE_CLEANUP)?;
+        let max_tasks = resolver.or_default(&MAX_TASKS, 1)?;
+        let result_max_chars = resolver.or_default(&RESULT_MAX_CHARS, DEFAULT_RESULT_MAX_CHARS)?;
+        let pi_no_extensions = resolver.or_default(&PI_NO_EXTENSIONS, false)?;
+        let isolation = resolver.or_default(&ISOLATION, IsolationMode::Process)?;
+        let bwrap = resolver.or_default(&BWRAP, Program(PathBuf::from("bwrap")))?;
+        let docker = resolver.or_default(&DOCKER, Program(PathBuf::from("docker")))?;
+        let docker_image = resolver.or_default(&DOCKER_IMAGE, DEFAULT_DOCKER_IMAGE.to_owned())?;
+        let docker_network = resolver.or_default(&DOCKER_NETWORK, "bridge".to_owned())?;
+        let docker_user = resolver.or_else(&DOCKER_USER, runner_user)?;
+        let docker_task_dir = resolver.or_default(&DOCKER_TASK_DIR, PathBuf::from(DEFAULT_DOCKER_TASK_DIR))?;
 
         let broker_url = broker_url
             .ok_or_else(|| resolver.missing(&BROKER_URL, ""))?
@@ -262,6 +511,51 @@ impl Config {
             .value;
         let task_timeout_secs = task_timeout_secs.ensure(|secs| *secs > 0)?.value;
         let clone_timeout_secs = clone_timeout_secs.ensure(|secs| *secs > 0)?.value;
+        let clone_max_mib = clone_max_mib
+            .ensure(|mib| *mib > 0 && mib.checked_mul(1 << 20).is_some())?
+            .value;
+        let workspace_cleanup = match (workspace_cleanup, cleanup_from_alias) {
+            (Some(cleanup), None) => cleanup.value,
+            (None, Some(alias)) => {
+                resolver.warn(format!(
+                    "keep_spaces is deprecated: it means workspace_cleanup = \"{}\" here; set that instead",
+                    alias.name()
+                ));
+                alias
+            }
+            (None, None) => WorkspaceCleanup::Never,
+            (Some(_), Some(_)) => {
+                let keep = keep_spaces.expect("the alias was set");
+                return Err(ConfigError::Invalid {
+                    key: KEEP_SPACES.key,
+                    origin: keep.source,
+                    value: Some(keep.value.to_string()),
+                    allowed: "workspace_cleanup alone (keep_spaces is its deprecated alias, and both are set)",
+                });
+            }
+        };
+        let max_tasks = max_tasks.ensure(|n| (1..=MAX_MAX_TASKS).contains(n))?.value;
+        let result_max_chars = result_max_chars.ensure(|n| *n > 0)?.value;
+        let program = |program: Program, key| match program {
+            program if program.is_bare_name() => Ok(program.0),
+            program => embark_core::config::absolute(key, program.0),
+        };
+        let bwrap = program(bwrap.value, BWRAP.key)?;
+        let docker_program = program(docker.value, DOCKER.key)?;
+        let docker_task_dir = docker_task_dir
+            .ensure(|dir| dir.is_absolute() && dir.parent().is_some())?
+            .value;
+        let docker_user = match docker_user {
+            Some(user) => user.ensure(|user| is_container_user(user))?.value,
+            // Only a runner that runs containers needs one.
+            None if isolation.value == IsolationMode::Docker => {
+                return Err(resolver.missing(
+                    &DOCKER_USER,
+                    " (the runner runs as root, and a task container never does)",
+                ));
+            }
+            None => String::new(),
+        };
         Ok(Config {
             broker_url,
             enrollment_secret,
@@ -273,9 +567,38 @@ impl Config {
             claim_wait_ms,
             task_timeout: Duration::from_secs(task_timeout_secs),
             clone_timeout: Duration::from_secs(clone_timeout_secs),
-            keep_spaces: keep_spaces.value,
+            clone_max_bytes: clone_max_mib << 20,
+            git_protocols: git_protocols.value,
+            workspace_cleanup,
+            max_tasks,
+            result_max_chars,
+            pi_no_extensions: pi_no_extensions.value,
+            isolation: isolation.value,
+            bwrap,
+            docker: DockerSettings {
+                program: docker_program,
+                image: docker_image.value,
+                network: docker_network.value,
+                user: docker_user,
+                task_dir: docker_task_dir,
+            },
         })
     }
+}
+
+/// The runner's own `UID:GID`, the default container user, unless it is root.
+fn runner_user() -> Option<String> {
+    let uid = rustix::process::geteuid();
+    let gid = rustix::process::getegid();
+    (!uid.is_root()).then(|| format!("{}:{}", uid.as_raw(), gid.as_raw()))
+}
+
+/// `UID` or `UID:GID` (numbers, or names the image knows), never root.
+fn is_container_user(user: &str) -> bool {
+    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
+    let plain = |part: &str| part.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let root = matches!(uid, "root") || (uid.bytes().all(|b| b.is_ascii_digit()) && uid.parse::<u64>() == Ok(0));
+    !uid.is_empty() && plain(uid) && plain(gid) && !root && !(user.contains(':') && gid.is_empty())
 }
 
 /// The machine's host name, or `embark-runner` when it has none.
@@ -321,7 +644,18 @@ mod tests {
         assert_eq!(config.claim_wait_ms, 25_000);
         assert_eq!(config.task_timeout, Duration::from_secs(3600));
         assert_eq!(config.clone_timeout, Duration::from_secs(600));
-        assert!(config.keep_spaces);
+        assert_eq!(config.workspace_cleanup, WorkspaceCleanup::Never);
+        assert_eq!(config.isolation, IsolationMode::Process);
+        assert_eq!(config.max_tasks, 1);
+        assert_eq!(config.result_max_chars, 20_000);
+        assert!(!config.pi_no_extensions);
+        assert_eq!(config.git_protocols, GitProtocols::default());
+        assert_eq!(config.clone_max_bytes, 4096 << 20);
+        assert_eq!(config.bwrap, PathBuf::from("bwrap"));
+        assert_eq!(config.docker.program, PathBuf::from("docker"));
+        assert_eq!(config.docker.image, "embark-pi-runner:0.73.1");
+        assert_eq!(config.docker.network, "bridge");
+        assert_eq!(config.docker.task_dir, PathBuf::from("/embark/task"));
         assert!(!config.once);
         assert!(!config.name.is_empty());
         assert!(
@@ -347,7 +681,11 @@ mod tests {
         assert_eq!(config.broker_url, "http://toml");
         assert_eq!(config.name, "from-flag");
         assert_eq!(config.claim_wait_ms, 2000, "env beats TOML");
-        assert!(config.keep_spaces, "--keep-spaces beats keep_spaces = false");
+        assert_eq!(
+            config.workspace_cleanup,
+            WorkspaceCleanup::Never,
+            "--keep-spaces beats keep_spaces = false"
+        );
         assert!(config.once, "no --once leaves the file's");
         assert_eq!(config.enrollment_secret.expose(), "toml-secret");
 
@@ -355,7 +693,7 @@ mod tests {
         let args = ["--config", file, "--keep-spaces=false", "--claim-wait-ms", "300"];
         let config = Config::load(&cli(&args), &env).expect("resolves");
         assert_eq!(config.enrollment_secret.expose(), "env-secret", "env beats TOML");
-        assert!(!config.keep_spaces);
+        assert_eq!(config.workspace_cleanup, WorkspaceCleanup::Terminal);
         assert_eq!(config.claim_wait_ms, 300);
 
         // Empty values count as unset: they do not hide the file's.
@@ -521,6 +859,101 @@ mod tests {
             err.to_string()
                 .starts_with("the spaces directory is not set: pass --spaces"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn isolation_cleanup_and_git_knobs_take_their_words_and_refuse_others() {
+        let env = env_of(&[("HOME", "/h"), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "x")]);
+        let load = |args: &[&str]| {
+            let mut argv = vec!["--broker-url", "http://x"];
+            argv.extend_from_slice(args);
+            Config::load(&cli(&argv), &env)
+        };
+        let config = load(&[
+            "--isolation",
+            "bwrap",
+            "--workspace-cleanup",
+            "success",
+            "--max-tasks",
+            "3",
+            "--git-protocols",
+            "https,file",
+            "--result-max-chars",
+            "50",
+            "--pi-no-extensions",
+            "--clone-max-mib",
+            "10",
+        ])
+        .expect("resolves");
+        assert_eq!(config.isolation, IsolationMode::Bwrap);
+        assert_eq!(config.workspace_cleanup, WorkspaceCleanup::Success);
+        assert_eq!(config.max_tasks, 3);
+        assert_eq!(config.git_protocols.names().collect::<Vec<_>>(), ["https", "file"]);
+        assert_eq!(config.result_max_chars, 50);
+        assert!(config.pi_no_extensions);
+        assert_eq!(config.clone_max_bytes, 10 << 20);
+
+        for (args, starts) in [
+            (
+                &["--isolation", "vm"][..],
+                "isolation = \"vm\" (from flag --isolation) is not allowed: use process, bwrap or docker",
+            ),
+            (&["--workspace-cleanup", "always"], "workspace_cleanup = \"always\""),
+            (&["--max-tasks", "0"], "max_tasks = 0"),
+            (&["--max-tasks", "65"], "max_tasks = 65"),
+            (&["--git-protocols", "https,ext"], "git_protocols = \"https,ext\""),
+            (&["--git-protocols", ","], "git_protocols = \",\""),
+            (&["--result-max-chars", "0"], "result_max_chars = 0"),
+            (&["--docker-task-dir", "relative"], "docker_task_dir = \"relative\""),
+            (&["--docker-task-dir", "/"], "docker_task_dir = \"/\""),
+            (&["--docker-user", "0"], "docker_user = \"0\""),
+            (&["--docker-user", "root:1000"], "docker_user = \"root:1000\""),
+            (&["--docker-user", "1000:"], "docker_user = \"1000:\""),
+        ] {
+            let err = load(args).expect_err(&format!("{args:?}"));
+            assert!(err.to_string().starts_with(starts), "{args:?}: {err}");
+        }
+        let config = load(&["--isolation", "docker", "--docker-user", "1000:1000"]).expect("resolves");
+        assert_eq!(config.docker.user, "1000:1000");
+        assert!(is_container_user("embark") && is_container_user("1000") && is_container_user("1000:100"));
+
+        // The TOML file may list protocols as an array.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("runner.toml");
+        std::fs::write(&file, "git_protocols = [\"ssh\", \"git\"]\n").expect("write");
+        let config = load(&["--config", file.to_str().expect("utf-8")]).expect("resolves");
+        assert_eq!(config.git_protocols.names().collect::<Vec<_>>(), ["ssh", "git"]);
+    }
+
+    #[test]
+    fn keep_spaces_is_a_deprecated_alias_of_workspace_cleanup() {
+        let env = env_of(&[("HOME", "/h"), ("EMBARK_RUNNER_ENROLLMENT_SECRET", "x")]);
+        let flags = cli(&["--broker-url", "http://x", "--keep-spaces=false"]);
+        let mut resolver = Resolver::load(&DECLARATION, flags.flags(), &env).expect("loads");
+        let config = Config::resolve(&mut resolver, &env).expect("resolves");
+        assert_eq!(config.workspace_cleanup, WorkspaceCleanup::Terminal);
+        assert_eq!(
+            resolver.warnings(),
+            ["keep_spaces is deprecated: it means workspace_cleanup = \"terminal\" here; set that instead"]
+        );
+        assert!(
+            resolver
+                .report()
+                .to_string()
+                .contains("# warning: keep_spaces is deprecated")
+        );
+        let both = cli(&[
+            "--broker-url",
+            "http://x",
+            "--keep-spaces",
+            "--workspace-cleanup",
+            "never",
+        ]);
+        let err = Config::load(&both, &env).expect_err("both");
+        assert_eq!(
+            err.to_string(),
+            "keep_spaces = true (from flag --keep-spaces) is not allowed: use workspace_cleanup alone (keep_spaces is its deprecated alias, and both are set)"
         );
     }
 

@@ -125,6 +125,22 @@ impl EventMapper {
                 };
                 log_event(level, str_field(record, "message").unwrap_or(""))
             }
+            // The driver cancels every dialog (see `pi_rpc`); say so.
+            "extension_ui_request"
+                if matches!(
+                    str_field(record, "method"),
+                    Some("select" | "confirm" | "input" | "editor")
+                ) =>
+            {
+                log_event(
+                    LogLevel::Warning,
+                    &format!(
+                        "cancelled a Pi extension's {} dialog {:?}: nobody can answer dialogs on a runner",
+                        str_field(record, "method").unwrap_or("?"),
+                        str_field(record, "title").unwrap_or(""),
+                    ),
+                )
+            }
             "extension_error" => log_event(
                 LogLevel::Warning,
                 &format!(
@@ -566,7 +582,14 @@ mod tests {
         let out = mapper.map(&notify, now);
         assert_eq!(out, [NewEvent::new(Log::new(LogLevel::Warning, "careful"))]);
         let dialog = json!({"type": "extension_ui_request", "id": "2", "method": "confirm", "title": "ok?"});
-        assert!(mapper.map(&dialog, now).is_empty());
+        let out = mapper.map(&dialog, now);
+        assert_eq!(
+            out,
+            [NewEvent::new(Log::new(
+                LogLevel::Warning,
+                "cancelled a Pi extension's confirm dialog \"ok?\": nobody can answer dialogs on a runner"
+            ))]
+        );
         let error = json!({"type": "extension_error", "extensionPath": "/x/ext.ts", "event": "session_start",
             "error": "bad"});
         let out = mapper.map(&error, now);

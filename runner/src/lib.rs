@@ -1,10 +1,15 @@
 //! embark's runner: claims tasks from the broker, prepares a task directory
-//! (auth profile, git checkout), runs `pi --mode rpc` in it, streams Pi's
-//! events back and reports the verdict. See `docs/runner.md`.
+//! (auth profile bundle, git checkout), runs `pi --mode rpc` in it under a
+//! task guard and the configured isolation, streams Pi's events back and
+//! reports the verdict. See `docs/runner.md`.
 
+pub mod bundle;
 pub mod checkout;
 pub mod config;
 pub mod events;
+pub mod guard;
+pub mod isolation;
+pub mod leftovers;
 pub mod orphans;
 pub mod pi_connection;
 pub mod pi_process;

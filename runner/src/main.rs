@@ -1,5 +1,7 @@
-//! `embark-runner`: see `docs/runner.md`.
+//! `embark-runner`: see `docs/runner.md`. The same binary is each task's
+//! guard (`embark-runner __task-guard …`, see `guard`).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -8,15 +10,27 @@ use embark_core::config::Resolver;
 use embark_core::dirs;
 use embark_core::shutdown::{Shutdown, Signals, trigger_on_signal};
 use embark_core::text::error_chain;
+use embark_runner::bundle::LiveBundles;
 use embark_runner::config::{Cli, Config, DECLARATION};
+use embark_runner::guard::{self, Guard};
+use embark_runner::isolation::{IsolationMode, Sandbox, bwrap};
 use embark_runner::pi_process::resolve_program;
-use embark_runner::profile::{LiveCredentials, sweep_credentials};
-use embark_runner::{orphans, space};
+use embark_runner::{leftovers, space};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // A guard runs before anything else: no logging, no runtime of ours.
+    if let Some(code) = guard::run_if_guard() {
+        return code;
+    }
     embark_core::logging::init();
-    match run().await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("embark-runner: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The whole chain once, like `{:#}`, without repeating a cause a message already quotes.
@@ -41,7 +55,26 @@ async fn run() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let mut config = config?;
-    config.pi = resolve_program(&config.pi, std::env::var_os("PATH").as_deref())?;
+    let path_var = std::env::var_os("PATH");
+    config.pi = resolve_program(&config.pi, path_var.as_deref())?;
+    match config.isolation {
+        IsolationMode::Process => {}
+        IsolationMode::Bwrap => {
+            config.bwrap = resolve_program(&config.bwrap, path_var.as_deref()).context(
+                "--isolation bwrap needs bubblewrap: install it (apt-get install bubblewrap) or pass --bwrap",
+            )?;
+            bwrap::probe(&config.bwrap).await.map_err(|why| {
+                anyhow::anyhow!(
+                    "bubblewrap ({}) cannot create a sandbox on this machine ({why}): allow unprivileged user namespaces, or use another --isolation",
+                    config.bwrap.display()
+                )
+            })?;
+        }
+        IsolationMode::Docker => {
+            config.docker.program = resolve_program(&config.docker.program, path_var.as_deref())
+                .context("--isolation docker needs the docker CLI: install it or pass --docker")?;
+        }
+    }
     std::fs::create_dir_all(&config.spaces)
         .with_context(|| format!("cannot create the spaces directory {}", config.spaces.display()))?;
     // Held until the runner exits: no other runner's task is in these spaces.
@@ -50,22 +83,38 @@ async fn run() -> anyhow::Result<()> {
         pi = %config.pi.display(),
         spaces = %config.spaces.display(),
         profiles = %config.profiles.display(),
+        isolation = %config.isolation,
+        max_tasks = config.max_tasks,
         "starting"
     );
-    sweep_stale_credentials(&config.spaces);
+    sweep_leftovers(&config).await;
 
-    // Orphans of the task's tools come to us instead of init, so they can be ended.
-    let stop_orphans = match orphans::become_subreaper() {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!("cannot become a child subreaper, so processes a task leaves behind are not ended: {e}");
-            false
-        }
+    let sandbox = Sandbox {
+        mode: config.isolation,
+        guard: Guard::this_binary(),
+        bwrap: config.bwrap.clone(),
+        docker: config.docker.clone(),
+        // What a sandbox must never see, even inside a system directory.
+        hidden: [
+            std::env::var_os("HOME").map(PathBuf::from),
+            Some(config.profiles.clone()),
+            Some(config.spaces.clone()),
+            resolver.file().map(Path::to_owned),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|path| path.is_absolute())
+        .collect(),
+        runtime: match config.isolation {
+            IsolationMode::Bwrap => bwrap::Runtime::find(&config.pi, path_var.as_deref()),
+            _ => bwrap::Runtime::default(),
+        },
     };
+    tracing::debug!(?sandbox, "sandbox");
 
-    let credentials = LiveCredentials::default();
-    remove_credentials_on_panic(credentials.clone());
-    let on_exit = credentials.clone();
+    let bundles = LiveBundles::default();
+    remove_bundles_on_panic(bundles.clone());
+    let on_exit = bundles.clone();
 
     let shutdown = Shutdown::new();
     let signals = Signals::listen().context("cannot listen for SIGINT and SIGTERM")?;
@@ -73,55 +122,62 @@ async fn run() -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         async move {
             let mut signals = trigger_on_signal(signals, shutdown).await;
-            tracing::warn!("shutdown requested: no more claims; a running task is aborted and reported as failed");
+            tracing::warn!("shutdown requested: no more claims; running tasks are aborted and reported as failed");
             signals.next().await;
-            // Pi sits in its own process group; it exits when its stdin closes with us.
-            // Its leftover processes stay; the task's credential copies do not.
+            // Each task's guard sees us go (its death signal) and ends its
+            // processes; the bundles go now.
             tracing::error!("second signal: exiting now");
-            remove_live_credentials(&on_exit);
+            remove_live_bundles(&on_exit);
             std::process::exit(130);
         }
     });
 
-    embark_runner::runner::run(&config, stop_orphans, credentials, shutdown).await?;
+    embark_runner::runner::run(&config, sandbox, bundles, shutdown).await?;
     Ok(())
 }
 
-/// A runner that died abruptly (SIGKILL, a crash) left its task's
-/// credential copies behind; nothing runs in these spaces now.
-fn sweep_stale_credentials(spaces: &std::path::Path) {
-    match sweep_credentials(spaces) {
-        Ok(swept) => {
-            if !swept.removed.is_empty() {
-                tracing::warn!(
-                    "removed {} credential copies a previous runner left in {}",
-                    swept.removed.len(),
-                    spaces.display()
-                );
-            }
-            for failure in &swept.failed {
-                tracing::error!("{}", error_chain(failure));
-            }
+/// A runner that died abruptly (SIGKILL, a crash) left its tasks'
+/// bundles, processes and containers behind; nothing runs in these spaces now.
+async fn sweep_leftovers(config: &Config) {
+    let swept = leftovers::sweep(&config.spaces, config.workspace_cleanup, &config.docker.program).await;
+    if swept.bundles > 0 {
+        tracing::warn!(
+            "removed {} task bundles (credential copies) a previous runner left in {}",
+            swept.bundles,
+            config.spaces.display()
+        );
+    }
+    if !swept.abandoned.is_empty() {
+        tracing::warn!(
+            tasks = ?swept.abandoned.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            processes = swept.processes,
+            containers = swept.containers,
+            removed_dirs = swept.removed_dirs,
+            "{} tasks a previous runner left running were cleaned up (they stay `running` at the broker until leases reclaim them)",
+            swept.abandoned.len()
+        );
+    }
+    for failure in &swept.failures {
+        tracing::error!("{failure}");
+    }
+}
+
+/// Best effort on an exit that skips the tasks' own clean-up.
+fn remove_live_bundles(bundles: &LiveBundles) {
+    for (dir, removed) in bundles.remove_now() {
+        match removed {
+            Ok(()) => tracing::info!("removed the task bundle {}", dir.display()),
+            Err(e) => tracing::error!("{}", error_chain(&e)),
         }
-        Err(e) => tracing::error!("cannot look for stale credential copies in {}: {e}", spaces.display()),
     }
 }
 
-/// Best effort on an exit that skips the task's own clean-up.
-fn remove_live_credentials(credentials: &LiveCredentials) {
-    match credentials.remove_now() {
-        Some((dir, Ok(removed))) => tracing::info!("removed the credential copies {removed:?} in {}", dir.display()),
-        Some((_, Err(e))) => tracing::error!("{}", error_chain(&e)),
-        None => {}
-    }
-}
-
-/// A panic ends the runner without the task's clean-up: the credential
-/// copies go first, then the usual panic report.
-fn remove_credentials_on_panic(credentials: LiveCredentials) {
+/// A panic ends the runner without the tasks' clean-up: the bundles go
+/// first, then the usual panic report.
+fn remove_bundles_on_panic(bundles: LiveBundles) {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let _ = credentials.remove_now();
+        let _ = bundles.remove_now();
         report(info);
     }));
 }

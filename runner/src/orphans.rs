@@ -1,16 +1,16 @@
 //! Tool processes must not outlive their task. Pi's bash tool starts each
 //! command in a session of its own, so a background job (`server &`)
 //! survives its command, and a whole tool tree survives a Pi that was
-//! killed. The runner therefore makes itself a child subreaper at startup:
-//! every orphan among its descendants is reparented to the runner instead of
-//! to init. After a task's Pi has exited, the runner's remaining children
-//! are exactly those leftovers (it runs one task at a time and has reaped
-//! Pi and git by then), and [`stop_all`] ends them: SIGTERM, SIGKILL after a
+//! killed. Each task's processes therefore run under a task guard
+//! ([`crate::guard`]) that is their child subreaper: every orphan among its
+//! descendants is reparented to the guard instead of to init. After the
+//! guard's program has exited, the guard's remaining children are exactly
+//! those leftovers, and [`stop_all`] ends them: SIGTERM, SIGKILL after a
 //! grace, reap; repeated, since ending one orphan orphans its children.
 //!
 //! Processes are found by their parent PID in `/proc/<pid>/stat`, so only
-//! the runner's own descendants are ever signalled, never anything by name.
-//! A child cannot be reaped by anyone but the runner, so its PID cannot be
+//! the guard's own descendants are ever signalled, never anything by name.
+//! A child cannot be reaped by anyone but its parent, so its PID cannot be
 //! reused between finding and signalling it.
 
 use std::time::Duration;

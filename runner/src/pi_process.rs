@@ -1,7 +1,9 @@
-//! The Pi child process: spawn it with a scrubbed environment, wire its
-//! stdio to a [`Connection`] (the driver's side of Pi's RPC protocol), keep a
-//! bounded tail of its stderr, and stop it (stdin EOF, then SIGTERM by PID,
-//! then SIGKILL). The RPC conversation itself is [`crate::pi_rpc`]'s.
+//! The Pi child process: spawn the command the isolation mode prepared
+//! (Pi under its task guard), wire its stdio to a [`Connection`] (the
+//! driver's side of Pi's RPC protocol), keep a bounded tail of its stderr,
+//! and stop it (stdin EOF, then SIGTERM to its guard, which ends Pi and
+//! everything Pi started; SIGKILL to the guard only as a last resort). The
+//! RPC conversation itself is [`crate::pi_rpc`]'s.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,9 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::guard;
 use crate::pi_connection::{Connection, MAX_LINE_BYTES, PeerGone, PiPeer};
+use crate::space::Space;
 
 /// How much of Pi's stderr is kept for failure reasons.
 const STDERR_TAIL_BYTES: usize = 16 * 1024;
@@ -22,6 +26,9 @@ const STDERR_TAIL_BYTES: usize = 16 * 1024;
 const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long Pi, its stdout closed, gets to exit before the driver reports it gone.
 const GONE_WAIT: Duration = Duration::from_secs(5);
+/// The variable that marks every process of a task with the task's id: a
+/// runner started after one that died finds the task's processes by it.
+pub const TASK_MARKER: &str = "EMBARK_TASK_ID";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PiError {
@@ -35,18 +42,44 @@ pub enum PiError {
     },
 }
 
+/// Where Pi works and keeps its state, as Pi sees the paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PiPaths {
+    /// Pi's working directory: the task's workspace.
+    pub cwd: PathBuf,
+    pub session_dir: PathBuf,
+    /// `PI_CODING_AGENT_DIR`: the bundle's `pi-agent/`.
+    pub agent_dir: PathBuf,
+    pub home: PathBuf,
+    pub tmp: PathBuf,
+}
+
+impl PiPaths {
+    /// The paths in `space`, with the bundle's Pi config dir `agent_dir`.
+    pub fn of(space: &Space, agent_dir: &Path) -> PiPaths {
+        PiPaths {
+            cwd: space.workspace.clone(),
+            session_dir: space.session.clone(),
+            agent_dir: agent_dir.to_owned(),
+            home: space.home.clone(),
+            tmp: space.tmp.clone(),
+        }
+    }
+}
+
 /// How to start Pi for one task.
 #[derive(Clone, Debug)]
 pub struct PiLaunch {
     pub program: PathBuf,
     pub provider: String,
     pub model: String,
-    /// Pi's working directory: the task's workspace.
-    pub cwd: PathBuf,
-    pub session_dir: PathBuf,
-    pub agent_dir: PathBuf,
-    pub home: PathBuf,
-    pub tmp: PathBuf,
+    /// `--no-extensions`: no extension or package discovery.
+    pub no_extensions: bool,
+    pub paths: PiPaths,
+    /// The task's id, for [`TASK_MARKER`].
+    pub task_id: String,
+    /// The profile's variables (from the bundle), after the runner's own.
+    pub profile_env: Vec<(String, String)>,
 }
 
 impl PiLaunch {
@@ -56,13 +89,18 @@ impl PiLaunch {
             .map(OsString::from)
             .collect();
         args.push("--session-dir".into());
-        args.push(self.session_dir.clone().into_os_string());
+        args.push(self.paths.session_dir.clone().into_os_string());
+        if self.no_extensions {
+            args.push("--no-extensions".into());
+        }
         args
     }
 
     /// Pi's whole environment. Only an allowlist of the runner's variables
     /// passes (PATH, LANG, TERM); everything else — the runner's secrets and
-    /// the operator's own credentials among them — never reaches Pi.
+    /// the operator's own credentials among them — never reaches Pi. The
+    /// profile's variables come last (the bundle refuses any that would
+    /// override these).
     pub fn env(&self, runner_env: &dyn Fn(&str) -> Option<OsString>) -> Vec<(OsString, OsString)> {
         let mut env: Vec<(OsString, OsString)> = Vec::new();
         env.push((
@@ -73,10 +111,17 @@ impl PiLaunch {
             env.push(("LANG".into(), lang));
         }
         env.push(("TERM".into(), runner_env("TERM").unwrap_or_else(|| "dumb".into())));
-        env.push(("HOME".into(), self.home.clone().into_os_string()));
-        env.push(("TMPDIR".into(), self.tmp.clone().into_os_string()));
-        env.push(("PI_CODING_AGENT_DIR".into(), self.agent_dir.clone().into_os_string()));
+        env.push(("HOME".into(), self.paths.home.clone().into_os_string()));
+        env.push(("TMPDIR".into(), self.paths.tmp.clone().into_os_string()));
+        env.push((
+            "PI_CODING_AGENT_DIR".into(),
+            self.paths.agent_dir.clone().into_os_string(),
+        ));
         env.push(("PI_OFFLINE".into(), "1".into()));
+        env.push((TASK_MARKER.into(), self.task_id.clone().into()));
+        for (key, value) in &self.profile_env {
+            env.push((key.into(), value.into()));
+        }
         env
     }
 }
@@ -95,28 +140,24 @@ pub struct PiExit {
     pub status: Option<ExitStatus>,
     /// Set when stdin EOF was not enough and a signal was needed.
     pub signalled: Option<&'static str>,
+    /// The last part of what Pi (and its guard) wrote to stderr.
+    pub stderr_tail: String,
 }
 
 impl PiProcess {
-    pub fn spawn(launch: &PiLaunch) -> Result<PiProcess, PiError> {
-        let runner_env = |key: &str| std::env::var_os(key);
-        let mut command = Command::new(&launch.program);
+    /// Starts `command` (Pi under its guard, as the isolation mode built
+    /// it) with piped stdio. `program` names it in errors.
+    pub fn spawn(mut command: Command, program: &Path) -> Result<PiProcess, PiError> {
         command
-            .args(launch.args())
-            .current_dir(&launch.cwd)
-            .env_clear()
-            .envs(launch.env(&runner_env))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Its own process group: a Ctrl-C meant for the runner must not
-            // reach Pi directly; the runner aborts the turn and reports.
-            .process_group(0)
-            .kill_on_drop(true);
+            // Never SIGKILL the guard on drop: its processes would stay.
+            .kill_on_drop(false);
         let mut child = command.spawn().map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => PiError::NotFound(launch.program.clone()),
+            std::io::ErrorKind::NotFound => PiError::NotFound(program.to_owned()),
             _ => PiError::Spawn {
-                program: launch.program.clone(),
+                program: program.to_owned(),
                 source,
             },
         })?;
@@ -154,31 +195,33 @@ impl PiProcess {
         tokio::time::timeout(within, self.child.wait()).await.ok()?.ok()
     }
 
-    /// Closes stdin (Pi exits on EOF), then after `grace` sends SIGTERM to
-    /// the child's PID, then after another `grace` kills it.
+    /// Closes stdin (Pi exits on EOF), then after `grace` asks the guard to
+    /// stop Pi and its processes (SIGTERM), then, should the guard still be
+    /// there after it had all the time it takes, kills it.
     pub async fn shutdown(mut self, grace: Duration) -> PiExit {
         self.connection.close().await;
         let mut signalled = None;
         let mut status = self.wait_within(grace).await;
         if status.is_none() {
             signalled = Some("SIGTERM");
-            if let Some(pid) = self
-                .child
-                .id()
-                .and_then(|p| i32::try_from(p).ok())
-                .and_then(rustix::process::Pid::from_raw)
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-            status = self.wait_within(grace).await;
+            guard::terminate(&self.child);
+            status = self.wait_within(guard::STOP_BOUND + Duration::from_secs(1)).await;
         }
         if status.is_none() {
             signalled = Some("SIGKILL");
+            tracing::error!(
+                "Pi's task guard did not stop within {:?}; killing it",
+                guard::STOP_BOUND
+            );
             let _ = self.child.kill().await;
             status = self.child.try_wait().ok().flatten();
         }
         self.settle_stderr().await;
-        PiExit { status, signalled }
+        PiExit {
+            status,
+            signalled,
+            stderr_tail: self.stderr_tail(),
+        }
     }
 
     /// Gives the stderr reader a moment to take in Pi's last words. A
@@ -210,8 +253,12 @@ impl PiPeer for PiProcess {
 }
 
 impl Drop for PiProcess {
+    /// A Pi dropped mid-run (a panic, an early return): its guard ends it.
     fn drop(&mut self) {
         self.stderr_reader.abort();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            guard::terminate(&self.child);
+        }
     }
 }
 
@@ -262,15 +309,15 @@ mod tests {
     use super::*;
 
     fn launch() -> PiLaunch {
+        let space = Space::at("/spaces/t".into());
         PiLaunch {
             program: "pi".into(),
             provider: "anthropic".into(),
             model: "claude-sonnet-4-5".into(),
-            cwd: "/spaces/t/workspace".into(),
-            session_dir: "/spaces/t/session".into(),
-            agent_dir: "/spaces/t/pi-agent".into(),
-            home: "/spaces/t/home".into(),
-            tmp: "/spaces/t/tmp".into(),
+            no_extensions: false,
+            paths: PiPaths::of(&space, Path::new("/spaces/t/bundle/pi-agent")),
+            task_id: "t".into(),
+            profile_env: vec![("OPENAI_BASE_URL".into(), "https://proxy.example".into())],
         }
     }
 
@@ -296,7 +343,9 @@ mod tests {
                 "HOME",
                 "TMPDIR",
                 "PI_CODING_AGENT_DIR",
-                "PI_OFFLINE"
+                "PI_OFFLINE",
+                "EMBARK_TASK_ID",
+                "OPENAI_BASE_URL"
             ]
         );
         let value = |key: &str| {
@@ -305,21 +354,24 @@ mod tests {
                 .map(|(_, v)| v.to_string_lossy().into_owned())
         };
         assert_eq!(value("HOME").as_deref(), Some("/spaces/t/home"));
-        assert_eq!(value("PI_CODING_AGENT_DIR").as_deref(), Some("/spaces/t/pi-agent"));
+        assert_eq!(
+            value("PI_CODING_AGENT_DIR").as_deref(),
+            Some("/spaces/t/bundle/pi-agent")
+        );
         assert_eq!(value("PI_OFFLINE").as_deref(), Some("1"));
         assert_eq!(value("TERM").as_deref(), Some("dumb"));
+        assert_eq!(value("EMBARK_TASK_ID").as_deref(), Some("t"));
         assert!(env.iter().all(|(_, v)| v != "secret" && v != "operator-key"));
     }
 
     #[test]
     fn args_select_rpc_mode_model_and_session_dir() {
-        let args: Vec<String> = launch()
-            .args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = |launch: &PiLaunch| -> Vec<String> {
+            launch.args().iter().map(|a| a.to_string_lossy().into_owned()).collect()
+        };
+        let mut launch = launch();
         assert_eq!(
-            args,
+            args(&launch),
             [
                 "--mode",
                 "rpc",
@@ -331,6 +383,8 @@ mod tests {
                 "/spaces/t/session"
             ]
         );
+        launch.no_extensions = true;
+        assert_eq!(args(&launch).last().map(String::as_str), Some("--no-extensions"));
     }
 
     #[test]

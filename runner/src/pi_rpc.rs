@@ -1,7 +1,14 @@
 //! One prompt through Pi's RPC protocol: send it, cancel every dialog an
 //! extension opens, pass events to an observer, wait for `agent_end`, then
-//! ask for the last assistant text. A deadline or a shutdown request sends
-//! `abort` and waits a bounded time for Pi to wind down.
+//! ask for the last assistant text and the session's stats (tokens, cost).
+//! A deadline or a shutdown request sends `abort` and waits a bounded time
+//! for Pi to wind down.
+//!
+//! **Dialog policy:** a runner has nobody to answer an extension's
+//! `select`, `confirm`, `input` or `editor`, so every one is answered at
+//! once with `{"cancelled": true}` (the extension sees `undefined`/`false`,
+//! as after a timeout) and reported as a `log` event; fire-and-forget UI
+//! requests (`notify`, `setStatus`, …) are only reported.
 //!
 //! The driver speaks in records and commands over a [`PiPeer`]'s
 //! [`Connection`](crate::pi_connection::Connection), never in bytes or
@@ -14,12 +21,15 @@ use embark_core::shutdown::Shutdown;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until};
 
+use embark_core::event::{Extra, SessionStats, TokenTotals};
+
 use crate::events::AssistantSummary;
 use crate::pi_connection::{PeerGone, PiPeer, Record};
 
 const PROMPT_ID: &str = "p1";
 const ABORT_ID: &str = "a1";
 const LAST_TEXT_ID: &str = "t1";
+const STATS_ID: &str = "s1";
 /// How often the observer gets a tick (it flushes coalesced text on ticks).
 pub const TICK: Duration = Duration::from_millis(50);
 /// After `abort`, how long Pi gets to end the run.
@@ -50,6 +60,8 @@ pub struct PromptRun {
     pub last_assistant: Option<AssistantSummary>,
     /// `get_last_assistant_text`'s answer (absent when the message had no text).
     pub last_text: Option<String>,
+    /// `get_session_stats`' answer (absent when Pi gave none).
+    pub stats: Option<SessionStats>,
     pub interrupted: Option<Interrupted>,
 }
 
@@ -65,7 +77,7 @@ pub enum RpcError {
 pub async fn run_prompt<P: PiPeer>(
     pi: &mut P,
     prompt: &str,
-    observer: &mut dyn Observer,
+    observer: &mut (dyn Observer + Send),
     deadline: Instant,
     shutdown: &Shutdown,
 ) -> Result<PromptRun, RpcError> {
@@ -107,21 +119,28 @@ pub async fn run_prompt<P: PiPeer>(
         }
     }
     if driver.run.agent_ended {
-        driver.ask_last_text(&mut tick).await?;
+        if let Some(data) = driver.ask(LAST_TEXT_ID, "get_last_assistant_text", &mut tick).await? {
+            driver.run.last_text = data.get("text").and_then(Value::as_str).map(str::to_owned);
+        }
+        if let Some(data) = driver.ask(STATS_ID, "get_session_stats", &mut tick).await? {
+            driver.run.stats = session_stats(&data);
+        }
     }
     Ok(driver.run)
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 enum Handled {
     Continue,
     AgentEnd,
-    LastText,
+    /// The answer to one of the driver's questions: its id and, when Pi
+    /// answered with success, its `data`.
+    Answer(&'static str, Option<Value>),
 }
 
 struct Driver<'a, P> {
     pi: &'a mut P,
-    observer: &'a mut dyn Observer,
+    observer: &'a mut (dyn Observer + Send),
     run: PromptRun,
     give_up_at: Option<Instant>,
 }
@@ -177,11 +196,13 @@ impl<P: PiPeer> Driver<'_, P> {
         };
         match id {
             PROMPT_ID if !success => Err(RpcError::PromptRejected(error())),
-            LAST_TEXT_ID => {
-                if success {
-                    self.run.last_text = value.pointer("/data/text").and_then(Value::as_str).map(str::to_owned);
+            LAST_TEXT_ID | STATS_ID => {
+                let asked = if id == LAST_TEXT_ID { LAST_TEXT_ID } else { STATS_ID };
+                if !success {
+                    tracing::warn!("Pi refused command {id:?}: {}", error());
                 }
-                Ok(Handled::LastText)
+                let data = value.get("data").cloned().filter(|_| success);
+                Ok(Handled::Answer(asked, data))
             }
             _ => {
                 if !success {
@@ -207,31 +228,33 @@ impl<P: PiPeer> Driver<'_, P> {
         }
     }
 
-    async fn ask_last_text(&mut self, tick: &mut tokio::time::Interval) -> Result<(), RpcError> {
-        if let Err(e) = self
-            .pi
-            .connection()
-            .send(&json!({"id": LAST_TEXT_ID, "type": "get_last_assistant_text"}))
-            .await
-        {
-            // Pi leaving now is harmless: the run already ended.
-            tracing::warn!("could not ask Pi for the last assistant text: {e}");
-            return Ok(());
+    /// Sends `{"id": id, "type": kind}` and waits, bounded, for its answer's
+    /// `data`. Pi leaving now is harmless (the run already ended): `None`.
+    async fn ask(
+        &mut self,
+        id: &'static str,
+        kind: &str,
+        tick: &mut tokio::time::Interval,
+    ) -> Result<Option<Value>, RpcError> {
+        if let Err(e) = self.pi.connection().send(&json!({"id": id, "type": kind})).await {
+            tracing::warn!("could not send {kind} to Pi: {e}");
+            return Ok(None);
         }
         let until = Instant::now() + REPLY_TIMEOUT;
         loop {
             tokio::select! {
                 record = self.pi.connection().recv() => {
-                    // Pi leaving now is harmless: the run already ended.
-                    let Some(record) = record else { return Ok(()) };
-                    if self.handle(record).await? == Handled::LastText {
-                        return Ok(());
+                    let Some(record) = record else { return Ok(None) };
+                    if let Handled::Answer(answered, data) = self.handle(record).await?
+                        && answered == id
+                    {
+                        return Ok(data);
                     }
                 }
                 _ = tick.tick() => self.observer.on_tick(),
                 _ = sleep_until(until) => {
-                    tracing::warn!("Pi did not answer get_last_assistant_text within {REPLY_TIMEOUT:?}");
-                    return Ok(());
+                    tracing::warn!("Pi did not answer {kind} within {REPLY_TIMEOUT:?}");
+                    return Ok(None);
                 }
             }
         }
@@ -258,4 +281,26 @@ impl<P: PiPeer> Driver<'_, P> {
         };
         RpcError::ExitedEarly { status, stderr }
     }
+}
+
+/// Pi's `get_session_stats` data as the `session_stats` payload; `None`
+/// when its shape is not Pi's (a newer Pi that changed it).
+pub fn session_stats(data: &Value) -> Option<SessionStats> {
+    let count = |pointer: &str| data.pointer(pointer).and_then(Value::as_u64);
+    Some(SessionStats {
+        tokens: TokenTotals {
+            input: count("/tokens/input")?,
+            output: count("/tokens/output")?,
+            cache_read: count("/tokens/cacheRead")?,
+            cache_write: count("/tokens/cacheWrite")?,
+            total: count("/tokens/total")?,
+            extra: Extra::new(),
+        },
+        cost: data.get("cost").and_then(Value::as_f64)?,
+        user_messages: count("/userMessages").unwrap_or(0),
+        assistant_messages: count("/assistantMessages").unwrap_or(0),
+        tool_calls: count("/toolCalls").unwrap_or(0),
+        tool_results: count("/toolResults").unwrap_or(0),
+        extra: Extra::new(),
+    })
 }

@@ -1,33 +1,26 @@
 //! Auth profiles: `<profiles>/<name>/` holds the Pi config files one
-//! credential set needs (`models.json`, `auth.json`, `settings.json`). For a
-//! task only the named profile is copied into the task's own Pi config dir,
-//! so Pi never sees another profile or the runner's own secrets.
+//! credential set needs (`models.json`, `auth.json`, `settings.json`) and,
+//! optionally, an `env` file of variables for Pi. A task names one profile;
+//! only that profile is materialised into the task's bundle
+//! ([`crate::bundle`]), so Pi never sees another profile or the runner's
+//! own secrets.
 //!
-//! The copies of the files that may hold credentials (`auth.json`, and
-//! `models.json` with its `apiKey`s) live only as long as Pi runs: they
-//! are removed after Pi and its tools have exited, whether the task
-//! directory is kept or not. A runner that exits abruptly removes them on
-//! the way out where it still can ([`LiveCredentials`]: a second signal, a
-//! panic); where it cannot (SIGKILL, a crash), the next runner on the same
-//! spaces directory removes them at startup ([`sweep_credentials`]).
+//! What a profile materialises and where it may run is its
+//! [`ProfilePolicy`]. Today every profile has the default policy; a
+//! versioned `profile.toml` in the profile directory (a later issue) fills
+//! the same struct, and everything downstream already follows it: which
+//! files the bundle copies, which variables of the env file pass, which
+//! isolation modes may run it, whether its tasks get a network.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, TryLockError};
 
-use embark_core::TaskId;
+use crate::isolation::{IsolationMode, Network};
 
-/// The files a profile may hold, with the mode each copy gets.
-const PROFILE_FILES: [(&str, u32); 3] = [("models.json", 0o600), ("auth.json", 0o600), ("settings.json", 0o644)];
+/// The Pi config files a profile may hold, with the mode each copy gets.
+pub const PI_FILES: [(&str, u32); 3] = [("models.json", 0o600), ("auth.json", 0o600), ("settings.json", 0o644)];
 
-/// The files in a task's Pi config dir that may hold credentials. Pi
-/// writes `auth.json` itself (refreshed OAuth tokens), so it is removed
-/// even when the profile had none.
-pub const CREDENTIAL_FILES: [&str; 2] = ["auth.json", "models.json"];
-
-/// Largest profile file copied; anything bigger is not a Pi config file.
-const MAX_PROFILE_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// The env file a profile may hold, by default.
+pub const ENV_FILE: &str = "env";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -37,30 +30,81 @@ pub enum ProfileError {
     BadName(String),
     #[error("auth profile {name:?} is not configured on this runner: there is no directory {dir}")]
     Unknown { name: String, dir: PathBuf },
-    #[error("auth profile {name:?}: {file} is not usable: {reason}")]
-    BadFile {
+    #[error(
+        "auth profile {name:?} does not allow isolation mode {mode}: run it on a runner with {}",
+        allowed.iter().map(|m| m.name()).collect::<Vec<_>>().join(" or ")
+    )]
+    IsolationNotAllowed {
         name: String,
-        file: PathBuf,
-        reason: String,
+        mode: IsolationMode,
+        allowed: Vec<IsolationMode>,
     },
-    #[error("auth profile {name:?}: cannot copy {file} into the task")]
-    Copy {
-        name: String,
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot remove the credential file {file}")]
-    Remove {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(
+        "auth profile {name:?} needs a task without network (network = \"none\"), which isolation mode {mode} cannot provide: use bwrap or docker"
+    )]
+    NetworkNotEnforceable { name: String, mode: IsolationMode },
 }
 
-/// Copies profile `name` from `profiles` into `dest` (an existing, empty dir).
-/// Returns the names of the files copied.
-pub fn install(profiles: &Path, name: &str, dest: &Path) -> Result<Vec<&'static str>, ProfileError> {
+/// What a profile materialises and where it may run; the defaults are what
+/// a profile without a `profile.toml` gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfilePolicy {
+    /// The Pi config files copied into the bundle (those that exist).
+    pub pi_files: Vec<&'static str>,
+    /// The env file whose variables Pi gets (used when it exists).
+    pub env_file: Option<String>,
+    /// The variables of the env file that may pass; `None`: all of them
+    /// (the runner's own variables can never be overridden either way).
+    pub env_allowlist: Option<Vec<String>>,
+    /// The isolation modes allowed to run the profile's tasks.
+    pub isolation: Vec<IsolationMode>,
+    /// Whether the profile's tasks get a network.
+    pub network: Network,
+}
+
+impl Default for ProfilePolicy {
+    fn default() -> ProfilePolicy {
+        ProfilePolicy {
+            pi_files: PI_FILES.iter().map(|(file, _)| *file).collect(),
+            env_file: Some(ENV_FILE.to_owned()),
+            env_allowlist: None,
+            isolation: IsolationMode::ALL.to_vec(),
+            network: Network::On,
+        }
+    }
+}
+
+/// A profile found on this runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub name: String,
+    pub dir: PathBuf,
+    pub policy: ProfilePolicy,
+}
+
+impl Profile {
+    /// Whether this runner's isolation `mode` may run the profile's tasks,
+    /// with the policy's network.
+    pub fn check_mode(&self, mode: IsolationMode) -> Result<(), ProfileError> {
+        if !self.policy.isolation.contains(&mode) {
+            return Err(ProfileError::IsolationNotAllowed {
+                name: self.name.clone(),
+                mode,
+                allowed: self.policy.isolation.clone(),
+            });
+        }
+        if self.policy.network == Network::None && mode == IsolationMode::Process {
+            return Err(ProfileError::NetworkNotEnforceable {
+                name: self.name.clone(),
+                mode,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Finds profile `name` under `profiles`.
+pub fn find(profiles: &Path, name: &str) -> Result<Profile, ProfileError> {
     // core's intent validation already limits names; this guard keeps the
     // runner safe on its own: a name is one plain path component.
     let plain = !name.is_empty()
@@ -77,203 +121,21 @@ pub fn install(profiles: &Path, name: &str, dest: &Path) -> Result<Vec<&'static 
             dir,
         });
     }
-    let mut copied = Vec::new();
-    for (file, mode) in PROFILE_FILES {
-        let src = dir.join(file);
-        let bad = |reason: String| ProfileError::BadFile {
-            name: name.to_owned(),
-            file: src.clone(),
-            reason,
-        };
-        let meta = match std::fs::metadata(&src) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(bad(e.to_string())),
-        };
-        if !meta.is_file() {
-            return Err(bad("it is not a regular file".into()));
-        }
-        if meta.len() > MAX_PROFILE_FILE_BYTES {
-            return Err(bad(format!(
-                "it has {} bytes, more than {MAX_PROFILE_FILE_BYTES}",
-                meta.len()
-            )));
-        }
-        let bytes = std::fs::read(&src).map_err(|e| bad(e.to_string()))?;
-        // Pi's own error for a broken file comes late and vague; say it here.
-        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| bad(format!("it is not valid JSON: {e}")))?;
-        let target = dest.join(file);
-        let copy = |source| ProfileError::Copy {
-            name: name.to_owned(),
-            file: target.clone(),
-            source,
-        };
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&target)
-            .map_err(copy)?;
-        out.write_all(&bytes).map_err(copy)?;
-        copied.push(file);
-    }
-    Ok(copied)
-}
-
-/// Removes the credential files from a task's Pi config dir `dir`; a file
-/// that is not there is fine. Returns the files removed.
-pub fn remove_credentials(dir: &Path) -> Result<Vec<&'static str>, ProfileError> {
-    let mut removed = Vec::new();
-    for file in CREDENTIAL_FILES {
-        let path = dir.join(file);
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ProfileError::Remove { file: path, source }),
-        }
-    }
-    Ok(removed)
-}
-
-/// The Pi config dir of the task under way, shared with the handlers of an
-/// abrupt exit (a second signal, a panic) so they can remove its
-/// credential copies, which the task's own clean-up then never gets to.
-#[derive(Clone, Debug, Default)]
-pub struct LiveCredentials(Arc<Mutex<Option<PathBuf>>>);
-
-impl LiveCredentials {
-    /// `dir` now holds (or is about to hold) a task's credential copies.
-    pub fn set(&self, dir: &Path) {
-        *self.lock() = Some(dir.to_owned());
-    }
-
-    /// The task is over: its clean-up has run.
-    pub fn clear(&self) {
-        *self.lock() = None;
-    }
-
-    /// Removes the current task's credential copies, if there is a current
-    /// task. Never waits: it runs where the task may be stopped mid-step.
-    pub fn remove_now(&self) -> Option<(PathBuf, Result<Vec<&'static str>, ProfileError>)> {
-        let dir = match self.0.try_lock() {
-            Ok(guard) => guard.clone()?,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().clone()?,
-            Err(TryLockError::WouldBlock) => return None,
-        };
-        let removed = remove_credentials(&dir);
-        Some((dir, removed))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PathBuf>> {
-        // The guarded value is a plain path: a panic elsewhere cannot leave it half-written.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// What [`sweep_credentials`] did.
-#[derive(Debug, Default)]
-pub struct SweptCredentials {
-    /// Credential files removed.
-    pub removed: Vec<PathBuf>,
-    /// Files that could not be removed.
-    pub failed: Vec<ProfileError>,
-}
-
-/// Removes the credential copies a runner that died abruptly left behind:
-/// `<spaces>/<task-id>/pi-agent/{auth.json,models.json}`. Only entries
-/// whose name is a task id exactly as the runner writes it are looked at,
-/// only when they and their `pi-agent` are real directories (a symlink is
-/// never followed), and nothing but those two files is removed. Run it
-/// only while no task runs in `spaces` (the runner holds the spaces lock).
-pub fn sweep_credentials(spaces: &Path) -> std::io::Result<SweptCredentials> {
-    let mut swept = SweptCredentials::default();
-    for entry in std::fs::read_dir(spaces)? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let is_task_dir = name
-            .to_str()
-            .and_then(|n| n.parse::<TaskId>().ok().filter(|id| id.to_string() == n))
-            .is_some();
-        // `file_type` does not follow symlinks.
-        if !is_task_dir || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let pi_agent = entry.path().join("pi-agent");
-        if !std::fs::symlink_metadata(&pi_agent).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
-        for file in CREDENTIAL_FILES {
-            let path = pi_agent.join(file);
-            match std::fs::remove_file(&path) {
-                Ok(()) => swept.removed.push(path),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => swept.failed.push(ProfileError::Remove { file: path, source }),
-            }
-        }
-    }
-    Ok(swept)
+    Ok(Profile {
+        name: name.to_owned(),
+        dir,
+        policy: ProfilePolicy::default(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
-
-    fn mode(path: &Path) -> u32 {
-        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
-    }
-
-    #[test]
-    fn copies_the_profile_files_with_auth_private() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let profiles = tmp.path().join("profiles");
-        let profile = profiles.join("team.ci");
-        std::fs::create_dir_all(&profile).expect("mkdir");
-        std::fs::write(
-            profile.join("auth.json"),
-            r#"{"anthropic":{"type":"api_key","key":"sk-test"}}"#,
-        )
-        .expect("write");
-        std::fs::write(profile.join("settings.json"), r#"{"retry":{"enabled":false}}"#).expect("write");
-        std::fs::write(profile.join("notes.txt"), "not copied").expect("write");
-        let dest = tmp.path().join("pi-agent");
-        std::fs::create_dir(&dest).expect("mkdir");
-
-        let copied = install(&profiles, "team.ci", &dest).expect("installed");
-        assert_eq!(copied, vec!["auth.json", "settings.json"]);
-        assert_eq!(
-            std::fs::read_to_string(dest.join("auth.json")).expect("read"),
-            r#"{"anthropic":{"type":"api_key","key":"sk-test"}}"#
-        );
-        assert_eq!(mode(&dest.join("auth.json")), 0o600);
-        assert!(!dest.join("models.json").exists());
-        assert!(!dest.join("notes.txt").exists());
-
-        assert_eq!(remove_credentials(&dest).expect("removed"), vec!["auth.json"]);
-        assert!(!dest.join("auth.json").exists());
-        assert!(dest.join("settings.json").exists(), "settings hold no credential");
-        assert_eq!(remove_credentials(&dest).expect("idempotent"), Vec::<&str>::new());
-    }
-
-    #[test]
-    fn models_json_may_hold_api_keys_and_is_private_too() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let profile = tmp.path().join("p");
-        std::fs::create_dir_all(&profile).expect("mkdir");
-        std::fs::write(profile.join("models.json"), r#"{"providers":{}}"#).expect("write");
-        let dest = tmp.path().join("dest");
-        std::fs::create_dir(&dest).expect("mkdir");
-        assert_eq!(install(tmp.path(), "p", &dest).expect("installed"), vec!["models.json"]);
-        assert_eq!(mode(&dest.join("models.json")), 0o600);
-        assert_eq!(remove_credentials(&dest).expect("removed"), vec!["models.json"]);
-        assert!(!dest.join("models.json").exists());
-    }
 
     #[test]
     fn unknown_profiles_name_the_directory() {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let err = install(tmp.path(), "nope", tmp.path()).expect_err("unknown");
+        let err = find(tmp.path(), "nope").expect_err("unknown");
         let text = err.to_string();
         assert!(text.contains("\"nope\""), "{text}");
         assert!(text.contains(&tmp.path().join("nope").display().to_string()), "{text}");
@@ -284,97 +146,35 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let profiles = tmp.path().join("profiles");
         std::fs::create_dir_all(&profiles).expect("mkdir");
-        // A directory that a traversal would reach: it must never be read.
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir_all(&outside).expect("mkdir");
-        std::fs::write(outside.join("auth.json"), "{}").expect("write");
-        let dest = tmp.path().join("dest");
-        std::fs::create_dir(&dest).expect("mkdir");
+        std::fs::create_dir_all(tmp.path().join("outside")).expect("mkdir");
         for name in ["..", "../outside", "a/b", "/etc", ".hidden", "-x", "", "a\0b", "é"] {
-            let err = install(&profiles, name, &dest).expect_err(name);
+            let err = find(&profiles, name).expect_err(name);
             assert!(matches!(err, ProfileError::BadName(_)), "{name:?}: {err}");
         }
-        assert_eq!(std::fs::read_dir(&dest).expect("read dir").count(), 0);
     }
 
     #[test]
-    fn broken_json_is_reported_with_the_file() {
+    fn the_policy_decides_where_a_profile_runs() {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let profile = tmp.path().join("p");
-        std::fs::create_dir_all(&profile).expect("mkdir");
-        std::fs::write(profile.join("models.json"), "{ not json").expect("write");
-        let dest = tmp.path().join("dest");
-        std::fs::create_dir(&dest).expect("mkdir");
-        let err = install(tmp.path(), "p", &dest).expect_err("broken");
-        let text = err.to_string();
-        assert!(
-            text.contains("models.json") && text.contains("not valid JSON"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn the_startup_sweep_removes_only_credential_copies_in_task_dirs() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let spaces = tmp.path().join("spaces");
-        let write = |dir: &Path, files: &[&str]| {
-            std::fs::create_dir_all(dir).expect("mkdir");
-            for file in files {
-                std::fs::write(dir.join(file), "{}").expect("write");
-            }
-        };
-        let all = ["auth.json", "models.json", "settings.json"];
-        let task = TaskId::new().to_string();
-        write(&spaces.join(&task).join("pi-agent"), &all);
-        // Not task dirs: another name, an id in another spelling, a file.
-        write(&spaces.join("notes/pi-agent"), &all);
-        let upper = TaskId::new().to_string().to_uppercase();
-        write(&spaces.join(&upper).join("pi-agent"), &all);
-        std::fs::write(spaces.join(TaskId::new().to_string()), "a file").expect("write");
-        // Symlinks out of the spaces dir are never followed.
-        let outside = tmp.path().join("outside");
-        write(&outside.join("pi-agent"), &all);
-        let linked_task = TaskId::new().to_string();
-        std::os::unix::fs::symlink(&outside, spaces.join(&linked_task)).expect("symlink");
-        let linked_agent = TaskId::new().to_string();
-        std::fs::create_dir_all(spaces.join(&linked_agent)).expect("mkdir");
-        std::os::unix::fs::symlink(outside.join("pi-agent"), spaces.join(&linked_agent).join("pi-agent"))
-            .expect("symlink");
-        // A task dir without a Pi config dir.
-        std::fs::create_dir_all(spaces.join(TaskId::new().to_string()).join("workspace")).expect("mkdir");
-
-        let swept = sweep_credentials(&spaces).expect("swept");
-        assert!(swept.failed.is_empty(), "{:?}", swept.failed);
-        let mut removed = swept.removed.clone();
-        removed.sort();
-        let agent = spaces.join(&task).join("pi-agent");
-        assert_eq!(removed, vec![agent.join("auth.json"), agent.join("models.json")]);
-        assert!(agent.join("settings.json").exists());
-        for dir in [
-            spaces.join("notes/pi-agent"),
-            spaces.join(&upper).join("pi-agent"),
-            outside.join("pi-agent"),
-        ] {
-            for file in all {
-                assert!(dir.join(file).exists(), "{} was left alone", dir.join(file).display());
-            }
+        std::fs::create_dir_all(tmp.path().join("p")).expect("mkdir");
+        let mut profile = find(tmp.path(), "p").expect("found");
+        assert_eq!(profile.policy, ProfilePolicy::default());
+        for mode in IsolationMode::ALL {
+            profile.check_mode(mode).expect("the default allows every mode");
         }
-        assert!(sweep_credentials(&spaces).expect("again").removed.is_empty());
-    }
-
-    #[test]
-    fn live_credentials_are_removed_on_demand() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let live = LiveCredentials::default();
-        assert!(live.remove_now().is_none(), "no task, nothing to do");
-        std::fs::write(tmp.path().join("auth.json"), "{}").expect("write");
-        std::fs::write(tmp.path().join("settings.json"), "{}").expect("write");
-        live.set(tmp.path());
-        let (dir, removed) = live.clone().remove_now().expect("a task is under way");
-        assert_eq!(dir, tmp.path());
-        assert_eq!(removed.expect("removed"), vec!["auth.json"]);
-        assert!(tmp.path().join("settings.json").exists());
-        live.clear();
-        assert!(live.remove_now().is_none());
+        profile.policy.network = Network::None;
+        let err = profile
+            .check_mode(IsolationMode::Process)
+            .expect_err("no network needs a sandbox");
+        assert!(err.to_string().contains("use bwrap or docker"), "{err}");
+        profile
+            .check_mode(IsolationMode::Bwrap)
+            .expect("bwrap can cut the network");
+        profile.policy.isolation = vec![IsolationMode::Docker];
+        let err = profile.check_mode(IsolationMode::Bwrap).expect_err("not allowed");
+        assert_eq!(
+            err.to_string(),
+            "auth profile \"p\" does not allow isolation mode bwrap: run it on a runner with docker"
+        );
     }
 }

@@ -1,20 +1,30 @@
 //! The runner's life: enroll, then claim (long-poll) → run → complete, until
-//! `--once` is satisfied or shutdown is requested.
+//! `--once` is satisfied or shutdown is requested. Up to `--max-tasks`
+//! tasks run at once, each in its own task directory, bundle and sandbox;
+//! the runner claims only while a slot is free. On shutdown it stops
+//! claiming, every running task is aborted and reported `failed` with
+//! "runner shutting down" (handing a task back to the queue needs leases,
+//! a later issue), and it exits once all are reported.
 //!
 //! What follows a claim's answer (run it, claim again, pause, stop) is a pure
 //! policy (`Claiming`), so its pauses are tested without a broker; the loop
 //! only carries it out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use embark_client::{BrokerClient, ClientError};
 use embark_core::repo_url::without_credentials;
 use embark_core::shutdown::Shutdown;
 use embark_core::text::error_chain;
-use embark_core::wire::Claim;
+use embark_core::wire::{Claim, Task};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
+use crate::bundle::LiveBundles;
+use crate::checkout::CloneLimits;
 use crate::config::Config;
-use crate::profile::LiveCredentials;
+use crate::isolation::Sandbox;
 use crate::retry::{Backoff, RetryPolicy, Undelivered, answer_may_be_lost, is_transient, with_retries};
 use crate::task::{TaskSettings, run_task};
 
@@ -44,15 +54,16 @@ pub enum RunnerError {
     },
 }
 
-/// Runs until done (`--once`) or until `shutdown` turns true. With
-/// `stop_orphans` (a runner that is a child subreaper, see `orphans`), the
-/// processes a task's tools leave behind are ended after each task.
-/// `credentials` tells the handlers of an abrupt exit where the running
-/// task's credential copies are.
+/// The tasks under way, each ending with its id and how its verdict went.
+type Running = JoinSet<(embark_core::TaskId, Result<Task, Undelivered>)>;
+
+/// Runs until done (`--once`) or until `shutdown` turns true, isolating
+/// each task as `sandbox` says. `bundles` tells the handlers of an abrupt
+/// exit where the running tasks' bundles are.
 pub async fn run(
     config: &Config,
-    stop_orphans: bool,
-    credentials: LiveCredentials,
+    sandbox: Sandbox,
+    bundles: LiveBundles,
     shutdown: Shutdown,
 ) -> Result<(), RunnerError> {
     let client = BrokerClient::new(&config.broker_url).map_err(RunnerError::BadUrl)?;
@@ -70,22 +81,40 @@ pub async fn run(
         "enrolled"
     );
 
-    let settings = TaskSettings {
+    let settings = Arc::new(TaskSettings {
         runner_name: config.name.clone(),
         spaces: config.spaces.clone(),
         profiles: config.profiles.clone(),
         pi: config.pi.clone(),
+        pi_no_extensions: config.pi_no_extensions,
         task_timeout: config.task_timeout,
-        clone_timeout: config.clone_timeout,
-        keep_spaces: config.keep_spaces,
-        stop_orphans,
-        credentials,
-    };
+        clone: CloneLimits {
+            timeout: config.clone_timeout,
+            max_bytes: config.clone_max_bytes,
+            protocols: config.git_protocols.clone(),
+        },
+        cleanup: config.workspace_cleanup,
+        result_max_chars: config.result_max_chars,
+        sandbox,
+        bundles,
+    });
+    let slots = Arc::new(Semaphore::new(config.max_tasks));
+    let mut running = Running::new();
+    let mut first_error = None;
     let mut claiming = Claiming::new();
     loop {
         if shutdown.is_requested() {
             break;
         }
+        // A task is claimed only when it can start at once.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                first_error = first_error.or(finished(done, config.once));
+                continue;
+            }
+            () = shutdown.requested() => break,
+        };
         // A shutdown drops an in-flight claim; should the broker have handed
         // out a task in that instant, it stays running until leases (a later
         // issue) reclaim it.
@@ -103,27 +132,71 @@ pub async fn run(
                 }
                 continue;
             }
-            AfterClaim::Stop(e) => return Err(RunnerError::Claim(e)),
+            AfterClaim::Stop(e) => {
+                drain(&mut running, config.once).await;
+                return Err(RunnerError::Claim(e));
+            }
         };
         let id = claim.task.id;
         tracing::info!(
             task = %id,
             attempt = claim.attempt,
             repo = %without_credentials(&claim.task.repo_url),
+            running = config.max_tasks - slots.available_permits(),
             "claimed"
         );
-
-        match run_task(&client, &settings, &claim, shutdown.clone()).await {
-            Ok(task) => tracing::info!(task = %id, state = %task.state, "verdict reported"),
-            Err(source) if config.once => return Err(RunnerError::Complete { task: id, source }),
-            Err(source) => tracing::error!("{}", error_chain(&RunnerError::Complete { task: id, source })),
-        }
+        let (client, settings, shutdown) = (client.clone(), Arc::clone(&settings), shutdown.clone());
+        running.spawn(async move {
+            let _slot = slot;
+            (id, run_task(&client, &settings, &claim, shutdown).await)
+        });
         if config.once {
             break;
         }
     }
+    // Running tasks see the shutdown themselves; each is reported before we stop.
+    first_error = first_error.or(drain(&mut running, config.once).await);
+    if let Some(error) = first_error {
+        return Err(error);
+    }
     tracing::info!("runner stopped");
     Ok(())
+}
+
+/// Logs how a task ended; with `--once`, a verdict that could not be
+/// delivered is the runner's error.
+fn finished(
+    done: Result<(embark_core::TaskId, Result<Task, Undelivered>), tokio::task::JoinError>,
+    once: bool,
+) -> Option<RunnerError> {
+    match done {
+        Ok((id, Ok(task))) => {
+            tracing::info!(task = %id, state = %task.state, "verdict reported");
+            None
+        }
+        Ok((task, Err(source))) => {
+            let error = RunnerError::Complete { task, source };
+            if once {
+                return Some(error);
+            }
+            tracing::error!("{}", error_chain(&error));
+            None
+        }
+        Err(e) => {
+            tracing::error!("a task stopped unexpectedly: {e}");
+            None
+        }
+    }
+}
+
+/// Waits for every running task; returns the first error [`finished`] kept.
+async fn drain(running: &mut Running, once: bool) -> Option<RunnerError> {
+    let mut first = None;
+    while let Some(done) = running.join_next().await {
+        let error = finished(done, once);
+        first = first.or(error);
+    }
+    first
 }
 
 /// What the claim loop does next.

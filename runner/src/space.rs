@@ -1,14 +1,19 @@
 //! A task's directory under the spaces root:
 //!
 //! ```text
-//! <spaces>/<task-id>/          mode 700
+//! <spaces>/<task-id>/          mode 700; the sandbox's task directory (bwrap binds it, docker mounts it)
+//!   task.json                  the runner's record of the task: attempt, isolation, state, bundle metadata
 //!   workspace/                 git clone at the task's commit (Pi's cwd)
 //!   prompt.txt                 the task's prompt
-//!   pi-agent/                  PI_CODING_AGENT_DIR: the profile's files
+//!   bundle/                    the task-local bundle (see `bundle`): removed when the task ends
 //!   session/                   Pi's --session-dir (the session JSONL)
 //!   home/                      HOME for Pi and its tools
 //!   tmp/                       TMPDIR for Pi and its tools
 //! ```
+//!
+//! What happens to the directory once the task has its verdict is the
+//! [`WorkspaceCleanup`] policy; what happens to one a dead runner left
+//! behind is [`crate::leftovers`]'s.
 
 use std::fs::DirBuilder;
 use std::io::Write;
@@ -16,6 +21,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use embark_core::TaskId;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::BundleMetadata;
+use embark_core::event::SessionStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpaceError {
@@ -77,31 +86,135 @@ pub fn lock_spaces(spaces: &Path) -> Result<SpacesLock, SpaceError> {
     }
 }
 
+/// When a task directory is removed once its verdict was reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkspaceCleanup {
+    /// Keep every task directory (its session serves a follow-up).
+    Never,
+    /// Remove it after a succeeded verdict; keep failed ones to look into.
+    Success,
+    /// Remove it once the task is over on this runner, whatever the outcome.
+    Terminal,
+}
+
+impl WorkspaceCleanup {
+    pub const ALL: [WorkspaceCleanup; 3] = [
+        WorkspaceCleanup::Never,
+        WorkspaceCleanup::Success,
+        WorkspaceCleanup::Terminal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkspaceCleanup::Never => "never",
+            WorkspaceCleanup::Success => "success",
+            WorkspaceCleanup::Terminal => "terminal",
+        }
+    }
+
+    /// Whether a task directory goes, after a verdict (`Some(succeeded)`)
+    /// or for a task a dead runner left without one (`None`).
+    pub fn removes(self, succeeded: Option<bool>) -> bool {
+        match self {
+            WorkspaceCleanup::Never => false,
+            WorkspaceCleanup::Success => succeeded == Some(true),
+            WorkspaceCleanup::Terminal => true,
+        }
+    }
+}
+
+/// Where a task stands, as its record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// The task runs (or its runner died while it did).
+    Running,
+    /// The verdict was reported (or could not be, and the runner gave up).
+    Finished,
+    /// A runner died while the task ran; a later runner cleaned up after it.
+    Abandoned,
+}
+
+/// The runner's record of a task, `task.json` in its directory: what a
+/// runner started later needs to clean up after this one, and what an
+/// operator looking at a kept directory wants to know. Nothing secret.
+/// (The sandbox can write it, so nothing in it is trusted for more than
+/// that: processes and containers are found by the task id.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task: String,
+    pub attempt: u32,
+    pub isolation: String,
+    pub state: RecordState,
+    /// `succeeded` or `failed`, once there is a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The task's container (docker mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleMetadata>,
+    /// Pi's session stats at the end (tokens, cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SessionStats>,
+}
+
+/// The record's file name in a task directory.
+pub const RECORD_FILE: &str = "task.json";
+
 /// The paths of one task's directory.
 #[derive(Clone, Debug)]
 pub struct Space {
     pub root: PathBuf,
     pub workspace: PathBuf,
     pub prompt_file: PathBuf,
-    pub pi_agent: PathBuf,
+    pub bundle: PathBuf,
     pub session: PathBuf,
     pub home: PathBuf,
     pub tmp: PathBuf,
+    pub record: PathBuf,
+    /// Where Pi's guard reports the leftovers it ended.
+    pub guard_report: PathBuf,
 }
 
 impl Space {
     /// The layout for `task` under `spaces` (nothing is created).
     pub fn layout(spaces: &Path, task: TaskId) -> Space {
-        let root = spaces.join(task.to_string());
+        Space::at(spaces.join(task.to_string()))
+    }
+
+    /// The layout of a task directory at `root`, as seen from wherever
+    /// `root` is (the host, or a container's mount point).
+    pub fn at(root: PathBuf) -> Space {
         Space {
             workspace: root.join("workspace"),
             prompt_file: root.join("prompt.txt"),
-            pi_agent: root.join("pi-agent"),
+            bundle: root.join(crate::bundle::BUNDLE_DIR),
             session: root.join("session"),
             home: root.join("home"),
             tmp: root.join("tmp"),
+            record: root.join(RECORD_FILE),
+            guard_report: root.join("guard.json"),
             root,
         }
+    }
+
+    /// Writes the task's record (replacing it whole, never half-written).
+    pub fn write_record(&self, record: &TaskRecord) -> Result<(), SpaceError> {
+        let error = |source| SpaceError::Create {
+            path: self.record.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(record).expect("the record serializes");
+        let partial = self.root.join(".task.json.partial");
+        std::fs::write(&partial, json).map_err(error)?;
+        std::fs::rename(&partial, &self.record).map_err(error)
+    }
+
+    /// The record in the task directory `root`, if it has a readable one.
+    pub fn read_record(root: &Path) -> Option<TaskRecord> {
+        let text = std::fs::read(root.join(RECORD_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
     }
 
     /// Creates the task directory and its subdirectories (not `workspace/`,
@@ -124,7 +237,7 @@ impl Space {
                 });
             }
         }
-        for dir in [&space.pi_agent, &space.session, &space.home, &space.tmp] {
+        for dir in [&space.session, &space.home, &space.tmp] {
             DirBuilder::new()
                 .mode(0o700)
                 .create(dir)
@@ -170,7 +283,7 @@ mod tests {
         let task = TaskId::new();
         let space = Space::create(&root, task).expect("created");
         assert_eq!(space.root, root.join(task.to_string()));
-        for dir in [&space.pi_agent, &space.session, &space.home, &space.tmp] {
+        for dir in [&space.session, &space.home, &space.tmp] {
             assert!(dir.is_dir(), "{} exists", dir.display());
         }
         assert!(!space.workspace.exists(), "git creates the workspace");
@@ -185,6 +298,20 @@ mod tests {
 
         space.remove().expect("removed");
         assert!(!space.root.exists());
+    }
+
+    #[test]
+    fn the_cleanup_policy_says_which_directories_go() {
+        use WorkspaceCleanup::*;
+        let cases = [
+            (Some(true), [false, true, true]),
+            (Some(false), [false, false, true]),
+            (None, [false, false, true]),
+        ];
+        for (outcome, expected) in cases {
+            let got = [Never, Success, Terminal].map(|policy| policy.removes(outcome));
+            assert_eq!(got, expected, "{outcome:?}");
+        }
     }
 
     #[test]

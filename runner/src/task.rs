@@ -1,28 +1,33 @@
-//! One claimed task, end to end: task directory, auth profile, clone, Pi,
-//! events, verdict. Every failure becomes a `failed` verdict with a reason a
-//! person can act on; nothing here panics or gives up silently.
+//! One claimed task, end to end: profile, task directory, bundle, clone,
+//! Pi in its sandbox, events, verdict, clean-up. Every failure becomes a
+//! `failed` verdict with a reason a person can act on; nothing here panics
+//! or gives up silently.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use embark_client::BrokerClient;
-use embark_core::event::{LogLevel, Phase};
+use embark_core::NewEvent;
+use embark_core::event::{LogLevel, Phase, SessionStats};
 use embark_core::limits::MAX_RESULT_TEXT_BYTES;
 use embark_core::repo_url::without_credentials;
 use embark_core::shutdown::Shutdown;
-use embark_core::text::{error_chain, head};
+use embark_core::text::{error_chain, head, tail};
 use embark_core::wire::{Claim, CompleteTask, Task, TaskResult};
 use serde_json::Value;
 use tokio::time::{Instant, sleep_until};
 
-use crate::checkout::checkout;
+use crate::bundle::{self, Bundle, LiveBundles};
+use crate::checkout::{CloneLimits, checkout};
 use crate::events::{EventMapper, lifecycle, log_event};
-use crate::pi_process::{PiLaunch, PiProcess};
+use crate::guard::GuardReport;
+use crate::isolation::{IsolationMode, Sandbox, docker};
+use crate::pi_process::{PiLaunch, PiPaths, PiProcess};
 use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
+use crate::profile;
 use crate::reporter::{ReportOptions, Reporter};
 use crate::retry::{Patience, Undelivered, persist};
-use crate::space::Space;
-use crate::{orphans, profile};
+use crate::space::{RecordState, Space, TaskRecord, WorkspaceCleanup};
 
 /// After stdin EOF, how long Pi gets to exit before SIGTERM (and again before SIGKILL).
 const PI_EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -30,6 +35,8 @@ const PI_EXIT_GRACE: Duration = Duration::from_secs(5);
 const PI_EXIT_GRACE_SHUTTING_DOWN: Duration = Duration::from_secs(2);
 /// Non-JSON stdout lines reported as events; more are only counted in logs.
 const MAX_GARBAGE_NOTES: u32 = 20;
+/// How much of Pi's stderr the `log` event at the end quotes.
+const STDERR_EVENT_BYTES: usize = 4 * 1024;
 
 pub const SHUTTING_DOWN: &str = "runner shutting down";
 
@@ -40,14 +47,31 @@ pub struct TaskSettings {
     pub spaces: PathBuf,
     pub profiles: PathBuf,
     pub pi: PathBuf,
+    pub pi_no_extensions: bool,
     pub task_timeout: Duration,
-    pub clone_timeout: Duration,
-    pub keep_spaces: bool,
-    /// End the processes the task's tools left behind. Only for a runner
-    /// that is a child subreaper and runs one task at a time (see `orphans`).
-    pub stop_orphans: bool,
-    /// Where the running task's credential copies are, for an abrupt exit.
-    pub credentials: profile::LiveCredentials,
+    pub clone: CloneLimits,
+    pub cleanup: WorkspaceCleanup,
+    /// The longest final text a verdict carries, in characters.
+    pub result_max_chars: usize,
+    pub sandbox: Sandbox,
+    /// Where the running tasks' bundles are, for an abrupt exit.
+    pub bundles: LiveBundles,
+}
+
+/// How the task's work ended, before it is reported.
+struct Outcome {
+    verdict: CompleteTask,
+    /// Pi's session stats, when Pi gave them (for the broker to keep, a later issue).
+    stats: Option<SessionStats>,
+}
+
+impl Outcome {
+    fn failed(reason: impl Into<String>) -> Outcome {
+        Outcome {
+            verdict: failed(reason),
+            stats: None,
+        }
+    }
 }
 
 /// Runs the claimed task and reports its events and verdict; returns the
@@ -63,16 +87,53 @@ pub async fn run_task(
     let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
     reporter.send(lifecycle(Phase::Claimed, Some(&detail)));
 
+    let claimed_at = std::time::Instant::now();
     let deadline = Instant::now() + settings.task_timeout;
-    let (verdict, space) = attempt(settings, claim, &reporter, deadline, &shutdown).await;
-    let reported = report(client, claim, reporter, verdict, options.patience, &shutdown).await;
-    if let Some(space) = space.filter(|_| !settings.keep_spaces)
-        && let Err(e) = space.remove()
-    {
-        tracing::warn!(task = %claim.task.id, "could not remove {}: {e}", space.root.display());
+    let (outcome, space) = attempt(settings, claim, &reporter, claimed_at, deadline, &shutdown).await;
+    let succeeded = outcome.verdict.result == TaskResult::Succeeded;
+    if let Some(stats) = &outcome.stats {
+        tracing::info!(
+            task = %claim.task.id,
+            tokens_in = stats.tokens.input,
+            tokens_out = stats.tokens.output,
+            cache_read = stats.tokens.cache_read,
+            cache_write = stats.tokens.cache_write,
+            cost = stats.cost,
+            "Pi's session stats"
+        );
     }
-    settings.credentials.clear();
+    let mut verdict = outcome.verdict;
+    verdict.final_text = verdict
+        .final_text
+        .map(|text| cap_text(&text, settings.result_max_chars));
+    let reported = report(client, claim, reporter, verdict, options.patience, &shutdown).await;
+    if let Some((space, mut record)) = space {
+        record.state = RecordState::Finished;
+        record.result = Some(if succeeded { "succeeded" } else { "failed" }.to_owned());
+        record.stats = outcome.stats;
+        if settings.cleanup.removes(Some(succeeded)) {
+            if let Err(e) = space.remove() {
+                tracing::warn!(task = %claim.task.id, "could not remove {}: {e}", space.root.display());
+            }
+        } else if let Err(e) = space.write_record(&record) {
+            tracing::warn!(task = %claim.task.id, "{}", error_chain(&e));
+        }
+    }
     reported
+}
+
+/// The final text cut to `max_chars` characters, marked when cut.
+pub fn cap_text(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        None => text.to_owned(),
+        Some((cut, _)) => {
+            let total = text.chars().count();
+            format!(
+                "{}\n\n[embark: the final text was cut to its first {max_chars} of {total} characters (result_max_chars)]",
+                &text[..cut]
+            )
+        }
+    }
 }
 
 /// Reports the end of a task: the `finishing` event and the rest of the
@@ -96,9 +157,8 @@ pub async fn report(
     };
     reporter.send(lifecycle(Phase::Finishing, Some(&summary)));
     let ended = Instant::now();
-    let delivery = reporter
-        .finish(patience.events_deadline(ended, shutdown.is_requested()))
-        .await;
+    let hurry = shutdown.is_requested();
+    let delivery = reporter.finish(patience.events_deadline(ended, hurry)).await;
     if let Some(problem) = delivery.problem() {
         verdict.reason = Some(match verdict.reason.take() {
             Some(reason) => format!("{reason}; {problem}"),
@@ -128,100 +188,176 @@ fn failed(reason: impl Into<String>) -> CompleteTask {
     }
 }
 
-/// The task's work. Returns the verdict and the task directory it created
-/// (never one that existed before).
+/// The task's work. Returns the outcome and the task directory it created
+/// (never one that existed before) with its record.
 async fn attempt(
     settings: &TaskSettings,
     claim: &Claim,
     reporter: &Reporter,
+    claimed_at: std::time::Instant,
     deadline: Instant,
     shutdown: &Shutdown,
-) -> (CompleteTask, Option<Space>) {
+) -> (Outcome, Option<(Space, TaskRecord)>) {
     let task = &claim.task;
+    let intent = &task.intent;
     if let Err(e) = task.intent.validate() {
         return (
-            failed(format!("the task's execution intent is not acceptable: {e}")),
+            Outcome::failed(format!("the task's execution intent is not acceptable: {e}")),
             None,
         );
     }
+    // Cheap checks first: an unknown profile, or one this runner's mode may
+    // not run, fails before anything is created or cloned.
+    let profile = match profile::find(&settings.profiles, &intent.auth_profile)
+        .and_then(|profile| profile.check_mode(settings.sandbox.mode).map(|()| profile))
+    {
+        Ok(profile) => profile,
+        Err(e) => return (Outcome::failed(error_chain(&e)), None),
+    };
     let space = match Space::create(&settings.spaces, task.id) {
         Ok(space) => space,
-        Err(e) => return (failed(error_chain(&e)), None),
+        Err(e) => return (Outcome::failed(error_chain(&e)), None),
     };
-    settings.credentials.set(&space.pi_agent);
-    let verdict = prepare_and_run(settings, claim, &space, reporter, deadline, shutdown).await;
-    clean_up(settings, task.id, &space, reporter, shutdown).await;
-    (verdict, Some(space))
+    let mut record = TaskRecord {
+        task: task.id.to_string(),
+        attempt: claim.attempt,
+        isolation: settings.sandbox.mode.name().to_owned(),
+        state: RecordState::Running,
+        result: None,
+        container: (settings.sandbox.mode == IsolationMode::Docker)
+            .then(|| docker::container_name(&task.id.to_string())),
+        bundle: None,
+        stats: None,
+    };
+    if let Err(e) = space.write_record(&record) {
+        return (Outcome::failed(error_chain(&e)), Some((space, record)));
+    }
+    settings.bundles.add(&space.bundle);
+    let outcome = match Bundle::materialise(&profile, &intent.provider, &intent.model, &space.bundle) {
+        Ok(bundle) => {
+            tracing::info!(
+                task = %task.id,
+                profile = %profile.name,
+                files = ?bundle.metadata.files.iter().map(|f| format!("{} {}", f.path, f.hash)).collect::<Vec<_>>(),
+                env = ?bundle.metadata.env,
+                "task bundle materialised"
+            );
+            record.bundle = Some(bundle.metadata.clone());
+            if let Err(e) = space.write_record(&record) {
+                tracing::warn!(task = %task.id, "{}", error_chain(&e));
+            }
+            let outcome = prepare_and_run(
+                settings, claim, &space, &bundle, &profile, reporter, claimed_at, deadline, shutdown,
+            )
+            .await;
+            clean_up(
+                settings,
+                task.id,
+                &space,
+                record.container.as_deref(),
+                &outcome,
+                reporter,
+            )
+            .await;
+            outcome.outcome
+        }
+        Err(e) => Outcome::failed(error_chain(&e)),
+    };
+    // Pi and its tools are gone, so nothing rewrites the bundle any more.
+    if let Err(e) = bundle::remove(&space.bundle) {
+        let message = error_chain(&e);
+        tracing::error!(task = %task.id, "{message}");
+        reporter.send(log_event(LogLevel::Error, &message));
+    }
+    settings.bundles.forget(&space.bundle);
+    (outcome, Some((space, record)))
 }
 
-/// After Pi has exited, on every path: no process of the task lives on, and
-/// no credential stays on disk, whether the task directory is kept or not.
+/// What the run left to clean up.
+struct Ran {
+    outcome: Outcome,
+    /// Pi ran and did not end cleanly on its own (interrupted, signalled,
+    /// a failure exit): its container may still be there.
+    unclean: bool,
+}
+
+/// After Pi has exited, on every path: what its guard ended is reported,
+/// and a container that may have outlived it is removed.
 async fn clean_up(
     settings: &TaskSettings,
     task: embark_core::TaskId,
     space: &Space,
+    container: Option<&str>,
+    ran: &Ran,
     reporter: &Reporter,
-    shutdown: &Shutdown,
 ) {
-    if settings.stop_orphans {
-        // A shutdown cuts the sweep short: the verdict must still go out in time.
-        let swept = orphans::stop_all(orphans::GRACE, &|| shutdown.is_requested()).await;
-        if swept.stopped > 0 {
-            tracing::info!(%task, "stopped {} processes left behind by the task's tools", swept.stopped);
+    if let Some(report) = GuardReport::take(&space.guard_report) {
+        if report.stopped > 0 {
+            tracing::info!(%task, "stopped {} processes left behind by the task's tools", report.stopped);
             reporter.send(log_event(
                 LogLevel::Warning,
-                &format!("stopped {} processes the task's tools left running", swept.stopped),
+                &format!("stopped {} processes the task's tools left running", report.stopped),
             ));
         }
-        if swept.remaining > 0 {
-            tracing::error!(%task, "{} processes left by the task's tools would not end", swept.remaining);
+        if report.remaining > 0 {
+            tracing::error!(%task, "{} processes left by the task's tools would not end", report.remaining);
         }
     }
-    // Pi and its tools are gone, so nothing rewrites these files any more.
-    match profile::remove_credentials(&space.pi_agent) {
-        Ok(removed) => tracing::debug!(%task, "removed the credential copies {removed:?}"),
-        Err(e) => {
-            let message = error_chain(&e);
-            tracing::error!(%task, "{message}");
-            reporter.send(log_event(LogLevel::Error, &message));
+    if let Some(name) = container.filter(|_| ran.unclean) {
+        match docker::remove(&settings.sandbox.docker.program, name).await {
+            Ok(true) => tracing::info!(%task, "removed container {name}"),
+            Ok(false) => {}
+            Err(e) => {
+                let message = error_chain(&e);
+                tracing::error!(%task, "{message}");
+                reporter.send(log_event(LogLevel::Error, &message));
+            }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn prepare_and_run(
     settings: &TaskSettings,
     claim: &Claim,
     space: &Space,
+    bundle: &Bundle,
+    profile: &profile::Profile,
     reporter: &Reporter,
+    claimed_at: std::time::Instant,
     deadline: Instant,
     shutdown: &Shutdown,
-) -> CompleteTask {
+) -> Ran {
     let task = &claim.task;
     let intent = &task.intent;
-    // Cheap checks first: an unknown profile fails before any clone.
-    match profile::install(&settings.profiles, &intent.auth_profile, &space.pi_agent) {
-        Ok(files) => tracing::info!(task = %task.id, "auth profile {:?}: copied {files:?}", intent.auth_profile),
-        Err(e) => return failed(error_chain(&e)),
-    }
+    let clean = |outcome: Outcome| Ran {
+        outcome,
+        unclean: false,
+    };
     if let Err(e) = space.write_prompt(&task.prompt) {
-        return failed(error_chain(&e));
+        return clean(Outcome::failed(error_chain(&e)));
     }
 
     reporter.send(lifecycle(
         Phase::Cloning,
         Some(&format!("{} @ {}", without_credentials(&task.repo_url), task.commit)),
     ));
-    let clone_timeout = settings
-        .clone_timeout
-        .min(deadline.saturating_duration_since(Instant::now()));
+    let limits = CloneLimits {
+        timeout: settings
+            .clone
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now())),
+        ..settings.clone.clone()
+    };
+    let task_id = task.id.to_string();
     tokio::select! {
-        result = checkout(&task.repo_url, &task.commit, &space.workspace, clone_timeout) => {
+        result = checkout(&task.repo_url, &task.commit, &space.workspace, &limits, &settings.sandbox.guard, &task_id) => {
             if let Err(e) = result {
-                return failed(error_chain(&e));
+                return clean(Outcome::failed(error_chain(&e)));
             }
         }
-        () = shutdown.requested() => return failed(SHUTTING_DOWN),
-        () = sleep_until(deadline) => return failed(timed_out(settings.task_timeout)),
+        () = shutdown.requested() => return clean(Outcome::failed(SHUTTING_DOWN)),
+        () = sleep_until(deadline) => return clean(Outcome::failed(timed_out(settings.task_timeout))),
     }
 
     reporter.send(lifecycle(
@@ -232,23 +368,28 @@ async fn prepare_and_run(
         program: settings.pi.clone(),
         provider: intent.provider.clone(),
         model: intent.model.clone(),
-        cwd: space.workspace.clone(),
-        session_dir: space.session.clone(),
-        agent_dir: space.pi_agent.clone(),
-        home: space.home.clone(),
-        tmp: space.tmp.clone(),
+        no_extensions: settings.pi_no_extensions,
+        paths: PiPaths::of(space, &bundle.agent_dir),
+        task_id,
+        profile_env: bundle.env.clone(),
     };
-    let mut pi = match PiProcess::spawn(&launch) {
+    let prepared = match settings.sandbox.prepare(&launch, space, bundle, profile.policy.network) {
+        Ok(prepared) => prepared,
+        Err(e) => return clean(Outcome::failed(error_chain(&e))),
+    };
+    tracing::debug!(task = %task.id, argv = ?prepared.argv, "starting Pi");
+    let mut pi = match PiProcess::spawn(prepared.command, &launch.program) {
         Ok(pi) => pi,
-        Err(e) => return failed(error_chain(&e)),
+        Err(e) => return clean(Outcome::failed(error_chain(&e))),
     };
-    tracing::info!(task = %task.id, pid = ?pi.pid(), "Pi started");
+    tracing::info!(task = %task.id, pid = ?pi.pid(), isolation = %settings.sandbox.mode, "Pi started");
 
     reporter.send(lifecycle(Phase::Prompting, None));
     let mut observer = ReportingObserver {
         mapper: EventMapper::new(),
         reporter,
         garbage: 0,
+        first_line: Some((task.id, claimed_at)),
     };
     let run = run_prompt(&mut pi, &task.prompt, &mut observer, deadline, shutdown).await;
     observer.flush();
@@ -266,7 +407,32 @@ async fn prepare_and_run(
             &format!("Pi did not exit after its input closed; sent {signal}"),
         ));
     }
-    verdict(run, settings.task_timeout)
+    let unclean = exit.signalled.is_some()
+        || !exit.status.is_some_and(|s| s.success())
+        || run.as_ref().is_ok_and(|r| r.interrupted.is_some());
+    let stats = run.as_ref().ok().and_then(|r| r.stats.clone());
+    let verdict = verdict(run, settings.task_timeout);
+    // Pi's last words on stderr, whatever the outcome: the reason quotes
+    // them only when Pi exited early.
+    let stderr_tail = exit.stderr_tail;
+    if !stderr_tail.is_empty() {
+        let level = if verdict.result == TaskResult::Succeeded {
+            LogLevel::Info
+        } else {
+            LogLevel::Warning
+        };
+        reporter.send(log_event(
+            level,
+            &format!("Pi's stderr ended with: {}", tail(&stderr_tail, STDERR_EVENT_BYTES)),
+        ));
+    }
+    if let Some(stats) = &stats {
+        reporter.send(NewEvent::new(stats.clone()));
+    }
+    Ran {
+        outcome: Outcome { verdict, stats },
+        unclean,
+    }
 }
 
 fn timed_out(limit: Duration) -> String {
@@ -316,9 +482,18 @@ struct ReportingObserver<'a> {
     mapper: EventMapper,
     reporter: &'a Reporter,
     garbage: u32,
+    /// The task and when it was claimed, until Pi's first line came: the
+    /// task start overhead (`npm run bench:task-start` reads this log line).
+    first_line: Option<(embark_core::TaskId, std::time::Instant)>,
 }
 
 impl ReportingObserver<'_> {
+    fn saw_a_line(&mut self) {
+        if let Some((task, claimed_at)) = self.first_line.take() {
+            tracing::info!(%task, since_claim_ms = claimed_at.elapsed().as_millis() as u64, "Pi's first RPC line");
+        }
+    }
+
     fn flush(&mut self) {
         if let Some(event) = self.mapper.flush() {
             self.reporter.send(event);
@@ -328,6 +503,7 @@ impl ReportingObserver<'_> {
 
 impl Observer for ReportingObserver<'_> {
     fn on_record(&mut self, record: &Value) {
+        self.saw_a_line();
         for event in self.mapper.map(record, std::time::Instant::now()) {
             self.reporter.send(event);
         }
@@ -340,6 +516,7 @@ impl Observer for ReportingObserver<'_> {
     }
 
     fn on_garbage(&mut self, note: &str) {
+        self.saw_a_line();
         self.garbage += 1;
         if self.garbage <= MAX_GARBAGE_NOTES {
             self.reporter.send(log_event(LogLevel::Warning, note));
@@ -372,6 +549,7 @@ mod tests {
             agent_ended: true,
             last_assistant: Some(last),
             last_text: last_text.map(str::to_owned),
+            stats: None,
             interrupted: None,
         }
     }
@@ -387,6 +565,17 @@ mod tests {
         assert_eq!(v.result, TaskResult::Succeeded);
         assert_eq!(v.final_text.as_deref(), Some("done: hello"));
         assert_eq!(v.reason, None);
+    }
+
+    #[test]
+    fn a_long_final_text_is_cut_by_characters_and_marked() {
+        assert_eq!(cap_text("short", 10), "short");
+        assert_eq!(cap_text("exactly10!", 10), "exactly10!");
+        let cut = cap_text("héllo wörld", 5);
+        assert_eq!(
+            cut,
+            "héllo\n\n[embark: the final text was cut to its first 5 of 11 characters (result_max_chars)]"
+        );
     }
 
     #[test]
@@ -417,6 +606,7 @@ mod tests {
             agent_ended: true,
             ..PromptRun::default()
         };
+        assert!(none.stats.is_none());
         assert_eq!(verdict(Ok(none), HOUR).result, TaskResult::Failed);
 
         let v = verdict(Err(RpcError::PromptRejected("No model selected".into())), HOUR);

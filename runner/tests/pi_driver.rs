@@ -152,12 +152,26 @@ async fn a_recorded_run_ends_with_the_last_assistant_text() {
     assert!(run.agent_ended);
     assert_eq!(run.interrupted, None);
     assert_eq!(run.last_text.as_deref(), Some("done: hello"));
-    let last = run.last_assistant.expect("an assistant message");
+    let last = run.last_assistant.clone().expect("an assistant message");
     assert_eq!(last.stop_reason, "stop");
     assert_eq!(last.text, "done: hello");
     let commands = script.await.expect("script");
-    assert_eq!(command_types(&commands), ["prompt", "get_last_assistant_text"]);
+    assert_eq!(
+        command_types(&commands),
+        ["prompt", "get_last_assistant_text", "get_session_stats"]
+    );
     assert_eq!(commands[0]["message"], "make hello");
+    // Pi's totals over the two model calls, as Pi 0.73.1 answered.
+    let stats = run.stats.expect("Pi's session stats");
+    assert_eq!(
+        (
+            stats.tokens.input,
+            stats.tokens.output,
+            stats.tokens.total,
+            stats.tool_calls
+        ),
+        (20, 10, 30, 1)
+    );
     // Every event went to the observer, in order; responses did not.
     let events = BASH_THEN_DONE
         .lines()
@@ -188,8 +202,10 @@ async fn a_recorded_provider_error_ends_the_run_with_the_error_and_no_text() {
     assert!(last.failed());
     assert_eq!(
         command_types(&script.await.expect("script")),
-        ["prompt", "get_last_assistant_text"]
+        ["prompt", "get_last_assistant_text", "get_session_stats"]
     );
+    let stats = run.stats.expect("Pi's stats, recorded");
+    assert_eq!((stats.assistant_messages, stats.tokens.total, stats.cost), (1, 0, 0.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,6 +265,11 @@ async fn a_dialog_is_cancelled_and_a_notification_left_alone() {
         let mut reply = response(&last);
         reply["data"] = json!({"text": "done"});
         peer.send(&reply).await.expect("send");
+        let stats = expect_command(&mut peer, "get_session_stats").await;
+        let mut reply = response(&stats);
+        reply["data"] = json!({"userMessages": 1, "assistantMessages": 1, "toolCalls": 0, "toolResults": 0,
+            "tokens": {"input": 7, "output": 3, "cacheRead": 1, "cacheWrite": 0, "total": 11}, "cost": 0.5});
+        peer.send(&reply).await.expect("send");
         (answer, peer.recv().await)
     });
     let mut seen = Seen::default();
@@ -259,6 +280,8 @@ async fn a_dialog_is_cancelled_and_a_notification_left_alone() {
     drop(pi);
 
     assert_eq!(run.last_text.as_deref(), Some("done"));
+    let stats = run.stats.expect("stats");
+    assert_eq!((stats.tokens.cache_read, stats.tokens.total, stats.cost), (1, 11, 0.5));
     let (answer, after) = script.await.expect("script");
     assert_eq!(
         answer,
@@ -468,7 +491,7 @@ async fn pi_silent_after_abort_is_given_up_after_the_grace() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_unanswered_last_text_request_is_given_up_after_the_reply_timeout() {
+async fn unanswered_questions_after_the_run_are_given_up_after_the_reply_timeout() {
     let (mut pi, mut peer) = memory();
     let script = tokio::spawn(async move {
         let prompt = expect_command(&mut peer, "prompt").await;
@@ -476,8 +499,10 @@ async fn an_unanswered_last_text_request_is_given_up_after_the_reply_timeout() {
         peer.send(&assistant_end("stop", "done", None)).await.expect("send");
         peer.send(&agent_end()).await.expect("send");
         expect_command(&mut peer, "get_last_assistant_text").await;
-        let asked_at = Instant::now();
-        (asked_at, peer.recv().await)
+        let text_asked = Instant::now();
+        expect_command(&mut peer, "get_session_stats").await;
+        let stats_asked = Instant::now();
+        (text_asked, stats_asked, peer.recv().await)
     });
     let mut seen = Seen::default();
     let shutdown = Shutdown::new();
@@ -486,10 +511,15 @@ async fn an_unanswered_last_text_request_is_given_up_after_the_reply_timeout() {
         .expect("the run ends");
     let ended = Instant::now();
     drop(pi);
-    let (asked_at, after) = script.await.expect("script");
-    assert!(ended - asked_at >= REPLY_TIMEOUT, "waited {:?}", ended - asked_at);
+    let (text_asked, stats_asked, after) = script.await.expect("script");
+    assert!(
+        stats_asked - text_asked >= REPLY_TIMEOUT,
+        "waited {:?}",
+        stats_asked - text_asked
+    );
+    assert!(ended - stats_asked >= REPLY_TIMEOUT, "waited {:?}", ended - stats_asked);
     assert_eq!(after, None);
     assert!(run.agent_ended);
-    assert_eq!(run.last_text, None);
+    assert_eq!((run.last_text, run.stats), (None, None));
     assert_eq!(run.last_assistant.expect("assistant").text, "done");
 }

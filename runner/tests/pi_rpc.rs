@@ -11,9 +11,14 @@ use std::time::Duration;
 use embark_core::event::{Log, LogLevel};
 use embark_core::shutdown::Shutdown;
 use embark_core::{EventKind, NewEvent, Payload, TaskId};
+use embark_runner::bundle::Bundle;
+use embark_runner::config::DockerSettings;
 use embark_runner::events::EventMapper;
+use embark_runner::guard::Guard;
+use embark_runner::isolation::bwrap::Runtime;
+use embark_runner::isolation::{IsolationMode, Network, Sandbox};
 use embark_runner::pi_connection::{PiPeer, Record};
-use embark_runner::pi_process::{PiLaunch, PiProcess};
+use embark_runner::pi_process::{PiLaunch, PiPaths, PiProcess};
 use embark_runner::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
 use embark_runner::profile;
 use embark_runner::space::Space;
@@ -62,24 +67,66 @@ impl Collect {
     }
 }
 
-/// A task directory with the fake profile installed and an empty workspace.
-fn setup(root: &Path, model: &FakeModel, provider: &str) -> (Space, PiLaunch) {
+/// A task directory with the fake profile materialised and an empty
+/// workspace, and Pi's launch in it (process isolation, under its guard).
+struct Setup {
+    space: Space,
+    launch: PiLaunch,
+    bundle: Bundle,
+    sandbox: Sandbox,
+}
+
+impl Setup {
+    fn spawn(&self) -> PiProcess {
+        let prepared = self
+            .sandbox
+            .prepare(&self.launch, &self.space, &self.bundle, Network::On)
+            .expect("a command");
+        PiProcess::spawn(prepared.command, &self.launch.program).expect("Pi starts")
+    }
+}
+
+fn setup(root: &Path, model: &FakeModel, provider: &str) -> Setup {
     let space = Space::create(&root.join("spaces"), TaskId::new()).expect("task dir");
     let profiles = root.join("profiles");
     embark_testkit::write_fake_profile(&profiles, "default", &model.base_url());
-    profile::install(&profiles, "default", &space.pi_agent).expect("profile installed");
+    let profile = profile::find(&profiles, "default").expect("profile");
+    let bundle = Bundle::materialise(&profile, provider, "fake-model", &space.bundle).expect("bundle");
     std::fs::create_dir_all(&space.workspace).expect("workspace");
     let launch = PiLaunch {
         program: embark_testkit::pi_path(),
         provider: provider.into(),
         model: "fake-model".into(),
-        cwd: space.workspace.clone(),
-        session_dir: space.session.clone(),
-        agent_dir: space.pi_agent.clone(),
-        home: space.home.clone(),
-        tmp: space.tmp.clone(),
+        no_extensions: false,
+        paths: PiPaths::of(&space, &bundle.agent_dir),
+        task_id: space
+            .root
+            .file_name()
+            .expect("a task id")
+            .to_string_lossy()
+            .into_owned(),
+        profile_env: bundle.env.clone(),
     };
-    (space, launch)
+    let sandbox = Sandbox {
+        mode: IsolationMode::Process,
+        guard: Guard::at(embark_testkit::bin_path("embark-runner")),
+        bwrap: "bwrap".into(),
+        docker: DockerSettings {
+            program: "docker".into(),
+            image: "unused".into(),
+            network: "bridge".into(),
+            user: "1000".into(),
+            task_dir: "/embark/task".into(),
+        },
+        hidden: Vec::new(),
+        runtime: Runtime::default(),
+    };
+    Setup {
+        space,
+        launch,
+        bundle,
+        sandbox,
+    }
 }
 
 /// Waits until Pi answers a first command, so a deadline counts the run and
@@ -104,7 +151,7 @@ async fn ready(pi: &mut PiProcess) {
 }
 
 async fn drive(
-    launch: &PiLaunch,
+    launch: &Setup,
     prompt: &str,
     within: Duration,
     shutdown: &Shutdown,
@@ -114,13 +161,13 @@ async fn drive(
 
 /// Starts Pi, waits until it is ready, then runs `prompt` with `within` to go.
 async fn drive_with(
-    launch: &PiLaunch,
+    launch: &Setup,
     prompt: &str,
     within: Duration,
     shutdown: &Shutdown,
     mut seen: Collect,
 ) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
-    let mut pi = PiProcess::spawn(launch).expect("Pi starts");
+    let mut pi = launch.spawn();
     ready(&mut pi).await;
     let run = run_prompt(&mut pi, prompt, &mut seen, Instant::now() + within, shutdown).await;
     seen.events.extend(seen.mapper.flush());
@@ -129,11 +176,11 @@ async fn drive_with(
 
 /// Starts Pi and runs `prompt` right away, as the runner does (for a Pi that fails at start).
 async fn drive_unready(
-    launch: &PiLaunch,
+    launch: &Setup,
     prompt: &str,
     shutdown: &Shutdown,
 ) -> (Result<PromptRun, RpcError>, Collect, PiProcess) {
-    let mut pi = PiProcess::spawn(launch).expect("Pi starts");
+    let mut pi = launch.spawn();
     let mut seen = Collect::default();
     let deadline = Instant::now() + Duration::from_secs(30);
     let run = run_prompt(&mut pi, prompt, &mut seen, deadline, shutdown).await;
@@ -147,7 +194,8 @@ async fn a_bash_then_done_run_ends_cleanly() {
         {"tool_calls": [{"name": "bash", "arguments": {"command": "echo hello > hello.txt"}}]},
         {"text": "done: hello"}
     ]}));
-    let (space, launch) = setup(tmp.path(), &model, "fake");
+    let launch = setup(tmp.path(), &model, "fake");
+    let space = &launch.space;
     let shutdown = Shutdown::new();
     let (run, seen, pi) = drive(&launch, "create hello.txt", Duration::from_secs(60), &shutdown).await;
     let run = run.unwrap_or_else(|e| panic!("run failed: {e}; model log:\n{}", model.log()));
@@ -155,6 +203,15 @@ async fn a_bash_then_done_run_ends_cleanly() {
     assert!(run.agent_ended);
     assert_eq!(run.interrupted, None);
     assert_eq!(run.last_text.as_deref(), Some("done: hello"));
+    let stats = run.stats.clone().expect("Pi's session stats");
+    assert_eq!(
+        (stats.tool_calls, stats.assistant_messages, stats.user_messages),
+        (1, 2, 1)
+    );
+    assert!(
+        stats.tokens.total > 0 && stats.tokens.total == stats.tokens.input + stats.tokens.output,
+        "{stats:?}"
+    );
     let last = run.last_assistant.expect("an assistant message");
     assert_eq!(last.stop_reason, "stop");
     assert_eq!(
@@ -179,9 +236,9 @@ async fn a_bash_then_done_run_ends_cleanly() {
 async fn extension_dialogs_are_cancelled() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let model = FakeModel::start(&json!({"turns": [{"text": "done: hello"}]}));
-    let (_space, launch) = setup(tmp.path(), &model, "fake");
+    let launch = setup(tmp.path(), &model, "fake");
     // A project extension that blocks the run on a confirm dialog until someone answers.
-    let extensions = launch.cwd.join(".pi/extensions");
+    let extensions = launch.launch.paths.cwd.join(".pi/extensions");
     std::fs::create_dir_all(&extensions).expect("extensions dir");
     std::fs::write(
         extensions.join("ask.ts"),
@@ -205,7 +262,17 @@ async fn extension_dialogs_are_cancelled() {
         .map(|e| &e.payload)
         .filter(|p| p.kind() == Some(EventKind::Log))
         .collect();
-    assert_eq!(logs, [&Log::new(LogLevel::Info, "confirm answered false").into()]);
+    assert_eq!(
+        logs,
+        [
+            &Log::new(
+                LogLevel::Warning,
+                "cancelled a Pi extension's confirm dialog \"Proceed?\": nobody can answer dialogs on a runner"
+            )
+            .into(),
+            &Log::new(LogLevel::Info, "confirm answered false").into()
+        ]
+    );
     pi.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -213,7 +280,7 @@ async fn extension_dialogs_are_cancelled() {
 async fn pi_failing_at_startup_reports_its_stderr() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let model = FakeModel::start(&json!({"turns": [{"text": "unused"}]}));
-    let (_space, launch) = setup(tmp.path(), &model, "no-such-provider");
+    let launch = setup(tmp.path(), &model, "no-such-provider");
     let shutdown = Shutdown::new();
     let (run, _seen, _pi) = drive_unready(&launch, "hi", &shutdown).await;
     match run {
@@ -229,8 +296,8 @@ async fn pi_failing_at_startup_reports_its_stderr() {
 async fn pi_gone_before_the_prompt_is_written_still_reports_its_stderr() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let model = FakeModel::start(&json!({"turns": [{"text": "unused"}]}));
-    let (_space, launch) = setup(tmp.path(), &model, "no-such-provider");
-    let mut pi = PiProcess::spawn(&launch).expect("Pi starts");
+    let launch = setup(tmp.path(), &model, "no-such-provider");
+    let mut pi = launch.spawn();
     // Pi fails at startup and is gone before anything is written to it.
     let status = pi
         .wait_exit(Duration::from_secs(30))
@@ -253,7 +320,7 @@ async fn pi_gone_before_the_prompt_is_written_still_reports_its_stderr() {
 async fn a_deadline_aborts_the_run_and_deltas_stay_coalesced() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let model = FakeModel::start(&common::slow_stream());
-    let (_space, launch) = setup(tmp.path(), &model, "fake");
+    let launch = setup(tmp.path(), &model, "fake");
     let shutdown = Shutdown::new();
     let started = Instant::now();
     // The stream (200 deltas, 30 ms apart) is cut about 2 s in.
@@ -282,7 +349,7 @@ async fn a_deadline_aborts_the_run_and_deltas_stay_coalesced() {
 async fn a_shutdown_request_aborts_the_run() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let model = FakeModel::start(&common::slow_stream());
-    let (_space, launch) = setup(tmp.path(), &model, "fake");
+    let launch = setup(tmp.path(), &model, "fake");
     let shutdown = Shutdown::new();
     let seen = Collect {
         stop_after_deltas: Some((10, shutdown.clone())),

@@ -182,17 +182,33 @@ fn assert_gapless(task: &Task, events: &[Event]) {
     assert_eq!(task.last_seq, events.len() as u64);
 }
 
-/// The task directory is kept, but no copy of a credential file is.
+/// The task directory is kept, but its bundle (the credential copies) is not;
+/// the record names what the bundle held, by hash.
 fn assert_no_credentials(world: &World, task: &Task) {
-    let pi_agent = world.spaces().join(task.id.to_string()).join("pi-agent");
-    assert!(pi_agent.join("settings.json").exists(), "the profile was installed");
-    for file in ["auth.json", "models.json"] {
-        assert!(
-            !pi_agent.join(file).exists(),
-            "{file} was removed after Pi exited; {}",
-            world.diagnostics()
-        );
-    }
+    let space = world.spaces().join(task.id.to_string());
+    assert!(
+        !space.join("bundle").exists(),
+        "the bundle was removed after Pi exited; {}",
+        world.diagnostics()
+    );
+    let record: Value = serde_json::from_slice(&std::fs::read(space.join("task.json")).expect("task.json"))
+        .expect("the record is JSON");
+    assert_eq!(record["state"], "finished", "{record}");
+    let files: Vec<&str> = record["bundle"]["files"]
+        .as_array()
+        .expect("the bundle's files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(
+        files,
+        ["pi-agent/models.json", "pi-agent/auth.json", "pi-agent/settings.json"],
+        "the profile was materialised"
+    );
+    assert!(
+        !record.to_string().contains("sk-unused"),
+        "no secret in the record: {record}"
+    );
 }
 
 fn delta_text(events: &[Event]) -> String {
@@ -492,10 +508,10 @@ async fn sigterm_during_the_clone_fails_the_task_and_ends_git() {
     let events = world.events(task.id).await;
     assert_gapless(&done, &events);
     assert_eq!(phases(&events), ["claimed", "cloning", "finishing"]);
-    let pi_agent = world.spaces().join(task.id.to_string()).join("pi-agent");
-    for file in ["auth.json", "models.json"] {
-        assert!(!pi_agent.join(file).exists(), "{file} was removed");
-    }
+    assert!(
+        !world.spaces().join(task.id.to_string()).join("bundle").exists(),
+        "the bundle was removed"
+    );
     // Git's helper (git-remote-http) held the connection; the runner ended it.
     let closed = tokio::time::timeout(Duration::from_secs(5), server.all_closed()).await;
     assert!(
@@ -517,7 +533,7 @@ async fn credential_copies_of_a_killed_runner_are_removed_by_the_next_one() {
             e.payload.kind() == Some(EventKind::AssistantDelta)
         })
         .await;
-    let pi_agent = world.spaces().join(task.id.to_string()).join("pi-agent");
+    let pi_agent = world.spaces().join(task.id.to_string()).join("bundle/pi-agent");
     for file in ["auth.json", "models.json"] {
         assert!(pi_agent.join(file).exists(), "{file} is there while Pi runs");
     }
@@ -540,24 +556,28 @@ async fn credential_copies_of_a_killed_runner_are_removed_by_the_next_one() {
     }
 
     // A decoy: not a task directory, so never touched.
-    let decoy = world.spaces().join("not-a-task/pi-agent");
+    let decoy = world.spaces().join("not-a-task/bundle/pi-agent");
     std::fs::create_dir_all(&decoy).expect("mkdir");
     std::fs::write(decoy.join("auth.json"), "{}").expect("write");
 
     let mut next = world.start_runner(&[]);
-    let swept = eventually(Duration::from_secs(15), async || {
-        (!["auth.json", "models.json"].iter().any(|f| pi_agent.join(f).exists())).then_some(())
-    })
-    .await;
-    assert!(swept.is_some(), "the copies stayed; {}", world.diagnostics());
-    assert!(pi_agent.join("settings.json").exists(), "only credentials go");
+    let swept = eventually(Duration::from_secs(15), async || (!pi_agent.exists()).then_some(())).await;
+    assert!(swept.is_some(), "the bundle stayed; {}", world.diagnostics());
+    let space = world.spaces().join(task.id.to_string());
+    assert!(
+        space.join("prompt.txt").exists(),
+        "the task directory is kept (workspace_cleanup = never)"
+    );
     assert!(decoy.join("auth.json").exists(), "only in task directories");
     next.terminate();
     let status = world.wait(&mut next, Duration::from_secs(30));
     assert!(status.success(), "{status}; {}", world.diagnostics());
     let log = world.runners.log();
     assert!(
-        log.contains("removed 2 credential copies a previous runner left"),
+        log.contains("removed 1 task bundles (credential copies) a previous runner left"),
         "{log}"
     );
+    let record: Value = serde_json::from_slice(&std::fs::read(space.join("task.json")).expect("task.json"))
+        .expect("the record is JSON");
+    assert_eq!(record["state"], "abandoned", "{record}");
 }

@@ -45,7 +45,8 @@ impl RunnerHome {
     }
 
     /// Starts `embark-runner` against `broker`, named `test-runner`, with a
-    /// 2 s claim wait and `args` after those.
+    /// 2 s claim wait, local and plain-http repositories allowed, and `args`
+    /// after those.
     pub fn start(&self, broker: &Broker, args: &[&str]) -> RunnerProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -63,6 +64,8 @@ impl RunnerHome {
             .arg("--pi")
             .arg(pi_path())
             .args(["--name", "test-runner", "--claim-wait-ms", "2000"])
+            // Fixture repositories are local (`file`); the hanging-server tests speak plain `http`.
+            .args(["--git-protocols", "https,ssh,git,file,http"])
             .args(args)
             // Nothing from the developer's own config: a fresh HOME, no EMBARK_* leaking in.
             .env("HOME", &home)

@@ -175,6 +175,12 @@ impl<'a> Resolver<'a> {
         &self.warnings
     }
 
+    /// Adds a binary's own warning (e.g. a deprecated knob): logged at start
+    /// and shown by `--print-config` like the file's.
+    pub fn warn(&mut self, warning: impl Into<String>) {
+        self.warnings.push(warning.into());
+    }
+
     /// Every knob resolved so far, for `--print-config`.
     pub fn report(&self) -> Report {
         let entries = self

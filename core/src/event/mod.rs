@@ -33,8 +33,8 @@ use serde_json::Value;
 
 pub use open::Open;
 pub use payload::{
-    AgentEnd, AgentStart, AssistantDelta, AssistantMessage, Cost, Extra, Lifecycle, Log, LogLevel, Phase, ToolEnd,
-    ToolStart, Usage,
+    AgentEnd, AgentStart, AssistantDelta, AssistantMessage, Cost, Extra, Lifecycle, Log, LogLevel, Phase, SessionStats,
+    TokenTotals, ToolEnd, ToolStart, Usage,
 };
 
 use crate::limits::MAX_EVENT_KIND_BYTES;
@@ -160,6 +160,8 @@ event_kinds! {
     ToolEnd(ToolEnd) = "tool_end";
     /// A diagnostic worth showing: [`Log`].
     Log(Log) = "log";
+    /// Pi's token and cost totals for the session, once at the end: [`SessionStats`].
+    SessionStats(SessionStats) = "session_stats";
 }
 
 impl EventKind {

@@ -165,6 +165,39 @@ pub struct ToolEnd {
     pub extra: Extra,
 }
 
+/// `session_stats`: Pi's totals for the task's session, reported once when
+/// the run ended (Pi's `get_session_stats`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionStats {
+    /// Tokens over every model call of the session.
+    pub tokens: TokenTotals,
+    /// The session's cost in the provider's currency, as Pi's model table prices it.
+    pub cost: f64,
+    pub user_messages: u64,
+    pub assistant_messages: u64,
+    pub tool_calls: u64,
+    pub tool_results: u64,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// Token totals of a session, per class (see [`Usage`] for one call's).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenTotals {
+    /// Prompt tokens not read from the provider's cache.
+    pub input: u64,
+    /// Tokens the model produced.
+    pub output: u64,
+    /// Prompt tokens read from the provider's cache.
+    pub cache_read: u64,
+    /// Prompt tokens written to the provider's cache.
+    pub cache_write: u64,
+    /// All of the above.
+    pub total: u64,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// `log`: a diagnostic worth showing: a Pi extension's notification or
 /// error, a non-JSON line from Pi, a runner warning.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

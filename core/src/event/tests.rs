@@ -84,6 +84,28 @@ fn samples() -> Vec<(Payload, Value)> {
             Log::new(LogLevel::Warning, "slow").into(),
             json!({"kind": "log", "payload": {"level": "warning", "message": "slow"}}),
         ),
+        (
+            SessionStats {
+                tokens: TokenTotals {
+                    input: 20,
+                    output: 10,
+                    cache_read: 3,
+                    cache_write: 1,
+                    total: 34,
+                    extra: Extra::new(),
+                },
+                cost: 0.5,
+                user_messages: 1,
+                assistant_messages: 2,
+                tool_calls: 1,
+                tool_results: 1,
+                extra: Extra::new(),
+            }
+            .into(),
+            json!({"kind": "session_stats", "payload": {
+                "tokens": {"input": 20, "output": 10, "cache_read": 3, "cache_write": 1, "total": 34},
+                "cost": 0.5, "user_messages": 1, "assistant_messages": 2, "tool_calls": 1, "tool_results": 1}}),
+        ),
     ]
 }
 

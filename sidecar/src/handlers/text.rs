@@ -45,6 +45,10 @@ pub fn event_line(event: &Event) -> String {
             join_non_empty(&[head.trim(), &one_line(&end.output, EXCERPT_CHARS)], ": ")
         }
         Payload::Log(log) => join_non_empty(&[&log.level.name(), &one_line(&log.message, TEXT_CHARS)], ": "),
+        Payload::SessionStats(stats) => format!(
+            "{} tokens in, {} out, {} cache read, {} cache write; cost {}",
+            stats.tokens.input, stats.tokens.output, stats.tokens.cache_read, stats.tokens.cache_write, stats.cost
+        ),
         Payload::Other(other) => one_line(&other.payload.to_string(), EXCERPT_CHARS),
     };
     format!("#{} {}: {}", event.seq, event.payload.kind_name(), summary)
@@ -62,8 +66,8 @@ fn join_non_empty(parts: &[&str], separator: &str) -> String {
 #[cfg(test)]
 mod tests {
     use embark_core::event::{
-        AgentEnd, AgentStart, AssistantDelta, AssistantMessage, Extra, Lifecycle, Log, LogLevel, Phase, ToolEnd,
-        ToolStart,
+        AgentEnd, AgentStart, AssistantDelta, AssistantMessage, Extra, Lifecycle, Log, LogLevel, Phase, SessionStats,
+        TokenTotals, ToolEnd, ToolStart,
     };
     use serde_json::{Value, json};
 
@@ -134,6 +138,17 @@ mod tests {
             event(message("", "toolUse", None)),
             event(message("", "error", Some("500 boom"))),
             event(Log::new(LogLevel::Warning, "slow")),
+            event(SessionStats {
+                tokens: TokenTotals {
+                    input: 10,
+                    output: 5,
+                    cache_read: 2,
+                    total: 17,
+                    ..TokenTotals::default()
+                },
+                cost: 0.25,
+                ..SessionStats::default()
+            }),
         ]
         .iter()
         .map(event_line)
@@ -152,6 +167,7 @@ mod tests {
                 "#7 assistant_message: (tool calls)",
                 "#7 assistant_message: 500 boom",
                 "#7 log: warning: slow",
+                "#7 session_stats: 10 tokens in, 5 out, 2 cache read, 0 cache write; cost 0.25",
             ]
         );
     }
