@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test CI runs, in the order CI runs them (README: `npm test`).
-# Needs cargo, node >= 20.18.1 and git on PATH; installs the npm packages itself.
+# Needs cargo, node >= 20.18.1, git and bubblewrap (bwrap) on PATH; installs the npm packages itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +43,15 @@ EMBARK_REQUIRE_SIDECAR=1 npm test -w extension-shim
 
 step "smoke: pi-rpc (real Pi, real binaries, scripted fake model)"
 npm run smoke:pi-rpc
+
+step "smoke: runner-image-config (the pi-runner Dockerfile contract, static)"
+npm run smoke:runner-image-config
+
+step "smoke: task-bundle (per-task bundles, two at once, crash sweep; real Pi)"
+npm run smoke:task-bundle
+
+step "smoke: bwrap-isolation (real bubblewrap and Pi probe the sandbox)"
+npm run smoke:bwrap-isolation
+
+step "smoke: docker-isolation (docker run argv and container lifecycle, fake docker CLI)"
+npm run smoke:docker-isolation

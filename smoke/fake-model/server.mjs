@@ -82,13 +82,21 @@ function readBody(req) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-// Replaces {{last_user_text}} in scripted text with the conversation's last user message.
+// Replaces {{last_user_text}} in scripted text (and tool call arguments) with the conversation's last user message.
 function fill(text, messages) {
   const lastUser = [...messages].reverse().find((m) => m.role === "user");
   return text.replaceAll("{{last_user_text}}", textOf(lastUser?.content));
 }
 
 // Splits text into small pieces so clients see a real token-by-token stream.
+/** {@link fill} in every string of a tool call's arguments. */
+function fillAll(value, messages) {
+  if (typeof value === "string") return fill(value, messages);
+  if (Array.isArray(value)) return value.map((v) => fillAll(v, messages));
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, fillAll(v, messages)]));
+  return value;
+}
+
 function pieces(text, size = 6) {
   const out = [];
   const chars = Array.from(text);
@@ -120,7 +128,7 @@ async function streamTurn(res, turn, turnIndex, model, messages) {
   } else {
     finish = "tool_calls";
     turn.tool_calls.forEach((call, index) => {
-      const argumentsText = JSON.stringify(call.arguments ?? {});
+      const argumentsText = JSON.stringify(fillAll(call.arguments ?? {}, messages));
       send({
         tool_calls: [
           { index, id: `call_fake_${turnIndex}_${index}`, type: "function", function: { name: call.name, arguments: "" } },

@@ -126,13 +126,46 @@ export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
   return { proc, url: `http://${listening}` };
 }
 
-export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, profiles, name = "local-runner" }) {
-  const args = ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", requirePi(), "--name", name, "--config", emptyConfig(dir, "runner")];
-  return start("embark-runner", join(bin, "embark-runner"), args, {
+/**
+ * Starts a runner. Fixture repositories are local, so `file` is among its git
+ * protocols; `pi` is the Pi program (the pinned one by default), `args` adds
+ * flags (e.g. `--isolation bwrap`), `env` variables, `log` names its log
+ * file in `dir`.
+ */
+export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, profiles, name = "local-runner", pi = requirePi(), args = [], env = {}, log = "runner.log" }) {
+  const argv = ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", pi, "--name", name, "--config", emptyConfig(dir, "runner"), "--git-protocols", "https,ssh,git,file", ...args];
+  return start("embark-runner", join(bin, "embark-runner"), argv, {
     cwd: dir,
-    env: { ...process.env, EMBARK_RUNNER_ENROLLMENT_SECRET: enrollmentSecret, RUST_LOG: process.env.RUST_LOG ?? "info" },
-    logPath: join(dir, "runner.log"),
+    env: { ...process.env, EMBARK_RUNNER_ENROLLMENT_SECRET: enrollmentSecret, RUST_LOG: process.env.RUST_LOG ?? "info", ...env },
+    logPath: join(dir, log),
   });
+}
+
+/**
+ * Puts the fake docker CLI (smoke/fake-docker/docker.mjs) on a PATH of its
+ * own in `dir`; returns the env a runner needs to use it, and where it logs.
+ */
+export function installFakeDocker(dir, { mode = "" } = {}) {
+  const binDir = join(dir, "fake-docker-bin");
+  mkdirSync(binDir, { recursive: true });
+  const log = join(dir, "fake-docker.log");
+  const state = join(dir, "fake-docker-state");
+  // The runner gives the docker CLI only the engine's variables, so the
+  // fake's settings live in its wrapper.
+  const quote = (value) => `'${String(value).replaceAll("'", `'\\''`)}'`;
+  const wrapper = [
+    "#!/bin/sh",
+    `export FAKE_DOCKER_LOG=${quote(log)} FAKE_DOCKER_STATE=${quote(state)} FAKE_DOCKER_PI=${quote(requirePi())} FAKE_DOCKER_PI_MODE=${quote(mode)}`,
+    `exec ${quote(process.execPath)} ${quote(join(ROOT, "smoke", "fake-docker", "docker.mjs"))} "$@"`,
+    "",
+  ].join("\n");
+  writeFileSync(join(binDir, "docker"), wrapper, { mode: 0o755 });
+  return {
+    env: { PATH: `${binDir}:${process.env.PATH}` },
+    log,
+    state,
+    calls: () => (existsSync(log) ? readFileSync(log, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)) : []),
+  };
 }
 
 /**
@@ -140,12 +173,12 @@ export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, pro
  * `default` auth profile holding `profile` files (settings default to
  * {@link PI_SETTINGS}), its task spaces in `dir/spaces`; `runnerName` is optional.
  */
-export async function startBrokerAndRunner(dir, bin, { label, profile, runnerName }) {
+export async function startBrokerAndRunner(dir, bin, { label, profile, runnerName, runnerArgs = [], runnerEnv = {} }) {
   const secrets = { client: `${label}-client-secret-0123456789`, enrollment: `${label}-enrollment-secret-0123456789` };
   const broker = await startBroker(dir, bin, secrets);
   const profiles = join(dir, "profiles");
   writeProfile(profiles, "default", { "settings.json": PI_SETTINGS, ...profile });
   const spaces = join(dir, "spaces");
-  startRunner(dir, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces, profiles, name: runnerName });
-  return { broker, secrets, spaces };
+  const runner = startRunner(dir, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces, profiles, name: runnerName, args: runnerArgs, env: runnerEnv });
+  return { broker, secrets, spaces, profiles, runner };
 }
