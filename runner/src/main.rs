@@ -87,6 +87,28 @@ async fn run() -> anyhow::Result<()> {
         max_tasks = config.max_tasks,
         "starting"
     );
+    // Signals are heard from here on: a SIGTERM during the sweep below is a
+    // graceful stop, not the default death.
+    let bundles = LiveBundles::default();
+    remove_bundles_on_panic(bundles.clone());
+    let on_exit = bundles.clone();
+
+    let shutdown = Shutdown::new();
+    let signals = Signals::listen().context("cannot listen for SIGINT and SIGTERM")?;
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut signals = trigger_on_signal(signals, shutdown).await;
+            tracing::warn!("shutdown requested: no more claims; running tasks are aborted and reported as failed");
+            signals.next().await;
+            // Each task's guard sees us go (its death signal) and ends its
+            // processes; the bundles go now.
+            tracing::error!("second signal: exiting now");
+            remove_live_bundles(&on_exit);
+            std::process::exit(130);
+        }
+    });
+
     sweep_leftovers(&config).await;
 
     let sandbox = Sandbox {
@@ -111,26 +133,6 @@ async fn run() -> anyhow::Result<()> {
         },
     };
     tracing::debug!(?sandbox, "sandbox");
-
-    let bundles = LiveBundles::default();
-    remove_bundles_on_panic(bundles.clone());
-    let on_exit = bundles.clone();
-
-    let shutdown = Shutdown::new();
-    let signals = Signals::listen().context("cannot listen for SIGINT and SIGTERM")?;
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let mut signals = trigger_on_signal(signals, shutdown).await;
-            tracing::warn!("shutdown requested: no more claims; running tasks are aborted and reported as failed");
-            signals.next().await;
-            // Each task's guard sees us go (its death signal) and ends its
-            // processes; the bundles go now.
-            tracing::error!("second signal: exiting now");
-            remove_live_bundles(&on_exit);
-            std::process::exit(130);
-        }
-    });
 
     embark_runner::runner::run(&config, sandbox, bundles, shutdown).await?;
     Ok(())
