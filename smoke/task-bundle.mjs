@@ -172,8 +172,9 @@ async function main() {
   await until("the second sleeper", () => processesWith(`${SLEEPER}-guard`).length > 0, 60_000);
   const guards = processesWith("__task-guard").filter((pid) => readFileSync(`/proc/${pid}/environ`, "utf8").includes(`EMBARK_TASK_ID=${orphaned.id}`));
   if (!guards.length) fail("no guard found for the task");
-  runner.child.kill("SIGKILL");
+  // The guards first: once the runner is gone they would end their processes at once.
   for (const pid of guards) process.kill(pid, "SIGKILL");
+  runner.child.kill("SIGKILL");
   await exited(runner, 10_000);
   await new Promise((r) => setTimeout(r, 500));
   if (!processesWith(`${SLEEPER}-guard`).length) fail("the orphan should outlive a killed guard (nothing else would end it)");
