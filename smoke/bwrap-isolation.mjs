@@ -90,17 +90,18 @@ async function main() {
   mkdirSync(join(spaces, other, "workspace"), { recursive: true });
   writeFileSync(join(spaces, other, "workspace", "other.txt"), "another task's work\n");
 
-  const runnerOptions = (args, log) => ({
+  // The probes get time enough on a loaded machine; the timeout run gets a short one.
+  const runnerOptions = (timeoutSecs, log) => ({
     brokerUrl: broker.url,
     enrollmentSecret: secrets.enrollment,
     spaces,
     profiles,
     name: "bwrap-runner",
-    args: ["--isolation", "bwrap", "--max-tasks", "2", "--task-timeout-secs", "12", ...args],
+    args: ["--isolation", "bwrap", "--max-tasks", "2", "--task-timeout-secs", String(timeoutSecs)],
     env: { HOME: home },
     log,
   });
-  let runner = startRunner(dir, bin, runnerOptions([], "runner.log"));
+  let runner = startRunner(dir, bin, runnerOptions(120, "runner.log"));
 
   // Two tasks at once.
   const paths = { home, profiles, spaces, other };
@@ -146,14 +147,6 @@ async function main() {
   }
   step("two tasks at once: each saw only its own task directory and bundle; nothing written outside it");
 
-  // The task timeout aborts the run: the sandbox's processes die with it.
-  const timed = await submit(broker, secrets, repo, sleeperScript("timeout"));
-  await until("the sleeper of the timed-out task", () => processesWith(`${SLEEPER}-timeout`).length > 0, 60_000);
-  const timedDone = await waitFinished(broker, secrets, timed.id, 60_000);
-  if (!timedDone.outcome?.reason?.includes("timed out")) fail(`expected a timeout, got ${JSON.stringify(timedDone.outcome)}`);
-  await until("the timed-out task's processes to die", () => processesWith(`${SLEEPER}-timeout`).length === 0, 10_000);
-  step("timeout: the task's detached process died with its sandbox");
-
   // Shutdown (SIGTERM) aborts the running task: the same.
   const stopped = await submit(broker, secrets, repo, sleeperScript("shutdown"));
   await until("the sleeper of the task at shutdown", () => processesWith(`${SLEEPER}-shutdown`).length > 0, 60_000);
@@ -165,8 +158,16 @@ async function main() {
   if (stoppedDone.outcome?.reason !== "runner shutting down") fail(`unexpected outcome ${JSON.stringify(stoppedDone.outcome)}`);
   step("shutdown: the task was reported and its processes are gone");
 
+  runner = startRunner(dir, bin, runnerOptions(15, "runner2.log"));
+  // The task timeout aborts the run: the sandbox's processes die with it.
+  const timed = await submit(broker, secrets, repo, sleeperScript("timeout"));
+  await until("the sleeper of the timed-out task", () => processesWith(`${SLEEPER}-timeout`).length > 0, 60_000);
+  const timedDone = await waitFinished(broker, secrets, timed.id, 60_000);
+  if (!timedDone.outcome?.reason?.includes("timed out")) fail(`expected a timeout, got ${JSON.stringify(timedDone.outcome)}`);
+  await until("the timed-out task's processes to die", () => processesWith(`${SLEEPER}-timeout`).length === 0, 10_000);
+  step("timeout: the task's detached process died with its sandbox");
+
   // SIGKILL of the runner: the guard and bwrap take the sandbox along, no restart needed.
-  runner = startRunner(dir, bin, runnerOptions([], "runner2.log"));
   const killed = await submit(broker, secrets, repo, sleeperScript("kill"));
   await until("the sleeper of the task at SIGKILL", () => processesWith(`${SLEEPER}-kill`).length > 0, 60_000);
   runner.child.kill("SIGKILL");

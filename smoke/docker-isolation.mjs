@@ -59,17 +59,18 @@ async function main() {
     step("a root runner must name a non-root --docker-user");
   }
 
-  const runnerOptions = (log) => ({
+  // The clean task gets time enough on a loaded machine; the later ones a short timeout.
+  const runnerOptions = (timeoutSecs, log) => ({
     brokerUrl: broker.url,
     enrollmentSecret: secrets.enrollment,
     spaces,
     profiles,
     name: "docker-runner",
-    args: ["--isolation", "docker", "--docker-image", IMAGE, "--docker-network", NETWORK, "--docker-user", USER, "--task-timeout-secs", "10"],
+    args: ["--isolation", "docker", "--docker-image", IMAGE, "--docker-network", NETWORK, "--docker-user", USER, "--task-timeout-secs", String(timeoutSecs)],
     env: { ...docker.env, LANG: "C.UTF-8", TERM: "xterm" },
     log,
   });
-  let runner = startRunner(dir, bin, runnerOptions("runner.log"));
+  let runner = startRunner(dir, bin, runnerOptions(120, "runner.log"));
   const runs = (id) => docker.calls().filter((c) => c.argv[0] === "run" && c.argv.includes(`embark-task-${id}`));
   const removals = (id) => docker.calls().filter((c) => c.argv[0] === "rm" && c.argv.includes(`embark-task-${id}`));
 
@@ -111,6 +112,9 @@ async function main() {
   step("clean task: the exact docker run argv; --rm removed the container; the bundle is gone");
 
   // A timed-out task: its container is stopped and removed.
+  runner.child.kill("SIGTERM");
+  if ((await exited(runner, 30_000)) !== 0) fail(`the runner did not stop cleanly; see ${dir}/runner.log`);
+  runner = startRunner(dir, bin, runnerOptions(10, "runner2.log"));
   const timed = await submit(broker, secrets, repo, "sleep 600");
   const timedDone = await waitFinished(broker, secrets, timed.id, 60_000);
   if (!timedDone.outcome?.reason?.includes("timed out")) fail(`expected a timeout: ${JSON.stringify(timedDone.outcome)}`);
@@ -125,7 +129,7 @@ async function main() {
   await until("the crashed task's container", () => existsSync(join(docker.state, `embark-task-${crashed.id}.pid`)), 60_000);
   runner.child.kill("SIGKILL");
   await exited(runner, 10_000);
-  runner = startRunner(dir, bin, runnerOptions("runner2.log"));
+  runner = startRunner(dir, bin, runnerOptions(10, "runner3.log"));
   await until("the next runner to remove the container", () => removals(crashed.id).length > 0, 30_000);
   await until("the container to be gone", () => !existsSync(join(docker.state, `embark-task-${crashed.id}.pid`)), 10_000);
   const record = JSON.parse(readFileSync(join(spaces, crashed.id, "task.json"), "utf8"));
@@ -135,7 +139,7 @@ async function main() {
 
   const argvs = JSON.stringify(docker.calls().map((c) => c.argv));
   for (const secret of [`sk-docker-${nonce}`, `tok-secret-${nonce}`]) if (argvs.includes(secret)) fail(`a secret is in a docker argv: ${secret}`);
-  const logs = ["runner.log", "runner2.log"].map((f) => readFileSync(join(dir, f), "utf8")).join("");
+  const logs = ["runner.log", "runner2.log", "runner3.log"].map((f) => readFileSync(join(dir, f), "utf8")).join("");
   for (const secret of [`sk-docker-${nonce}`, `tok-secret-${nonce}`]) if (logs.includes(secret)) fail(`a secret is in the runner's log: ${secret}`);
   step("no secret in any docker argv or runner log");
   step("OK");
