@@ -125,7 +125,7 @@ test("a call that gets no answer times out with a clear error", async () => {
     200,
   );
   try {
-    await within(10_000, "the first answer", p.call(METHOD.hello, {}));
+    await within(10_000, "the first answer", p.call(METHOD.hello, {}, 10_000));
     await assert.rejects(p.call(METHOD.command, {}), (err: unknown) => {
       assert.ok(err instanceof SidecarError);
       assert.match(err.message, /did not answer embark\.command within 200 ms/);
