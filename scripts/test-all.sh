@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test CI runs, in the order CI runs them (README: `npm test`).
-# Needs cargo, node >= 20.18.1, git and bubblewrap (bwrap) on PATH; installs the npm packages itself.
+# Needs cargo, node >= 20.18.1, git, bubblewrap (bwrap) and python3 on PATH, and schemathesis
+# (.ci/run installs it into .venv-fuzz); installs the npm packages itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,9 @@ else
   step "cargo test"
   cargo test --workspace --locked
 fi
+
+step "fuzz: the OpenAPI document against a live broker (schemathesis, bounded)"
+python3 scripts/fuzz-api.py --max-examples 100
 
 step "extension shim: generated types, typecheck, tests"
 npm run check:types -w extension-shim

@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 const TOKEN_BYTES: usize = 32;
 
 /// The blake3 digest of a secret or token.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {

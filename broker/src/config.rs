@@ -7,10 +7,14 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 pub use embark_core::config::ConfigError;
-use embark_core::config::{Declaration, Env, Flags, Knob, Resolver, Source};
+use embark_core::config::{Declaration, Env, Flags, Knob, Resolver, Setting, Source};
+use embark_core::repo_url::Transport;
+
+use crate::limits::RateLimit;
 use embark_core::dirs;
 use embark_core::secret::Secret;
 
@@ -57,6 +61,102 @@ pub static ENROLLMENT_SECRET: Knob<Secret> = Knob::new(
 )
 .env("EMBARK_RUNNER_ENROLLMENT_SECRET");
 
+pub static MAX_CONNECTIONS: Knob<usize> = Knob::new(
+    "max_connections",
+    "the connection limit",
+    "a whole number of connections, at least 16",
+)
+.env("EMBARK_BROKER_MAX_CONNECTIONS");
+pub static HEAD_TIMEOUT_MS: Knob<u64> = Knob::new(
+    "head_timeout_ms",
+    "the request head timeout",
+    "a whole number of milliseconds, at least 100",
+)
+.env("EMBARK_BROKER_HEAD_TIMEOUT_MS");
+pub static BODY_TIMEOUT_MS: Knob<u64> = Knob::new(
+    "body_timeout_ms",
+    "the request body timeout",
+    "a whole number of milliseconds, at least 100",
+)
+.env("EMBARK_BROKER_BODY_TIMEOUT_MS");
+pub static IDLE_TIMEOUT_MS: Knob<u64> = Knob::new(
+    "idle_timeout_ms",
+    "the idle connection timeout",
+    "a whole number of milliseconds, at least 100",
+)
+.env("EMBARK_BROKER_IDLE_TIMEOUT_MS");
+pub static SHUTDOWN_TIMEOUT_MS: Knob<u64> = Knob::new(
+    "shutdown_timeout_ms",
+    "the shutdown deadline",
+    "a whole number of milliseconds",
+)
+.env("EMBARK_BROKER_SHUTDOWN_TIMEOUT_MS");
+pub static LIVE_SEND_TIMEOUT_MS: Knob<u64> = Knob::new(
+    "live_send_timeout_ms",
+    "the live tail send timeout",
+    "a whole number of milliseconds, at least 100",
+)
+.env("EMBARK_BROKER_LIVE_SEND_TIMEOUT_MS");
+pub static RATE_LIMIT: Knob<u32> = Knob::new(
+    "rate_limit",
+    "the per-credential rate limit",
+    "a whole number of requests per second per credential (0 turns the limit off)",
+)
+.env("EMBARK_BROKER_RATE_LIMIT");
+pub static RATE_BURST: Knob<u32> = Knob::new(
+    "rate_burst",
+    "the per-credential burst",
+    "a whole number of requests, at least 1",
+)
+.env("EMBARK_BROKER_RATE_BURST");
+pub static REPO_TRANSPORTS: Knob<RepoTransports> = Knob::new(
+    "repo_transports",
+    "the repository transports",
+    "a comma-separated list of https, ssh, git, http and local",
+)
+.env("EMBARK_BROKER_REPO_TRANSPORTS");
+
+/// Defaults of the knobs above.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_LIVE_SEND_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_RATE_LIMIT: u32 = 1000;
+pub const DEFAULT_RATE_BURST: u32 = 2000;
+/// File descriptors kept for the database, logs and the listener when the
+/// connection limit is capped by the open-files limit.
+const RESERVED_FILES: u64 = 64;
+
+/// The transports a task's repository URL may use ([`Transport`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoTransports(pub Vec<Transport>);
+
+impl Default for RepoTransports {
+    fn default() -> RepoTransports {
+        RepoTransports(vec![Transport::Https, Transport::Ssh, Transport::Git])
+    }
+}
+
+impl Setting for RepoTransports {
+    fn from_text(text: &str) -> Option<Self> {
+        let mut transports = Vec::new();
+        for name in text.split(',').map(str::trim) {
+            let transport: Transport = name.parse().ok()?;
+            if !transports.contains(&transport) {
+                transports.push(transport);
+            }
+        }
+        Some(RepoTransports(transports))
+    }
+
+    fn to_toml(&self) -> Option<toml::Value> {
+        let names: Vec<&str> = self.0.iter().map(|t| t.name()).collect();
+        Some(toml::Value::String(names.join(",")))
+    }
+}
+
 pub static DECLARATION: Declaration = Declaration {
     binary: "embark-broker",
     file: &CONFIG_FILE,
@@ -67,6 +167,15 @@ pub static DECLARATION: Declaration = Declaration {
         &DB_MAX_CONNECTIONS.spec,
         &CLIENT_SECRET.spec,
         &ENROLLMENT_SECRET.spec,
+        &REPO_TRANSPORTS.spec,
+        &MAX_CONNECTIONS.spec,
+        &HEAD_TIMEOUT_MS.spec,
+        &BODY_TIMEOUT_MS.spec,
+        &IDLE_TIMEOUT_MS.spec,
+        &SHUTDOWN_TIMEOUT_MS.spec,
+        &LIVE_SEND_TIMEOUT_MS.spec,
+        &RATE_LIMIT.spec,
+        &RATE_BURST.spec,
     ],
 };
 
@@ -77,7 +186,20 @@ pub static DECLARATION: Declaration = Declaration {
 /// EMBARK_CLIENT_SECRET and EMBARK_RUNNER_ENROLLMENT_SECRET (or
 /// `client_secret` / `runner_enrollment_secret` in the TOML file).
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "embark-broker", version)]
+#[command(
+    name = "embark-broker",
+    version,
+    after_long_help = "Limits (environment, or the TOML key in brackets; defaults in docs/broker.md):\n  \
+        EMBARK_BROKER_REPO_TRANSPORTS [repo_transports]   transports a task's repo_url may use (https,ssh,git)\n  \
+        EMBARK_BROKER_MAX_CONNECTIONS [max_connections]   open connections at most (4096)\n  \
+        EMBARK_BROKER_HEAD_TIMEOUT_MS [head_timeout_ms]   request line and headers must arrive within (10000)\n  \
+        EMBARK_BROKER_BODY_TIMEOUT_MS [body_timeout_ms]   a request body must arrive within (30000)\n  \
+        EMBARK_BROKER_IDLE_TIMEOUT_MS [idle_timeout_ms]   a connection without a request is closed after (60000)\n  \
+        EMBARK_BROKER_SHUTDOWN_TIMEOUT_MS [shutdown_timeout_ms]   a shutdown cuts what is left after (10000)\n  \
+        EMBARK_BROKER_LIVE_SEND_TIMEOUT_MS [live_send_timeout_ms]   a live tail reader must take a frame within (10000)\n  \
+        EMBARK_BROKER_RATE_LIMIT [rate_limit]   requests per second per credential, 0 for no limit (1000)\n  \
+        EMBARK_BROKER_RATE_BURST [rate_burst]   requests a credential may send at once (2000)"
+)]
 pub struct Args {
     /// Address to listen on; port 0 picks a free port [env: EMBARK_BROKER_LISTEN] [TOML: listen] [default: 127.0.0.1:8787]
     #[arg(long, value_name = "ADDR")]
@@ -113,6 +235,15 @@ pub struct Config {
     pub db_max_connections: u32,
     pub client_secret: Secret,
     pub enrollment_secret: Secret,
+    pub repo_transports: Vec<Transport>,
+    /// Before it is capped by the open-files limit at start ([`Config::connection_limit`]).
+    pub max_connections: usize,
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub live_send_timeout: Duration,
+    pub rate_limit: RateLimit,
 }
 
 impl Config {
@@ -132,6 +263,15 @@ impl Config {
         let db_max_connections = resolver.or_default(&DB_MAX_CONNECTIONS, DEFAULT_DB_MAX_CONNECTIONS)?;
         let client_secret = resolver.optional(&CLIENT_SECRET)?;
         let enrollment_secret = resolver.optional(&ENROLLMENT_SECRET)?;
+        let repo_transports = resolver.or_default(&REPO_TRANSPORTS, RepoTransports::default())?;
+        let max_connections = resolver.or_default(&MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS)?;
+        let head_timeout = resolver.or_default(&HEAD_TIMEOUT_MS, DEFAULT_HEAD_TIMEOUT_MS)?;
+        let body_timeout = resolver.or_default(&BODY_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS)?;
+        let idle_timeout = resolver.or_default(&IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS)?;
+        let shutdown_timeout = resolver.or_default(&SHUTDOWN_TIMEOUT_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS)?;
+        let live_send_timeout = resolver.or_default(&LIVE_SEND_TIMEOUT_MS, DEFAULT_LIVE_SEND_TIMEOUT_MS)?;
+        let rate_limit = resolver.or_default(&RATE_LIMIT, DEFAULT_RATE_LIMIT)?;
+        let rate_burst = resolver.or_default(&RATE_BURST, DEFAULT_RATE_BURST)?;
 
         let long_enough = |secret: &Secret| secret.expose().len() >= MIN_SECRET_BYTES;
         let client_secret = client_secret
@@ -150,13 +290,34 @@ impl Config {
         let from_flag = matches!(db.source, Source::Flag(_));
         let db = db.ensure(|db| !(from_flag && db.has_password()))?.value;
         let db_max_connections = db_max_connections.ensure(|n| (1..=1000).contains(n))?.value;
+        let millis = |resolved: embark_core::config::Resolved<u64>| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(resolved.ensure(|ms| *ms >= 100)?.value))
+        };
         Ok(Config {
             listen: listen.value,
             db,
             db_max_connections,
             client_secret,
             enrollment_secret,
+            repo_transports: repo_transports.ensure(|t| !t.0.is_empty())?.value.0,
+            max_connections: max_connections.ensure(|n| *n >= 16)?.value,
+            head_timeout: millis(head_timeout)?,
+            body_timeout: millis(body_timeout)?,
+            idle_timeout: millis(idle_timeout)?,
+            shutdown_timeout: Duration::from_millis(shutdown_timeout.value),
+            live_send_timeout: millis(live_send_timeout)?,
+            rate_limit: RateLimit {
+                per_second: rate_limit.value,
+                burst: rate_burst.ensure(|n| *n >= 1)?.value,
+            },
         })
+    }
+
+    /// `max_connections`, capped so that connections cannot use up the
+    /// open-files limit `open_files` (the soft limit, once raised).
+    pub fn connection_limit(&self, open_files: Option<u64>) -> usize {
+        let room = open_files.map_or(u64::MAX, |files| files.saturating_sub(RESERVED_FILES).max(16));
+        self.max_connections.min(usize::try_from(room).unwrap_or(usize::MAX))
     }
 }
 
@@ -303,8 +464,9 @@ mod tests {
         assert!(matches!(err, ConfigError::UnknownKey { .. }));
         assert!(err.to_string().contains("lisen"), "{err}");
         assert!(
-            err.to_string()
-                .contains("`listen`, `db`, `db_max_connections`, `client_secret`, `runner_enrollment_secret`"),
+            err.to_string().contains(
+                "`listen`, `db`, `db_max_connections`, `client_secret`, `runner_enrollment_secret`, `repo_transports`"
+            ),
             "{err}"
         );
 
@@ -430,6 +592,59 @@ mod tests {
                 .contains("named by env EMBARK_BROKER_CONFIG does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_checked() {
+        let base = [
+            ("EMBARK_CLIENT_SECRET", CLIENT),
+            ("EMBARK_RUNNER_ENROLLMENT_SECRET", ENROLL),
+            ("HOME", "/home/u"),
+        ];
+        let config = Config::load(&Args::default(), &env_of(&base)).expect("valid");
+        assert_eq!(
+            config.repo_transports,
+            [Transport::Https, Transport::Ssh, Transport::Git]
+        );
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.head_timeout, Duration::from_secs(10));
+        assert_eq!(
+            config.rate_limit,
+            RateLimit {
+                per_second: 1000,
+                burst: 2000
+            }
+        );
+        assert_eq!(
+            config.connection_limit(Some(1024)),
+            960,
+            "capped by the open-files limit"
+        );
+        assert_eq!(config.connection_limit(None), DEFAULT_MAX_CONNECTIONS);
+
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            Config::load(&Args::default(), &env_of(&pairs))
+        };
+        let config = with(&[("EMBARK_BROKER_REPO_TRANSPORTS", "https, local,https")]).expect("valid");
+        assert_eq!(config.repo_transports, [Transport::Https, Transport::Local]);
+        for (name, value, says) in [
+            (
+                "EMBARK_BROKER_REPO_TRANSPORTS",
+                "https,ext",
+                "https, ssh, git, http and local",
+            ),
+            ("EMBARK_BROKER_HEAD_TIMEOUT_MS", "5", "at least 100"),
+            ("EMBARK_BROKER_MAX_CONNECTIONS", "3", "at least 16"),
+            ("EMBARK_BROKER_RATE_BURST", "0", "at least 1"),
+        ] {
+            let err = with(&[(name, value)]).expect_err(name);
+            assert!(
+                err.to_string().contains(name) && err.to_string().contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,12 @@
 //! submission and reads, the enrollment secret or runner token for runners,
 //! the callback token for an attempt's reports. Methods and paths come from
 //! the route table (`embark_core::wire::routes`), the one place they are
-//! written; the broker builds its router from the same table.
+//! written; the broker builds its router from the same table. The live
+//! tails are WebSockets (`live`, tokio-tungstenite).
+
+mod live;
+
+pub use live::{Closed, LiveTail};
 
 use std::time::Duration;
 
@@ -41,6 +46,9 @@ pub enum ClientError {
     },
     #[error("the broker answered {status} with a body that is not an embark error: {body}")]
     Unexpected { status: u16, body: String },
+    /// A live tail could not be opened or read.
+    #[error("live tail: {0}")]
+    Live(String),
     #[error("could not read the broker's answer to {what}")]
     Decode {
         what: String,

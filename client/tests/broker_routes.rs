@@ -9,7 +9,7 @@ use std::time::Duration;
 use embark_core::event::{Log, LogLevel, NewEvent};
 use embark_core::intent::ExecutionIntent;
 use embark_core::task::TaskId;
-use embark_core::wire::routes::{Credential, Method, Operation, ROUTES, Route};
+use embark_core::wire::routes::{Credential, Kind, Method, Operation, ROUTES, Route};
 use embark_core::wire::{
     ApiError, ApiErrorCode, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, Health, TaskResult,
 };
@@ -33,7 +33,15 @@ fn new_task(session: &str) -> CreateTask {
 /// A body the route accepts: every field right, so only the credential decides.
 fn valid_body(operation: Operation) -> Option<Value> {
     match operation {
-        Operation::Health | Operation::ListTasks | Operation::GetTask | Operation::ReadEvents => None,
+        Operation::Health
+        | Operation::ListTasks
+        | Operation::GetTask
+        | Operation::ReadEvents
+        | Operation::TailTask
+        | Operation::TailSession
+        | Operation::Healthz
+        | Operation::Readyz
+        | Operation::Metrics => None,
         Operation::CreateTask => Some(value(&new_task("routes"))),
         Operation::EnrollRunner => Some(value(&EnrollRunner { name: "probe".into() })),
         Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
@@ -56,7 +64,7 @@ fn value(body: &impl serde::Serialize) -> Value {
 /// The query a route needs to get past its shape checks.
 fn valid_query(operation: Operation) -> &'static str {
     match operation {
-        Operation::ListTasks => "?session_id=routes",
+        Operation::ListTasks | Operation::TailSession => "?session_id=routes",
         _ => "",
     }
 }
@@ -102,8 +110,12 @@ struct Probe {
 }
 
 impl Probe {
-    /// One call of `route`: its status and body text.
+    /// One call of `route`: its status and body text (a WebSocket route is
+    /// opened as one, answering 101 and its first frame).
     async fn call(&self, route: &Route, bearer: Option<&str>) -> (u16, String) {
+        if let Kind::WebSocket { .. } = route.kind {
+            return self.upgrade(route, bearer).await;
+        }
         let url = format!(
             "{}{}{}",
             self.url,
@@ -123,6 +135,37 @@ impl Probe {
         let response = request.send().await.expect("the broker answers");
         let status = response.status().as_u16();
         (status, response.text().await.expect("body"))
+    }
+}
+
+impl Probe {
+    async fn upgrade(&self, route: &Route, bearer: Option<&str>) -> (u16, String) {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!(
+            "{}{}{}",
+            self.url.replacen("http://", "ws://", 1),
+            concrete(route.path, self.task),
+            valid_query(route.operation)
+        );
+        let mut request = url.as_str().into_client_request().expect("a WebSocket request");
+        if let Some(token) = bearer {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("a header value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((mut socket, response)) => {
+                let first = socket.next().await.expect("a first frame").expect("a frame");
+                (response.status().as_u16(), first.to_string())
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                (response.status().as_u16(), String::from_utf8(body).expect("utf-8"))
+            }
+            Err(error) => panic!("{url}: {error}"),
+        }
     }
 }
 
@@ -170,6 +213,12 @@ async fn every_route_of_the_table_is_served_with_its_credential() {
         let Some(needed) = route.credential else {
             let (status, text) = probe.call(route, None).await;
             assert!(listed(route, status) && status < 300, "{name}: {status} {text}");
+            if route.operation == Operation::Metrics {
+                assert!(
+                    text.contains("embark_tasks{state=\"running\"} ") && text.contains("embark_live_clients "),
+                    "{name}: {text}"
+                );
+            }
             if route.operation == Operation::Health {
                 let health: Health = serde_json::from_str(&text).expect("a Health body");
                 assert_eq!(health.status, "ok");
@@ -199,7 +248,7 @@ async fn every_route_of_the_table_is_served_with_its_credential() {
 
         let (status, text) = probe.call(route, Some(&credential(needed))).await;
         assert!(
-            (200..300).contains(&status) && listed(route, status),
+            ((200..300).contains(&status) || status == 101) && listed(route, status),
             "{name} with its {}: {status} {text}",
             needed.label()
         );

@@ -49,14 +49,22 @@ fn valid_body(operation: Operation) -> Option<Value> {
             final_text: Some("done".into()),
             reason: None,
         })),
-        Operation::Health | Operation::ListTasks | Operation::GetTask | Operation::ReadEvents => None,
+        Operation::Health
+        | Operation::ListTasks
+        | Operation::GetTask
+        | Operation::ReadEvents
+        | Operation::TailTask
+        | Operation::TailSession
+        | Operation::Healthz
+        | Operation::Readyz
+        | Operation::Metrics => None,
     }
 }
 
 /// A query the route accepts.
 fn valid_query(operation: Operation) -> &'static str {
     match operation {
-        Operation::ListTasks => "?session_id=rules",
+        Operation::ListTasks | Operation::TailSession => "?session_id=rules",
         _ => "",
     }
 }
@@ -106,18 +114,36 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
         Rule::QueryShape => {
             request.query = match route.operation {
                 Operation::ListTasks => "?limit=3".into(),
+                Operation::TailSession => "?after=x".into(),
                 _ => "?after=soon".into(),
             };
-            if route.operation == Operation::ListTasks {
+            if matches!(route.operation, Operation::ListTasks | Operation::TailSession) {
                 "session_id"
             } else {
                 "after"
             }
         }
-        Rule::TaskId => {
-            request.id = "not-a-uuid".into();
-            "not a UUID"
+        Rule::QueryEncoding => {
+            request.query = match route.operation {
+                Operation::ListTasks | Operation::TailSession => "?session_id=%FF".into(),
+                _ => "?after=%C3".into(),
+            };
+            "UTF-8"
         }
+        Rule::TaskId => {
+            // A valid UUID, but not in its one canonical form.
+            request.id = task.to_string().to_uppercase();
+            "canonical form"
+        }
+        Rule::RepoTransport => {
+            spoil("repo_url", json!("ext::sh -c touch% /tmp/pwned"));
+            "transport helper"
+        }
+        Rule::Cursor => {
+            request.query = "?session_id=rules&after=not-a-cursor".into();
+            "is not `<task id>:<seq>`"
+        }
+        Rule::Upgrade => "WebSocket",
         Rule::Limit => {
             request.query = match route.operation {
                 Operation::ListTasks => "?session_id=rules&limit=0".into(),
@@ -138,7 +164,11 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
             "credential"
         }
         Rule::SessionId => {
-            spoil("session_id", json!(""));
+            if route.operation == Operation::TailSession {
+                request.query = "?session_id=".into();
+            } else {
+                spoil("session_id", json!(""));
+            }
             "session id"
         }
         Rule::Intent => {
@@ -181,6 +211,13 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
             spoil("reason", json!("r".repeat(limits::MAX_RESULT_TEXT_BYTES + 1)));
             "reason"
         }
+        // The connection layer's limits: broken with raw sockets in broker_limits.rs.
+        Rule::Malformed
+        | Rule::HeadTimeout
+        | Rule::BodyTimeout
+        | Rule::UriTooLong
+        | Rule::HeadersTooLarge
+        | Rule::RateLimit => unreachable!("{rule:?} is a limit, not a rule of a route's request"),
     };
     request.says = says;
     request
@@ -251,8 +288,17 @@ async fn every_rule_answers_its_status() {
             broken.insert(format!("{rule:?}"));
         }
     }
+    let limits: BTreeSet<String> = ROUTES
+        .iter()
+        .flat_map(Route::limits)
+        .map(|rule| format!("{rule:?}"))
+        .collect();
     let all: BTreeSet<String> = Rule::ALL.iter().map(|rule| format!("{rule:?}")).collect();
-    assert_eq!(broken, all, "every rule is some route's");
+    assert_eq!(
+        broken.union(&limits).cloned().collect::<BTreeSet<_>>(),
+        all,
+        "every rule is some route's rule or limit"
+    );
     let after = client.get_task(&broker.client_secret, task.id).await.expect("get");
     assert_eq!(
         (after.last_seq, after.state),

@@ -27,3 +27,9 @@ pub const MAX_TASKS_PER_LIST: u32 = 1000;
 pub const MAX_CLAIM_WAIT_MS: u64 = 30_000;
 /// Largest request body the broker reads, in bytes; batch event appends below it.
 pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Longest request URI (path and query) the broker reads, in bytes.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest request head (request line and headers) the broker reads, in bytes.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers one request may carry.
+pub const MAX_HEADERS: usize = 100;

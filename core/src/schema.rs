@@ -17,7 +17,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
 use crate::protocol::{self, ErrorCode, METHODS};
-use crate::wire::routes::{Credential, ROUTES, Route};
+use crate::wire::routes::{Body, Credential, Kind, ROUTES, Route};
 use crate::{event, intent, task, wire};
 
 /// A wire type's JSON Schema, as the function that generates it: a `$ref`
@@ -136,6 +136,8 @@ fn broker_types(bundle: Bundle) -> Bundle {
         .add::<wire::CompleteTask>()
         .add::<wire::ApiError>()
         .add::<wire::Health>()
+        .add::<wire::live::LiveFrame>()
+        .add::<wire::live::TaskStatus>()
         .add::<event::Event>()
         .add::<event::NewEvent>()
         .add::<task::TaskState>()
@@ -333,7 +335,7 @@ fn broker_openapi() -> Value {
         "info": {
             "title": "embark-broker API",
             "version": "1",
-            "description": "The broker's HTTP/JSON API. Credentials go in `Authorization: Bearer <credential>`. Every non-2xx answer carries an ApiError body; a route answers 405 (invalid_request) to a method it does not have, and a path not listed here answers 404 (not_found). See docs/broker.md.",
+            "description": "The broker's HTTP/JSON API. Credentials go in `Authorization: Bearer <credential>`. Every non-2xx answer carries an ApiError body; a route answers 405 (invalid_request) to a method it does not have, a path not listed here answers 404 (not_found), and a broker at its connection limit or shutting down answers 503 (unavailable). A 429 carries `Retry-After`. Live tails are WebSocket routes: their 101 response and the `x-websocket` extension describe the messages and close codes. See docs/broker.md.",
         },
         "paths": paths,
         "components": {
@@ -393,14 +395,31 @@ fn openapi_operation(route: &Route, generator: &mut SchemaGenerator) -> Value {
     let mut responses = Map::new();
     for reply in route.replies {
         let mut response = json!({"description": reply.description});
-        if let Some(body) = reply.body {
-            response["content"] = json!({"application/json": {"schema": body(generator).to_value()}});
+        match reply.body {
+            Body::Empty => {}
+            Body::Json(body) => {
+                response["content"] = json!({"application/json": {"schema": body(generator).to_value()}});
+            }
+            Body::Text(media_type) => {
+                response["content"] = json!({media_type: {"schema": {"type": "string"}}});
+            }
         }
         responses.insert(reply.status.to_string(), response);
     }
-    // The refusals of bad input: one response per status, saying each rule that answers it.
+    if let Kind::WebSocket { frames, closes } = route.kind {
+        // OpenAPI has no WebSocket object: the messages and closes go in an extension.
+        let closes: Vec<Value> = closes
+            .iter()
+            .map(|close| json!({"code": close.code(), "reason": close.reason(), "reconnect": close.reconnect()}))
+            .collect();
+        operation["x-websocket"] = json!({
+            "messages": frames(generator).to_value(),
+            "closes": closes,
+        });
+    }
+    // The refusals of bad input and of the limits: one response per status, saying each rule that answers it.
     let mut refusals: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-    for rule in route.rules() {
+    for rule in route.rules().into_iter().chain(route.limits()) {
         refusals.entry(rule.status()).or_default().push(rule.description());
     }
     for (status, rules) in refusals {
@@ -409,10 +428,17 @@ fn openapi_operation(route: &Route, generator: &mut SchemaGenerator) -> Value {
             [only] => only.clone(),
             several => format!("One of:\n- {}", several.join("\n- ")),
         };
-        let response = json!({
+        let mut response = json!({
             "description": description,
             "content": {"application/json": {"schema": error.to_value()}},
         });
+        if status == 429 {
+            response["headers"] = json!({"Retry-After": {
+                "description": "Whole seconds until this credential may send again.",
+                "required": true,
+                "schema": {"type": "integer", "minimum": 1},
+            }});
+        }
         responses.insert(status.to_string(), response);
     }
     operation["responses"] = Value::Object(responses);

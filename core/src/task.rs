@@ -22,7 +22,25 @@ impl TaskId {
     pub fn short(&self) -> String {
         self.0.simple().to_string()[..8].to_owned()
     }
+
+    /// The id in its one canonical form, lowercase and hyphenated, as the
+    /// broker writes it. The broker's paths and cursors take only this form,
+    /// so one task has one URL (caches, logs and access rules see one key).
+    pub fn parse_canonical(text: &str) -> Result<TaskId, NotCanonical> {
+        Uuid::try_parse(text)
+            .ok()
+            .filter(|id| id.hyphenated().encode_lower(&mut Uuid::encode_buffer()) == text)
+            .map(TaskId)
+            .ok_or(NotCanonical)
+    }
 }
+
+/// Text that is not a task id in its canonical form (see [`TaskId::parse_canonical`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not a task id in its canonical form: the full id, lowercase and hyphenated (e.g. 0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b)"
+)]
+pub struct NotCanonical;
 
 impl Default for TaskId {
     fn default() -> Self {
@@ -147,6 +165,23 @@ mod tests {
             assert_eq!(json, format!("\"{state}\""));
         }
         assert!("done".parse::<TaskState>().is_err());
+    }
+
+    #[test]
+    fn only_the_canonical_form_parses_canonically() {
+        let id = TaskId::new();
+        let text = id.to_string();
+        assert_eq!(TaskId::parse_canonical(&text), Ok(id));
+        for other in [
+            text.to_uppercase(),
+            id.0.simple().to_string(),
+            format!("{{{text}}}"),
+            format!("urn:uuid:{text}"),
+            format!(" {text}"),
+            text[..8].to_owned(),
+        ] {
+            assert_eq!(TaskId::parse_canonical(&other), Err(NotCanonical), "{other}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::intent::{ExecutionIntent, IntentError};
 use crate::task::{TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
+pub mod live;
 pub mod routes;
 pub mod rules;
 
@@ -53,6 +54,9 @@ pub enum CreateTaskError {
          ({0:?} without it); runners use their own git credentials"
     )]
     CredentialInRepoUrl(String),
+    /// Holds the URL's head (see [`text::quote`]).
+    #[error("repository URL {0:?} is not acceptable: {1}")]
+    RepoTransport(String, repo_url::TransportError),
     #[error("session id must have 1 to {max} printable bytes", max = limits::MAX_SESSION_ID_BYTES)]
     BadSessionId,
     #[error(transparent)]
@@ -68,6 +72,7 @@ impl CreateTaskError {
             CreateTaskError::EmptyRepoUrl
             | CreateTaskError::BadRepoUrl(_)
             | CreateTaskError::CredentialInRepoUrl(_) => Rule::RepoUrl,
+            CreateTaskError::RepoTransport(..) => Rule::RepoTransport,
             CreateTaskError::BadSessionId => Rule::SessionId,
             CreateTaskError::Intent(_) => Rule::Intent,
         }
@@ -75,7 +80,14 @@ impl CreateTaskError {
 }
 
 impl Check for CreateTask {
-    const RULES: &'static [Rule] = &[Rule::Prompt, Rule::Commit, Rule::RepoUrl, Rule::SessionId, Rule::Intent];
+    const RULES: &'static [Rule] = &[
+        Rule::Prompt,
+        Rule::Commit,
+        Rule::RepoUrl,
+        Rule::RepoTransport,
+        Rule::SessionId,
+        Rule::Intent,
+    ];
 
     fn check(&self) -> Result<(), Refusal> {
         self.validate()
@@ -115,6 +127,10 @@ impl CreateTask {
         {
             return Err(CreateTaskError::BadRepoUrl(text::quote(&self.repo_url)));
         }
+        // Which of the allowed transports the broker takes is its operator's
+        // choice (`repo_transports`); helpers and unknown schemes never.
+        repo_url::transport(&self.repo_url)
+            .map_err(|error| CreateTaskError::RepoTransport(text::quote(&self.repo_url), error))?;
         if !is_session_id(&self.session_id) {
             return Err(CreateTaskError::BadSessionId);
         }
@@ -448,10 +464,16 @@ pub enum ApiErrorCode {
     InvalidRequest,
     /// 409: the task is not in a state that allows this (e.g. completing a finished task).
     Conflict,
-    /// 413: the request is larger than the broker accepts.
+    /// 413, 414, 431: the request (body, URI or headers) is larger than the broker accepts.
     PayloadTooLarge,
+    /// 408: the request (its head or its body) did not arrive in time.
+    Timeout,
+    /// 429: this credential sent more requests than the broker's rate limit; retry after `Retry-After` seconds.
+    RateLimited,
     /// 500: the broker failed; the message says what to check.
     Internal,
+    /// 503: the broker cannot serve now (not ready, at its connection limit or shutting down); retry later.
+    Unavailable,
 }
 
 /// `GET /v1/health`.

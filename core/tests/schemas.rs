@@ -201,7 +201,10 @@ fn the_openapi_document_declares_what_its_operations_use() {
     let mut ids = BTreeSet::new();
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
-        assert!(path.starts_with("/v1/"), "{path}");
+        assert!(
+            path.starts_with("/v1/") || ["/healthz", "/readyz", "/metrics"].contains(&path.as_str()),
+            "{path}"
+        );
         let templated: BTreeSet<&str> = path
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -238,14 +241,26 @@ fn the_openapi_document_declares_what_its_operations_use() {
                 }
             }
             let responses = op["responses"].as_object().expect("responses");
-            assert!(responses.keys().any(|s| s.starts_with('2')), "{what}: no success");
+            let websocket = op.get("x-websocket").is_some();
+            let success = if websocket { "101" } else { "2" };
+            assert!(responses.keys().any(|s| s.starts_with(success)), "{what}: no success");
+            if websocket {
+                assert_eq!(method, "get", "{what}: a WebSocket opens with a GET");
+                assert!(
+                    op["x-websocket"]["closes"].as_array().is_some_and(|c| !c.is_empty()),
+                    "{what}"
+                );
+            }
             for (status, response) in responses {
                 assert!(
-                    status.len() == 3 && status.parse::<u16>().is_ok_and(|s| (200..600).contains(&s)),
+                    status.len() == 3
+                        && status
+                            .parse::<u16>()
+                            .is_ok_and(|s| (200..600).contains(&s) || (websocket && s == 101)),
                     "{what}: {status}"
                 );
                 assert!(response["description"].is_string(), "{what} {status}");
-                if !status.starts_with('2') {
+                if !status.starts_with('2') && status != "101" {
                     assert_eq!(
                         response["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ApiError",
                         "{what} {status}"

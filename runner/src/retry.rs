@@ -215,7 +215,7 @@ impl Persistence {
 }
 
 /// Worth another try: the broker was unreachable, failed on its side, or its
-/// answer was cut off. Refusals (4xx but 429) are final: retrying cannot help.
+/// answer was cut off. Refusals (4xx but 408 and 429) are final: retrying cannot help.
 ///
 /// After a cut-off answer (see [`answer_may_be_lost`]) the broker may have
 /// done what was asked. That is harmless for appends (a batch id makes a
@@ -225,8 +225,11 @@ impl Persistence {
 /// reclaim it. The claim loop logs that case.
 pub fn is_transient(error: &ClientError) -> bool {
     match error {
-        ClientError::Unreachable { .. } | ClientError::Decode { .. } => true,
-        ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => *status >= 500 || *status == 429,
+        ClientError::Unreachable { .. } | ClientError::Decode { .. } | ClientError::Live(_) => true,
+        // 408: the broker timed the request out (a slow network); 429: rate-limited.
+        ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => {
+            *status >= 500 || *status == 429 || *status == 408
+        }
         ClientError::BadUrl { .. } => false,
     }
 }
@@ -238,7 +241,10 @@ pub fn answer_may_be_lost(error: &ClientError) -> bool {
     match error {
         ClientError::Decode { .. } => true,
         ClientError::Unreachable { source, .. } => !source.is_connect(),
-        ClientError::Api { .. } | ClientError::Unexpected { .. } | ClientError::BadUrl { .. } => false,
+        ClientError::Api { .. }
+        | ClientError::Unexpected { .. }
+        | ClientError::BadUrl { .. }
+        | ClientError::Live(_) => false,
     }
 }
 

@@ -118,6 +118,8 @@ export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
       ...process.env,
       EMBARK_CLIENT_SECRET: secrets.client,
       EMBARK_RUNNER_ENROLLMENT_SECRET: secrets.enrollment,
+      // The fixture repositories are local paths on this machine.
+      EMBARK_BROKER_REPO_TRANSPORTS: "https,ssh,git,local",
       RUST_LOG: process.env.RUST_LOG ?? "info",
     },
     logPath: join(dir, "broker.log"),

@@ -87,6 +87,8 @@ struct Storage {
     _database: Option<postgres::TestDatabase>,
     dir: TempDir,
     started: AtomicUsize,
+    /// Set for every start, after the defaults.
+    env: Vec<(String, String)>,
 }
 
 /// A real `embark-broker` on 127.0.0.1 with a fresh database, stopped
@@ -108,8 +110,18 @@ impl Broker {
         Broker::start_with(Backend::Sqlite)
     }
 
+    /// A broker on SQLite with these environment variables set too (its
+    /// knobs, e.g. `EMBARK_BROKER_HEAD_TIMEOUT_MS`); its replicas get them too.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Broker {
+        Broker::launch(Backend::Sqlite, env)
+    }
+
     /// A broker on a fresh database of `backend`.
     pub fn start_with(backend: Backend) -> Broker {
+        Broker::launch(backend, &[])
+    }
+
+    fn launch(backend: Backend, env: &[(&str, &str)]) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir for the broker");
         let (db, database) = match backend {
             Backend::Sqlite => (dir.path().join("broker.db").display().to_string(), None),
@@ -123,6 +135,7 @@ impl Broker {
             _database: database,
             dir,
             started: AtomicUsize::new(0),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         });
         let client_secret = "test-client-secret-0123456789".to_owned();
         let enrollment_secret = "test-enrollment-secret-0123456789".to_owned();
@@ -192,6 +205,16 @@ impl Broker {
         self.process.log()
     }
 
+    /// `host:port`, for raw sockets.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Its exit status, if it exits within `within`.
+    pub fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        poll::exit_within(self.process.child_mut(), within)
+    }
+
     /// How many claims have started waiting for a task so far (from its log).
     pub fn claims_waiting(&self) -> usize {
         self.log().matches(CLAIM_WAITING).count()
@@ -242,8 +265,11 @@ fn spawn_broker(storage: &Storage, client_secret: &str, enrollment_secret: &str)
         .env_remove("EMBARK_BROKER_CONFIG")
         .env("EMBARK_CLIENT_SECRET", client_secret)
         .env("EMBARK_RUNNER_ENROLLMENT_SECRET", enrollment_secret)
+        // Fixture repositories are local paths, and some tests serve one over plain http.
+        .env("EMBARK_BROKER_REPO_TRANSPORTS", "https,ssh,git,http,local")
         // Debug from the long-poll: tests read when a claim is waiting.
         .env("EMBARK_LOG", BROKER_LOG_FILTER);
+    command.envs(storage.env.iter().map(|(k, v)| (k, v)));
     // One log per start: a restart must not truncate what the crashed one wrote.
     let mut process = Spawned::start(command, &storage.dir.path().join(format!("broker-{n}.log")));
     let ready = ready_line(&mut process, "broker");

@@ -16,6 +16,8 @@ pub struct ApiFailure {
     pub status: StatusCode,
     pub code: ApiErrorCode,
     pub message: String,
+    /// Whole seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiFailure {
@@ -24,6 +26,7 @@ impl ApiFailure {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -55,6 +58,7 @@ impl From<StoreError> for ApiFailure {
             }
             StoreError::Invalid(refusal) => refusal.clone().into(),
             StoreError::Corrupt(_)
+            | StoreError::NotReady(_)
             | StoreError::CreateDir { .. }
             | StoreError::CreateFile { .. }
             | StoreError::Connect(_)
@@ -80,6 +84,12 @@ impl IntoResponse for ApiFailure {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }

@@ -22,6 +22,8 @@ pub async fn append<S: Store>(
     // Each payload serialized once, as it is stored.
     let events: Vec<EncodedEvent> = request.events.iter().map(EncodedEvent::new).collect();
     let appended = app.store.append_events(id, &token, &request.batch_id, &events).await?;
+    app.hub.touch(id);
+    app.metrics.events_appended(events.len());
     tracing::debug!(
         task = %id,
         batch = %request.batch_id,

@@ -44,6 +44,10 @@ fn body_refusal(rejection: JsonRejection) -> Refusal {
             format!("{detail}; send `Content-Type: application/json`"),
         ),
         JsonRejection::JsonDataError(_) => Refusal::new(Rule::BodyShape, detail),
+        _ if crate::limits::is_body_timeout(&rejection) => Refusal::new(
+            Rule::BodyTimeout,
+            "the request body did not arrive in time: send the whole body at once, right after the headers",
+        ),
         _ if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Refusal::new(
             Rule::BodySize,
             format!(
@@ -63,6 +67,16 @@ impl<S: Send + Sync, T: DeserializeOwned + Check> FromRequestParts<S> for ApiQue
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        if let Some(query) = parts.uri.query()
+            && !decodes_as_utf8(query)
+        {
+            // Query decoding would replace the bytes with U+FFFD and carry on: refuse them instead.
+            return Err(Refusal::new(
+                Rule::QueryEncoding,
+                "the query string is not valid UTF-8 once percent-decoded: percent-encode the UTF-8 bytes of each value",
+            )
+            .into());
+        }
         let Query(value) = Query::<T>::from_request_parts(parts, state)
             .await
             .map_err(|rejection: QueryRejection| Refusal::new(Rule::QueryShape, rejection.body_text()))?;
@@ -81,11 +95,12 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|rejection| Refusal::new(Rule::TaskId, rejection.body_text()))?;
-        raw.parse().map(TaskPath).map_err(|_| {
+        TaskId::parse_canonical(&raw).map(TaskPath).map_err(|_| {
             Refusal::new(
                 Rule::TaskId,
                 format!(
-                    "task id {:?} is not a UUID (the full id, not a short prefix)",
+                    "task id {:?} is not a UUID in its canonical form: send the full id, lowercase and hyphenated \
+                     (e.g. 0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b), not a short prefix",
                     text::quote(&raw)
                 ),
             )
@@ -94,8 +109,30 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
     }
 }
 
-fn credential(parts: &Parts, what: Credential) -> Result<&str, ApiFailure> {
-    bearer(&parts.headers).map_err(|error| {
+/// True when every `%XX` of `query` decodes, with the bytes around them, to UTF-8.
+fn decodes_as_utf8(query: &str) -> bool {
+    let bytes = query.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|b| char::from(*b).to_digit(16));
+        match (bytes[index], hex(index + 1), hex(index + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push(u8::try_from(high * 16 + low).expect("two hex digits make a byte"));
+                index += 3;
+            }
+            (byte, ..) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
+/// The bearer credential, once it is within its rate ([`crate::limits::RateLimiter`]).
+fn credential<'a, S>(parts: &'a Parts, app: &App<S>, what: Credential) -> Result<&'a str, ApiFailure> {
+    let presented = bearer(&parts.headers).map_err(|error| {
         let problem = match error {
             BearerError::Missing => "no credential",
             BearerError::Malformed => "the Authorization header is not `Bearer <credential>`",
@@ -104,7 +141,22 @@ fn credential(parts: &Parts, what: Credential) -> Result<&str, ApiFailure> {
             "{problem}: this route needs `Authorization: Bearer <{}>`",
             what.label()
         ))
-    })
+    })?;
+    if let Err(wait) = app.rate.check(&TokenHash::of(presented), tokio::time::Instant::now()) {
+        app.metrics.rate_limited();
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut failure: ApiFailure = Refusal::new(
+            Rule::RateLimit,
+            format!(
+                "this {} sent more requests than the broker's rate limit allows: retry in {seconds} s",
+                what.label()
+            ),
+        )
+        .into();
+        failure.retry_after = Some(seconds);
+        return Err(failure);
+    }
+    Ok(presented)
 }
 
 /// A caller holding the client secret.
@@ -114,7 +166,7 @@ impl<S: Store> FromRequestParts<App<S>> for ClientCaller {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
-        let presented = credential(parts, Credential::ClientSecret)?;
+        let presented = credential(parts, app, Credential::ClientSecret)?;
         if app.client_secret.verify(presented) {
             Ok(ClientCaller)
         } else {
@@ -132,7 +184,7 @@ impl<S: Store> FromRequestParts<App<S>> for EnrollmentCaller {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
-        let presented = credential(parts, Credential::EnrollmentSecret)?;
+        let presented = credential(parts, app, Credential::EnrollmentSecret)?;
         if app.enrollment_secret.verify(presented) {
             Ok(EnrollmentCaller)
         } else {
@@ -150,7 +202,7 @@ impl<S: Store> FromRequestParts<App<S>> for RunnerCaller {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
-        let presented = credential(parts, Credential::RunnerToken)?;
+        let presented = credential(parts, app, Credential::RunnerToken)?;
         match app.store.runner_by_token(&TokenHash::of(presented)).await? {
             Some(runner) => Ok(RunnerCaller(runner)),
             None => Err(ApiFailure::unauthorized(
@@ -164,10 +216,25 @@ impl<S: Store> FromRequestParts<App<S>> for RunnerCaller {
 /// task's current attempt in the same transaction as the write.
 pub struct CallbackCaller(pub TokenHash);
 
-impl<S: Send + Sync> FromRequestParts<S> for CallbackCaller {
+impl<S: Store> FromRequestParts<App<S>> for CallbackCaller {
     type Rejection = ApiFailure;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiFailure> {
-        credential(parts, Credential::CallbackToken).map(|token| CallbackCaller(TokenHash::of(token)))
+    async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
+        credential(parts, app, Credential::CallbackToken).map(|token| CallbackCaller(TokenHash::of(token)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decodes_as_utf8;
+
+    #[test]
+    fn queries_must_decode_to_utf8() {
+        for good in ["", "a=1", "session_id=caf%C3%A9", "a=%", "a=%zz", "a=é"] {
+            assert!(decodes_as_utf8(good), "{good}");
+        }
+        for bad in ["a=%FF", "session_id=%C3", "a=%c3%28"] {
+            assert!(!decodes_as_utf8(bad), "{bad}");
+        }
     }
 }

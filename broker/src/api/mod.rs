@@ -1,27 +1,39 @@
-//! HTTP transport: routes, credentials per route, JSON in and out. The
-//! handlers only translate; the logic lives in the store and `claim`.
+//! HTTP transport: routes, credentials per route, JSON in and out, and the
+//! live tails' WebSockets. The handlers only translate; the logic lives in
+//! the store, `claim` and `hub`.
 
 mod error;
 mod events;
 mod extract;
+pub mod live;
+mod ops;
 mod runners;
 mod tasks;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use embark_core::limits;
+use embark_core::repo_url::Transport;
 use embark_core::shutdown::Shutdown;
 use embark_core::wire::Health;
 use embark_core::wire::routes::{Method, Operation, ROUTES};
+use embark_core::wire::rules::{Refusal, Rule};
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiFailure;
+pub use live::LiveSettings;
 
 use crate::auth::FixedSecret;
 use crate::claim::ClaimQueue;
+use crate::hub::Hub;
+use crate::limits::{RateLimit, RateLimiter, body_deadline};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// What every handler shares.
@@ -31,8 +43,68 @@ pub struct App<S> {
     pub client_secret: FixedSecret,
     pub enrollment_secret: FixedSecret,
     pub claims: Arc<ClaimQueue>,
-    /// Requested when the server begins a graceful shutdown; long-polls end early.
+    /// Requested when the server begins a graceful shutdown; long-polls and live tails end early.
     pub shutdown: Shutdown,
+    /// Wakes the live tails of a task whose events or state changed.
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub rate: Arc<RateLimiter>,
+    pub live: LiveSettings,
+    pub settings: Arc<Settings>,
+    /// Held by every copy of the app; the server's shutdown waits until all
+    /// are gone (live tails hold one until they have said goodbye).
+    pub drain: Option<tokio::sync::mpsc::Sender<()>>,
+}
+
+/// The operator's choices the handlers apply (see `config`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The transports a task's `repo_url` may use.
+    pub repo_transports: Vec<Transport>,
+    /// How long a request's body may take to arrive.
+    pub body_timeout: Duration,
+    pub rate_limit: RateLimit,
+    pub live: LiveSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            repo_transports: vec![Transport::Https, Transport::Ssh, Transport::Git],
+            body_timeout: Duration::from_secs(30),
+            rate_limit: RateLimit {
+                per_second: 0,
+                burst: 0,
+            },
+            live: LiveSettings {
+                send_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+impl<S: Store> App<S> {
+    pub fn new(
+        store: S,
+        client_secret: FixedSecret,
+        enrollment_secret: FixedSecret,
+        shutdown: Shutdown,
+        settings: Settings,
+    ) -> App<S> {
+        App {
+            store,
+            client_secret,
+            enrollment_secret,
+            claims: Arc::new(ClaimQueue::default()),
+            shutdown,
+            hub: Arc::new(Hub::default()),
+            metrics: Arc::new(Metrics::default()),
+            rate: Arc::new(RateLimiter::new(settings.rate_limit)),
+            live: settings.live,
+            settings: Arc::new(settings),
+            drain: None,
+        }
+    }
 }
 
 /// The routes of `embark_core::wire::routes::ROUTES` (methods, paths and
@@ -44,12 +116,52 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         // Routes on one path merge into one method router.
         router = router.route(route.path, handler::<S>(route.operation, route.method));
     }
+    let body_timeout = app.settings.body_timeout;
     router
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limits::MAX_REQUEST_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(body_timeout, body_deadline))
+        .layer(middleware::from_fn(head_limits))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
+}
+
+/// Refuses, before routing, a URI longer than `limits::MAX_URI_BYTES` and
+/// a head larger than `limits::MAX_HEAD_BYTES` (hyper's own bound on the
+/// head is its read buffer, which a head that arrives at once can pass).
+async fn head_limits(request: Request, next: Next) -> Response {
+    let length = request.uri().path_and_query().map_or(0, |path| path.as_str().len());
+    let head: usize = length
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head > limits::MAX_HEAD_BYTES || request.headers().len() > limits::MAX_HEADERS {
+        let refusal = Refusal::new(
+            Rule::HeadersTooLarge,
+            format!(
+                "the request line and headers have {head} bytes in {} headers; at most {} bytes and {} headers are \
+                 accepted: send fewer or smaller headers",
+                request.headers().len(),
+                limits::MAX_HEAD_BYTES,
+                limits::MAX_HEADERS
+            ),
+        );
+        return ApiFailure::from(refusal).into_response();
+    }
+    if length > limits::MAX_URI_BYTES {
+        let refusal = Refusal::new(
+            Rule::UriTooLong,
+            format!(
+                "the URI has {length} bytes; at most {} are accepted: send less in the query",
+                limits::MAX_URI_BYTES
+            ),
+        );
+        return ApiFailure::from(refusal).into_response();
+    }
+    next.run(request).await
 }
 
 fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S>> {
@@ -67,6 +179,11 @@ fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S
         Operation::ClaimTask => on(method, runners::claim::<S>),
         Operation::AppendEvents => on(method, events::append::<S>),
         Operation::CompleteTask => on(method, tasks::complete::<S>),
+        Operation::TailTask => on(method, live::tail_task::<S>),
+        Operation::TailSession => on(method, live::tail_session::<S>),
+        Operation::Healthz => on(method, ops::healthz),
+        Operation::Readyz => on(method, ops::readyz::<S>),
+        Operation::Metrics => on(method, ops::metrics::<S>),
     }
 }
 

@@ -36,6 +36,10 @@ pub async fn claim<S: Store>(
     let wait = effective_wait(request.wait_ms);
     match app.claims.claim(&app.store, &runner, wait, &app.shutdown).await? {
         Some(claim) => {
+            app.hub.touch(claim.task.id);
+            let queued = jiff::Timestamp::now().duration_since(claim.task.created_at);
+            app.metrics
+                .task_claimed(std::time::Duration::try_from(queued).unwrap_or_default());
             tracing::info!(task = %claim.task.id, attempt = claim.attempt, runner = %runner.name, "task claimed");
             Ok(Json(claim).into_response())
         }

@@ -4,6 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use embark_core::limits;
+use embark_core::repo_url::Transport;
+use embark_core::wire::rules::{Refusal, Rule};
 use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList, TaskListQuery};
 
 use super::App;
@@ -20,10 +22,38 @@ pub async fn create<S: Store>(
     State(app): State<App<S>>,
     ApiJson(request): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiFailure> {
+    check_transport(&request.repo_url, &app.settings.repo_transports)?;
     let task = app.store.create_task(&request).await?;
     tracing::info!(task = %task.id, session = %task.session_id, "task queued");
+    app.metrics.task_created();
     app.claims.task_added();
+    app.hub.created(&task);
     Ok((StatusCode::CREATED, Json(task)))
+}
+
+/// The operator's part of [`Rule::RepoTransport`]: `CreateTask`'s own check
+/// refused helpers and unknown schemes; which of the rest runners may use
+/// here is the broker's `repo_transports`.
+fn check_transport(repo_url: &str, allowed: &[Transport]) -> Result<(), Refusal> {
+    let transport = embark_core::repo_url::transport(repo_url)
+        .map_err(|error| Refusal::new(Rule::RepoTransport, error.to_string()))?;
+    if allowed.contains(&transport) {
+        return Ok(());
+    }
+    let names: Vec<&str> = allowed.iter().map(|t| t.name()).collect();
+    let what = match transport {
+        Transport::Local => "a path on the runner's machine",
+        Transport::Http => "plain http://",
+        _ => transport.name(),
+    };
+    Err(Refusal::new(
+        Rule::RepoTransport,
+        format!(
+            "the repository URL uses {what}, which this broker does not let runners fetch from (it allows {}): \
+             use the remote URL the runners can reach, e.g. https:// or ssh://",
+            names.join(", ")
+        ),
+    ))
 }
 
 pub async fn list<S: Store>(
@@ -51,6 +81,7 @@ pub async fn complete<S: Store>(
     ApiJson(verdict): ApiJson<CompleteTask>,
 ) -> Result<Json<Task>, ApiFailure> {
     let task = app.store.complete_task(id, &token, &verdict).await?;
+    app.hub.touch(id);
     tracing::info!(task = %task.id, state = %task.state, attempt = task.attempt, "task finished");
     Ok(Json(task))
 }

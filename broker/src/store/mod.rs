@@ -13,7 +13,7 @@ mod rows;
 pub mod sqlite;
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 
 use std::future::Future;
 
@@ -90,6 +90,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The database answers but is not the schema this broker serves.
+    #[error("the database is not ready: {0}")]
+    NotReady(String),
     #[error("could not create the database directory {path}")]
     CreateDir {
         path: std::path::PathBuf,
@@ -182,6 +185,13 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Waits for the connections in use to be returned, then closes them all.
     fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// Whether the database answers and holds every migration this build
+    /// knows ([`StoreError::NotReady`] when one is missing).
+    fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How many tasks are in each state (states without tasks left out).
+    fn task_counts(&self) -> impl Future<Output = Result<Vec<(TaskState, u64)>, StoreError>> + Send;
 }
 
 /// Refuses text a store cannot keep as it was sent, under `rule`.

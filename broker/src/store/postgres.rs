@@ -20,6 +20,7 @@
 //! Statements that need several steps are one statement with data-modifying
 //! CTEs where that saves round trips; each is next to the method using it.
 
+pub mod changes;
 pub mod wakeups;
 
 use std::str::FromStr;
@@ -394,6 +395,31 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await?;
+        let missing: Vec<i64> = sqlx::migrate!("migrations/postgres")
+            .iter()
+            .map(|migration| migration.version)
+            .filter(|version| !applied.contains(version))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::NotReady(format!("migrations {missing:?} are not applied")))
+        }
+    }
+
+    async fn task_counts(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(state, count)| Ok((parse_state(&state)?, seq(count)?)))
+            .collect()
     }
 }
 

@@ -145,25 +145,31 @@ struct CurrentAttempt {
     last_seq: i64,
 }
 
-/// The task's current attempt, after checking that `callback` is its token.
+/// The task's current attempt, after checking that `callback` is its token,
+/// and the batch `batch_id` if this task already appended one (the attempt
+/// that did and its seqs): one read, since every statement is a round trip
+/// to the connection's thread.
 async fn authorize_attempt(
     conn: &mut SqliteConnection,
     id: TaskId,
     callback: &TokenHash,
-) -> Result<CurrentAttempt, StoreError> {
-    let row: Option<(String, i64, i64)> = sqlx::query_as("SELECT state, attempt, last_seq FROM tasks WHERE id = ?1")
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some((state, attempt, last_seq)) = row else {
+    batch_id: Option<&str>,
+) -> Result<(CurrentAttempt, Option<(i64, i64, i64)>), StoreError> {
+    type Row = (String, i64, i64, Option<Vec<u8>>, Option<i64>, Option<i64>, Option<i64>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT t.state, t.attempt, t.last_seq, a.callback_token_hash, b.attempt, b.first_seq, b.last_seq \
+         FROM tasks t \
+         LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt \
+         LEFT JOIN event_batches b ON b.task_id = t.id AND b.batch_id = ?2 \
+         WHERE t.id = ?1",
+    )
+    .bind(id.to_string())
+    .bind(batch_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((state, attempt, last_seq, stored, batch_attempt, first, last)) = row else {
         return Err(StoreError::TokenRefused(id));
     };
-    let stored: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT callback_token_hash FROM attempts WHERE task_id = ?1 AND attempt = ?2")
-            .bind(id.to_string())
-            .bind(attempt)
-            .fetch_optional(&mut *conn)
-            .await?;
     let valid = stored
         .as_deref()
         .and_then(TokenHash::from_slice)
@@ -171,26 +177,16 @@ async fn authorize_attempt(
     if !valid {
         return Err(StoreError::TokenRefused(id));
     }
-    Ok(CurrentAttempt {
+    let current = CurrentAttempt {
         state: parse_state(&state)?,
         attempt,
         last_seq,
-    })
-}
-
-/// A batch this task already appended: the attempt that did and its seqs.
-async fn stored_batch(
-    conn: &mut SqliteConnection,
-    id: TaskId,
-    batch_id: &str,
-) -> Result<Option<(i64, i64, i64)>, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT attempt, first_seq, last_seq FROM event_batches WHERE task_id = ?1 AND batch_id = ?2")
-            .bind(id.to_string())
-            .bind(batch_id)
-            .fetch_optional(&mut *conn)
-            .await?,
-    )
+    };
+    let batch = match (batch_attempt, first, last) {
+        (Some(attempt), Some(first), Some(last)) => Some((attempt, first, last)),
+        _ => None,
+    };
+    Ok((current, batch))
 }
 
 fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
@@ -296,9 +292,9 @@ impl Store for SqliteStore {
         let now = now_ms();
 
         let mut tx = self.write_tx().await?;
-        let current = authorize_attempt(&mut tx, id, callback).await?;
+        let (current, stored) = authorize_attempt(&mut tx, id, callback, Some(batch_id)).await?;
         // A replay is answered before the state check: the batch was applied while the task ran.
-        if let Some((attempt, first, last)) = stored_batch(&mut tx, id, batch_id).await? {
+        if let Some((attempt, first, last)) = stored {
             if attempt != current.attempt {
                 return Err(StoreError::BatchOfOtherAttempt {
                     task: id,
@@ -372,7 +368,7 @@ impl Store for SqliteStore {
         check_verdict(verdict)?;
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let CurrentAttempt { state, .. } = authorize_attempt(&mut tx, id, callback).await?;
+        let (CurrentAttempt { state, .. }, _) = authorize_attempt(&mut tx, id, callback, None).await?;
         let next = verdict.result.state();
         if state == next {
             // A retry of this attempt's own verdict whose answer was lost: answer it again.
@@ -434,6 +430,31 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.reader)
+            .await?;
+        let missing: Vec<i64> = sqlx::migrate!("migrations/sqlite")
+            .iter()
+            .map(|migration| migration.version)
+            .filter(|version| !applied.contains(version))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::NotReady(format!("migrations {missing:?} are not applied")))
+        }
+    }
+
+    async fn task_counts(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter()
+            .map(|(state, count)| Ok((parse_state(&state)?, seq(count)?)))
+            .collect()
     }
 }
 

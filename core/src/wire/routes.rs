@@ -6,12 +6,18 @@
 //! Statuses are the ones the broker really answers; every non-2xx answer
 //! carries an [`ApiError`] body. A route's refusals of bad input are not
 //! listed by hand: they come from the [`Rule`]s of its path, query and body
-//! types ([`Route::rules`]), the ones the broker checks. Besides these, any
-//! route answers 405 to a method it does not have, and any path not here
-//! answers 404.
+//! types ([`Route::rules`]), the ones the broker checks, and from the limits
+//! its connection layer keeps ([`Route::limits`]). Besides these, any route
+//! answers 405 to a method it does not have, any path not here answers 404,
+//! and a broker at its connection limit or shutting down answers 503.
+//!
+//! A route is plain HTTP/JSON or a WebSocket ([`Kind`]): a live tail is a
+//! `GET` that upgrades, checked like any other request first, whose
+//! messages are [`LiveFrame`](super::live::LiveFrame)s.
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
+use super::live::{LiveClose, LiveFrame, SessionTailQuery, TaskTailQuery};
 use super::rules::{Check, Rule};
 use super::{
     ApiError, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage, EventPageQuery,
@@ -105,10 +111,15 @@ pub enum Operation {
     ClaimTask,
     AppendEvents,
     CompleteTask,
+    TailTask,
+    TailSession,
+    Healthz,
+    Readyz,
+    Metrics,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 14] = [
         Operation::Health,
         Operation::CreateTask,
         Operation::ListTasks,
@@ -118,6 +129,11 @@ impl Operation {
         Operation::ClaimTask,
         Operation::AppendEvents,
         Operation::CompleteTask,
+        Operation::TailTask,
+        Operation::TailSession,
+        Operation::Healthz,
+        Operation::Readyz,
+        Operation::Metrics,
     ];
 
     /// This operation's entry in [`ROUTES`].
@@ -140,6 +156,11 @@ impl Operation {
             Operation::ClaimTask => "claimTask",
             Operation::AppendEvents => "appendEvents",
             Operation::CompleteTask => "completeTask",
+            Operation::TailTask => "tailTask",
+            Operation::TailSession => "tailSession",
+            Operation::Healthz => "healthz",
+            Operation::Readyz => "readyz",
+            Operation::Metrics => "metrics",
         }
     }
 }
@@ -183,13 +204,35 @@ pub struct PathParam {
     pub rule: Rule,
 }
 
+/// What an answer's body is.
+#[derive(Clone, Copy, Debug)]
+pub enum Body {
+    Empty,
+    /// JSON of this type.
+    Json(SchemaFn),
+    /// Text of this media type (e.g. Prometheus' exposition format).
+    Text(&'static str),
+}
+
 /// One answer a route can give.
 #[derive(Clone, Copy, Debug)]
 pub struct Reply {
     pub status: u16,
-    /// The JSON body's type; `None` for an empty body.
-    pub body: Option<SchemaFn>,
+    pub body: Body,
     pub description: &'static str,
+}
+
+/// How a route talks once its request was accepted.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    /// One request, one JSON answer.
+    Http,
+    /// A `GET` that upgrades to a WebSocket (answering 101) whose text
+    /// messages are JSON of `frames`, ended by one of `closes`.
+    WebSocket {
+        frames: SchemaFn,
+        closes: &'static [LiveClose],
+    },
 }
 
 /// One method on one path.
@@ -207,8 +250,9 @@ pub struct Route {
     pub query: Option<Input>,
     /// The JSON request body's type (see [`body`]).
     pub request: Option<Input>,
-    /// Every answer besides the refusals under [`Route::rules`]: success,
-    /// credential, and what the store decides.
+    pub kind: Kind,
+    /// Every answer besides the refusals under [`Route::rules`] and
+    /// [`Route::limits`]: success, credential, and what the store decides.
     pub replies: &'static [Reply],
 }
 
@@ -218,20 +262,38 @@ impl Route {
     pub fn rules(&self) -> Vec<Rule> {
         let mut rules: Vec<Rule> = self.path_params.iter().map(|param| param.rule).collect();
         if let Some(query) = self.query {
-            rules.push(Rule::QueryShape);
+            rules.extend([Rule::QueryEncoding, Rule::QueryShape]);
             rules.extend(query.rules);
         }
         if let Some(body) = self.request {
             rules.extend(Rule::BODY);
             rules.extend(body.rules);
         }
+        if let Kind::WebSocket { .. } = self.kind {
+            rules.push(Rule::Upgrade);
+        }
         rules
     }
 
-    /// Every status the route answers: its replies' and its rules'.
+    /// The limits the broker keeps on how this route's requests arrive: the
+    /// connection's ([`Rule::CONNECTION`]), the body's time where there is a
+    /// body, and the credential's rate where there is a credential.
+    pub fn limits(&self) -> Vec<Rule> {
+        let mut limits = Rule::CONNECTION.to_vec();
+        if self.request.is_some() {
+            limits.push(Rule::BodyTimeout);
+        }
+        if self.credential.is_some() {
+            limits.push(Rule::RateLimit);
+        }
+        limits
+    }
+
+    /// Every status the route answers: its replies', its rules' and its limits'.
     pub fn statuses(&self) -> Vec<u16> {
         let mut statuses: Vec<u16> = self.replies.iter().map(|reply| reply.status).collect();
         statuses.extend(self.rules().iter().map(|rule| rule.status()));
+        statuses.extend(self.limits().iter().map(|rule| rule.status()));
         statuses.sort_unstable();
         statuses.dedup();
         statuses
@@ -275,7 +337,7 @@ const TASK_ID: PathParam = PathParam {
 const fn ok(status: u16, body: SchemaFn, description: &'static str) -> Reply {
     Reply {
         status,
-        body: Some(body),
+        body: Body::Json(body),
         description,
     }
 }
@@ -283,10 +345,26 @@ const fn ok(status: u16, body: SchemaFn, description: &'static str) -> Reply {
 const fn error(status: u16, description: &'static str) -> Reply {
     Reply {
         status,
-        body: Some(schema::<ApiError>),
+        body: Body::Json(schema::<ApiError>),
         description,
     }
 }
+
+/// The 101 of a live tail: its messages are [`LiveFrame`]s.
+const UPGRADED: Reply = Reply {
+    status: 101,
+    body: Body::Json(schema::<LiveFrame>),
+    description: "Switching to the WebSocket: every text message is one LiveFrame (JSON). The tail replays from the cursor, sends a `live` frame, then follows live; the close code says whether to reconnect with the last seq seen (x-websocket).",
+};
+
+/// How a tail ends: every close but 1000 asks the reader to reconnect with its cursor.
+const TAIL_CLOSES: &[LiveClose] = &[
+    LiveClose::Finished,
+    LiveClose::ShuttingDown,
+    LiveClose::Internal,
+    LiveClose::TooSlow,
+];
+const SESSION_TAIL_CLOSES: &[LiveClose] = &[LiveClose::ShuttingDown, LiveClose::Internal, LiveClose::TooSlow];
 
 const UNAUTHORIZED: Reply = error(401, "The credential is missing, malformed or wrong for this route.");
 const CALLBACK_UNAUTHORIZED: Reply = error(
@@ -307,6 +385,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[],
         query: None,
         request: None,
+        kind: Kind::Http,
         replies: &[ok(200, schema::<Health>, "The broker is up.")],
     },
     Route {
@@ -318,6 +397,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[],
         query: None,
         request: Some(body::<CreateTask>()),
+        kind: Kind::Http,
         replies: &[ok(201, schema::<Task>, "The task, queued."), UNAUTHORIZED, INTERNAL],
     },
     Route {
@@ -329,6 +409,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[],
         query: Some(query::<TaskListQuery>()),
         request: None,
+        kind: Kind::Http,
         replies: &[
             ok(200, schema::<TaskList>, "The session's tasks, newest first."),
             UNAUTHORIZED,
@@ -344,6 +425,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[TASK_ID],
         query: None,
         request: None,
+        kind: Kind::Http,
         replies: &[
             ok(200, schema::<Task>, "The task."),
             UNAUTHORIZED,
@@ -360,6 +442,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[TASK_ID],
         query: Some(query::<EventPageQuery>()),
         request: None,
+        kind: Kind::Http,
         replies: &[
             ok(
                 200,
@@ -380,6 +463,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[],
         query: None,
         request: Some(body::<EnrollRunner>()),
+        kind: Kind::Http,
         replies: &[
             ok(
                 200,
@@ -399,6 +483,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[],
         query: None,
         request: Some(body::<ClaimRequest>()),
+        kind: Kind::Http,
         replies: &[
             ok(
                 200,
@@ -407,7 +492,7 @@ pub const ROUTES: &[Route] = &[
             ),
             Reply {
                 status: 204,
-                body: None,
+                body: Body::Empty,
                 description: "No task came within the wait, or the broker is shutting down.",
             },
             UNAUTHORIZED,
@@ -423,6 +508,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[TASK_ID],
         query: None,
         request: Some(body::<AppendEvents>()),
+        kind: Kind::Http,
         replies: &[
             ok(
                 200,
@@ -446,6 +532,7 @@ pub const ROUTES: &[Route] = &[
         path_params: &[TASK_ID],
         query: None,
         request: Some(body::<CompleteTask>()),
+        kind: Kind::Http,
         replies: &[
             ok(
                 200,
@@ -457,6 +544,85 @@ pub const ROUTES: &[Route] = &[
                 409,
                 "The task is not running (and did not already end with this result).",
             ),
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::TailTask,
+        method: Method::Get,
+        path: "/v1/tasks/{id}/events/live",
+        summary: "Follow one task over a WebSocket: its events after the cursor, then live, and its state changes; closed with 1000 once it finished and every event was sent.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[TASK_ID],
+        query: Some(query::<TaskTailQuery>()),
+        request: None,
+        kind: Kind::WebSocket {
+            frames: schema::<LiveFrame>,
+            closes: TAIL_CLOSES,
+        },
+        replies: &[UPGRADED, UNAUTHORIZED, TASK_NOT_FOUND, INTERNAL],
+    },
+    Route {
+        operation: Operation::TailSession,
+        method: Method::Get,
+        path: "/v1/events/live",
+        summary: "Follow every task of a session over a WebSocket: a state frame per task, the events after each named cursor, then every event and state change live, tasks created later included.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[],
+        query: Some(query::<SessionTailQuery>()),
+        request: None,
+        kind: Kind::WebSocket {
+            frames: schema::<LiveFrame>,
+            closes: SESSION_TAIL_CLOSES,
+        },
+        replies: &[UPGRADED, UNAUTHORIZED, INTERNAL],
+    },
+    Route {
+        operation: Operation::Healthz,
+        method: Method::Get,
+        path: "/healthz",
+        summary: "Liveness: the process is up and serving (it does not look at the database).",
+        credential: None,
+        path_params: &[],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[ok(200, schema::<Health>, "The broker process is up.")],
+    },
+    Route {
+        operation: Operation::Readyz,
+        method: Method::Get,
+        path: "/readyz",
+        summary: "Readiness: the database answers and every migration this broker knows is applied.",
+        credential: None,
+        path_params: &[],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            ok(200, schema::<Health>, "Ready to serve: status `ready`."),
+            error(
+                503,
+                "Not ready: the database does not answer, lacks a migration, or the broker is shutting down.",
+            ),
+        ],
+    },
+    Route {
+        operation: Operation::Metrics,
+        method: Method::Get,
+        path: "/metrics",
+        summary: "Prometheus metrics: tasks by state, claim waits, events appended, live clients, connections, rate-limited requests, reaper actions.",
+        credential: None,
+        path_params: &[],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            Reply {
+                status: 200,
+                body: Body::Text("text/plain; version=0.0.4; charset=utf-8"),
+                description: "The metrics in Prometheus' text exposition format.",
+            },
             INTERNAL,
         ],
     },
@@ -491,8 +657,18 @@ mod tests {
             }
         }
         let create = Operation::CreateTask.route();
-        assert_eq!(create.statuses(), [201, 400, 401, 413, 415, 422, 500]);
-        assert_eq!(Operation::GetTask.route().statuses(), [200, 401, 404, 422, 500]);
+        assert_eq!(
+            create.statuses(),
+            [201, 400, 401, 408, 413, 414, 415, 422, 429, 431, 500]
+        );
+        assert_eq!(
+            Operation::GetTask.route().statuses(),
+            [200, 400, 401, 404, 408, 414, 422, 429, 431, 500]
+        );
+        assert_eq!(
+            Operation::TailTask.route().statuses(),
+            [101, 400, 401, 404, 408, 414, 422, 426, 429, 431, 500]
+        );
     }
 
     #[test]

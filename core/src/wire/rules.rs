@@ -8,6 +8,12 @@
 //! names each route's request types, so its documented replies, and with
 //! them the OpenAPI document, are made from these rules: a status is listed
 //! for a route exactly when one of its rules answers it.
+//!
+//! Besides the rules of a request's content, the broker's connection layer
+//! keeps limits on how a request arrives ([`Rule::CONNECTION`]: in time, of
+//! bounded size, well-formed HTTP), and its credential extractors keep the
+//! per-credential rate ([`Rule::RateLimit`]); they answer with the same JSON
+//! error body.
 
 use crate::limits;
 use crate::wire::ApiErrorCode;
@@ -26,6 +32,8 @@ pub enum Rule {
     BodyShape,
     /// The query does not fit its type.
     QueryShape,
+    /// The query is not valid percent-encoded UTF-8.
+    QueryEncoding,
     /// The `{id}` path segment is not a task id.
     TaskId,
     /// A `limit` of 0.
@@ -36,6 +44,8 @@ pub enum Rule {
     Commit,
     /// The repository URL is empty, flag-like, too long or carries a credential.
     RepoUrl,
+    /// The repository URL names a transport runners may not use here.
+    RepoTransport,
     /// The session id is empty, too long or not printable.
     SessionId,
     /// A name of the execution intent is not acceptable.
@@ -55,20 +65,38 @@ pub enum Rule {
     EventPayloadSize,
     /// A completion's `final_text` or `reason` is too long.
     ResultTextSize,
+    /// A live tail's cursors are not `<task id>:<seq>,…`.
+    Cursor,
+    /// A live tail was requested without a WebSocket upgrade.
+    Upgrade,
+    /// The request is not well-formed HTTP/1.1.
+    Malformed,
+    /// The request's head (request line and headers) did not arrive in time.
+    HeadTimeout,
+    /// The request's body did not arrive in time.
+    BodyTimeout,
+    /// The request's URI is too long.
+    UriTooLong,
+    /// The request's headers are too large or too many.
+    HeadersTooLarge,
+    /// The credential sent more requests than the rate limit allows.
+    RateLimit,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 19] = [
+    pub const ALL: [Rule; 29] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
         Rule::BodyShape,
         Rule::QueryShape,
+        Rule::QueryEncoding,
         Rule::TaskId,
         Rule::Limit,
         Rule::Prompt,
         Rule::Commit,
         Rule::RepoUrl,
+        Rule::RepoTransport,
         Rule::SessionId,
         Rule::Intent,
         Rule::RunnerName,
@@ -78,23 +106,47 @@ impl Rule {
         Rule::EventPayload,
         Rule::EventPayloadSize,
         Rule::ResultTextSize,
+        Rule::Cursor,
+        Rule::Upgrade,
+        Rule::Malformed,
+        Rule::HeadTimeout,
+        Rule::BodyTimeout,
+        Rule::UriTooLong,
+        Rule::HeadersTooLarge,
+        Rule::RateLimit,
     ];
 
     /// The rules of reading any JSON body, before its type's own.
     pub const BODY: [Rule; 4] = [Rule::JsonContentType, Rule::BodySize, Rule::Json, Rule::BodyShape];
 
+    /// The limits of the connection layer, kept for every request on every
+    /// route before it is routed (a body's time limit only where there is a body).
+    pub const CONNECTION: [Rule; 4] = [
+        Rule::Malformed,
+        Rule::HeadTimeout,
+        Rule::UriTooLong,
+        Rule::HeadersTooLarge,
+    ];
+
     /// The HTTP status a refusal under this rule answers.
     pub fn status(self) -> u16 {
         match self {
-            Rule::Json | Rule::QueryShape => 400,
+            Rule::Json | Rule::QueryShape | Rule::QueryEncoding | Rule::Malformed => 400,
+            Rule::HeadTimeout | Rule::BodyTimeout => 408,
             Rule::BodySize | Rule::BatchSize | Rule::EventPayloadSize | Rule::ResultTextSize => 413,
+            Rule::UriTooLong => 414,
             Rule::JsonContentType => 415,
+            Rule::Upgrade => 426,
+            Rule::RateLimit => 429,
+            Rule::HeadersTooLarge => 431,
             Rule::BodyShape
             | Rule::TaskId
             | Rule::Limit
             | Rule::Prompt
             | Rule::Commit
             | Rule::RepoUrl
+            | Rule::RepoTransport
+            | Rule::Cursor
             | Rule::SessionId
             | Rule::Intent
             | Rule::RunnerName
@@ -107,7 +159,9 @@ impl Rule {
     /// The `ApiError` code a refusal under this rule carries.
     pub fn code(self) -> ApiErrorCode {
         match self.status() {
-            413 => ApiErrorCode::PayloadTooLarge,
+            408 => ApiErrorCode::Timeout,
+            413 | 414 | 431 => ApiErrorCode::PayloadTooLarge,
+            429 => ApiErrorCode::RateLimited,
             _ => ApiErrorCode::InvalidRequest,
         }
     }
@@ -125,7 +179,8 @@ impl Rule {
             Rule::QueryShape => {
                 "The query misses a required field, has an unknown one, or has a value of the wrong type.".into()
             }
-            Rule::TaskId => "The `{id}` is not a UUID.".into(),
+            Rule::QueryEncoding => "The query string is not valid percent-encoded UTF-8.".into(),
+            Rule::TaskId => "The `{id}` is not a task id in its canonical form (a UUID, lowercase and hyphenated).".into(),
             Rule::Limit => "`limit` is 0.".into(),
             Rule::Prompt => format!(
                 "The prompt is empty or longer than {} bytes.",
@@ -136,6 +191,7 @@ impl Rule {
                 "The repo_url is empty, starts with '-', holds control characters, is longer than {} bytes, or carries a credential.",
                 limits::MAX_REPO_URL_BYTES
             ),
+            Rule::RepoTransport => "The repo_url uses a transport runners may not use here: git's transport helpers (`ext::`, `fd::`, …) and unknown schemes never, `http://` and local paths only where the broker's operator allows them (`repo_transports`).".into(),
             Rule::SessionId => format!(
                 "The session_id is not 1 to {} printable bytes.",
                 limits::MAX_SESSION_ID_BYTES
@@ -168,6 +224,21 @@ impl Rule {
                 "The final_text or the reason is longer than {} bytes.",
                 limits::MAX_RESULT_TEXT_BYTES
             ),
+            Rule::Cursor => format!(
+                "`after` is not cursors `<task id>:<seq>` separated by commas, names a task twice, or has more than {}.",
+                limits::MAX_TASKS_PER_LIST
+            ),
+            Rule::Upgrade => "The request is not a WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`, version 13).".into(),
+            Rule::Malformed => "The request is not well-formed HTTP/1.1.".into(),
+            Rule::HeadTimeout => "The request line and headers did not arrive within the broker's head timeout (`head_timeout_ms`).".into(),
+            Rule::BodyTimeout => "The body did not arrive within the broker's body timeout (`body_timeout_ms`).".into(),
+            Rule::UriTooLong => format!("The URI is longer than {} bytes.", limits::MAX_URI_BYTES),
+            Rule::HeadersTooLarge => format!(
+                "The request line and headers are larger than {} bytes, or there are more than {} headers.",
+                limits::MAX_HEAD_BYTES,
+                limits::MAX_HEADERS
+            ),
+            Rule::RateLimit => "This credential sent more requests than the broker's rate limit (`rate_limit`, `rate_burst`); retry after the `Retry-After` seconds.".into(),
         }
     }
 }

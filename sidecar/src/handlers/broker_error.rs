@@ -38,7 +38,12 @@ pub fn broker_error(error: ClientError) -> RpcError {
                 ErrorCode::BrokerRejected,
                 format!("the broker failed (HTTP {status}): {message}; the broker's log has the details"),
             ),
+            ApiErrorCode::Timeout | ApiErrorCode::RateLimited | ApiErrorCode::Unavailable => RpcError::new(
+                ErrorCode::BrokerUnreachable,
+                format!("the broker cannot take the request now (HTTP {status}): {message}"),
+            ),
         },
+        ClientError::Live(message) => RpcError::new(ErrorCode::BrokerUnreachable, format!("live tail: {message}")),
         ClientError::Unexpected { status, body } => RpcError::new(
             ErrorCode::BrokerRejected,
             format!(

@@ -111,7 +111,8 @@ fn create_error(error: CreateTaskError) -> RpcError {
         CreateTaskError::BadCommit(_)
         | CreateTaskError::EmptyRepoUrl
         | CreateTaskError::BadRepoUrl(_)
-        | CreateTaskError::CredentialInRepoUrl(_) => RpcError::repository(message),
+        | CreateTaskError::CredentialInRepoUrl(_)
+        | CreateTaskError::RepoTransport(..) => RpcError::repository(message),
         CreateTaskError::BadSessionId => RpcError::new(ErrorCode::InvalidParams, message),
     }
 }

@@ -1,0 +1,212 @@
+//! The load on a broker: the three phases, each through `BrokerClient`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use embark_client::BrokerClient;
+use embark_core::event::{Log, LogLevel, NewEvent};
+use embark_core::intent::ExecutionIntent;
+use embark_core::wire::live::LiveFrame;
+use embark_core::wire::{AppendEvents, Claim, CompleteTask, CreateTask, TaskResult};
+
+use crate::{CLIENT_SECRET, ENROLLMENT_SECRET, Figures};
+
+const RUNNERS: usize = 8;
+/// Events in a cycle's one batch.
+const CYCLE_BATCH: usize = 10;
+const APPENDERS: usize = 4;
+const EVENT_BATCH: usize = 100;
+const READERS: usize = 100;
+const LIVE_APPENDS: usize = 200;
+const LIVE_EVERY: Duration = Duration::from_millis(10);
+
+pub fn new_task(n: u64) -> CreateTask {
+    CreateTask {
+        repo_url: "https://example.invalid/bench.git".into(),
+        commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
+        prompt: format!("bench task {n}"),
+        intent: ExecutionIntent {
+            auth_profile: "default".into(),
+            provider: "fake".into(),
+            model: "fake-model".into(),
+        },
+        session_id: "bench".into(),
+    }
+}
+
+pub fn batch(id: String, count: usize) -> AppendEvents {
+    AppendEvents {
+        batch_id: id,
+        events: (0..count)
+            .map(|n| {
+                NewEvent::new(Log::new(
+                    LogLevel::Info,
+                    format!("bench event {n}: some output of a tool"),
+                ))
+            })
+            .collect(),
+    }
+}
+
+fn verdict() -> CompleteTask {
+    CompleteTask {
+        result: TaskResult::Succeeded,
+        final_text: Some("done".into()),
+        reason: None,
+    }
+}
+
+pub async fn run(url: &str, phase: Duration) -> anyhow::Result<Figures> {
+    let client = BrokerClient::new(url)?;
+    let cycles = cycles(&client, phase).await?;
+    let events = events(&client, phase).await?;
+    let (live_p50, live_p99, live_missed) = live(&client).await?;
+    Ok(Figures {
+        cycles,
+        events,
+        live_p50,
+        live_p99,
+        live_missed,
+        ..Figures::default()
+    })
+}
+
+async fn claim(client: &BrokerClient, token: &str) -> anyhow::Result<Claim> {
+    client
+        .claim(token, 5_000)
+        .await?
+        .context("a claim found no queued task within 5 s")
+}
+
+/// 8 runners, each looping create → claim → append one batch → complete.
+async fn cycles(client: &BrokerClient, phase: Duration) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..RUNNERS {
+        let (client, done) = (client.clone(), Arc::clone(&done));
+        workers.push(tokio::spawn(async move {
+            let token = client
+                .enroll(ENROLLMENT_SECRET, &format!("bench-{worker}"))
+                .await?
+                .runner_token;
+            let mut n = 0u64;
+            while started.elapsed() < phase {
+                client.create_task(CLIENT_SECRET, &new_task(n)).await?;
+                let claim = claim(&client, &token).await?;
+                let id = claim.task.id;
+                let appended = batch(format!("{}-0", claim.attempt), CYCLE_BATCH);
+                client.append_events(&claim.callback_token, id, &appended).await?;
+                client.complete(&claim.callback_token, id, &verdict()).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// 4 writers appending batches of 100 events to their own running tasks.
+async fn events(client: &BrokerClient, phase: Duration) -> anyhow::Result<f64> {
+    let token = client.enroll(ENROLLMENT_SECRET, "bench-appender").await?.runner_token;
+    let mut claims = Vec::new();
+    for n in 0..APPENDERS {
+        client.create_task(CLIENT_SECRET, &new_task(n as u64)).await?;
+        claims.push(claim(client, &token).await?);
+    }
+    let appended = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for claim in claims {
+        let (client, appended) = (client.clone(), Arc::clone(&appended));
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while started.elapsed() < phase {
+                let events = batch(format!("1-{n}"), EVENT_BATCH);
+                client
+                    .append_events(&claim.callback_token, claim.task.id, &events)
+                    .await?;
+                appended.fetch_add(EVENT_BATCH as u64, Ordering::Relaxed);
+                n += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    Ok(appended.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// 100 readers tail one task; one event is appended every 10 ms; the latency
+/// is from the start of each append to each reader's receipt of it.
+async fn live(client: &BrokerClient) -> anyhow::Result<(Duration, Duration, usize)> {
+    let token = client.enroll(ENROLLMENT_SECRET, "bench-live").await?.runner_token;
+    client.create_task(CLIENT_SECRET, &new_task(0)).await?;
+    let claim = claim(client, &token).await?;
+    let id = claim.task.id;
+
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(READERS);
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut tail = client.tail_task(CLIENT_SECRET, id, 0).await?;
+        let ready = ready_tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut received: Vec<(u64, Instant)> = Vec::with_capacity(LIVE_APPENDS);
+            while let Some(frame) = tail.next().await {
+                match frame? {
+                    LiveFrame::Live => {
+                        let _ = ready.send(()).await;
+                    }
+                    LiveFrame::Events { events, .. } => {
+                        let now = Instant::now();
+                        received.extend(events.iter().map(|event| (event.seq, now)));
+                        if received.last().is_some_and(|(seq, _)| *seq >= LIVE_APPENDS as u64) {
+                            break;
+                        }
+                    }
+                    LiveFrame::State(_) => {}
+                }
+            }
+            anyhow::Ok(received)
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..READERS {
+        ready_rx.recv().await.context("a reader never went live")?;
+    }
+
+    let mut sent = Vec::with_capacity(LIVE_APPENDS);
+    let mut tick = tokio::time::interval(LIVE_EVERY);
+    for n in 0..LIVE_APPENDS {
+        tick.tick().await;
+        let at = Instant::now();
+        let appended = client
+            .append_events(&claim.callback_token, id, &batch(format!("1-{n}"), 1))
+            .await?;
+        sent.push((appended.first_seq, at));
+    }
+    let mut latencies = Vec::with_capacity(READERS * LIVE_APPENDS);
+    let mut missed = 0;
+    for reader in readers {
+        let received = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .context("a reader did not get every event within 30 s")???;
+        missed += LIVE_APPENDS.saturating_sub(received.len());
+        for (seq, at) in received {
+            if let Some((_, sent_at)) = sent.iter().find(|(s, _)| *s == seq) {
+                latencies.push(at.saturating_duration_since(*sent_at));
+            }
+        }
+    }
+    client.complete(&claim.callback_token, id, &verdict()).await?;
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok((at(0.5), at(0.99), missed))
+}
