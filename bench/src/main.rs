@@ -169,10 +169,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How one row shows a store's figures.
+type Cell = dyn Fn(&Figures) -> String;
+
 fn print(sqlite: &Figures, postgres: Option<&Figures>, phase: Duration) {
     let cell =
         |figures: Option<&Figures>, value: &dyn Fn(&Figures) -> String| figures.map_or_else(|| "n/a".to_owned(), value);
-    let rows: [(&str, &dyn Fn(&Figures) -> String); 7] = [
+    let rows: [(&str, &Cell); 7] = [
         ("task cycles/s, 8 runners", &|f| format!("{:.0}", f.cycles)),
         ("  floor (sqlx, same rows)", &|f| format!("{:.0}", f.cycles_floor)),
         ("  broker / floor", &|f| format!("{:.2}", f.cycles / f.cycles_floor)),

@@ -448,3 +448,73 @@ async fn a_shutdown_tells_live_readers_to_reconnect() {
     let status = world.broker.exit_within(WAIT).expect("the broker exits");
     assert!(status.success(), "{status}; log:\n{}", world.broker.log());
 }
+
+/// Before the tails' 5-s re-read: seeing a write this soon means the other replica woke the tail.
+const WOKEN_WITHIN: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(embark_pg_tests),
+    ignore = "PostgreSQL case: set EMBARK_TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run it"
+)]
+async fn a_tail_on_one_replica_follows_writes_made_through_another() {
+    let first = Broker::start_with(embark_testkit::Backend::Postgres);
+    let second = first.replica();
+    let (through_first, through_second) = (first.client(), second.client());
+    let task = through_first
+        .create_task(&first.client_secret, &new_task("replicas"))
+        .await
+        .expect("create");
+    let mut tail = through_second
+        .tail_task(&first.client_secret, task.id, 0)
+        .await
+        .expect("tail on the second replica");
+    assert_eq!(state_of(&frame(&mut tail).await), Some(TaskState::Queued));
+    assert_eq!(frame(&mut tail).await, LiveFrame::Live);
+
+    let runner = through_first
+        .enroll(&first.enrollment_secret, "a")
+        .await
+        .expect("enroll");
+    let claim = through_first
+        .claim(&runner.runner_token, 5_000)
+        .await
+        .expect("claim")
+        .expect("queued");
+    let running = tokio::time::timeout(WOKEN_WITHIN, tail.next())
+        .await
+        .expect("woken by the claim");
+    assert_eq!(
+        state_of(&running.expect("open").expect("a frame")),
+        Some(TaskState::Running)
+    );
+    let mut seen = Vec::new();
+    for n in 0..20 {
+        through_first
+            .append_events(&claim.callback_token, task.id, &batch(&format!("1-{n}"), 3, 8))
+            .await
+            .expect("append through the first replica");
+        while seen.len() < (n + 1) * 3 {
+            let next = tokio::time::timeout(WOKEN_WITHIN, tail.next())
+                .await
+                .expect("woken by the append on the other replica")
+                .expect("open")
+                .expect("gapless");
+            if let LiveFrame::Events { events, .. } = next {
+                seen.extend(events.iter().map(|e| e.seq));
+            }
+        }
+    }
+    assert_eq!(seen, (1..=60).collect::<Vec<u64>>());
+    through_first
+        .complete(&claim.callback_token, task.id, &done())
+        .await
+        .expect("complete");
+    let finished = tokio::time::timeout(WOKEN_WITHIN, tail.next())
+        .await
+        .expect("woken by the completion")
+        .expect("open")
+        .expect("a frame");
+    assert_eq!(state_of(&finished), Some(TaskState::Succeeded));
+    assert_eq!(closed(&mut tail).await, LiveClose::Finished);
+}

@@ -149,7 +149,8 @@ mod tests {
     #[test]
     fn payloads_name_the_replica_and_the_tasks() {
         let (a, b) = (TaskId::new(), TaskId::new());
-        let (from, ids) = parse_payload(&format!("r-1 {a},{b}"));
+        let payload = format!("r-1 {a},{b}");
+        let (from, ids) = parse_payload(&payload);
         assert_eq!((from, ids), ("r-1", vec![a, b]));
         assert_eq!(parse_payload("r-1 junk,"), ("r-1", vec![]));
         assert_eq!(parse_payload("r-1"), ("r-1", vec![]));
