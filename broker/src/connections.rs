@@ -17,8 +17,7 @@
 
 mod guard;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -52,18 +51,19 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
 }
 
-/// The open connections, for shedding the idlest.
+/// The open connections, for counting and shedding. A connection is open
+/// while its socket is: the registry holds it weakly, so one that became a
+/// WebSocket (and left hyper) still counts until it closes.
 #[derive(Default)]
 struct Registry {
-    next: u64,
-    open: HashMap<u64, Arc<ConnState>>,
+    open: Vec<Weak<ConnState>>,
 }
 
 impl Registry {
-    fn add(&mut self, state: Arc<ConnState>) -> u64 {
-        self.next += 1;
-        self.open.insert(self.next, state);
-        self.next
+    /// How many are open, forgetting the closed ones.
+    fn count(&mut self) -> usize {
+        self.open.retain(|state| state.strong_count() > 0);
+        self.open.len()
     }
 
     /// Sheds the connection idle the longest; false when every one is busy.
@@ -71,12 +71,16 @@ impl Registry {
         let idlest = self
             .open
             .iter()
+            .enumerate()
+            .filter_map(|(index, state)| Some((index, state.upgrade()?)))
             .filter(|(_, state)| state.age() >= SHED_GRACE)
-            .filter_map(|(id, state)| Some((state.idle_since()?, *id)))
+            .filter_map(|(index, state)| Some((state.idle_since()?, index)))
             .min();
-        match idlest.and_then(|(_, id)| self.open.remove(&id)) {
-            Some(state) => {
-                state.shed();
+        match idlest {
+            Some((_, index)) => {
+                if let Some(state) = self.open.swap_remove(index).upgrade() {
+                    state.shed();
+                }
                 true
             }
             None => false,
@@ -94,7 +98,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     drained: impl Future<Output = ()>,
 ) {
-    let registry = Arc::new(Mutex::new(Registry::default()));
+    let mut registry = Registry::default();
     let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -110,39 +114,27 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = shutdown.requested() => break,
         };
-        let state = ConnState::new();
         let admitted = {
-            let mut registry = registry.lock().expect("the registry lock is never poisoned");
-            let room = registry.open.len() < limits.max_connections || {
+            let room = registry.count() < limits.max_connections || {
                 let shed = registry.shed_idlest();
                 if shed {
                     metrics.connection_shed();
                 }
                 shed
             };
-            room.then(|| registry.add(Arc::clone(&state)))
+            room.then(|| {
+                let state = ConnState::new(metrics.connection_opened());
+                registry.open.push(Arc::downgrade(&state));
+                state
+            })
         };
-        let Some(id) = admitted else {
+        let Some(state) = admitted else {
             metrics.connection_refused();
             tracing::warn!(%peer, limit = limits.max_connections, "connection limit reached and none idle: answered 503");
             connections.spawn(refuse(stream));
             continue;
         };
-        let (router, shutdown, metrics, registry) = (
-            router.clone(),
-            shutdown.clone(),
-            Arc::clone(&metrics),
-            Arc::clone(&registry),
-        );
-        connections.spawn(async move {
-            let _open = metrics.connection();
-            connection(stream, state, router, limits, shutdown).await;
-            registry
-                .lock()
-                .expect("the registry lock is never poisoned")
-                .open
-                .remove(&id);
-        });
+        connections.spawn(connection(stream, state, router.clone(), limits, shutdown.clone()));
     }
     drop(listener);
     drop(router);

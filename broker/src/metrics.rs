@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use embark_core::task::TaskState;
@@ -56,9 +56,11 @@ impl Metrics {
         bump(&self.live_closed, why);
     }
 
-    /// One more open connection; the count drops when the guard does.
-    pub fn connection(&self) -> Gauge<'_> {
-        Gauge::up(&self.connections)
+    /// One more open connection; the count drops when the guard does (a
+    /// connection that became a WebSocket stays counted until it closes).
+    pub fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(Arc::clone(self))
     }
 
     /// An idle connection was closed to make room for a new one.
@@ -171,6 +173,16 @@ fn labelled(out: &mut String, name: &str, help: &str, label: &str, map: &Mutex<B
     family(out, name, "counter", help);
     for (key, value) in map.lock().expect("a metrics lock is never poisoned").iter() {
         let _ = writeln!(out, "{name}{{{label}=\"{key}\"}} {value}");
+    }
+}
+
+/// One open connection in `embark_connections`, until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

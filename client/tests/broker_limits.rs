@@ -327,3 +327,49 @@ async fn readiness_and_liveness_answer() {
         assert_eq!(health.status, status, "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tails_count_toward_the_connection_limit() {
+    let broker = Broker::start_with_env(&[("EMBARK_BROKER_MAX_CONNECTIONS", "16")]);
+    let client = broker.client();
+    let task = client
+        .create_task(
+            &broker.client_secret,
+            &serde_json::from_str(&task_body("https://example.invalid/r.git")).expect("a task"),
+        )
+        .await
+        .expect("create");
+    drop(client);
+    // Sixteen open tails (WebSockets, never idle): the limit is reached.
+    let mut tails = Vec::new();
+    for _ in 0..16 {
+        let mut tail = broker
+            .client()
+            .tail_task(&broker.client_secret, task.id, 0)
+            .await
+            .expect("a tail");
+        // Its first frames: it is upgraded and following.
+        tail.next().await.expect("a state frame").expect("valid");
+        tail.next().await.expect("the live frame").expect("valid");
+        tails.push(tail);
+    }
+    let answer = exchange(broker.addr(), b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let (status, error) = error_of(&answer);
+    assert_eq!((status, error.error.code), (503, ApiErrorCode::Unavailable), "{answer}");
+    // One tail fewer: room again.
+    tails.pop().expect("a tail").close().await;
+    let served = embark_testkit::poll::eventually(WAIT, async || {
+        let answer = exchange(
+            broker.addr(),
+            b"GET /v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    assert!(
+        served.is_some(),
+        "a closed tail frees its place; log:\n{}",
+        broker.log()
+    );
+}

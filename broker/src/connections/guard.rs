@@ -52,10 +52,14 @@ pub struct ConnState {
     shed: AtomicBool,
     reader: AtomicWaker,
     opened: Instant,
+    /// Counted in the metrics while the socket lives (a WebSocket's too).
+    _open: crate::metrics::OpenConnection,
 }
 
 impl ConnState {
-    pub fn new() -> Arc<ConnState> {
+    /// The state of a connection accepted now; it lives as long as its
+    /// socket (the guarded socket holds it, also after an upgrade).
+    pub fn new(open: crate::metrics::OpenConnection) -> Arc<ConnState> {
         Arc::new(ConnState {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
@@ -64,6 +68,7 @@ impl ConnState {
             shed: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             opened: Instant::now(),
+            _open: open,
         })
     }
 
