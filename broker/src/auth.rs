@@ -1,6 +1,6 @@
 //! Credentials: bearer extraction, token minting and hashing.
 //!
-//! Nothing secret is stored in clear: runner and callback tokens are kept as
+//! Nothing secret is stored in clear: client, runner and callback tokens are kept as
 //! blake3 hashes, and the two fixed secrets are held only as hashes too, so
 //! every comparison is between 32-byte digests, done in constant time.
 
@@ -53,6 +53,8 @@ impl fmt::Debug for TokenHash {
 pub enum TokenKind {
     Runner,
     Callback,
+    /// A named client token (`embark-broker tokens add`).
+    Client,
 }
 
 impl TokenKind {
@@ -60,6 +62,7 @@ impl TokenKind {
         match self {
             TokenKind::Runner => "embark_rt_",
             TokenKind::Callback => "embark_cb_",
+            TokenKind::Client => "embark_ct_",
         }
     }
 }

@@ -201,17 +201,20 @@ pub static DECLARATION: Declaration = Declaration {
         EMBARK_BROKER_RATE_BURST [rate_burst]   requests a credential may send at once (2000)"
 )]
 pub struct Args {
+    /// Manage client tokens or runners on the database instead of serving (see docs/operations.md)
+    #[command(subcommand)]
+    pub command: Option<crate::admin::Command>,
     /// Address to listen on; port 0 picks a free port [env: EMBARK_BROKER_LISTEN] [TOML: listen] [default: 127.0.0.1:8787]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// The database: a SQLite file (a path or sqlite:PATH; created with its directory) or a postgres:// URL, its password not on the command line [env: EMBARK_BROKER_DB] [TOML: db] [default: $XDG_DATA_HOME/embark/broker.db]
-    #[arg(long, value_name = "PATH|URL")]
+    #[arg(long, value_name = "PATH|URL", global = true)]
     pub db: Option<String>,
     /// PostgreSQL only: the size of this broker's connection pool (one more connection listens for other replicas' tasks) [env: EMBARK_BROKER_DB_MAX_CONNECTIONS] [TOML: db_max_connections] [default: 16]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", global = true)]
     pub db_max_connections: Option<String>,
     /// TOML configuration file; it must exist [env: EMBARK_BROKER_CONFIG] [default: none]
-    #[arg(long, value_name = "TOML")]
+    #[arg(long, value_name = "TOML", global = true)]
     pub config: Option<String>,
     /// Print the effective configuration, each value with its source (secrets redacted), and exit
     #[arg(long)]
@@ -251,6 +254,22 @@ impl Config {
     pub fn load(args: &Args, env: Env<'_>) -> Result<Config, ConfigError> {
         let mut resolver = Resolver::load(&DECLARATION, args.flags(), env)?;
         Config::resolve(&mut resolver, env)
+    }
+
+    /// Only the database knobs: what the token and runner commands need (no
+    /// secrets). The same precedence and checks as [`Config::resolve`].
+    pub fn resolve_db(resolver: &mut Resolver<'_>, env: Env<'_>) -> Result<(Database, u32), ConfigError> {
+        let db = resolver.or_else(&DB, || {
+            Some(Database::Sqlite(dirs::data_home(env)?.join("embark").join("broker.db")))
+        })?;
+        let db_max_connections = resolver.or_default(&DB_MAX_CONNECTIONS, DEFAULT_DB_MAX_CONNECTIONS)?;
+        let db = db
+            .ok_or_else(|| resolver.missing(&DB, ", or set HOME or XDG_DATA_HOME for the default"))?
+            .ensure(Database::is_well_formed)?;
+        let from_flag = matches!(db.source, Source::Flag(_));
+        let db = db.ensure(|db| !(from_flag && db.has_password()))?.value;
+        let db_max_connections = db_max_connections.ensure(|n| (1..=1000).contains(n))?.value;
+        Ok((db, db_max_connections))
     }
 
     /// Every knob is looked up before any check fails, so `--print-config`

@@ -4,9 +4,12 @@
 //! `store` holds the state behind the [`store::Store`] trait, `api` is the
 //! HTTP transport (its extractors check every request against its rules,
 //! `embark_core::wire::rules`), `claim` the long-poll, `auth` the
-//! credentials, `config` the flags, environment and TOML file, and `server`
+//! credentials, `access` who sees which task, `admin` the token and runner
+//! commands, `config` the flags, environment and TOML file, and `server`
 //! binds, serves and shuts down.
 
+pub mod access;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod claim;

@@ -25,6 +25,7 @@ fn new_task(session: &str, prompt: &str) -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: session.into(),
+        client_request_id: None,
     }
 }
 
@@ -88,7 +89,7 @@ async fn credentials_are_required_and_refusals_are_api_errors(backend: Backend) 
     assert_eq!(status, 401);
     assert_eq!(body.error.code, ApiErrorCode::Unauthorized);
     assert!(
-        body.error.message.contains("Bearer <client secret>"),
+        body.error.message.contains("Bearer <client token or client secret>"),
         "{}",
         body.error.message
     );

@@ -27,6 +27,7 @@ fn new_task(session: &str) -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: session.into(),
+        client_request_id: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn new_task() -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: "rules".into(),
+        client_request_id: None,
     }
 }
 
@@ -176,6 +177,10 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
             intent["model"] = json!("--api-key=x");
             spoil("intent", intent);
             "model"
+        }
+        Rule::ClientRequestId => {
+            spoil("client_request_id", json!("not/plain"));
+            "client_request_id"
         }
         Rule::RunnerName => {
             spoil("name", json!(" "));

@@ -13,6 +13,8 @@ pub const MAX_RUNNER_NAME_BYTES: usize = 128;
 pub const MAX_EVENTS_PER_APPEND: usize = 500;
 /// Longest batch id of an event append, in bytes.
 pub const MAX_BATCH_ID_BYTES: usize = 64;
+/// Longest `client_request_id` of a task create.
+pub const MAX_CLIENT_REQUEST_ID_BYTES: usize = 64;
 /// Longest event kind name, in bytes.
 pub const MAX_EVENT_KIND_BYTES: usize = 64;
 /// Largest serialized payload of one event, in bytes.

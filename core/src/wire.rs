@@ -32,6 +32,14 @@ pub struct CreateTask {
     pub intent: ExecutionIntent,
     /// The Pi session that submitted the task; `GET /v1/tasks?session_id=` lists by it.
     pub session_id: String,
+    /// The submitter's idempotency key (e.g. a random UUID), 1 to 64 bytes of
+    /// `[A-Za-z0-9._:-]`: a create retried with the same id by the same
+    /// credential answers the task the first one made (200) instead of
+    /// making a second; the same id with a different body is refused (409,
+    /// `request_id_conflict`). Keys are kept as long as their task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = limits::MAX_CLIENT_REQUEST_ID_BYTES), pattern(r"^[A-Za-z0-9._:-]+$"))]
+    pub client_request_id: Option<String>,
 }
 
 /// What is wrong with a [`CreateTask`].
@@ -59,6 +67,11 @@ pub enum CreateTaskError {
     RepoTransport(String, repo_url::TransportError),
     #[error("session id must have 1 to {max} printable bytes", max = limits::MAX_SESSION_ID_BYTES)]
     BadSessionId,
+    #[error(
+        "client_request_id must be 1 to {max} bytes of letters, digits and `._:-` (e.g. a random UUID)",
+        max = limits::MAX_CLIENT_REQUEST_ID_BYTES
+    )]
+    BadClientRequestId,
     #[error(transparent)]
     Intent(#[from] IntentError),
 }
@@ -74,6 +87,7 @@ impl CreateTaskError {
             | CreateTaskError::CredentialInRepoUrl(_) => Rule::RepoUrl,
             CreateTaskError::RepoTransport(..) => Rule::RepoTransport,
             CreateTaskError::BadSessionId => Rule::SessionId,
+            CreateTaskError::BadClientRequestId => Rule::ClientRequestId,
             CreateTaskError::Intent(_) => Rule::Intent,
         }
     }
@@ -86,6 +100,7 @@ impl Check for CreateTask {
         Rule::RepoUrl,
         Rule::RepoTransport,
         Rule::SessionId,
+        Rule::ClientRequestId,
         Rule::Intent,
     ];
 
@@ -134,6 +149,11 @@ impl CreateTask {
         if !is_session_id(&self.session_id) {
             return Err(CreateTaskError::BadSessionId);
         }
+        if let Some(id) = &self.client_request_id
+            && !is_client_request_id(id)
+        {
+            return Err(CreateTaskError::BadClientRequestId);
+        }
         self.intent.validate()?;
         Ok(())
     }
@@ -143,6 +163,13 @@ impl CreateTask {
 /// [`limits::MAX_SESSION_ID_BYTES`] bytes without control characters.
 pub fn is_session_id(s: &str) -> bool {
     (1..=limits::MAX_SESSION_ID_BYTES).contains(&s.len()) && !s.chars().any(char::is_control)
+}
+
+/// True for an acceptable [`CreateTask::client_request_id`]: 1 to
+/// [`limits::MAX_CLIENT_REQUEST_ID_BYTES`] bytes of `[A-Za-z0-9._:-]`.
+pub fn is_client_request_id(s: &str) -> bool {
+    (1..=limits::MAX_CLIENT_REQUEST_ID_BYTES).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 /// True for a full git object id in lowercase hex (SHA-1 or SHA-256).
@@ -458,12 +485,15 @@ pub struct ApiErrorDetail {
 pub enum ApiErrorCode {
     /// 401: missing or wrong credential for this route.
     Unauthorized,
-    /// 404: no such task (or not visible to this caller).
+    /// 404: no such task, or one this caller's credential did not create (a client token sees only its own).
     NotFound,
     /// 400/422: the request body or query is malformed or fails validation.
     InvalidRequest,
     /// 409: the task is not in a state that allows this (e.g. completing a finished task).
     Conflict,
+    /// 409: this credential already created a task with this `client_request_id` from a different body:
+    /// send a fresh id for a new task, or the same body to get the first task back.
+    RequestIdConflict,
     /// 413, 414, 431: the request (body, URI or headers) is larger than the broker accepts.
     PayloadTooLarge,
     /// 408: the request (its head or its body) did not arrive in time.
@@ -498,6 +528,7 @@ mod tests {
                 model: "claude-sonnet-4-5".into(),
             },
             session_id: "s1".into(),
+            client_request_id: None,
         }
     }
 
@@ -572,6 +603,24 @@ mod tests {
         for bad in ["", "a\nb", &"s".repeat(limits::MAX_SESSION_ID_BYTES + 1)] {
             assert!(!is_session_id(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn client_request_ids_are_optional_short_and_plain() {
+        let mut t = task();
+        t.validate().expect("no id is fine");
+        for good in ["0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b", "a", "x.y_z:9", &"r".repeat(64)] {
+            t.client_request_id = Some(good.to_owned());
+            t.validate().expect(good);
+        }
+        for bad in ["", "a b", "a/b", "é", "a\n", &"r".repeat(65)] {
+            t.client_request_id = Some(bad.to_owned());
+            assert_eq!(t.validate(), Err(CreateTaskError::BadClientRequestId), "{bad:?}");
+            assert_eq!(t.check().expect_err(bad).rule, Rule::ClientRequestId);
+        }
+        // Absent is not serialized, so older brokers read newer sidecars' plain creates.
+        t.client_request_id = None;
+        assert!(!serde_json::to_string(&t).expect("json").contains("client_request_id"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! |------------------|--------------------|--------------------------|------------------|---------|
 //! | config file      | `--config`         | `EMBARK_CONFIG`          | –                | `$XDG_CONFIG_HOME/embark/config.toml` or `~/.config/embark/config.toml`; only this default may be missing |
 //! | broker URL       | `--broker-url`     | `EMBARK_BROKER_URL`      | `broker_url`     | none: `submit`/`status` answer a Config error |
+//! | client token     | –                  | `EMBARK_CLIENT_TOKEN`    | `client_token`   | none: the client secret is used |
 //! | client secret    | –                  | `EMBARK_CLIENT_SECRET`   | `client_secret`  | none: as above |
 //! | auth profile     | `--profile`        | `EMBARK_PROFILE`         | `profile`        | `default` |
 //! | provider         | `--provider`       | `EMBARK_PROVIDER`        | `provider`       | none: a submit must name one |
@@ -12,8 +13,11 @@
 //! | max line bytes   | `--max-line-bytes` | `EMBARK_MAX_LINE_BYTES`  | `max_line_bytes` | 1048576 |
 //! | max in-flight    | `--max-in-flight`  | `EMBARK_MAX_IN_FLIGHT`   | `max_in_flight`  | 16 |
 //!
-//! The client secret has no flag (argv is visible to every user of the
-//! machine) and is never logged. A missing broker URL or secret is not a
+//! The sidecar calls the broker with one client credential: a client token
+//! (`embark-broker tokens add NAME`; it sees only its own tasks) or the
+//! broker's client secret (the operator's, which sees every task), not both.
+//! Neither has a flag (argv is visible to every user of the machine) and
+//! neither is ever logged. A missing broker URL or credential is not a
 //! start-up error: `/embark help` works without them, and the commands
 //! that need them say what to set.
 
@@ -41,6 +45,12 @@ pub static BROKER_URL: Knob<String> = Knob::new(
 )
 .flag("--broker-url")
 .env("EMBARK_BROKER_URL");
+pub static CLIENT_TOKEN: Knob<Secret> = Knob::new(
+    "client_token",
+    "the client token",
+    "a client token from the broker's operator (`embark-broker tokens add NAME`, `embark_ct_…`)",
+)
+.env("EMBARK_CLIENT_TOKEN");
 pub static CLIENT_SECRET: Knob<Secret> =
     Knob::new("client_secret", "the client secret", "the broker's client secret").env("EMBARK_CLIENT_SECRET");
 pub static PROFILE: Knob<String> = Knob::new("profile", "the auth profile", "the name of a runner auth profile")
@@ -73,6 +83,7 @@ pub static DECLARATION: Declaration = Declaration {
     default_file: Some("embark/config.toml"),
     knobs: &[
         &BROKER_URL.spec,
+        &CLIENT_TOKEN.spec,
         &CLIENT_SECRET.spec,
         &PROFILE.spec,
         &PROVIDER.spec,
@@ -126,6 +137,7 @@ impl ConfigArgs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub broker_url: Option<String>,
+    pub client_token: Option<Secret>,
     pub client_secret: Option<Secret>,
     pub profile: String,
     pub provider: Option<String>,
@@ -139,6 +151,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             broker_url: None,
+            client_token: None,
             client_secret: None,
             profile: DEFAULT_PROFILE.to_owned(),
             provider: None,
@@ -160,6 +173,7 @@ impl Config {
     /// shows them all.
     pub fn resolve(resolver: &mut Resolver<'_>) -> Result<Config, ConfigError> {
         let broker_url = resolver.optional(&BROKER_URL)?;
+        let client_token = resolver.optional(&CLIENT_TOKEN)?;
         let client_secret = resolver.optional(&CLIENT_SECRET)?;
         let profile = resolver.or_default(&PROFILE, DEFAULT_PROFILE.to_owned())?;
         let provider = resolver.optional(&PROVIDER)?;
@@ -168,6 +182,7 @@ impl Config {
         let max_in_flight = resolver.or_default(&MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)?;
         Ok(Config {
             broker_url: broker_url.map(|r| r.value),
+            client_token: client_token.map(|r| r.value),
             client_secret: client_secret.map(|r| r.value),
             profile: profile.value,
             provider: provider.map(|r| r.value),
@@ -351,8 +366,25 @@ mod tests {
     fn the_secret_never_prints() {
         let config = Config {
             client_secret: Some(Secret::new("hunter2-hunter2-hunter2")),
+            client_token: Some(Secret::new("embark_ct_hunter3")),
             ..Config::default()
         };
-        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!format!("{config:?}").contains("hunter"));
+    }
+
+    #[test]
+    fn the_client_token_comes_from_the_env_or_the_file_and_is_redacted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(dir.path(), "client_token = \"embark_ct_from_file\"\n");
+        let named = args(&["--config", path.to_str().expect("utf-8")]);
+        let config = Config::load(&named, &env_of(&[])).expect("resolves");
+        assert_eq!(config.client_token, Some(Secret::new("embark_ct_from_file")));
+        let env = env_of(&[("EMBARK_CLIENT_TOKEN", "embark_ct_from_env")]);
+        let mut resolver = Resolver::load(&DECLARATION, named.flags(), &env).expect("load");
+        let config = Config::resolve(&mut resolver).expect("resolves");
+        assert_eq!(config.client_token, Some(Secret::new("embark_ct_from_env")));
+        let report = resolver.report().to_string();
+        assert!(report.contains("client_token is set (secret, not shown)"), "{report}");
+        assert!(!report.contains("embark_ct_from"), "{report}");
     }
 }

@@ -18,7 +18,9 @@ use embark_sidecar::config::{Config, ConfigArgs, DECLARATION};
     about = "embark's client brain: JSON-RPC 2.0 over NDJSON stdio",
     long_about = "embark's client brain: JSON-RPC 2.0 over NDJSON stdio.\n\n\
         A flag beats its environment variable, which beats the TOML file; an empty value counts as unset. \
-        The client secret comes only from EMBARK_CLIENT_SECRET or `client_secret` in the TOML file, never from a flag."
+        The client credential comes only from EMBARK_CLIENT_TOKEN or `client_token` (a client token from the broker's \
+        operator) or EMBARK_CLIENT_SECRET or `client_secret` (the broker's client secret) in the TOML file, never from \
+        a flag; set one of them."
 )]
 struct Cli {
     /// Serve JSON-RPC on stdin/stdout (the only mode)

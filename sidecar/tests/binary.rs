@@ -144,6 +144,7 @@ fn print_config_shows_each_source_redacts_the_secret_and_needs_no_stdio() {
         &[
             ("HOME", home_text),
             ("EMBARK_CLIENT_SECRET", secret),
+            ("EMBARK_CLIENT_TOKEN", "embark_ct_do-not-print-this-token"),
             ("EMBARK_BROKER_URL", "http://127.0.0.1:9"),
             ("EMBARK_PROFILE", " "),
         ],
@@ -156,6 +157,7 @@ fn print_config_shows_each_source_redacts_the_secret_and_needs_no_stdio() {
     for line in [
         format!("# config file: {shown} (the default location)"),
         "broker_url = \"http://127.0.0.1:9\"  # from env EMBARK_BROKER_URL".to_owned(),
+        "# client_token is set (secret, not shown)  # from env EMBARK_CLIENT_TOKEN".to_owned(),
         "# client_secret is set (secret, not shown)  # from env EMBARK_CLIENT_SECRET".to_owned(),
         "profile = \"default\"  # default".to_owned(),
         format!("provider = \"file-p\"  # from file {shown}, line 1"),
@@ -166,7 +168,7 @@ fn print_config_shows_each_source_redacts_the_secret_and_needs_no_stdio() {
         assert!(stdout.lines().any(|l| l == line), "no line {line:?} in:\n{stdout}");
     }
     assert!(
-        !stdout.contains(secret) && !stderr.contains(secret),
+        !stdout.contains(secret) && !stderr.contains(secret) && !stdout.contains("do-not-print-this-token"),
         "the secret leaked"
     );
     assert!(!stdout.contains("jsonrpc"), "no protocol ran: {stdout}");

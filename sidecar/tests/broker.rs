@@ -475,7 +475,10 @@ async fn a_wrong_client_secret_is_rejected_with_a_hint() {
         let answer = client.command(id, line, &session).await;
         assert_error(&answer, 1021, "broker_rejected");
         let message = answer["error"]["message"].as_str().expect("message");
-        assert!(message.contains("check EMBARK_CLIENT_SECRET"), "{message}");
+        assert!(
+            message.contains("check EMBARK_CLIENT_TOKEN") && message.contains("EMBARK_CLIENT_SECRET"),
+            "{message}"
+        );
         assert!(
             !message.contains("not-the-client-secret"),
             "the secret is not echoed: {message}"

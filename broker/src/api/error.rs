@@ -53,8 +53,14 @@ impl From<StoreError> for ApiFailure {
             StoreError::TokenRefused(_) => Self::unauthorized(format!(
                 "{error}: use the callback token returned by the claim of this task's current attempt"
             )),
-            StoreError::NotRunning { .. } | StoreError::Transition { .. } | StoreError::BatchOfOtherAttempt { .. } => {
+            StoreError::NotRunning { .. }
+            | StoreError::Transition { .. }
+            | StoreError::BatchOfOtherAttempt { .. }
+            | StoreError::TokenNameTaken(_) => {
                 Self::new(StatusCode::CONFLICT, ApiErrorCode::Conflict, error.to_string())
+            }
+            StoreError::RequestIdConflict { .. } => {
+                Self::new(StatusCode::CONFLICT, ApiErrorCode::RequestIdConflict, error.to_string())
             }
             StoreError::Invalid(refusal) => refusal.clone().into(),
             StoreError::Corrupt(_)

@@ -1,4 +1,5 @@
-//! Event routes: append (callback token of the current attempt), read (client secret).
+//! Event routes: append (callback token of the current attempt), read (a
+//! client credential that may see the task).
 
 use axum::Json;
 use axum::extract::State;
@@ -9,6 +10,7 @@ use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
 use super::tasks::page_limit;
+use crate::access::visible_task;
 use crate::store::{EncodedEvent, Store};
 
 const DEFAULT_PAGE_LIMIT: u32 = 100;
@@ -35,11 +37,12 @@ pub async fn append<S: Store>(
 }
 
 pub async fn read<S: Store>(
-    _: ClientCaller,
+    ClientCaller(caller): ClientCaller,
     State(app): State<App<S>>,
     TaskPath(id): TaskPath,
     ApiQuery(query): ApiQuery<EventPageQuery>,
 ) -> Result<Json<EventPage>, ApiFailure> {
+    visible_task(&app.store, &caller, id).await?;
     let limit = page_limit(query.limit, DEFAULT_PAGE_LIMIT, limits::MAX_EVENTS_PER_PAGE);
     Ok(Json(app.store.events_after(id, query.after.unwrap_or(0), limit).await?))
 }

@@ -19,8 +19,9 @@ use serde::de::DeserializeOwned;
 
 use super::App;
 use super::error::ApiFailure;
+use crate::access::Client;
 use crate::auth::{BearerError, TokenHash, bearer};
-use crate::store::{Runner, Store};
+use crate::store::{ClientToken, LAST_USED_GRANULARITY_MS, Runner, Store};
 
 /// A JSON body of type `T` that keeps `T`'s rules.
 pub struct ApiJson<T>(pub T);
@@ -159,8 +160,12 @@ fn credential<'a, S>(parts: &'a Parts, app: &App<S>, what: Credential) -> Result
     Ok(presented)
 }
 
-/// A caller holding the client secret.
-pub struct ClientCaller;
+/// A client: the operator (client secret) or a live client token.
+pub struct ClientCaller(pub Client);
+
+/// The 401 of a client route whose credential is neither (one fixed sentence: it says nothing about why).
+pub const CLIENT_REFUSED: &str = "the bearer credential is neither a client token of this broker nor its client \
+     secret: ask the broker's operator for a token (`embark-broker tokens add NAME`)";
 
 impl<S: Store> FromRequestParts<App<S>> for ClientCaller {
     type Rejection = ApiFailure;
@@ -168,12 +173,28 @@ impl<S: Store> FromRequestParts<App<S>> for ClientCaller {
     async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiFailure> {
         let presented = credential(parts, app, Credential::ClientSecret)?;
         if app.client_secret.verify(presented) {
-            Ok(ClientCaller)
-        } else {
-            Err(ApiFailure::unauthorized(
-                "the bearer credential is not this broker's client secret",
-            ))
+            return Ok(ClientCaller(Client::Operator));
         }
+        let Some(token) = app.store.client_token_by_hash(&TokenHash::of(presented)).await? else {
+            return Err(ApiFailure::unauthorized(CLIENT_REFUSED));
+        };
+        note_use(app, &token).await;
+        Ok(ClientCaller(Client::Token(token)))
+    }
+}
+
+/// Records a token's use for `tokens list`, at most once a minute (a write per request would cost every request).
+async fn note_use<S: Store>(app: &App<S>, token: &ClientToken) {
+    let now = jiff::Timestamp::now();
+    let fresh = token
+        .last_used_at
+        .is_some_and(|at| now.as_millisecond() - at.as_millisecond() < LAST_USED_GRANULARITY_MS);
+    if fresh {
+        return;
+    }
+    if let Err(error) = app.store.client_token_used(&token.id, now).await {
+        // Only the listing's last-used column is behind; the request goes on.
+        tracing::warn!(token = %token.name, error = %embark_core::text::error_chain(&error), "could not record a token's use");
     }
 }
 
@@ -206,7 +227,8 @@ impl<S: Store> FromRequestParts<App<S>> for RunnerCaller {
         match app.store.runner_by_token(&TokenHash::of(presented)).await? {
             Some(runner) => Ok(RunnerCaller(runner)),
             None => Err(ApiFailure::unauthorized(
-                "the bearer credential is not a runner token of this broker: enroll with the enrollment secret",
+                "the bearer credential is not a runner token of this broker, or it was revoked: enroll with the \
+                 enrollment secret",
             )),
         }
     }

@@ -29,6 +29,7 @@ use futures::{SinkExt, StreamExt};
 use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiQuery, ClientCaller, TaskPath};
+use crate::access::{Client, visible_task};
 use crate::hub::{EventJson, FALLBACK, Following, SessionFollowing, Signal};
 use crate::store::{Store, StoreError};
 
@@ -72,14 +73,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 
 /// `GET /v1/tasks/{id}/events/live?after=N`.
 pub async fn tail_task<S: Store>(
-    _: ClientCaller,
+    ClientCaller(caller): ClientCaller,
     State(app): State<App<S>>,
     TaskPath(id): TaskPath,
     ApiQuery(query): ApiQuery<TaskTailQuery>,
     Upgrade(upgrade): Upgrade,
 ) -> Result<Response, ApiFailure> {
-    // Unknown tasks are refused before the upgrade, as a JSON 404.
-    app.store.get_task(id).await?;
+    // Unknown tasks, and others' tasks, are refused before the upgrade, as a JSON 404.
+    visible_task(&app.store, &caller, id).await?;
     let cursor = query.after.unwrap_or(0);
     Ok(upgrade.on_upgrade(move |socket| async move {
         let signal = Signal::default();
@@ -96,7 +97,7 @@ pub async fn tail_task<S: Store>(
 
 /// `GET /v1/events/live?session_id=S&after=ID:N,…`.
 pub async fn tail_session<S: Store>(
-    _: ClientCaller,
+    ClientCaller(caller): ClientCaller,
     State(app): State<App<S>>,
     ApiQuery(query): ApiQuery<SessionTailQuery>,
     Upgrade(upgrade): Upgrade,
@@ -111,6 +112,7 @@ pub async fn tail_session<S: Store>(
             tasks: Vec::new(),
             session: Some(Session {
                 id: session_id,
+                caller,
                 watch,
                 seen: None,
                 known: HashSet::new(),
@@ -150,6 +152,8 @@ impl Followed {
 /// A session tail's view of the session's tasks.
 struct Session {
     id: String,
+    /// Whose tasks it follows: a client token's only, the operator's all.
+    caller: Client,
     watch: SessionFollowing,
     /// The watch's generation at the last listing.
     seen: Option<(u64, u64)>,
@@ -299,7 +303,7 @@ impl<S: Store> Tail<S> {
         let mut tasks = self
             .app
             .store
-            .list_session_tasks(&session.id, limits::MAX_TASKS_PER_LIST)
+            .list_visible_session_tasks(&session.id, &session.caller, limits::MAX_TASKS_PER_LIST)
             .await?;
         tasks.reverse(); // oldest first
         for task in tasks {

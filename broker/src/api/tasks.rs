@@ -1,4 +1,5 @@
-//! Task routes: create, list and read (client secret); complete (callback token).
+//! Task routes: create, list and read (a client credential, each seeing
+//! what [`crate::access`] lets it); complete (callback token).
 
 use axum::Json;
 use axum::extract::State;
@@ -11,24 +12,33 @@ use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList, TaskListQuery}
 use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
-use crate::store::Store;
+use crate::access::visible_task;
+use crate::store::{Created, Store};
 
 /// Tasks one list answer holds by default, and at most.
 const DEFAULT_LIST_LIMIT: u32 = 100;
 const MAX_LIST_LIMIT: u32 = limits::MAX_TASKS_PER_LIST;
 
+/// 201 with a new task; 200 with the first task for a retried client request id.
 pub async fn create<S: Store>(
-    _: ClientCaller,
+    ClientCaller(caller): ClientCaller,
     State(app): State<App<S>>,
     ApiJson(request): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiFailure> {
     check_transport(&request.repo_url, &app.settings.repo_transports)?;
-    let task = app.store.create_task(&request).await?;
-    tracing::info!(task = %task.id, session = %task.session_id, "task queued");
-    app.metrics.task_created();
-    app.claims.task_added();
-    app.hub.created(&task);
-    Ok((StatusCode::CREATED, Json(task)))
+    match app.store.create_task_as(&request, &caller.owner()).await? {
+        Created::New(task) => {
+            tracing::info!(task = %task.id, session = %task.session_id, by = caller.name(), "task queued");
+            app.metrics.task_created();
+            app.claims.task_added();
+            app.hub.created(&task);
+            Ok((StatusCode::CREATED, Json(task)))
+        }
+        Created::Existing(task) => {
+            tracing::info!(task = %task.id, by = caller.name(), "create retried: answered with the first task");
+            Ok((StatusCode::OK, Json(task)))
+        }
+    }
 }
 
 /// The operator's part of [`Rule::RepoTransport`]: `CreateTask`'s own check
@@ -57,21 +67,24 @@ fn check_transport(repo_url: &str, allowed: &[Transport]) -> Result<(), Refusal>
 }
 
 pub async fn list<S: Store>(
-    _: ClientCaller,
+    ClientCaller(caller): ClientCaller,
     State(app): State<App<S>>,
     ApiQuery(query): ApiQuery<TaskListQuery>,
 ) -> Result<Json<TaskList>, ApiFailure> {
     let limit = page_limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT);
-    let tasks = app.store.list_session_tasks(&query.session_id, limit).await?;
+    let tasks = app
+        .store
+        .list_visible_session_tasks(&query.session_id, &caller, limit)
+        .await?;
     Ok(Json(TaskList { tasks }))
 }
 
 pub async fn get<S: Store>(
-    _: ClientCaller,
+    ClientCaller(caller): ClientCaller,
     State(app): State<App<S>>,
     TaskPath(id): TaskPath,
 ) -> Result<Json<Task>, ApiFailure> {
-    Ok(Json(app.store.get_task(id).await?))
+    Ok(Json(visible_task(&app.store, &caller, id).await?))
 }
 
 pub async fn complete<S: Store>(

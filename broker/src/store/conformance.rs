@@ -13,7 +13,8 @@ use embark_core::wire::{CompleteTask, CreateTask, TaskResult};
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use super::{EncodedEvent, Runner, Store, StoreError};
+use super::{Created, EncodedEvent, Runner, Store, StoreError};
+use crate::access::Owner;
 use crate::auth::{TokenHash, TokenKind, mint};
 
 pub fn new_task(session: &str) -> CreateTask {
@@ -27,6 +28,7 @@ pub fn new_task(session: &str) -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: session.into(),
+        client_request_id: None,
     }
 }
 
@@ -744,6 +746,222 @@ pub async fn runners_are_found_by_token_hash<S: Store>(store: S) {
     );
 }
 
+pub async fn client_tokens_are_added_found_listed_and_revoked<S: Store>(store: S) {
+    let (alice_token, alice_hash) = mint(TokenKind::Client);
+    let alice = store.add_client_token("alice", &alice_hash).await.expect("add");
+    assert_eq!(
+        (alice.name.as_str(), alice.last_used_at, alice.revoked_at),
+        ("alice", None, None)
+    );
+    let (_, other_hash) = mint(TokenKind::Client);
+    assert!(matches!(
+        store.add_client_token("alice", &other_hash).await,
+        Err(StoreError::TokenNameTaken(name)) if name == "alice"
+    ));
+    let bob = store.add_client_token("bob", &other_hash).await.expect("add bob");
+    let found = store
+        .client_token_by_hash(&TokenHash::of(&alice_token))
+        .await
+        .expect("lookup")
+        .expect("alice's token is live");
+    assert_eq!(found, alice);
+    let (stranger, _) = mint(TokenKind::Client);
+    assert_eq!(
+        store
+            .client_token_by_hash(&TokenHash::of(&stranger))
+            .await
+            .expect("lookup"),
+        None
+    );
+
+    // Use is recorded, at most once a minute.
+    let now = jiff::Timestamp::now();
+    store.client_token_used(&alice.id, now).await.expect("used");
+    let soon = now + jiff::SignedDuration::from_secs(5);
+    store.client_token_used(&alice.id, soon).await.expect("used again");
+    let listed = store.client_tokens().await.expect("list");
+    assert_eq!(
+        listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    assert_eq!(
+        listed[0].last_used_at.map(|t| t.as_millisecond()),
+        Some(now.as_millisecond()),
+        "a second use within the minute is not written"
+    );
+
+    assert!(store.revoke_client_token("alice").await.expect("revoke"));
+    assert!(
+        !store.revoke_client_token("alice").await.expect("revoke again"),
+        "nothing live left"
+    );
+    assert!(!store.revoke_client_token("nobody").await.expect("revoke unknown"));
+    assert_eq!(
+        store.client_token_by_hash(&alice_hash).await.expect("lookup"),
+        None,
+        "revoked"
+    );
+    // The name is free for a new token, with a new id; the old one stays listed, revoked.
+    let (_, again_hash) = mint(TokenKind::Client);
+    let again = store.add_client_token("alice", &again_hash).await.expect("re-add");
+    assert_ne!(again.id, alice.id);
+    let listed = store.client_tokens().await.expect("list");
+    assert_eq!(listed.len(), 3);
+    assert!(listed[0].revoked_at.is_some() && listed[2].revoked_at.is_none());
+    assert_eq!(
+        store.client_token_by_hash(&other_hash).await.expect("lookup"),
+        Some(bob)
+    );
+}
+
+pub async fn tasks_remember_who_created_them<S: Store>(store: S) {
+    let alice = Owner::Token("alice-id".into());
+    let bob = Owner::Token("bob-id".into());
+    let mine = store
+        .create_task_as(&new_task("s"), &alice)
+        .await
+        .expect("create")
+        .into_task();
+    let theirs = store
+        .create_task_as(&new_task("s"), &bob)
+        .await
+        .expect("create")
+        .into_task();
+    let operators = store.create_task(&new_task("s")).await.expect("create");
+    assert_eq!(
+        store.owned_task(mine.id).await.expect("get"),
+        (mine.clone(), alice.clone())
+    );
+    assert_eq!(store.owned_task(operators.id).await.expect("get").1, Owner::Operator);
+    let ids = |tasks: Vec<embark_core::wire::Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store
+            .list_owned_session_tasks("s", Some(&alice), 10)
+            .await
+            .expect("list")),
+        [mine.id]
+    );
+    assert_eq!(
+        ids(store.list_owned_session_tasks("s", Some(&bob), 10).await.expect("list")),
+        [theirs.id]
+    );
+    assert_eq!(
+        ids(store
+            .list_owned_session_tasks("s", Some(&Owner::Operator), 10)
+            .await
+            .expect("list")),
+        [operators.id]
+    );
+    assert_eq!(
+        ids(store.list_session_tasks("s", 10).await.expect("list")),
+        [operators.id, theirs.id, mine.id],
+        "unscoped: every owner's, newest first"
+    );
+    let missing = TaskId::new();
+    assert!(matches!(store.owned_task(missing).await, Err(StoreError::TaskNotFound(id)) if id == missing));
+}
+
+pub async fn a_client_request_id_makes_one_task_per_owner<S: Store>(store: S) {
+    let alice = Owner::Token("alice-id".into());
+    let mut request = new_task("s");
+    request.client_request_id = Some("req-1".into());
+    let first = store.create_task_as(&request, &alice).await.expect("create");
+    let Created::New(task) = first else {
+        panic!("the first create makes a task: {first:?}");
+    };
+    let again = store.create_task_as(&request, &alice).await.expect("retry");
+    assert_eq!(again, Created::Existing(task.clone()), "a retry answers the first task");
+    // Another owner's key space is its own.
+    let other = store
+        .create_task_as(&request, &Owner::Operator)
+        .await
+        .expect("operator");
+    assert!(matches!(&other, Created::New(t) if t.id != task.id), "{other:?}");
+    // The same key with another body is refused, naming the first task.
+    let mut changed = request.clone();
+    changed.prompt = "something else".into();
+    assert!(matches!(
+        store.create_task_as(&changed, &alice).await,
+        Err(StoreError::RequestIdConflict { task: id, request_id }) if id == task.id && request_id == "req-1"
+    ));
+    // Without a key every create is a new task.
+    let plain = new_task("s");
+    let one = store.create_task_as(&plain, &alice).await.expect("create").into_task();
+    let two = store.create_task_as(&plain, &alice).await.expect("create").into_task();
+    assert_ne!(one.id, two.id);
+    assert_eq!(
+        store
+            .list_owned_session_tasks("s", Some(&alice), 10)
+            .await
+            .expect("list")
+            .len(),
+        3
+    );
+
+    // Concurrent retries of one create: exactly one task.
+    let mut racing = new_task("race");
+    racing.client_request_id = Some("req-race".into());
+    let barrier = Arc::new(Barrier::new(8));
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let (store, racing, alice, barrier) = (store.clone(), racing.clone(), alice.clone(), Arc::clone(&barrier));
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.create_task_as(&racing, &alice).await.expect("create")
+        }));
+    }
+    let mut answers = Vec::new();
+    for handle in handles {
+        answers.push(handle.await.expect("join"));
+    }
+    let new = answers.iter().filter(|a| matches!(a, Created::New(_))).count();
+    assert_eq!(new, 1, "{answers:?}");
+    let ids: HashSet<TaskId> = answers.iter().map(|a| a.task().id).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(store.list_session_tasks("race", 10).await.expect("list").len(), 1);
+}
+
+pub async fn revoked_runners_are_refused_with_their_attempts<S: Store>(store: S) {
+    let (token, hash) = mint(TokenKind::Runner);
+    let worker = store.enroll_runner("gpu-1", &hash).await.expect("enroll");
+    let same_name = runner(&store, "gpu-1").await;
+    let other = runner(&store, "cpu-1").await;
+    let task = store.create_task(&new_task("s")).await.expect("create");
+    let (_, callback) = claim(&store, &worker).await.expect("claimed");
+
+    assert_eq!(
+        store.revoke_runners("gpu-1").await.expect("revoke"),
+        2,
+        "every live runner of the name"
+    );
+    assert_eq!(store.revoke_runners("gpu-1").await.expect("again"), 0);
+    assert_eq!(
+        store.runner_by_token(&TokenHash::of(&token)).await.expect("lookup"),
+        None
+    );
+    assert!(matches!(
+        store.append_events(task.id, &callback, "b1", &[log_event(1)]).await,
+        Err(StoreError::TokenRefused(_))
+    ));
+    assert!(matches!(
+        store
+            .complete_task(task.id, &callback, &verdict(TaskResult::Succeeded))
+            .await,
+        Err(StoreError::TokenRefused(_))
+    ));
+    assert_eq!(
+        store.get_task(task.id).await.expect("get").state,
+        TaskState::Running,
+        "left to the reaper"
+    );
+    // By id, one runner.
+    assert_eq!(store.revoke_runners(&other.id).await.expect("by id"), 1);
+    let listed = store.runners().await.expect("list");
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|r| r.revoked_at.is_some()), "{listed:?}");
+    assert_eq!(listed[1].id, same_name.id, "oldest first");
+}
+
 /// Instantiates every case above as a test in the invoking module: `fresh`
 /// is an async fn answering `(guard, store)` for a new, empty database (the
 /// guard lives until the case ends), and the attributes in brackets (e.g.
@@ -764,6 +982,10 @@ macro_rules! suite {
             replays_racing_their_originals_store_each_batch_once,
             stored_events_are_read_whatever_their_kind,
             text_with_a_nul_character_is_refused,
+            client_tokens_are_added_found_listed_and_revoked,
+            tasks_remember_who_created_them,
+            a_client_request_id_makes_one_task_per_owner,
+            revoked_runners_are_refused_with_their_attempts,
         );
     };
     (@cases $fresh:ident, $attrs:tt, $($name:ident),* $(,)?) => {$(

@@ -22,6 +22,7 @@ use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::rules::{Refusal, Rule};
 use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, check_batch_shape};
 
+use crate::access::{Client, Owner};
 use crate::auth::TokenHash;
 
 pub use database::Database;
@@ -53,6 +54,47 @@ pub struct Runner {
     pub name: String,
 }
 
+/// An enrolled runner as `embark-broker runners list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerRecord {
+    pub id: String,
+    pub name: String,
+    pub enrolled_at: jiff::Timestamp,
+    pub revoked_at: Option<jiff::Timestamp>,
+}
+
+/// A named client token (never the token itself: only its hash is stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientToken {
+    pub id: String,
+    pub name: String,
+    pub created_at: jiff::Timestamp,
+    pub last_used_at: Option<jiff::Timestamp>,
+    pub revoked_at: Option<jiff::Timestamp>,
+}
+
+/// What a create answered: a new task, or the one an earlier create with
+/// the same client request id made.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Created {
+    New(Task),
+    Existing(Task),
+}
+
+impl Created {
+    pub fn task(&self) -> &Task {
+        match self {
+            Created::New(task) | Created::Existing(task) => task,
+        }
+    }
+
+    pub fn into_task(self) -> Task {
+        match self {
+            Created::New(task) | Created::Existing(task) => task,
+        }
+    }
+}
+
 /// Causes are sources, not part of the message (see `embark_core::text::error_chain`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,6 +115,13 @@ pub enum StoreError {
         stored_attempt: u32,
         attempt: u32,
     },
+    #[error(
+        "this credential already created task {task} with client_request_id {request_id:?} from a different body: \
+         send a fresh client_request_id for a new task, or the same body to get that task back"
+    )]
+    RequestIdConflict { task: TaskId, request_id: String },
+    #[error("a live client token is already named {0:?}: revoke it first, or pick another name")]
+    TokenNameTaken(String),
     #[error("task {task} is {from} and cannot become {to}")]
     Transition {
         task: TaskId,
@@ -115,22 +164,94 @@ pub enum StoreError {
 /// Every method is one transaction. Writes that depend on a task's state
 /// check it with [`TaskState::can_become`] inside that transaction.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Stores a validated task as `queued`.
-    fn create_task(&self, task: &CreateTask) -> impl Future<Output = Result<Task, StoreError>> + Send;
+    /// Stores a validated task as `queued`, owned by the operator (see [`Store::create_task_as`]).
+    fn create_task(&self, task: &CreateTask) -> impl Future<Output = Result<Task, StoreError>> + Send {
+        async move { Ok(self.create_task_as(task, &Owner::Operator).await?.into_task()) }
+    }
+
+    /// Stores a validated task as `queued`, owned by `owner`. With a
+    /// `client_request_id` this owner already used, nothing is stored: the
+    /// task it made comes back ([`Created::Existing`]) when the body is the
+    /// same, [`StoreError::RequestIdConflict`] when it is not. Concurrent
+    /// creates with one id make one task (a unique index decides).
+    fn create_task_as(
+        &self,
+        task: &CreateTask,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send;
 
     fn get_task(&self, id: TaskId) -> impl Future<Output = Result<Task, StoreError>> + Send;
 
-    /// The session's newest `limit` tasks, newest first.
+    /// The task and which credential created it ([`crate::access::visible_task`] decides who sees it).
+    fn owned_task(&self, id: TaskId) -> impl Future<Output = Result<(Task, Owner), StoreError>> + Send;
+
+    /// The session's newest `limit` tasks, newest first (every owner's).
     fn list_session_tasks(
         &self,
         session_id: &str,
         limit: u32,
+    ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send {
+        self.list_owned_session_tasks(session_id, None, limit)
+    }
+
+    /// The session's newest `limit` tasks of `owner` (all owners' for
+    /// `None`), newest first.
+    fn list_owned_session_tasks(
+        &self,
+        session_id: &str,
+        owner: Option<&Owner>,
+        limit: u32,
     ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send;
+
+    /// The session's tasks `caller` may see, newest first.
+    fn list_visible_session_tasks(
+        &self,
+        session_id: &str,
+        caller: &Client,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send {
+        async move {
+            let scope = caller.scope();
+            self.list_owned_session_tasks(session_id, scope.as_ref(), limit).await
+        }
+    }
 
     /// Records a runner whose token hashes to `token`.
     fn enroll_runner(&self, name: &str, token: &TokenHash) -> impl Future<Output = Result<Runner, StoreError>> + Send;
 
+    /// The runner whose token hashes to `token`, unless it was revoked.
     fn runner_by_token(&self, token: &TokenHash) -> impl Future<Output = Result<Option<Runner>, StoreError>> + Send;
+
+    /// Every runner ever enrolled, oldest first, revoked ones included.
+    fn runners(&self) -> impl Future<Output = Result<Vec<RunnerRecord>, StoreError>> + Send;
+
+    /// Revokes the live runners named `name_or_id` (by name, or one by its
+    /// id): their tokens and their attempts' callback tokens are refused from
+    /// now on. Answers how many were revoked.
+    fn revoke_runners(&self, name_or_id: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Records a client token named `name` whose token hashes to `token`;
+    /// [`StoreError::TokenNameTaken`] when a live token has that name.
+    fn add_client_token(
+        &self,
+        name: &str,
+        token: &TokenHash,
+    ) -> impl Future<Output = Result<ClientToken, StoreError>> + Send;
+
+    /// Every client token ever added, oldest first, revoked ones included.
+    fn client_tokens(&self) -> impl Future<Output = Result<Vec<ClientToken>, StoreError>> + Send;
+
+    /// Revokes the live client token named `name`; `false` when there is none.
+    fn revoke_client_token(&self, name: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The live client token whose token hashes to `token`.
+    fn client_token_by_hash(
+        &self,
+        token: &TokenHash,
+    ) -> impl Future<Output = Result<Option<ClientToken>, StoreError>> + Send;
+
+    /// Records that the client token `id` was used at `at`.
+    fn client_token_used(&self, id: &str, at: jiff::Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Atomically takes the oldest queued task for `runner_id`: it becomes
     /// `running` with `attempt + 1`, and `callback` becomes the only token
@@ -194,6 +315,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn task_counts(&self) -> impl Future<Output = Result<Vec<(TaskState, u64)>, StoreError>> + Send;
 }
 
+/// How often (in milliseconds) a client token's `last_used_at` is written at most.
+pub const LAST_USED_GRANULARITY_MS: i64 = 60_000;
+
 /// Refuses text a store cannot keep as it was sent, under `rule`.
 /// PostgreSQL's `TEXT` cannot hold U+0000, so neither store takes it: a
 /// request gets the same answer whichever database the broker runs on.
@@ -244,6 +368,31 @@ pub(crate) fn check_append(batch_id: &str, events: &[EncodedEvent]) -> Result<i6
         check_text(Rule::EventPayload, &format!("event {index}'s payload"), &event.payload)?;
     }
     Ok(i64::try_from(events.len()).expect("a batch holds at most MAX_EVENTS_PER_APPEND events (checked)"))
+}
+
+/// The answer to a create whose client request id was already used by its
+/// owner: `existing` is that task (with its fingerprint), `fingerprint` the
+/// new body's.
+pub(crate) fn replayed_create(
+    existing: Option<rows::OwnedTaskRow>,
+    task: &CreateTask,
+    fingerprint: Option<&[u8; 32]>,
+) -> Result<Created, StoreError> {
+    let (Some(existing), Some(request_id), Some(fingerprint)) = (existing, &task.client_request_id, fingerprint) else {
+        return Err(StoreError::Corrupt(
+            "a new task collided with an existing one and no client request id explains it".into(),
+        ));
+    };
+    let same = existing.request_hash.as_deref() == Some(fingerprint.as_slice());
+    let found = Task::try_from(existing.task)?;
+    if same {
+        Ok(Created::Existing(found))
+    } else {
+        Err(StoreError::RequestIdConflict {
+            task: found.id,
+            request_id: request_id.clone(),
+        })
+    }
 }
 
 /// Refuses a transition the state machine does not have.

@@ -32,8 +32,15 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
 use self::wakeups::Announcer;
-use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
-use super::{EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict};
+use super::rows::{
+    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, client_token_columns, now_ms, parse_state, result_name,
+    seq, task_columns,
+};
+use super::{
+    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, Runner, RunnerRecord, Store, StoreError,
+    check_append, check_new_task, check_transition, check_verdict, replayed_create,
+};
+use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
 
 /// Connections per broker when the configuration does not say.
@@ -82,18 +89,37 @@ impl PgStore {
 /// One task by id.
 const GET_TASK: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1");
 
-/// The session's newest tasks; ties within a millisecond in insertion order
-/// (`arrival`), as rowid breaks them on SQLite. A backward scan of
-/// `tasks_by_session`.
+/// One task by id, with its owner and request fingerprint.
+const GET_OWNED_TASK: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    ", owner, request_hash FROM tasks WHERE id = $1"
+);
+
+/// The task an owner created with a client request id.
+const GET_REQUESTED_TASK: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    ", owner, request_hash FROM tasks WHERE owner = $1 AND client_request_id = $2"
+);
+
+/// The session's newest tasks (of one owner, when `$3` is not NULL); ties
+/// within a millisecond in insertion order (`arrival`), as rowid breaks them
+/// on SQLite. A backward scan of `tasks_by_session`.
 const LIST_SESSION_TASKS: &str = concat!(
     "SELECT ",
     task_columns!(),
-    " FROM tasks WHERE session_id = $1 ORDER BY created_at DESC, arrival DESC LIMIT $2"
+    " FROM tasks WHERE session_id = $1 AND ($3::text IS NULL OR owner = $3) \
+     ORDER BY created_at DESC, arrival DESC LIMIT $2"
 );
 
+/// A new task; nothing when its owner already used its client request id
+/// (the unique index `tasks_by_request`; a concurrent create with the same
+/// key waits for the first to commit, then does nothing).
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING ",
+     session_id, created_at, updated_at, owner, client_request_id, request_hash) \
+     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -146,21 +172,26 @@ async fn authorize_attempt(
     id: TaskId,
     callback: &TokenHash,
 ) -> Result<CurrentAttempt, StoreError> {
-    let row: Option<(String, i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT t.state, t.attempt, t.last_seq, a.callback_token_hash FROM tasks t \
+    /// State, attempt, last seq, the attempt's token hash, and when its runner was revoked.
+    type Row = (String, i64, i64, Option<Vec<u8>>, Option<i64>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT t.state, t.attempt, t.last_seq, a.callback_token_hash, r.revoked_at FROM tasks t \
          LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt \
+         LEFT JOIN runners r ON r.id = a.runner_id \
          WHERE t.id = $1 FOR UPDATE OF t",
     )
     .bind(id.to_string())
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((state, attempt, last_seq, stored)) = row else {
+    let Some((state, attempt, last_seq, stored, revoked)) = row else {
         return Err(StoreError::TokenRefused(id));
     };
-    let valid = stored
-        .as_deref()
-        .and_then(TokenHash::from_slice)
-        .is_some_and(|hash| hash.matches(callback));
+    // A revoked runner's attempts report nothing more (the lease reaper ends them).
+    let valid = revoked.is_none()
+        && stored
+            .as_deref()
+            .and_then(TokenHash::from_slice)
+            .is_some_and(|hash| hash.matches(callback));
     if !valid {
         return Err(StoreError::TokenRefused(id));
     }
@@ -191,9 +222,10 @@ fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
 }
 
 impl Store for PgStore {
-    async fn create_task(&self, task: &CreateTask) -> Result<Task, StoreError> {
+    async fn create_task_as(&self, task: &CreateTask, owner: &Owner) -> Result<Created, StoreError> {
         check_new_task(task)?;
-        let row: TaskRow = sqlx::query_as(CREATE_TASK)
+        let fingerprint = task.client_request_id.as_ref().map(|_| request_fingerprint(task));
+        let row: Option<TaskRow> = sqlx::query_as(CREATE_TASK)
             .bind(TaskId::new().to_string())
             .bind(&task.repo_url)
             .bind(&task.commit)
@@ -203,11 +235,32 @@ impl Store for PgStore {
             .bind(&task.intent.model)
             .bind(&task.session_id)
             .bind(now_ms())
-            .fetch_one(&self.pool)
+            .bind(owner.column())
+            .bind(task.client_request_id.as_deref())
+            .bind(fingerprint.as_ref().map(|f| f.as_slice()))
+            .fetch_optional(&self.pool)
             .await?;
-        // Committed (one statement, autocommit): other replicas may now be told.
-        self.announcer.task_queued();
-        row.try_into()
+        if let Some(row) = row {
+            // Committed (one statement, autocommit): other replicas may now be told.
+            self.announcer.task_queued();
+            return Ok(Created::New(row.try_into()?));
+        }
+        // The key was taken, by a task that has committed (the insert waited for it).
+        let existing: Option<OwnedTaskRow> = sqlx::query_as(GET_REQUESTED_TASK)
+            .bind(owner.column())
+            .bind(task.client_request_id.as_deref())
+            .fetch_optional(&self.pool)
+            .await?;
+        replayed_create(existing, task, fingerprint.as_ref())
+    }
+
+    async fn owned_task(&self, id: TaskId) -> Result<(Task, Owner), StoreError> {
+        let row: Option<OwnedTaskRow> = sqlx::query_as(GET_OWNED_TASK)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let row = row.ok_or(StoreError::TaskNotFound(id))?;
+        Ok((row.task.try_into()?, Owner::from_column(row.owner)))
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task, StoreError> {
@@ -218,10 +271,16 @@ impl Store for PgStore {
         row.ok_or(StoreError::TaskNotFound(id))?.try_into()
     }
 
-    async fn list_session_tasks(&self, session_id: &str, limit: u32) -> Result<Vec<Task>, StoreError> {
+    async fn list_owned_session_tasks(
+        &self,
+        session_id: &str,
+        owner: Option<&Owner>,
+        limit: u32,
+    ) -> Result<Vec<Task>, StoreError> {
         let rows: Vec<TaskRow> = sqlx::query_as(LIST_SESSION_TASKS)
             .bind(session_id)
             .bind(i64::from(limit))
+            .bind(owner.map(Owner::column))
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(Task::try_from).collect()
@@ -243,11 +302,92 @@ impl Store for PgStore {
     }
 
     async fn runner_by_token(&self, token: &TokenHash) -> Result<Option<Runner>, StoreError> {
-        let row: Option<(String, String)> = sqlx::query_as("SELECT id, name FROM runners WHERE token_hash = $1")
-            .bind(token.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT id, name FROM runners WHERE token_hash = $1 AND revoked_at IS NULL")
+                .bind(token.as_bytes().as_slice())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|(id, name)| Runner { id, name }))
+    }
+
+    async fn runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
+        let rows: Vec<RunnerRow> =
+            sqlx::query_as("SELECT id, name, enrolled_at, revoked_at FROM runners ORDER BY enrolled_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(RunnerRecord::try_from).collect()
+    }
+
+    async fn revoke_runners(&self, name_or_id: &str) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("UPDATE runners SET revoked_at = $2 WHERE (name = $1 OR id = $1) AND revoked_at IS NULL")
+                .bind(name_or_id)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn add_client_token(&self, name: &str, token: &TokenHash) -> Result<ClientToken, StoreError> {
+        let row: Option<ClientTokenRow> = sqlx::query_as(concat!(
+            "INSERT INTO client_tokens (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING RETURNING ",
+            client_token_columns!()
+        ))
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(name)
+        .bind(token.as_bytes().as_slice())
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or_else(|| StoreError::TokenNameTaken(name.to_owned()))?
+            .try_into()
+    }
+
+    async fn client_tokens(&self) -> Result<Vec<ClientToken>, StoreError> {
+        let rows: Vec<ClientTokenRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            client_token_columns!(),
+            " FROM client_tokens ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ClientToken::try_from).collect()
+    }
+
+    async fn revoke_client_token(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE client_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL")
+            .bind(name)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn client_token_by_hash(&self, token: &TokenHash) -> Result<Option<ClientToken>, StoreError> {
+        let row: Option<ClientTokenRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            client_token_columns!(),
+            " FROM client_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
+        ))
+        .bind(token.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ClientToken::try_from).transpose()
+    }
+
+    async fn client_token_used(&self, id: &str, at: jiff::Timestamp) -> Result<(), StoreError> {
+        let at = at.as_millisecond();
+        sqlx::query(
+            "UPDATE client_tokens SET last_used_at = $2 WHERE id = $1 \
+             AND (last_used_at IS NULL OR last_used_at <= $2 - $3)",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(LAST_USED_GRANULARITY_MS)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn claim_next(&self, runner_id: &str, callback: &TokenHash) -> Result<Option<Task>, StoreError> {

@@ -7,7 +7,7 @@ use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{Task, TaskOutcome, TaskResult};
 use jiff::Timestamp;
 
-use super::StoreError;
+use super::{ClientToken, RunnerRecord, StoreError};
 
 /// The columns of [`TaskRow`], in order, for `SELECT` and `RETURNING`.
 macro_rules! task_columns {
@@ -75,6 +75,68 @@ impl TryFrom<TaskRow> for Task {
                 .map_err(|_| StoreError::Corrupt(format!("task {id} has attempt {}", row.attempt)))?,
             last_seq: seq(row.last_seq)?,
             outcome,
+        })
+    }
+}
+
+/// A task with the columns only the broker reads: who created it, and the
+/// fingerprint of the body its client request id came with.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OwnedTaskRow {
+    #[sqlx(flatten)]
+    pub task: TaskRow,
+    pub owner: String,
+    pub request_hash: Option<Vec<u8>>,
+}
+
+/// The columns of [`ClientTokenRow`], in order.
+macro_rules! client_token_columns {
+    () => {
+        "id, name, created_at, last_used_at, revoked_at"
+    };
+}
+pub(crate) use client_token_columns;
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ClientTokenRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl TryFrom<ClientTokenRow> for ClientToken {
+    type Error = StoreError;
+
+    fn try_from(row: ClientTokenRow) -> Result<ClientToken, StoreError> {
+        Ok(ClientToken {
+            id: row.id,
+            name: row.name,
+            created_at: timestamp(row.created_at)?,
+            last_used_at: row.last_used_at.map(timestamp).transpose()?,
+            revoked_at: row.revoked_at.map(timestamp).transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RunnerRow {
+    pub id: String,
+    pub name: String,
+    pub enrolled_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl TryFrom<RunnerRow> for RunnerRecord {
+    type Error = StoreError;
+
+    fn try_from(row: RunnerRow) -> Result<RunnerRecord, StoreError> {
+        Ok(RunnerRecord {
+            id: row.id,
+            name: row.name,
+            enrolled_at: timestamp(row.enrolled_at)?,
+            revoked_at: row.revoked_at.map(timestamp).transpose()?,
         })
     }
 }

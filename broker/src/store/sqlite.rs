@@ -18,8 +18,15 @@ use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Tas
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
-use super::{EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict};
+use super::rows::client_token_columns;
+use super::rows::{
+    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns,
+};
+use super::{
+    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, Runner, RunnerRecord, Store, StoreError,
+    check_append, check_new_task, check_transition, check_verdict, replayed_create,
+};
+use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
 
 /// How long a statement waits for another process's write lock.
@@ -118,13 +125,37 @@ fn warn_if_shared(path: &Path) {
 /// One task by id.
 const GET_TASK: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
 
-/// The session's newest tasks. Task ids are random, so ties within a
-/// millisecond go by rowid, which grows with every insert (tasks are never
-/// deleted). Served by the index `tasks_by_session` without a sort.
+/// One task by id, with its owner and request fingerprint.
+const GET_OWNED_TASK: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    ", owner, request_hash FROM tasks WHERE id = ?1"
+);
+
+/// The task an owner created with a client request id.
+const GET_REQUESTED_TASK: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    ", owner, request_hash FROM tasks WHERE owner = ?1 AND client_request_id = ?2"
+);
+
+/// A new task; nothing when its owner already used its client request id
+/// (the unique index `tasks_by_request`).
+const CREATE_TASK: &str = concat!(
+    "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
+     session_id, created_at, updated_at, owner, client_request_id, request_hash) \
+     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING RETURNING ",
+    task_columns!()
+);
+
+/// The session's newest tasks (of one owner, when `?3` is not NULL). Task
+/// ids are random, so ties within a millisecond go by rowid, which grows
+/// with every insert (tasks are never deleted). Served by the index
+/// `tasks_by_session` without a sort.
 const LIST_SESSION_TASKS: &str = concat!(
     "SELECT ",
     task_columns!(),
-    " FROM tasks WHERE session_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
+    " FROM tasks WHERE session_id = ?1 AND (?3 IS NULL OR owner = ?3) ORDER BY created_at DESC, rowid DESC LIMIT ?2"
 );
 
 /// One statement picks and flips the oldest queued task (ties in insertion
@@ -155,11 +186,22 @@ async fn authorize_attempt(
     callback: &TokenHash,
     batch_id: Option<&str>,
 ) -> Result<(CurrentAttempt, Option<(i64, i64, i64)>), StoreError> {
-    type Row = (String, i64, i64, Option<Vec<u8>>, Option<i64>, Option<i64>, Option<i64>);
+    type Row = (
+        String,
+        i64,
+        i64,
+        Option<Vec<u8>>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
     let row: Option<Row> = sqlx::query_as(
-        "SELECT t.state, t.attempt, t.last_seq, a.callback_token_hash, b.attempt, b.first_seq, b.last_seq \
+        "SELECT t.state, t.attempt, t.last_seq, a.callback_token_hash, b.attempt, b.first_seq, b.last_seq, \
+         r.revoked_at \
          FROM tasks t \
          LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt \
+         LEFT JOIN runners r ON r.id = a.runner_id \
          LEFT JOIN event_batches b ON b.task_id = t.id AND b.batch_id = ?2 \
          WHERE t.id = ?1",
     )
@@ -167,13 +209,15 @@ async fn authorize_attempt(
     .bind(batch_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((state, attempt, last_seq, stored, batch_attempt, first, last)) = row else {
+    let Some((state, attempt, last_seq, stored, batch_attempt, first, last, revoked)) = row else {
         return Err(StoreError::TokenRefused(id));
     };
-    let valid = stored
-        .as_deref()
-        .and_then(TokenHash::from_slice)
-        .is_some_and(|hash| hash.matches(callback));
+    // A revoked runner's attempts report nothing more (the lease reaper ends them).
+    let valid = revoked.is_none()
+        && stored
+            .as_deref()
+            .and_then(TokenHash::from_slice)
+            .is_some_and(|hash| hash.matches(callback));
     if !valid {
         return Err(StoreError::TokenRefused(id));
     }
@@ -194,27 +238,43 @@ fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
 }
 
 impl Store for SqliteStore {
-    async fn create_task(&self, task: &CreateTask) -> Result<Task, StoreError> {
+    async fn create_task_as(&self, task: &CreateTask, owner: &Owner) -> Result<Created, StoreError> {
         check_new_task(task)?;
-        let now = now_ms();
-        let row: TaskRow = sqlx::query_as(concat!(
-            "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-             session_id, created_at, updated_at) \
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING ",
-            task_columns!()
-        ))
-        .bind(TaskId::new().to_string())
-        .bind(&task.repo_url)
-        .bind(&task.commit)
-        .bind(&task.prompt)
-        .bind(&task.intent.auth_profile)
-        .bind(&task.intent.provider)
-        .bind(&task.intent.model)
-        .bind(&task.session_id)
-        .bind(now)
-        .fetch_one(&self.writer)
-        .await?;
-        row.try_into()
+        let fingerprint = task.client_request_id.as_ref().map(|_| request_fingerprint(task));
+        let row: Option<TaskRow> = sqlx::query_as(CREATE_TASK)
+            .bind(TaskId::new().to_string())
+            .bind(&task.repo_url)
+            .bind(&task.commit)
+            .bind(&task.prompt)
+            .bind(&task.intent.auth_profile)
+            .bind(&task.intent.provider)
+            .bind(&task.intent.model)
+            .bind(&task.session_id)
+            .bind(now_ms())
+            .bind(owner.column())
+            .bind(task.client_request_id.as_deref())
+            .bind(fingerprint.as_ref().map(|f| f.as_slice()))
+            .fetch_optional(&self.writer)
+            .await?;
+        if let Some(row) = row {
+            return Ok(Created::New(row.try_into()?));
+        }
+        // The key was taken: rows never change owner or key, so the writer sees the first task.
+        let existing: Option<OwnedTaskRow> = sqlx::query_as(GET_REQUESTED_TASK)
+            .bind(owner.column())
+            .bind(task.client_request_id.as_deref())
+            .fetch_optional(&self.writer)
+            .await?;
+        replayed_create(existing, task, fingerprint.as_ref())
+    }
+
+    async fn owned_task(&self, id: TaskId) -> Result<(Task, Owner), StoreError> {
+        let row: Option<OwnedTaskRow> = sqlx::query_as(GET_OWNED_TASK)
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        let row = row.ok_or(StoreError::TaskNotFound(id))?;
+        Ok((row.task.try_into()?, Owner::from_column(row.owner)))
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task, StoreError> {
@@ -225,10 +285,16 @@ impl Store for SqliteStore {
         row.ok_or(StoreError::TaskNotFound(id))?.try_into()
     }
 
-    async fn list_session_tasks(&self, session_id: &str, limit: u32) -> Result<Vec<Task>, StoreError> {
+    async fn list_owned_session_tasks(
+        &self,
+        session_id: &str,
+        owner: Option<&Owner>,
+        limit: u32,
+    ) -> Result<Vec<Task>, StoreError> {
         let rows: Vec<TaskRow> = sqlx::query_as(LIST_SESSION_TASKS)
             .bind(session_id)
             .bind(i64::from(limit))
+            .bind(owner.map(Owner::column))
             .fetch_all(&self.reader)
             .await?;
         rows.into_iter().map(Task::try_from).collect()
@@ -250,11 +316,92 @@ impl Store for SqliteStore {
     }
 
     async fn runner_by_token(&self, token: &TokenHash) -> Result<Option<Runner>, StoreError> {
-        let row: Option<(String, String)> = sqlx::query_as("SELECT id, name FROM runners WHERE token_hash = ?1")
-            .bind(token.as_bytes().as_slice())
-            .fetch_optional(&self.reader)
-            .await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT id, name FROM runners WHERE token_hash = ?1 AND revoked_at IS NULL")
+                .bind(token.as_bytes().as_slice())
+                .fetch_optional(&self.reader)
+                .await?;
         Ok(row.map(|(id, name)| Runner { id, name }))
+    }
+
+    async fn runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
+        let rows: Vec<RunnerRow> =
+            sqlx::query_as("SELECT id, name, enrolled_at, revoked_at FROM runners ORDER BY enrolled_at, rowid")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter().map(RunnerRecord::try_from).collect()
+    }
+
+    async fn revoke_runners(&self, name_or_id: &str) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("UPDATE runners SET revoked_at = ?2 WHERE (name = ?1 OR id = ?1) AND revoked_at IS NULL")
+                .bind(name_or_id)
+                .bind(now_ms())
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn add_client_token(&self, name: &str, token: &TokenHash) -> Result<ClientToken, StoreError> {
+        let row: Option<ClientTokenRow> = sqlx::query_as(concat!(
+            "INSERT INTO client_tokens (id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT DO NOTHING RETURNING ",
+            client_token_columns!()
+        ))
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(name)
+        .bind(token.as_bytes().as_slice())
+        .bind(now_ms())
+        .fetch_optional(&self.writer)
+        .await?;
+        row.ok_or_else(|| StoreError::TokenNameTaken(name.to_owned()))?
+            .try_into()
+    }
+
+    async fn client_tokens(&self) -> Result<Vec<ClientToken>, StoreError> {
+        let rows: Vec<ClientTokenRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            client_token_columns!(),
+            " FROM client_tokens ORDER BY created_at, rowid"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(ClientToken::try_from).collect()
+    }
+
+    async fn revoke_client_token(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE client_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL")
+            .bind(name)
+            .bind(now_ms())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn client_token_by_hash(&self, token: &TokenHash) -> Result<Option<ClientToken>, StoreError> {
+        let row: Option<ClientTokenRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            client_token_columns!(),
+            " FROM client_tokens WHERE token_hash = ?1 AND revoked_at IS NULL"
+        ))
+        .bind(token.as_bytes().as_slice())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(ClientToken::try_from).transpose()
+    }
+
+    async fn client_token_used(&self, id: &str, at: jiff::Timestamp) -> Result<(), StoreError> {
+        let at = at.as_millisecond();
+        sqlx::query(
+            "UPDATE client_tokens SET last_used_at = ?2 WHERE id = ?1 \
+             AND (last_used_at IS NULL OR last_used_at <= ?2 - ?3)",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(LAST_USED_GRANULARITY_MS)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
     }
 
     async fn claim_next(&self, runner_id: &str, callback: &TokenHash) -> Result<Option<Task>, StoreError> {

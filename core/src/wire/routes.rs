@@ -45,7 +45,9 @@ impl Method {
 /// The bearer credential a route needs (`Authorization: Bearer <credential>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Credential {
-    /// The broker's client secret (sidecars).
+    /// A client credential (sidecars): the broker's client secret, an
+    /// operator credential that sees every task, or a named client token
+    /// (`embark-broker tokens add`), which sees only the tasks it created.
     ClientSecret,
     /// The broker's runner enrollment secret, exchanged for a runner token.
     EnrollmentSecret,
@@ -66,7 +68,7 @@ impl Credential {
     /// How people and the broker's 401 messages name it: `Bearer <client secret>`.
     pub fn label(self) -> &'static str {
         match self {
-            Credential::ClientSecret => "client secret",
+            Credential::ClientSecret => "client token or client secret",
             Credential::EnrollmentSecret => "runner enrollment secret",
             Credential::RunnerToken => "runner token",
             Credential::CallbackToken => "callback token",
@@ -86,12 +88,14 @@ impl Credential {
     pub fn description(self) -> &'static str {
         match self {
             Credential::ClientSecret => {
-                "The broker's client secret (EMBARK_CLIENT_SECRET), held by sidecars: create, list and read tasks."
+                "A client token (`embark_ct_…`, from `embark-broker tokens add NAME`) or the broker's client secret (EMBARK_CLIENT_SECRET): create, list, read and follow tasks. A token sees only the tasks it created (others answer 404, a listing leaves them out); the client secret is the operator's and sees every task."
             }
             Credential::EnrollmentSecret => {
                 "The broker's runner enrollment secret (EMBARK_RUNNER_ENROLLMENT_SECRET), exchanged for a runner token."
             }
-            Credential::RunnerToken => "A runner token (`embark_rt_…`) from POST /v1/runners/enroll: claim tasks.",
+            Credential::RunnerToken => {
+                "A runner token (`embark_rt_…`) from POST /v1/runners/enroll: claim tasks. `embark-broker runners revoke NAME` revokes it: its requests, and its attempts' callback tokens, then answer 401."
+            }
             Credential::CallbackToken => {
                 "The callback token (`embark_cb_…`) a claim returned: valid for that task and only while that attempt is the task's current one."
             }
@@ -371,7 +375,10 @@ const CALLBACK_UNAUTHORIZED: Reply = error(
     401,
     "The credential is missing or is not the callback token of this task's current attempt (an unknown task included).",
 );
-const TASK_NOT_FOUND: Reply = error(404, "No such task.");
+const TASK_NOT_FOUND: Reply = error(
+    404,
+    "No such task, or one the caller's client token did not create (whether it exists is not told).",
+);
 const INTERNAL: Reply = error(500, "The broker's database failed; the broker log has the details.");
 
 /// Every route the broker serves.
@@ -398,7 +405,20 @@ pub const ROUTES: &[Route] = &[
         query: None,
         request: Some(body::<CreateTask>()),
         kind: Kind::Http,
-        replies: &[ok(201, schema::<Task>, "The task, queued."), UNAUTHORIZED, INTERNAL],
+        replies: &[
+            ok(201, schema::<Task>, "The task, queued."),
+            ok(
+                200,
+                schema::<Task>,
+                "A retry: this credential already created a task with this client_request_id and the same body; the task as it is now.",
+            ),
+            UNAUTHORIZED,
+            error(
+                409,
+                "`request_id_conflict`: this credential already created a task with this client_request_id from a different body.",
+            ),
+            INTERNAL,
+        ],
     },
     Route {
         operation: Operation::ListTasks,
@@ -411,7 +431,11 @@ pub const ROUTES: &[Route] = &[
         request: None,
         kind: Kind::Http,
         replies: &[
-            ok(200, schema::<TaskList>, "The session's tasks, newest first."),
+            ok(
+                200,
+                schema::<TaskList>,
+                "The session's tasks, newest first (for a client token, only those it created).",
+            ),
             UNAUTHORIZED,
             INTERNAL,
         ],
@@ -659,7 +683,7 @@ mod tests {
         let create = Operation::CreateTask.route();
         assert_eq!(
             create.statuses(),
-            [201, 400, 401, 408, 413, 414, 415, 422, 429, 431, 500]
+            [200, 201, 400, 401, 408, 409, 413, 414, 415, 422, 429, 431, 500]
         );
         assert_eq!(
             Operation::GetTask.route().statuses(),

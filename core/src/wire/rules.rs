@@ -50,6 +50,8 @@ pub enum Rule {
     SessionId,
     /// A name of the execution intent is not acceptable.
     Intent,
+    /// The client request id is not acceptable.
+    ClientRequestId,
     /// The runner name is empty, too long or not printable.
     RunnerName,
     /// The batch id is not acceptable.
@@ -84,7 +86,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 29] = [
+    pub const ALL: [Rule; 30] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
@@ -99,6 +101,7 @@ impl Rule {
         Rule::RepoTransport,
         Rule::SessionId,
         Rule::Intent,
+        Rule::ClientRequestId,
         Rule::RunnerName,
         Rule::BatchId,
         Rule::EmptyBatch,
@@ -149,6 +152,7 @@ impl Rule {
             | Rule::Cursor
             | Rule::SessionId
             | Rule::Intent
+            | Rule::ClientRequestId
             | Rule::RunnerName
             | Rule::BatchId
             | Rule::EmptyBatch
@@ -199,6 +203,10 @@ impl Rule {
             Rule::Intent => {
                 "A name of the intent (auth_profile, provider, model) is empty, too long or has a character that is not allowed.".into()
             }
+            Rule::ClientRequestId => format!(
+                "The client_request_id is not 1 to {} bytes of `[A-Za-z0-9._:-]`.",
+                limits::MAX_CLIENT_REQUEST_ID_BYTES
+            ),
             Rule::RunnerName => format!(
                 "The runner name is empty, longer than {} bytes or holds control characters.",
                 limits::MAX_RUNNER_NAME_BYTES

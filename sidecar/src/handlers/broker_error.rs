@@ -23,14 +23,17 @@ pub fn broker_error(error: ClientError) -> RpcError {
             ApiErrorCode::Unauthorized => RpcError::new(
                 ErrorCode::BrokerRejected,
                 format!(
-                    "the broker refused the client secret ({message}): check EMBARK_CLIENT_SECRET (or client_secret in config.toml) against the broker's"
+                    "the broker refused the client credential ({message}): check EMBARK_CLIENT_TOKEN (or client_token in config.toml; a revoked token is refused too) or EMBARK_CLIENT_SECRET (or client_secret) against the broker's"
                 ),
             ),
             ApiErrorCode::NotFound => RpcError::new(
                 ErrorCode::TaskNotFound,
                 format!("the broker has no such task: {message}"),
             ),
-            ApiErrorCode::InvalidRequest | ApiErrorCode::Conflict | ApiErrorCode::PayloadTooLarge => RpcError::new(
+            ApiErrorCode::InvalidRequest
+            | ApiErrorCode::Conflict
+            | ApiErrorCode::RequestIdConflict
+            | ApiErrorCode::PayloadTooLarge => RpcError::new(
                 ErrorCode::BrokerRejected,
                 format!("the broker refused the request (HTTP {status}): {message}"),
             ),
@@ -73,7 +76,7 @@ mod tests {
         });
         assert_eq!(error.code, ErrorCode::BrokerRejected);
         assert!(
-            error.message.contains("check EMBARK_CLIENT_SECRET"),
+            error.message.contains("check EMBARK_CLIENT_TOKEN") && error.message.contains("EMBARK_CLIENT_SECRET"),
             "{}",
             error.message
         );

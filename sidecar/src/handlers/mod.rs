@@ -69,7 +69,7 @@ impl Handlers {
         })
     }
 
-    /// The broker client and the client secret, or a Config error saying what to set.
+    /// The broker client and the client credential (token or secret), or a Config error saying what to set.
     fn broker(&self) -> Result<(&BrokerClient, &str), RpcError> {
         let client = match &self.broker {
             None => {
@@ -80,12 +80,24 @@ impl Handlers {
             Some(Err(unusable)) => return Err(unusable.clone()),
             Some(Ok(client)) => client,
         };
-        let secret = self.config.client_secret.as_ref().ok_or_else(|| {
-            RpcError::config(
-                "no client secret: set EMBARK_CLIENT_SECRET (or client_secret in config.toml) to the broker's client secret",
-            )
-        })?;
-        Ok((client, secret.expose()))
+        let credential = match (&self.config.client_token, &self.config.client_secret) {
+            (Some(token), None) => token,
+            (None, Some(secret)) => secret,
+            (Some(_), Some(_)) => {
+                return Err(RpcError::config(
+                    "both a client token (EMBARK_CLIENT_TOKEN or client_token) and the client secret \
+                     (EMBARK_CLIENT_SECRET or client_secret) are set: keep only the one the broker's operator gave you",
+                ));
+            }
+            (None, None) => {
+                return Err(RpcError::config(
+                    "no client credential: set EMBARK_CLIENT_TOKEN (or client_token in config.toml) to the token the \
+                     broker's operator made for you (`embark-broker tokens add NAME`), or EMBARK_CLIENT_SECRET to the \
+                     broker's client secret",
+                ));
+            }
+        };
+        Ok((client, credential.expose()))
     }
 }
 

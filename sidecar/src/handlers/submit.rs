@@ -6,7 +6,10 @@ use embark_core::intent::ExecutionIntent;
 use embark_core::limits;
 use embark_core::protocol::{Block, ErrorCode, SessionContext, Tone, View};
 use embark_core::text;
-use embark_core::wire::{CreateTask, CreateTaskError};
+use std::time::Duration;
+
+use embark_client::{BrokerClient, ClientError};
+use embark_core::wire::{ApiErrorCode, CreateTask, CreateTaskError, Task};
 use tracing::{info, warn};
 
 use super::{Handlers, broker_error, display_id, status_line};
@@ -30,9 +33,11 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
         prompt: args.prompt,
         intent,
         session_id: session.session_id.clone(),
+        // One id per submit, the same on every retry: the broker makes one task of them.
+        client_request_id: Some(uuid::Uuid::new_v4().to_string()),
     };
     request.validate().map_err(create_error)?;
-    let task = client.create_task(secret, &request).await.map_err(broker_error)?;
+    let task = create_with_retries(client, secret, &request).await?;
     info!(task = %task.id, commit = %task.commit, "submitted");
 
     // The status line counts every task of the session; fall back to this one alone.
@@ -69,6 +74,41 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
         status: Some(status_line(&tasks)),
         message: None,
     })
+}
+
+/// Waits before the retries of a create whose answer did not come.
+const CREATE_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
+
+/// Creates the task, retrying when the broker could not be reached or could
+/// not answer: the request's `client_request_id` makes a retry of a create
+/// the broker did store answer that task, not a second one.
+async fn create_with_retries(client: &BrokerClient, secret: &str, request: &CreateTask) -> Result<Task, RpcError> {
+    let mut delays = CREATE_RETRY_DELAYS.iter();
+    loop {
+        match client.create_task(secret, request).await {
+            Ok(task) => return Ok(task),
+            Err(error) if retryable(&error) => match delays.next() {
+                Some(delay) => {
+                    warn!("submitting failed, retrying: {}", text::error_chain(&error));
+                    tokio::time::sleep(*delay).await;
+                }
+                None => return Err(broker_error(error)),
+            },
+            Err(error) => return Err(broker_error(error)),
+        }
+    }
+}
+
+/// Whether a failed create may have reached the broker, or may work a moment later.
+fn retryable(error: &ClientError) -> bool {
+    match error {
+        ClientError::Unreachable { .. } | ClientError::Decode { .. } => true,
+        ClientError::Api { code, .. } => matches!(
+            code,
+            ApiErrorCode::Timeout | ApiErrorCode::Unavailable | ApiErrorCode::Internal | ApiErrorCode::RateLimited
+        ),
+        _ => false,
+    }
 }
 
 /// Flags over config defaults; no built-in provider or model.
@@ -113,7 +153,9 @@ fn create_error(error: CreateTaskError) -> RpcError {
         | CreateTaskError::BadRepoUrl(_)
         | CreateTaskError::CredentialInRepoUrl(_)
         | CreateTaskError::RepoTransport(..) => RpcError::repository(message),
-        CreateTaskError::BadSessionId => RpcError::new(ErrorCode::InvalidParams, message),
+        CreateTaskError::BadSessionId | CreateTaskError::BadClientRequestId => {
+            RpcError::new(ErrorCode::InvalidParams, message)
+        }
     }
 }
 
