@@ -215,6 +215,35 @@ impl Broker {
         poll::exit_within(self.process.child_mut(), within)
     }
 
+    /// Runs `embark-broker ARGS --db <this broker's db>` (a token or runner
+    /// command) to its end: its exit status and output.
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_path("embark-broker"))
+            .args(args)
+            .arg("--db")
+            .arg(&self.storage.db)
+            .env_remove("EMBARK_BROKER_CONFIG")
+            .env_remove("EMBARK_BROKER_DB")
+            .env("EMBARK_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run embark-broker")
+    }
+
+    /// A new client token named `name` (`embark-broker tokens add`).
+    pub fn add_client_token(&self, name: &str) -> String {
+        let output = self.admin(&["tokens", "add", name]);
+        assert!(
+            output.status.success(),
+            "tokens add {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("the token is UTF-8")
+            .trim()
+            .to_owned()
+    }
+
     /// How many claims have started waiting for a task so far (from its log).
     pub fn claims_waiting(&self) -> usize {
         self.log().matches(CLAIM_WAITING).count()
