@@ -514,3 +514,62 @@ async fn an_unreachable_broker_is_named() {
     );
     assert!(client.finish().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_submit_whose_answer_was_lost_makes_one_task_owned_by_the_token() {
+    use embark_testkit::proxy::{Fault, FaultProxy};
+
+    let broker = Broker::start();
+    let token = broker.add_client_token("laptop");
+    let proxy = FaultProxy::start(&broker.url, Fault::DropAnswer).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let config = Config {
+        broker_url: Some(proxy.url().to_owned()),
+        client_token: Some(Secret::new(token.clone())),
+        ..Config::default()
+    };
+    let mut client = Client::start(config);
+    client.hello().await;
+    let submitted = client.command(1, SUBMIT, &session("lost", &repo.work)).await;
+    assert!(submitted.get("error").is_none(), "{submitted}");
+
+    let creates: Vec<Value> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/tasks")
+        .map(|r| r.json().expect("a JSON body"))
+        .collect();
+    assert_eq!(creates.len(), 2, "the lost answer made the sidecar retry: {creates:?}");
+    let id = creates[0]["client_request_id"].as_str().expect("a client request id");
+    assert_eq!(creates[1]["client_request_id"], id, "the retry reuses the id");
+    let tasks = session_tasks(&broker, "lost").await;
+    assert_eq!(tasks.len(), 1, "one task, not two");
+    let mine = broker
+        .client()
+        .list_session_tasks(&token, "lost", 10)
+        .await
+        .expect("the token lists");
+    assert_eq!(mine.tasks.len(), 1, "the token created it");
+    assert!(view_text(&submitted).contains(&tasks[0].id.to_string()));
+    assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_token_and_a_secret_together_are_a_config_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let config = Config {
+        broker_url: Some("http://127.0.0.1:9".into()),
+        client_token: Some(Secret::new("embark_ct_x")),
+        client_secret: Some(Secret::new("whatever-secret-0123456789")),
+        ..Config::default()
+    };
+    let mut client = Client::start(config);
+    client.hello().await;
+    let answer = client.command(1, SUBMIT, &session("s", &repo.work)).await;
+    let message = answer["error"]["message"].as_str().expect("an error");
+    assert!(message.contains("keep only the one"), "{answer}");
+    assert!(!message.contains("embark_ct_x"), "{message}");
+    assert!(client.finish().await.is_empty());
+}
