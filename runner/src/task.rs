@@ -154,6 +154,7 @@ pub async fn report(
         (TaskResult::Succeeded, _) => "succeeded".to_owned(),
         (TaskResult::Failed, Some(reason)) => format!("failed: {reason}"),
         (TaskResult::Failed, None) => "failed".to_owned(),
+        (TaskResult::Cancelled, _) => "cancelled: Pi was stopped at the client's request".to_owned(),
     };
     reporter.send(lifecycle(Phase::Finishing, Some(&summary)));
     let ended = Instant::now();

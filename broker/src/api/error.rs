@@ -53,9 +53,13 @@ impl From<StoreError> for ApiFailure {
             StoreError::TokenRefused(_) => Self::unauthorized(format!(
                 "{error}: use the callback token returned by the claim of this task's current attempt"
             )),
-            StoreError::NotRunning { .. } | StoreError::Transition { .. } | StoreError::BatchOfOtherAttempt { .. } => {
-                Self::new(StatusCode::CONFLICT, ApiErrorCode::Conflict, error.to_string())
+            StoreError::AlreadyFinished { .. } => {
+                Self::new(StatusCode::CONFLICT, ApiErrorCode::AlreadyFinished, error.to_string())
             }
+            StoreError::NotRunning { .. }
+            | StoreError::Transition { .. }
+            | StoreError::BatchOfOtherAttempt { .. }
+            | StoreError::NotCancelled(_) => Self::new(StatusCode::CONFLICT, ApiErrorCode::Conflict, error.to_string()),
             StoreError::Invalid(refusal) => refusal.clone().into(),
             StoreError::Corrupt(_)
             | StoreError::NotReady(_)

@@ -1,4 +1,4 @@
-//! Task routes: create, list and read (client secret); complete (callback token).
+//! Task routes: create, list, read and cancel (client secret); complete (callback token).
 
 use axum::Json;
 use axum::extract::State;
@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use embark_core::limits;
 use embark_core::repo_url::Transport;
 use embark_core::wire::rules::{Refusal, Rule};
-use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList, TaskListQuery};
+use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, Task, TaskCancel, TaskList, TaskListQuery};
 
 use super::App;
 use super::error::ApiFailure;
@@ -84,6 +84,28 @@ pub async fn complete<S: Store>(
     app.hub.touch(id);
     tracing::info!(task = %task.id, state = %task.state, attempt = task.attempt, "task finished");
     Ok(Json(task))
+}
+
+/// A queued task ends at once; a running one's runner is told through its
+/// control channel (see `control`), on this replica or another.
+pub async fn cancel<S: Store>(
+    _: ClientCaller,
+    State(app): State<App<S>>,
+    TaskPath(id): TaskPath,
+) -> Result<Json<TaskCancel>, ApiFailure> {
+    let answer = app.store.cancel_task(id).await?;
+    match answer.cancel {
+        CancelOutcome::Cancelled => {
+            app.hub.touch(id);
+            tracing::info!(task = %id, "queued task cancelled");
+        }
+        CancelOutcome::Requested => {
+            app.hub.cancel_requested(id);
+            tracing::info!(task = %id, attempt = answer.task.attempt, "cancel requested of a running task");
+        }
+        CancelOutcome::AlreadyRequested | CancelOutcome::AlreadyCancelled => {}
+    }
+    Ok(Json(answer))
 }
 
 /// A `limit` query value: `default` when absent, capped at `max` (0 was refused by the query's rules).
