@@ -1,4 +1,4 @@
-//! The load on a broker: the three phases, each through `BrokerClient`.
+//! The load on a broker: the four phases, each through `BrokerClient`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +8,7 @@ use anyhow::Context;
 use embark_client::BrokerClient;
 use embark_core::event::{Log, LogLevel, NewEvent};
 use embark_core::intent::ExecutionIntent;
+use embark_core::wire::control::ControlFrame;
 use embark_core::wire::live::LiveFrame;
 use embark_core::wire::{AppendEvents, Claim, CompleteTask, CreateTask, TaskResult};
 
@@ -21,6 +22,10 @@ const EVENT_BATCH: usize = 100;
 const READERS: usize = 100;
 const LIVE_APPENDS: usize = 200;
 const LIVE_EVERY: Duration = Duration::from_millis(10);
+/// Cancels measured, one at a time.
+const CANCELS: usize = 100;
+/// Other runners with a control channel open, each woken by every cancel.
+const IDLE_CONTROLS: usize = 20;
 
 pub fn new_task(n: u64) -> CreateTask {
     CreateTask {
@@ -64,12 +69,14 @@ pub async fn run(url: &str, phase: Duration) -> anyhow::Result<Figures> {
     let cycles = cycles(&client, phase).await?;
     let events = events(&client, phase).await?;
     let (live_p50, live_p99, live_missed) = live(&client).await?;
+    let cancel = cancels(&client).await?;
     Ok(Figures {
         cycles,
         events,
         live_p50,
         live_p99,
         live_missed,
+        cancel,
         ..Figures::default()
     })
 }
@@ -210,4 +217,76 @@ async fn live(client: &BrokerClient) -> anyhow::Result<(Duration, Duration, usiz
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Ok((at(0.5), at(0.99), missed))
+}
+
+/// Cancel latencies: from sending `POST /v1/tasks/{id}/cancel` to the
+/// runner's control channel delivering the cancel (`told`), and to the task
+/// being `cancelled` once a runner that stops at once (no Pi here: the
+/// runner-side stop of a real Pi is `npm run smoke:runner-cancel`'s figure)
+/// has reported it (`stopped`). One running task at a time, with
+/// [`IDLE_CONTROLS`] other runners' channels open.
+async fn cancels(client: &BrokerClient) -> anyhow::Result<crate::CancelFigures> {
+    let mut idle = Vec::new();
+    for n in 0..IDLE_CONTROLS {
+        let token = client
+            .enroll(ENROLLMENT_SECRET, &format!("bench-idle-{n}"))
+            .await?
+            .runner_token;
+        let mut channel = client.control(&token).await?;
+        anyhow::ensure!(
+            matches!(channel.next().await, Some(Ok(ControlFrame::Live))),
+            "an idle control channel did not go live"
+        );
+        idle.push(channel);
+    }
+    let token = client.enroll(ENROLLMENT_SECRET, "bench-cancel").await?.runner_token;
+    let mut channel = client.control(&token).await?;
+    anyhow::ensure!(
+        matches!(channel.next().await, Some(Ok(ControlFrame::Live))),
+        "the control channel did not go live"
+    );
+    let mut told = Vec::with_capacity(CANCELS);
+    let mut stopped = Vec::with_capacity(CANCELS);
+    for n in 0..CANCELS {
+        client.create_task(CLIENT_SECRET, &new_task(n as u64)).await?;
+        let claim = claim(client, &token).await?;
+        let id = claim.task.id;
+        let asked = Instant::now();
+        let (answer, frame) = tokio::join!(client.cancel_task(CLIENT_SECRET, id), async {
+            tokio::time::timeout(Duration::from_secs(10), channel.next()).await
+        });
+        answer?;
+        let frame = frame.context("no cancel on the control channel within 10 s")?;
+        let heard = asked.elapsed();
+        anyhow::ensure!(
+            matches!(frame, Some(Ok(ControlFrame::Cancel { task_id, .. })) if task_id == id),
+            "the control channel sent {frame:?}, not the cancel of {id}"
+        );
+        let verdict = CompleteTask {
+            result: TaskResult::Cancelled,
+            final_text: None,
+            reason: None,
+        };
+        let done = client.complete(&claim.callback_token, id, &verdict).await?;
+        anyhow::ensure!(
+            done.state == embark_core::TaskState::Cancelled,
+            "task {id} ended {}",
+            done.state
+        );
+        stopped.push(asked.elapsed());
+        told.push(heard);
+    }
+    channel.close().await;
+    for channel in idle {
+        channel.close().await;
+    }
+    told.sort_unstable();
+    stopped.sort_unstable();
+    let at = |sorted: &[Duration], q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
+    Ok(crate::CancelFigures {
+        told_p50: at(&told, 0.5),
+        told_p99: at(&told, 0.99),
+        stopped_p50: at(&stopped, 0.5),
+        stopped_p99: at(&stopped, 0.99),
+    })
 }

@@ -2,6 +2,7 @@
 //! process, over real HTTP and WebSockets on 127.0.0.1, printing figures
 //! (not a test): task cycles per second with 8 runners, events per second in
 //! batches of 100, live-tail latency from an append to 100 WebSocket readers,
+//! cancel latency to the runner's control channel and to a (Pi-less) stop,
 //! each against its floor (the same rows written straight through sqlx, in
 //! the same run), on each store this build has.
 //!
@@ -38,6 +39,16 @@ pub struct Figures {
     pub live_p50: Duration,
     pub live_p99: Duration,
     pub live_missed: usize,
+    pub cancel: CancelFigures,
+}
+
+/// Cancel latencies (see `load::cancels`).
+#[derive(Debug, Default)]
+pub struct CancelFigures {
+    pub told_p50: Duration,
+    pub told_p99: Duration,
+    pub stopped_p50: Duration,
+    pub stopped_p99: Duration,
 }
 
 pub const CLIENT_SECRET: &str = "bench-client-secret-0123456789";
@@ -169,13 +180,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
 /// How one row shows a store's figures.
 type Cell = dyn Fn(&Figures) -> String;
 
 fn print(sqlite: &Figures, postgres: Option<&Figures>, phase: Duration) {
     let cell =
         |figures: Option<&Figures>, value: &dyn Fn(&Figures) -> String| figures.map_or_else(|| "n/a".to_owned(), value);
-    let rows: [(&str, &Cell); 7] = [
+    let rows: [(&str, &Cell); 9] = [
         ("task cycles/s, 8 runners", &|f| format!("{:.0}", f.cycles)),
         ("  floor (sqlx, same rows)", &|f| format!("{:.0}", f.cycles_floor)),
         ("  broker / floor", &|f| format!("{:.2}", f.cycles / f.cycles_floor)),
@@ -194,6 +209,12 @@ fn print(sqlite: &Figures, postgres: Option<&Figures>, phase: Duration) {
                 }
             )
         }),
+        ("cancel -> runner told p50/p99", &|f| {
+            format!("{:.1} / {:.1} ms", ms(f.cancel.told_p50), ms(f.cancel.told_p99))
+        }),
+        ("cancel -> stopped p50/p99 *", &|f| {
+            format!("{:.1} / {:.1} ms", ms(f.cancel.stopped_p50), ms(f.cancel.stopped_p99))
+        }),
     ];
     println!(
         "embark-bench: {} s per phase, broker and load in one process",
@@ -204,8 +225,8 @@ fn print(sqlite: &Figures, postgres: Option<&Figures>, phase: Duration) {
         println!("{name:<30} {:>22} {:>22}", value(sqlite), cell(postgres, value));
     }
     println!(
-        "{:<30} {:>22} {:>22}",
-        "cancel -> Pi stopped", "n/a (no cancel yet)", "n/a"
+        "* a runner that stops at once and reports `cancelled` (no Pi): the broker's part; a real Pi's stop is \
+         `npm run smoke:runner-cancel`'s figure"
     );
     if postgres.is_none() {
         println!("PostgreSQL: set EMBARK_BENCH_DATABASE_URL (or EMBARK_TEST_DATABASE_URL) to a server to measure it.");

@@ -193,6 +193,10 @@ struct SessionWatch {
 pub trait Relay: Send + Sync {
     /// Task `id` changed here (events appended, a new state).
     fn touched(&self, id: TaskId);
+
+    /// A client asked here to cancel running task `id`: the other replicas'
+    /// control channels look for their runners' cancels.
+    fn cancel_requested(&self, id: TaskId);
 }
 
 /// The live tails of this broker process.
@@ -203,6 +207,9 @@ pub struct Hub {
     /// Bumped when a task was created somewhere this process cannot name the
     /// session of (another replica): every session tail looks again.
     created_elsewhere: AtomicU64,
+    /// The runners' control channels: woken by every cancel request (they
+    /// are rare), each looks whether one is for its runner.
+    controls: Mutex<Vec<Weak<Notify>>>,
     relay: std::sync::OnceLock<Arc<dyn Relay>>,
 }
 
@@ -247,6 +254,31 @@ impl Hub {
             .and_then(Weak::upgrade);
         if let Some(feed) = feed {
             feed.touch();
+        }
+    }
+
+    /// A client asked to cancel running task `id`: every control channel,
+    /// here and (through the relay) on the other replicas, looks again.
+    pub fn cancel_requested(&self, id: TaskId) {
+        self.touch(id);
+        self.cancel_requested_here();
+        if let Some(relay) = self.relay.get() {
+            relay.cancel_requested(id);
+        }
+    }
+
+    /// [`Hub::cancel_requested`] for this process's control channels only
+    /// (a cancel made on another replica, or hints that may have been missed).
+    pub fn cancel_requested_here(&self) {
+        wake(&self.controls);
+    }
+
+    /// Registers a runner's control channel, woken by `signal` on every cancel request.
+    pub fn watch_cancels(self: &Arc<Self>, signal: &Signal) -> CancelWatch {
+        register(&self.controls, signal);
+        CancelWatch {
+            hub: Arc::clone(self),
+            signal: Arc::downgrade(signal),
         }
     }
 
@@ -379,6 +411,18 @@ impl Drop for Following {
         if Arc::strong_count(&self.feed) == 1 {
             feeds.remove(&self.feed.id);
         }
+    }
+}
+
+/// A control channel's registration for cancel requests; dropping it ends the wake-ups.
+pub struct CancelWatch {
+    hub: Arc<Hub>,
+    signal: Weak<Notify>,
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        unregister(&self.hub.controls, &self.signal);
     }
 }
 

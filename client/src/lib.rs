@@ -7,8 +7,10 @@
 //! written; the broker builds its router from the same table. The live
 //! tails are WebSockets (`live`, tokio-tungstenite).
 
+mod control;
 mod live;
 
+pub use control::ControlChannel;
 pub use live::{Closed, LiveTail};
 
 use std::time::Duration;
@@ -18,7 +20,7 @@ use embark_core::text;
 use embark_core::wire::routes::{Method, Operation};
 use embark_core::wire::{
     ApiError, ApiErrorCode, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage,
-    EventsAppended, Health, RunnerEnrolled, Task, TaskList,
+    EventsAppended, Health, RunnerEnrolled, Task, TaskCancel, TaskList,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -121,6 +123,19 @@ impl BrokerClient {
     pub async fn get_task(&self, client_secret: &str, id: TaskId) -> Result<Task, ClientError> {
         self.send(
             Operation::GetTask,
+            Some(id),
+            "",
+            Some(client_secret),
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Cancels task `id`: see [`TaskCancel`] for what the broker did.
+    pub async fn cancel_task(&self, client_secret: &str, id: TaskId) -> Result<TaskCancel, ClientError> {
+        self.send(
+            Operation::CancelTask,
             Some(id),
             "",
             Some(client_secret),

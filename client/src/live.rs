@@ -82,6 +82,19 @@ impl BrokerClient {
     }
 
     async fn open_tail(&self, client_secret: &str, path: &str) -> Result<LiveTail, ClientError> {
+        Ok(LiveTail {
+            socket: self.open_socket(client_secret, path).await?,
+            cursors: HashMap::new(),
+            closed: None,
+        })
+    }
+
+    /// Opens the WebSocket at `path` with `bearer`; the broker's JSON refusal becomes [`ClientError::Api`].
+    pub(crate) async fn open_socket(
+        &self,
+        bearer: &str,
+        path: &str,
+    ) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, ClientError> {
         let base = self.base_url();
         let ws_base = match base.split_once("://") {
             Some(("https", rest)) => format!("wss://{rest}"),
@@ -94,8 +107,8 @@ impl BrokerClient {
             reason,
         };
         let mut request = url.as_str().into_client_request().map_err(|e| bad_url(e.to_string()))?;
-        let bearer = HeaderValue::from_str(&format!("Bearer {client_secret}"))
-            .map_err(|_| bad_url("the client secret is not a valid header value".into()))?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {bearer}"))
+            .map_err(|_| bad_url("the credential is not a valid header value".into()))?;
         request.headers_mut().insert("authorization", bearer);
         // tungstenite zeroes its read buffer on every read (128 KiB by default).
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
@@ -110,11 +123,7 @@ impl BrokerClient {
             Ok(Err(error)) => return Err(ClientError::Live(format!("could not open {url}: {error}"))),
             Ok(Ok(opened)) => opened,
         };
-        Ok(LiveTail {
-            socket,
-            cursors: HashMap::new(),
-            closed: None,
-        })
+        Ok(socket)
     }
 }
 

@@ -147,6 +147,16 @@ fn expected(operation: Operation, cred: Cred) -> u16 {
             Callback => 200,
             _ => 401,
         },
+        // The task is running: the first cancel is requested, a repeat answers already_requested (200 too).
+        Operation::CancelTask => match cred {
+            Operator | Owner => 200,
+            OtherUser => 404,
+            _ => 401,
+        },
+        Operation::RunnerControl => match cred {
+            Runner => 101,
+            _ => 401,
+        },
     }
 }
 
@@ -293,10 +303,12 @@ async fn world(backend: Backend) -> World {
 
 async fn every_route_times_every_credential_answers_as_the_table_says(backend: Backend) {
     let world = world(backend).await;
-    // Claims before creates (so nothing is queued); completion last (it ends the task), its right cell last.
+    // Claims before creates (so nothing is queued); cancel, then completion last (it ends the task, as
+    // cancelled), its right cell last.
     let rank = |route: &Route| match route.operation {
         Operation::ClaimTask => 0,
-        Operation::CompleteTask => 2,
+        Operation::CancelTask => 2,
+        Operation::CompleteTask => 3,
         _ => 1,
     };
     let mut routes = ROUTES.to_vec();

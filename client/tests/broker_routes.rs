@@ -42,7 +42,9 @@ fn valid_body(operation: Operation) -> Option<Value> {
         | Operation::TailSession
         | Operation::Healthz
         | Operation::Readyz
-        | Operation::Metrics => None,
+        | Operation::Metrics
+        | Operation::CancelTask
+        | Operation::RunnerControl => None,
         Operation::CreateTask => Some(value(&new_task("routes"))),
         Operation::EnrollRunner => Some(value(&EnrollRunner { name: "probe".into() })),
         Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),

@@ -58,7 +58,9 @@ fn valid_body(operation: Operation) -> Option<Value> {
         | Operation::TailSession
         | Operation::Healthz
         | Operation::Readyz
-        | Operation::Metrics => None,
+        | Operation::Metrics
+        | Operation::CancelTask
+        | Operation::RunnerControl => None,
     }
 }
 

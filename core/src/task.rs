@@ -61,6 +61,10 @@ impl FromStr for TaskId {
     }
 }
 
+/// The reason code of a task a client cancelled (`POST /v1/tasks/{id}/cancel`):
+/// the outcome's `reason` of every task that ended `cancelled` that way.
+pub const CANCELLED_BY_USER: &str = "cancelled_by_user";
+
 /// Where a task is in its life.
 ///
 /// ```text

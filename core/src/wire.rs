@@ -14,6 +14,7 @@ use crate::intent::{ExecutionIntent, IntentError};
 use crate::task::{TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
+pub mod control;
 pub mod live;
 pub mod routes;
 pub mod rules;
@@ -195,6 +196,10 @@ pub struct Task {
     pub last_seq: u64,
     /// Set once the task reached a terminal state.
     pub outcome: Option<TaskOutcome>,
+    /// When a client asked to cancel the task while it ran: its runner is
+    /// told at once, stops Pi, and the task ends `cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<Timestamp>,
 }
 
 /// How a finished task ended.
@@ -213,6 +218,10 @@ pub struct TaskOutcome {
 pub enum TaskResult {
     Succeeded,
     Failed,
+    /// Stopped at a client's request (reason `cancelled_by_user`). A runner
+    /// reports it only for a task whose cancel it was told of; whatever a
+    /// runner reports after a cancel request, the task ends cancelled.
+    Cancelled,
 }
 
 impl TaskResult {
@@ -220,8 +229,32 @@ impl TaskResult {
         match self {
             TaskResult::Succeeded => TaskState::Succeeded,
             TaskResult::Failed => TaskState::Failed,
+            TaskResult::Cancelled => TaskState::Cancelled,
         }
     }
+}
+
+/// `POST /v1/tasks/{id}/cancel` (client): what the cancel did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskCancel {
+    pub cancel: CancelOutcome,
+    /// The task after the cancel.
+    pub task: Task,
+}
+
+/// What a cancel request did to its task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// The task was queued: it is cancelled now and will never start.
+    Cancelled,
+    /// The task is running: the cancel is recorded and its runner told; the
+    /// task ends `cancelled` once the runner has stopped Pi.
+    Requested,
+    /// A cancel was already requested and the runner is stopping the task.
+    AlreadyRequested,
+    /// The task already ended cancelled; nothing changed.
+    AlreadyCancelled,
 }
 
 /// `GET /v1/tasks?session_id=…` (client): newest first.
@@ -494,6 +527,8 @@ pub enum ApiErrorCode {
     /// 409: this credential already created a task with this `client_request_id` from a different body:
     /// send a fresh id for a new task, or the same body to get the first task back.
     RequestIdConflict,
+    /// 409: the task already succeeded or failed, so it cannot be cancelled; its state is unchanged.
+    AlreadyFinished,
     /// 413, 414, 431: the request (body, URI or headers) is larger than the broker accepts.
     PayloadTooLarge,
     /// 408: the request (its head or its body) did not arrive in time.

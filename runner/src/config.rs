@@ -21,6 +21,9 @@ const MIN_CLAIM_WAIT_MS: u64 = 100;
 const DEFAULT_CLAIM_WAIT_MS: u64 = 25_000;
 const DEFAULT_TASK_TIMEOUT_SECS: u64 = 3600;
 const DEFAULT_CLONE_TIMEOUT_SECS: u64 = 600;
+const DEFAULT_CANCEL_KILL_TIMEOUT_MS: u64 = 5000;
+/// The longest cancel kill timeout accepted (a minute).
+const MAX_CANCEL_KILL_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_CLONE_MAX_MIB: u64 = 4096;
 const DEFAULT_RESULT_MAX_CHARS: usize = 20_000;
 const MAX_MAX_TASKS: usize = 64;
@@ -76,6 +79,13 @@ pub static TASK_TIMEOUT_SECS: Knob<u64> = Knob::new(
 )
 .flag("--task-timeout-secs")
 .env("EMBARK_RUNNER_TASK_TIMEOUT_SECS");
+pub static CANCEL_KILL_TIMEOUT_MS: Knob<u64> = Knob::new(
+    "cancel_kill_timeout_ms",
+    "the cancel kill timeout",
+    "a whole number of milliseconds from 1 to 60000",
+)
+.flag("--cancel-kill-timeout-ms")
+.env("EMBARK_RUNNER_CANCEL_KILL_TIMEOUT_MS");
 pub static CLONE_TIMEOUT_SECS: Knob<u64> = Knob::new(
     "clone_timeout_secs",
     "the clone timeout",
@@ -190,6 +200,7 @@ pub static DECLARATION: Declaration = Declaration {
         &ONCE.spec,
         &CLAIM_WAIT_MS.spec,
         &TASK_TIMEOUT_SECS.spec,
+        &CANCEL_KILL_TIMEOUT_MS.spec,
         &CLONE_TIMEOUT_SECS.spec,
         &CLONE_MAX_MIB.spec,
         &GIT_PROTOCOLS.spec,
@@ -248,6 +259,9 @@ pub struct Cli {
     /// Longest a task may run, clone included; then Pi is aborted and the task fails [env: EMBARK_RUNNER_TASK_TIMEOUT_SECS] [TOML: task_timeout_secs] [default: 3600]
     #[arg(long, value_name = "SECS")]
     pub task_timeout_secs: Option<String>,
+    /// After a client's cancel, how long Pi's process tree gets after SIGTERM before SIGKILL, in ms, 1..=60000 [env: EMBARK_RUNNER_CANCEL_KILL_TIMEOUT_MS] [TOML: cancel_kill_timeout_ms] [default: 5000]
+    #[arg(long, value_name = "MS")]
+    pub cancel_kill_timeout_ms: Option<String>,
     /// Longest the git clone and checkout may take [env: EMBARK_RUNNER_CLONE_TIMEOUT_SECS] [TOML: clone_timeout_secs] [default: 600]
     #[arg(long, value_name = "SECS")]
     pub clone_timeout_secs: Option<String>,
@@ -323,6 +337,7 @@ impl Cli {
             .with(&ONCE, self.once.then_some("true"))
             .with(&CLAIM_WAIT_MS, self.claim_wait_ms.clone())
             .with(&TASK_TIMEOUT_SECS, self.task_timeout_secs.clone())
+            .with(&CANCEL_KILL_TIMEOUT_MS, self.cancel_kill_timeout_ms.clone())
             .with(&CLONE_TIMEOUT_SECS, self.clone_timeout_secs.clone())
             .with(&CLONE_MAX_MIB, self.clone_max_mib.clone())
             .with(&GIT_PROTOCOLS, self.git_protocols.clone())
@@ -421,6 +436,8 @@ pub struct Config {
     pub once: bool,
     pub claim_wait_ms: u64,
     pub task_timeout: Duration,
+    /// After a cancel: SIGTERM to Pi's process tree, then SIGKILL after this long.
+    pub cancel_kill_timeout: Duration,
     pub clone_timeout: Duration,
     pub clone_max_bytes: u64,
     pub git_protocols: GitProtocols,
@@ -466,6 +483,7 @@ impl Config {
         let once = resolver.or_default(&ONCE, false)?;
         let claim_wait_ms = resolver.or_default(&CLAIM_WAIT_MS, DEFAULT_CLAIM_WAIT_MS)?;
         let task_timeout_secs = resolver.or_default(&TASK_TIMEOUT_SECS, DEFAULT_TASK_TIMEOUT_SECS)?;
+        let cancel_kill_timeout_ms = resolver.or_default(&CANCEL_KILL_TIMEOUT_MS, DEFAULT_CANCEL_KILL_TIMEOUT_MS)?;
         let clone_timeout_secs = resolver.or_default(&CLONE_TIMEOUT_SECS, DEFAULT_CLONE_TIMEOUT_SECS)?;
         let clone_max_mib = resolver.or_default(&CLONE_MAX_MIB, DEFAULT_CLONE_MAX_MIB)?;
         let git_protocols = resolver.or_default(&GIT_PROTOCOLS, GitProtocols::default())?;
@@ -510,6 +528,9 @@ impl Config {
             .ensure(|ms| (MIN_CLAIM_WAIT_MS..=MAX_CLAIM_WAIT_MS).contains(ms))?
             .value;
         let task_timeout_secs = task_timeout_secs.ensure(|secs| *secs > 0)?.value;
+        let cancel_kill_timeout_ms = cancel_kill_timeout_ms
+            .ensure(|ms| (1..=MAX_CANCEL_KILL_TIMEOUT_MS).contains(ms))?
+            .value;
         let clone_timeout_secs = clone_timeout_secs.ensure(|secs| *secs > 0)?.value;
         let clone_max_mib = clone_max_mib
             .ensure(|mib| *mib > 0 && mib.checked_mul(1 << 20).is_some())?
@@ -566,6 +587,7 @@ impl Config {
             once: once.value,
             claim_wait_ms,
             task_timeout: Duration::from_secs(task_timeout_secs),
+            cancel_kill_timeout: Duration::from_millis(cancel_kill_timeout_ms),
             clone_timeout: Duration::from_secs(clone_timeout_secs),
             clone_max_bytes: clone_max_mib << 20,
             git_protocols: git_protocols.value,
@@ -643,6 +665,7 @@ mod tests {
         assert_eq!(config.pi, PathBuf::from("pi"));
         assert_eq!(config.claim_wait_ms, 25_000);
         assert_eq!(config.task_timeout, Duration::from_secs(3600));
+        assert_eq!(config.cancel_kill_timeout, Duration::from_millis(5000));
         assert_eq!(config.clone_timeout, Duration::from_secs(600));
         assert_eq!(config.workspace_cleanup, WorkspaceCleanup::Never);
         assert_eq!(config.isolation, IsolationMode::Process);

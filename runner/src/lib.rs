@@ -4,6 +4,7 @@
 //! reports the verdict. See `docs/runner.md`.
 
 pub mod bundle;
+pub mod cancels;
 pub mod checkout;
 pub mod config;
 pub mod events;

@@ -224,6 +224,33 @@ impl PiProcess {
         }
     }
 
+    /// After a client's cancel (Pi was sent `abort`): closes stdin and asks
+    /// the guard at once to stop Pi and its process tree (SIGTERM; the guard
+    /// kills what is left after its own grace), then kills the guard should
+    /// it still be there after `kill_timeout`.
+    pub async fn stop(mut self, kill_timeout: Duration) -> PiExit {
+        self.connection.close().await;
+        let mut signalled = None;
+        let mut status = self.child.try_wait().ok().flatten();
+        if status.is_none() {
+            signalled = Some("SIGTERM");
+            guard::terminate(&self.child);
+            status = self.wait_within(kill_timeout).await;
+        }
+        if status.is_none() {
+            signalled = Some("SIGKILL");
+            tracing::warn!("Pi's task guard did not stop within {kill_timeout:?} of the cancel; killing it");
+            let _ = self.child.kill().await;
+            status = self.child.try_wait().ok().flatten();
+        }
+        self.settle_stderr().await;
+        PiExit {
+            status,
+            signalled,
+            stderr_tail: self.stderr_tail(),
+        }
+    }
+
     /// Gives the stderr reader a moment to take in Pi's last words. A
     /// grandchild holding the pipe open must not stall us, hence the bound.
     async fn settle_stderr(&mut self) {

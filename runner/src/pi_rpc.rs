@@ -34,6 +34,9 @@ const STATS_ID: &str = "s1";
 pub const TICK: Duration = Duration::from_millis(50);
 /// After `abort`, how long Pi gets to end the run.
 pub const ABORT_GRACE: Duration = Duration::from_secs(10);
+/// The same after a client's cancel: Pi answers `abort` in milliseconds, and
+/// its process tree is stopped next anyway (the cancel's bound is 1 s).
+pub const CANCEL_ABORT_GRACE: Duration = Duration::from_millis(500);
 /// How long a simple command's response may take.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dialog methods that wait for an answer; every one is cancelled.
@@ -51,6 +54,8 @@ pub trait Observer {
 pub enum Interrupted {
     TimedOut,
     ShuttingDown,
+    /// A client cancelled the task.
+    Cancelled,
 }
 
 /// What one prompt came to.
@@ -81,6 +86,20 @@ pub async fn run_prompt<P: PiPeer>(
     deadline: Instant,
     shutdown: &Shutdown,
 ) -> Result<PromptRun, RpcError> {
+    run_prompt_cancellable(pi, prompt, observer, deadline, shutdown, &Shutdown::new()).await
+}
+
+/// [`run_prompt`], also interrupted when `cancel` turns true (a client
+/// cancelled the task): then it sends `abort`, waits at most
+/// [`CANCEL_ABORT_GRACE`] for the run to end and asks Pi nothing more.
+pub async fn run_prompt_cancellable<P: PiPeer>(
+    pi: &mut P,
+    prompt: &str,
+    observer: &mut (dyn Observer + Send),
+    deadline: Instant,
+    shutdown: &Shutdown,
+    cancel: &Shutdown,
+) -> Result<PromptRun, RpcError> {
     let mut driver = Driver {
         pi,
         observer,
@@ -90,7 +109,9 @@ pub async fn run_prompt<P: PiPeer>(
     driver
         .send(&json!({"id": PROMPT_ID, "type": "prompt", "message": prompt}))
         .await?;
-    if shutdown.is_requested() {
+    if cancel.is_requested() {
+        driver.interrupt(Interrupted::Cancelled).await;
+    } else if shutdown.is_requested() {
         driver.interrupt(Interrupted::ShuttingDown).await;
     }
     let mut tick = tokio::time::interval(TICK);
@@ -114,11 +135,12 @@ pub async fn run_prompt<P: PiPeer>(
             _ = tick.tick() => driver.observer.on_tick(),
             _ = sleep_until(deadline), if !interrupted => driver.interrupt(Interrupted::TimedOut).await,
             () = shutdown.requested(), if !interrupted => driver.interrupt(Interrupted::ShuttingDown).await,
+            () = cancel.requested(), if !interrupted => driver.interrupt(Interrupted::Cancelled).await,
             // Pi did not end the run after `abort`: stop waiting for it.
             _ = sleep_until(give_up_at.unwrap_or(deadline)), if give_up_at.is_some() => break,
         }
     }
-    if driver.run.agent_ended {
+    if driver.run.agent_ended && driver.run.interrupted != Some(Interrupted::Cancelled) {
         if let Some(data) = driver.ask(LAST_TEXT_ID, "get_last_assistant_text", &mut tick).await? {
             driver.run.last_text = data.get("text").and_then(Value::as_str).map(str::to_owned);
         }
@@ -216,7 +238,12 @@ impl<P: PiPeer> Driver<'_, P> {
     async fn interrupt(&mut self, why: Interrupted) {
         tracing::warn!("aborting Pi's run: {why:?}");
         self.run.interrupted = Some(why);
-        self.give_up_at = Some(Instant::now() + ABORT_GRACE);
+        let grace = if why == Interrupted::Cancelled {
+            CANCEL_ABORT_GRACE
+        } else {
+            ABORT_GRACE
+        };
+        self.give_up_at = Some(Instant::now() + grace);
         if let Err(e) = self
             .pi
             .connection()

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::bundle::LiveBundles;
+use crate::cancels::{Cancels, control_channel};
 use crate::checkout::CloneLimits;
 use crate::config::Config;
 use crate::isolation::Sandbox;
@@ -88,6 +89,7 @@ pub async fn run(
         pi: config.pi.clone(),
         pi_no_extensions: config.pi_no_extensions,
         task_timeout: config.task_timeout,
+        cancel_kill_timeout: config.cancel_kill_timeout,
         clone: CloneLimits {
             timeout: config.clone_timeout,
             max_bytes: config.clone_max_bytes,
@@ -98,6 +100,14 @@ pub async fn run(
         sandbox,
         bundles,
     });
+    // Cancels reach the running tasks through the control channel, not the claim loop.
+    let cancels = Cancels::default();
+    let control = tokio::spawn(control_channel(
+        client.clone(),
+        enrolled.runner_token.clone(),
+        cancels.clone(),
+        shutdown.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(config.max_tasks));
     let mut running = Running::new();
     let mut first_error = None;
@@ -134,6 +144,7 @@ pub async fn run(
             }
             AfterClaim::Stop(e) => {
                 drain(&mut running, config.once).await;
+                control.abort();
                 return Err(RunnerError::Claim(e));
             }
         };
@@ -146,9 +157,12 @@ pub async fn run(
             "claimed"
         );
         let (client, settings, shutdown) = (client.clone(), Arc::clone(&settings), shutdown.clone());
+        let (cancels, cancel) = (cancels.clone(), cancels.register(id, claim.attempt));
         running.spawn(async move {
             let _slot = slot;
-            (id, run_task(&client, &settings, &claim, shutdown).await)
+            let reported = run_task(&client, &settings, &claim, shutdown, cancel).await;
+            cancels.forget(id);
+            (id, reported)
         });
         if config.once {
             break;
@@ -156,6 +170,7 @@ pub async fn run(
     }
     // Running tasks see the shutdown themselves; each is reported before we stop.
     first_error = first_error.or(drain(&mut running, config.once).await);
+    control.abort();
     if let Some(error) = first_error {
         return Err(error);
     }

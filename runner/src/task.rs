@@ -23,7 +23,7 @@ use crate::events::{EventMapper, lifecycle, log_event};
 use crate::guard::GuardReport;
 use crate::isolation::{IsolationMode, Sandbox, docker};
 use crate::pi_process::{PiLaunch, PiPaths, PiProcess};
-use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
+use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt_cancellable};
 use crate::profile;
 use crate::reporter::{ReportOptions, Reporter};
 use crate::retry::{Patience, Undelivered, persist};
@@ -49,6 +49,8 @@ pub struct TaskSettings {
     pub pi: PathBuf,
     pub pi_no_extensions: bool,
     pub task_timeout: Duration,
+    /// After a client's cancel: SIGTERM to Pi's process tree, then SIGKILL after this long.
+    pub cancel_kill_timeout: Duration,
     pub clone: CloneLimits,
     pub cleanup: WorkspaceCleanup,
     /// The longest final text a verdict carries, in characters.
@@ -72,15 +74,26 @@ impl Outcome {
             stats: None,
         }
     }
+
+    /// A client cancelled the task before Pi ran.
+    fn cancelled() -> Outcome {
+        Outcome {
+            verdict: cancelled(None),
+            stats: None,
+        }
+    }
 }
 
 /// Runs the claimed task and reports its events and verdict; returns the
 /// task as the broker took the verdict, or why it could not be delivered.
+/// `cancel` turns true when a client cancels the task: Pi is stopped and
+/// the verdict is `cancelled`, the last thing reported.
 pub async fn run_task(
     client: &BrokerClient,
     settings: &TaskSettings,
     claim: &Claim,
     shutdown: Shutdown,
+    cancel: Shutdown,
 ) -> Result<Task, Undelivered> {
     let options = ReportOptions::default();
     let reporter = Reporter::start(client.clone(), claim, options, shutdown.clone());
@@ -89,8 +102,9 @@ pub async fn run_task(
 
     let claimed_at = std::time::Instant::now();
     let deadline = Instant::now() + settings.task_timeout;
-    let (outcome, space) = attempt(settings, claim, &reporter, claimed_at, deadline, &shutdown).await;
+    let (outcome, space) = attempt(settings, claim, &reporter, claimed_at, deadline, &shutdown, &cancel).await;
     let succeeded = outcome.verdict.result == TaskResult::Succeeded;
+    let result_name = outcome.verdict.result.state().as_str();
     if let Some(stats) = &outcome.stats {
         tracing::info!(
             task = %claim.task.id,
@@ -109,7 +123,7 @@ pub async fn run_task(
     let reported = report(client, claim, reporter, verdict, options.patience, &shutdown).await;
     if let Some((space, mut record)) = space {
         record.state = RecordState::Finished;
-        record.result = Some(if succeeded { "succeeded" } else { "failed" }.to_owned());
+        record.result = Some(result_name.to_owned());
         record.stats = outcome.stats;
         if settings.cleanup.removes(Some(succeeded)) {
             if let Err(e) = space.remove() {
@@ -154,6 +168,7 @@ pub async fn report(
         (TaskResult::Succeeded, _) => "succeeded".to_owned(),
         (TaskResult::Failed, Some(reason)) => format!("failed: {reason}"),
         (TaskResult::Failed, None) => "failed".to_owned(),
+        (TaskResult::Cancelled, _) => "cancelled: Pi was stopped at the client's request".to_owned(),
     };
     reporter.send(lifecycle(Phase::Finishing, Some(&summary)));
     let ended = Instant::now();
@@ -180,6 +195,15 @@ pub async fn report(
     .await
 }
 
+/// The verdict after a client's cancel, keeping Pi's partial text.
+fn cancelled(final_text: Option<String>) -> CompleteTask {
+    CompleteTask {
+        result: TaskResult::Cancelled,
+        final_text,
+        reason: Some(embark_core::task::CANCELLED_BY_USER.to_owned()),
+    }
+}
+
 fn failed(reason: impl Into<String>) -> CompleteTask {
     CompleteTask {
         result: TaskResult::Failed,
@@ -197,6 +221,7 @@ async fn attempt(
     claimed_at: std::time::Instant,
     deadline: Instant,
     shutdown: &Shutdown,
+    cancel: &Shutdown,
 ) -> (Outcome, Option<(Space, TaskRecord)>) {
     let task = &claim.task;
     let intent = &task.intent;
@@ -247,7 +272,7 @@ async fn attempt(
                 tracing::warn!(task = %task.id, "{}", error_chain(&e));
             }
             let outcome = prepare_and_run(
-                settings, claim, &space, &bundle, &profile, reporter, claimed_at, deadline, shutdown,
+                settings, claim, &space, &bundle, &profile, reporter, claimed_at, deadline, shutdown, cancel,
             )
             .await;
             clean_up(
@@ -327,6 +352,7 @@ async fn prepare_and_run(
     claimed_at: std::time::Instant,
     deadline: Instant,
     shutdown: &Shutdown,
+    cancel: &Shutdown,
 ) -> Ran {
     let task = &claim.task;
     let intent = &task.intent;
@@ -357,7 +383,11 @@ async fn prepare_and_run(
             }
         }
         () = shutdown.requested() => return clean(Outcome::failed(SHUTTING_DOWN)),
+        () = cancel.requested() => return clean(Outcome::cancelled()),
         () = sleep_until(deadline) => return clean(Outcome::failed(timed_out(settings.task_timeout))),
+    }
+    if cancel.is_requested() {
+        return clean(Outcome::cancelled());
     }
 
     reporter.send(lifecycle(
@@ -391,27 +421,58 @@ async fn prepare_and_run(
         garbage: 0,
         first_line: Some((task.id, claimed_at)),
     };
-    let run = run_prompt(&mut pi, &task.prompt, &mut observer, deadline, shutdown).await;
+    let run = run_prompt_cancellable(&mut pi, &task.prompt, &mut observer, deadline, shutdown, cancel).await;
     observer.flush();
 
-    let grace = if shutdown.is_requested() {
-        PI_EXIT_GRACE_SHUTTING_DOWN
+    let was_cancelled = cancel.is_requested();
+    let exit = if was_cancelled {
+        // A client cancelled: abort was sent; now the process tree goes, at once.
+        let stopping = std::time::Instant::now();
+        let exit = pi.stop(settings.cancel_kill_timeout).await;
+        tracing::info!(
+            task = %task.id,
+            stop_ms = stopping.elapsed().as_millis() as u64,
+            signal = ?exit.signalled,
+            "Pi stopped after a cancel"
+        );
+        exit
     } else {
-        PI_EXIT_GRACE
+        let grace = if shutdown.is_requested() {
+            PI_EXIT_GRACE_SHUTTING_DOWN
+        } else {
+            PI_EXIT_GRACE
+        };
+        pi.shutdown(grace).await
     };
-    let exit = pi.shutdown(grace).await;
     tracing::info!(task = %task.id, "Pi exited: {:?}", exit.status);
-    if let Some(signal) = exit.signalled {
+    if was_cancelled {
+        reporter.send(log_event(
+            LogLevel::Info,
+            &format!(
+                "cancelled by a client: Pi was aborted and its processes stopped ({})",
+                exit.signalled.unwrap_or("exited on abort")
+            ),
+        ));
+    } else if let Some(signal) = exit.signalled {
         reporter.send(log_event(
             LogLevel::Warning,
             &format!("Pi did not exit after its input closed; sent {signal}"),
         ));
     }
-    let unclean = exit.signalled.is_some()
+    let unclean = was_cancelled
+        || exit.signalled.is_some()
         || !exit.status.is_some_and(|s| s.success())
         || run.as_ref().is_ok_and(|r| r.interrupted.is_some());
     let stats = run.as_ref().ok().and_then(|r| r.stats.clone());
-    let verdict = verdict(run, settings.task_timeout);
+    let verdict = if was_cancelled {
+        let partial = run
+            .as_ref()
+            .ok()
+            .and_then(|r| r.last_assistant.as_ref().map(|m| m.text.clone()));
+        cancelled(partial.filter(|t| !t.is_empty()))
+    } else {
+        verdict(run, settings.task_timeout)
+    };
     // Pi's last words on stderr, whatever the outcome: the reason quotes
     // them only when Pi exited early.
     let stderr_tail = exit.stderr_tail;
@@ -457,6 +518,7 @@ pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> Comp
     let reason = match (run.interrupted, run.agent_ended, &run.last_assistant) {
         (Some(Interrupted::TimedOut), ..) => Some(timed_out(task_timeout)),
         (Some(Interrupted::ShuttingDown), ..) => Some(SHUTTING_DOWN.to_owned()),
+        (Some(Interrupted::Cancelled), ..) => return cancelled(final_text),
         (None, false, _) => Some("Pi stopped before the run ended".to_owned()),
         (None, true, None) => Some("Pi ended the run without an assistant message".to_owned()),
         (None, true, Some(last)) if last.failed() => Some(match (&last.error_message, last.stop_reason.as_str()) {

@@ -573,3 +573,88 @@ async fn a_token_and_a_secret_together_are_a_config_error() {
     assert!(!message.contains("embark_ct_x"), "{message}");
     assert!(client.finish().await.is_empty());
 }
+
+#[tokio::test]
+async fn cancel_answers_in_one_line_for_each_state() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let session = session("pi-session-cancel", &repo.work);
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+    let broker_client = broker.client();
+
+    // Two tasks: 1 is the newest, 2 the older one, which a runner takes.
+    for id in [1, 2] {
+        let submitted = client.command(id, SUBMIT, &session).await;
+        assert!(submitted.get("error").is_none(), "{submitted}");
+    }
+    let runner = broker_client
+        .enroll(&broker.enrollment_secret, "r")
+        .await
+        .expect("enroll");
+    let claim = broker_client
+        .claim(&runner.runner_token, 5_000)
+        .await
+        .expect("claim")
+        .expect("queued");
+    let tasks = session_tasks(&broker, "pi-session-cancel").await;
+    let (newest, running) = (&tasks[0], &tasks[1]);
+    assert_eq!(claim.task.id, running.id, "the older task is claimed first");
+
+    let one_line = |answer: &Value| {
+        assert!(answer.get("error").is_none(), "{answer}");
+        let text = view_text(answer);
+        assert!(!text.contains('\n'), "one line: {text}");
+        text
+    };
+    let text = one_line(&client.command(3, "cancel", &session).await);
+    assert_eq!(
+        text,
+        format!(
+            "Cancelled task {}: it was still queued and will never run.",
+            newest.id.short()
+        )
+    );
+    let answer = client.command(4, "cancel 2", &session).await;
+    assert!(one_line(&answer).starts_with(&format!("Cancelling task {}: its runner was told", running.id.short())));
+    assert_eq!(answer["result"]["status"]["text"], "embark: 1 task running");
+    let text = one_line(
+        &client
+            .command(5, &format!("cancel {}", running.id.short()), &session)
+            .await,
+    );
+    assert_eq!(
+        text,
+        format!(
+            "Task {} is already being cancelled: its runner is stopping Pi.",
+            running.id.short()
+        )
+    );
+    let text = one_line(&client.command(6, "cancel latest", &session).await);
+    assert_eq!(
+        text,
+        format!("Task {} was already cancelled; nothing changed.", newest.id.short())
+    );
+
+    // The runner reports; the task ends cancelled, and a late cancel says so.
+    let verdict = CompleteTask {
+        result: TaskResult::Failed,
+        final_text: None,
+        reason: Some("Pi's run was aborted".into()),
+    };
+    let done = broker_client
+        .complete(&claim.callback_token, running.id, &verdict)
+        .await
+        .expect("complete");
+    assert_eq!(done.state, embark_core::TaskState::Cancelled);
+    let text = one_line(&client.command(7, "cancel 2", &session).await);
+    assert_eq!(
+        text,
+        format!("Task {} was already cancelled; nothing changed.", running.id.short())
+    );
+
+    let error = client.command(8, "cancel 3", &session).await;
+    assert_error(&error, 1022, "task_not_found");
+    assert!(client.finish().await.is_empty());
+}

@@ -56,11 +56,13 @@ impl From<StoreError> for ApiFailure {
             StoreError::NotRunning { .. }
             | StoreError::Transition { .. }
             | StoreError::BatchOfOtherAttempt { .. }
-            | StoreError::TokenNameTaken(_) => {
-                Self::new(StatusCode::CONFLICT, ApiErrorCode::Conflict, error.to_string())
-            }
+            | StoreError::TokenNameTaken(_)
+            | StoreError::NotCancelled(_) => Self::new(StatusCode::CONFLICT, ApiErrorCode::Conflict, error.to_string()),
             StoreError::RequestIdConflict { .. } => {
                 Self::new(StatusCode::CONFLICT, ApiErrorCode::RequestIdConflict, error.to_string())
+            }
+            StoreError::AlreadyFinished { .. } => {
+                Self::new(StatusCode::CONFLICT, ApiErrorCode::AlreadyFinished, error.to_string())
             }
             StoreError::Invalid(refusal) => refusal.clone().into(),
             StoreError::Corrupt(_)

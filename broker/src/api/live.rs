@@ -42,7 +42,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const MAX_INCOMING_BYTES: usize = 4096;
 
 /// The upgrade, its absence refused under [`Rule::Upgrade`].
-pub struct Upgrade(WebSocketUpgrade);
+pub struct Upgrade(pub WebSocketUpgrade);
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = ApiFailure;

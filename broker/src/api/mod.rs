@@ -2,6 +2,7 @@
 //! live tails' WebSockets. The handlers only translate; the logic lives in
 //! the store, `claim` and `hub`.
 
+mod control;
 mod error;
 mod events;
 mod extract;
@@ -184,6 +185,8 @@ fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S
         Operation::Healthz => on(method, ops::healthz),
         Operation::Readyz => on(method, ops::readyz::<S>),
         Operation::Metrics => on(method, ops::metrics::<S>),
+        Operation::CancelTask => on(method, tasks::cancel::<S>),
+        Operation::RunnerControl => on(method, control::control::<S>),
     }
 }
 

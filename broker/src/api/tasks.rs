@@ -1,5 +1,5 @@
-//! Task routes: create, list and read (a client credential, each seeing
-//! what [`crate::access`] lets it); complete (callback token).
+//! Task routes: create, list, read and cancel (a client credential, each
+//! seeing what [`crate::access`] lets it); complete (callback token).
 
 use axum::Json;
 use axum::extract::State;
@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use embark_core::limits;
 use embark_core::repo_url::Transport;
 use embark_core::wire::rules::{Refusal, Rule};
-use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList, TaskListQuery};
+use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, Task, TaskCancel, TaskList, TaskListQuery};
 
 use super::App;
 use super::error::ApiFailure;
@@ -97,6 +97,30 @@ pub async fn complete<S: Store>(
     app.hub.touch(id);
     tracing::info!(task = %task.id, state = %task.state, attempt = task.attempt, "task finished");
     Ok(Json(task))
+}
+
+/// A queued task ends at once; a running one's runner is told through its
+/// control channel (see `control`), on this replica or another.
+pub async fn cancel<S: Store>(
+    ClientCaller(caller): ClientCaller,
+    State(app): State<App<S>>,
+    TaskPath(id): TaskPath,
+) -> Result<Json<TaskCancel>, ApiFailure> {
+    // A token cancels only what it may see; another's task is answered as missing.
+    visible_task(&app.store, &caller, id).await?;
+    let answer = app.store.cancel_task(id).await?;
+    match answer.cancel {
+        CancelOutcome::Cancelled => {
+            app.hub.touch(id);
+            tracing::info!(task = %id, "queued task cancelled");
+        }
+        CancelOutcome::Requested => {
+            app.hub.cancel_requested(id);
+            tracing::info!(task = %id, attempt = answer.task.attempt, "cancel requested of a running task");
+        }
+        CancelOutcome::AlreadyRequested | CancelOutcome::AlreadyCancelled => {}
+    }
+    Ok(Json(answer))
 }
 
 /// A `limit` query value: `default` when absent, capped at `max` (0 was refused by the query's rules).

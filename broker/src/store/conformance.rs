@@ -9,7 +9,7 @@ use embark_core::event::{Log, LogLevel, NewEvent, OtherEvent, Payload, ToolEnd};
 use embark_core::intent::ExecutionIntent;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::rules::Rule;
-use embark_core::wire::{CompleteTask, CreateTask, TaskResult};
+use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, TaskResult};
 use serde_json::json;
 use tokio::sync::Barrier;
 
@@ -962,6 +962,180 @@ pub async fn revoked_runners_are_refused_with_their_attempts<S: Store>(store: S)
     assert_eq!(listed[1].id, same_name.id, "oldest first");
 }
 
+pub async fn a_cancelled_queued_task_never_starts<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let doomed = store.create_task(&new_task("s")).await.expect("create");
+    let kept = store.create_task(&new_task("s")).await.expect("create");
+    let answer = store.cancel_task(doomed.id).await.expect("cancel");
+    assert_eq!(answer.cancel, CancelOutcome::Cancelled);
+    assert_eq!(answer.task.state, TaskState::Cancelled);
+    let outcome = answer.task.outcome.clone().expect("a cancelled task has an outcome");
+    assert_eq!(outcome.result, TaskResult::Cancelled);
+    assert_eq!(outcome.reason.as_deref(), Some(embark_core::task::CANCELLED_BY_USER));
+    assert_eq!(store.get_task(doomed.id).await.expect("get"), answer.task);
+
+    let (claimed, _) = claim(&store, &worker).await.expect("the other task is claimed");
+    assert_eq!(claimed.id, kept.id);
+    assert!(
+        claim(&store, &worker).await.is_none(),
+        "the cancelled task is never handed out"
+    );
+
+    let again = store.cancel_task(doomed.id).await.expect("cancel again");
+    assert_eq!(again.cancel, CancelOutcome::AlreadyCancelled);
+    assert_eq!(again.task, answer.task, "a repeat changes nothing");
+    assert!(matches!(
+        store.cancel_task(TaskId::new()).await,
+        Err(StoreError::TaskNotFound(_))
+    ));
+}
+
+pub async fn a_cancelled_running_task_is_told_to_its_runner_and_ends_cancelled_once<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let other = runner(&store, "other").await;
+    store.create_task(&new_task("s")).await.expect("create");
+    let (task, token) = claim(&store, &worker).await.expect("claimed");
+    assert!(store.cancel_requests(&worker.id).await.expect("requests").is_empty());
+
+    let answer = store.cancel_task(task.id).await.expect("cancel");
+    assert_eq!(answer.cancel, CancelOutcome::Requested);
+    assert_eq!(
+        answer.task.state,
+        TaskState::Running,
+        "running until its runner stopped Pi"
+    );
+    assert!(answer.task.cancel_requested_at.is_some());
+    assert_eq!(
+        store.cancel_requests(&worker.id).await.expect("requests"),
+        [(task.id, 1)]
+    );
+    assert!(
+        store.cancel_requests(&other.id).await.expect("requests").is_empty(),
+        "only its own runner's"
+    );
+    let again = store.cancel_task(task.id).await.expect("cancel again");
+    assert_eq!(again.cancel, CancelOutcome::AlreadyRequested);
+    assert_eq!(again.task, answer.task, "a repeat changes nothing");
+
+    // Events until the runner has stopped are kept; whatever it reports, the task ends cancelled.
+    store
+        .append_events(task.id, &token, "1-0", &[log_event(1)])
+        .await
+        .expect("append while stopping");
+    let finished = store
+        .complete_task(task.id, &token, &verdict(TaskResult::Failed))
+        .await
+        .expect("complete");
+    assert_eq!(finished.state, TaskState::Cancelled);
+    let outcome = finished.outcome.clone().expect("outcome");
+    assert_eq!(outcome.result, TaskResult::Cancelled);
+    assert_eq!(outcome.reason.as_deref(), Some(embark_core::task::CANCELLED_BY_USER));
+    assert_eq!(
+        outcome.final_text.as_deref(),
+        Some("done"),
+        "the partial result is kept"
+    );
+    for repeat in [TaskResult::Failed, TaskResult::Cancelled, TaskResult::Succeeded] {
+        let answered = store
+            .complete_task(task.id, &token, &verdict(repeat))
+            .await
+            .expect("a repeated completion is answered");
+        assert_eq!(answered, finished, "{repeat:?}: the task ends cancelled exactly once");
+    }
+    assert!(
+        store.cancel_requests(&worker.id).await.expect("requests").is_empty(),
+        "done: nothing to tell"
+    );
+    let late = store.cancel_task(task.id).await.expect("cancel after the end");
+    assert_eq!(late.cancel, CancelOutcome::AlreadyCancelled);
+    assert_eq!(late.task, finished);
+}
+
+pub async fn a_finished_task_cannot_be_cancelled<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    store.create_task(&new_task("s")).await.expect("create");
+    let (task, token) = claim(&store, &worker).await.expect("claimed");
+    // A runner reports `cancelled` only when told to.
+    assert!(matches!(
+        store
+            .complete_task(task.id, &token, &verdict(TaskResult::Cancelled))
+            .await,
+        Err(StoreError::NotCancelled(_))
+    ));
+    let done = store
+        .complete_task(task.id, &token, &verdict(TaskResult::Succeeded))
+        .await
+        .expect("complete");
+    let refused = store.cancel_task(task.id).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::AlreadyFinished {
+                state: TaskState::Succeeded,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(store.get_task(task.id).await.expect("get"), done, "unchanged");
+}
+
+/// Cancels racing claims over the same tasks: each task is either
+/// cancelled while queued and never claimed, or claimed and then asked to
+/// cancel, never both.
+pub async fn cancels_racing_claims_never_start_a_cancelled_task<S: Store>(store: S) {
+    const TASKS: usize = 120;
+    let mut ids = Vec::new();
+    for _ in 0..TASKS {
+        ids.push(store.create_task(&new_task("race")).await.expect("create").id);
+    }
+    let mut claimers = Vec::new();
+    for i in 0..4 {
+        let (store, worker) = (store.clone(), runner(&store, &format!("w{i}")).await);
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..=TASKS {
+                match claim(&store, &worker).await {
+                    Some((task, _)) => mine.push(task.id),
+                    None => break,
+                }
+            }
+            mine
+        }));
+    }
+    let canceller = {
+        let (store, ids) = (store.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut outcomes = BTreeMap::new();
+            for id in ids {
+                outcomes.insert(id, store.cancel_task(id).await.expect("cancel").cancel);
+            }
+            outcomes
+        })
+    };
+    let mut claimed = HashSet::new();
+    for claimer in claimers {
+        for id in claimer.await.expect("claimer") {
+            assert!(claimed.insert(id), "{id} claimed twice");
+        }
+    }
+    let outcomes = canceller.await.expect("canceller");
+    for id in ids {
+        match outcomes[&id] {
+            CancelOutcome::Cancelled => assert!(!claimed.contains(&id), "{id} was cancelled queued, then claimed"),
+            CancelOutcome::Requested => assert!(claimed.contains(&id), "{id}: a cancel request for an unclaimed task"),
+            other => panic!("{id}: a first cancel answered {other:?}"),
+        }
+        let task = store.get_task(id).await.expect("get");
+        let expected = if claimed.contains(&id) {
+            TaskState::Running
+        } else {
+            TaskState::Cancelled
+        };
+        assert_eq!(task.state, expected, "{id}");
+    }
+}
+
 /// Instantiates every case above as a test in the invoking module: `fresh`
 /// is an async fn answering `(guard, store)` for a new, empty database (the
 /// guard lives until the case ends), and the attributes in brackets (e.g.
@@ -986,6 +1160,10 @@ macro_rules! suite {
             tasks_remember_who_created_them,
             a_client_request_id_makes_one_task_per_owner,
             revoked_runners_are_refused_with_their_attempts,
+            a_cancelled_queued_task_never_starts,
+            a_cancelled_running_task_is_told_to_its_runner_and_ends_cancelled_once,
+            a_finished_task_cannot_be_cancelled,
+            cancels_racing_claims_never_start_a_cancelled_task,
         );
     };
     (@cases $fresh:ident, $attrs:tt, $($name:ident),* $(,)?) => {$(

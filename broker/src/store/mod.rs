@@ -20,7 +20,9 @@ use std::future::Future;
 use embark_core::NewEvent;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::rules::{Refusal, Rule};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, check_batch_shape};
+use embark_core::wire::{
+    CompleteTask, CreateTask, EventPage, EventsAppended, Task, TaskCancel, TaskResult, check_batch_shape,
+};
 
 use crate::access::{Client, Owner};
 use crate::auth::TokenHash;
@@ -122,6 +124,14 @@ pub enum StoreError {
     RequestIdConflict { task: TaskId, request_id: String },
     #[error("a live client token is already named {0:?}: revoke it first, or pick another name")]
     TokenNameTaken(String),
+    /// A cancel of a task that already succeeded or failed.
+    #[error("task {task} already {state}, so it can no longer be cancelled; its state is unchanged")]
+    AlreadyFinished { task: TaskId, state: TaskState },
+    /// A `cancelled` verdict for a task no client cancelled.
+    #[error(
+        "task {0} was not cancelled by a client, so its attempt cannot report `cancelled`: report succeeded or failed"
+    )]
+    NotCancelled(TaskId),
     #[error("task {task} is {from} and cannot become {to}")]
     Transition {
         task: TaskId,
@@ -293,6 +303,18 @@ pub trait Store: Clone + Send + Sync + 'static {
         verdict: &CompleteTask,
     ) -> impl Future<Output = Result<Task, StoreError>> + Send;
 
+    /// A client's cancel, in one transaction: a queued task becomes
+    /// `cancelled` (reason [`embark_core::task::CANCELLED_BY_USER`]) at once and
+    /// no claim can take it any more; a running one gets its cancel request
+    /// recorded, once, for its runner to act on ([`Store::cancel_requests`]).
+    /// A repeat changes nothing; a task that succeeded or failed is
+    /// [`StoreError::AlreadyFinished`].
+    fn cancel_task(&self, id: TaskId) -> impl Future<Output = Result<TaskCancel, StoreError>> + Send;
+
+    /// The running tasks whose current attempt is `runner_id`'s and whose
+    /// cancel was requested: `(task, attempt)`, for the control channel.
+    fn cancel_requests(&self, runner_id: &str) -> impl Future<Output = Result<Vec<(TaskId, u32)>, StoreError>> + Send;
+
     /// Up to `limit` events with seq > `after`, oldest first, and the task's
     /// `last_seq` as of the same snapshot. An event of a kind this build does
     /// not know, or whose payload does not fit its kind, is served as it was
@@ -393,6 +415,28 @@ pub(crate) fn replayed_create(
             request_id: request_id.clone(),
         })
     }
+}
+
+/// The verdict a completion records: after a client's cancel request,
+/// whatever the attempt reports, the task ends `cancelled` with reason
+/// [`embark_core::task::CANCELLED_BY_USER`] (keeping the attempt's final
+/// text); without one, `cancelled` is refused.
+pub(crate) fn settle_verdict(
+    task: TaskId,
+    verdict: &CompleteTask,
+    cancel_requested: bool,
+) -> Result<CompleteTask, StoreError> {
+    if cancel_requested {
+        return Ok(CompleteTask {
+            result: TaskResult::Cancelled,
+            final_text: verdict.final_text.clone(),
+            reason: Some(embark_core::task::CANCELLED_BY_USER.to_owned()),
+        });
+    }
+    if verdict.result == TaskResult::Cancelled {
+        return Err(StoreError::NotCancelled(task));
+    }
+    Ok(verdict.clone())
 }
 
 /// Refuses a transition the state machine does not have.

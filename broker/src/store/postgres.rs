@@ -27,7 +27,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
+use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, Task, TaskCancel};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
@@ -38,7 +38,7 @@ use super::rows::{
 };
 use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, Runner, RunnerRecord, Store, StoreError,
-    check_append, check_new_task, check_transition, check_verdict, replayed_create,
+    check_append, check_new_task, check_transition, check_verdict, replayed_create, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -157,6 +157,21 @@ const EVENTS_AFTER: &str = "SELECT t.last_seq, e.seq, e.time, e.kind, e.payload 
      LEFT JOIN LATERAL (SELECT seq, time, kind, payload FROM events \
      WHERE task_id = t.id AND seq > $2 ORDER BY seq LIMIT $3) e ON true \
      WHERE t.id = $1 ORDER BY e.seq";
+
+/// A queued task cancelled (its row locked): it ends at once.
+/// `$1` the id, `$2` now, `$3` the reason.
+const CANCEL_QUEUED: &str = concat!(
+    "UPDATE tasks SET state = 'cancelled', outcome_reason = $3, finished_at = $2, updated_at = $2 \
+     WHERE id = $1 AND state = 'queued' RETURNING ",
+    task_columns!()
+);
+
+/// A running task's cancel request (its row locked), recorded once. `$1` the id, `$2` now.
+const REQUEST_CANCEL: &str = concat!(
+    "UPDATE tasks SET cancel_requested_at = $2, updated_at = $2 \
+     WHERE id = $1 AND state = 'running' AND cancel_requested_at IS NULL RETURNING ",
+    task_columns!()
+);
 
 /// The task as its current attempt sees it.
 struct CurrentAttempt {
@@ -474,6 +489,12 @@ impl Store for PgStore {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let CurrentAttempt { state, .. } = authorize_attempt(&mut tx, id, callback).await?;
+        // The row is locked: a cancel request cannot come in between.
+        let cancel_requested: Option<i64> = sqlx::query_scalar("SELECT cancel_requested_at FROM tasks WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let verdict = &settle_verdict(id, verdict, cancel_requested.is_some())?;
         let next = verdict.result.state();
         if state == next {
             // A retry of this attempt's own verdict whose answer was lost: answer it again.
@@ -502,6 +523,78 @@ impl Store for PgStore {
         let task = Task::try_from(row)?;
         tx.commit().await?;
         Ok(task)
+    }
+
+    async fn cancel_task(&self, id: TaskId) -> Result<TaskCancel, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        // Locked: a claim (which skips locked rows) or a completion waits for this cancel, or came first.
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let task = Task::try_from(row.ok_or(StoreError::TaskNotFound(id))?)?;
+        let cancel = match task.state {
+            TaskState::Queued => CancelOutcome::Cancelled,
+            TaskState::Running if task.cancel_requested_at.is_none() => CancelOutcome::Requested,
+            TaskState::Running => {
+                return Ok(TaskCancel {
+                    cancel: CancelOutcome::AlreadyRequested,
+                    task,
+                });
+            }
+            TaskState::Cancelled => {
+                return Ok(TaskCancel {
+                    cancel: CancelOutcome::AlreadyCancelled,
+                    task,
+                });
+            }
+            TaskState::Succeeded | TaskState::Failed => {
+                return Err(StoreError::AlreadyFinished {
+                    task: id,
+                    state: task.state,
+                });
+            }
+        };
+        check_transition(id, task.state, TaskState::Cancelled)?;
+        let row: TaskRow = if cancel == CancelOutcome::Cancelled {
+            sqlx::query_as(CANCEL_QUEUED)
+                .bind(id.to_string())
+                .bind(now)
+                .bind(embark_core::task::CANCELLED_BY_USER)
+                .fetch_one(&mut *tx)
+                .await?
+        } else {
+            sqlx::query_as(REQUEST_CANCEL)
+                .bind(id.to_string())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?
+        };
+        let task = Task::try_from(row)?;
+        tx.commit().await?;
+        Ok(TaskCancel { cancel, task })
+    }
+
+    async fn cancel_requests(&self, runner_id: &str) -> Result<Vec<(TaskId, u32)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT t.id, t.attempt FROM tasks t JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt \
+             WHERE t.state = 'running' AND t.cancel_requested_at IS NOT NULL AND a.runner_id = $1",
+        )
+        .bind(runner_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, attempt)| {
+                let attempt = u32::try_from(attempt)
+                    .map_err(|_| StoreError::Corrupt(format!("attempt {attempt} is out of range")))?;
+                Ok((super::rows::parse_task_id(&id)?, attempt))
+            })
+            .collect()
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<EventPage, StoreError> {

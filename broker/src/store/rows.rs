@@ -13,7 +13,8 @@ use super::{ClientToken, RunnerRecord, StoreError};
 macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
-         created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at"
+         created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
+         cancel_requested_at"
     };
 }
 pub(crate) use task_columns;
@@ -37,6 +38,7 @@ pub(crate) struct TaskRow {
     pub outcome_final_text: Option<String>,
     pub outcome_reason: Option<String>,
     pub finished_at: Option<i64>,
+    pub cancel_requested_at: Option<i64>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -49,6 +51,13 @@ impl TryFrom<TaskRow> for Task {
             (None, None) => None,
             (Some(result), Some(finished_at)) => Some(TaskOutcome {
                 result: parse_result(result)?,
+                final_text: row.outcome_final_text,
+                reason: row.outcome_reason,
+                finished_at: timestamp(finished_at)?,
+            }),
+            // A cancelled task's outcome is its state (the column's CHECK predates cancelling).
+            (None, Some(finished_at)) if state == TaskState::Cancelled => Some(TaskOutcome {
+                result: TaskResult::Cancelled,
                 final_text: row.outcome_final_text,
                 reason: row.outcome_reason,
                 finished_at: timestamp(finished_at)?,
@@ -75,6 +84,7 @@ impl TryFrom<TaskRow> for Task {
                 .map_err(|_| StoreError::Corrupt(format!("task {id} has attempt {}", row.attempt)))?,
             last_seq: seq(row.last_seq)?,
             outcome,
+            cancel_requested_at: row.cancel_requested_at.map(timestamp).transpose()?,
         })
     }
 }
@@ -181,8 +191,13 @@ fn parse_result(text: &str) -> Result<TaskResult, StoreError> {
     }
 }
 
-pub(crate) fn result_name(result: TaskResult) -> &'static str {
-    result.state().as_str()
+/// The `outcome_result` column of a verdict: NULL for `cancelled`, which
+/// the column's CHECK does not name (the state says it).
+pub(crate) fn result_name(result: TaskResult) -> Option<&'static str> {
+    match result {
+        TaskResult::Succeeded | TaskResult::Failed => Some(result.state().as_str()),
+        TaskResult::Cancelled => None,
+    }
 }
 
 pub(crate) fn seq(value: i64) -> Result<u64, StoreError> {

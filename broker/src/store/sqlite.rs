@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
+use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, Task, TaskCancel};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -24,7 +24,7 @@ use super::rows::{
 };
 use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, Runner, RunnerRecord, Store, StoreError,
-    check_append, check_new_task, check_transition, check_verdict, replayed_create,
+    check_append, check_new_task, check_transition, check_verdict, replayed_create, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -166,6 +166,22 @@ const CLAIM_NEXT: &str = concat!(
     "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1 \
      WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1) \
      AND state = 'queued' RETURNING ",
+    task_columns!()
+);
+
+/// A queued task cancelled: it ends at once, and `state = 'queued'` keeps a
+/// claim that got there first from being undone (the claim re-checks it too).
+/// `?1` the id, `?2` now, `?3` the reason.
+const CANCEL_QUEUED: &str = concat!(
+    "UPDATE tasks SET state = 'cancelled', outcome_reason = ?3, finished_at = ?2, updated_at = ?2 \
+     WHERE id = ?1 AND state = 'queued' RETURNING ",
+    task_columns!()
+);
+
+/// A running task's cancel request, recorded once. `?1` the id, `?2` now.
+const REQUEST_CANCEL: &str = concat!(
+    "UPDATE tasks SET cancel_requested_at = ?2, updated_at = ?2 \
+     WHERE id = ?1 AND state = 'running' AND cancel_requested_at IS NULL RETURNING ",
     task_columns!()
 );
 
@@ -516,6 +532,11 @@ impl Store for SqliteStore {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let (CurrentAttempt { state, .. }, _) = authorize_attempt(&mut tx, id, callback, None).await?;
+        let cancel_requested: Option<i64> = sqlx::query_scalar("SELECT cancel_requested_at FROM tasks WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let verdict = &settle_verdict(id, verdict, cancel_requested.is_some())?;
         let next = verdict.result.state();
         if state == next {
             // A retry of this attempt's own verdict whose answer was lost: answer it again.
@@ -544,6 +565,69 @@ impl Store for SqliteStore {
         let task = Task::try_from(row)?;
         tx.commit().await?;
         Ok(task)
+    }
+
+    async fn cancel_task(&self, id: TaskId) -> Result<TaskCancel, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let row: Option<TaskRow> = sqlx::query_as(GET_TASK)
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let task = Task::try_from(row.ok_or(StoreError::TaskNotFound(id))?)?;
+        let cancel = match task.state {
+            TaskState::Queued => CancelOutcome::Cancelled,
+            TaskState::Running if task.cancel_requested_at.is_none() => CancelOutcome::Requested,
+            TaskState::Running => {
+                return Ok(TaskCancel {
+                    cancel: CancelOutcome::AlreadyRequested,
+                    task,
+                });
+            }
+            TaskState::Cancelled => {
+                return Ok(TaskCancel {
+                    cancel: CancelOutcome::AlreadyCancelled,
+                    task,
+                });
+            }
+            TaskState::Succeeded | TaskState::Failed => {
+                return Err(StoreError::AlreadyFinished {
+                    task: id,
+                    state: task.state,
+                });
+            }
+        };
+        check_transition(id, task.state, TaskState::Cancelled)?;
+        let row: TaskRow = if cancel == CancelOutcome::Cancelled {
+            sqlx::query_as(CANCEL_QUEUED)
+                .bind(id.to_string())
+                .bind(now)
+                .bind(embark_core::task::CANCELLED_BY_USER)
+                .fetch_one(&mut *tx)
+                .await?
+        } else {
+            sqlx::query_as(REQUEST_CANCEL)
+                .bind(id.to_string())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?
+        };
+        let task = Task::try_from(row)?;
+        tx.commit().await?;
+        Ok(TaskCancel { cancel, task })
+    }
+
+    async fn cancel_requests(&self, runner_id: &str) -> Result<Vec<(TaskId, u32)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT t.id, t.attempt FROM tasks t JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt \
+             WHERE t.state = 'running' AND t.cancel_requested_at IS NOT NULL AND a.runner_id = ?1",
+        )
+        .bind(runner_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(id, attempt)| Ok((super::rows::parse_task_id(&id)?, attempt_number(attempt)?)))
+            .collect()
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<EventPage, StoreError> {

@@ -17,11 +17,12 @@
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
+use super::control::ControlFrame;
 use super::live::{LiveClose, LiveFrame, SessionTailQuery, TaskTailQuery};
 use super::rules::{Check, Rule};
 use super::{
     ApiError, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage, EventPageQuery,
-    EventsAppended, Health, RunnerEnrolled, Task, TaskList, TaskListQuery,
+    EventsAppended, Health, RunnerEnrolled, Task, TaskCancel, TaskList, TaskListQuery,
 };
 use crate::schema::{SchemaFn, schema};
 use crate::task::TaskId;
@@ -88,13 +89,13 @@ impl Credential {
     pub fn description(self) -> &'static str {
         match self {
             Credential::ClientSecret => {
-                "A client token (`embark_ct_…`, from `embark-broker tokens add NAME`) or the broker's client secret (EMBARK_CLIENT_SECRET): create, list, read and follow tasks. A token sees only the tasks it created (others answer 404, a listing leaves them out); the client secret is the operator's and sees every task."
+                "A client token (`embark_ct_…`, from `embark-broker tokens add NAME`) or the broker's client secret (EMBARK_CLIENT_SECRET): create, list, read, follow and cancel tasks. A token sees only the tasks it created (others answer 404, a listing leaves them out); the client secret is the operator's and sees every task."
             }
             Credential::EnrollmentSecret => {
                 "The broker's runner enrollment secret (EMBARK_RUNNER_ENROLLMENT_SECRET), exchanged for a runner token."
             }
             Credential::RunnerToken => {
-                "A runner token (`embark_rt_…`) from POST /v1/runners/enroll: claim tasks. `embark-broker runners revoke NAME` revokes it: its requests, and its attempts' callback tokens, then answer 401."
+                "A runner token (`embark_rt_…`) from POST /v1/runners/enroll: claim tasks, hear of their cancels. `embark-broker runners revoke NAME` revokes it: its requests, and its attempts' callback tokens, then answer 401."
             }
             Credential::CallbackToken => {
                 "The callback token (`embark_cb_…`) a claim returned: valid for that task and only while that attempt is the task's current one."
@@ -120,10 +121,12 @@ pub enum Operation {
     Healthz,
     Readyz,
     Metrics,
+    CancelTask,
+    RunnerControl,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 16] = [
         Operation::Health,
         Operation::CreateTask,
         Operation::ListTasks,
@@ -138,6 +141,8 @@ impl Operation {
         Operation::Healthz,
         Operation::Readyz,
         Operation::Metrics,
+        Operation::CancelTask,
+        Operation::RunnerControl,
     ];
 
     /// This operation's entry in [`ROUTES`].
@@ -165,6 +170,8 @@ impl Operation {
             Operation::Healthz => "healthz",
             Operation::Readyz => "readyz",
             Operation::Metrics => "metrics",
+            Operation::CancelTask => "cancelTask",
+            Operation::RunnerControl => "runnerControl",
         }
     }
 }
@@ -369,6 +376,8 @@ const TAIL_CLOSES: &[LiveClose] = &[
     LiveClose::TooSlow,
 ];
 const SESSION_TAIL_CLOSES: &[LiveClose] = &[LiveClose::ShuttingDown, LiveClose::Internal, LiveClose::TooSlow];
+/// The control channel never finishes: every close asks the runner to connect again.
+const CONTROL_CLOSES: &[LiveClose] = SESSION_TAIL_CLOSES;
 
 const UNAUTHORIZED: Reply = error(401, "The credential is missing, malformed or wrong for this route.");
 const CALLBACK_UNAUTHORIZED: Reply = error(
@@ -600,6 +609,54 @@ pub const ROUTES: &[Route] = &[
             closes: SESSION_TAIL_CLOSES,
         },
         replies: &[UPGRADED, UNAUTHORIZED, INTERNAL],
+    },
+    Route {
+        operation: Operation::CancelTask,
+        method: Method::Post,
+        path: "/v1/tasks/{id}/cancel",
+        summary: "Cancel a task: a queued one at once (it never starts), a running one by telling its runner to stop Pi; idempotent.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[TASK_ID],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            ok(
+                200,
+                schema::<TaskCancel>,
+                "What the cancel did (`cancel`) and the task after it: `cancelled` (it was queued), `requested` (its runner was told), `already_requested` or `already_cancelled` (a repeat: nothing changed).",
+            ),
+            UNAUTHORIZED,
+            TASK_NOT_FOUND,
+            error(
+                409,
+                "The task already succeeded or failed (code `already_finished`); its state is unchanged.",
+            ),
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::RunnerControl,
+        method: Method::Get,
+        path: "/v1/runners/control",
+        summary: "The runner's control channel over a WebSocket: every pending cancel request of its running tasks, a `live` frame, then each new one as a client makes it (on any replica).",
+        credential: Some(Credential::RunnerToken),
+        path_params: &[],
+        query: None,
+        request: None,
+        kind: Kind::WebSocket {
+            frames: schema::<ControlFrame>,
+            closes: CONTROL_CLOSES,
+        },
+        replies: &[
+            Reply {
+                status: 101,
+                body: Body::Json(schema::<ControlFrame>),
+                description: "Switching to the WebSocket: every text message is one ControlFrame (JSON). Every close asks the runner to connect again (x-websocket).",
+            },
+            UNAUTHORIZED,
+            INTERNAL,
+        ],
     },
     Route {
         operation: Operation::Healthz,

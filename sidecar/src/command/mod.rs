@@ -106,6 +106,7 @@ impl Verb {
 pub enum Command {
     Help,
     Status(TaskSelector),
+    Cancel(TaskSelector),
     Submit(SubmitArgs),
 }
 
@@ -116,6 +117,8 @@ pub enum TaskSelector {
     Latest,
     /// The one whose id (lowercase hex, no dashes) starts with this.
     Prefix(String),
+    /// The n-th of the session's tasks, newest first (1 is the newest).
+    Number(u32),
 }
 
 /// A task to hand to the broker; unset intent fields fall back to the config.
@@ -134,15 +137,18 @@ pub const USAGE: &str = r#"Usage:
       Several unquoted words also form the prompt.
   /embark submit <prompt> [flags]
       The same, explicitly (for a prompt that starts with a command word).
-  /embark status [latest|<task id>]
-      Show a task of this session: the latest, or the one whose id starts
-      with the given hex digits (at least 4).
+  /embark status [latest|<task id>|<number>]
+      Show a task of this session: the latest, the one whose id starts
+      with the given hex digits (at least 4), or the n-th newest (1, 2, …).
+  /embark cancel [latest|<task id>|<number>]
+      Cancel a task of this session (chosen as for status): a queued one
+      never starts, a running one's runner stops Pi.
   /embark help
       Show this text.
 
 Reserved for commands to come (a prompt that starts with one must be
-quoted or follow `submit`): tasks attach list sync cancel detach diff apply
-follow logs reconcile cleanup runners.
+quoted or follow `submit`): tasks attach list sync detach diff apply follow
+logs reconcile cleanup runners.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>  Pi provider on the runner (else EMBARK_PROVIDER or `provider` in config.toml)

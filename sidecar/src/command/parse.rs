@@ -44,7 +44,8 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
                     .into(),
             )),
         },
-        Some(Verb::Status) => parse_status(rest),
+        Some(Verb::Status) => parse_selector(Verb::Status, rest).map(Command::Status),
+        Some(Verb::Cancel) => parse_selector(Verb::Cancel, rest).map(Command::Cancel),
         Some(Verb::Submit) => parse_submit(rest, true),
         Some(verb) => Err(not_available(verb, line)),
         None => parse_submit(&tokens, false),
@@ -79,22 +80,38 @@ fn wants_help(tokens: &[Token]) -> bool {
         .any(|t| !t.quoted && (t.text == "--help" || t.text == "-h"))
 }
 
-fn parse_status(args: &[Token]) -> Result<Command, UsageError> {
+/// `[latest|<id>|<id prefix>|<number>]` after `verb`: the latest task when absent.
+fn parse_selector(verb: Verb, args: &[Token]) -> Result<TaskSelector, UsageError> {
+    let name = verb.as_str();
     let selector = match args {
         [] => TaskSelector::Latest,
         [one] if one.text.starts_with("--") && !one.quoted => {
-            return Err(UsageError::with_usage(format!("`status` has no flag {}", one.text)));
+            return Err(UsageError::with_usage(format!("`{name}` has no flag {}", one.text)));
         }
         [one] if one.text == "latest" => TaskSelector::Latest,
+        [one] if is_number(&one.text) => match one.text.parse::<u32>() {
+            Ok(number) if number >= 1 => TaskSelector::Number(number),
+            _ => {
+                return Err(UsageError(format!(
+                    "tasks are numbered from 1 (the newest): /embark {name} [latest|<id>|<number>]"
+                )));
+            }
+        },
         [one] => TaskSelector::Prefix(task_prefix(&one.text)?),
         [_, extra, ..] => {
             return Err(UsageError(format!(
-                "`status` takes one task id at most, got an extra {:?}: /embark status [latest|<id>]",
+                "`{name}` takes one task at most, got an extra {:?}: /embark {name} [latest|<id>|<number>]",
                 extra.text
             )));
         }
     };
-    Ok(Command::Status(selector))
+    Ok(selector)
+}
+
+/// A task's number in the session (newest first): fewer digits than any id
+/// prefix, so `12` is a number and `1234` a prefix.
+fn is_number(text: &str) -> bool {
+    (1..MIN_ID_PREFIX).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A task id or prefix, normalised to lowercase hex without dashes.
@@ -317,10 +334,30 @@ mod tests {
     }
 
     #[test]
+    fn cancel_takes_a_task_like_status() {
+        assert_eq!(parse("cancel"), Ok(Command::Cancel(TaskSelector::Latest)));
+        assert_eq!(parse("cancel latest"), Ok(Command::Cancel(TaskSelector::Latest)));
+        assert_eq!(parse("cancel 2"), Ok(Command::Cancel(TaskSelector::Number(2))));
+        assert_eq!(
+            parse("cancel 0190-ABCD"),
+            Ok(Command::Cancel(TaskSelector::Prefix("0190abcd".into())))
+        );
+        assert_eq!(parse("status 12"), Ok(Command::Status(TaskSelector::Number(12))));
+        assert_eq!(
+            parse("status 1234"),
+            Ok(Command::Status(TaskSelector::Prefix("1234".into()))),
+            "four digits are an id prefix"
+        );
+        assert!(usage_error("cancel 0").contains("numbered from 1"));
+        assert!(usage_error("cancel 1 2").contains("takes one task at most"));
+        assert!(usage_error("cancel --all").contains("`cancel` has no flag --all"));
+        assert!(usage_error("cancel the flaky build please").contains("takes one task at most"));
+    }
+
+    #[test]
     fn reserved_words_never_become_prompts() {
         for line in [
-            "cancel latest",
-            "cancel",
+            "detach latest",
             "attach 3",
             "attach latest --model m",
             "list",
@@ -334,7 +371,7 @@ mod tests {
             "cleanup",
             "runners",
             "detach",
-            "cancel the flaky build please",
+            "detach the flaky build please",
         ] {
             let message = usage_error(line);
             assert!(
@@ -343,9 +380,9 @@ mod tests {
             );
             assert!(message.contains("nothing was submitted"), "{line}: {message}");
         }
-        let message = usage_error("cancel latest");
-        assert!(message.contains("quote them: /embark \"cancel latest\""), "{message}");
-        let message = usage_error(&format!("cancel {}", "word ".repeat(30)));
+        let message = usage_error("detach latest");
+        assert!(message.contains("quote them: /embark \"detach latest\""), "{message}");
+        let message = usage_error(&format!("detach {}", "word ".repeat(30)));
         assert!(message.contains("use /embark submit <prompt>"), "{message}");
         // Behind flags or after `--`, a reserved word is still a command word.
         for line in ["--model m cancel latest", "-- attach 3"] {

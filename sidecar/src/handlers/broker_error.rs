@@ -33,6 +33,7 @@ pub fn broker_error(error: ClientError) -> RpcError {
             ApiErrorCode::InvalidRequest
             | ApiErrorCode::Conflict
             | ApiErrorCode::RequestIdConflict
+            | ApiErrorCode::AlreadyFinished
             | ApiErrorCode::PayloadTooLarge => RpcError::new(
                 ErrorCode::BrokerRejected,
                 format!("the broker refused the request (HTTP {status}): {message}"),

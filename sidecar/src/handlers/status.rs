@@ -44,8 +44,8 @@ pub async fn run(handlers: &Handlers, selector: &TaskSelector, session: &Session
     })
 }
 
-/// The newest task, or the one whose id starts with the prefix.
-fn select<'a>(tasks: &'a [Task], selector: &TaskSelector) -> Result<&'a Task, RpcError> {
+/// The newest task, the n-th newest, or the one whose id starts with the prefix.
+pub(super) fn select<'a>(tasks: &'a [Task], selector: &TaskSelector) -> Result<&'a Task, RpcError> {
     let prefix = match selector {
         TaskSelector::Latest => {
             return tasks.first().ok_or_else(|| {
@@ -56,6 +56,19 @@ fn select<'a>(tasks: &'a [Task], selector: &TaskSelector) -> Result<&'a Task, Rp
             });
         }
         TaskSelector::Prefix(prefix) => prefix,
+        TaskSelector::Number(number) => {
+            let index = usize::try_from(*number - 1).unwrap_or(usize::MAX);
+            return tasks.get(index).ok_or_else(|| {
+                RpcError::new(
+                    ErrorCode::TaskNotFound,
+                    format!(
+                        "this session has {} task{}, so there is no task {number}: 1 is the newest",
+                        tasks.len(),
+                        if tasks.len() == 1 { "" } else { "s" }
+                    ),
+                )
+            });
+        }
     };
     let matching: Vec<&Task> = tasks
         .iter()

@@ -29,6 +29,9 @@ use crate::store::StoreError;
 
 /// The channel touched tasks are announced on.
 pub const TASK_CHANGED_CHANNEL: &str = "embark_task_changed";
+/// The channel cancel requests are announced on (`"<replica> <id>"`): the
+/// other replicas' control channels look for their runners' cancels.
+pub const CANCEL_REQUESTED_CHANNEL: &str = "embark_cancel_requested";
 /// A `NOTIFY` payload must stay under 8000 bytes: 37 bytes per id.
 const IDS_PER_NOTIFY: usize = 200;
 
@@ -38,6 +41,8 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(10);
 /// Sends this replica's "tasks changed" announcements, coalesced.
 pub struct Announcer {
     touched: Mutex<HashSet<TaskId>>,
+    /// Cancel requests not announced yet (rare, so each is sent as it comes).
+    cancels: Mutex<HashSet<TaskId>>,
     kick: Notify,
 }
 
@@ -50,6 +55,14 @@ impl Relay for Announcer {
         // Stores a permit when the sender is busy: it goes round once more.
         self.kick.notify_one();
     }
+
+    fn cancel_requested(&self, id: TaskId) {
+        self.cancels
+            .lock()
+            .expect("the announcer's lock is never poisoned")
+            .insert(id);
+        self.kick.notify_one();
+    }
 }
 
 impl Announcer {
@@ -60,6 +73,24 @@ impl Announcer {
             tokio::select! {
                 () = self.kick.notified() => {}
                 () = &mut closed => break,
+            }
+            let cancels: Vec<TaskId> = std::mem::take(&mut *self.cancels.lock().expect("never poisoned"))
+                .into_iter()
+                .collect();
+            // Cancels first: a runner waits for them (the design's bound is 1 s).
+            for id in cancels {
+                let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CANCEL_REQUESTED_CHANNEL)
+                    .bind(format!("{replica} {id}"))
+                    .execute(pool)
+                    .await;
+                if let Err(error) = sent {
+                    tracing::warn!(
+                        error = %embark_core::text::error_chain(&error),
+                        task = %id,
+                        "could not announce a cancel request to other replicas; their control channels find it by re-reading"
+                    );
+                }
             }
             let touched: Vec<TaskId> = std::mem::take(&mut *self.touched.lock().expect("never poisoned"))
                 .into_iter()
@@ -97,7 +128,9 @@ fn parse_payload(payload: &str) -> (&str, Vec<TaskId>) {
 /// announcer; answers the announcer, to be the hub's relay.
 pub async fn start(store: &PgStore, hub: Arc<Hub>) -> Result<Arc<Announcer>, StoreError> {
     let mut listener = PgListener::connect_with(&store.pool).await?;
-    listener.listen(TASK_CHANGED_CHANNEL).await?;
+    listener
+        .listen_all([TASK_CHANGED_CHANNEL, CANCEL_REQUESTED_CHANNEL])
+        .await?;
     let (pool, replica) = (store.pool.clone(), store.replica.clone());
     tokio::spawn(async move {
         let mut pause = FIRST_RETRY_PAUSE;
@@ -106,15 +139,20 @@ pub async fn start(store: &PgStore, hub: Arc<Hub>) -> Result<Arc<Announcer>, Sto
                 Ok(Some(notification)) => {
                     pause = FIRST_RETRY_PAUSE;
                     let (from, ids) = parse_payload(notification.payload());
-                    if from != replica {
-                        for id in ids {
-                            hub.touch_here(id);
-                        }
+                    if from == replica {
+                        continue;
+                    }
+                    if notification.channel() == CANCEL_REQUESTED_CHANNEL {
+                        hub.cancel_requested_here();
+                    }
+                    for id in ids {
+                        hub.touch_here(id);
                     }
                 }
                 Ok(None) => {
                     tracing::warn!("the connection listening for other replicas' task changes was lost and is back");
                     hub.touch_all_here();
+                    hub.cancel_requested_here();
                 }
                 Err(sqlx::Error::PoolClosed) => break,
                 Err(error) => {
@@ -134,6 +172,7 @@ pub async fn start(store: &PgStore, hub: Arc<Hub>) -> Result<Arc<Announcer>, Sto
     });
     let announcer = Arc::new(Announcer {
         touched: Mutex::new(HashSet::new()),
+        cancels: Mutex::new(HashSet::new()),
         kick: Notify::new(),
     });
     let sender = Arc::clone(&announcer);

@@ -1,0 +1,116 @@
+#!/usr/bin/env node
+// smoke:runner-cancel — cancelling a running task through every real
+// component: laptop Pi (RPC mode, /embark extension) → embark-sidecar →
+// embark-broker → the runner's control channel → the runner's Pi, busy in a
+// bash tool call of `sleep 600` from the scripted fake model. `/embark
+// cancel` must leave no process of the task alive (checked by PID: Pi, its
+// task guard, the tool's shell) and the task `cancelled`; the latency from
+// the cancel to the last of them gone is printed.
+
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+import { stopAll } from "./lib/process.mjs";
+import { PiRpc, pollStatus, submittedTaskId } from "./lib/pi-rpc-client.mjs";
+import { PI_SETTINGS, ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
+import { killMarked, processesWith, until } from "./lib/tasks.mjs";
+
+const SCRIPT = {
+  turns: [
+    { tool_calls: [{ name: "bash", arguments: { command: "echo $$ > tool.pid; sleep 600" } }] },
+    { text: "never reached: the task was cancelled" },
+  ],
+};
+
+const dir = mkdtempSync(join(tmpdir(), "embark-smoke-runner-cancel-"));
+const step = (msg) => process.stdout.write(`[smoke:runner-cancel] ${msg}\n`);
+const fail = (msg) => {
+  throw new Error(msg);
+};
+const alive = (pid) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.startsWith("Z");
+
+async function main() {
+  const piBin = requirePi();
+  step("building binaries");
+  const bin = buildBinaries();
+  const repo = fixtureRepo(join(dir, "repo"));
+  const model = await startFakeModel(dir, SCRIPT);
+  const { broker, secrets, spaces } = await startBrokerAndRunner(dir, bin, {
+    label: "cancel",
+    profile: { "models.json": fakeModels(model.baseUrl) },
+    runnerName: "cancel-runner",
+  });
+  step(`broker on ${broker.url}, fake model on ${model.baseUrl}`);
+
+  const laptopAgent = join(dir, "laptop-agent");
+  const laptopHome = join(dir, "laptop-home");
+  mkdirSync(laptopAgent, { recursive: true });
+  mkdirSync(laptopHome, { recursive: true });
+  writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify(PI_SETTINGS));
+  const pi = PiRpc.start({
+    piBin,
+    cwd: repo.work,
+    args: ["-e", join(ROOT, "extension-shim"), "--no-session"],
+    logPath: join(dir, "laptop-pi.log"),
+    env: {
+      ...process.env,
+      HOME: laptopHome,
+      PI_CODING_AGENT_DIR: laptopAgent,
+      PI_OFFLINE: "1",
+      EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
+      EMBARK_CONFIG: emptyConfig(dir, "laptop"),
+      EMBARK_BROKER_URL: broker.url,
+      EMBARK_CLIENT_SECRET: secrets.client,
+      EMBARK_PROFILE: "default",
+      EMBARK_PROVIDER: "fake",
+      EMBARK_MODEL: "fake-model",
+    },
+  });
+
+  const submitted = await pi.embark(JSON.stringify("sleep for ten minutes"));
+  const shortId = submittedTaskId(submitted);
+  if (!shortId) fail(`submit did not name a task: ${submitted.notes.map((n) => n.message).join("\n")}`);
+  step(`submitted task ${shortId}`);
+
+  // The tool runs: its shell wrote its PID into the remote workspace.
+  const taskName = await until("the task directory", () => (existsSync(spaces) ? readdirSync(spaces).find((d) => d.replaceAll("-", "").startsWith(shortId)) : null), 90_000);
+  const taskDir = join(spaces, taskName);
+  const pidFile = join(taskDir, "workspace", "tool.pid");
+  const tool = await until("the tool's PID", () => (existsSync(pidFile) ? Number(readFileSync(pidFile, "utf8").trim()) || null : null), 90_000);
+  // Pi and its task guard carry the task directory on their command lines.
+  const piPids = processesWith(taskDir);
+  if (piPids.length === 0) fail(`no runner-side Pi process found for ${taskDir}`);
+  step(`runner-side processes of the task (Pi under its guard) PIDs ${piPids.join(", ")}, tool shell PID ${tool}: running sleep 600`);
+
+  const started = performance.now();
+  const cancelled = await pi.embark(`cancel ${shortId}`);
+  const answer = cancelled.notes.map((n) => n.message).join("\n");
+  step(`cancel said: ${answer}`);
+  if (!answer.startsWith(`Cancelling task ${shortId}`)) fail(`unexpected cancel answer: ${answer}`);
+  await until("Pi and its tool stopped", () => ([...piPids, tool].every((pid) => !alive(pid)) ? true : null), 30_000);
+  const latency = performance.now() - started;
+  step(`cancel → Pi stopped: ${latency.toFixed(0)} ms (PIDs ${[...piPids, tool].join(", ")} gone)`);
+  if (processesWith(taskDir).length) fail(`processes of the task are left: ${processesWith(taskDir).join(", ")}`);
+
+  const { state, status } = await pollStatus(pi, shortId, 30_000);
+  if (state !== "cancelled") fail(`task ended ${state}: ${status.notes.map((n) => n.message).join("\n")}`);
+  const again = await pi.embark(`cancel ${shortId}`);
+  const againText = again.notes.map((n) => n.message).join("\n");
+  if (!againText.includes("was already cancelled")) fail(`a second cancel said: ${againText}`);
+  step(`task ${shortId} cancelled; a second cancel says: ${againText}`);
+  step("OK");
+}
+
+main()
+  .then(async () => {
+    await stopAll();
+    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
+    process.stdout.write("smoke: 1 passed, 0 failed\n");
+  })
+  .catch(async (err) => {
+    await stopAll();
+    killMarked(dir);
+    process.stderr.write(`[smoke:runner-cancel] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
+    process.exit(1);
+  });
