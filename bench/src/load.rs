@@ -55,6 +55,7 @@ fn verdict() -> CompleteTask {
         result: TaskResult::Succeeded,
         final_text: Some("done".into()),
         reason: None,
+        code: None,
     }
 }
 

@@ -10,10 +10,13 @@
 pub mod api;
 pub mod auth;
 pub mod claim;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod reaper;
+pub mod seen;
 pub mod server;
 pub mod store;

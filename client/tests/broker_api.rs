@@ -200,6 +200,7 @@ async fn a_task_walks_from_creation_to_its_outcome(backend: Backend) {
         result: TaskResult::Succeeded,
         final_text: Some("all green".into()),
         reason: None,
+        code: None,
     };
     let done = client.complete(token, first.id, &verdict).await.expect("complete");
     assert_eq!(done.state, TaskState::Succeeded);
@@ -221,6 +222,7 @@ async fn a_task_walks_from_creation_to_its_outcome(backend: Backend) {
         result: TaskResult::Failed,
         final_text: None,
         reason: Some("changed my mind".into()),
+        code: None,
     };
     let (status, code, _) = refusal(client.complete(token, first.id, &other_verdict).await);
     assert_eq!(
@@ -413,6 +415,7 @@ async fn a_retried_append_is_stored_once(backend: Backend) {
         result: TaskResult::Succeeded,
         final_text: None,
         reason: None,
+        code: None,
     };
     client.complete(token, task.id, &verdict).await.expect("complete");
     let late = client

@@ -37,6 +37,7 @@ fn valid_body(operation: Operation) -> Option<Value> {
         | Operation::ListTasks
         | Operation::GetTask
         | Operation::ReadEvents
+        | Operation::Heartbeat
         | Operation::TailTask
         | Operation::TailSession
         | Operation::Healthz
@@ -53,6 +54,7 @@ fn valid_body(operation: Operation) -> Option<Value> {
             result: TaskResult::Succeeded,
             final_text: Some("done".into()),
             reason: None,
+            code: None,
         })),
     }
 }

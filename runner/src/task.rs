@@ -12,6 +12,7 @@ use embark_core::event::{LogLevel, Phase, SessionStats};
 use embark_core::limits::MAX_RESULT_TEXT_BYTES;
 use embark_core::repo_url::without_credentials;
 use embark_core::shutdown::Shutdown;
+use embark_core::task::ReasonCode;
 use embark_core::text::{error_chain, head, tail};
 use embark_core::wire::{Claim, CompleteTask, Task, TaskResult};
 use serde_json::Value;
@@ -66,9 +67,9 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn failed(reason: impl Into<String>) -> Outcome {
+    fn failed(code: ReasonCode, reason: impl Into<String>) -> Outcome {
         Outcome {
-            verdict: failed(reason),
+            verdict: failed(code, reason),
             stats: None,
         }
     }
@@ -154,6 +155,7 @@ pub async fn report(
         (TaskResult::Succeeded, _) => "succeeded".to_owned(),
         (TaskResult::Failed, Some(reason)) => format!("failed: {reason}"),
         (TaskResult::Failed, None) => "failed".to_owned(),
+        (TaskResult::Cancelled, _) => "cancelled".to_owned(),
     };
     reporter.send(lifecycle(Phase::Finishing, Some(&summary)));
     let ended = Instant::now();
@@ -180,12 +182,18 @@ pub async fn report(
     .await
 }
 
-fn failed(reason: impl Into<String>) -> CompleteTask {
+fn failed(code: ReasonCode, reason: impl Into<String>) -> CompleteTask {
     CompleteTask {
         result: TaskResult::Failed,
         final_text: None,
         reason: Some(reason.into()),
+        code: Some(code),
     }
+}
+
+/// The code of a failure before Pi ran, naming the step.
+fn pre_launch(step: &str) -> ReasonCode {
+    ReasonCode::PreLaunch(step.to_owned())
 }
 
 /// The task's work. Returns the outcome and the task directory it created
@@ -202,7 +210,10 @@ async fn attempt(
     let intent = &task.intent;
     if let Err(e) = task.intent.validate() {
         return (
-            Outcome::failed(format!("the task's execution intent is not acceptable: {e}")),
+            Outcome::failed(
+                pre_launch("intent"),
+                format!("the task's execution intent is not acceptable: {e}"),
+            ),
             None,
         );
     }
@@ -212,11 +223,11 @@ async fn attempt(
         .and_then(|profile| profile.check_mode(settings.sandbox.mode).map(|()| profile))
     {
         Ok(profile) => profile,
-        Err(e) => return (Outcome::failed(error_chain(&e)), None),
+        Err(e) => return (Outcome::failed(pre_launch("profile"), error_chain(&e)), None),
     };
     let space = match Space::create(&settings.spaces, task.id) {
         Ok(space) => space,
-        Err(e) => return (Outcome::failed(error_chain(&e)), None),
+        Err(e) => return (Outcome::failed(pre_launch("space"), error_chain(&e)), None),
     };
     let mut record = TaskRecord {
         task: task.id.to_string(),
@@ -230,7 +241,10 @@ async fn attempt(
         stats: None,
     };
     if let Err(e) = space.write_record(&record) {
-        return (Outcome::failed(error_chain(&e)), Some((space, record)));
+        return (
+            Outcome::failed(pre_launch("space"), error_chain(&e)),
+            Some((space, record)),
+        );
     }
     settings.bundles.add(&space.bundle);
     let outcome = match Bundle::materialise(&profile, &intent.provider, &intent.model, &space.bundle) {
@@ -261,7 +275,7 @@ async fn attempt(
             .await;
             outcome.outcome
         }
-        Err(e) => Outcome::failed(error_chain(&e)),
+        Err(e) => Outcome::failed(pre_launch("bundle"), error_chain(&e)),
     };
     // Pi and its tools are gone, so nothing rewrites the bundle any more.
     if let Err(e) = bundle::remove(&space.bundle) {
@@ -335,7 +349,7 @@ async fn prepare_and_run(
         unclean: false,
     };
     if let Err(e) = space.write_prompt(&task.prompt) {
-        return clean(Outcome::failed(error_chain(&e)));
+        return clean(Outcome::failed(pre_launch("space"), error_chain(&e)));
     }
 
     reporter.send(lifecycle(
@@ -353,11 +367,11 @@ async fn prepare_and_run(
     tokio::select! {
         result = checkout(&task.repo_url, &task.commit, &space.workspace, &limits, &settings.sandbox.guard, &task_id) => {
             if let Err(e) = result {
-                return clean(Outcome::failed(error_chain(&e)));
+                return clean(Outcome::failed(pre_launch("clone"), error_chain(&e)));
             }
         }
-        () = shutdown.requested() => return clean(Outcome::failed(SHUTTING_DOWN)),
-        () = sleep_until(deadline) => return clean(Outcome::failed(timed_out(settings.task_timeout))),
+        () = shutdown.requested() => return clean(Outcome::failed(ReasonCode::RunnerLost, SHUTTING_DOWN)),
+        () = sleep_until(deadline) => return clean(Outcome::failed(ReasonCode::Timeout, timed_out(settings.task_timeout))),
     }
 
     reporter.send(lifecycle(
@@ -375,12 +389,12 @@ async fn prepare_and_run(
     };
     let prepared = match settings.sandbox.prepare(&launch, space, bundle, profile.policy.network) {
         Ok(prepared) => prepared,
-        Err(e) => return clean(Outcome::failed(error_chain(&e))),
+        Err(e) => return clean(Outcome::failed(pre_launch("sandbox"), error_chain(&e))),
     };
     tracing::debug!(task = %task.id, argv = ?prepared.argv, "starting Pi");
     let mut pi = match PiProcess::spawn(prepared.command, &launch.program) {
         Ok(pi) => pi,
-        Err(e) => return clean(Outcome::failed(error_chain(&e))),
+        Err(e) => return clean(Outcome::failed(pre_launch("spawn"), error_chain(&e))),
     };
     tracing::info!(task = %task.id, pid = ?pi.pid(), isolation = %settings.sandbox.mode, "Pi started");
 
@@ -447,13 +461,18 @@ fn timed_out(limit: Duration) -> String {
 pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> CompleteTask {
     let run = match run {
         Ok(run) => run,
-        Err(e) => return failed(error_chain(&e)),
+        Err(e) => return failed(ReasonCode::PiFailed, error_chain(&e)),
     };
     let final_text = run
         .last_text
         .clone()
         .or_else(|| run.last_assistant.as_ref().map(|m| m.text.clone()))
         .filter(|t| !t.is_empty());
+    let code = match run.interrupted {
+        Some(Interrupted::TimedOut) => ReasonCode::Timeout,
+        Some(Interrupted::ShuttingDown) => ReasonCode::RunnerLost,
+        None => ReasonCode::PiFailed,
+    };
     let reason = match (run.interrupted, run.agent_ended, &run.last_assistant) {
         (Some(Interrupted::TimedOut), ..) => Some(timed_out(task_timeout)),
         (Some(Interrupted::ShuttingDown), ..) => Some(SHUTTING_DOWN.to_owned()),
@@ -472,6 +491,7 @@ pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> Comp
         } else {
             TaskResult::Succeeded
         },
+        code: reason.is_some().then_some(code),
         final_text,
         reason,
     }

@@ -6,12 +6,12 @@ use axum::http::StatusCode;
 use embark_core::limits;
 use embark_core::repo_url::Transport;
 use embark_core::wire::rules::{Refusal, Rule};
-use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList, TaskListQuery};
+use embark_core::wire::{CompleteTask, CreateTask, Lease, Task, TaskList, TaskListQuery};
 
 use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
-use crate::store::Store;
+use crate::store::{Seen, Store};
 
 /// Tasks one list answer holds by default, and at most.
 const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -63,6 +63,9 @@ pub async fn list<S: Store>(
 ) -> Result<Json<TaskList>, ApiFailure> {
     let limit = page_limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT);
     let tasks = app.store.list_session_tasks(&query.session_id, limit).await?;
+    app.seen
+        .mark(&app.store, &app.clock, Seen::Session(&query.session_id))
+        .await;
     Ok(Json(TaskList { tasks }))
 }
 
@@ -71,7 +74,9 @@ pub async fn get<S: Store>(
     State(app): State<App<S>>,
     TaskPath(id): TaskPath,
 ) -> Result<Json<Task>, ApiFailure> {
-    Ok(Json(app.store.get_task(id).await?))
+    let task = app.store.get_task(id).await?;
+    app.seen.mark(&app.store, &app.clock, Seen::Task(id)).await;
+    Ok(Json(task))
 }
 
 pub async fn complete<S: Store>(
@@ -84,6 +89,30 @@ pub async fn complete<S: Store>(
     app.hub.touch(id);
     tracing::info!(task = %task.id, state = %task.state, attempt = task.attempt, "task finished");
     Ok(Json(task))
+}
+
+/// Renews the attempt's lease; a stale task is running again (its tails are told).
+pub async fn heartbeat<S: Store>(
+    CallbackCaller(token): CallbackCaller,
+    State(app): State<App<S>>,
+    TaskPath(id): TaskPath,
+) -> Result<Json<Lease>, ApiFailure> {
+    let renewed = app.store.heartbeat(id, &token).await?;
+    if renewed.revived {
+        app.hub.touch(id);
+        tracing::info!(task = %id, attempt = renewed.attempt, "stale task running again: its attempt reported");
+    }
+    let timeout = app.settings.leases.heartbeat_timeout;
+    let expires_at = renewed
+        .renewed_at
+        .saturating_add(jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(renewed.renewed_at);
+    Ok(Json(Lease {
+        attempt: renewed.attempt,
+        state: renewed.state,
+        expires_at,
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }))
 }
 
 /// A `limit` query value: `default` when absent, capped at `max` (0 was refused by the query's rules).

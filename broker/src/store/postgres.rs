@@ -24,7 +24,7 @@ pub mod changes;
 pub mod wakeups;
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
@@ -32,8 +32,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
 use self::wakeups::Announcer;
-use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
-use super::{EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict};
+use super::rows::{
+    EventRow, TaskRow, now_ms, parse_state, parse_task_id, result_name, seq, state_list, task_columns, unfinished,
+};
+use super::{
+    EncodedEvent, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy, Reaped, Runner, Seen, Store, StoreError,
+    attempt_of, check_append, check_new_task, check_transition, check_verdict, fence, millis, revived,
+};
 use crate::auth::TokenHash;
 
 /// Connections per broker when the configuration does not say.
@@ -93,7 +98,8 @@ const LIST_SESSION_TASKS: &str = concat!(
 
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING ",
+     session_id, created_at, updated_at, client_seen_at) \
+     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $9) RETURNING ",
     task_columns!()
 );
 
@@ -103,7 +109,8 @@ const CREATE_TASK: &str = concat!(
 /// statement. `state = 'queued'` is re-checked on the locked row. Served by
 /// the partial index `tasks_queued`.
 const CLAIM_NEXT: &str = concat!(
-    "WITH claimed AS (UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = $1 \
+    "WITH claimed AS (UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = $1, \
+     lease_renewed_at = $1 \
      WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, arrival LIMIT 1 \
      FOR UPDATE SKIP LOCKED) AND state = 'queued' RETURNING ",
     task_columns!(),
@@ -111,12 +118,77 @@ const CLAIM_NEXT: &str = concat!(
      SELECT id, attempt, $2, $3, $1 FROM claimed) SELECT * FROM claimed"
 );
 
+/// The claim's transition, checked against the machine when this compiles.
+const _: () = assert!(TaskState::Queued.can_become(TaskState::Running));
+
+/// The reaper's statement for `action`, as in `sqlite.rs`: `$1` now, `$2`
+/// the cutoff, `$3` the batch size, `$4` the outcome's text or the attempt
+/// limit (none for `Stale`). The rows are chosen `FOR UPDATE SKIP LOCKED`:
+/// a replica reaping at the same time passes over the rows this one holds
+/// (and a report holding a row is not waited for), and the outer `WHERE`
+/// re-checks each chosen row, so each task is moved once.
+fn reap_statement(action: ReapAction) -> String {
+    let (sources, to) = action.transition();
+    let from = state_list(sources);
+    let (set, select) = match action {
+        ReapAction::CancelledClientAbandoned => (
+            "outcome_result = 'cancelled', outcome_code = 'client_abandoned', outcome_reason = $4, \
+             outcome_final_text = NULL, finished_at = $1",
+            "client_seen_at <= $2",
+        ),
+        ReapAction::Stale => ("lease_renewed_at = lease_renewed_at", "lease_renewed_at <= $2"),
+        // No event of the current attempt beyond its `claimed` lifecycle event.
+        ReapAction::Requeued => (
+            "lease_renewed_at = NULL",
+            "lease_renewed_at <= $2 AND attempt < $4 AND NOT EXISTS (SELECT 1 FROM event_batches b \
+             JOIN events e ON e.task_id = b.task_id AND e.seq BETWEEN b.first_seq AND b.last_seq \
+             WHERE b.task_id = t.id AND b.attempt = t.attempt \
+             AND NOT (e.kind = 'lifecycle' AND (e.payload::jsonb ->> 'phase') = 'claimed'))",
+        ),
+        ReapAction::FailedStaleTimeout => (
+            "outcome_result = 'failed', outcome_code = 'stale_timeout', outcome_reason = $4, \
+             outcome_final_text = NULL, finished_at = $1",
+            "lease_renewed_at <= $2",
+        ),
+    };
+    format!(
+        "UPDATE tasks SET state = '{to}', updated_at = $1, {set} \
+         WHERE id IN (SELECT id FROM tasks t WHERE state IN ({from}) AND {select} LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         AND state IN ({from}) RETURNING id",
+        to = to.as_str()
+    )
+}
+
+/// In the order a pass runs them (see `sqlite.rs`).
+static REAP: LazyLock<[(ReapAction, String); 4]> = LazyLock::new(|| {
+    [
+        ReapAction::CancelledClientAbandoned,
+        ReapAction::Stale,
+        ReapAction::Requeued,
+        ReapAction::FailedStaleTimeout,
+    ]
+    .map(|action| (action, reap_statement(action)))
+});
+
+static SEEN_TASK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET client_seen_at = $2 WHERE id = $1 AND state IN ({}) AND client_seen_at < $2",
+        unfinished()
+    )
+});
+static SEEN_SESSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET client_seen_at = $2 WHERE session_id = $1 AND state IN ({}) AND client_seen_at < $2",
+        unfinished()
+    )
+});
+
 /// Bumps the counter (the row is already locked) and stores the events and
 /// the batch record in one statement: the events get seqs `$4 + 1 …` in
 /// the order given. Answers the number of counter rows bumped (1, or 0 if
 /// the counter moved, which the lock rules out).
-const APPEND_BATCH: &str = "WITH bumped AS (UPDATE tasks SET last_seq = $2, updated_at = $3 \
-     WHERE id = $1 AND last_seq = $4 RETURNING id), \
+const APPEND_BATCH: &str = "WITH bumped AS (UPDATE tasks SET last_seq = $2, updated_at = $3, \
+     state = 'running', lease_renewed_at = $3 WHERE id = $1 AND last_seq = $4 RETURNING id), \
      stored AS (INSERT INTO events (task_id, seq, time, kind, payload) \
      SELECT bumped.id, $4 + e.ordinal, $3, e.kind, e.payload \
      FROM bumped, UNNEST($5::text[], $6::text[]) WITH ORDINALITY AS e (kind, payload, ordinal)), \
@@ -140,32 +212,35 @@ struct CurrentAttempt {
 }
 
 /// Locks the task's row and answers its current attempt, after checking
-/// that `callback` is that attempt's token.
+/// that `callback` is that attempt's token and that the attempt still holds
+/// the task ([`fence`]).
 async fn authorize_attempt(
     conn: &mut PgConnection,
     id: TaskId,
     callback: &TokenHash,
 ) -> Result<CurrentAttempt, StoreError> {
-    let row: Option<(String, i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT t.state, t.attempt, t.last_seq, a.callback_token_hash FROM tasks t \
-         LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt \
+    // One row per attempt of the task (or one without an attempt).
+    let rows: Vec<(String, i64, i64, Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT t.state, t.attempt, t.last_seq, a.attempt, a.callback_token_hash FROM tasks t \
+         LEFT JOIN attempts a ON a.task_id = t.id \
          WHERE t.id = $1 FOR UPDATE OF t",
     )
     .bind(id.to_string())
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some((state, attempt, last_seq, stored)) = row else {
+    let Some((state, attempt, last_seq, _, _)) = rows.first().cloned() else {
         return Err(StoreError::TokenRefused(id));
     };
-    let valid = stored
-        .as_deref()
-        .and_then(TokenHash::from_slice)
-        .is_some_and(|hash| hash.matches(callback));
-    if !valid {
-        return Err(StoreError::TokenRefused(id));
-    }
+    let token_attempt = attempt_of(
+        id,
+        callback,
+        rows.into_iter()
+            .filter_map(|(_, _, _, number, hash)| number.map(|number| (number, hash))),
+    )?;
+    let state = parse_state(&state)?;
+    fence(id, token_attempt, attempt, state)?;
     Ok(CurrentAttempt {
-        state: parse_state(&state)?,
+        state,
         attempt,
         last_seq,
     })
@@ -295,7 +370,8 @@ impl Store for PgStore {
             attempt,
             last_seq,
         } = current;
-        if state != TaskState::Running {
+        // The append renews the lease (and brings a stale task back).
+        if revived(id, state)? != TaskState::Running {
             return Err(StoreError::NotRunning { task: id, state });
         }
         let last = last_seq + count;
@@ -344,10 +420,11 @@ impl Store for PgStore {
             tx.commit().await?;
             return row.try_into();
         }
-        check_transition(id, state, next)?;
+        // A stale attempt that comes back with its verdict is running again first.
+        check_transition(id, revived(id, state)?, next)?;
         let row: TaskRow = sqlx::query_as(concat!(
             "UPDATE tasks SET state = $2, outcome_result = $3, outcome_final_text = $4, outcome_reason = $5, \
-             finished_at = $6, updated_at = $6 WHERE id = $1 AND state = $7 RETURNING ",
+             finished_at = $6, updated_at = $6, outcome_code = $8 WHERE id = $1 AND state = $7 RETURNING ",
             task_columns!()
         ))
         .bind(id.to_string())
@@ -357,11 +434,83 @@ impl Store for PgStore {
         .bind(verdict.reason.as_deref())
         .bind(now)
         .bind(state.as_str())
+        .bind(verdict.code.as_ref().map(ToString::to_string))
         .fetch_one(&mut *tx)
         .await?;
         let task = Task::try_from(row)?;
         tx.commit().await?;
         Ok(task)
+    }
+
+    async fn heartbeat(&self, id: TaskId, callback: &TokenHash) -> Result<LeaseRenewed, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let CurrentAttempt { state, attempt, .. } = authorize_attempt(&mut tx, id, callback).await?;
+        let next = revived(id, state)?;
+        if next != TaskState::Running {
+            return Err(StoreError::NotRunning { task: id, state });
+        }
+        sqlx::query(
+            "UPDATE tasks SET state = 'running', lease_renewed_at = $2, \
+             updated_at = CASE WHEN state = 'running' THEN updated_at ELSE $2 END WHERE id = $1 AND state = $3",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(LeaseRenewed {
+            attempt: attempt_number(attempt)?,
+            state: next,
+            revived: state != next,
+            renewed_at: super::rows::timestamp(now)?,
+        })
+    }
+
+    async fn client_seen(&self, seen: Seen<'_>, now: jiff::Timestamp) -> Result<(), StoreError> {
+        let query = match seen {
+            Seen::Task(id) => sqlx::query(SEEN_TASK.as_str()).bind(id.to_string()),
+            Seen::Session(session) => sqlx::query(SEEN_SESSION.as_str()).bind(session.to_owned()),
+        };
+        query.bind(now.as_millisecond()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn reap(&self, now: jiff::Timestamp, policy: &ReapPolicy) -> Result<Vec<Reaped>, StoreError> {
+        let now = now.as_millisecond();
+        let lapsed = now.saturating_sub(millis(policy.heartbeat_timeout));
+        let given_up = lapsed.saturating_sub(millis(policy.stale_timeout));
+        let mut reaped = Vec::new();
+        let mut tx = self.write_tx().await?;
+        for (action, sql) in REAP.iter() {
+            let cutoff = match action {
+                ReapAction::CancelledClientAbandoned => now.saturating_sub(millis(policy.client_silence)),
+                ReapAction::Stale => lapsed,
+                ReapAction::Requeued | ReapAction::FailedStaleTimeout => given_up,
+            };
+            let query = sqlx::query_scalar::<_, String>(sql.as_str())
+                .bind(now)
+                .bind(cutoff)
+                .bind(REAP_BATCH);
+            let query = match (action, action.outcome()) {
+                (_, Some((_, text))) => query.bind(text),
+                (ReapAction::Requeued, None) => query.bind(i64::from(policy.max_attempts)),
+                _ => query,
+            };
+            for id in query.fetch_all(&mut *tx).await? {
+                reaped.push(Reaped {
+                    task: parse_task_id(&id)?,
+                    action: *action,
+                });
+            }
+        }
+        tx.commit().await?;
+        // Committed: other replicas' claimers may take the requeued tasks.
+        for _ in reaped.iter().filter(|r| r.action == ReapAction::Requeued) {
+            self.announcer.task_queued();
+        }
+        Ok(reaped)
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<EventPage, StoreError> {
@@ -460,6 +609,17 @@ mod tests {
         let (database, first) = fresh().await;
         let second = connect(&database).await;
         conformance::claims_across_stores_are_exactly_once(first, second).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(embark_pg_tests),
+        ignore = "PostgreSQL case: set EMBARK_TEST_DATABASE_URL to run it"
+    )]
+    async fn reapers_of_two_replicas_on_one_database_act_once() {
+        let (database, first) = fresh().await;
+        let second = connect(&database).await;
+        conformance::reapers_racing_act_once(first, second).await;
     }
 
     /// Waits (bounded) for the next announcement an outside listener sees.
@@ -588,7 +748,7 @@ mod tests {
         );
         assert!(matches!(
             store.append_events(task.id, &first, "b1", &[event(1)]).await,
-            Err(StoreError::TokenRefused(_))
+            Err(StoreError::Superseded { attempt: 1, .. })
         ));
         let fresh_batch = store
             .append_events(task.id, &second, "2-0", &[event(3)])

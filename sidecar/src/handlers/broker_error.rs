@@ -30,7 +30,10 @@ pub fn broker_error(error: ClientError) -> RpcError {
                 ErrorCode::TaskNotFound,
                 format!("the broker has no such task: {message}"),
             ),
-            ApiErrorCode::InvalidRequest | ApiErrorCode::Conflict | ApiErrorCode::PayloadTooLarge => RpcError::new(
+            ApiErrorCode::InvalidRequest
+            | ApiErrorCode::Conflict
+            | ApiErrorCode::Superseded
+            | ApiErrorCode::PayloadTooLarge => RpcError::new(
                 ErrorCode::BrokerRejected,
                 format!("the broker refused the request (HTTP {status}): {message}"),
             ),
