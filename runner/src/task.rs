@@ -23,6 +23,7 @@ use crate::checkout::{CloneLimits, checkout};
 use crate::events::{EventMapper, lifecycle, log_event};
 use crate::guard::GuardReport;
 use crate::isolation::{IsolationMode, Sandbox, docker};
+use crate::lease::{LeaseKeeper, Lost};
 use crate::pi_process::{PiLaunch, PiPaths, PiProcess};
 use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt};
 use crate::profile;
@@ -84,13 +85,39 @@ pub async fn run_task(
     shutdown: Shutdown,
 ) -> Result<Task, Undelivered> {
     let options = ReportOptions::default();
-    let reporter = Reporter::start(client.clone(), claim, options, shutdown.clone());
+    let lease = LeaseKeeper::start(client.clone(), claim);
+    // The task stops on the runner's shutdown, and when its attempt lost the task.
+    let stop = Shutdown::new();
+    let stopping = tokio::spawn({
+        let (stop, lost) = (stop.clone(), lease.lost().clone());
+        async move {
+            tokio::select! {
+                () = shutdown.requested() => {}
+                () = lost.requested() => {}
+            }
+            stop.trigger();
+        }
+    });
+    let reporter = Reporter::start(client.clone(), claim, options, stop.clone());
     let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
     reporter.send(lifecycle(Phase::Claimed, Some(&detail)));
 
     let claimed_at = std::time::Instant::now();
     let deadline = Instant::now() + settings.task_timeout;
-    let (outcome, space) = attempt(settings, claim, &reporter, claimed_at, deadline, &shutdown).await;
+    let (outcome, space) = attempt(settings, claim, &reporter, claimed_at, deadline, &stop).await;
+    stopping.abort();
+    if let Some(Lost(why)) = lease.why() {
+        // Another attempt (or nobody) holds the task now: nothing more is published.
+        reporter.abort();
+        lease.stop();
+        if let Some((space, _)) = space
+            && settings.cleanup.removes(None)
+            && let Err(e) = space.remove()
+        {
+            tracing::warn!(task = %claim.task.id, "could not remove {}: {e}", space.root.display());
+        }
+        return Err(Undelivered::Superseded(why));
+    }
     let succeeded = outcome.verdict.result == TaskResult::Succeeded;
     if let Some(stats) = &outcome.stats {
         tracing::info!(
@@ -107,7 +134,9 @@ pub async fn run_task(
     verdict.final_text = verdict
         .final_text
         .map(|text| cap_text(&text, settings.result_max_chars));
-    let reported = report(client, claim, reporter, verdict, options.patience, &shutdown).await;
+    let reported = report(client, claim, reporter, verdict, options.patience, &stop).await;
+    // The lease is kept until the verdict is in: a slow report must not let the task go stale.
+    lease.stop();
     if let Some((space, mut record)) = space {
         record.state = RecordState::Finished;
         record.result = Some(if succeeded { "succeeded" } else { "failed" }.to_owned());
