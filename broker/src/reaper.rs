@@ -90,6 +90,68 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_pass_counts_its_moves_wakes_the_tails_and_frees_the_task_for_a_claim() {
+        use crate::auth::{TokenKind, mint};
+        use crate::store::SqliteStore;
+        use embark_core::task::TaskState;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("broker.db")).await.expect("open");
+        let (_, runner_token) = mint(TokenKind::Runner);
+        let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");
+        let task = store
+            .create_task(&crate::store::conformance::new_task("s"))
+            .await
+            .expect("create");
+        let (_, callback) = mint(TokenKind::Callback);
+        store
+            .claim_next(&runner.id, &callback)
+            .await
+            .expect("claim")
+            .expect("queued");
+
+        let hub = Arc::new(Hub::default());
+        let signal = crate::hub::Signal::default();
+        let _following = hub.follow(task.id, &signal);
+        let metrics = Arc::new(Metrics::default());
+        let policy = policy(1000, 1000, 86_400_000);
+        // A clock three seconds ahead: the lease (1 s) lapsed and the stale timeout (1 s) passed.
+        let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
+        let reaper = Reaper {
+            store: store.clone(),
+            policy,
+            clock: Clock::tokio(ahead),
+            claims: Arc::new(ClaimQueue::default()),
+            hub: Arc::clone(&hub),
+            metrics: Arc::clone(&metrics),
+        };
+        let reaped = reaper.pass().await.expect("pass");
+        let actions: Vec<ReapAction> = reaped.iter().map(|r| r.action).collect();
+        assert_eq!(actions, [ReapAction::Stale, ReapAction::Requeued]);
+        tokio::time::timeout(Duration::from_secs(5), signal.notified())
+            .await
+            .expect("the task's tails were woken");
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("embark_reaper_actions_total{action=\"stale\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("embark_reaper_actions_total{action=\"requeued\"} 1\n"),
+            "{text}"
+        );
+        assert!(reaper.pass().await.expect("pass").is_empty(), "nothing is moved twice");
+        assert_eq!(store.get_task(task.id).await.expect("get").state, TaskState::Queued);
+        let (_, again) = mint(TokenKind::Callback);
+        let claimed = store
+            .claim_next(&runner.id, &again)
+            .await
+            .expect("claim")
+            .expect("requeued");
+        assert_eq!((claimed.id, claimed.attempt), (task.id, 2));
+    }
+
     #[test]
     fn passes_come_at_a_quarter_of_the_shortest_timeout_within_bounds() {
         assert_eq!(interval(&policy(300_000, 1_800_000, 1_800_000)), MAX_INTERVAL);
