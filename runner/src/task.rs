@@ -110,11 +110,19 @@ pub async fn run_task(
         // Another attempt (or nobody) holds the task now: nothing more is published.
         reporter.abort();
         lease.stop();
-        if let Some((space, _)) = space
-            && settings.cleanup.removes(None)
-            && let Err(e) = space.remove()
-        {
-            tracing::warn!(task = %claim.task.id, "could not remove {}: {e}", space.root.display());
+        if let Some((space, mut record)) = space {
+            if settings.cleanup.removes(None) {
+                if let Err(e) = space.remove() {
+                    tracing::warn!(task = %claim.task.id, "could not remove {}: {e}", space.root.display());
+                }
+            } else {
+                // Finished as far as this runner goes: not a leftover for the next one's sweep.
+                record.state = RecordState::Finished;
+                record.result = Some("lost".to_owned());
+                if let Err(e) = space.write_record(&record) {
+                    tracing::warn!(task = %claim.task.id, "{}", error_chain(&e));
+                }
+            }
         }
         return Err(Undelivered::Superseded(why));
     }

@@ -220,7 +220,8 @@ async fn authorize_attempt(
     callback: &TokenHash,
 ) -> Result<CurrentAttempt, StoreError> {
     // One row per attempt of the task (or one without an attempt).
-    let rows: Vec<(String, i64, i64, Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+    type Row = (String, i64, i64, Option<i64>, Option<Vec<u8>>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT t.state, t.attempt, t.last_seq, a.attempt, a.callback_token_hash FROM tasks t \
          LEFT JOIN attempts a ON a.task_id = t.id \
          WHERE t.id = $1 FOR UPDATE OF t",

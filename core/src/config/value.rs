@@ -110,7 +110,7 @@ impl Setting for Duration {
         let millis = self.as_millis();
         let text = [(3_600_000, "h"), (60_000, "m"), (1000, "s")]
             .into_iter()
-            .find(|(unit, _)| millis > 0 && millis % unit == 0)
+            .find(|(unit, _)| millis > 0 && millis.is_multiple_of(*unit))
             .map_or_else(
                 || format!("{millis}ms"),
                 |(unit, name)| format!("{}{name}", millis / unit),
