@@ -61,6 +61,7 @@ fn verdict() -> CompleteTask {
         result: TaskResult::Succeeded,
         final_text: Some("done".into()),
         reason: None,
+        code: None,
     }
 }
 
@@ -266,6 +267,7 @@ async fn cancels(client: &BrokerClient) -> anyhow::Result<crate::CancelFigures> 
             result: TaskResult::Cancelled,
             final_text: None,
             reason: None,
+            code: Some(embark_core::task::ReasonCode::CancelledByUser),
         };
         let done = client.complete(&claim.callback_token, id, &verdict).await?;
         anyhow::ensure!(

@@ -88,6 +88,7 @@ fn config(db: Database) -> Config {
             per_second: 0,
             burst: 0,
         },
+        leases: embark_broker::api::Settings::default().leases,
     }
 }
 

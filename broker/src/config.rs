@@ -116,7 +116,38 @@ pub static REPO_TRANSPORTS: Knob<RepoTransports> = Knob::new(
 )
 .env("EMBARK_BROKER_REPO_TRANSPORTS");
 
+pub static HEARTBEAT_TIMEOUT: Knob<Duration> = Knob::new(
+    "heartbeat_timeout",
+    "the heartbeat timeout",
+    "a duration with its unit (ms, s, m, h) of at least 100ms, e.g. 5m",
+)
+.env("EMBARK_HEARTBEAT_TIMEOUT");
+pub static STALE_TIMEOUT: Knob<Duration> = Knob::new(
+    "stale_timeout",
+    "the stale timeout",
+    "a duration with its unit (ms, s, m, h) of at least 100ms, e.g. 30m",
+)
+.env("EMBARK_STALE_TIMEOUT");
+pub static CLIENT_SILENCE: Knob<Duration> = Knob::new(
+    "client_silence",
+    "the client-silence limit",
+    "a duration with its unit (ms, s, m, h) from 100ms to 24h, e.g. 30m",
+)
+.env("EMBARK_CLIENT_SILENCE");
+pub static MAX_ATTEMPTS: Knob<u32> = Knob::new(
+    "max_attempts",
+    "the attempts a task may have",
+    "a whole number from 1 to 100 (1: a stale task is never requeued)",
+)
+.env("EMBARK_MAX_ATTEMPTS");
+
 /// Defaults of the knobs above.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_STALE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_CLIENT_SILENCE: Duration = Duration::from_secs(30 * 60);
+/// The longest client-silence limit: a day.
+pub const MAX_CLIENT_SILENCE: Duration = Duration::from_secs(24 * 60 * 60);
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
@@ -125,6 +156,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_LIVE_SEND_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_RATE_LIMIT: u32 = 1000;
 pub const DEFAULT_RATE_BURST: u32 = 2000;
+/// The shortest lease and reaper timeout accepted.
+const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 /// File descriptors kept for the database, logs and the listener when the
 /// connection limit is capped by the open-files limit.
 const RESERVED_FILES: u64 = 64;
@@ -176,6 +209,10 @@ pub static DECLARATION: Declaration = Declaration {
         &LIVE_SEND_TIMEOUT_MS.spec,
         &RATE_LIMIT.spec,
         &RATE_BURST.spec,
+        &HEARTBEAT_TIMEOUT.spec,
+        &STALE_TIMEOUT.spec,
+        &CLIENT_SILENCE.spec,
+        &MAX_ATTEMPTS.spec,
     ],
 };
 
@@ -198,7 +235,12 @@ pub static DECLARATION: Declaration = Declaration {
         EMBARK_BROKER_SHUTDOWN_TIMEOUT_MS [shutdown_timeout_ms]   a shutdown cuts what is left after (10000)\n  \
         EMBARK_BROKER_LIVE_SEND_TIMEOUT_MS [live_send_timeout_ms]   a live tail reader must take a frame within (10000)\n  \
         EMBARK_BROKER_RATE_LIMIT [rate_limit]   requests per second per credential, 0 for no limit (1000)\n  \
-        EMBARK_BROKER_RATE_BURST [rate_burst]   requests a credential may send at once (2000)"
+        EMBARK_BROKER_RATE_BURST [rate_burst]   requests a credential may send at once (2000)\n\n\
+        Leases and the reaper (durations take a unit: 250ms, 90s, 5m, 24h):\n  \
+        EMBARK_HEARTBEAT_TIMEOUT [heartbeat_timeout]   a running task whose runner reported nothing this long becomes stale (5m)\n  \
+        EMBARK_STALE_TIMEOUT [stale_timeout]   a task stale this long is requeued or failed with stale_timeout (30m)\n  \
+        EMBARK_CLIENT_SILENCE [client_silence]   an unfinished task no client read this long is cancelled, at most 24h (30m)\n  \
+        EMBARK_MAX_ATTEMPTS [max_attempts]   attempts a task may have; a stale one that made no progress is requeued below it (3)"
 )]
 pub struct Args {
     /// Manage client tokens or runners on the database instead of serving (see docs/operations.md)
@@ -247,6 +289,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub live_send_timeout: Duration,
     pub rate_limit: RateLimit,
+    pub leases: crate::store::ReapPolicy,
 }
 
 impl Config {
@@ -291,6 +334,10 @@ impl Config {
         let live_send_timeout = resolver.or_default(&LIVE_SEND_TIMEOUT_MS, DEFAULT_LIVE_SEND_TIMEOUT_MS)?;
         let rate_limit = resolver.or_default(&RATE_LIMIT, DEFAULT_RATE_LIMIT)?;
         let rate_burst = resolver.or_default(&RATE_BURST, DEFAULT_RATE_BURST)?;
+        let heartbeat_timeout = resolver.or_default(&HEARTBEAT_TIMEOUT, DEFAULT_HEARTBEAT_TIMEOUT)?;
+        let stale_timeout = resolver.or_default(&STALE_TIMEOUT, DEFAULT_STALE_TIMEOUT)?;
+        let client_silence = resolver.or_default(&CLIENT_SILENCE, DEFAULT_CLIENT_SILENCE)?;
+        let max_attempts = resolver.or_default(&MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS)?;
 
         let long_enough = |secret: &Secret| secret.expose().len() >= MIN_SECRET_BYTES;
         let client_secret = client_secret
@@ -328,6 +375,14 @@ impl Config {
             rate_limit: RateLimit {
                 per_second: rate_limit.value,
                 burst: rate_burst.ensure(|n| *n >= 1)?.value,
+            },
+            leases: crate::store::ReapPolicy {
+                heartbeat_timeout: heartbeat_timeout.ensure(|d| *d >= MIN_TIMEOUT)?.value,
+                stale_timeout: stale_timeout.ensure(|d| *d >= MIN_TIMEOUT)?.value,
+                client_silence: client_silence
+                    .ensure(|d| (MIN_TIMEOUT..=MAX_CLIENT_SILENCE).contains(d))?
+                    .value,
+                max_attempts: max_attempts.ensure(|n| (1..=100).contains(n))?.value,
             },
         })
     }

@@ -15,6 +15,7 @@ use crate::auth::FixedSecret;
 use crate::claim::ClaimQueue;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::reaper::Reaper;
 use crate::store::postgres::{changes, wakeups};
 use crate::store::{Database, PgStore, SqliteStore, Store, StoreError};
 use crate::{connections, limits};
@@ -144,6 +145,7 @@ impl Server {
             live: LiveSettings {
                 send_timeout: config.live_send_timeout,
             },
+            leases: config.leases,
         };
         let (drain, drained) = tokio::sync::mpsc::channel::<()>(1);
         let mut app = App::new(
@@ -165,8 +167,19 @@ impl Server {
         };
         let db = config.db.to_string();
         let metrics = Arc::clone(&app.metrics);
+        let reaper = Reaper {
+            store: store.clone(),
+            policy: config.leases,
+            clock: app.clock,
+            claims: Arc::clone(&app.claims),
+            hub: Arc::clone(&app.hub),
+            metrics: Arc::clone(&app.metrics),
+        };
+        let reaping = shutdown.clone();
         let serving = async move {
             tracing::info!(%addr, %db, max_connections, "broker listening");
+            // Every replica reaps; the store's statements keep them from acting twice.
+            let reaper = tokio::spawn(reaper.run(reaping));
             connections::serve(
                 listener,
                 api::router(app),
@@ -176,6 +189,8 @@ impl Server {
                 drained_when_closed(drained),
             )
             .await;
+            // It stops on the shutdown request; a pass under way finishes first.
+            let _ = reaper.await;
             store.close().await;
             tracing::info!("broker stopped");
         };

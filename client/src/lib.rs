@@ -20,7 +20,7 @@ use embark_core::text;
 use embark_core::wire::routes::{Method, Operation};
 use embark_core::wire::{
     ApiError, ApiErrorCode, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage,
-    EventsAppended, Health, RunnerEnrolled, Task, TaskCancel, TaskList,
+    EventsAppended, Health, Lease, RunnerEnrolled, Task, TaskCancel, TaskList,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -217,6 +217,21 @@ impl BrokerClient {
             "",
             Some(callback_token),
             Some(events),
+            REQUEST_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Renews the attempt's lease (`POST /v1/tasks/{id}/heartbeat`). A
+    /// `409` (code `superseded`, or `conflict` for a finished task) means the
+    /// attempt no longer holds the task: stop it and report nothing more.
+    pub async fn heartbeat(&self, callback_token: &str, id: TaskId) -> Result<Lease, ClientError> {
+        self.send::<(), Lease>(
+            Operation::Heartbeat,
+            Some(id),
+            "",
+            Some(callback_token),
+            None,
             REQUEST_TIMEOUT,
         )
         .await

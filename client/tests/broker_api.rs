@@ -201,6 +201,7 @@ async fn a_task_walks_from_creation_to_its_outcome(backend: Backend) {
         result: TaskResult::Succeeded,
         final_text: Some("all green".into()),
         reason: None,
+        code: None,
     };
     let done = client.complete(token, first.id, &verdict).await.expect("complete");
     assert_eq!(done.state, TaskState::Succeeded);
@@ -222,6 +223,7 @@ async fn a_task_walks_from_creation_to_its_outcome(backend: Backend) {
         result: TaskResult::Failed,
         final_text: None,
         reason: Some("changed my mind".into()),
+        code: None,
     };
     let (status, code, _) = refusal(client.complete(token, first.id, &other_verdict).await);
     assert_eq!(
@@ -414,6 +416,7 @@ async fn a_retried_append_is_stored_once(backend: Backend) {
         result: TaskResult::Succeeded,
         final_text: None,
         reason: None,
+        code: None,
     };
     client.complete(token, task.id, &verdict).await.expect("complete");
     let late = client
@@ -592,6 +595,89 @@ async fn sigterm_ends_waiting_claims_and_stops_cleanly(backend: Backend) {
     assert!(status.success(), "clean exit, got {status}; log:\n{}", broker.log());
 }
 
+async fn a_lapsed_lease_is_requeued_and_the_old_attempt_is_told_it_was_superseded(backend: Backend) {
+    let broker = Broker::start_on_with_env(
+        backend,
+        &[("EMBARK_HEARTBEAT_TIMEOUT", "300ms"), ("EMBARK_STALE_TIMEOUT", "300ms")],
+    );
+    let client = broker.client();
+    let secret = broker.client_secret.as_str();
+    let task = client
+        .create_task(secret, &new_task("leases", "idle"))
+        .await
+        .expect("create");
+    let runner = client.enroll(&broker.enrollment_secret, "box-1").await.expect("enroll");
+    let first = client
+        .claim(&runner.runner_token, 1000)
+        .await
+        .expect("claim")
+        .expect("queued");
+    let lease = client
+        .heartbeat(&first.callback_token, task.id)
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        (lease.attempt, lease.state, lease.timeout_ms),
+        (1, TaskState::Running, 300)
+    );
+    assert!(lease.expires_at > first.task.created_at);
+
+    // No report for the lease and the stale timeout, and nothing done: requeued.
+    let requeued = eventually(Duration::from_secs(20), async || {
+        let now = client.get_task(secret, task.id).await.expect("get");
+        (now.state == TaskState::Queued).then_some(now)
+    })
+    .await
+    .unwrap_or_else(|| panic!("not requeued; log:\n{}", broker.log()));
+    assert_eq!((requeued.attempt, requeued.outcome), (1, None));
+    let second = client
+        .claim(&runner.runner_token, 1000)
+        .await
+        .expect("claim")
+        .expect("requeued");
+    assert_eq!((second.task.id, second.attempt), (task.id, 2));
+
+    let zombie = &first.callback_token;
+    let (status, code, message) = refusal(client.heartbeat(zombie, task.id).await);
+    assert_eq!((status, code), (409, ApiErrorCode::Superseded), "{message}");
+    assert!(
+        message.contains("attempt 1") && message.contains("superseded"),
+        "{message}"
+    );
+    let (status, code, _) = refusal(client.append_events(zombie, task.id, &events("z-1", &["late"])).await);
+    assert_eq!((status, code), (409, ApiErrorCode::Superseded));
+    let verdict = CompleteTask {
+        result: TaskResult::Succeeded,
+        final_text: None,
+        reason: None,
+        code: None,
+    };
+    let (status, code, _) = refusal(client.complete(zombie, task.id, &verdict).await);
+    assert_eq!((status, code), (409, ApiErrorCode::Superseded));
+    let (status, code, _) = refusal(client.heartbeat("embark_cb_guess", task.id).await);
+    assert_eq!(
+        (status, code),
+        (401, ApiErrorCode::Unauthorized),
+        "a stranger learns nothing"
+    );
+
+    let current = client.get_task(secret, task.id).await.expect("get");
+    assert_eq!(
+        (current.state, current.attempt, current.last_seq),
+        (TaskState::Running, 2, 0)
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", broker.addr()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("embark_reaper_actions_total{action=\"requeued\"} 1\n"),
+        "{metrics}"
+    );
+}
+
 // Every test above, as `sqlite::…` and `postgres::…`.
 embark_testkit::backend_tests!(
     credentials_are_required_and_refusals_are_api_errors,
@@ -601,6 +687,7 @@ embark_testkit::backend_tests!(
     events_of_a_newer_runner_are_kept_and_misfits_refused,
     a_waiting_claim_wakes_when_a_task_is_created,
     sigterm_ends_waiting_claims_and_stops_cleanly,
+    a_lapsed_lease_is_requeued_and_the_old_attempt_is_told_it_was_superseded,
 );
 
 #[test]

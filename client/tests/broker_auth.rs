@@ -57,6 +57,7 @@ fn valid_body(operation: Operation) -> Option<Value> {
             result: TaskResult::Succeeded,
             final_text: Some("done".into()),
             reason: None,
+            code: None,
         })),
         _ => None,
     }
@@ -143,7 +144,7 @@ fn expected(operation: Operation, cred: Cred) -> u16 {
             Runner => 204,
             _ => 401,
         },
-        Operation::AppendEvents | Operation::CompleteTask => match cred {
+        Operation::AppendEvents | Operation::Heartbeat | Operation::CompleteTask => match cred {
             Callback => 200,
             _ => 401,
         },

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use embark_client::{BrokerClient, ClientError};
 use embark_core::intent::ExecutionIntent;
-use embark_core::task::{CANCELLED_BY_USER, TaskState};
+use embark_core::task::{ReasonCode, TaskState};
 use embark_core::wire::control::ControlFrame;
 use embark_core::wire::{ApiErrorCode, CancelOutcome, CompleteTask, CreateTask, TaskResult};
 use embark_testkit::{Backend, Broker, backend_tests};
@@ -69,6 +69,7 @@ async fn the_cancel_route_answers_each_state_once(backend: Backend) {
         result: TaskResult::Succeeded,
         final_text: None,
         reason: None,
+        code: None,
     };
     let finished = client
         .complete(&claim.callback_token, done.id, &verdict)
@@ -150,14 +151,15 @@ async fn a_running_task_s_runner_is_told_at_once(runner_side: &Broker, client_si
         let verdict = CompleteTask {
             result: TaskResult::Cancelled,
             final_text: None,
-            reason: Some(CANCELLED_BY_USER.into()),
+            reason: None,
+            code: Some(ReasonCode::CancelledByUser),
         };
         let done = runners
             .complete(&claim.callback_token, task.id, &verdict)
             .await
             .expect("complete");
         assert_eq!(done.state, TaskState::Cancelled);
-        assert_eq!(done.outcome.and_then(|o| o.reason).as_deref(), Some(CANCELLED_BY_USER));
+        assert_eq!(done.outcome.and_then(|o| o.code), Some(ReasonCode::CancelledByUser));
         let repeat = clients.cancel_task(secret, task.id).await.expect("cancel after");
         assert_eq!(repeat.cancel, CancelOutcome::AlreadyCancelled);
     }

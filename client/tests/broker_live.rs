@@ -44,6 +44,7 @@ fn done() -> CompleteTask {
         result: TaskResult::Succeeded,
         final_text: Some("done".into()),
         reason: None,
+        code: None,
     }
 }
 

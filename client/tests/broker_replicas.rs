@@ -74,6 +74,7 @@ async fn runners_on_two_replicas_claim_each_task_once(backend: Backend) {
                     result: TaskResult::Succeeded,
                     final_text: None,
                     reason: None,
+                    code: None,
                 };
                 own.complete(&claim.callback_token, claim.task.id, &verdict)
                     .await

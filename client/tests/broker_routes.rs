@@ -38,6 +38,7 @@ fn valid_body(operation: Operation) -> Option<Value> {
         | Operation::ListTasks
         | Operation::GetTask
         | Operation::ReadEvents
+        | Operation::Heartbeat
         | Operation::TailTask
         | Operation::TailSession
         | Operation::Healthz
@@ -56,6 +57,7 @@ fn valid_body(operation: Operation) -> Option<Value> {
             result: TaskResult::Succeeded,
             final_text: Some("done".into()),
             reason: None,
+            code: None,
         })),
     }
 }

@@ -49,11 +49,13 @@ fn valid_body(operation: Operation) -> Option<Value> {
             result: TaskResult::Succeeded,
             final_text: Some("done".into()),
             reason: None,
+            code: None,
         })),
         Operation::Health
         | Operation::ListTasks
         | Operation::GetTask
         | Operation::ReadEvents
+        | Operation::Heartbeat
         | Operation::TailTask
         | Operation::TailSession
         | Operation::Healthz

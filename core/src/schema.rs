@@ -132,6 +132,7 @@ fn broker_types(bundle: Bundle) -> Bundle {
         .add::<wire::Claim>()
         .add::<wire::AppendEvents>()
         .add::<wire::EventsAppended>()
+        .add::<wire::Lease>()
         .add::<wire::EventPage>()
         .add::<wire::CompleteTask>()
         .add::<wire::TaskCancel>()

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, NewEvent};
 use crate::intent::{ExecutionIntent, IntentError};
-use crate::task::{TaskId, TaskState};
+use crate::task::{ReasonCode, TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
 pub mod control;
@@ -208,19 +208,26 @@ pub struct TaskOutcome {
     pub result: TaskResult,
     /// Pi's last assistant text, when there was one.
     pub final_text: Option<String>,
-    /// Why it failed (or a note on success).
+    /// Why it failed (or a note on success), for people.
     pub reason: Option<String>,
+    /// Why it ended, for programs (absent when the task succeeded or a runner
+    /// gave no code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ReasonCode>,
     pub finished_at: Timestamp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskResult {
+    /// Pi's run ended normally.
     Succeeded,
+    /// The run failed (the outcome's code and reason say how).
     Failed,
     /// Stopped at a client's request (reason `cancelled_by_user`). A runner
     /// reports it only for a task whose cancel it was told of; whatever a
     /// runner reports after a cancel request, the task ends cancelled.
+    /// Ended before it finished: cancelled by a client, or abandoned by one.
     Cancelled,
 }
 
@@ -427,6 +434,23 @@ pub struct EventsAppended {
     pub last_seq: u64,
 }
 
+/// The answer to `POST /v1/tasks/{id}/heartbeat` (callback token): the
+/// attempt's lease as renewed. Every report of the attempt (events,
+/// heartbeat) renews it; one that is not renewed by `expires_at` lapses and
+/// the task becomes `stale`. Heartbeat well within `timeout_ms` (a third of
+/// it is the runner's default).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Lease {
+    /// The attempt holding the lease.
+    pub attempt: u32,
+    /// The task's state after the heartbeat (`running`).
+    pub state: TaskState,
+    /// When the lease lapses unless renewed again.
+    pub expires_at: Timestamp,
+    /// The broker's heartbeat timeout, in milliseconds: the lease's length.
+    pub timeout_ms: u64,
+}
+
 /// `GET /v1/tasks/{id}/events?after=N&limit=M` (client): events with seq > N, oldest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EventPage {
@@ -453,6 +477,9 @@ pub struct CompleteTask {
     pub result: TaskResult,
     pub final_text: Option<String>,
     pub reason: Option<String>,
+    /// Why it ended, for programs (e.g. `pi_failed`, `timeout`, `pre_launch:clone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ReasonCode>,
 }
 
 impl Check for CompleteTask {
@@ -529,6 +556,9 @@ pub enum ApiErrorCode {
     RequestIdConflict,
     /// 409: the task already succeeded or failed, so it cannot be cancelled; its state is unchanged.
     AlreadyFinished,
+    /// 409: the callback token belongs to an attempt that was superseded (the
+    /// task was requeued or claimed again): stop the work and report nothing more.
+    Superseded,
     /// 413, 414, 431: the request (body, URI or headers) is larger than the broker accepts.
     PayloadTooLarge,
     /// 408: the request (its head or its body) did not arrive in time.
@@ -804,6 +834,7 @@ mod tests {
             result: TaskResult::Succeeded,
             final_text: Some("done".into()),
             reason: None,
+            code: None,
         };
         assert_eq!(rule_of(&ok), None);
         let long = CompleteTask {

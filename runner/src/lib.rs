@@ -10,6 +10,7 @@ pub mod config;
 pub mod events;
 pub mod guard;
 pub mod isolation;
+pub mod lease;
 pub mod leftovers;
 pub mod orphans;
 pub mod pi_connection;

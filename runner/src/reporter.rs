@@ -141,6 +141,11 @@ impl Reporter {
         let _ = self.tx.send(Message::Event(event));
     }
 
+    /// Stops at once and sends nothing more: the attempt lost its task.
+    pub fn abort(self) {
+        self.worker.abort();
+    }
+
     /// Delivers everything still waiting, trying until `deadline` (sooner on
     /// shutdown, see [`Patience::events_on_shutdown`]), and reports what was
     /// delivered.

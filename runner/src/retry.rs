@@ -282,6 +282,10 @@ pub enum Undelivered {
     /// A refusal (4xx): retrying cannot help.
     #[error(transparent)]
     Refused(ClientError),
+    /// The attempt no longer holds the task (the broker requeued it, gave
+    /// it to another attempt, or ended it): its work was stopped, unreported.
+    #[error("the attempt no longer holds the task, so its work was stopped and not reported: {0}")]
+    Superseded(String),
     #[error("the broker could not be reached in time ({tries} tries)")]
     GaveUp {
         tries: u32,

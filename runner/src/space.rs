@@ -146,7 +146,7 @@ pub struct TaskRecord {
     pub attempt: u32,
     pub isolation: String,
     pub state: RecordState,
-    /// `succeeded` or `failed`, once there is a verdict.
+    /// `succeeded` or `failed`, once there is a verdict; `lost` when the attempt lost the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
     /// The task's container (docker mode).

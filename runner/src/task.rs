@@ -12,6 +12,7 @@ use embark_core::event::{LogLevel, Phase, SessionStats};
 use embark_core::limits::MAX_RESULT_TEXT_BYTES;
 use embark_core::repo_url::without_credentials;
 use embark_core::shutdown::Shutdown;
+use embark_core::task::ReasonCode;
 use embark_core::text::{error_chain, head, tail};
 use embark_core::wire::{Claim, CompleteTask, Task, TaskResult};
 use serde_json::Value;
@@ -22,6 +23,7 @@ use crate::checkout::{CloneLimits, checkout};
 use crate::events::{EventMapper, lifecycle, log_event};
 use crate::guard::GuardReport;
 use crate::isolation::{IsolationMode, Sandbox, docker};
+use crate::lease::{LeaseKeeper, Lost};
 use crate::pi_process::{PiLaunch, PiPaths, PiProcess};
 use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt_cancellable};
 use crate::profile;
@@ -68,9 +70,9 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn failed(reason: impl Into<String>) -> Outcome {
+    fn failed(code: ReasonCode, reason: impl Into<String>) -> Outcome {
         Outcome {
-            verdict: failed(reason),
+            verdict: failed(code, reason),
             stats: None,
         }
     }
@@ -96,13 +98,47 @@ pub async fn run_task(
     cancel: Shutdown,
 ) -> Result<Task, Undelivered> {
     let options = ReportOptions::default();
-    let reporter = Reporter::start(client.clone(), claim, options, shutdown.clone());
+    let lease = LeaseKeeper::start(client.clone(), claim);
+    // The task stops on the runner's shutdown, and when its attempt lost the task.
+    let stop = Shutdown::new();
+    let stopping = tokio::spawn({
+        let (stop, lost) = (stop.clone(), lease.lost().clone());
+        async move {
+            tokio::select! {
+                () = shutdown.requested() => {}
+                () = lost.requested() => {}
+            }
+            stop.trigger();
+        }
+    });
+    let reporter = Reporter::start(client.clone(), claim, options, stop.clone());
     let detail = format!("attempt {} on runner {}", claim.attempt, settings.runner_name);
     reporter.send(lifecycle(Phase::Claimed, Some(&detail)));
 
     let claimed_at = std::time::Instant::now();
     let deadline = Instant::now() + settings.task_timeout;
-    let (outcome, space) = attempt(settings, claim, &reporter, claimed_at, deadline, &shutdown, &cancel).await;
+    let (outcome, space) = attempt(settings, claim, &reporter, claimed_at, deadline, &stop, &cancel).await;
+    stopping.abort();
+    if let Some(Lost(why)) = lease.why() {
+        // Another attempt (or nobody) holds the task now: nothing more is published.
+        reporter.abort();
+        lease.stop();
+        if let Some((space, mut record)) = space {
+            if settings.cleanup.removes(None) {
+                if let Err(e) = space.remove() {
+                    tracing::warn!(task = %claim.task.id, "could not remove {}: {e}", space.root.display());
+                }
+            } else {
+                // Finished as far as this runner goes: not a leftover for the next one's sweep.
+                record.state = RecordState::Finished;
+                record.result = Some("lost".to_owned());
+                if let Err(e) = space.write_record(&record) {
+                    tracing::warn!(task = %claim.task.id, "{}", error_chain(&e));
+                }
+            }
+        }
+        return Err(Undelivered::Superseded(why));
+    }
     let succeeded = outcome.verdict.result == TaskResult::Succeeded;
     let result_name = outcome.verdict.result.state().as_str();
     if let Some(stats) = &outcome.stats {
@@ -120,7 +156,9 @@ pub async fn run_task(
     verdict.final_text = verdict
         .final_text
         .map(|text| cap_text(&text, settings.result_max_chars));
-    let reported = report(client, claim, reporter, verdict, options.patience, &shutdown).await;
+    let reported = report(client, claim, reporter, verdict, options.patience, &stop).await;
+    // The lease is kept until the verdict is in: a slow report must not let the task go stale.
+    lease.stop();
     if let Some((space, mut record)) = space {
         record.state = RecordState::Finished;
         record.result = Some(result_name.to_owned());
@@ -200,16 +238,23 @@ fn cancelled(final_text: Option<String>) -> CompleteTask {
     CompleteTask {
         result: TaskResult::Cancelled,
         final_text,
-        reason: Some(embark_core::task::CANCELLED_BY_USER.to_owned()),
+        reason: Some("Pi was stopped at the client's request".to_owned()),
+        code: Some(ReasonCode::CancelledByUser),
     }
 }
 
-fn failed(reason: impl Into<String>) -> CompleteTask {
+fn failed(code: ReasonCode, reason: impl Into<String>) -> CompleteTask {
     CompleteTask {
         result: TaskResult::Failed,
         final_text: None,
         reason: Some(reason.into()),
+        code: Some(code),
     }
+}
+
+/// The code of a failure before Pi ran, naming the step.
+fn pre_launch(step: &str) -> ReasonCode {
+    ReasonCode::PreLaunch(step.to_owned())
 }
 
 /// The task's work. Returns the outcome and the task directory it created
@@ -227,7 +272,10 @@ async fn attempt(
     let intent = &task.intent;
     if let Err(e) = task.intent.validate() {
         return (
-            Outcome::failed(format!("the task's execution intent is not acceptable: {e}")),
+            Outcome::failed(
+                pre_launch("intent"),
+                format!("the task's execution intent is not acceptable: {e}"),
+            ),
             None,
         );
     }
@@ -237,11 +285,11 @@ async fn attempt(
         .and_then(|profile| profile.check_mode(settings.sandbox.mode).map(|()| profile))
     {
         Ok(profile) => profile,
-        Err(e) => return (Outcome::failed(error_chain(&e)), None),
+        Err(e) => return (Outcome::failed(pre_launch("profile"), error_chain(&e)), None),
     };
     let space = match Space::create(&settings.spaces, task.id) {
         Ok(space) => space,
-        Err(e) => return (Outcome::failed(error_chain(&e)), None),
+        Err(e) => return (Outcome::failed(pre_launch("space"), error_chain(&e)), None),
     };
     let mut record = TaskRecord {
         task: task.id.to_string(),
@@ -255,7 +303,10 @@ async fn attempt(
         stats: None,
     };
     if let Err(e) = space.write_record(&record) {
-        return (Outcome::failed(error_chain(&e)), Some((space, record)));
+        return (
+            Outcome::failed(pre_launch("space"), error_chain(&e)),
+            Some((space, record)),
+        );
     }
     settings.bundles.add(&space.bundle);
     let outcome = match Bundle::materialise(&profile, &intent.provider, &intent.model, &space.bundle) {
@@ -286,7 +337,7 @@ async fn attempt(
             .await;
             outcome.outcome
         }
-        Err(e) => Outcome::failed(error_chain(&e)),
+        Err(e) => Outcome::failed(pre_launch("bundle"), error_chain(&e)),
     };
     // Pi and its tools are gone, so nothing rewrites the bundle any more.
     if let Err(e) = bundle::remove(&space.bundle) {
@@ -361,7 +412,7 @@ async fn prepare_and_run(
         unclean: false,
     };
     if let Err(e) = space.write_prompt(&task.prompt) {
-        return clean(Outcome::failed(error_chain(&e)));
+        return clean(Outcome::failed(pre_launch("space"), error_chain(&e)));
     }
 
     reporter.send(lifecycle(
@@ -379,12 +430,12 @@ async fn prepare_and_run(
     tokio::select! {
         result = checkout(&task.repo_url, &task.commit, &space.workspace, &limits, &settings.sandbox.guard, &task_id) => {
             if let Err(e) = result {
-                return clean(Outcome::failed(error_chain(&e)));
+                return clean(Outcome::failed(pre_launch("clone"), error_chain(&e)));
             }
         }
-        () = shutdown.requested() => return clean(Outcome::failed(SHUTTING_DOWN)),
+        () = shutdown.requested() => return clean(Outcome::failed(ReasonCode::RunnerLost, SHUTTING_DOWN)),
         () = cancel.requested() => return clean(Outcome::cancelled()),
-        () = sleep_until(deadline) => return clean(Outcome::failed(timed_out(settings.task_timeout))),
+        () = sleep_until(deadline) => return clean(Outcome::failed(ReasonCode::Timeout, timed_out(settings.task_timeout))),
     }
     if cancel.is_requested() {
         return clean(Outcome::cancelled());
@@ -405,12 +456,12 @@ async fn prepare_and_run(
     };
     let prepared = match settings.sandbox.prepare(&launch, space, bundle, profile.policy.network) {
         Ok(prepared) => prepared,
-        Err(e) => return clean(Outcome::failed(error_chain(&e))),
+        Err(e) => return clean(Outcome::failed(pre_launch("sandbox"), error_chain(&e))),
     };
     tracing::debug!(task = %task.id, argv = ?prepared.argv, "starting Pi");
     let mut pi = match PiProcess::spawn(prepared.command, &launch.program) {
         Ok(pi) => pi,
-        Err(e) => return clean(Outcome::failed(error_chain(&e))),
+        Err(e) => return clean(Outcome::failed(pre_launch("spawn"), error_chain(&e))),
     };
     tracing::info!(task = %task.id, pid = ?pi.pid(), isolation = %settings.sandbox.mode, "Pi started");
 
@@ -508,13 +559,19 @@ fn timed_out(limit: Duration) -> String {
 pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> CompleteTask {
     let run = match run {
         Ok(run) => run,
-        Err(e) => return failed(error_chain(&e)),
+        Err(e) => return failed(ReasonCode::PiFailed, error_chain(&e)),
     };
     let final_text = run
         .last_text
         .clone()
         .or_else(|| run.last_assistant.as_ref().map(|m| m.text.clone()))
         .filter(|t| !t.is_empty());
+    let code = match run.interrupted {
+        Some(Interrupted::TimedOut) => ReasonCode::Timeout,
+        Some(Interrupted::ShuttingDown) => ReasonCode::RunnerLost,
+        Some(Interrupted::Cancelled) => ReasonCode::CancelledByUser,
+        None => ReasonCode::PiFailed,
+    };
     let reason = match (run.interrupted, run.agent_ended, &run.last_assistant) {
         (Some(Interrupted::TimedOut), ..) => Some(timed_out(task_timeout)),
         (Some(Interrupted::ShuttingDown), ..) => Some(SHUTTING_DOWN.to_owned()),
@@ -534,6 +591,7 @@ pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> Comp
         } else {
             TaskResult::Succeeded
         },
+        code: reason.is_some().then_some(code),
         final_text,
         reason,
     }

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use embark_core::task::CANCELLED_BY_USER;
+use embark_core::task::ReasonCode;
 use embark_core::wire::{CancelOutcome, CreateTask, TaskResult};
 use embark_core::{ExecutionIntent, TaskState};
 use embark_testkit::poll::eventually;
@@ -101,7 +101,7 @@ async fn cancel_stops_pi(runner_side: &Broker, client_side: &Broker) {
     assert_eq!(done.state, TaskState::Cancelled, "{}", diagnostics());
     let outcome = done.outcome.clone().expect("outcome");
     assert_eq!(outcome.result, TaskResult::Cancelled);
-    assert_eq!(outcome.reason.as_deref(), Some(CANCELLED_BY_USER));
+    assert_eq!(outcome.code, Some(ReasonCode::CancelledByUser));
     let again = client.cancel_task(secret, task.id).await.expect("cancel again");
     assert_eq!(
         (again.cancel, again.task),

@@ -176,6 +176,7 @@ async fn a_broker_outage_loses_no_event_and_the_verdict_still_lands() {
         result: TaskResult::Succeeded,
         final_text: Some("done".into()),
         reason: None,
+        code: None,
     };
     let through_proxy = through(&proxy);
     let task = persist(
@@ -462,6 +463,7 @@ async fn the_verdict_lands_after_an_outage_that_outlasted_the_events() {
         result: TaskResult::Succeeded,
         final_text: Some("done".into()),
         reason: None,
+        code: None,
     };
     for shutting_down in [false, true] {
         let broker = Broker::start();

@@ -29,8 +29,13 @@ struct World {
 
 impl World {
     fn new(script: Value) -> World {
+        World::with_broker_env(script, &[])
+    }
+
+    /// A world whose broker has these knobs set (e.g. short lease timeouts).
+    fn with_broker_env(script: Value, env: &[(&str, &str)]) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
-        let broker = Broker::start();
+        let broker = Broker::start_with_env(env);
         let model = FakeModel::start(&script);
         let repo = git::fixture(&dir.path().join("repo"));
         let runners = RunnerHome::new(dir.path(), &model);
@@ -581,4 +586,96 @@ async fn credential_copies_of_a_killed_runner_are_removed_by_the_next_one() {
     let record: Value = serde_json::from_slice(&std::fs::read(space.join("task.json")).expect("task.json"))
         .expect("the record is JSON");
     assert_eq!(record["state"], "abandoned", "{record}");
+}
+
+/// Leases of a second: a runner that stops reporting loses its task within seconds.
+const SHORT_LEASES: &[(&str, &str)] = &[("EMBARK_HEARTBEAT_TIMEOUT", "1s"), ("EMBARK_STALE_TIMEOUT", "1s")];
+
+/// Waits (bounded) until the task is finished, and answers it.
+async fn finished(world: &World, id: embark_core::TaskId, within: Duration) -> Task {
+    let done = eventually(within, async || {
+        let task = world.task(id).await;
+        task.state.is_terminal().then_some(task)
+    })
+    .await;
+    done.unwrap_or_else(|| panic!("the task did not finish; {}", world.diagnostics()))
+}
+
+/// Stops the Pi processes a killed or frozen runner left (ours: we started the runner).
+fn end_children(children: &[u32]) {
+    for &pid in children.iter().filter(|&&pid| alive(pid)) {
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("valid pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_killed_mid_task_leaves_it_failed_with_stale_timeout_exactly_once() {
+    let world = World::with_broker_env(common::slow_stream(), SHORT_LEASES);
+    let task = world.submit("talk", "default").await;
+    let mut runner = world.start_runner(&[]);
+    world
+        .wait_for_event(task.id, "streaming", |e| {
+            e.payload.kind() == Some(EventKind::AssistantDelta)
+        })
+        .await;
+    let children = embark_runner::orphans::children_of(runner.pid());
+    runner.kill();
+    world.wait(&mut runner, Duration::from_secs(10));
+    end_children(&children);
+
+    // Lease (1 s) lapsed → stale; stale (1 s) → failed: it made progress, so it is not requeued.
+    let done = finished(&world, task.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, TaskState::Failed, "{}", world.diagnostics());
+    assert_eq!(done.attempt, 1);
+    let outcome = done.outcome.clone().expect("an outcome");
+    assert_eq!(outcome.result, TaskResult::Failed);
+    assert_eq!(outcome.code, Some(embark_core::task::ReasonCode::StaleTimeout));
+    // Exactly once: later passes leave it as it is, and the reaper acted once on each step.
+    let again = eventually(Duration::from_secs(5), async || {
+        let log = world.broker.log();
+        (log.matches("failed_stale_timeout").count() == 1 && log.matches("action=\"stale\"").count() == 1).then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "{}", world.broker.log());
+    assert_eq!(world.task(task.id).await, done);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_runner_that_lost_its_task_stops_pi_and_reports_nothing_more() {
+    let world = World::with_broker_env(common::slow_stream(), SHORT_LEASES);
+    let task = world.submit("talk", "default").await;
+    let mut runner = world.start_runner(&["--once"]);
+    world
+        .wait_for_event(task.id, "streaming", |e| {
+            e.payload.kind() == Some(EventKind::AssistantDelta)
+        })
+        .await;
+    let children = embark_runner::orphans::children_of(runner.pid());
+    runner.pause();
+    let given_up = finished(&world, task.id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (given_up.state, given_up.outcome.as_ref().and_then(|o| o.code.clone())),
+        (TaskState::Failed, Some(embark_core::task::ReasonCode::StaleTimeout))
+    );
+    runner.resume();
+    // Its next heartbeat is refused: it stops Pi and gives up the task (an error under --once).
+    let status = world.wait(&mut runner, Duration::from_secs(30));
+    assert!(!status.success(), "{}", world.diagnostics());
+    let log = world.runners.log();
+    assert!(
+        log.contains("the attempt lost its task, stopping it") || log.contains("no longer holds the task"),
+        "{log}"
+    );
+    assert!(
+        log.contains("no longer holds the task, so its work was stopped and not reported"),
+        "{log}"
+    );
+    let stopped = eventually(Duration::from_secs(10), async || {
+        children.iter().all(|&pid| !alive(pid)).then_some(())
+    })
+    .await;
+    end_children(&children);
+    assert!(stopped.is_some(), "Pi was stopped; {}", world.diagnostics());
+    assert_eq!(world.task(task.id).await, given_up, "nothing more was stored");
 }

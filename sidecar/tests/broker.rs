@@ -306,6 +306,7 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
         result: TaskResult::Succeeded,
         final_text: Some("All done. The flaky test is fixed.".into()),
         reason: None,
+        code: None,
     };
     api.complete(&claim.callback_token, claim.task.id, &verdict)
         .await
@@ -363,6 +364,7 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
         result: TaskResult::Failed,
         final_text: None,
         reason: Some("pi exited with status 1".into()),
+        code: None,
     };
     api.complete(&claim.callback_token, claim.task.id, &verdict)
         .await
@@ -642,6 +644,7 @@ async fn cancel_answers_in_one_line_for_each_state() {
         result: TaskResult::Failed,
         final_text: None,
         reason: Some("Pi's run was aborted".into()),
+        code: None,
     };
     let done = broker_client
         .complete(&claim.callback_token, running.id, &verdict)

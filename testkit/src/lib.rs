@@ -116,6 +116,11 @@ impl Broker {
         Broker::launch(Backend::Sqlite, env)
     }
 
+    /// A broker on a fresh database of `backend` with these environment variables set too.
+    pub fn start_on_with_env(backend: Backend, env: &[(&str, &str)]) -> Broker {
+        Broker::launch(backend, env)
+    }
+
     /// A broker on a fresh database of `backend`.
     pub fn start_with(backend: Backend) -> Broker {
         Broker::launch(backend, &[])

@@ -108,6 +108,16 @@ impl RunnerProcess {
         self.signal(rustix::process::Signal::KILL);
     }
 
+    /// Stops it where it is (SIGSTOP), as a machine that froze would.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Lets a paused runner go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
     fn signal(&self, signal: rustix::process::Signal) {
         let pid = i32::try_from(self.child.id()).expect("pid fits");
         let pid = rustix::process::Pid::from_raw(pid).expect("a valid pid");

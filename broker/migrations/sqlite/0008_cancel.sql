@@ -2,8 +2,8 @@
 -- When a client asked to cancel a running task; its runner is told over the
 -- control channel and the task's completion then ends it `cancelled`. NULL
 -- for every task never cancelled while it ran. A task cancelled while queued
--- goes straight to `cancelled` (outcome_result stays NULL: the outcome of a
--- cancelled task is its state and its reason, `cancelled_by_user`).
+-- goes straight to `cancelled` (outcome_result `cancelled`, outcome_code
+-- `cancelled_by_user`, which the leases migration made possible).
 ALTER TABLE tasks ADD COLUMN cancel_requested_at INTEGER;
 
 -- The control channel's question: this runner's running tasks with a cancel

@@ -53,6 +53,9 @@ impl From<StoreError> for ApiFailure {
             StoreError::TokenRefused(_) => Self::unauthorized(format!(
                 "{error}: use the callback token returned by the claim of this task's current attempt"
             )),
+            StoreError::Superseded { .. } => {
+                Self::new(StatusCode::CONFLICT, ApiErrorCode::Superseded, error.to_string())
+            }
             StoreError::NotRunning { .. }
             | StoreError::Transition { .. }
             | StoreError::BatchOfOtherAttempt { .. }

@@ -11,7 +11,7 @@ use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
 use super::tasks::page_limit;
 use crate::access::visible_task;
-use crate::store::{EncodedEvent, Store};
+use crate::store::{EncodedEvent, Seen, Store};
 
 const DEFAULT_PAGE_LIMIT: u32 = 100;
 
@@ -44,5 +44,7 @@ pub async fn read<S: Store>(
 ) -> Result<Json<EventPage>, ApiFailure> {
     visible_task(&app.store, &caller, id).await?;
     let limit = page_limit(query.limit, DEFAULT_PAGE_LIMIT, limits::MAX_EVENTS_PER_PAGE);
-    Ok(Json(app.store.events_after(id, query.after.unwrap_or(0), limit).await?))
+    let page = app.store.events_after(id, query.after.unwrap_or(0), limit).await?;
+    app.seen.mark(&app.store, &app.clock, Seen::Task(id)).await;
+    Ok(Json(page))
 }

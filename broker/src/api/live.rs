@@ -31,7 +31,7 @@ use super::error::ApiFailure;
 use super::extract::{ApiQuery, ClientCaller, TaskPath};
 use crate::access::{Client, visible_task};
 use crate::hub::{EventJson, FALLBACK, Following, SessionFollowing, Signal};
-use crate::store::{Store, StoreError};
+use crate::store::{Seen, Store, StoreError};
 
 /// Most bytes of events one frame carries (a frame holds at least one event).
 const MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -81,6 +81,7 @@ pub async fn tail_task<S: Store>(
 ) -> Result<Response, ApiFailure> {
     // Unknown tasks, and others' tasks, are refused before the upgrade, as a JSON 404.
     visible_task(&app.store, &caller, id).await?;
+    app.seen.mark(&app.store, &app.clock, Seen::Task(id)).await;
     let cursor = query.after.unwrap_or(0);
     Ok(upgrade.on_upgrade(move |socket| async move {
         let signal = Signal::default();
@@ -104,6 +105,7 @@ pub async fn tail_session<S: Store>(
 ) -> Result<Response, ApiFailure> {
     let cursors: HashMap<TaskId, u64> = query.cursors()?.into_iter().collect();
     let session_id = query.session_id;
+    app.seen.mark(&app.store, &app.clock, Seen::Session(&session_id)).await;
     Ok(upgrade.on_upgrade(move |socket| async move {
         let signal = Signal::default();
         // Watching before listing: a task created in between is not missed.
@@ -248,6 +250,18 @@ impl<S: Store> Tail<S> {
         if fallback {
             for followed in &self.tasks {
                 followed.following.expire().await;
+            }
+            // A client following its tasks is still there (the marks are written sparingly).
+            let app = &self.app;
+            match &self.session {
+                Some(session) => app.seen.mark(&app.store, &app.clock, Seen::Session(&session.id)).await,
+                None => {
+                    for followed in &self.tasks {
+                        app.seen
+                            .mark(&app.store, &app.clock, Seen::Task(followed.following.task_id()))
+                            .await;
+                    }
+                }
             }
         }
         self.list_session(fallback).await?;

@@ -32,10 +32,12 @@ pub use live::LiveSettings;
 
 use crate::auth::FixedSecret;
 use crate::claim::ClaimQueue;
+use crate::clock::Clock;
 use crate::hub::Hub;
 use crate::limits::{RateLimit, RateLimiter, body_deadline};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::seen::SeenMarks;
+use crate::store::{ReapPolicy, Store};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -52,6 +54,10 @@ pub struct App<S> {
     pub rate: Arc<RateLimiter>,
     pub live: LiveSettings,
     pub settings: Arc<Settings>,
+    /// The wall clock of leases and client-seen marks.
+    pub clock: Clock,
+    /// Clients' reads that keep their tasks from being reaped as abandoned.
+    pub seen: Arc<SeenMarks>,
     /// Held by every copy of the app; the server's shutdown waits until all
     /// are gone (live tails hold one until they have said goodbye).
     pub drain: Option<tokio::sync::mpsc::Sender<()>>,
@@ -66,6 +72,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     pub rate_limit: RateLimit,
     pub live: LiveSettings,
+    /// Leases, stale tasks and client silence (the reaper's policy).
+    pub leases: ReapPolicy,
 }
 
 impl Default for Settings {
@@ -79,6 +87,12 @@ impl Default for Settings {
             },
             live: LiveSettings {
                 send_timeout: Duration::from_secs(10),
+            },
+            leases: ReapPolicy {
+                heartbeat_timeout: Duration::from_secs(5 * 60),
+                stale_timeout: Duration::from_secs(30 * 60),
+                client_silence: Duration::from_secs(30 * 60),
+                max_attempts: 3,
             },
         }
     }
@@ -102,6 +116,8 @@ impl<S: Store> App<S> {
             metrics: Arc::new(Metrics::default()),
             rate: Arc::new(RateLimiter::new(settings.rate_limit)),
             live: settings.live,
+            clock: Clock::System,
+            seen: Arc::new(SeenMarks::new(settings.leases.client_silence)),
             settings: Arc::new(settings),
             drain: None,
         }
@@ -179,6 +195,7 @@ fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S
         Operation::EnrollRunner => on(method, runners::enroll::<S>),
         Operation::ClaimTask => on(method, runners::claim::<S>),
         Operation::AppendEvents => on(method, events::append::<S>),
+        Operation::Heartbeat => on(method, tasks::heartbeat::<S>),
         Operation::CompleteTask => on(method, tasks::complete::<S>),
         Operation::TailTask => on(method, live::tail_task::<S>),
         Operation::TailSession => on(method, live::tail_session::<S>),

@@ -7,13 +7,13 @@ use axum::http::StatusCode;
 use embark_core::limits;
 use embark_core::repo_url::Transport;
 use embark_core::wire::rules::{Refusal, Rule};
-use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, Task, TaskCancel, TaskList, TaskListQuery};
+use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, Lease, Task, TaskCancel, TaskList, TaskListQuery};
 
 use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
 use crate::access::visible_task;
-use crate::store::{Created, Store};
+use crate::store::{Created, Seen, Store};
 
 /// Tasks one list answer holds by default, and at most.
 const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -76,6 +76,9 @@ pub async fn list<S: Store>(
         .store
         .list_visible_session_tasks(&query.session_id, &caller, limit)
         .await?;
+    app.seen
+        .mark(&app.store, &app.clock, Seen::Session(&query.session_id))
+        .await;
     Ok(Json(TaskList { tasks }))
 }
 
@@ -84,7 +87,9 @@ pub async fn get<S: Store>(
     State(app): State<App<S>>,
     TaskPath(id): TaskPath,
 ) -> Result<Json<Task>, ApiFailure> {
-    Ok(Json(visible_task(&app.store, &caller, id).await?))
+    let task = visible_task(&app.store, &caller, id).await?;
+    app.seen.mark(&app.store, &app.clock, Seen::Task(id)).await;
+    Ok(Json(task))
 }
 
 pub async fn complete<S: Store>(
@@ -121,6 +126,30 @@ pub async fn cancel<S: Store>(
         CancelOutcome::AlreadyRequested | CancelOutcome::AlreadyCancelled => {}
     }
     Ok(Json(answer))
+}
+
+/// Renews the attempt's lease; a stale task is running again (its tails are told).
+pub async fn heartbeat<S: Store>(
+    CallbackCaller(token): CallbackCaller,
+    State(app): State<App<S>>,
+    TaskPath(id): TaskPath,
+) -> Result<Json<Lease>, ApiFailure> {
+    let renewed = app.store.heartbeat(id, &token).await?;
+    if renewed.revived {
+        app.hub.touch(id);
+        tracing::info!(task = %id, attempt = renewed.attempt, "stale task running again: its attempt reported");
+    }
+    let timeout = app.settings.leases.heartbeat_timeout;
+    let expires_at = renewed
+        .renewed_at
+        .saturating_add(jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(renewed.renewed_at);
+    Ok(Json(Lease {
+        attempt: renewed.attempt,
+        state: renewed.state,
+        expires_at,
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }))
 }
 
 /// A `limit` query value: `default` when absent, capped at `max` (0 was refused by the query's rules).

@@ -5,15 +5,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use embark_core::event::{Log, LogLevel, NewEvent, OtherEvent, Payload, ToolEnd};
+use embark_core::event::{Lifecycle, Log, LogLevel, NewEvent, OtherEvent, Payload, Phase, ToolEnd};
 use embark_core::intent::ExecutionIntent;
-use embark_core::task::{TaskId, TaskState};
+use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::rules::Rule;
 use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, TaskResult};
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use super::{Created, EncodedEvent, Runner, Store, StoreError};
+use super::{Created, EncodedEvent, ReapAction, ReapPolicy, Reaped, Runner, Seen, Store, StoreError};
 use crate::access::Owner;
 use crate::auth::{TokenHash, TokenKind, mint};
 
@@ -60,6 +60,7 @@ fn verdict(result: TaskResult) -> CompleteTask {
         result,
         final_text: Some("done".into()),
         reason: None,
+        code: None,
     }
 }
 
@@ -162,6 +163,7 @@ pub async fn state_transitions_follow_the_machine<S: Store>(store: S) {
         result: TaskResult::Failed,
         final_text: None,
         reason: Some("pi exited 1".into()),
+        code: None,
     };
     let failed = store.complete_task(b.id, &token_b, &failed).await.expect("fail b");
     assert_eq!(failed.state, TaskState::Failed);
@@ -971,7 +973,7 @@ pub async fn a_cancelled_queued_task_never_starts<S: Store>(store: S) {
     assert_eq!(answer.task.state, TaskState::Cancelled);
     let outcome = answer.task.outcome.clone().expect("a cancelled task has an outcome");
     assert_eq!(outcome.result, TaskResult::Cancelled);
-    assert_eq!(outcome.reason.as_deref(), Some(embark_core::task::CANCELLED_BY_USER));
+    assert_eq!(outcome.code, Some(embark_core::task::ReasonCode::CancelledByUser));
     assert_eq!(store.get_task(doomed.id).await.expect("get"), answer.task);
 
     let (claimed, _) = claim(&store, &worker).await.expect("the other task is claimed");
@@ -1029,7 +1031,7 @@ pub async fn a_cancelled_running_task_is_told_to_its_runner_and_ends_cancelled_o
     assert_eq!(finished.state, TaskState::Cancelled);
     let outcome = finished.outcome.clone().expect("outcome");
     assert_eq!(outcome.result, TaskResult::Cancelled);
-    assert_eq!(outcome.reason.as_deref(), Some(embark_core::task::CANCELLED_BY_USER));
+    assert_eq!(outcome.code, Some(embark_core::task::ReasonCode::CancelledByUser));
     assert_eq!(
         outcome.final_text.as_deref(),
         Some("done"),
@@ -1136,6 +1138,465 @@ pub async fn cancels_racing_claims_never_start_a_cancelled_task<S: Store>(store:
     }
 }
 
+const MINUTE: i64 = 60_000;
+
+/// Leases of 5 minutes, 30 minutes of staleness, and clients that never go
+/// silent unless a case says so.
+fn policy() -> ReapPolicy {
+    ReapPolicy {
+        heartbeat_timeout: std::time::Duration::from_secs(5 * 60),
+        stale_timeout: std::time::Duration::from_secs(30 * 60),
+        client_silence: std::time::Duration::from_secs(24 * 60 * 60),
+        max_attempts: 3,
+    }
+}
+
+/// The wall clock `minutes` from now: the reaper's time is an input.
+fn later(minutes: i64) -> jiff::Timestamp {
+    jiff::Timestamp::now() + jiff::SignedDuration::from_millis(minutes * MINUTE)
+}
+
+/// One reaper pass at `minutes` from now, as (task, action) in the order made.
+async fn reap<S: Store>(store: &S, minutes: i64, policy: &ReapPolicy) -> Vec<(TaskId, ReapAction)> {
+    let reaped = store.reap(later(minutes), policy).await.expect("reap");
+    reaped
+        .into_iter()
+        .map(|Reaped { task, action }| (task, action))
+        .collect()
+}
+
+fn claimed_event() -> EncodedEvent {
+    EncodedEvent::new(&NewEvent::new(Lifecycle::new(Phase::Claimed, Some("attempt 1".into()))))
+}
+
+pub async fn lease_expiry_is_reaped_and_the_task_claimed_again_by_the_next_attempt<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let idle = store.create_task(&new_task("s")).await.expect("create");
+    let (_, first) = claim(&store, &worker).await.expect("claim");
+    // Only the `claimed` event: nothing was done yet, so a retry is safe.
+    store
+        .append_events(idle.id, &first, "c1", &[claimed_event()])
+        .await
+        .expect("append");
+    let policy = policy();
+
+    assert!(reap(&store, 4, &policy).await.is_empty(), "the lease is current");
+    assert_eq!(reap(&store, 6, &policy).await, [(idle.id, ReapAction::Stale)]);
+    assert_eq!(store.get_task(idle.id).await.expect("get").state, TaskState::Stale);
+    assert!(reap(&store, 6, &policy).await.is_empty(), "a pass moves a task once");
+    assert!(
+        reap(&store, 30, &policy).await.is_empty(),
+        "not stale for long enough yet"
+    );
+    assert_eq!(reap(&store, 36, &policy).await, [(idle.id, ReapAction::Requeued)]);
+    let requeued = store.get_task(idle.id).await.expect("get");
+    assert_eq!(
+        (requeued.state, requeued.attempt, requeued.outcome),
+        (TaskState::Queued, 1, None)
+    );
+
+    let (again, second) = claim(&store, &worker)
+        .await
+        .expect("the requeued task is claimed again");
+    assert_eq!((again.id, again.state, again.attempt), (idle.id, TaskState::Running, 2));
+
+    // The first attempt is a zombie now: every report it makes is refused, and changes nothing.
+    fn superseded<T>(result: &Result<T, StoreError>, id: TaskId) -> bool {
+        matches!(result, Err(StoreError::Superseded { attempt: 1, task }) if *task == id)
+    }
+    assert!(superseded(&store.heartbeat(idle.id, &first).await, idle.id));
+    assert!(superseded(
+        &store.append_events(idle.id, &first, "z1", &[log_event(1)]).await,
+        idle.id
+    ));
+    assert!(
+        superseded(
+            &store.append_events(idle.id, &first, "c1", &[claimed_event()]).await,
+            idle.id
+        ),
+        "not even a replay"
+    );
+    assert!(superseded(
+        &store
+            .complete_task(idle.id, &first, &verdict(TaskResult::Succeeded))
+            .await,
+        idle.id
+    ));
+    assert_eq!(
+        store.get_task(idle.id).await.expect("get"),
+        again,
+        "refused reports change nothing"
+    );
+
+    let lease = store
+        .heartbeat(idle.id, &second)
+        .await
+        .expect("the new attempt holds the lease");
+    assert_eq!(
+        (lease.attempt, lease.state, lease.revived),
+        (2, TaskState::Running, false)
+    );
+    store
+        .append_events(idle.id, &second, "2-1", &[log_event(2)])
+        .await
+        .expect("the new attempt reports");
+    let done = store
+        .complete_task(idle.id, &second, &verdict(TaskResult::Succeeded))
+        .await
+        .expect("and finishes");
+    assert_eq!((done.state, done.attempt), (TaskState::Succeeded, 2));
+}
+
+pub async fn a_stale_task_that_made_progress_fails_with_stale_timeout<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let busy = store.create_task(&new_task("s")).await.expect("create");
+    let (_, token) = claim(&store, &worker).await.expect("claim");
+    store
+        .append_events(busy.id, &token, "b1", &[claimed_event(), log_event(1)])
+        .await
+        .expect("append");
+    // Long after the lease lapsed: stale, then given up, in one pass.
+    let reaped = reap(&store, 60, &policy()).await;
+    assert_eq!(
+        reaped,
+        [(busy.id, ReapAction::Stale), (busy.id, ReapAction::FailedStaleTimeout)]
+    );
+    let failed = store.get_task(busy.id).await.expect("get");
+    assert_eq!(failed.state, TaskState::Failed);
+    let outcome = failed.outcome.expect("a failed task has an outcome");
+    assert_eq!(
+        (outcome.result, outcome.code),
+        (TaskResult::Failed, Some(ReasonCode::StaleTimeout))
+    );
+    assert!(outcome.reason.is_some_and(|r| r.contains("stale timeout")));
+    assert!(
+        reap(&store, 120, &policy()).await.is_empty(),
+        "a finished task is never reaped again"
+    );
+    // Its attempt comes back too late: the task ended, the report is a conflict.
+    assert!(matches!(
+        store.heartbeat(busy.id, &token).await,
+        Err(StoreError::NotRunning {
+            state: TaskState::Failed,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store
+            .complete_task(busy.id, &token, &verdict(TaskResult::Succeeded))
+            .await,
+        Err(StoreError::Transition {
+            from: TaskState::Failed,
+            ..
+        })
+    ));
+}
+
+pub async fn a_task_at_its_last_attempt_is_failed_not_requeued<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let task = store.create_task(&new_task("s")).await.expect("create");
+    let once = ReapPolicy {
+        max_attempts: 2,
+        ..policy()
+    };
+    claim(&store, &worker).await.expect("claim 1");
+    assert_eq!(
+        reap(&store, 60, &once).await,
+        [(task.id, ReapAction::Stale), (task.id, ReapAction::Requeued)]
+    );
+    claim(&store, &worker).await.expect("claim 2");
+    assert_eq!(
+        reap(&store, 60, &once).await,
+        [(task.id, ReapAction::Stale), (task.id, ReapAction::FailedStaleTimeout)]
+    );
+    assert_eq!(store.get_task(task.id).await.expect("get").attempt, 2);
+}
+
+pub async fn a_stale_attempt_that_reports_again_is_running_again<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let task = store.create_task(&new_task("s")).await.expect("create");
+    let (_, token) = claim(&store, &worker).await.expect("claim");
+    let policy = policy();
+
+    assert_eq!(reap(&store, 6, &policy).await, [(task.id, ReapAction::Stale)]);
+    let lease = store.heartbeat(task.id, &token).await.expect("heartbeat");
+    assert_eq!(
+        (lease.attempt, lease.state, lease.revived),
+        (1, TaskState::Running, true)
+    );
+    assert_eq!(store.get_task(task.id).await.expect("get").state, TaskState::Running);
+
+    assert_eq!(reap(&store, 6, &policy).await, [(task.id, ReapAction::Stale)]);
+    store
+        .append_events(task.id, &token, "b1", &[log_event(1)])
+        .await
+        .expect("an append revives it too");
+    assert_eq!(store.get_task(task.id).await.expect("get").state, TaskState::Running);
+
+    assert_eq!(reap(&store, 6, &policy).await, [(task.id, ReapAction::Stale)]);
+    let done = store
+        .complete_task(task.id, &token, &verdict(TaskResult::Succeeded))
+        .await
+        .expect("a late verdict of the same attempt is taken");
+    assert_eq!(done.state, TaskState::Succeeded);
+}
+
+pub async fn silent_clients_tasks_are_cancelled_as_abandoned<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let running = store.create_task(&new_task("quiet")).await.expect("create");
+    let (_, token) = claim(&store, &worker).await.expect("claim");
+    let finished = store.create_task(&new_task("quiet")).await.expect("create");
+    let (_, finished_token) = claim(&store, &worker).await.expect("claim");
+    store
+        .complete_task(finished.id, &finished_token, &verdict(TaskResult::Succeeded))
+        .await
+        .expect("complete");
+    let queued = store.create_task(&new_task("quiet")).await.expect("create");
+    let watched = store.create_task(&new_task("watched")).await.expect("create");
+    let read = store.create_task(&new_task("other")).await.expect("create");
+    let silence = ReapPolicy {
+        heartbeat_timeout: std::time::Duration::from_secs(24 * 60 * 60),
+        client_silence: std::time::Duration::from_secs(30 * 60),
+        ..policy()
+    };
+    // A client still there 20 minutes on: its session's tasks and the one it read are kept.
+    store
+        .client_seen(Seen::Session("watched"), later(20))
+        .await
+        .expect("seen");
+    store.client_seen(Seen::Task(read.id), later(20)).await.expect("seen");
+    store
+        .client_seen(Seen::Task(finished.id), later(20))
+        .await
+        .expect("a finished task may be read");
+
+    assert!(reap(&store, 29, &silence).await.is_empty());
+    let mut reaped = reap(&store, 31, &silence).await;
+    reaped.sort();
+    let mut expected = vec![
+        (running.id, ReapAction::CancelledClientAbandoned),
+        (queued.id, ReapAction::CancelledClientAbandoned),
+    ];
+    expected.sort();
+    assert_eq!(reaped, expected);
+    for id in [running.id, queued.id] {
+        let task = store.get_task(id).await.expect("get");
+        assert_eq!(task.state, TaskState::Cancelled);
+        let outcome = task.outcome.expect("an outcome");
+        assert_eq!(
+            (outcome.result, outcome.code),
+            (TaskResult::Cancelled, Some(ReasonCode::ClientAbandoned))
+        );
+    }
+    assert_eq!(
+        store.get_task(finished.id).await.expect("get").state,
+        TaskState::Succeeded
+    );
+    assert!(matches!(
+        store.append_events(running.id, &token, "late", &[log_event(1)]).await,
+        Err(StoreError::NotRunning {
+            state: TaskState::Cancelled,
+            ..
+        })
+    ));
+    let mut later_reaped = reap(&store, 51, &silence).await;
+    later_reaped.sort();
+    let mut expected = vec![
+        (watched.id, ReapAction::CancelledClientAbandoned),
+        (read.id, ReapAction::CancelledClientAbandoned),
+    ];
+    expected.sort();
+    assert_eq!(later_reaped, expected, "30 minutes after the client was last seen");
+    assert!(claim(&store, &worker).await.is_none(), "an abandoned task never starts");
+}
+
+/// A task brought into `state`, with its attempt's token (none while it was never claimed).
+async fn task_in<S: Store>(store: &S, worker: &Runner, state: TaskState) -> (TaskId, Option<TokenHash>) {
+    let task = store.create_task(&new_task(state.as_str())).await.expect("create");
+    if state == TaskState::Queued {
+        return (task.id, None);
+    }
+    let (claimed, token) = claim(store, worker).await.expect("claim");
+    assert_eq!(claimed.id, task.id, "one queued task at a time");
+    let policy = policy();
+    match state {
+        TaskState::Queued | TaskState::Running => {}
+        TaskState::Stale => assert_eq!(reap(store, 6, &policy).await, [(task.id, ReapAction::Stale)]),
+        TaskState::Succeeded | TaskState::Failed => {
+            let result = if state == TaskState::Succeeded {
+                TaskResult::Succeeded
+            } else {
+                TaskResult::Failed
+            };
+            store
+                .complete_task(task.id, &token, &verdict(result))
+                .await
+                .expect("complete");
+        }
+        TaskState::Cancelled => {
+            // A runner reports `cancelled` only after a client asked for it.
+            let asked = store.cancel_task(task.id).await.expect("cancel request");
+            assert_eq!(asked.cancel, CancelOutcome::Requested);
+            let cancel = CompleteTask {
+                result: TaskResult::Cancelled,
+                final_text: None,
+                reason: Some("cancelled".into()),
+                code: Some(ReasonCode::CancelledByUser),
+            };
+            store.complete_task(task.id, &token, &cancel).await.expect("cancel");
+        }
+    }
+    assert_eq!(store.get_task(task.id).await.expect("get").state, state);
+    (task.id, Some(token))
+}
+
+pub async fn every_transition_is_taken_or_refused_as_the_machine_says<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    for from in TaskState::ALL {
+        // A verdict of each kind: taken exactly when the machine has the move
+        // (a stale attempt is running again first).
+        for result in [TaskResult::Succeeded, TaskResult::Failed, TaskResult::Cancelled] {
+            let (id, token) = task_in(&store, &worker, from).await;
+            let to = result.state();
+            let Some(token) = token else {
+                // Never claimed: no attempt can report, whatever the machine says.
+                assert!(matches!(
+                    store.complete_task(id, &TokenHash::of("none"), &verdict(result)).await,
+                    Err(StoreError::TokenRefused(_))
+                ));
+                continue;
+            };
+            let via = if from == TaskState::Stale {
+                TaskState::Running
+            } else {
+                from
+            };
+            let answer = store.complete_task(id, &token, &verdict(result)).await;
+            let state = store.get_task(id).await.expect("get").state;
+            if from == TaskState::Cancelled {
+                // After a client's cancel, whatever the attempt reports is answered with the cancelled task.
+                assert_eq!(answer.expect("answered unchanged").state, from, "{from} -> {to}");
+            } else if result == TaskResult::Cancelled {
+                // `cancelled` is the client's to ask for, not the runner's to choose.
+                assert!(
+                    matches!(answer, Err(StoreError::NotCancelled(_))),
+                    "{from} -> {to}: {answer:?}"
+                );
+                assert_eq!(state, from, "a refused verdict changes nothing");
+            } else if via.can_become(to) {
+                assert_eq!(answer.expect("a legal move is taken").state, to, "{from} -> {to}");
+            } else if from == to {
+                assert_eq!(answer.expect("a repeated verdict is answered").state, to);
+            } else {
+                assert!(
+                    matches!(answer, Err(StoreError::Transition { from: f, to: t, .. }) if f == via && t == to),
+                    "{from} -> {to}: {answer:?}"
+                );
+                assert_eq!(state, from, "a refused move changes nothing");
+            }
+        }
+        // A heartbeat renews a claimed task's lease (a stale one is running again) and nothing else.
+        let (id, token) = task_in(&store, &worker, from).await;
+        if let Some(token) = token {
+            let beat = store.heartbeat(id, &token).await;
+            if from.is_claimed() {
+                assert!(from.can_become(TaskState::Running) || from == TaskState::Running);
+                assert_eq!(beat.expect("renewed").state, TaskState::Running);
+            } else {
+                assert!(
+                    matches!(beat, Err(StoreError::NotRunning { state, .. }) if state == from),
+                    "{from}"
+                );
+            }
+        }
+        // The reaper's moves, each only from the states the machine allows.
+        let abandon = ReapPolicy {
+            client_silence: std::time::Duration::from_secs(60),
+            heartbeat_timeout: std::time::Duration::from_secs(24 * 60 * 60),
+            ..policy()
+        };
+        let reaped = reap(&store, 2, &abandon).await;
+        let cancelled: HashSet<TaskId> = reaped.iter().map(|(id, _)| *id).collect();
+        assert_eq!(cancelled.contains(&id), from.can_become(TaskState::Cancelled), "{from}");
+        assert!(
+            reaped
+                .iter()
+                .all(|(_, action)| *action == ReapAction::CancelledClientAbandoned)
+        );
+    }
+    // Only a queued task is claimed; the others were all moved on.
+    assert!(claim(&store, &worker).await.is_none());
+}
+
+pub async fn reapers_on_two_replicas_act_once<S: Store>(store: S) {
+    reapers_racing_act_once(store.clone(), store).await;
+}
+
+/// Reaper passes on `first` and `second` (two stores on one database) at
+/// the same time, over many lapsed leases: each task is moved once.
+pub async fn reapers_racing_act_once<S: Store>(first: S, second: S) {
+    const TASKS: usize = 60;
+    let worker = runner(&first, "w").await;
+    let mut claimed = HashSet::new();
+    for n in 0..TASKS {
+        first.create_task(&new_task("race")).await.expect("create");
+        let (task, token) = claim(&first, &worker).await.expect("claim");
+        if n % 2 == 0 {
+            // Half made progress (failed later), half did not (requeued).
+            first
+                .append_events(task.id, &token, "b", &[log_event(1)])
+                .await
+                .expect("append");
+        }
+        claimed.insert(task.id);
+    }
+    let policy = policy();
+    for minutes in [6, 60] {
+        let barrier = Arc::new(Barrier::new(8));
+        let mut passes = Vec::new();
+        for index in 0..8 {
+            let store = if index % 2 == 0 { first.clone() } else { second.clone() };
+            let barrier = Arc::clone(&barrier);
+            passes.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store.reap(later(minutes), &policy).await.expect("reap")
+            }));
+        }
+        let mut actions: BTreeMap<ReapAction, usize> = BTreeMap::new();
+        let mut moved = HashSet::new();
+        for pass in passes {
+            for Reaped { task, action } in pass.await.expect("pass") {
+                *actions.entry(action).or_default() += 1;
+                assert!(
+                    moved.insert((task, action)),
+                    "task {task} was moved to {action:?} twice"
+                );
+            }
+        }
+        let expected: BTreeMap<ReapAction, usize> = if minutes == 6 {
+            [(ReapAction::Stale, TASKS)].into()
+        } else {
+            [
+                (ReapAction::Requeued, TASKS / 2),
+                (ReapAction::FailedStaleTimeout, TASKS / 2),
+            ]
+            .into()
+        };
+        assert_eq!(actions, expected, "at {minutes} minutes");
+    }
+    let mut queued = 0;
+    for id in &claimed {
+        let task = first.get_task(*id).await.expect("get");
+        queued += usize::from(task.state == TaskState::Queued);
+        assert!(
+            matches!(task.state, TaskState::Queued | TaskState::Failed),
+            "{:?}",
+            task.state
+        );
+    }
+    assert_eq!(queued, TASKS / 2);
+}
+
 /// Instantiates every case above as a test in the invoking module: `fresh`
 /// is an async fn answering `(guard, store)` for a new, empty database (the
 /// guard lives until the case ends), and the attributes in brackets (e.g.
@@ -1164,6 +1625,13 @@ macro_rules! suite {
             a_cancelled_running_task_is_told_to_its_runner_and_ends_cancelled_once,
             a_finished_task_cannot_be_cancelled,
             cancels_racing_claims_never_start_a_cancelled_task,
+            lease_expiry_is_reaped_and_the_task_claimed_again_by_the_next_attempt,
+            a_stale_task_that_made_progress_fails_with_stale_timeout,
+            a_task_at_its_last_attempt_is_failed_not_requeued,
+            a_stale_attempt_that_reports_again_is_running_again,
+            silent_clients_tasks_are_cancelled_as_abandoned,
+            every_transition_is_taken_or_refused_as_the_machine_says,
+            reapers_on_two_replicas_act_once,
         );
     };
     (@cases $fresh:ident, $attrs:tt, $($name:ident),* $(,)?) => {$(

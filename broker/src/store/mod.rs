@@ -16,9 +16,10 @@ pub mod sqlite;
 pub(crate) mod conformance;
 
 use std::future::Future;
+use std::time::Duration;
 
 use embark_core::NewEvent;
-use embark_core::task::{TaskId, TaskState};
+use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::rules::{Refusal, Rule};
 use embark_core::wire::{
     CompleteTask, CreateTask, EventPage, EventsAppended, Task, TaskCancel, TaskResult, check_batch_shape,
@@ -97,6 +98,124 @@ impl Created {
     }
 }
 
+/// The current attempt's lease as a report renewed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRenewed {
+    pub attempt: u32,
+    /// The task's state after the report (a stale task became running again).
+    pub state: TaskState,
+    /// Whether the report brought a stale task back to running.
+    pub revived: bool,
+    pub renewed_at: jiff::Timestamp,
+}
+
+/// What a client read or created, so the task (or the session's tasks) count as still wanted.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    Task(TaskId),
+    Session(&'a str),
+}
+
+/// When the reaper acts (see `crate::reaper`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReapPolicy {
+    /// A running task whose attempt reported nothing for this long becomes stale.
+    pub heartbeat_timeout: Duration,
+    /// A task stale for this long is failed (`stale_timeout`) or requeued.
+    pub stale_timeout: Duration,
+    /// A task not yet finished whose client was silent this long is cancelled (`client_abandoned`).
+    pub client_silence: Duration,
+    /// How many attempts a task may have: a stale task whose attempt wrote no
+    /// event beyond `claimed` is requeued while its attempt is below this.
+    pub max_attempts: u32,
+}
+
+/// What the reaper did to one task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReapAction {
+    /// running → stale: its lease lapsed.
+    Stale,
+    /// stale → queued: requeued for another attempt.
+    Requeued,
+    /// stale → failed (`stale_timeout`).
+    FailedStaleTimeout,
+    /// queued, running or stale → cancelled (`client_abandoned`).
+    CancelledClientAbandoned,
+}
+
+impl ReapAction {
+    /// Its label in `embark_reaper_actions_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReapAction::Stale => "stale",
+            ReapAction::Requeued => "requeued",
+            ReapAction::FailedStaleTimeout => "failed_stale_timeout",
+            ReapAction::CancelledClientAbandoned => "cancelled_client_abandoned",
+        }
+    }
+
+    /// The transition it makes (checked against the machine at compile time in each store).
+    pub const fn transition(self) -> (&'static [TaskState], TaskState) {
+        match self {
+            ReapAction::Stale => (&[TaskState::Running], TaskState::Stale),
+            ReapAction::Requeued => (&[TaskState::Stale], TaskState::Queued),
+            ReapAction::FailedStaleTimeout => (&[TaskState::Stale], TaskState::Failed),
+            ReapAction::CancelledClientAbandoned => (
+                &[TaskState::Queued, TaskState::Running, TaskState::Stale],
+                TaskState::Cancelled,
+            ),
+        }
+    }
+
+    /// The outcome's code and text for an action that ends the task.
+    pub fn outcome(self) -> Option<(ReasonCode, &'static str)> {
+        match self {
+            ReapAction::FailedStaleTimeout => Some((
+                ReasonCode::StaleTimeout,
+                "the runner stopped reporting (no heartbeat within the heartbeat timeout) and did not come back \
+                 within the stale timeout",
+            )),
+            ReapAction::CancelledClientAbandoned => Some((
+                ReasonCode::ClientAbandoned,
+                "no client read or created this task for the client-silence limit, so the broker gave it up",
+            )),
+            ReapAction::Stale | ReapAction::Requeued => None,
+        }
+    }
+}
+
+/// True when every transition of `action` is one the machine has; the
+/// stores assert it at compile time next to each statement.
+pub const fn reap_is_legal(action: ReapAction) -> bool {
+    let (sources, to) = action.transition();
+    let mut index = 0;
+    while index < sources.len() {
+        if !sources[index].can_become(to) {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
+
+const _: () = assert!(
+    reap_is_legal(ReapAction::Stale)
+        && reap_is_legal(ReapAction::Requeued)
+        && reap_is_legal(ReapAction::FailedStaleTimeout)
+        && reap_is_legal(ReapAction::CancelledClientAbandoned)
+);
+
+/// One task the reaper moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    pub task: TaskId,
+    pub action: ReapAction,
+}
+
+/// Most tasks one reaper statement moves, so a pass after a long outage stays
+/// a bounded transaction (the next pass takes the rest).
+pub const REAP_BATCH: i64 = 500;
+
 /// Causes are sources, not part of the message (see `embark_core::text::error_chain`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -107,6 +226,12 @@ pub enum StoreError {
     TokenRefused(TaskId),
     #[error("task {task} is {state}, not running: its attempt can no longer report")]
     NotRunning { task: TaskId, state: TaskState },
+    /// The token is an attempt's that no longer holds the task.
+    #[error(
+        "attempt {attempt} of task {task} was superseded (the task was requeued or claimed again): stop the work \
+         and report nothing more"
+    )]
+    Superseded { task: TaskId, attempt: u32 },
     #[error(
         "batch {batch_id:?} of task {task} was appended by attempt {stored_attempt}, not by this attempt \
          {attempt}: use a fresh batch id for every new batch"
@@ -304,7 +429,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Task, StoreError>> + Send;
 
     /// A client's cancel, in one transaction: a queued task becomes
-    /// `cancelled` (reason [`embark_core::task::CANCELLED_BY_USER`]) at once and
+    /// `cancelled` (code [`ReasonCode::CancelledByUser`]) at once and
     /// no claim can take it any more; a running one gets its cancel request
     /// recorded, once, for its runner to act on ([`Store::cancel_requests`]).
     /// A repeat changes nothing; a task that succeeded or failed is
@@ -325,6 +450,31 @@ pub trait Store: Clone + Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+
+    /// Renews the lease of the attempt whose token `callback` is, with the
+    /// checks of [`Store::append_events`]: [`StoreError::Superseded`] for an
+    /// attempt that no longer holds the task, [`StoreError::NotRunning`] for
+    /// a finished one. A stale task becomes running again (its attempt came
+    /// back before the reaper gave up on it).
+    fn heartbeat(
+        &self,
+        id: TaskId,
+        callback: &TokenHash,
+    ) -> impl Future<Output = Result<LeaseRenewed, StoreError>> + Send;
+
+    /// Records that a client read or created the task, or its session's
+    /// tasks, at `now`: unfinished tasks only (finished ones are never reaped).
+    fn client_seen(&self, seen: Seen<'_>, now: jiff::Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One reaper pass as of `now`: abandoned tasks cancelled, lapsed leases
+    /// stale, stale tasks past the stale timeout requeued or failed, each by
+    /// one conditional statement, so passes on several replicas at once move
+    /// each task once. At most [`REAP_BATCH`] tasks per action.
+    fn reap(
+        &self,
+        now: jiff::Timestamp,
+        policy: &ReapPolicy,
+    ) -> impl Future<Output = Result<Vec<Reaped>, StoreError>> + Send;
 
     /// Waits for the connections in use to be returned, then closes them all.
     fn close(&self) -> impl Future<Output = ()> + Send;
@@ -417,10 +567,14 @@ pub(crate) fn replayed_create(
     }
 }
 
+/// The outcome's text of a task a client cancelled (its code is
+/// [`ReasonCode::CancelledByUser`]).
+pub(crate) const CANCELLED_TEXT: &str = "a client cancelled the task";
+
 /// The verdict a completion records: after a client's cancel request,
-/// whatever the attempt reports, the task ends `cancelled` with reason
-/// [`embark_core::task::CANCELLED_BY_USER`] (keeping the attempt's final
-/// text); without one, `cancelled` is refused.
+/// whatever the attempt reports, the task ends `cancelled` with the code
+/// [`ReasonCode::CancelledByUser`] (keeping the attempt's final text);
+/// without one, `cancelled` is refused.
 pub(crate) fn settle_verdict(
     task: TaskId,
     verdict: &CompleteTask,
@@ -430,13 +584,62 @@ pub(crate) fn settle_verdict(
         return Ok(CompleteTask {
             result: TaskResult::Cancelled,
             final_text: verdict.final_text.clone(),
-            reason: Some(embark_core::task::CANCELLED_BY_USER.to_owned()),
+            reason: Some(CANCELLED_TEXT.to_owned()),
+            code: Some(ReasonCode::CancelledByUser),
         });
     }
     if verdict.result == TaskResult::Cancelled {
         return Err(StoreError::NotCancelled(task));
     }
     Ok(verdict.clone())
+}
+
+/// Which attempt of a task a callback token is, from the task's attempts
+/// `(number, stored hash)`: each compared in constant time.
+pub(crate) fn attempt_of(
+    task: TaskId,
+    callback: &TokenHash,
+    attempts: impl IntoIterator<Item = (i64, Option<Vec<u8>>)>,
+) -> Result<i64, StoreError> {
+    let mut found = None;
+    for (attempt, stored) in attempts {
+        let matches = stored
+            .as_deref()
+            .and_then(TokenHash::from_slice)
+            .is_some_and(|hash| hash.matches(callback));
+        if matches {
+            found = Some(attempt);
+        }
+    }
+    found.ok_or(StoreError::TokenRefused(task))
+}
+
+/// The fence of every report: the token must be the current attempt's, and
+/// that attempt must still hold the task. A token of an earlier attempt, or
+/// of the current one after the task was requeued, is superseded.
+pub(crate) fn fence(task: TaskId, token_attempt: i64, current: i64, state: TaskState) -> Result<(), StoreError> {
+    if token_attempt != current || state == TaskState::Queued {
+        return Err(StoreError::Superseded {
+            task,
+            attempt: u32::try_from(token_attempt).unwrap_or(u32::MAX),
+        });
+    }
+    Ok(())
+}
+
+/// The state a report of the current attempt finds, after a stale task came
+/// back to running (the one transition a report makes on its own).
+pub(crate) fn revived(task: TaskId, state: TaskState) -> Result<TaskState, StoreError> {
+    if state == TaskState::Stale {
+        check_transition(task, state, TaskState::Running)?;
+        return Ok(TaskState::Running);
+    }
+    Ok(state)
+}
+
+/// Milliseconds of a policy's duration, for comparisons with stored times.
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Refuses a transition the state machine does not have.

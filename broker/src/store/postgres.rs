@@ -24,7 +24,7 @@ pub mod changes;
 pub mod wakeups;
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, Task, TaskCancel};
@@ -33,12 +33,13 @@ use sqlx::{Connection, PgConnection, Postgres};
 
 use self::wakeups::Announcer;
 use super::rows::{
-    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, client_token_columns, now_ms, parse_state, result_name,
-    seq, task_columns,
+    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, client_token_columns, now_ms, parse_state,
+    parse_task_id, result_name, seq, state_list, task_columns, unfinished,
 };
 use super::{
-    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, Runner, RunnerRecord, Store, StoreError,
-    check_append, check_new_task, check_transition, check_verdict, replayed_create, settle_verdict,
+    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
+    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_of, check_append, check_new_task, check_transition,
+    check_verdict, fence, millis, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -118,8 +119,8 @@ const LIST_SESSION_TASKS: &str = concat!(
 /// key waits for the first to commit, then does nothing).
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at, owner, client_request_id, request_hash) \
-     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING ",
+     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash) \
+     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -129,7 +130,8 @@ const CREATE_TASK: &str = concat!(
 /// statement. `state = 'queued'` is re-checked on the locked row. Served by
 /// the partial index `tasks_queued`.
 const CLAIM_NEXT: &str = concat!(
-    "WITH claimed AS (UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = $1 \
+    "WITH claimed AS (UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = $1, \
+     lease_renewed_at = $1 \
      WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, arrival LIMIT 1 \
      FOR UPDATE SKIP LOCKED) AND state = 'queued' RETURNING ",
     task_columns!(),
@@ -137,12 +139,77 @@ const CLAIM_NEXT: &str = concat!(
      SELECT id, attempt, $2, $3, $1 FROM claimed) SELECT * FROM claimed"
 );
 
+/// The claim's transition, checked against the machine when this compiles.
+const _: () = assert!(TaskState::Queued.can_become(TaskState::Running));
+
+/// The reaper's statement for `action`, as in `sqlite.rs`: `$1` now, `$2`
+/// the cutoff, `$3` the batch size, `$4` the outcome's text or the attempt
+/// limit (none for `Stale`). The rows are chosen `FOR UPDATE SKIP LOCKED`:
+/// a replica reaping at the same time passes over the rows this one holds
+/// (and a report holding a row is not waited for), and the outer `WHERE`
+/// re-checks each chosen row, so each task is moved once.
+fn reap_statement(action: ReapAction) -> String {
+    let (sources, to) = action.transition();
+    let from = state_list(sources);
+    let (set, select) = match action {
+        ReapAction::CancelledClientAbandoned => (
+            "outcome_result = 'cancelled', outcome_code = 'client_abandoned', outcome_reason = $4, \
+             outcome_final_text = NULL, finished_at = $1",
+            "client_seen_at <= $2",
+        ),
+        ReapAction::Stale => ("lease_renewed_at = lease_renewed_at", "lease_renewed_at <= $2"),
+        // No event of the current attempt beyond its `claimed` lifecycle event.
+        ReapAction::Requeued => (
+            "lease_renewed_at = NULL",
+            "lease_renewed_at <= $2 AND attempt < $4 AND NOT EXISTS (SELECT 1 FROM event_batches b \
+             JOIN events e ON e.task_id = b.task_id AND e.seq BETWEEN b.first_seq AND b.last_seq \
+             WHERE b.task_id = t.id AND b.attempt = t.attempt \
+             AND NOT (e.kind = 'lifecycle' AND (e.payload::jsonb ->> 'phase') = 'claimed'))",
+        ),
+        ReapAction::FailedStaleTimeout => (
+            "outcome_result = 'failed', outcome_code = 'stale_timeout', outcome_reason = $4, \
+             outcome_final_text = NULL, finished_at = $1",
+            "lease_renewed_at <= $2",
+        ),
+    };
+    format!(
+        "UPDATE tasks SET state = '{to}', updated_at = $1, {set} \
+         WHERE id IN (SELECT id FROM tasks t WHERE state IN ({from}) AND {select} LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         AND state IN ({from}) RETURNING id",
+        to = to.as_str()
+    )
+}
+
+/// In the order a pass runs them (see `sqlite.rs`).
+static REAP: LazyLock<[(ReapAction, String); 4]> = LazyLock::new(|| {
+    [
+        ReapAction::CancelledClientAbandoned,
+        ReapAction::Stale,
+        ReapAction::Requeued,
+        ReapAction::FailedStaleTimeout,
+    ]
+    .map(|action| (action, reap_statement(action)))
+});
+
+static SEEN_TASK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET client_seen_at = $2 WHERE id = $1 AND state IN ({}) AND client_seen_at < $2",
+        unfinished()
+    )
+});
+static SEEN_SESSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET client_seen_at = $2 WHERE session_id = $1 AND state IN ({}) AND client_seen_at < $2",
+        unfinished()
+    )
+});
+
 /// Bumps the counter (the row is already locked) and stores the events and
 /// the batch record in one statement: the events get seqs `$4 + 1 …` in
 /// the order given. Answers the number of counter rows bumped (1, or 0 if
 /// the counter moved, which the lock rules out).
-const APPEND_BATCH: &str = "WITH bumped AS (UPDATE tasks SET last_seq = $2, updated_at = $3 \
-     WHERE id = $1 AND last_seq = $4 RETURNING id), \
+const APPEND_BATCH: &str = "WITH bumped AS (UPDATE tasks SET last_seq = $2, updated_at = $3, \
+     state = 'running', lease_renewed_at = $3 WHERE id = $1 AND last_seq = $4 RETURNING id), \
      stored AS (INSERT INTO events (task_id, seq, time, kind, payload) \
      SELECT bumped.id, $4 + e.ordinal, $3, e.kind, e.payload \
      FROM bumped, UNNEST($5::text[], $6::text[]) WITH ORDINALITY AS e (kind, payload, ordinal)), \
@@ -158,11 +225,12 @@ const EVENTS_AFTER: &str = "SELECT t.last_seq, e.seq, e.time, e.kind, e.payload 
      WHERE task_id = t.id AND seq > $2 ORDER BY seq LIMIT $3) e ON true \
      WHERE t.id = $1 ORDER BY e.seq";
 
-/// A queued task cancelled (its row locked): it ends at once.
-/// `$1` the id, `$2` now, `$3` the reason.
+/// A queued (or stale) task cancelled (its row locked): it ends at once.
+/// `$1` the id, `$2` now, `$3` the reason's text.
 const CANCEL_QUEUED: &str = concat!(
-    "UPDATE tasks SET state = 'cancelled', outcome_reason = $3, finished_at = $2, updated_at = $2 \
-     WHERE id = $1 AND state = 'queued' RETURNING ",
+    "UPDATE tasks SET state = 'cancelled', outcome_result = 'cancelled', outcome_code = 'cancelled_by_user', \
+     outcome_reason = $3, finished_at = $2, updated_at = $2 \
+     WHERE id = $1 AND state IN ('queued', 'stale') RETURNING ",
     task_columns!()
 );
 
@@ -181,37 +249,39 @@ struct CurrentAttempt {
 }
 
 /// Locks the task's row and answers its current attempt, after checking
-/// that `callback` is that attempt's token.
+/// that `callback` is that attempt's token and that the attempt still holds
+/// the task ([`fence`]).
 async fn authorize_attempt(
     conn: &mut PgConnection,
     id: TaskId,
     callback: &TokenHash,
 ) -> Result<CurrentAttempt, StoreError> {
-    /// State, attempt, last seq, the attempt's token hash, and when its runner was revoked.
-    type Row = (String, i64, i64, Option<Vec<u8>>, Option<i64>);
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT t.state, t.attempt, t.last_seq, a.callback_token_hash, r.revoked_at FROM tasks t \
-         LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt \
+    // One row per attempt of the task (or one without an attempt), with when its runner was revoked.
+    type Row = (String, i64, i64, Option<i64>, Option<Vec<u8>>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT t.state, t.attempt, t.last_seq, a.attempt, a.callback_token_hash, r.revoked_at FROM tasks t \
+         LEFT JOIN attempts a ON a.task_id = t.id \
          LEFT JOIN runners r ON r.id = a.runner_id \
          WHERE t.id = $1 FOR UPDATE OF t",
     )
     .bind(id.to_string())
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some((state, attempt, last_seq, stored, revoked)) = row else {
+    let Some((state, attempt, last_seq, ..)) = rows.first().cloned() else {
         return Err(StoreError::TokenRefused(id));
     };
-    // A revoked runner's attempts report nothing more (the lease reaper ends them).
-    let valid = revoked.is_none()
-        && stored
-            .as_deref()
-            .and_then(TokenHash::from_slice)
-            .is_some_and(|hash| hash.matches(callback));
-    if !valid {
-        return Err(StoreError::TokenRefused(id));
-    }
+    // A revoked runner's attempts report nothing more (the lease reaper ends them): their tokens match nothing.
+    let token_attempt = attempt_of(
+        id,
+        callback,
+        rows.into_iter()
+            .filter(|(.., revoked)| revoked.is_none())
+            .filter_map(|(_, _, _, number, hash, _)| number.map(|number| (number, hash))),
+    )?;
+    let state = parse_state(&state)?;
+    fence(id, token_attempt, attempt, state)?;
     Ok(CurrentAttempt {
-        state: parse_state(&state)?,
+        state,
         attempt,
         last_seq,
     })
@@ -450,7 +520,8 @@ impl Store for PgStore {
             attempt,
             last_seq,
         } = current;
-        if state != TaskState::Running {
+        // The append renews the lease (and brings a stale task back).
+        if revived(id, state)? != TaskState::Running {
             return Err(StoreError::NotRunning { task: id, state });
         }
         let last = last_seq + count;
@@ -505,10 +576,11 @@ impl Store for PgStore {
             tx.commit().await?;
             return row.try_into();
         }
-        check_transition(id, state, next)?;
+        // A stale attempt that comes back with its verdict is running again first.
+        check_transition(id, revived(id, state)?, next)?;
         let row: TaskRow = sqlx::query_as(concat!(
             "UPDATE tasks SET state = $2, outcome_result = $3, outcome_final_text = $4, outcome_reason = $5, \
-             finished_at = $6, updated_at = $6 WHERE id = $1 AND state = $7 RETURNING ",
+             finished_at = $6, updated_at = $6, outcome_code = $8 WHERE id = $1 AND state = $7 RETURNING ",
             task_columns!()
         ))
         .bind(id.to_string())
@@ -518,6 +590,7 @@ impl Store for PgStore {
         .bind(verdict.reason.as_deref())
         .bind(now)
         .bind(state.as_str())
+        .bind(verdict.code.as_ref().map(ToString::to_string))
         .fetch_one(&mut *tx)
         .await?;
         let task = Task::try_from(row)?;
@@ -539,7 +612,8 @@ impl Store for PgStore {
         .await?;
         let task = Task::try_from(row.ok_or(StoreError::TaskNotFound(id))?)?;
         let cancel = match task.state {
-            TaskState::Queued => CancelOutcome::Cancelled,
+            // A stale task's runner went quiet: nothing is left to tell, it ends at once.
+            TaskState::Queued | TaskState::Stale => CancelOutcome::Cancelled,
             TaskState::Running if task.cancel_requested_at.is_none() => CancelOutcome::Requested,
             TaskState::Running => {
                 return Ok(TaskCancel {
@@ -565,7 +639,7 @@ impl Store for PgStore {
             sqlx::query_as(CANCEL_QUEUED)
                 .bind(id.to_string())
                 .bind(now)
-                .bind(embark_core::task::CANCELLED_BY_USER)
+                .bind(super::CANCELLED_TEXT)
                 .fetch_one(&mut *tx)
                 .await?
         } else {
@@ -595,6 +669,77 @@ impl Store for PgStore {
                 Ok((super::rows::parse_task_id(&id)?, attempt))
             })
             .collect()
+    }
+
+    async fn heartbeat(&self, id: TaskId, callback: &TokenHash) -> Result<LeaseRenewed, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let CurrentAttempt { state, attempt, .. } = authorize_attempt(&mut tx, id, callback).await?;
+        let next = revived(id, state)?;
+        if next != TaskState::Running {
+            return Err(StoreError::NotRunning { task: id, state });
+        }
+        sqlx::query(
+            "UPDATE tasks SET state = 'running', lease_renewed_at = $2, \
+             updated_at = CASE WHEN state = 'running' THEN updated_at ELSE $2 END WHERE id = $1 AND state = $3",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(LeaseRenewed {
+            attempt: attempt_number(attempt)?,
+            state: next,
+            revived: state != next,
+            renewed_at: super::rows::timestamp(now)?,
+        })
+    }
+
+    async fn client_seen(&self, seen: Seen<'_>, now: jiff::Timestamp) -> Result<(), StoreError> {
+        let query = match seen {
+            Seen::Task(id) => sqlx::query(SEEN_TASK.as_str()).bind(id.to_string()),
+            Seen::Session(session) => sqlx::query(SEEN_SESSION.as_str()).bind(session.to_owned()),
+        };
+        query.bind(now.as_millisecond()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn reap(&self, now: jiff::Timestamp, policy: &ReapPolicy) -> Result<Vec<Reaped>, StoreError> {
+        let now = now.as_millisecond();
+        let lapsed = now.saturating_sub(millis(policy.heartbeat_timeout));
+        let given_up = lapsed.saturating_sub(millis(policy.stale_timeout));
+        let mut reaped = Vec::new();
+        let mut tx = self.write_tx().await?;
+        for (action, sql) in REAP.iter() {
+            let cutoff = match action {
+                ReapAction::CancelledClientAbandoned => now.saturating_sub(millis(policy.client_silence)),
+                ReapAction::Stale => lapsed,
+                ReapAction::Requeued | ReapAction::FailedStaleTimeout => given_up,
+            };
+            let query = sqlx::query_scalar::<_, String>(sql.as_str())
+                .bind(now)
+                .bind(cutoff)
+                .bind(REAP_BATCH);
+            let query = match (action, action.outcome()) {
+                (_, Some((_, text))) => query.bind(text),
+                (ReapAction::Requeued, None) => query.bind(i64::from(policy.max_attempts)),
+                _ => query,
+            };
+            for id in query.fetch_all(&mut *tx).await? {
+                reaped.push(Reaped {
+                    task: parse_task_id(&id)?,
+                    action: *action,
+                });
+            }
+        }
+        tx.commit().await?;
+        // Committed: other replicas' claimers may take the requeued tasks.
+        for _ in reaped.iter().filter(|r| r.action == ReapAction::Requeued) {
+            self.announcer.task_queued();
+        }
+        Ok(reaped)
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<EventPage, StoreError> {
@@ -693,6 +838,17 @@ mod tests {
         let (database, first) = fresh().await;
         let second = connect(&database).await;
         conformance::claims_across_stores_are_exactly_once(first, second).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(embark_pg_tests),
+        ignore = "PostgreSQL case: set EMBARK_TEST_DATABASE_URL to run it"
+    )]
+    async fn reapers_of_two_replicas_on_one_database_act_once() {
+        let (database, first) = fresh().await;
+        let second = connect(&database).await;
+        conformance::reapers_racing_act_once(first, second).await;
     }
 
     /// Waits (bounded) for the next announcement an outside listener sees.
@@ -821,7 +977,7 @@ mod tests {
         );
         assert!(matches!(
             store.append_events(task.id, &first, "b1", &[event(1)]).await,
-            Err(StoreError::TokenRefused(_))
+            Err(StoreError::Superseded { attempt: 1, .. })
         ));
         let fresh_batch = store
             .append_events(task.id, &second, "2-0", &[event(3)])

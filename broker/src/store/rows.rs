@@ -3,7 +3,7 @@
 
 use embark_core::event::{Event, Payload};
 use embark_core::intent::ExecutionIntent;
-use embark_core::task::{TaskId, TaskState};
+use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::{Task, TaskOutcome, TaskResult};
 use jiff::Timestamp;
 
@@ -14,7 +14,7 @@ macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
          created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
-         cancel_requested_at"
+         outcome_code, cancel_requested_at"
     };
 }
 pub(crate) use task_columns;
@@ -38,6 +38,7 @@ pub(crate) struct TaskRow {
     pub outcome_final_text: Option<String>,
     pub outcome_reason: Option<String>,
     pub finished_at: Option<i64>,
+    pub outcome_code: Option<String>,
     pub cancel_requested_at: Option<i64>,
 }
 
@@ -53,13 +54,14 @@ impl TryFrom<TaskRow> for Task {
                 result: parse_result(result)?,
                 final_text: row.outcome_final_text,
                 reason: row.outcome_reason,
-                finished_at: timestamp(finished_at)?,
-            }),
-            // A cancelled task's outcome is its state (the column's CHECK predates cancelling).
-            (None, Some(finished_at)) if state == TaskState::Cancelled => Some(TaskOutcome {
-                result: TaskResult::Cancelled,
-                final_text: row.outcome_final_text,
-                reason: row.outcome_reason,
+                code: row
+                    .outcome_code
+                    .as_deref()
+                    .map(|code| {
+                        ReasonCode::parse(code)
+                            .ok_or_else(|| StoreError::Corrupt(format!("task {id} has the reason code {code:?}")))
+                    })
+                    .transpose()?,
                 finished_at: timestamp(finished_at)?,
             }),
             _ => {
@@ -187,17 +189,14 @@ fn parse_result(text: &str) -> Result<TaskResult, StoreError> {
     match text {
         "succeeded" => Ok(TaskResult::Succeeded),
         "failed" => Ok(TaskResult::Failed),
+        "cancelled" => Ok(TaskResult::Cancelled),
         other => Err(StoreError::Corrupt(format!("unknown task result {other:?}"))),
     }
 }
 
-/// The `outcome_result` column of a verdict: NULL for `cancelled`, which
-/// the column's CHECK does not name (the state says it).
-pub(crate) fn result_name(result: TaskResult) -> Option<&'static str> {
-    match result {
-        TaskResult::Succeeded | TaskResult::Failed => Some(result.state().as_str()),
-        TaskResult::Cancelled => None,
-    }
+/// The `outcome_result` column of a verdict.
+pub(crate) fn result_name(result: TaskResult) -> &'static str {
+    result.state().as_str()
 }
 
 pub(crate) fn seq(value: i64) -> Result<u64, StoreError> {
@@ -206,6 +205,21 @@ pub(crate) fn seq(value: i64) -> Result<u64, StoreError> {
 
 pub(crate) fn timestamp(ms: i64) -> Result<Timestamp, StoreError> {
     Timestamp::from_millisecond(ms).map_err(|e| StoreError::Corrupt(format!("time {ms}: {e}")))
+}
+
+/// A list of states for an SQL `IN (…)`, e.g. `'queued', 'running'`.
+pub(crate) fn state_list(states: &[TaskState]) -> String {
+    states
+        .iter()
+        .map(|state| format!("'{}'", state.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The states not yet finished, for `IN (…)`.
+pub(crate) fn unfinished() -> String {
+    let states: Vec<TaskState> = TaskState::ALL.into_iter().filter(|s| !s.is_terminal()).collect();
+    state_list(&states)
 }
 
 /// Now, in whole milliseconds (what the columns hold, so values round-trip exactly).

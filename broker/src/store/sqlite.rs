@@ -11,6 +11,7 @@
 //! it; SQLite gives its `-wal` and `-shm` files the same mode.
 
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use embark_core::task::{TaskId, TaskState};
@@ -20,11 +21,13 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::rows::client_token_columns;
 use super::rows::{
-    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns,
+    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, now_ms, parse_state, parse_task_id, result_name, seq,
+    state_list, task_columns, unfinished,
 };
 use super::{
-    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, Runner, RunnerRecord, Store, StoreError,
-    check_append, check_new_task, check_transition, check_verdict, replayed_create, settle_verdict,
+    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
+    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_of, check_append, check_new_task, check_transition,
+    check_verdict, fence, millis, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -143,8 +146,8 @@ const GET_REQUESTED_TASK: &str = concat!(
 /// (the unique index `tasks_by_request`).
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at, owner, client_request_id, request_hash) \
-     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING RETURNING ",
+     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash) \
+     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -163,18 +166,19 @@ const LIST_SESSION_TASKS: &str = concat!(
 /// the update can never take a task another writer already moved. Served by
 /// the partial index `tasks_queued` without a sort.
 const CLAIM_NEXT: &str = concat!(
-    "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1 \
+    "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1, lease_renewed_at = ?1 \
      WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1) \
      AND state = 'queued' RETURNING ",
     task_columns!()
 );
 
-/// A queued task cancelled: it ends at once, and `state = 'queued'` keeps a
-/// claim that got there first from being undone (the claim re-checks it too).
-/// `?1` the id, `?2` now, `?3` the reason.
+/// A queued (or stale) task cancelled: it ends at once, and the state in
+/// the `WHERE` keeps a claim that got there first from being undone (the
+/// claim re-checks it too). `?1` the id, `?2` now, `?3` the reason's text.
 const CANCEL_QUEUED: &str = concat!(
-    "UPDATE tasks SET state = 'cancelled', outcome_reason = ?3, finished_at = ?2, updated_at = ?2 \
-     WHERE id = ?1 AND state = 'queued' RETURNING ",
+    "UPDATE tasks SET state = 'cancelled', outcome_result = 'cancelled', outcome_code = 'cancelled_by_user', \
+     outcome_reason = ?3, finished_at = ?2, updated_at = ?2 \
+     WHERE id = ?1 AND state IN ('queued', 'stale') RETURNING ",
     task_columns!()
 );
 
@@ -185,6 +189,71 @@ const REQUEST_CANCEL: &str = concat!(
     task_columns!()
 );
 
+/// The claim's transition, checked against the machine when this compiles.
+const _: () = assert!(TaskState::Queued.can_become(TaskState::Running));
+
+/// The reaper's statement for `action`: `?1` now, `?2` the cutoff (a task
+/// qualifies at or before it), `?3` the batch size, `?4` the outcome's text
+/// (ending actions) or the attempt limit (requeue; none for `Stale`). Its states come from
+/// [`ReapAction::transition`], which the machine checks at compile time; the
+/// chosen rows are re-checked in the outer `WHERE`.
+fn reap_statement(action: ReapAction) -> String {
+    let (sources, to) = action.transition();
+    let from = state_list(sources);
+    let (set, select) = match action {
+        ReapAction::CancelledClientAbandoned => (
+            "outcome_result = 'cancelled', outcome_code = 'client_abandoned', outcome_reason = ?4, \
+             outcome_final_text = NULL, finished_at = ?1",
+            "client_seen_at <= ?2",
+        ),
+        ReapAction::Stale => ("lease_renewed_at = lease_renewed_at", "lease_renewed_at <= ?2"),
+        // No event of the current attempt beyond its `claimed` lifecycle event.
+        ReapAction::Requeued => (
+            "lease_renewed_at = NULL",
+            "lease_renewed_at <= ?2 AND attempt < ?4 AND NOT EXISTS (SELECT 1 FROM event_batches b \
+             JOIN events e ON e.task_id = b.task_id AND e.seq BETWEEN b.first_seq AND b.last_seq \
+             WHERE b.task_id = t.id AND b.attempt = t.attempt \
+             AND NOT (e.kind = 'lifecycle' AND json_extract(e.payload, '$.phase') = 'claimed'))",
+        ),
+        ReapAction::FailedStaleTimeout => (
+            "outcome_result = 'failed', outcome_code = 'stale_timeout', outcome_reason = ?4, \
+             outcome_final_text = NULL, finished_at = ?1",
+            "lease_renewed_at <= ?2",
+        ),
+    };
+    format!(
+        "UPDATE tasks SET state = '{to}', updated_at = ?1, {set} \
+         WHERE id IN (SELECT id FROM tasks t WHERE state IN ({from}) AND {select} LIMIT ?3) \
+         AND state IN ({from}) RETURNING id",
+        to = to.as_str()
+    )
+}
+
+/// In the order a pass runs them: abandoned tasks end first, then leases
+/// lapse, then stale tasks are requeued where they may be and failed otherwise.
+static REAP: LazyLock<[(ReapAction, String); 4]> = LazyLock::new(|| {
+    [
+        ReapAction::CancelledClientAbandoned,
+        ReapAction::Stale,
+        ReapAction::Requeued,
+        ReapAction::FailedStaleTimeout,
+    ]
+    .map(|action| (action, reap_statement(action)))
+});
+
+static SEEN_TASK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET client_seen_at = ?2 WHERE id = ?1 AND state IN ({}) AND client_seen_at < ?2",
+        unfinished()
+    )
+});
+static SEEN_SESSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET client_seen_at = ?2 WHERE session_id = ?1 AND state IN ({}) AND client_seen_at < ?2",
+        unfinished()
+    )
+});
+
 /// The task as its current attempt sees it.
 struct CurrentAttempt {
     state: TaskState,
@@ -192,53 +261,56 @@ struct CurrentAttempt {
     last_seq: i64,
 }
 
-/// The task's current attempt, after checking that `callback` is its token,
-/// and the batch `batch_id` if this task already appended one (the attempt
-/// that did and its seqs): one read, since every statement is a round trip
-/// to the connection's thread.
+/// The task's current attempt, after checking that `callback` is its token
+/// and that it still holds the task ([`fence`]), and the batch `batch_id` if
+/// this task already appended one (the attempt that did and its seqs): one
+/// read, since every statement is a round trip to the connection's thread.
 async fn authorize_attempt(
     conn: &mut SqliteConnection,
     id: TaskId,
     callback: &TokenHash,
     batch_id: Option<&str>,
 ) -> Result<(CurrentAttempt, Option<(i64, i64, i64)>), StoreError> {
+    // One row per attempt of the task (or one without an attempt).
     type Row = (
         String,
         i64,
         i64,
+        Option<i64>,
         Option<Vec<u8>>,
         Option<i64>,
         Option<i64>,
         Option<i64>,
         Option<i64>,
     );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT t.state, t.attempt, t.last_seq, a.callback_token_hash, b.attempt, b.first_seq, b.last_seq, \
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT t.state, t.attempt, t.last_seq, a.attempt, a.callback_token_hash, b.attempt, b.first_seq, b.last_seq, \
          r.revoked_at \
          FROM tasks t \
-         LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt \
+         LEFT JOIN attempts a ON a.task_id = t.id \
          LEFT JOIN runners r ON r.id = a.runner_id \
          LEFT JOIN event_batches b ON b.task_id = t.id AND b.batch_id = ?2 \
          WHERE t.id = ?1",
     )
     .bind(id.to_string())
     .bind(batch_id)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some((state, attempt, last_seq, stored, batch_attempt, first, last, revoked)) = row else {
+    let Some((state, attempt, last_seq, _, _, batch_attempt, first, last, _)) = rows.first().cloned() else {
         return Err(StoreError::TokenRefused(id));
     };
-    // A revoked runner's attempts report nothing more (the lease reaper ends them).
-    let valid = revoked.is_none()
-        && stored
-            .as_deref()
-            .and_then(TokenHash::from_slice)
-            .is_some_and(|hash| hash.matches(callback));
-    if !valid {
-        return Err(StoreError::TokenRefused(id));
-    }
+    // A revoked runner's attempts report nothing more (the lease reaper ends them): their tokens match nothing.
+    let token_attempt = attempt_of(
+        id,
+        callback,
+        rows.into_iter()
+            .filter(|(.., revoked)| revoked.is_none())
+            .filter_map(|(_, _, _, number, hash, ..)| number.map(|number| (number, hash))),
+    )?;
+    let state = parse_state(&state)?;
+    fence(id, token_attempt, attempt, state)?;
     let current = CurrentAttempt {
-        state: parse_state(&state)?,
+        state,
         attempt,
         last_seq,
     };
@@ -477,19 +549,23 @@ impl Store for SqliteStore {
             attempt,
             last_seq,
         } = current;
-        if state != TaskState::Running {
+        if revived(id, state)? != TaskState::Running {
             return Err(StoreError::NotRunning { task: id, state });
         }
         let first = last_seq + 1;
         let last = last_seq + count;
         // The counter row is the lock: seqs are handed out in commit order.
-        let bumped = sqlx::query("UPDATE tasks SET last_seq = ?2, updated_at = ?3 WHERE id = ?1 AND last_seq = ?4")
-            .bind(id.to_string())
-            .bind(last)
-            .bind(now)
-            .bind(last_seq)
-            .execute(&mut *tx)
-            .await?;
+        // The report renews the lease (and brings a stale task back).
+        let bumped = sqlx::query(
+            "UPDATE tasks SET last_seq = ?2, updated_at = ?3, state = 'running', lease_renewed_at = ?3 \
+             WHERE id = ?1 AND last_seq = ?4",
+        )
+        .bind(id.to_string())
+        .bind(last)
+        .bind(now)
+        .bind(last_seq)
+        .execute(&mut *tx)
+        .await?;
         if bumped.rows_affected() != 1 {
             return Err(StoreError::Corrupt(format!(
                 "task {id}'s event counter moved inside a write transaction"
@@ -547,10 +623,11 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return row.try_into();
         }
-        check_transition(id, state, next)?;
+        // A stale attempt that comes back with its verdict is running again first.
+        check_transition(id, revived(id, state)?, next)?;
         let row: TaskRow = sqlx::query_as(concat!(
             "UPDATE tasks SET state = ?2, outcome_result = ?3, outcome_final_text = ?4, outcome_reason = ?5, \
-             finished_at = ?6, updated_at = ?6 WHERE id = ?1 AND state = ?7 RETURNING ",
+             finished_at = ?6, updated_at = ?6, outcome_code = ?8 WHERE id = ?1 AND state = ?7 RETURNING ",
             task_columns!()
         ))
         .bind(id.to_string())
@@ -560,6 +637,7 @@ impl Store for SqliteStore {
         .bind(verdict.reason.as_deref())
         .bind(now)
         .bind(state.as_str())
+        .bind(verdict.code.as_ref().map(ToString::to_string))
         .fetch_one(&mut *tx)
         .await?;
         let task = Task::try_from(row)?;
@@ -576,7 +654,8 @@ impl Store for SqliteStore {
             .await?;
         let task = Task::try_from(row.ok_or(StoreError::TaskNotFound(id))?)?;
         let cancel = match task.state {
-            TaskState::Queued => CancelOutcome::Cancelled,
+            // A stale task's runner went quiet: nothing is left to tell, it ends at once.
+            TaskState::Queued | TaskState::Stale => CancelOutcome::Cancelled,
             TaskState::Running if task.cancel_requested_at.is_none() => CancelOutcome::Requested,
             TaskState::Running => {
                 return Ok(TaskCancel {
@@ -602,7 +681,7 @@ impl Store for SqliteStore {
             sqlx::query_as(CANCEL_QUEUED)
                 .bind(id.to_string())
                 .bind(now)
-                .bind(embark_core::task::CANCELLED_BY_USER)
+                .bind(super::CANCELLED_TEXT)
                 .fetch_one(&mut *tx)
                 .await?
         } else {
@@ -628,6 +707,73 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(id, attempt)| Ok((super::rows::parse_task_id(&id)?, attempt_number(attempt)?)))
             .collect()
+    }
+
+    async fn heartbeat(&self, id: TaskId, callback: &TokenHash) -> Result<LeaseRenewed, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let (CurrentAttempt { state, attempt, .. }, _) = authorize_attempt(&mut tx, id, callback, None).await?;
+        let next = revived(id, state)?;
+        if next != TaskState::Running {
+            return Err(StoreError::NotRunning { task: id, state });
+        }
+        sqlx::query(
+            "UPDATE tasks SET state = 'running', lease_renewed_at = ?2, \
+             updated_at = CASE WHEN state = 'running' THEN updated_at ELSE ?2 END WHERE id = ?1 AND state = ?3",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(LeaseRenewed {
+            attempt: attempt_number(attempt)?,
+            state: next,
+            revived: state != next,
+            renewed_at: super::rows::timestamp(now)?,
+        })
+    }
+
+    async fn client_seen(&self, seen: Seen<'_>, now: jiff::Timestamp) -> Result<(), StoreError> {
+        let query = match seen {
+            Seen::Task(id) => sqlx::query(SEEN_TASK.as_str()).bind(id.to_string()),
+            Seen::Session(session) => sqlx::query(SEEN_SESSION.as_str()).bind(session.to_owned()),
+        };
+        query.bind(now.as_millisecond()).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn reap(&self, now: jiff::Timestamp, policy: &ReapPolicy) -> Result<Vec<Reaped>, StoreError> {
+        let now = now.as_millisecond();
+        let lapsed = now.saturating_sub(millis(policy.heartbeat_timeout));
+        let given_up = lapsed.saturating_sub(millis(policy.stale_timeout));
+        let mut reaped = Vec::new();
+        let mut tx = self.write_tx().await?;
+        for (action, sql) in REAP.iter() {
+            let cutoff = match action {
+                ReapAction::CancelledClientAbandoned => now.saturating_sub(millis(policy.client_silence)),
+                ReapAction::Stale => lapsed,
+                ReapAction::Requeued | ReapAction::FailedStaleTimeout => given_up,
+            };
+            let query = sqlx::query_scalar::<_, String>(sql.as_str())
+                .bind(now)
+                .bind(cutoff)
+                .bind(REAP_BATCH);
+            let query = match (action, action.outcome()) {
+                (_, Some((_, text))) => query.bind(text),
+                (ReapAction::Requeued, None) => query.bind(i64::from(policy.max_attempts)),
+                _ => query,
+            };
+            for id in query.fetch_all(&mut *tx).await? {
+                reaped.push(Reaped {
+                    task: parse_task_id(&id)?,
+                    action: *action,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(reaped)
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<EventPage, StoreError> {
@@ -716,6 +862,15 @@ mod tests {
         conformance::claims_across_stores_are_exactly_once(first, second).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reapers_of_two_stores_on_one_file_act_once() {
+        let (dir, first) = fresh().await;
+        let second = SqliteStore::open(&dir.path().join("nested/broker.db"))
+            .await
+            .expect("second store");
+        conformance::reapers_racing_act_once(first, second).await;
+    }
+
     #[tokio::test]
     async fn a_batch_id_of_an_earlier_attempt_is_refused() {
         use crate::auth::{TokenKind, mint};
@@ -766,7 +921,7 @@ mod tests {
         );
         assert!(matches!(
             store.append_events(task.id, &first, "b1", &[event(1)]).await,
-            Err(StoreError::TokenRefused(_))
+            Err(StoreError::Superseded { attempt: 1, .. })
         ));
         let fresh_batch = store
             .append_events(task.id, &second, "2-0", &[event(3)])

@@ -471,3 +471,31 @@ fn help_gaps_are_found() {
         ["EMBARK_T_COUNT", "EMBARK_T_TOKEN"]
     );
 }
+
+#[test]
+fn durations_need_a_unit_and_show_the_largest_exact_one() {
+    use std::time::Duration;
+
+    use super::Setting;
+    for (text, millis) in [
+        ("250ms", 250),
+        ("90s", 90_000),
+        ("5m", 300_000),
+        ("24h", 86_400_000),
+        ("1500 ms", 1500),
+    ] {
+        assert_eq!(Duration::from_text(text), Some(Duration::from_millis(millis)), "{text}");
+    }
+    for bad in ["300", "5 minutes", "-1s", "1.5s", "s", ""] {
+        assert_eq!(Duration::from_text(bad), None, "{bad:?}");
+    }
+    let shown = |ms| {
+        Duration::from_millis(ms)
+            .to_toml()
+            .and_then(|v| v.as_str().map(str::to_owned))
+    };
+    assert_eq!(shown(300_000).as_deref(), Some("5m"));
+    assert_eq!(shown(90_000).as_deref(), Some("90s"));
+    assert_eq!(shown(1500).as_deref(), Some("1500ms"));
+    assert_eq!(shown(0).as_deref(), Some("0ms"));
+}

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::secret::Secret;
 
@@ -84,6 +85,37 @@ impl Setting for bool {
     }
     fn to_toml(&self) -> Option<toml::Value> {
         Some(toml::Value::Boolean(*self))
+    }
+}
+
+/// A length of time as a whole number with its unit: `250ms`, `90s`, `5m`,
+/// `24h` (no unit is refused: a bare number reads as seconds to some and
+/// milliseconds to others). Shown in the largest unit that is exact.
+impl Setting for Duration {
+    fn from_text(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit())?;
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().ok()?;
+        let millis = match unit.trim() {
+            "ms" => Some(number),
+            "s" => number.checked_mul(1000),
+            "m" | "min" => number.checked_mul(60_000),
+            "h" => number.checked_mul(3_600_000),
+            _ => None,
+        }?;
+        Some(Duration::from_millis(millis))
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        let millis = self.as_millis();
+        let text = [(3_600_000, "h"), (60_000, "m"), (1000, "s")]
+            .into_iter()
+            .find(|(unit, _)| millis > 0 && millis.is_multiple_of(*unit))
+            .map_or_else(
+                || format!("{millis}ms"),
+                |(unit, name)| format!("{}{name}", millis / unit),
+            );
+        Some(toml::Value::String(text))
     }
 }
 

@@ -22,7 +22,7 @@ use super::live::{LiveClose, LiveFrame, SessionTailQuery, TaskTailQuery};
 use super::rules::{Check, Rule};
 use super::{
     ApiError, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage, EventPageQuery,
-    EventsAppended, Health, RunnerEnrolled, Task, TaskCancel, TaskList, TaskListQuery,
+    EventsAppended, Health, Lease, RunnerEnrolled, Task, TaskCancel, TaskList, TaskListQuery,
 };
 use crate::schema::{SchemaFn, schema};
 use crate::task::TaskId;
@@ -115,6 +115,7 @@ pub enum Operation {
     EnrollRunner,
     ClaimTask,
     AppendEvents,
+    Heartbeat,
     CompleteTask,
     TailTask,
     TailSession,
@@ -126,7 +127,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 16] = [
+    pub const ALL: [Operation; 17] = [
         Operation::Health,
         Operation::CreateTask,
         Operation::ListTasks,
@@ -135,6 +136,7 @@ impl Operation {
         Operation::EnrollRunner,
         Operation::ClaimTask,
         Operation::AppendEvents,
+        Operation::Heartbeat,
         Operation::CompleteTask,
         Operation::TailTask,
         Operation::TailSession,
@@ -164,6 +166,7 @@ impl Operation {
             Operation::EnrollRunner => "enrollRunner",
             Operation::ClaimTask => "claimTask",
             Operation::AppendEvents => "appendEvents",
+            Operation::Heartbeat => "heartbeat",
             Operation::CompleteTask => "completeTask",
             Operation::TailTask => "tailTask",
             Operation::TailSession => "tailSession",
@@ -551,7 +554,27 @@ pub const ROUTES: &[Route] = &[
             CALLBACK_UNAUTHORIZED,
             error(
                 409,
-                "The task is not running (for a new batch id), or the batch id belongs to an earlier attempt.",
+                "The task is not running (for a new batch id), or the batch id belongs to an earlier attempt. A superseded attempt (the task was requeued or claimed again) gets code `superseded`: stop Pi and report nothing more.",
+            ),
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::Heartbeat,
+        method: Method::Post,
+        path: "/v1/tasks/{id}/heartbeat",
+        summary: "Renew the attempt's lease (every report renews it; heartbeat while nothing else is reported). A stale task becomes running again.",
+        credential: Some(Credential::CallbackToken),
+        path_params: &[TASK_ID],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            ok(200, schema::<Lease>, "The renewed lease."),
+            CALLBACK_UNAUTHORIZED,
+            error(
+                409,
+                "The attempt no longer holds the task: code `superseded` when the task was requeued or claimed again, `conflict` when it ended. Stop Pi and report nothing more.",
             ),
             INTERNAL,
         ],
@@ -575,7 +598,7 @@ pub const ROUTES: &[Route] = &[
             CALLBACK_UNAUTHORIZED,
             error(
                 409,
-                "The task is not running (and did not already end with this result).",
+                "The task is not running (and did not already end with this result). A superseded attempt (the task was requeued or claimed again) gets code `superseded`.",
             ),
             INTERNAL,
         ],

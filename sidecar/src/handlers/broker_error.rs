@@ -34,6 +34,7 @@ pub fn broker_error(error: ClientError) -> RpcError {
             | ApiErrorCode::Conflict
             | ApiErrorCode::RequestIdConflict
             | ApiErrorCode::AlreadyFinished
+            | ApiErrorCode::Superseded
             | ApiErrorCode::PayloadTooLarge => RpcError::new(
                 ErrorCode::BrokerRejected,
                 format!("the broker refused the request (HTTP {status}): {message}"),
