@@ -9,8 +9,9 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::event::SessionStats;
 use crate::event::{Event, NewEvent};
-use crate::intent::{ExecutionIntent, IntentError};
+use crate::intent::{Capabilities, ExecutionIntent, IntentError};
 use crate::task::{TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
@@ -87,6 +88,8 @@ impl Check for CreateTask {
         Rule::RepoTransport,
         Rule::SessionId,
         Rule::Intent,
+        // The broker's part: checked against the enrolled runners, not here.
+        Rule::IntentUnserved,
     ];
 
     fn check(&self) -> Result<(), Refusal> {
@@ -168,6 +171,9 @@ pub struct Task {
     pub last_seq: u64,
     /// Set once the task reached a terminal state.
     pub outcome: Option<TaskOutcome>,
+    /// Pi's session stats (tokens, cost), from the attempt's `session_stats` event; the latest one wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SessionStats>,
 }
 
 /// How a finished task ended.
@@ -220,10 +226,14 @@ pub struct TaskListQuery {
 pub struct EnrollRunner {
     /// A name for people and logs, e.g. the host name.
     pub name: String,
+    /// What the runner can run. A runner that advertises nothing (one older
+    /// than capability routing) is taken to serve any intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
 }
 
 impl Check for EnrollRunner {
-    const RULES: &'static [Rule] = &[Rule::RunnerName];
+    const RULES: &'static [Rule] = &[Rule::RunnerName, Rule::Capabilities];
 
     fn check(&self) -> Result<(), Refusal> {
         let name = &self.name;
@@ -237,8 +247,32 @@ impl Check for EnrollRunner {
                 ),
             ));
         }
+        if let Some(capabilities) = &self.capabilities {
+            capabilities.validate().map_err(|error| {
+                Refusal::new(
+                    Rule::Capabilities,
+                    format!("the runner's capabilities are not acceptable: {error}"),
+                )
+            })?;
+        }
         Ok(())
     }
+}
+
+/// An enrolled runner as `GET /v1/runners` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerInfo {
+    pub id: String,
+    pub name: String,
+    pub enrolled_at: Timestamp,
+    /// What it advertised; absent for a runner that advertised nothing (it serves any intent).
+    pub capabilities: Option<Capabilities>,
+}
+
+/// `GET /v1/runners` (client): the enrolled runners, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerList {
+    pub runners: Vec<RunnerInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -464,6 +498,8 @@ pub enum ApiErrorCode {
     InvalidRequest,
     /// 409: the task is not in a state that allows this (e.g. completing a finished task).
     Conflict,
+    /// 422: no enrolled runner can run the task's execution intent; the message names the closest thing available.
+    IntentUnsupported,
     /// 413, 414, 431: the request (body, URI or headers) is larger than the broker accepts.
     PayloadTooLarge,
     /// 408: the request (its head or its body) did not arrive in time.
@@ -492,11 +528,7 @@ mod tests {
             repo_url: "https://example.invalid/r.git".into(),
             commit: "a".repeat(40),
             prompt: "fix it".into(),
-            intent: ExecutionIntent {
-                auth_profile: "default".into(),
-                provider: "anthropic".into(),
-                model: "claude-sonnet-4-5".into(),
-            },
+            intent: ExecutionIntent::new("default", "anthropic", "claude-sonnet-4-5"),
             session_id: "s1".into(),
         }
     }
@@ -733,7 +765,10 @@ mod tests {
 
     #[test]
     fn runner_names_must_be_printable() {
-        let named = |name: &str| EnrollRunner { name: name.into() };
+        let named = |name: &str| EnrollRunner {
+            name: name.into(),
+            capabilities: None,
+        };
         assert_eq!(rule_of(&named("box-1")), None);
         for bad in [" ", "a\nb", &"n".repeat(limits::MAX_RUNNER_NAME_BYTES + 1)] {
             assert_eq!(rule_of(&named(bad)), Some(Rule::RunnerName), "{bad:?}");

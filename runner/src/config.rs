@@ -369,15 +369,6 @@ impl Setting for Program {
     }
 }
 
-impl Setting for IsolationMode {
-    fn from_text(text: &str) -> Option<Self> {
-        IsolationMode::ALL.into_iter().find(|mode| mode.name() == text.trim())
-    }
-    fn to_toml(&self) -> Option<toml::Value> {
-        Some(toml::Value::String(self.name().to_owned()))
-    }
-}
-
 impl Setting for WorkspaceCleanup {
     fn from_text(text: &str) -> Option<Self> {
         WorkspaceCleanup::ALL

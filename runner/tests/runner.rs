@@ -65,11 +65,7 @@ impl World {
             repo_url: repo_url.to_owned(),
             commit: self.repo.head.clone(),
             prompt: prompt.to_owned(),
-            intent: ExecutionIntent {
-                auth_profile: profile.to_owned(),
-                provider: "fake".to_owned(),
-                model: "fake-model".to_owned(),
-            },
+            intent: ExecutionIntent::new(profile.to_owned(), "fake".to_owned(), "fake-model".to_owned()),
             session_id: "runner-test".to_owned(),
         };
         self.client

@@ -11,6 +11,7 @@ use embark_core::wire::{CompleteTask, CreateTask, Task, TaskList, TaskListQuery}
 use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
+use crate::routing::Wake;
 use crate::store::Store;
 
 /// Tasks one list answer holds by default, and at most.
@@ -23,10 +24,14 @@ pub async fn create<S: Store>(
     ApiJson(request): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiFailure> {
     check_transport(&request.repo_url, &app.settings.repo_transports)?;
+    let wake = crate::routing::check_servable(&request.intent, &app.store.list_runners().await?)?;
     let task = app.store.create_task(&request).await?;
     tracing::info!(task = %task.id, session = %task.session_id, "task queued");
     app.metrics.task_created();
-    app.claims.task_added();
+    match wake {
+        Wake::One => app.claims.task_added(),
+        Wake::All => app.claims.wake_all(),
+    }
     app.hub.created(&task);
     Ok((StatusCode::CREATED, Json(task)))
 }

@@ -18,9 +18,10 @@ pub(crate) mod conformance;
 use std::future::Future;
 
 use embark_core::NewEvent;
+use embark_core::intent::Capabilities;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::rules::{Refusal, Rule};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task, check_batch_shape};
+use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, check_batch_shape};
 
 use crate::auth::TokenHash;
 
@@ -127,12 +128,23 @@ pub trait Store: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Task>, StoreError>> + Send;
 
-    /// Records a runner whose token hashes to `token`.
-    fn enroll_runner(&self, name: &str, token: &TokenHash) -> impl Future<Output = Result<Runner, StoreError>> + Send;
+    /// Records a runner whose token hashes to `token`, with what it can run
+    /// (`None`: it advertised nothing and serves any intent).
+    fn enroll_runner(
+        &self,
+        name: &str,
+        capabilities: Option<&Capabilities>,
+        token: &TokenHash,
+    ) -> impl Future<Output = Result<Runner, StoreError>> + Send;
+
+    /// Every enrolled runner with its advertisement, oldest first.
+    fn list_runners(&self) -> impl Future<Output = Result<Vec<RunnerInfo>, StoreError>> + Send;
 
     fn runner_by_token(&self, token: &TokenHash) -> impl Future<Output = Result<Option<Runner>, StoreError>> + Send;
 
-    /// Atomically takes the oldest queued task for `runner_id`: it becomes
+    /// Atomically takes the oldest queued task `runner_id` can serve (its
+    /// advertised profiles, providers, models, isolation modes and labels,
+    /// matched as [`Capabilities::check`] matches them): it becomes
     /// `running` with `attempt + 1`, and `callback` becomes the only token
     /// that may report for that attempt. `None` when nothing is queued.
     /// Two concurrent claimers never get the same task.
@@ -152,7 +164,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// back, whatever `events` holds now and whatever state the task is in
     /// (a retry whose first answer was lost may arrive after completion).
     /// The token is checked first; an id recorded by an earlier attempt is
-    /// [`StoreError::BatchOfOtherAttempt`].
+    /// [`StoreError::BatchOfOtherAttempt`]. The batch's last `session_stats`
+    /// event, if any, becomes the task's stats.
     fn append_events(
         &self,
         id: TaskId,
@@ -244,6 +257,17 @@ pub(crate) fn check_append(batch_id: &str, events: &[EncodedEvent]) -> Result<i6
         check_text(Rule::EventPayload, &format!("event {index}'s payload"), &event.payload)?;
     }
     Ok(i64::try_from(events.len()).expect("a batch holds at most MAX_EVENTS_PER_APPEND events (checked)"))
+}
+
+/// The payload of the batch's last `session_stats` event: what the task's
+/// stats become.
+pub(crate) fn latest_stats(events: &[EncodedEvent]) -> Option<&str> {
+    let kind = embark_core::EventKind::SessionStats.as_str();
+    events
+        .iter()
+        .rev()
+        .find(|event| event.kind == kind)
+        .map(|event| event.payload.as_str())
 }
 
 /// Refuses a transition the state machine does not have.

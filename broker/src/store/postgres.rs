@@ -26,14 +26,21 @@ pub mod wakeups;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use embark_core::intent::Capabilities;
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, Task};
+use embark_core::wire::{CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
 use self::wakeups::Announcer;
-use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
-use super::{EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict};
+use super::rows::{
+    EventRow, TaskRow, allow_rows, capabilities_json, label_rows, labels_json, now_ms, parse_capabilities, parse_state,
+    result_name, seq, task_columns, timestamp,
+};
+use super::{
+    EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict,
+    latest_stats,
+};
 use crate::auth::TokenHash;
 
 /// Connections per broker when the configuration does not say.
@@ -93,7 +100,8 @@ const LIST_SESSION_TASKS: &str = concat!(
 
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING ",
+     session_id, created_at, updated_at, isolation, labels) \
+     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11) RETURNING ",
     task_columns!()
 );
 
@@ -102,9 +110,45 @@ const CREATE_TASK: &str = concat!(
 /// running and records the attempt with its callback token, in one
 /// statement. `state = 'queued'` is re-checked on the locked row. Served by
 /// the partial index `tasks_queued`.
+/// Whether runner `$2` can serve the queued task `t`, as SQLite's
+/// `serves_runner!` says, with LIKE patterns made from the globs
+/// ([`like_pattern`]) and the labels read from their JSON text.
+macro_rules! serves_runner {
+    () => {
+        "((SELECT capabilities FROM runners WHERE id = $2) IS NULL OR ( \
+         EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = $2 AND a.profile = t.auth_profile \
+           AND a.part = 'provider' AND t.provider LIKE a.pattern) \
+         AND EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = $2 AND a.profile = t.auth_profile \
+           AND a.part = 'model' AND t.model LIKE a.pattern) \
+         AND (t.isolation IS NULL OR EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = $2 \
+           AND a.profile = t.auth_profile AND a.part = 'isolation' AND a.pattern = t.isolation)) \
+         AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(t.labels::jsonb) l (label) \
+           WHERE l.label NOT IN (SELECT label FROM runner_labels WHERE runner_id = $2))))"
+    };
+}
+
+/// A glob (`*`, `?`) as a LIKE pattern with the default escape `\`.
+fn like_pattern(glob: &str) -> String {
+    let mut like = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => like.push('%'),
+            '?' => like.push('_'),
+            '%' | '_' | '\\' => {
+                like.push('\\');
+                like.push(c);
+            }
+            c => like.push(c),
+        }
+    }
+    like
+}
+
 const CLAIM_NEXT: &str = concat!(
     "WITH claimed AS (UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = $1 \
-     WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, arrival LIMIT 1 \
+     WHERE id = (SELECT id FROM tasks t WHERE state = 'queued' AND ",
+    serves_runner!(),
+    " ORDER BY created_at, arrival LIMIT 1 \
      FOR UPDATE SKIP LOCKED) AND state = 'queued' RETURNING ",
     task_columns!(),
     "), recorded AS (INSERT INTO attempts (task_id, attempt, runner_id, callback_token_hash, claimed_at) \
@@ -203,6 +247,8 @@ impl Store for PgStore {
             .bind(&task.intent.model)
             .bind(&task.session_id)
             .bind(now_ms())
+            .bind(task.intent.isolation.map(|mode| mode.name()))
+            .bind(labels_json(&task.intent))
             .fetch_one(&self.pool)
             .await?;
         // Committed (one statement, autocommit): other replicas may now be told.
@@ -227,19 +273,72 @@ impl Store for PgStore {
         rows.into_iter().map(Task::try_from).collect()
     }
 
-    async fn enroll_runner(&self, name: &str, token: &TokenHash) -> Result<Runner, StoreError> {
+    async fn enroll_runner(
+        &self,
+        name: &str,
+        capabilities: Option<&Capabilities>,
+        token: &TokenHash,
+    ) -> Result<Runner, StoreError> {
         let runner = Runner {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_owned(),
         };
-        sqlx::query("INSERT INTO runners (id, name, token_hash, enrolled_at) VALUES ($1, $2, $3, $4)")
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO runners (id, name, token_hash, enrolled_at, capabilities) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&runner.id)
+        .bind(&runner.name)
+        .bind(token.as_bytes().as_slice())
+        .bind(now_ms())
+        .bind(capabilities_json(capabilities))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(capabilities) = capabilities {
+            let rows = allow_rows(capabilities, like_pattern);
+            let (profiles, parts, patterns): (Vec<String>, Vec<&str>, Vec<String>) =
+                rows.into_iter()
+                    .fold(Default::default(), |(mut a, mut b, mut c), (x, y, z)| {
+                        a.push(x);
+                        b.push(y);
+                        c.push(z);
+                        (a, b, c)
+                    });
+            sqlx::query(
+                "INSERT INTO runner_allows (runner_id, profile, part, pattern) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])",
+            )
             .bind(&runner.id)
-            .bind(&runner.name)
-            .bind(token.as_bytes().as_slice())
-            .bind(now_ms())
-            .execute(&self.pool)
+            .bind(profiles)
+            .bind(parts)
+            .bind(patterns)
+            .execute(&mut *tx)
             .await?;
+            sqlx::query("INSERT INTO runner_labels (runner_id, label) SELECT $1, * FROM UNNEST($2::text[])")
+                .bind(&runner.id)
+                .bind(label_rows(capabilities))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(runner)
+    }
+
+    async fn list_runners(&self) -> Result<Vec<RunnerInfo>, StoreError> {
+        let rows: Vec<(String, String, i64, Option<String>)> =
+            sqlx::query_as("SELECT id, name, enrolled_at, capabilities FROM runners ORDER BY enrolled_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(id, name, enrolled_at, capabilities)| {
+                Ok(RunnerInfo {
+                    capabilities: parse_capabilities(&id, capabilities.as_deref())?,
+                    enrolled_at: timestamp(enrolled_at)?,
+                    id,
+                    name,
+                })
+            })
+            .collect()
     }
 
     async fn runner_by_token(&self, token: &TokenHash) -> Result<Option<Runner>, StoreError> {
@@ -316,6 +415,13 @@ impl Store for PgStore {
             return Err(StoreError::Corrupt(format!(
                 "task {id}'s event counter moved while its row was locked"
             )));
+        }
+        if let Some(stats) = latest_stats(events) {
+            sqlx::query("UPDATE tasks SET session_stats = $2 WHERE id = $1")
+                .bind(id.to_string())
+                .bind(stats)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(EventsAppended {
@@ -548,7 +654,7 @@ mod tests {
             payload: format!(r#"{{"n":{n}}}"#),
         };
         let (_, runner_token) = mint(TokenKind::Runner);
-        let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");
+        let runner = store.enroll_runner("w", None, &runner_token).await.expect("enroll");
         let task = store.create_task(&conformance::new_task("s")).await.expect("create");
         let (_, first) = mint(TokenKind::Callback);
         store

@@ -21,7 +21,7 @@ use super::live::{LiveClose, LiveFrame, SessionTailQuery, TaskTailQuery};
 use super::rules::{Check, Rule};
 use super::{
     ApiError, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage, EventPageQuery,
-    EventsAppended, Health, RunnerEnrolled, Task, TaskList, TaskListQuery,
+    EventsAppended, Health, RunnerEnrolled, RunnerList, Task, TaskList, TaskListQuery,
 };
 use crate::schema::{SchemaFn, schema};
 use crate::task::TaskId;
@@ -108,6 +108,7 @@ pub enum Operation {
     GetTask,
     ReadEvents,
     EnrollRunner,
+    ListRunners,
     ClaimTask,
     AppendEvents,
     CompleteTask,
@@ -119,13 +120,14 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 15] = [
         Operation::Health,
         Operation::CreateTask,
         Operation::ListTasks,
         Operation::GetTask,
         Operation::ReadEvents,
         Operation::EnrollRunner,
+        Operation::ListRunners,
         Operation::ClaimTask,
         Operation::AppendEvents,
         Operation::CompleteTask,
@@ -153,6 +155,7 @@ impl Operation {
             Operation::GetTask => "getTask",
             Operation::ReadEvents => "readEvents",
             Operation::EnrollRunner => "enrollRunner",
+            Operation::ListRunners => "listRunners",
             Operation::ClaimTask => "claimTask",
             Operation::AppendEvents => "appendEvents",
             Operation::CompleteTask => "completeTask",
@@ -469,6 +472,26 @@ pub const ROUTES: &[Route] = &[
                 200,
                 schema::<RunnerEnrolled>,
                 "The runner's id and token (shown once, stored hashed).",
+            ),
+            UNAUTHORIZED,
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::ListRunners,
+        method: Method::Get,
+        path: "/v1/runners",
+        summary: "The enrolled runners and what each can run, oldest first.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            ok(
+                200,
+                schema::<RunnerList>,
+                "Every enrolled runner with its advertised capabilities (none for a runner that advertised nothing).",
             ),
             UNAUTHORIZED,
             INTERNAL,

@@ -52,6 +52,10 @@ pub enum Rule {
     Intent,
     /// The runner name is empty, too long or not printable.
     RunnerName,
+    /// A runner's advertised capabilities are not acceptable.
+    Capabilities,
+    /// No enrolled runner can run the task's execution intent.
+    IntentUnserved,
     /// The batch id is not acceptable.
     BatchId,
     /// The batch holds no events.
@@ -84,7 +88,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 29] = [
+    pub const ALL: [Rule; 31] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
@@ -100,6 +104,8 @@ impl Rule {
         Rule::SessionId,
         Rule::Intent,
         Rule::RunnerName,
+        Rule::Capabilities,
+        Rule::IntentUnserved,
         Rule::BatchId,
         Rule::EmptyBatch,
         Rule::BatchSize,
@@ -150,6 +156,8 @@ impl Rule {
             | Rule::SessionId
             | Rule::Intent
             | Rule::RunnerName
+            | Rule::Capabilities
+            | Rule::IntentUnserved
             | Rule::BatchId
             | Rule::EmptyBatch
             | Rule::EventPayload => 422,
@@ -162,6 +170,7 @@ impl Rule {
             408 => ApiErrorCode::Timeout,
             413 | 414 | 431 => ApiErrorCode::PayloadTooLarge,
             429 => ApiErrorCode::RateLimited,
+            _ if self == Rule::IntentUnserved => ApiErrorCode::IntentUnsupported,
             _ => ApiErrorCode::InvalidRequest,
         }
     }
@@ -203,6 +212,8 @@ impl Rule {
                 "The runner name is empty, longer than {} bytes or holds control characters.",
                 limits::MAX_RUNNER_NAME_BYTES
             ),
+            Rule::Capabilities => "The runner's capabilities hold a name that is not acceptable, a provider or model pattern that is not a name or glob, too many entries, or max_tasks 0.".into(),
+            Rule::IntentUnserved => "Runners are enrolled but none can run the intent (its auth profile, provider, model, isolation and labels); the message names the closest thing available. With no runner enrolled at all the task is queued.".into(),
             Rule::BatchId => format!(
                 "The batch_id is not 1 to {} bytes of `[A-Za-z0-9._:-]`.",
                 limits::MAX_BATCH_ID_BYTES

@@ -86,11 +86,11 @@ fn resolve_intent(
     let model = args.model.as_deref().or(model).ok_or_else(|| {
         RpcError::usage("no model chosen: pass --model <id> or set EMBARK_MODEL (or model in config.toml)")
     })?;
-    let intent = ExecutionIntent {
-        auth_profile: args.profile.clone().unwrap_or_else(|| profile.to_owned()),
-        provider: provider.to_owned(),
-        model: model.to_owned(),
-    };
+    let intent = ExecutionIntent::new(
+        args.profile.clone().unwrap_or_else(|| profile.to_owned()),
+        provider.to_owned(),
+        model.to_owned(),
+    );
     intent.validate().map_err(|e| RpcError::usage(e.to_string()))?;
     Ok(intent)
 }
@@ -134,14 +134,7 @@ mod tests {
     fn flags_beat_config_defaults() {
         let intent =
             resolve_intent(&args(Some("flag-p"), None, None), "cfg", Some("cfg-p"), Some("cfg-m")).expect("resolves");
-        assert_eq!(
-            intent,
-            ExecutionIntent {
-                auth_profile: "cfg".into(),
-                provider: "flag-p".into(),
-                model: "cfg-m".into()
-            }
-        );
+        assert_eq!(intent, ExecutionIntent::new("cfg", "flag-p", "cfg-m"));
         let intent = resolve_intent(&args(None, Some("m"), Some("team")), "cfg", Some("p"), None).expect("resolves");
         assert_eq!((intent.auth_profile.as_str(), intent.model.as_str()), ("team", "m"));
     }
