@@ -4,6 +4,7 @@
 //! reports the verdict. See `docs/runner.md`.
 
 pub mod bundle;
+pub mod capabilities;
 pub mod checkout;
 pub mod config;
 pub mod events;
@@ -15,6 +16,7 @@ pub mod pi_connection;
 pub mod pi_process;
 pub mod pi_rpc;
 pub mod profile;
+pub mod profile_toml;
 pub mod reporter;
 pub mod retry;
 pub mod runner;
