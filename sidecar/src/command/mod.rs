@@ -107,6 +107,7 @@ pub enum Command {
     Help,
     Status(TaskSelector),
     Submit(SubmitArgs),
+    Runners,
 }
 
 /// Which task of the session `status` shows.
@@ -137,12 +138,15 @@ pub const USAGE: &str = r#"Usage:
   /embark status [latest|<task id>]
       Show a task of this session: the latest, or the one whose id starts
       with the given hex digits (at least 4).
+  /embark runners
+      Show what the enrolled runners can run: profiles, providers, models,
+      isolation modes and labels.
   /embark help
       Show this text.
 
 Reserved for commands to come (a prompt that starts with one must be
 quoted or follow `submit`): tasks attach list sync cancel detach diff apply
-follow logs reconcile cleanup runners.
+follow logs reconcile cleanup.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>  Pi provider on the runner (else EMBARK_PROVIDER or `provider` in config.toml)

@@ -1,6 +1,7 @@
 //! What each `/embark` command does, answered as a [`View`].
 
 mod broker_error;
+mod runners;
 mod status;
 mod submit;
 mod text;
@@ -54,6 +55,7 @@ impl Handlers {
             match command {
                 Command::Help => Ok(help()),
                 Command::Status(ref selector) => status::run(self, selector, session).await,
+                Command::Runners => runners::run(self).await,
                 Command::Submit(args) => submit::run(self, args, session).await,
             }
         };
