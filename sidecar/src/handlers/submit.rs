@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use embark_core::intent::ExecutionIntent;
+use embark_core::intent::{ExecutionIntent, IntentLayer, resolve};
 use embark_core::limits;
 use embark_core::protocol::{Block, ErrorCode, SessionContext, Tone, View};
 use embark_core::text;
@@ -71,28 +71,35 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
     })
 }
 
-/// Flags over config defaults; no built-in provider or model.
+/// The intent by the one precedence rule (`embark_core::intent::resolve`):
+/// flags, then the session's defaults (none are kept yet), then the config
+/// (`EMBARK_*` over `config.toml`), then the runner default profile.
 fn resolve_intent(
     args: &SubmitArgs,
     profile: &str,
     provider: Option<&str>,
     model: Option<&str>,
 ) -> Result<ExecutionIntent, RpcError> {
-    let provider = args.provider.as_deref().or(provider).ok_or_else(|| {
-        RpcError::usage(
-            "no provider chosen: pass --provider <name> or set EMBARK_PROVIDER (or provider in config.toml); it names a provider of the runner's Pi",
-        )
-    })?;
-    let model = args.model.as_deref().or(model).ok_or_else(|| {
-        RpcError::usage("no model chosen: pass --model <id> or set EMBARK_MODEL (or model in config.toml)")
-    })?;
-    let intent = ExecutionIntent::new(
-        args.profile.clone().unwrap_or_else(|| profile.to_owned()),
-        provider.to_owned(),
-        model.to_owned(),
-    );
-    intent.validate().map_err(|e| RpcError::usage(e.to_string()))?;
-    Ok(intent)
+    let explicit = IntentLayer {
+        auth_profile: args.profile.clone(),
+        provider: args.provider.clone(),
+        model: args.model.clone(),
+        ..IntentLayer::default()
+    };
+    let config = IntentLayer {
+        auth_profile: Some(profile.to_owned()),
+        provider: provider.map(str::to_owned),
+        model: model.map(str::to_owned),
+        ..IntentLayer::default()
+    };
+    let resolved = resolve(
+        &explicit,
+        &IntentLayer::default(),
+        &config,
+        &IntentLayer::runner_default(),
+    )
+    .map_err(|e| RpcError::usage(e.to_string()))?;
+    Ok(resolved.intent)
 }
 
 fn repo_error(error: RepoError) -> RpcError {
