@@ -84,7 +84,8 @@ fn check_inside(roots: &[PathBuf], what: &'static str, path: &Path) -> Result<()
     };
     let real = resolve(path)?;
     for root in roots {
-        if let Ok(root) = std::fs::canonicalize(root)
+        // A root may not exist yet either (the spaces directory is made at start).
+        if let Ok(root) = resolve_existing(root)
             && real.starts_with(&root)
         {
             return Ok(());
