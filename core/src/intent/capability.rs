@@ -278,7 +278,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// Of the runners that cannot serve an intent (each with why), the one that
 /// came closest, for the refusal to name.
-pub fn closest<'a, T>(misses: &'a [(T, Unserved)]) -> Option<&'a (T, Unserved)> {
+pub fn closest<T>(misses: &[(T, Unserved)]) -> Option<&(T, Unserved)> {
     // The first of the closest: runners are listed oldest first, so the answer is stable.
     misses.iter().rev().max_by_key(|(_, why)| why.closeness())
 }
