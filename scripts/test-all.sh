@@ -62,3 +62,12 @@ npm run smoke:bwrap-isolation
 
 step "smoke: docker-isolation (docker run argv and container lifecycle, fake docker CLI)"
 npm run smoke:docker-isolation
+
+step "smoke: runner-config (profile.toml, approved roots, check, broken config refused before any task)"
+npm run smoke:runner-config
+
+step "smoke: execution-contract (capability routing, submit-time refusal, precedence, explicit is binding; real Pi)"
+npm run smoke:execution-contract
+
+step "smoke: execution-failures (malformed payloads, intents refused before Pi starts, no container; fake docker)"
+npm run smoke:execution-failures

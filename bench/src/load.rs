@@ -32,11 +32,7 @@ pub fn new_task(n: u64) -> CreateTask {
         repo_url: "https://example.invalid/bench.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: format!("bench task {n}"),
-        intent: ExecutionIntent {
-            auth_profile: "default".into(),
-            provider: "fake".into(),
-            model: "fake-model".into(),
-        },
+        intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "bench".into(),
         client_request_id: None,
     }

@@ -244,11 +244,7 @@ mod tests {
             repo_url: "https://example.invalid/repo.git".into(),
             commit: "0123456789abcdef0123456789abcdef01234567".into(),
             prompt: "wake up".into(),
-            intent: ExecutionIntent {
-                auth_profile: "default".into(),
-                provider: "fake".into(),
-                model: "fake-model".into(),
-            },
+            intent: ExecutionIntent::new("default", "fake", "fake-model"),
             session_id: "s".into(),
             client_request_id: None,
         }
@@ -275,7 +271,9 @@ mod tests {
                 .await
                 .expect("open store");
             let (_, runner_hash) = mint(TokenKind::Runner);
-            let runner = held(store.enroll_runner("box", &runner_hash)).await.expect("enroll");
+            let runner = held(store.enroll_runner("box", None, &runner_hash))
+                .await
+                .expect("enroll");
             let (_, callback) = mint(TokenKind::Callback);
             World {
                 _dir: dir,

@@ -487,7 +487,7 @@ mod tests {
     async fn running(world: &World) -> (TaskId, TokenHash) {
         let task = world.store.create_task(&new_task()).await.expect("create");
         let (_, runner) = mint(TokenKind::Runner);
-        let runner = world.store.enroll_runner("r", &runner).await.expect("enroll");
+        let runner = world.store.enroll_runner("r", None, &runner).await.expect("enroll");
         let (_, callback) = mint(TokenKind::Callback);
         world.store.claim_next(&runner.id, &callback).await.expect("claim");
         (task.id, callback)

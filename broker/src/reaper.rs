@@ -99,7 +99,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("broker.db")).await.expect("open");
         let (_, runner_token) = mint(TokenKind::Runner);
-        let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");
+        let runner = store.enroll_runner("w", None, &runner_token).await.expect("enroll");
         let task = store
             .create_task(&crate::store::conformance::new_task("s"))
             .await

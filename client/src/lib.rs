@@ -20,7 +20,7 @@ use embark_core::text;
 use embark_core::wire::routes::{Method, Operation};
 use embark_core::wire::{
     ApiError, ApiErrorCode, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage,
-    EventsAppended, Health, Lease, RunnerEnrolled, Task, TaskCancel, TaskList,
+    EventsAppended, Health, Lease, RunnerEnrolled, RunnerList, Task, TaskCancel, TaskList,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -184,14 +184,40 @@ impl BrokerClient {
         .await
     }
 
+    /// Enrolls a runner that advertises no capabilities (it is offered any task).
     pub async fn enroll(&self, enrollment_secret: &str, name: &str) -> Result<RunnerEnrolled, ClientError> {
-        let body = EnrollRunner { name: name.to_owned() };
+        let body = EnrollRunner {
+            name: name.to_owned(),
+            capabilities: None,
+        };
+        self.enroll_runner(enrollment_secret, &body).await
+    }
+
+    /// Enrolls a runner with what it advertises.
+    pub async fn enroll_runner(
+        &self,
+        enrollment_secret: &str,
+        body: &EnrollRunner,
+    ) -> Result<RunnerEnrolled, ClientError> {
         self.send(
             Operation::EnrollRunner,
             None,
             "",
             Some(enrollment_secret),
-            Some(&body),
+            Some(body),
+            REQUEST_TIMEOUT,
+        )
+        .await
+    }
+
+    /// The enrolled runners and what each can run, oldest first.
+    pub async fn list_runners(&self, client_secret: &str) -> Result<RunnerList, ClientError> {
+        self.send(
+            Operation::ListRunners,
+            None,
+            "",
+            Some(client_secret),
+            None::<&()>,
             REQUEST_TIMEOUT,
         )
         .await

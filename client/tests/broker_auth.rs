@@ -29,11 +29,7 @@ fn new_task(prompt: &str) -> CreateTask {
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: prompt.into(),
-        intent: ExecutionIntent {
-            auth_profile: "default".into(),
-            provider: "fake".into(),
-            model: "fake-model".into(),
-        },
+        intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: SESSION.into(),
         client_request_id: None,
     }
@@ -47,7 +43,10 @@ fn value(body: &impl serde::Serialize) -> Value {
 fn valid_body(operation: Operation) -> Option<Value> {
     match operation {
         Operation::CreateTask => Some(value(&new_task("made by the matrix"))),
-        Operation::EnrollRunner => Some(value(&EnrollRunner { name: "matrix".into() })),
+        Operation::EnrollRunner => Some(value(&EnrollRunner {
+            name: "matrix".into(),
+            capabilities: None,
+        })),
         Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
         Operation::AppendEvents => Some(value(&AppendEvents {
             batch_id: "matrix-1".into(),
@@ -117,7 +116,8 @@ fn expected(operation: Operation, cred: Cred) -> u16 {
             Operator | Owner | OtherUser => 201,
             _ => 401,
         },
-        Operation::ListTasks => match cred {
+        // What the fleet can run is every client's to see (it names no task).
+        Operation::ListTasks | Operation::ListRunners => match cred {
             Operator | Owner | OtherUser => 200,
             _ => 401,
         },

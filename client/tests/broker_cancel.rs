@@ -21,11 +21,7 @@ fn new_task() -> CreateTask {
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
         prompt: "run for a long time".into(),
-        intent: ExecutionIntent {
-            auth_profile: "default".into(),
-            provider: "fake".into(),
-            model: "fake-model".into(),
-        },
+        intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "cancel".into(),
         client_request_id: None,
     }

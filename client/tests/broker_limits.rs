@@ -58,11 +58,7 @@ fn task_body(repo_url: &str) -> String {
         repo_url: repo_url.into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "limits".into(),
-        intent: ExecutionIntent {
-            auth_profile: "default".into(),
-            provider: "fake".into(),
-            model: "fake-model".into(),
-        },
+        intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "limits".into(),
         client_request_id: None,
     })

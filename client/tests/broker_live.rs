@@ -20,11 +20,7 @@ fn new_task(session: &str) -> CreateTask {
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "follow me".into(),
-        intent: ExecutionIntent {
-            auth_profile: "default".into(),
-            provider: "fake".into(),
-            model: "fake-model".into(),
-        },
+        intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: session.into(),
         client_request_id: None,
     }

@@ -21,11 +21,7 @@ fn new_task(session: &str) -> CreateTask {
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "probe the routes".into(),
-        intent: ExecutionIntent {
-            auth_profile: "default".into(),
-            provider: "fake".into(),
-            model: "fake-model".into(),
-        },
+        intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: session.into(),
         client_request_id: None,
     }
@@ -35,6 +31,7 @@ fn new_task(session: &str) -> CreateTask {
 fn valid_body(operation: Operation) -> Option<Value> {
     match operation {
         Operation::Health
+        | Operation::ListRunners
         | Operation::ListTasks
         | Operation::GetTask
         | Operation::ReadEvents
@@ -47,7 +44,10 @@ fn valid_body(operation: Operation) -> Option<Value> {
         | Operation::CancelTask
         | Operation::RunnerControl => None,
         Operation::CreateTask => Some(value(&new_task("routes"))),
-        Operation::EnrollRunner => Some(value(&EnrollRunner { name: "probe".into() })),
+        Operation::EnrollRunner => Some(value(&EnrollRunner {
+            name: "probe".into(),
+            capabilities: None,
+        })),
         Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
         Operation::AppendEvents => Some(value(&AppendEvents {
             batch_id: "probe-1".into(),

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use embark_core::event::{Log, LogLevel, NewEvent};
-use embark_core::intent::ExecutionIntent;
+use embark_core::intent::{Capabilities, ExecutionIntent, IsolationMode, ProfileCapability};
 use embark_core::limits;
 use embark_core::task::TaskId;
 use embark_core::wire::routes::{Credential, Method, Operation, ROUTES, Route};
@@ -21,13 +21,25 @@ fn new_task() -> CreateTask {
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "break the rules".into(),
-        intent: ExecutionIntent {
-            auth_profile: "default".into(),
-            provider: "fake".into(),
-            model: "fake-model".into(),
-        },
+        intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "rules".into(),
         client_request_id: None,
+    }
+}
+
+/// What the rules' runner advertises: exactly [`new_task`]'s intent.
+fn capabilities() -> Capabilities {
+    Capabilities {
+        profiles: vec![ProfileCapability {
+            name: "default".into(),
+            providers: vec!["fake".into()],
+            models: vec!["fake-*".into()],
+            isolation: vec![IsolationMode::Process],
+        }],
+        isolation: vec![IsolationMode::Process],
+        labels: vec![],
+        pi_version: None,
+        max_tasks: 1,
     }
 }
 
@@ -39,7 +51,10 @@ fn value(body: &impl serde::Serialize) -> Value {
 fn valid_body(operation: Operation) -> Option<Value> {
     match operation {
         Operation::CreateTask => Some(value(&new_task())),
-        Operation::EnrollRunner => Some(value(&EnrollRunner { name: "rules".into() })),
+        Operation::EnrollRunner => Some(value(&EnrollRunner {
+            name: "rules".into(),
+            capabilities: Some(capabilities()),
+        })),
         Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
         Operation::AppendEvents => Some(value(&AppendEvents {
             batch_id: "rules-1".into(),
@@ -52,6 +67,7 @@ fn valid_body(operation: Operation) -> Option<Value> {
             code: None,
         })),
         Operation::Health
+        | Operation::ListRunners
         | Operation::ListTasks
         | Operation::GetTask
         | Operation::ReadEvents
@@ -190,6 +206,18 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
             spoil("name", json!(" "));
             "runner name"
         }
+        Rule::Capabilities => {
+            let mut none = value(&capabilities());
+            none["max_tasks"] = json!(0);
+            spoil("capabilities", none);
+            "capabilities"
+        }
+        Rule::IntentUnserved => {
+            let mut intent = value(&new_task().intent);
+            intent["model"] = json!("gpt-4o");
+            spoil("intent", intent);
+            "no enrolled runner can run"
+        }
         Rule::BatchId => {
             spoil("batch_id", json!("two words"));
             "batch_id"
@@ -248,7 +276,16 @@ async fn every_rule_answers_its_status() {
         .create_task(&broker.client_secret, &new_task())
         .await
         .expect("create");
-    let runner = client.enroll(&broker.enrollment_secret, "rules").await.expect("enroll");
+    let runner = client
+        .enroll_runner(
+            &broker.enrollment_secret,
+            &EnrollRunner {
+                name: "rules".into(),
+                capabilities: Some(capabilities()),
+            },
+        )
+        .await
+        .expect("enroll");
     let claim = client
         .claim(&runner.runner_token, 5_000)
         .await

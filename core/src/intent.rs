@@ -1,11 +1,31 @@
-//! The execution intent: which runner-held credentials (auth profile) and
-//! which provider and model a task runs with. The laptop names them; it never
-//! sends credentials.
+//! The execution intent: which runner-held credentials (auth profile),
+//! which provider and model a task runs with, and optionally which
+//! isolation mode and runner labels it needs. The laptop names them; it
+//! never sends credentials.
+//!
+//! The intent is binding: a runner runs exactly the named provider and
+//! model or fails the task before Pi starts
+//! ([`PRE_LAUNCH_INTENT_UNSUPPORTED`]); nobody substitutes. Where its
+//! values come from is [`resolve()`]; what a runner can serve, and how an
+//! intent is matched against it, is [`capability`].
+
+pub mod capability;
+pub mod resolve;
+
+use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::text;
+
+pub use capability::{Capabilities, CapabilityError, ProfileCapability, Unserved, closest, glob_match, is_pattern};
+pub use resolve::{IntentLayer, ResolveError, Resolved, Source, resolve};
+
+/// The reason prefix of a task a runner refused before Pi started because
+/// it cannot run the intent as named (unknown profile, provider or model
+/// not allowed, isolation or labels it does not have).
+pub const PRE_LAUNCH_INTENT_UNSUPPORTED: &str = "pre_launch:intent_unsupported";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -16,7 +36,78 @@ pub struct ExecutionIntent {
     pub provider: String,
     /// Model id within the provider, e.g. `claude-sonnet-4-5`.
     pub model: String,
+    /// The isolation mode the task must run under; any mode the runner and profile allow when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<IsolationMode>,
+    /// Labels the runner must carry (all of them), e.g. `gpu`; none when absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
+
+impl ExecutionIntent {
+    /// An intent of a profile, provider and model, with no isolation or label requirement.
+    pub fn new(
+        auth_profile: impl Into<String>,
+        provider: impl Into<String>,
+        model: impl Into<String>,
+    ) -> ExecutionIntent {
+        ExecutionIntent {
+            auth_profile: auth_profile.into(),
+            provider: provider.into(),
+            model: model.into(),
+            isolation: None,
+            labels: Vec::new(),
+        }
+    }
+}
+
+/// How a runner isolates a task (`EMBARK_RUNNER_ISOLATION` on the runner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationMode {
+    /// Pi runs as the runner's user with a scrubbed environment.
+    Process,
+    /// A bubblewrap sandbox.
+    Bwrap,
+    /// A container per task.
+    Docker,
+}
+
+impl IsolationMode {
+    pub const ALL: [IsolationMode; 3] = [IsolationMode::Process, IsolationMode::Bwrap, IsolationMode::Docker];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IsolationMode::Process => "process",
+            IsolationMode::Bwrap => "bwrap",
+            IsolationMode::Docker => "docker",
+        }
+    }
+
+    /// The mode named `name` (`process`, `bwrap` or `docker`).
+    pub fn parse(name: &str) -> Option<IsolationMode> {
+        IsolationMode::ALL.into_iter().find(|mode| mode.name() == name)
+    }
+}
+
+impl fmt::Display for IsolationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(feature = "config")]
+impl crate::config::Setting for IsolationMode {
+    fn from_text(text: &str) -> Option<Self> {
+        IsolationMode::parse(text.trim())
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(self.name().to_owned()))
+    }
+}
+
+/// Most labels an intent may ask for, or a runner may carry.
+pub const MAX_LABELS: usize = 16;
 
 /// What is wrong with a name of an [`ExecutionIntent`]. Values are quoted by
 /// their head only (see [`text::quote`]).
@@ -41,6 +132,8 @@ pub enum IntentError {
         /// The characters the name may not start with, as people read them, e.g. `'-' or '.'`.
         first: &'static str,
     },
+    #[error("{count} labels were asked for; at most {max} are accepted")]
+    TooManyLabels { count: usize, max: usize },
 }
 
 /// One kind of name: its field, flag, length and characters.
@@ -89,9 +182,32 @@ impl ExecutionIntent {
         check_name(&AUTH_PROFILE, &self.auth_profile)?;
         check_name(&PROVIDER, &self.provider)?;
         check_name(&MODEL, &self.model)?;
+        if self.labels.len() > MAX_LABELS {
+            return Err(IntentError::TooManyLabels {
+                count: self.labels.len(),
+                max: MAX_LABELS,
+            });
+        }
+        for label in &self.labels {
+            check_label(label)?;
+        }
         Ok(())
     }
 }
+
+/// A label names a property of a runner (`gpu`, `eu-west`).
+pub fn check_label(label: &str) -> Result<(), IntentError> {
+    check_name(&LABEL, label)
+}
+
+const LABEL: NameRule = NameRule {
+    field: "label",
+    flag: "label",
+    max: 64,
+    allowed: "._-:",
+    not_first: &['-'],
+    not_first_text: "'-'",
+};
 
 fn check_name(rule: &NameRule, value: &str) -> Result<(), IntentError> {
     if value.is_empty() {
@@ -125,11 +241,40 @@ mod tests {
     use super::*;
 
     fn intent(profile: &str, provider: &str, model: &str) -> ExecutionIntent {
-        ExecutionIntent {
-            auth_profile: profile.into(),
-            provider: provider.into(),
-            model: model.into(),
-        }
+        ExecutionIntent::new(profile, provider, model)
+    }
+
+    #[test]
+    fn labels_are_plain_names_and_few() {
+        let mut labelled = intent("p", "p", "m");
+        labelled.labels = vec!["gpu".into(), "eu-west:1".into()];
+        labelled.validate().expect("plain labels");
+        labelled.labels = vec!["a b".into()];
+        assert!(matches!(
+            labelled.validate(),
+            Err(IntentError::BadCharacter { field: "label", .. })
+        ));
+        labelled.labels = vec!["l".into(); MAX_LABELS + 1];
+        assert!(matches!(
+            labelled.validate(),
+            Err(IntentError::TooManyLabels { count: 17, max: 16 })
+        ));
+    }
+
+    #[test]
+    fn the_optional_parts_stay_off_the_wire_when_unset() {
+        let json = serde_json::to_value(intent("p", "q", "m")).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"auth_profile": "p", "provider": "q", "model": "m"})
+        );
+        let mut full = intent("p", "q", "m");
+        full.isolation = Some(IsolationMode::Bwrap);
+        full.labels = vec!["gpu".into()];
+        let json = serde_json::to_value(&full).expect("json");
+        assert_eq!(json["isolation"], "bwrap");
+        let back: ExecutionIntent = serde_json::from_value(json).expect("back");
+        assert_eq!(back, full);
     }
 
     #[test]

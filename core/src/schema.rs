@@ -128,6 +128,7 @@ fn broker_types(bundle: Bundle) -> Bundle {
         .add::<wire::TaskList>()
         .add::<wire::EnrollRunner>()
         .add::<wire::RunnerEnrolled>()
+        .add::<wire::RunnerList>()
         .add::<wire::ClaimRequest>()
         .add::<wire::Claim>()
         .add::<wire::AppendEvents>()

@@ -9,8 +9,9 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::event::SessionStats;
 use crate::event::{Event, NewEvent};
-use crate::intent::{ExecutionIntent, IntentError};
+use crate::intent::{Capabilities, ExecutionIntent, IntentError};
 use crate::task::{ReasonCode, TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
@@ -103,6 +104,8 @@ impl Check for CreateTask {
         Rule::SessionId,
         Rule::ClientRequestId,
         Rule::Intent,
+        // The broker's part: checked against the enrolled runners, not here.
+        Rule::IntentUnserved,
     ];
 
     fn check(&self) -> Result<(), Refusal> {
@@ -200,6 +203,9 @@ pub struct Task {
     /// told at once, stops Pi, and the task ends `cancelled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested_at: Option<Timestamp>,
+    /// Pi's session stats (tokens, cost), from the attempt's `session_stats` event; the latest one wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SessionStats>,
 }
 
 /// How a finished task ended.
@@ -287,10 +293,14 @@ pub struct TaskListQuery {
 pub struct EnrollRunner {
     /// A name for people and logs, e.g. the host name.
     pub name: String,
+    /// What the runner can run. A runner that advertises nothing (one older
+    /// than capability routing) is taken to serve any intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
 }
 
 impl Check for EnrollRunner {
-    const RULES: &'static [Rule] = &[Rule::RunnerName];
+    const RULES: &'static [Rule] = &[Rule::RunnerName, Rule::Capabilities];
 
     fn check(&self) -> Result<(), Refusal> {
         let name = &self.name;
@@ -304,8 +314,32 @@ impl Check for EnrollRunner {
                 ),
             ));
         }
+        if let Some(capabilities) = &self.capabilities {
+            capabilities.validate().map_err(|error| {
+                Refusal::new(
+                    Rule::Capabilities,
+                    format!("the runner's capabilities are not acceptable: {error}"),
+                )
+            })?;
+        }
         Ok(())
     }
+}
+
+/// An enrolled runner as `GET /v1/runners` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerInfo {
+    pub id: String,
+    pub name: String,
+    pub enrolled_at: Timestamp,
+    /// What it advertised; absent for a runner that advertised nothing (it serves any intent).
+    pub capabilities: Option<Capabilities>,
+}
+
+/// `GET /v1/runners` (client): the enrolled runners, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerList {
+    pub runners: Vec<RunnerInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -559,6 +593,8 @@ pub enum ApiErrorCode {
     /// 409: the callback token belongs to an attempt that was superseded (the
     /// task was requeued or claimed again): stop the work and report nothing more.
     Superseded,
+    /// 422: no enrolled runner can run the task's execution intent; the message names the closest thing available.
+    IntentUnsupported,
     /// 413, 414, 431: the request (body, URI or headers) is larger than the broker accepts.
     PayloadTooLarge,
     /// 408: the request (its head or its body) did not arrive in time.
@@ -587,11 +623,7 @@ mod tests {
             repo_url: "https://example.invalid/r.git".into(),
             commit: "a".repeat(40),
             prompt: "fix it".into(),
-            intent: ExecutionIntent {
-                auth_profile: "default".into(),
-                provider: "anthropic".into(),
-                model: "claude-sonnet-4-5".into(),
-            },
+            intent: ExecutionIntent::new("default", "anthropic", "claude-sonnet-4-5"),
             session_id: "s1".into(),
             client_request_id: None,
         }
@@ -848,7 +880,10 @@ mod tests {
 
     #[test]
     fn runner_names_must_be_printable() {
-        let named = |name: &str| EnrollRunner { name: name.into() };
+        let named = |name: &str| EnrollRunner {
+            name: name.into(),
+            capabilities: None,
+        };
         assert_eq!(rule_of(&named("box-1")), None);
         for bad in [" ", "a\nb", &"n".repeat(limits::MAX_RUNNER_NAME_BYTES + 1)] {
             assert_eq!(rule_of(&named(bad)), Some(Rule::RunnerName), "{bad:?}");

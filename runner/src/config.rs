@@ -186,6 +186,21 @@ pub static DOCKER_TASK_DIR: Knob<PathBuf> = Knob::new(
 .flag("--docker-task-dir")
 .env("EMBARK_RUNNER_DOCKER_TASK_DIR");
 
+pub static LABELS: Knob<Labels> = Knob::new(
+    "labels",
+    "the runner's labels",
+    "a list of labels (letters, digits, '._-:'), comma-separated or a TOML array",
+)
+.flag("--labels")
+.env("EMBARK_RUNNER_LABELS");
+pub static APPROVED_ROOTS: Knob<Roots> = Knob::new(
+    "approved_roots",
+    "the approved roots of the spaces and profiles",
+    "a list of absolute directory paths, comma-separated or a TOML array",
+)
+.flag("--approved-roots")
+.env("EMBARK_RUNNER_APPROVED_ROOTS");
+
 pub static DECLARATION: Declaration = Declaration {
     binary: "embark-runner",
     file: &CONFIG_FILE,
@@ -216,6 +231,8 @@ pub static DECLARATION: Declaration = Declaration {
         &DOCKER_NETWORK.spec,
         &DOCKER_USER.spec,
         &DOCKER_TASK_DIR.spec,
+        &LABELS.spec,
+        &APPROVED_ROOTS.spec,
     ],
 };
 
@@ -319,9 +336,24 @@ pub struct Cli {
     /// Where the task directory is mounted in the container [env: EMBARK_RUNNER_DOCKER_TASK_DIR] [TOML: docker_task_dir] [default: /embark/task]
     #[arg(long, value_name = "DIR")]
     pub docker_task_dir: Option<String>,
+    /// Labels this runner carries, comma-separated; a task asking for labels runs only where all are [env: EMBARK_RUNNER_LABELS] [TOML: labels] [default: none]
+    #[arg(long, value_name = "LIST")]
+    pub labels: Option<String>,
+    /// Absolute directories the spaces and every profile (symlinks followed) must lie in, comma-separated [env: EMBARK_RUNNER_APPROVED_ROOTS] [TOML: approved_roots] [default: none, no restriction]
+    #[arg(long, value_name = "DIRS")]
+    pub approved_roots: Option<String>,
     /// Print the effective configuration, each value with its source (secrets redacted), and exit
     #[arg(long)]
     pub print_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of running.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate the configuration and every profile, print what each profile can run, and exit (non-zero when something is broken)
+    Check,
 }
 
 impl Cli {
@@ -353,6 +385,8 @@ impl Cli {
             .with(&DOCKER_NETWORK, self.docker_network.clone())
             .with(&DOCKER_USER, self.docker_user.clone())
             .with(&DOCKER_TASK_DIR, self.docker_task_dir.clone())
+            .with(&LABELS, self.labels.clone())
+            .with(&APPROVED_ROOTS, self.approved_roots.clone())
     }
 }
 
@@ -381,15 +415,6 @@ impl Setting for Program {
         } else {
             Program(self.0.anchor(dir))
         }
-    }
-}
-
-impl Setting for IsolationMode {
-    fn from_text(text: &str) -> Option<Self> {
-        IsolationMode::ALL.into_iter().find(|mode| mode.name() == text.trim())
-    }
-    fn to_toml(&self) -> Option<toml::Value> {
-        Some(toml::Value::String(self.name().to_owned()))
     }
 }
 
@@ -424,6 +449,76 @@ impl Setting for GitProtocols {
     }
 }
 
+/// The runner's labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(pub Vec<String>);
+
+fn list_items(value: &toml::Value) -> Option<Vec<String>> {
+    match value {
+        toml::Value::Array(items) => items.iter().map(|item| item.as_str().map(str::to_owned)).collect(),
+        toml::Value::String(text) => Some(split_list(text)),
+        _ => None,
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Setting for Labels {
+    fn from_text(text: &str) -> Option<Self> {
+        Labels::checked(split_list(text))
+    }
+    fn from_toml(value: &toml::Value) -> Option<Self> {
+        Labels::checked(list_items(value)?)
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Array(
+            self.0.iter().cloned().map(toml::Value::String).collect(),
+        ))
+    }
+}
+
+impl Labels {
+    fn checked(labels: Vec<String>) -> Option<Labels> {
+        let ok = labels.len() <= embark_core::intent::MAX_LABELS
+            && labels.iter().all(|l| embark_core::intent::check_label(l).is_ok());
+        ok.then_some(Labels(labels))
+    }
+}
+
+/// The approved roots: absolute directories.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roots(pub Vec<PathBuf>);
+
+impl Setting for Roots {
+    fn from_text(text: &str) -> Option<Self> {
+        Roots::checked(split_list(text))
+    }
+    fn from_toml(value: &toml::Value) -> Option<Self> {
+        Roots::checked(list_items(value)?)
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Array(
+            self.0
+                .iter()
+                .map(|root| toml::Value::String(root.display().to_string()))
+                .collect(),
+        ))
+    }
+}
+
+impl Roots {
+    fn checked(roots: Vec<String>) -> Option<Roots> {
+        let roots: Vec<PathBuf> = roots.into_iter().map(PathBuf::from).collect();
+        roots.iter().all(|root| root.is_absolute()).then_some(Roots(roots))
+    }
+}
+
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -449,6 +544,9 @@ pub struct Config {
     /// The bubblewrap program (looked up on PATH at startup in bwrap mode).
     pub bwrap: PathBuf,
     pub docker: DockerSettings,
+    pub labels: Vec<String>,
+    /// Where spaces and profiles may lie; empty: anywhere.
+    pub approved_roots: Vec<PathBuf>,
 }
 
 /// The `docker_*` knobs.
@@ -506,6 +604,8 @@ impl Config {
         let docker_network = resolver.or_default(&DOCKER_NETWORK, "bridge".to_owned())?;
         let docker_user = resolver.or_else(&DOCKER_USER, runner_user)?;
         let docker_task_dir = resolver.or_default(&DOCKER_TASK_DIR, PathBuf::from(DEFAULT_DOCKER_TASK_DIR))?;
+        let labels = resolver.or_default(&LABELS, Labels::default())?.value.0;
+        let approved_roots = resolver.or_default(&APPROVED_ROOTS, Roots::default())?.value.0;
 
         let broker_url = broker_url
             .ok_or_else(|| resolver.missing(&BROKER_URL, ""))?
@@ -604,6 +704,8 @@ impl Config {
                 user: docker_user,
                 task_dir: docker_task_dir,
             },
+            labels,
+            approved_roots,
         })
     }
 }

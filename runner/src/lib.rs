@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod cancels;
+pub mod capabilities;
 pub mod checkout;
 pub mod config;
 pub mod events;
@@ -17,6 +18,7 @@ pub mod pi_connection;
 pub mod pi_process;
 pub mod pi_rpc;
 pub mod profile;
+pub mod profile_toml;
 pub mod reporter;
 pub mod retry;
 pub mod runner;

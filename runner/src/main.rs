@@ -11,7 +11,8 @@ use embark_core::dirs;
 use embark_core::shutdown::{Shutdown, Signals, trigger_on_signal};
 use embark_core::text::error_chain;
 use embark_runner::bundle::LiveBundles;
-use embark_runner::config::{Cli, Config, DECLARATION};
+use embark_runner::capabilities;
+use embark_runner::config::{Cli, Command, Config, DECLARATION};
 use embark_runner::guard::{self, Guard};
 use embark_runner::isolation::{IsolationMode, Sandbox, bwrap};
 use embark_runner::pi_process::resolve_program;
@@ -57,6 +58,13 @@ async fn run() -> anyhow::Result<()> {
     let mut config = config?;
     let path_var = std::env::var_os("PATH");
     config.pi = resolve_program(&config.pi, path_var.as_deref())?;
+    // Every profile is read before anything starts: a broken one stops the
+    // runner here, naming its file and key, before any task is claimed.
+    let inspection = capabilities::inspect(&config)?;
+    if matches!(cli.command, Some(Command::Check)) {
+        print!("{}", capabilities::render(&config, &inspection));
+        return Ok(());
+    }
     match config.isolation {
         IsolationMode::Process => {}
         IsolationMode::Bwrap => {
@@ -134,7 +142,7 @@ async fn run() -> anyhow::Result<()> {
     };
     tracing::debug!(?sandbox, "sandbox");
 
-    embark_runner::runner::run(&config, sandbox, bundles, shutdown).await?;
+    embark_runner::runner::run(&config, inspection.capabilities, sandbox, bundles, shutdown).await?;
     Ok(())
 }
 

@@ -5,16 +5,19 @@
 //! ([`crate::bundle`]), so Pi never sees another profile or the runner's
 //! own secrets.
 //!
-//! What a profile materialises and where it may run is its
-//! [`ProfilePolicy`]. Today every profile has the default policy; a
-//! versioned `profile.toml` in the profile directory (a later issue) fills
-//! the same struct, and everything downstream already follows it: which
-//! files the bundle copies, which variables of the env file pass, which
-//! isolation modes may run it, whether its tasks get a network.
+//! What a profile materialises, what it may run and where is its
+//! [`ProfilePolicy`], read from the versioned `profile.toml` in the profile
+//! directory ([`crate::profile_toml`]; without one, the defaults): which
+//! providers and models it allows, which files the bundle copies, which
+//! variables of the env file pass, which isolation modes may run it,
+//! whether its tasks get a network.
 
 use std::path::{Path, PathBuf};
 
+use embark_core::intent::{ExecutionIntent, PRE_LAUNCH_INTENT_UNSUPPORTED, ProfileCapability, glob_match};
+
 use crate::isolation::{IsolationMode, Network};
+use crate::profile_toml::{self, PolicyError};
 
 /// The Pi config files a profile may hold, with the mode each copy gets.
 pub const PI_FILES: [(&str, u32); 3] = [("models.json", 0o600), ("auth.json", 0o600), ("settings.json", 0o644)];
@@ -43,12 +46,46 @@ pub enum ProfileError {
         "auth profile {name:?} needs a task without network (network = \"none\"), which isolation mode {mode} cannot provide: use bwrap or docker"
     )]
     NetworkNotEnforceable { name: String, mode: IsolationMode },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("cannot list the profiles directory {dir}")]
+    List {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "auth profile {name:?} lies outside the approved roots ({dir} is {real}): move it under one of {roots}, or approve its root"
+    )]
+    OutsideRoots {
+        name: String,
+        dir: PathBuf,
+        real: PathBuf,
+        roots: String,
+    },
+}
+
+impl ProfileError {
+    /// Whether the task's intent is what this runner cannot serve (rather
+    /// than the runner's own configuration failing).
+    pub fn is_intent_unsupported(&self) -> bool {
+        matches!(
+            self,
+            ProfileError::Unknown { .. }
+                | ProfileError::IsolationNotAllowed { .. }
+                | ProfileError::NetworkNotEnforceable { .. }
+        )
+    }
 }
 
 /// What a profile materialises and where it may run; the defaults are what
 /// a profile without a `profile.toml` gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProfilePolicy {
+    /// Provider names or globs the profile allows.
+    pub providers: Vec<String>,
+    /// Model ids or globs the profile allows, with any of its providers.
+    pub models: Vec<String>,
     /// The Pi config files copied into the bundle (those that exist).
     pub pi_files: Vec<&'static str>,
     /// The env file whose variables Pi gets (used when it exists).
@@ -65,6 +102,8 @@ pub struct ProfilePolicy {
 impl Default for ProfilePolicy {
     fn default() -> ProfilePolicy {
         ProfilePolicy {
+            providers: vec!["*".to_owned()],
+            models: vec!["*".to_owned()],
             pi_files: PI_FILES.iter().map(|(file, _)| *file).collect(),
             env_file: Some(ENV_FILE.to_owned()),
             env_allowlist: None,
@@ -101,9 +140,131 @@ impl Profile {
         }
         Ok(())
     }
+
+    /// Why this profile cannot run `intent` on a runner of `mode` with
+    /// `labels`, as one sentence, or `None` when it can: the provider and
+    /// model must be allowed as named (nothing is substituted), the
+    /// isolation asked for must be the runner's, the labels the runner's.
+    pub fn refuses(&self, intent: &ExecutionIntent, mode: IsolationMode, labels: &[String]) -> Option<String> {
+        let allowed = |patterns: &[String], name: &str| patterns.iter().any(|p| glob_match(p, name));
+        if !allowed(&self.policy.providers, &intent.provider) {
+            return Some(format!(
+                "auth profile {:?} does not allow provider {:?} (it allows {})",
+                self.name,
+                intent.provider,
+                self.policy.providers.join(", ")
+            ));
+        }
+        if !allowed(&self.policy.models, &intent.model) {
+            return Some(format!(
+                "auth profile {:?} does not allow model {:?} (it allows {})",
+                self.name,
+                intent.model,
+                self.policy.models.join(", ")
+            ));
+        }
+        if let Some(wanted) = intent.isolation
+            && wanted != mode
+        {
+            return Some(format!(
+                "the task asks for isolation {wanted} and this runner runs {mode}"
+            ));
+        }
+        let missing: Vec<&str> = intent
+            .labels
+            .iter()
+            .filter(|label| !labels.contains(label))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Some(format!("this runner lacks the labels {}", missing.join(", ")));
+        }
+        None
+    }
+
+    /// The profile as the runner advertises it, on a runner of `mode`;
+    /// `None` when the policy does not let this mode run it.
+    pub fn capability(&self, mode: IsolationMode) -> Option<ProfileCapability> {
+        self.check_mode(mode).ok()?;
+        Some(ProfileCapability {
+            name: self.name.clone(),
+            providers: self.policy.providers.clone(),
+            models: self.policy.models.clone(),
+            isolation: vec![mode],
+        })
+    }
 }
 
-/// Finds profile `name` under `profiles`.
+/// The reason a task fails with when its intent is not this runner's to
+/// run: `pre_launch:intent_unsupported: <why>`.
+pub fn intent_unsupported(why: &str) -> String {
+    format!("{PRE_LAUNCH_INTENT_UNSUPPORTED}: {why}; nothing was substituted and Pi did not start")
+}
+
+/// Every profile under `profiles` (directories not starting with `.`),
+/// sorted by name, each with its policy read and its files checked
+/// readable; the first broken one is the error. With `roots`, every profile
+/// directory must resolve (symlinks followed) inside one of them.
+pub fn load_all(profiles: &Path, roots: &[PathBuf]) -> Result<Vec<Profile>, ProfileError> {
+    let entries = std::fs::read_dir(profiles).map_err(|source| ProfileError::List {
+        dir: profiles.to_owned(),
+        source,
+    })?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ProfileError::List {
+            dir: profiles.to_owned(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    names
+        .iter()
+        .map(|name| {
+            let profile = find(profiles, name)?;
+            check_roots(&profile, roots)?;
+            profile_toml::check_readable(&profile.dir, &profile.policy)?;
+            Ok(profile)
+        })
+        .collect()
+}
+
+/// Refuses a profile whose directory resolves outside every approved root.
+pub fn check_roots(profile: &Profile, roots: &[PathBuf]) -> Result<(), ProfileError> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let real = std::fs::canonicalize(&profile.dir).map_err(|source| ProfileError::List {
+        dir: profile.dir.clone(),
+        source,
+    })?;
+    let inside = roots.iter().any(|root| {
+        std::fs::canonicalize(root)
+            .map(|root| real.starts_with(root))
+            .unwrap_or(false)
+    });
+    if inside {
+        Ok(())
+    } else {
+        Err(ProfileError::OutsideRoots {
+            name: profile.name.clone(),
+            dir: profile.dir.clone(),
+            real,
+            roots: roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
+
+/// Finds profile `name` under `profiles` and reads its policy.
 pub fn find(profiles: &Path, name: &str) -> Result<Profile, ProfileError> {
     // core's intent validation already limits names; this guard keeps the
     // runner safe on its own: a name is one plain path component.
@@ -121,10 +282,11 @@ pub fn find(profiles: &Path, name: &str) -> Result<Profile, ProfileError> {
             dir,
         });
     }
+    let policy = profile_toml::read(&dir)?;
     Ok(Profile {
         name: name.to_owned(),
         dir,
-        policy: ProfilePolicy::default(),
+        policy,
     })
 }
 
@@ -176,5 +338,73 @@ mod tests {
             err.to_string(),
             "auth profile \"p\" does not allow isolation mode bwrap: run it on a runner with docker"
         );
+    }
+
+    #[test]
+    fn an_intent_runs_only_as_named() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(tmp.path().join("p")).expect("mkdir");
+        std::fs::write(
+            tmp.path().join("p/profile.toml"),
+            "version = 1\nproviders = [\"anthropic\"]\nmodels = [\"claude-*\"]\n",
+        )
+        .expect("write");
+        let profile = find(tmp.path(), "p").expect("found");
+        let labels = vec!["gpu".to_owned()];
+        let mode = IsolationMode::Process;
+        let mut intent = ExecutionIntent::new("p", "anthropic", "claude-x");
+        assert_eq!(profile.refuses(&intent, mode, &labels), None);
+        intent.model = "gpt-4o".into();
+        let why = profile.refuses(&intent, mode, &labels).expect("model");
+        assert!(
+            why.contains("does not allow model \"gpt-4o\" (it allows claude-*)"),
+            "{why}"
+        );
+        intent.model = "claude-x".into();
+        intent.provider = "openai".into();
+        assert!(
+            profile
+                .refuses(&intent, mode, &labels)
+                .expect("provider")
+                .contains("provider")
+        );
+        intent.provider = "anthropic".into();
+        intent.isolation = Some(IsolationMode::Bwrap);
+        assert!(
+            profile
+                .refuses(&intent, mode, &labels)
+                .expect("mode")
+                .contains("runs process")
+        );
+        intent.isolation = None;
+        intent.labels = vec!["gpu".into(), "arm".into()];
+        assert!(profile.refuses(&intent, mode, &labels).expect("labels").contains("arm"));
+        let reason = intent_unsupported("why");
+        assert!(reason.starts_with("pre_launch:intent_unsupported: why"), "{reason}");
+        let advertised = profile.capability(mode).expect("runnable");
+        assert_eq!(
+            (advertised.providers, advertised.isolation),
+            (vec!["anthropic".to_owned()], vec![mode])
+        );
+    }
+
+    #[test]
+    fn a_broken_policy_is_refused_when_the_profile_is_loaded() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(tmp.path().join("ok")).expect("mkdir");
+        std::fs::create_dir_all(tmp.path().join("bad")).expect("mkdir");
+        std::fs::write(tmp.path().join("bad/profile.toml"), "version = 1\nmodles = []\n").expect("write");
+        let error = load_all(tmp.path(), &[]).expect_err("broken").to_string();
+        assert!(
+            error.contains("bad/profile.toml") && error.contains("`modles`"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(tmp.path().join("bad")).expect("rm");
+        let loaded = load_all(tmp.path(), &[]).expect("fine");
+        assert_eq!(loaded.len(), 1);
+        let elsewhere = tempfile::tempdir().expect("temp dir");
+        let error = load_all(tmp.path(), &[elsewhere.path().to_owned()]).expect_err("outside");
+        assert!(matches!(error, ProfileError::OutsideRoots { .. }), "{error}");
+        load_all(tmp.path(), &[tmp.path().to_owned()]).expect("inside its root");
     }
 }

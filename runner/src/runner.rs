@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use embark_client::{BrokerClient, ClientError};
+use embark_core::intent::Capabilities;
 use embark_core::repo_url::without_credentials;
 use embark_core::shutdown::Shutdown;
 use embark_core::text::error_chain;
-use embark_core::wire::{Claim, Task};
+use embark_core::wire::{Claim, EnrollRunner, Task};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -63,14 +64,19 @@ type Running = JoinSet<(embark_core::TaskId, Result<Task, Undelivered>)>;
 /// exit where the running tasks' bundles are.
 pub async fn run(
     config: &Config,
+    capabilities: Capabilities,
     sandbox: Sandbox,
     bundles: LiveBundles,
     shutdown: Shutdown,
 ) -> Result<(), RunnerError> {
     let client = BrokerClient::new(&config.broker_url).map_err(RunnerError::BadUrl)?;
     let secret = config.enrollment_secret.expose();
+    let enrollment = EnrollRunner {
+        name: config.name.clone(),
+        capabilities: Some(capabilities),
+    };
     let enrolled = tokio::select! {
-        result = with_retries(ENROLL_RETRY, "enrolling", || client.enroll(secret, &config.name)) => {
+        result = with_retries(ENROLL_RETRY, "enrolling", || client.enroll_runner(secret, &enrollment)) => {
             result.map_err(RunnerError::Enroll)?
         }
         () = shutdown.requested() => return Ok(()),
@@ -84,6 +90,7 @@ pub async fn run(
 
     let settings = Arc::new(TaskSettings {
         runner_name: config.name.clone(),
+        labels: config.labels.clone(),
         spaces: config.spaces.clone(),
         profiles: config.profiles.clone(),
         pi: config.pi.clone(),

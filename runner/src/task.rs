@@ -46,6 +46,8 @@ pub const SHUTTING_DOWN: &str = "runner shutting down";
 #[derive(Clone, Debug)]
 pub struct TaskSettings {
     pub runner_name: String,
+    /// The runner's labels, which a task's intent may ask for.
+    pub labels: Vec<String>,
     pub spaces: PathBuf,
     pub profiles: PathBuf,
     pub pi: PathBuf,
@@ -279,14 +281,31 @@ async fn attempt(
             None,
         );
     }
-    // Cheap checks first: an unknown profile, or one this runner's mode may
-    // not run, fails before anything is created or cloned.
+    // Cheap checks first: an unknown profile, one this runner's mode may
+    // not run, or a provider, model, isolation or label it does not allow
+    // fails before anything is created or cloned, and before Pi starts. The
+    // intent is binding: nothing is substituted.
     let profile = match profile::find(&settings.profiles, &intent.auth_profile)
         .and_then(|profile| profile.check_mode(settings.sandbox.mode).map(|()| profile))
     {
         Ok(profile) => profile,
+        Err(e) if e.is_intent_unsupported() => {
+            return (
+                Outcome::failed(
+                    pre_launch("intent_unsupported"),
+                    profile::intent_unsupported(&error_chain(&e)),
+                ),
+                None,
+            );
+        }
         Err(e) => return (Outcome::failed(pre_launch("profile"), error_chain(&e)), None),
     };
+    if let Some(why) = profile.refuses(intent, settings.sandbox.mode, &settings.labels) {
+        return (
+            Outcome::failed(pre_launch("intent_unsupported"), profile::intent_unsupported(&why)),
+            None,
+        );
+    }
     let space = match Space::create(&settings.spaces, task.id) {
         Ok(space) => space,
         Err(e) => return (Outcome::failed(pre_launch("space"), error_chain(&e)), None),

@@ -55,11 +55,7 @@ async fn cancel_stops_pi(runner_side: &Broker, client_side: &Broker) {
                 repo_url: repo.origin.to_str().expect("utf-8 path").to_owned(),
                 commit: repo.head.clone(),
                 prompt: "sleep for ten minutes".into(),
-                intent: ExecutionIntent {
-                    auth_profile: "default".into(),
-                    provider: "fake".into(),
-                    model: "fake-model".into(),
-                },
+                intent: ExecutionIntent::new("default", "fake", "fake-model"),
                 session_id: "cancel-test".into(),
                 client_request_id: None,
             },

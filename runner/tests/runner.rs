@@ -70,11 +70,7 @@ impl World {
             repo_url: repo_url.to_owned(),
             commit: self.repo.head.clone(),
             prompt: prompt.to_owned(),
-            intent: ExecutionIntent {
-                auth_profile: profile.to_owned(),
-                provider: "fake".to_owned(),
-                model: "fake-model".to_owned(),
-            },
+            intent: ExecutionIntent::new(profile.to_owned(), "fake".to_owned(), "fake-model".to_owned()),
             session_id: "runner-test".to_owned(),
             client_request_id: None,
         };
@@ -323,11 +319,25 @@ async fn a_model_error_fails_the_task_with_its_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_profile_fails_naming_it_before_any_clone() {
     let world = World::new(json!({"turns": [{"text": "unused"}]}));
-    let task = world.submit("anything", "nonexistent-profile").await;
-    let (done, events) = world.run_once(&task, &[]).await;
+    // Advertised at enrollment, gone by the time the task comes: the runner
+    // refuses it before Pi starts rather than run something else.
+    let gone = world.runners.profiles().join("gone");
+    std::fs::create_dir_all(&gone).expect("mkdir");
+    let mut runner = world.start_runner(&["--once"]);
+    let enrolled = eventually(Duration::from_secs(60), async || {
+        world.runners.log().contains("enrolled").then_some(())
+    })
+    .await;
+    assert!(enrolled.is_some(), "{}", world.diagnostics());
+    std::fs::remove_dir(&gone).expect("rmdir");
+    let task = world.submit("anything", "gone").await;
+    let status = world.wait(&mut runner, Duration::from_secs(90));
+    assert!(status.success(), "runner exit {status}; {}", world.diagnostics());
+    let (done, events) = (world.task(task.id).await, world.events(task.id).await);
     assert_eq!(done.state, TaskState::Failed);
     let reason = done.outcome.as_ref().and_then(|o| o.reason.clone()).expect("reason");
-    assert!(reason.contains("\"nonexistent-profile\""), "{reason}");
+    assert!(reason.starts_with("pre_launch:intent_unsupported: "), "{reason}");
+    assert!(reason.contains("\"gone\""), "{reason}");
     assert!(
         reason.contains(&world.runners.profiles().display().to_string()),
         "{reason}"
@@ -338,6 +348,30 @@ async fn an_unknown_profile_fails_naming_it_before_any_clone() {
         "no clone was made"
     );
     assert!(world.model.log().trim().is_empty(), "the model was never asked");
+
+    // A profile no enrolled runner advertises is refused at submit.
+    let mut unknown = CreateTask {
+        repo_url: world.repo.origin.to_str().expect("utf-8 path").to_owned(),
+        commit: world.repo.head.clone(),
+        prompt: "anything".into(),
+        intent: ExecutionIntent::new("nonexistent-profile", "fake", "fake-model"),
+        session_id: "runner-test".into(),
+        client_request_id: None,
+    };
+    let refused = world
+        .client
+        .create_task(&world.broker.client_secret, &unknown)
+        .await
+        .expect_err("refused");
+    let text = refused.to_string();
+    assert!(text.contains("no enrolled runner can run"), "{text}");
+    assert!(text.contains("it has default"), "{text}");
+    unknown.intent = ExecutionIntent::new("default", "fake", "fake-model");
+    world
+        .client
+        .create_task(&world.broker.client_secret, &unknown)
+        .await
+        .expect("the advertised profile is accepted");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -193,6 +193,7 @@ fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S
         Operation::GetTask => on(method, tasks::get::<S>),
         Operation::ReadEvents => on(method, events::read::<S>),
         Operation::EnrollRunner => on(method, runners::enroll::<S>),
+        Operation::ListRunners => on(method, runners::list::<S>),
         Operation::ClaimTask => on(method, runners::claim::<S>),
         Operation::AppendEvents => on(method, events::append::<S>),
         Operation::Heartbeat => on(method, tasks::heartbeat::<S>),

@@ -1,14 +1,15 @@
-//! Runner routes: enroll (enrollment secret), claim (runner token).
+//! Runner routes: enroll (enrollment secret), claim (runner token), and
+//! the fleet's listing (client secret).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use embark_core::wire::{ClaimRequest, EnrollRunner, RunnerEnrolled};
+use embark_core::wire::{ClaimRequest, EnrollRunner, RunnerEnrolled, RunnerList};
 
 use super::App;
 use super::error::ApiFailure;
-use super::extract::{ApiJson, EnrollmentCaller, RunnerCaller};
+use super::extract::{ApiJson, ClientCaller, EnrollmentCaller, RunnerCaller};
 use crate::auth::{TokenKind, mint};
 use crate::claim::effective_wait;
 use crate::store::Store;
@@ -19,8 +20,16 @@ pub async fn enroll<S: Store>(
     ApiJson(request): ApiJson<EnrollRunner>,
 ) -> Result<Json<RunnerEnrolled>, ApiFailure> {
     let (token, hash) = mint(TokenKind::Runner);
-    let runner = app.store.enroll_runner(&request.name, &hash).await?;
-    tracing::info!(runner = %runner.id, name = %runner.name, "runner enrolled");
+    let runner = app
+        .store
+        .enroll_runner(&request.name, request.capabilities.as_ref(), &hash)
+        .await?;
+    tracing::info!(
+        runner = %runner.id,
+        name = %runner.name,
+        profiles = ?request.capabilities.as_ref().map(|caps| caps.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()),
+        "runner enrolled"
+    );
     Ok(Json(RunnerEnrolled {
         runner_id: runner.id,
         runner_token: token,
@@ -45,4 +54,11 @@ pub async fn claim<S: Store>(
         }
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
+}
+
+/// The enrolled runners and what each advertised.
+pub async fn list<S: Store>(_: ClientCaller, State(app): State<App<S>>) -> Result<Json<RunnerList>, ApiFailure> {
+    Ok(Json(RunnerList {
+        runners: app.store.list_runners().await?,
+    }))
 }

@@ -13,6 +13,7 @@ use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
 use crate::access::visible_task;
+use crate::routing::Wake;
 use crate::store::{Created, Seen, Store};
 
 /// Tasks one list answer holds by default, and at most.
@@ -26,11 +27,15 @@ pub async fn create<S: Store>(
     ApiJson(request): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiFailure> {
     check_transport(&request.repo_url, &app.settings.repo_transports)?;
+    let wake = crate::routing::check_servable(&request.intent, &app.store.list_runners().await?)?;
     match app.store.create_task_as(&request, &caller.owner()).await? {
         Created::New(task) => {
             tracing::info!(task = %task.id, session = %task.session_id, by = caller.name(), "task queued");
             app.metrics.task_created();
-            app.claims.task_added();
+            match wake {
+                Wake::One => app.claims.task_added(),
+                Wake::All => app.claims.wake_all(),
+            }
             app.hub.created(&task);
             Ok((StatusCode::CREATED, Json(task)))
         }

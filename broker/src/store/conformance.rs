@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use embark_core::event::{Lifecycle, Log, LogLevel, NewEvent, OtherEvent, Payload, Phase, ToolEnd};
-use embark_core::intent::ExecutionIntent;
+use embark_core::intent::{Capabilities, ExecutionIntent, IsolationMode, ProfileCapability};
 use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::rules::Rule;
 use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, TaskResult};
@@ -22,11 +22,7 @@ pub fn new_task(session: &str) -> CreateTask {
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
         prompt: "fix the flaky test".into(),
-        intent: ExecutionIntent {
-            auth_profile: "default".into(),
-            provider: "fake".into(),
-            model: "fake-model".into(),
-        },
+        intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: session.into(),
         client_request_id: None,
     }
@@ -34,7 +30,7 @@ pub fn new_task(session: &str) -> CreateTask {
 
 async fn runner<S: Store>(store: &S, name: &str) -> Runner {
     let (_, hash) = mint(TokenKind::Runner);
-    store.enroll_runner(name, &hash).await.expect("enroll runner")
+    store.enroll_runner(name, None, &hash).await.expect("enroll runner")
 }
 
 /// Claims the next task with a fresh callback token.
@@ -737,7 +733,7 @@ fn refused<T>(result: &Result<T, StoreError>) -> bool {
 
 pub async fn runners_are_found_by_token_hash<S: Store>(store: S) {
     let (token, hash) = mint(TokenKind::Runner);
-    let enrolled = store.enroll_runner("box-1", &hash).await.expect("enroll");
+    let enrolled = store.enroll_runner("box-1", None, &hash).await.expect("enroll");
     assert_eq!(enrolled.name, "box-1");
     let found = store.runner_by_token(&TokenHash::of(&token)).await.expect("lookup");
     assert_eq!(found, Some(enrolled));
@@ -925,7 +921,7 @@ pub async fn a_client_request_id_makes_one_task_per_owner<S: Store>(store: S) {
 
 pub async fn revoked_runners_are_refused_with_their_attempts<S: Store>(store: S) {
     let (token, hash) = mint(TokenKind::Runner);
-    let worker = store.enroll_runner("gpu-1", &hash).await.expect("enroll");
+    let worker = store.enroll_runner("gpu-1", None, &hash).await.expect("enroll");
     let same_name = runner(&store, "gpu-1").await;
     let other = runner(&store, "cpu-1").await;
     let task = store.create_task(&new_task("s")).await.expect("create");
@@ -1597,6 +1593,142 @@ pub async fn reapers_racing_act_once<S: Store>(first: S, second: S) {
     assert_eq!(queued, TASKS / 2);
 }
 
+/// What the routing cases' runner advertises.
+fn routed_capabilities() -> Capabilities {
+    Capabilities {
+        profiles: vec![
+            ProfileCapability {
+                name: "default".into(),
+                providers: vec!["anthropic".into(), "open?i".into()],
+                models: vec!["claude-*".into(), "gpt_4".into()],
+                isolation: vec![IsolationMode::Bwrap],
+            },
+            ProfileCapability {
+                name: "team".into(),
+                providers: vec!["*".into()],
+                models: vec!["*".into()],
+                isolation: vec![IsolationMode::Bwrap],
+            },
+        ],
+        isolation: vec![IsolationMode::Bwrap],
+        labels: vec!["gpu".into(), "eu".into()],
+        pi_version: Some("0.73.1".into()),
+        max_tasks: 2,
+    }
+}
+
+pub async fn claims_hand_a_runner_only_what_it_can_serve<S: Store>(store: S) {
+    let capabilities = routed_capabilities();
+    let (_, hash) = mint(TokenKind::Runner);
+    let routed = store
+        .enroll_runner("routed", Some(&capabilities), &hash)
+        .await
+        .expect("enroll");
+    let intent = |profile: &str, provider: &str, model: &str| ExecutionIntent::new(profile, provider, model);
+    let with = |mut intent: ExecutionIntent, isolation: Option<IsolationMode>, labels: &[&str]| {
+        intent.isolation = isolation;
+        intent.labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        intent
+    };
+    let intents = [
+        intent("default", "anthropic", "claude-sonnet-4-5"),
+        intent("default", "anthropic", "gpt-4o"),
+        intent("default", "openai", "gpt_4"),
+        // `_` is a literal, not LIKE's one-character wildcard.
+        intent("default", "openai", "gptx4"),
+        intent("default", "Anthropic", "claude-x"),
+        intent("nope", "anthropic", "claude-x"),
+        intent("team", "anything", "at/all:1"),
+        with(intent("team", "p", "m"), Some(IsolationMode::Bwrap), &["gpu"]),
+        with(intent("team", "p", "m"), Some(IsolationMode::Docker), &[]),
+        with(intent("team", "p", "m"), None, &["gpu", "eu"]),
+        with(intent("team", "p", "m"), None, &["gpu", "arm"]),
+    ];
+    let mut servable = Vec::new();
+    let mut unservable = Vec::new();
+    for intent in &intents {
+        let mut task = new_task("routing");
+        task.intent = intent.clone();
+        let created = store.create_task(&task).await.expect("create");
+        assert_eq!(&created.intent, intent, "the intent is stored whole");
+        match capabilities.check(intent) {
+            Ok(()) => servable.push(created.id),
+            Err(_) => unservable.push(created.id),
+        }
+    }
+    assert_eq!((servable.len(), unservable.len()), (5, 6), "the cases cover both sides");
+    let mut claimed = Vec::new();
+    while let Some((task, _)) = claim(&store, &routed).await {
+        claimed.push(task.id);
+    }
+    assert_eq!(
+        claimed, servable,
+        "the runner gets exactly what its capabilities serve, oldest first"
+    );
+    // A runner that advertised nothing serves anything, the rest included.
+    let any = runner(&store, "any").await;
+    let mut rest = Vec::new();
+    while let Some((task, _)) = claim(&store, &any).await {
+        rest.push(task.id);
+    }
+    assert_eq!(rest, unservable);
+}
+
+pub async fn runners_are_listed_with_their_capabilities<S: Store>(store: S) {
+    assert!(store.list_runners().await.expect("list").is_empty());
+    let (_, hash) = mint(TokenKind::Runner);
+    store
+        .enroll_runner("routed", Some(&routed_capabilities()), &hash)
+        .await
+        .expect("enroll");
+    runner(&store, "plain").await;
+    let listed = store.list_runners().await.expect("list");
+    let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["routed", "plain"], "oldest first");
+    assert_eq!(listed[0].capabilities, Some(routed_capabilities()));
+    assert_eq!(listed[1].capabilities, None);
+}
+
+pub async fn session_stats_become_the_tasks_stats<S: Store>(store: S) {
+    let worker = runner(&store, "w").await;
+    let task = store.create_task(&new_task("stats")).await.expect("create");
+    assert_eq!(task.stats, None);
+    let (_, token) = claim(&store, &worker).await.expect("claimed");
+    let stats = |input: u64, cost: f64| EncodedEvent {
+        kind: "session_stats".into(),
+        payload: json!({
+            "tokens": {"input": input, "output": 5, "cache_read": 1, "cache_write": 0, "total": input + 6},
+            "cost": cost, "user_messages": 1, "assistant_messages": 1, "tool_calls": 0, "tool_results": 0
+        })
+        .to_string(),
+    };
+    store
+        .append_events(task.id, &token, "b1", &[log_event(1), stats(10, 0.5), stats(20, 0.25)])
+        .await
+        .expect("append");
+    let read = store
+        .get_task(task.id)
+        .await
+        .expect("get")
+        .stats
+        .expect("stats recorded");
+    assert_eq!(
+        (read.tokens.input, read.tokens.total, read.cost),
+        (20, 26, 0.25),
+        "the batch's last one"
+    );
+    store
+        .append_events(task.id, &token, "b2", &[log_event(2)])
+        .await
+        .expect("append");
+    let listed = store.list_session_tasks("stats", 10).await.expect("list");
+    assert_eq!(
+        listed[0].stats.as_ref().map(|s| s.tokens.input),
+        Some(20),
+        "kept by later batches"
+    );
+}
+
 /// Instantiates every case above as a test in the invoking module: `fresh`
 /// is an async fn answering `(guard, store)` for a new, empty database (the
 /// guard lives until the case ends), and the attributes in brackets (e.g.
@@ -1632,6 +1764,9 @@ macro_rules! suite {
             silent_clients_tasks_are_cancelled_as_abandoned,
             every_transition_is_taken_or_refused_as_the_machine_says,
             reapers_on_two_replicas_act_once,
+            claims_hand_a_runner_only_what_it_can_serve,
+            runners_are_listed_with_their_capabilities,
+            session_stats_become_the_tasks_stats,
         );
     };
     (@cases $fresh:ident, $attrs:tt, $($name:ident),* $(,)?) => {$(

@@ -19,10 +19,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use embark_core::NewEvent;
+use embark_core::intent::Capabilities;
 use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::rules::{Refusal, Rule};
 use embark_core::wire::{
-    CompleteTask, CreateTask, EventPage, EventsAppended, Task, TaskCancel, TaskResult, check_batch_shape,
+    CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, TaskCancel, TaskResult, check_batch_shape,
 };
 
 use crate::access::{Client, Owner};
@@ -351,8 +352,17 @@ pub trait Store: Clone + Send + Sync + 'static {
         }
     }
 
-    /// Records a runner whose token hashes to `token`.
-    fn enroll_runner(&self, name: &str, token: &TokenHash) -> impl Future<Output = Result<Runner, StoreError>> + Send;
+    /// Records a runner whose token hashes to `token`, with what it can run
+    /// (`None`: it advertised nothing and serves any intent).
+    fn enroll_runner(
+        &self,
+        name: &str,
+        capabilities: Option<&Capabilities>,
+        token: &TokenHash,
+    ) -> impl Future<Output = Result<Runner, StoreError>> + Send;
+
+    /// Every enrolled runner not revoked, with its advertisement, oldest first.
+    fn list_runners(&self) -> impl Future<Output = Result<Vec<RunnerInfo>, StoreError>> + Send;
 
     /// The runner whose token hashes to `token`, unless it was revoked.
     fn runner_by_token(&self, token: &TokenHash) -> impl Future<Output = Result<Option<Runner>, StoreError>> + Send;
@@ -388,7 +398,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Records that the client token `id` was used at `at`.
     fn client_token_used(&self, id: &str, at: jiff::Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Atomically takes the oldest queued task for `runner_id`: it becomes
+    /// Atomically takes the oldest queued task `runner_id` can serve (its
+    /// advertised profiles, providers, models, isolation modes and labels,
+    /// matched as [`Capabilities::check`] matches them): it becomes
     /// `running` with `attempt + 1`, and `callback` becomes the only token
     /// that may report for that attempt. `None` when nothing is queued.
     /// Two concurrent claimers never get the same task.
@@ -408,7 +420,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// back, whatever `events` holds now and whatever state the task is in
     /// (a retry whose first answer was lost may arrive after completion).
     /// The token is checked first; an id recorded by an earlier attempt is
-    /// [`StoreError::BatchOfOtherAttempt`].
+    /// [`StoreError::BatchOfOtherAttempt`]. The batch's last `session_stats`
+    /// event, if any, becomes the task's stats.
     fn append_events(
         &self,
         id: TaskId,
@@ -640,6 +653,17 @@ pub(crate) fn revived(task: TaskId, state: TaskState) -> Result<TaskState, Store
 /// Milliseconds of a policy's duration, for comparisons with stored times.
 pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The payload of the batch's last `session_stats` event: what the task's
+/// stats become.
+pub(crate) fn latest_stats(events: &[EncodedEvent]) -> Option<&str> {
+    let kind = embark_core::EventKind::SessionStats.as_str();
+    events
+        .iter()
+        .rev()
+        .find(|event| event.kind == kind)
+        .map(|event| event.payload.as_str())
 }
 
 /// Refuses a transition the state machine does not have.

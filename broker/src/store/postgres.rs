@@ -26,20 +26,24 @@ pub mod wakeups;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
+use embark_core::intent::Capabilities;
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, Task, TaskCancel};
+use embark_core::wire::{
+    CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, TaskCancel,
+};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
 use self::wakeups::Announcer;
 use super::rows::{
-    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, client_token_columns, now_ms, parse_state,
-    parse_task_id, result_name, seq, state_list, task_columns, unfinished,
+    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, allow_rows, capabilities_json, client_token_columns,
+    label_rows, labels_json, now_ms, parse_capabilities, parse_state, parse_task_id, result_name, seq, state_list,
+    task_columns, timestamp, unfinished,
 };
 use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
     Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_of, check_append, check_new_task, check_transition,
-    check_verdict, fence, millis, replayed_create, revived, settle_verdict,
+    check_verdict, fence, latest_stats, millis, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -119,8 +123,8 @@ const LIST_SESSION_TASKS: &str = concat!(
 /// key waits for the first to commit, then does nothing).
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash) \
-     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING ",
+     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels) \
+     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -129,10 +133,46 @@ const CREATE_TASK: &str = concat!(
 /// running and records the attempt with its callback token, in one
 /// statement. `state = 'queued'` is re-checked on the locked row. Served by
 /// the partial index `tasks_queued`.
+/// Whether runner `$2` can serve the queued task `t`, as SQLite's
+/// `serves_runner!` says, with LIKE patterns made from the globs
+/// ([`like_pattern`]) and the labels read from their JSON text.
+macro_rules! serves_runner {
+    () => {
+        "((SELECT capabilities FROM runners WHERE id = $2) IS NULL OR ( \
+         EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = $2 AND a.profile = t.auth_profile \
+           AND a.part = 'provider' AND t.provider LIKE a.pattern) \
+         AND EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = $2 AND a.profile = t.auth_profile \
+           AND a.part = 'model' AND t.model LIKE a.pattern) \
+         AND (t.isolation IS NULL OR EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = $2 \
+           AND a.profile = t.auth_profile AND a.part = 'isolation' AND a.pattern = t.isolation)) \
+         AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(t.labels::jsonb) l (label) \
+           WHERE l.label NOT IN (SELECT label FROM runner_labels WHERE runner_id = $2))))"
+    };
+}
+
+/// A glob (`*`, `?`) as a LIKE pattern with the default escape `\`.
+fn like_pattern(glob: &str) -> String {
+    let mut like = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => like.push('%'),
+            '?' => like.push('_'),
+            '%' | '_' | '\\' => {
+                like.push('\\');
+                like.push(c);
+            }
+            c => like.push(c),
+        }
+    }
+    like
+}
+
 const CLAIM_NEXT: &str = concat!(
     "WITH claimed AS (UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = $1, \
      lease_renewed_at = $1 \
-     WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, arrival LIMIT 1 \
+     WHERE id = (SELECT id FROM tasks t WHERE state = 'queued' AND ",
+    serves_runner!(),
+    " ORDER BY created_at, arrival LIMIT 1 \
      FOR UPDATE SKIP LOCKED) AND state = 'queued' RETURNING ",
     task_columns!(),
     "), recorded AS (INSERT INTO attempts (task_id, attempt, runner_id, callback_token_hash, claimed_at) \
@@ -323,6 +363,8 @@ impl Store for PgStore {
             .bind(owner.column())
             .bind(task.client_request_id.as_deref())
             .bind(fingerprint.as_ref().map(|f| f.as_slice()))
+            .bind(task.intent.isolation.map(|mode| mode.name()))
+            .bind(labels_json(&task.intent))
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
@@ -371,19 +413,73 @@ impl Store for PgStore {
         rows.into_iter().map(Task::try_from).collect()
     }
 
-    async fn enroll_runner(&self, name: &str, token: &TokenHash) -> Result<Runner, StoreError> {
+    async fn enroll_runner(
+        &self,
+        name: &str,
+        capabilities: Option<&Capabilities>,
+        token: &TokenHash,
+    ) -> Result<Runner, StoreError> {
         let runner = Runner {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_owned(),
         };
-        sqlx::query("INSERT INTO runners (id, name, token_hash, enrolled_at) VALUES ($1, $2, $3, $4)")
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO runners (id, name, token_hash, enrolled_at, capabilities) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&runner.id)
+        .bind(&runner.name)
+        .bind(token.as_bytes().as_slice())
+        .bind(now_ms())
+        .bind(capabilities_json(capabilities))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(capabilities) = capabilities {
+            let rows = allow_rows(capabilities, like_pattern);
+            let (profiles, parts, patterns): (Vec<String>, Vec<&str>, Vec<String>) =
+                rows.into_iter()
+                    .fold(Default::default(), |(mut a, mut b, mut c), (x, y, z)| {
+                        a.push(x);
+                        b.push(y);
+                        c.push(z);
+                        (a, b, c)
+                    });
+            sqlx::query(
+                "INSERT INTO runner_allows (runner_id, profile, part, pattern) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])",
+            )
             .bind(&runner.id)
-            .bind(&runner.name)
-            .bind(token.as_bytes().as_slice())
-            .bind(now_ms())
-            .execute(&self.pool)
+            .bind(profiles)
+            .bind(parts)
+            .bind(patterns)
+            .execute(&mut *tx)
             .await?;
+            sqlx::query("INSERT INTO runner_labels (runner_id, label) SELECT $1, * FROM UNNEST($2::text[])")
+                .bind(&runner.id)
+                .bind(label_rows(capabilities))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(runner)
+    }
+
+    async fn list_runners(&self) -> Result<Vec<RunnerInfo>, StoreError> {
+        let rows: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, name, enrolled_at, capabilities FROM runners WHERE revoked_at IS NULL ORDER BY enrolled_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, name, enrolled_at, capabilities)| {
+                Ok(RunnerInfo {
+                    capabilities: parse_capabilities(&id, capabilities.as_deref())?,
+                    enrolled_at: timestamp(enrolled_at)?,
+                    id,
+                    name,
+                })
+            })
+            .collect()
     }
 
     async fn runner_by_token(&self, token: &TokenHash) -> Result<Option<Runner>, StoreError> {
@@ -542,6 +638,13 @@ impl Store for PgStore {
             return Err(StoreError::Corrupt(format!(
                 "task {id}'s event counter moved while its row was locked"
             )));
+        }
+        if let Some(stats) = latest_stats(events) {
+            sqlx::query("UPDATE tasks SET session_stats = $2 WHERE id = $1")
+                .bind(id.to_string())
+                .bind(stats)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(EventsAppended {
@@ -937,7 +1040,7 @@ mod tests {
             payload: format!(r#"{{"n":{n}}}"#),
         };
         let (_, runner_token) = mint(TokenKind::Runner);
-        let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");
+        let runner = store.enroll_runner("w", None, &runner_token).await.expect("enroll");
         let task = store.create_task(&conformance::new_task("s")).await.expect("create");
         let (_, first) = mint(TokenKind::Callback);
         store

@@ -1,8 +1,8 @@
 //! Rows as the databases hold them, and their conversion to domain types.
 //! Shared by every store: times are integer milliseconds, ids and enums text.
 
-use embark_core::event::{Event, Payload};
-use embark_core::intent::ExecutionIntent;
+use embark_core::event::{Event, Payload, SessionStats};
+use embark_core::intent::{Capabilities, ExecutionIntent, IsolationMode};
 use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::{Task, TaskOutcome, TaskResult};
 use jiff::Timestamp;
@@ -14,7 +14,7 @@ macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
          created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
-         outcome_code, cancel_requested_at"
+         outcome_code, cancel_requested_at, isolation, labels, session_stats"
     };
 }
 pub(crate) use task_columns;
@@ -40,6 +40,11 @@ pub(crate) struct TaskRow {
     pub finished_at: Option<i64>,
     pub outcome_code: Option<String>,
     pub cancel_requested_at: Option<i64>,
+    pub isolation: Option<String>,
+    /// A JSON array of strings.
+    pub labels: String,
+    /// The latest `session_stats` payload, JSON.
+    pub session_stats: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -78,6 +83,16 @@ impl TryFrom<TaskRow> for Task {
                 auth_profile: row.auth_profile,
                 provider: row.provider,
                 model: row.model,
+                isolation: row
+                    .isolation
+                    .as_deref()
+                    .map(|name| {
+                        IsolationMode::parse(name)
+                            .ok_or_else(|| StoreError::Corrupt(format!("task {id} has isolation {name:?}")))
+                    })
+                    .transpose()?,
+                labels: serde_json::from_str(&row.labels)
+                    .map_err(|e| StoreError::Corrupt(format!("task {id} labels: {e}")))?,
             },
             session_id: row.session_id,
             created_at: timestamp(row.created_at)?,
@@ -86,6 +101,12 @@ impl TryFrom<TaskRow> for Task {
                 .map_err(|_| StoreError::Corrupt(format!("task {id} has attempt {}", row.attempt)))?,
             last_seq: seq(row.last_seq)?,
             outcome,
+            // Stats are a report, not part of the task's contract: a payload
+            // this build cannot read is left out rather than failing the read.
+            stats: row
+                .session_stats
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<SessionStats>(json).ok()),
             cancel_requested_at: row.cancel_requested_at.map(timestamp).transpose()?,
         })
     }
@@ -151,6 +172,56 @@ impl TryFrom<RunnerRow> for RunnerRecord {
             revoked_at: row.revoked_at.map(timestamp).transpose()?,
         })
     }
+}
+
+/// The intent's labels as a column holds them.
+pub(crate) fn labels_json(intent: &ExecutionIntent) -> String {
+    serde_json::to_string(&intent.labels).expect("a list of strings serializes")
+}
+
+/// A runner's advertisement as its column holds it.
+pub(crate) fn capabilities_json(capabilities: Option<&Capabilities>) -> Option<String> {
+    capabilities.map(|caps| serde_json::to_string(caps).expect("capabilities serialize"))
+}
+
+/// A stored advertisement; one this build cannot read is corrupt.
+pub(crate) fn parse_capabilities(runner: &str, json: Option<&str>) -> Result<Option<Capabilities>, StoreError> {
+    json.map(|json| {
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("runner {runner} capabilities: {e}")))
+    })
+    .transpose()
+}
+
+/// The rows of `runner_allows` for an advertisement: per profile, each
+/// provider and model pattern (made into the store's syntax by
+/// `pattern`) and each isolation mode.
+pub(crate) fn allow_rows(
+    capabilities: &Capabilities,
+    pattern: impl Fn(&str) -> String,
+) -> Vec<(String, &'static str, String)> {
+    let mut rows = Vec::new();
+    for profile in &capabilities.profiles {
+        for provider in &profile.providers {
+            rows.push((profile.name.clone(), "provider", pattern(provider)));
+        }
+        for model in &profile.models {
+            rows.push((profile.name.clone(), "model", pattern(model)));
+        }
+        for mode in &profile.isolation {
+            rows.push((profile.name.clone(), "isolation", mode.name().to_owned()));
+        }
+    }
+    rows.sort();
+    rows.dedup();
+    rows
+}
+
+/// The label set of an advertisement, without repeats.
+pub(crate) fn label_rows(capabilities: &Capabilities) -> Vec<String> {
+    let mut labels = capabilities.labels.clone();
+    labels.sort();
+    labels.dedup();
+    labels
 }
 
 #[derive(Debug, sqlx::FromRow)]

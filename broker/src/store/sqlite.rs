@@ -14,20 +14,24 @@ use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use embark_core::intent::Capabilities;
 use embark_core::task::{TaskId, TaskState};
-use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, Task, TaskCancel};
+use embark_core::wire::{
+    CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, TaskCancel,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::rows::client_token_columns;
 use super::rows::{
-    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, now_ms, parse_state, parse_task_id, result_name, seq,
-    state_list, task_columns, unfinished,
+    ClientTokenRow, EventRow, OwnedTaskRow, RunnerRow, TaskRow, allow_rows, capabilities_json, label_rows, labels_json,
+    now_ms, parse_capabilities, parse_state, parse_task_id, result_name, seq, state_list, task_columns, timestamp,
+    unfinished,
 };
 use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
     Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_of, check_append, check_new_task, check_transition,
-    check_verdict, fence, millis, replayed_create, revived, settle_verdict,
+    check_verdict, fence, latest_stats, millis, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -146,8 +150,8 @@ const GET_REQUESTED_TASK: &str = concat!(
 /// (the unique index `tasks_by_request`).
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash) \
-     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING RETURNING ",
+     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels) \
+     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -161,13 +165,36 @@ const LIST_SESSION_TASKS: &str = concat!(
     " FROM tasks WHERE session_id = ?1 AND (?3 IS NULL OR owner = ?3) ORDER BY created_at DESC, rowid DESC LIMIT ?2"
 );
 
-/// One statement picks and flips the oldest queued task (ties in insertion
-/// order, as in [`LIST_SESSION_TASKS`]); `state = 'queued'` is re-checked so
-/// the update can never take a task another writer already moved. Served by
-/// the partial index `tasks_queued` without a sort.
+/// Whether runner `?2` can serve the queued task `t`: it advertised
+/// nothing (serves anything), or one of its profiles is the task's with a
+/// provider and a model pattern that fit (GLOB: `*` and `?`, case-sensitive;
+/// names never hold `[`), the task's isolation mode if it names one, and
+/// every label of the task. [`embark_core::intent::Capabilities::check`]
+/// is the same rule in Rust (the conformance suite holds them together).
+macro_rules! serves_runner {
+    () => {
+        "((SELECT capabilities FROM runners WHERE id = ?2) IS NULL OR ( \
+         EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = ?2 AND a.profile = t.auth_profile \
+           AND a.part = 'provider' AND t.provider GLOB a.pattern) \
+         AND EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = ?2 AND a.profile = t.auth_profile \
+           AND a.part = 'model' AND t.model GLOB a.pattern) \
+         AND (t.isolation IS NULL OR EXISTS (SELECT 1 FROM runner_allows a WHERE a.runner_id = ?2 \
+           AND a.profile = t.auth_profile AND a.part = 'isolation' AND a.pattern = t.isolation)) \
+         AND NOT EXISTS (SELECT 1 FROM json_each(t.labels) l \
+           WHERE l.value NOT IN (SELECT label FROM runner_labels WHERE runner_id = ?2))))"
+    };
+}
+
+/// One statement picks and flips the oldest queued task runner `?2` can
+/// serve (ties in insertion order, as in [`LIST_SESSION_TASKS`]);
+/// `state = 'queued'` is re-checked so the update can never take a task
+/// another writer already moved. Served by the partial index
+/// `tasks_queued` without a sort.
 const CLAIM_NEXT: &str = concat!(
     "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1, lease_renewed_at = ?1 \
-     WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1) \
+     WHERE id = (SELECT id FROM tasks t WHERE state = 'queued' AND ",
+    serves_runner!(),
+    " ORDER BY created_at, rowid LIMIT 1) \
      AND state = 'queued' RETURNING ",
     task_columns!()
 );
@@ -342,6 +369,8 @@ impl Store for SqliteStore {
             .bind(owner.column())
             .bind(task.client_request_id.as_deref())
             .bind(fingerprint.as_ref().map(|f| f.as_slice()))
+            .bind(task.intent.isolation.map(|mode| mode.name()))
+            .bind(labels_json(&task.intent))
             .fetch_optional(&self.writer)
             .await?;
         if let Some(row) = row {
@@ -388,19 +417,65 @@ impl Store for SqliteStore {
         rows.into_iter().map(Task::try_from).collect()
     }
 
-    async fn enroll_runner(&self, name: &str, token: &TokenHash) -> Result<Runner, StoreError> {
+    async fn enroll_runner(
+        &self,
+        name: &str,
+        capabilities: Option<&Capabilities>,
+        token: &TokenHash,
+    ) -> Result<Runner, StoreError> {
         let runner = Runner {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_owned(),
         };
-        sqlx::query("INSERT INTO runners (id, name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4)")
-            .bind(&runner.id)
-            .bind(&runner.name)
-            .bind(token.as_bytes().as_slice())
-            .bind(now_ms())
-            .execute(&self.writer)
-            .await?;
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO runners (id, name, token_hash, enrolled_at, capabilities) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&runner.id)
+        .bind(&runner.name)
+        .bind(token.as_bytes().as_slice())
+        .bind(now_ms())
+        .bind(capabilities_json(capabilities))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(capabilities) = capabilities {
+            // GLOB takes the glob as it is.
+            for (profile, part, pattern) in allow_rows(capabilities, str::to_owned) {
+                sqlx::query("INSERT INTO runner_allows (runner_id, profile, part, pattern) VALUES (?1, ?2, ?3, ?4)")
+                    .bind(&runner.id)
+                    .bind(profile)
+                    .bind(part)
+                    .bind(pattern)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for label in label_rows(capabilities) {
+                sqlx::query("INSERT INTO runner_labels (runner_id, label) VALUES (?1, ?2)")
+                    .bind(&runner.id)
+                    .bind(label)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
         Ok(runner)
+    }
+
+    async fn list_runners(&self) -> Result<Vec<RunnerInfo>, StoreError> {
+        let rows: Vec<(String, String, i64, Option<String>)> =
+            sqlx::query_as("SELECT id, name, enrolled_at, capabilities FROM runners WHERE revoked_at IS NULL ORDER BY enrolled_at, rowid")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter()
+            .map(|(id, name, enrolled_at, capabilities)| {
+                Ok(RunnerInfo {
+                    capabilities: parse_capabilities(&id, capabilities.as_deref())?,
+                    enrolled_at: timestamp(enrolled_at)?,
+                    id,
+                    name,
+                })
+            })
+            .collect()
     }
 
     async fn runner_by_token(&self, token: &TokenHash) -> Result<Option<Runner>, StoreError> {
@@ -496,7 +571,11 @@ impl Store for SqliteStore {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         // The queued → running transition is checked in the statement itself (see CLAIM_NEXT).
-        let row: Option<TaskRow> = sqlx::query_as(CLAIM_NEXT).bind(now).fetch_optional(&mut *tx).await?;
+        let row: Option<TaskRow> = sqlx::query_as(CLAIM_NEXT)
+            .bind(now)
+            .bind(runner_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -581,6 +660,13 @@ impl Store for SqliteStore {
                 .push_bind(&event.payload);
         });
         insert.build().execute(&mut *tx).await?;
+        if let Some(stats) = latest_stats(events) {
+            sqlx::query("UPDATE tasks SET session_stats = ?2 WHERE id = ?1")
+                .bind(&task_id)
+                .bind(stats)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
@@ -881,7 +967,7 @@ mod tests {
             payload: format!(r#"{{"n":{n}}}"#),
         };
         let (_, runner_token) = mint(TokenKind::Runner);
-        let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");
+        let runner = store.enroll_runner("w", None, &runner_token).await.expect("enroll");
         let task = store.create_task(&conformance::new_task("s")).await.expect("create");
         let (_, first) = mint(TokenKind::Callback);
         store
@@ -957,7 +1043,7 @@ mod tests {
                 .expect("create");
         }
         let (_, runner_token) = mint(TokenKind::Runner);
-        let runner = store.enroll_runner("w", &runner_token).await.expect("enroll");
+        let runner = store.enroll_runner("w", None, &runner_token).await.expect("enroll");
         for _ in 0..35 {
             let (_, callback) = mint(TokenKind::Callback);
             store.claim_next(&runner.id, &callback).await.expect("claim");
@@ -966,7 +1052,7 @@ mod tests {
         let list = query_plan(&store, LIST_SESSION_TASKS, &["s1", "10"]).await;
         assert!(list.contains("tasks_by_session"), "{list}");
         assert!(!list.contains("TEMP B-TREE"), "{list}");
-        let claim = query_plan(&store, CLAIM_NEXT, &["1"]).await;
+        let claim = query_plan(&store, CLAIM_NEXT, &["1", "r"]).await;
         assert!(claim.contains("tasks_queued"), "{claim}");
         assert!(!claim.contains("TEMP B-TREE"), "{claim}");
     }

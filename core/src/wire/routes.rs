@@ -22,7 +22,7 @@ use super::live::{LiveClose, LiveFrame, SessionTailQuery, TaskTailQuery};
 use super::rules::{Check, Rule};
 use super::{
     ApiError, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage, EventPageQuery,
-    EventsAppended, Health, Lease, RunnerEnrolled, Task, TaskCancel, TaskList, TaskListQuery,
+    EventsAppended, Health, Lease, RunnerEnrolled, RunnerList, Task, TaskCancel, TaskList, TaskListQuery,
 };
 use crate::schema::{SchemaFn, schema};
 use crate::task::TaskId;
@@ -113,6 +113,7 @@ pub enum Operation {
     GetTask,
     ReadEvents,
     EnrollRunner,
+    ListRunners,
     ClaimTask,
     AppendEvents,
     Heartbeat,
@@ -127,13 +128,14 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 17] = [
+    pub const ALL: [Operation; 18] = [
         Operation::Health,
         Operation::CreateTask,
         Operation::ListTasks,
         Operation::GetTask,
         Operation::ReadEvents,
         Operation::EnrollRunner,
+        Operation::ListRunners,
         Operation::ClaimTask,
         Operation::AppendEvents,
         Operation::Heartbeat,
@@ -164,6 +166,7 @@ impl Operation {
             Operation::GetTask => "getTask",
             Operation::ReadEvents => "readEvents",
             Operation::EnrollRunner => "enrollRunner",
+            Operation::ListRunners => "listRunners",
             Operation::ClaimTask => "claimTask",
             Operation::AppendEvents => "appendEvents",
             Operation::Heartbeat => "heartbeat",
@@ -505,6 +508,26 @@ pub const ROUTES: &[Route] = &[
                 200,
                 schema::<RunnerEnrolled>,
                 "The runner's id and token (shown once, stored hashed).",
+            ),
+            UNAUTHORIZED,
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::ListRunners,
+        method: Method::Get,
+        path: "/v1/runners",
+        summary: "The enrolled runners and what each can run, oldest first.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            ok(
+                200,
+                schema::<RunnerList>,
+                "Every enrolled runner with its advertised capabilities (none for a runner that advertised nothing).",
             ),
             UNAUTHORIZED,
             INTERNAL,

@@ -54,6 +54,10 @@ pub enum Rule {
     ClientRequestId,
     /// The runner name is empty, too long or not printable.
     RunnerName,
+    /// A runner's advertised capabilities are not acceptable.
+    Capabilities,
+    /// No enrolled runner can run the task's execution intent.
+    IntentUnserved,
     /// The batch id is not acceptable.
     BatchId,
     /// The batch holds no events.
@@ -86,7 +90,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 30] = [
+    pub const ALL: [Rule; 32] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
@@ -103,6 +107,8 @@ impl Rule {
         Rule::Intent,
         Rule::ClientRequestId,
         Rule::RunnerName,
+        Rule::Capabilities,
+        Rule::IntentUnserved,
         Rule::BatchId,
         Rule::EmptyBatch,
         Rule::BatchSize,
@@ -154,6 +160,8 @@ impl Rule {
             | Rule::Intent
             | Rule::ClientRequestId
             | Rule::RunnerName
+            | Rule::Capabilities
+            | Rule::IntentUnserved
             | Rule::BatchId
             | Rule::EmptyBatch
             | Rule::EventPayload => 422,
@@ -166,6 +174,7 @@ impl Rule {
             408 => ApiErrorCode::Timeout,
             413 | 414 | 431 => ApiErrorCode::PayloadTooLarge,
             429 => ApiErrorCode::RateLimited,
+            _ if self == Rule::IntentUnserved => ApiErrorCode::IntentUnsupported,
             _ => ApiErrorCode::InvalidRequest,
         }
     }
@@ -211,6 +220,8 @@ impl Rule {
                 "The runner name is empty, longer than {} bytes or holds control characters.",
                 limits::MAX_RUNNER_NAME_BYTES
             ),
+            Rule::Capabilities => "The runner's capabilities hold a name that is not acceptable, a provider or model pattern that is not a name or glob, too many entries, or max_tasks 0.".into(),
+            Rule::IntentUnserved => "Runners are enrolled but none can run the intent (its auth profile, provider, model, isolation and labels); the message names the closest thing available. With no runner enrolled at all the task is queued.".into(),
             Rule::BatchId => format!(
                 "The batch_id is not 1 to {} bytes of `[A-Za-z0-9._:-]`.",
                 limits::MAX_BATCH_ID_BYTES

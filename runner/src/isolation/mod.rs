@@ -22,7 +22,6 @@ pub mod bwrap;
 pub mod docker;
 
 use std::ffi::OsString;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
@@ -33,31 +32,9 @@ use crate::guard::Guard;
 use crate::pi_process::PiLaunch;
 use crate::space::Space;
 
-/// How a task is isolated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum IsolationMode {
-    Process,
-    Bwrap,
-    Docker,
-}
-
-impl IsolationMode {
-    pub const ALL: [IsolationMode; 3] = [IsolationMode::Process, IsolationMode::Bwrap, IsolationMode::Docker];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            IsolationMode::Process => "process",
-            IsolationMode::Bwrap => "bwrap",
-            IsolationMode::Docker => "docker",
-        }
-    }
-}
-
-impl fmt::Display for IsolationMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// How a task is isolated: the intent's contract type, so what a runner
+/// advertises and what a task asks for are the same names.
+pub use embark_core::intent::IsolationMode;
 
 /// Whether a task gets a network. Pi needs one to reach its provider,
 /// unless the profile's model is local to the runner (`network = "none"`).

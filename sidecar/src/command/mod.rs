@@ -108,6 +108,7 @@ pub enum Command {
     Status(TaskSelector),
     Cancel(TaskSelector),
     Submit(SubmitArgs),
+    Runners,
 }
 
 /// Which task of the session `status` shows.
@@ -143,12 +144,15 @@ pub const USAGE: &str = r#"Usage:
   /embark cancel [latest|<task id>|<number>]
       Cancel a task of this session (chosen as for status): a queued one
       never starts, a running one's runner stops Pi.
+  /embark runners
+      Show what the enrolled runners can run: profiles, providers, models,
+      isolation modes and labels.
   /embark help
       Show this text.
 
 Reserved for commands to come (a prompt that starts with one must be
 quoted or follow `submit`): tasks attach list sync detach diff apply follow
-logs reconcile cleanup runners.
+logs reconcile cleanup.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>  Pi provider on the runner (else EMBARK_PROVIDER or `provider` in config.toml)

@@ -47,6 +47,13 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
         Some(Verb::Status) => parse_selector(Verb::Status, rest).map(Command::Status),
         Some(Verb::Cancel) => parse_selector(Verb::Cancel, rest).map(Command::Cancel),
         Some(Verb::Submit) => parse_submit(rest, true),
+        Some(Verb::Runners) => match rest.first() {
+            None => Ok(Command::Runners),
+            Some(_) => Err(UsageError(
+                "`runners` takes no arguments; to submit a prompt that starts with \"runners\", quote it: /embark \"runners …\""
+                    .into(),
+            )),
+        },
         Some(verb) => Err(not_available(verb, line)),
         None => parse_submit(&tokens, false),
     }
@@ -355,6 +362,13 @@ mod tests {
     }
 
     #[test]
+    fn runners_takes_no_arguments() {
+        assert_eq!(parse("runners"), Ok(Command::Runners));
+        let error = parse("runners now").expect_err("arguments");
+        assert!(error.0.contains("quote it"), "{}", error.0);
+    }
+
+    #[test]
     fn reserved_words_never_become_prompts() {
         for line in [
             "detach latest",
@@ -369,7 +383,6 @@ mod tests {
             "logs",
             "reconcile",
             "cleanup",
-            "runners",
             "detach",
             "detach the flaky build please",
         ] {

@@ -30,6 +30,8 @@ pub fn broker_error(error: ClientError) -> RpcError {
                 ErrorCode::TaskNotFound,
                 format!("the broker has no such task: {message}"),
             ),
+            // The message names the closest thing the fleet offers.
+            ApiErrorCode::IntentUnsupported => RpcError::new(ErrorCode::BrokerRejected, message),
             ApiErrorCode::InvalidRequest
             | ApiErrorCode::Conflict
             | ApiErrorCode::RequestIdConflict

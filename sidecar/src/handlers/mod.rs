@@ -2,6 +2,7 @@
 
 mod broker_error;
 mod cancel;
+mod runners;
 mod status;
 mod submit;
 mod text;
@@ -56,6 +57,7 @@ impl Handlers {
                 Command::Help => Ok(help()),
                 Command::Status(ref selector) => status::run(self, selector, session).await,
                 Command::Cancel(ref selector) => cancel::run(self, selector, session).await,
+                Command::Runners => runners::run(self).await,
                 Command::Submit(args) => submit::run(self, args, session).await,
             }
         };

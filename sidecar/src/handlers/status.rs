@@ -103,15 +103,34 @@ fn task_table(task: &Task, shown: &str) -> Block {
             "intent",
             format!("{}/{} (profile {})", intent.provider, intent.model, intent.auth_profile),
         ),
+    ];
+    if let Some(mode) = intent.isolation {
+        rows.push(row("isolation", mode.to_string()));
+    }
+    if !intent.labels.is_empty() {
+        rows.push(row("labels", intent.labels.join(", ")));
+    }
+    rows.extend([
         row("prompt", one_line(&task.prompt, 200)),
         row("commit", task.commit.clone()),
         row("repo", task.repo_url.clone()),
         row("attempt", task.attempt.to_string()),
         row("created", task.created_at.to_string()),
         row("updated", task.updated_at.to_string()),
-    ];
+    ]);
     if let Some(outcome) = &task.outcome {
         rows.push(row("finished", outcome.finished_at.to_string()));
+    }
+    if let Some(stats) = &task.stats {
+        let tokens = &stats.tokens;
+        rows.push(row(
+            "tokens",
+            format!(
+                "{} in, {} out, {} cache read, {} cache write ({} total)",
+                tokens.input, tokens.output, tokens.cache_read, tokens.cache_write, tokens.total
+            ),
+        ));
+        rows.push(row("cost", format!("{:.4}", stats.cost)));
     }
     Block::Table {
         title: Some(format!("embark task {shown}")),

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use embark_core::intent::ExecutionIntent;
+use embark_core::intent::{ExecutionIntent, IntentLayer, resolve};
 use embark_core::limits;
 use embark_core::protocol::{Block, ErrorCode, SessionContext, Tone, View};
 use embark_core::text;
@@ -111,28 +111,35 @@ fn retryable(error: &ClientError) -> bool {
     }
 }
 
-/// Flags over config defaults; no built-in provider or model.
+/// The intent by the one precedence rule (`embark_core::intent::resolve`):
+/// flags, then the session's defaults (none are kept yet), then the config
+/// (`EMBARK_*` over `config.toml`), then the runner default profile.
 fn resolve_intent(
     args: &SubmitArgs,
     profile: &str,
     provider: Option<&str>,
     model: Option<&str>,
 ) -> Result<ExecutionIntent, RpcError> {
-    let provider = args.provider.as_deref().or(provider).ok_or_else(|| {
-        RpcError::usage(
-            "no provider chosen: pass --provider <name> or set EMBARK_PROVIDER (or provider in config.toml); it names a provider of the runner's Pi",
-        )
-    })?;
-    let model = args.model.as_deref().or(model).ok_or_else(|| {
-        RpcError::usage("no model chosen: pass --model <id> or set EMBARK_MODEL (or model in config.toml)")
-    })?;
-    let intent = ExecutionIntent {
-        auth_profile: args.profile.clone().unwrap_or_else(|| profile.to_owned()),
-        provider: provider.to_owned(),
-        model: model.to_owned(),
+    let explicit = IntentLayer {
+        auth_profile: args.profile.clone(),
+        provider: args.provider.clone(),
+        model: args.model.clone(),
+        ..IntentLayer::default()
     };
-    intent.validate().map_err(|e| RpcError::usage(e.to_string()))?;
-    Ok(intent)
+    let config = IntentLayer {
+        auth_profile: Some(profile.to_owned()),
+        provider: provider.map(str::to_owned),
+        model: model.map(str::to_owned),
+        ..IntentLayer::default()
+    };
+    let resolved = resolve(
+        &explicit,
+        &IntentLayer::default(),
+        &config,
+        &IntentLayer::runner_default(),
+    )
+    .map_err(|e| RpcError::usage(e.to_string()))?;
+    Ok(resolved.intent)
 }
 
 fn repo_error(error: RepoError) -> RpcError {
@@ -176,14 +183,7 @@ mod tests {
     fn flags_beat_config_defaults() {
         let intent =
             resolve_intent(&args(Some("flag-p"), None, None), "cfg", Some("cfg-p"), Some("cfg-m")).expect("resolves");
-        assert_eq!(
-            intent,
-            ExecutionIntent {
-                auth_profile: "cfg".into(),
-                provider: "flag-p".into(),
-                model: "cfg-m".into()
-            }
-        );
+        assert_eq!(intent, ExecutionIntent::new("cfg", "flag-p", "cfg-m"));
         let intent = resolve_intent(&args(None, Some("m"), Some("team")), "cfg", Some("p"), None).expect("resolves");
         assert_eq!((intent.auth_profile.as_str(), intent.model.as_str()), ("team", "m"));
     }

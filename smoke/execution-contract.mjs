@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// smoke:execution-contract — the execution intent end to end with the real
+// binaries, real Pi and the fake model: with no runner enrolled a task is
+// queued; a runner advertises its profiles (profile.toml) at enrollment and
+// GET /v1/runners and `/embark runners` list them; the broker refuses at
+// submit (422 intent_unsupported, naming the closest) an intent no runner
+// serves; a queued task the runner cannot serve is never handed to it,
+// while a servable one runs with exactly the provider and model named; the
+// sidecar resolves flags over EMBARK_* config; Pi's session stats land on
+// the task and in `/embark status`.
+
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { spawn } from "node:child_process";
+
+import { lineReader, stopAll } from "./lib/process.mjs";
+import { buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
+import { api, until, waitFinished } from "./lib/tasks.mjs";
+
+const NAME = "smoke:execution-contract";
+const dir = mkdtempSync(join(tmpdir(), "embark-smoke-contract-"));
+const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
+const fail = (msg) => {
+  throw new Error(msg);
+};
+
+/** POST /v1/tasks, answering the status and body whatever they are. */
+async function create(broker, secrets, repo, intent, prompt = "say hi") {
+  const res = await fetch(`${broker.url}/v1/tasks`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${secrets.client}`, "content-type": "application/json" },
+    body: JSON.stringify({ repo_url: repo.origin, commit: repo.head, prompt, intent, session_id: "contract" }),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+/** One sidecar over stdio: hello, then each line as embark.command. */
+async function sidecar(bin, env, cwd, lines) {
+  const child = spawn(join(bin, "embark-sidecar"), ["--stdio", "--config", emptyConfig(dir, "sidecar")], { cwd, env: { PATH: process.env.PATH, HOME: dir, ...env }, stdio: ["pipe", "pipe", "ignore"] });
+  const reader = lineReader(child.stdout);
+  const call = async (id, method, params) => {
+    child.stdin.write(`${JSON.stringify({ jsonrpc: "2.0", id, method, params })}\n`);
+    const line = await reader(30_000);
+    return JSON.parse(line);
+  };
+  const answers = [await call(0, "embark.hello", { protocol: 1 })];
+  let id = 1;
+  for (const line of lines) answers.push(await call(id++, "embark.command", { line, session: { session_id: "contract-sidecar", cwd } }));
+  child.stdin.end();
+  return answers.slice(1);
+}
+
+async function main() {
+  requirePi();
+  step("building binaries");
+  const bin = buildBinaries();
+  const repo = fixtureRepo(join(dir, "repo"));
+  const model = await startFakeModel(dir, { turns: [{ text: "hi from the fake model" }] });
+  const secrets = { client: "contract-client-secret-0123456789", enrollment: "contract-enrollment-secret-0123456789" };
+  const broker = await startBroker(dir, bin, secrets);
+  const profiles = join(dir, "profiles");
+  const fakeProfile = { "settings.json": PI_SETTINGS, "models.json": fakeModels(model.baseUrl) };
+  const main = writeProfile(profiles, "default", fakeProfile);
+  writeFileSync(join(main, "profile.toml"), 'version = 1\nproviders = ["fake"]\nmodels = ["fake-*"]\n');
+  const team = writeProfile(profiles, "team", fakeProfile);
+  writeFileSync(join(team, "profile.toml"), 'version = 1\nproviders = ["fake"]\nmodels = ["team-model"]\n');
+
+  // No runner yet: any valid intent is accepted and queued.
+  const early = await create(broker, secrets, repo, { auth_profile: "nobody-has-this", provider: "fake", model: "fake-model" });
+  if (early.status !== 201) fail(`with no runner enrolled the task should queue: ${early.status} ${JSON.stringify(early.body)}`);
+  step("no runner enrolled: the task is queued");
+
+  startRunner(dir, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces: join(dir, "spaces"), profiles, name: "contract-runner", args: ["--labels", "smoke"] });
+  const fleet = await until("the runner enrolls", async () => (await api(broker.url, secrets.client, "/v1/runners")).runners.find((r) => r.name === "contract-runner"));
+  const caps = fleet.capabilities;
+  const advertised = Object.fromEntries(caps.profiles.map((p) => [p.name, `${p.providers.join(",")}/${p.models.join(",")}`]));
+  if (advertised.default !== "fake/fake-*" || advertised.team !== "fake/team-model") fail(`advertised profiles: ${JSON.stringify(caps)}`);
+  if (caps.isolation.join() !== "process" || caps.labels.join() !== "smoke" || caps.max_tasks !== 1 || caps.pi_version !== "0.73.1") fail(`advertised runner: ${JSON.stringify(caps)}`);
+  step("the runner advertises its profiles, isolation, labels, Pi version and max tasks");
+
+  // Submit-time refusals, each naming the closest thing.
+  const refusals = [
+    [{ auth_profile: "nope", provider: "fake", model: "fake-model" }, 'holds no auth profile "nope" (it has default, team)'],
+    [{ auth_profile: "default", provider: "anthropic", model: "fake-model" }, 'does not allow provider "anthropic" (it allows fake)'],
+    [{ auth_profile: "team", provider: "fake", model: "fake-model" }, 'does not allow model "fake-model" (it allows team-model)'],
+    [{ auth_profile: "default", provider: "fake", model: "fake-model", isolation: "bwrap" }, "cannot run under isolation bwrap"],
+    [{ auth_profile: "default", provider: "fake", model: "fake-model", labels: ["gpu"] }, "lacks the labels gpu"],
+  ];
+  for (const [intent, says] of refusals) {
+    const { status, body } = await create(broker, secrets, repo, intent);
+    if (status !== 422 || body.error?.code !== "intent_unsupported" || !body.error.message.includes(says) || !body.error.message.includes('runner "contract-runner"')) {
+      fail(`${JSON.stringify(intent)}: expected 422 intent_unsupported saying ${JSON.stringify(says)}: ${status} ${JSON.stringify(body)}`);
+    }
+  }
+  step(`an intent no runner serves is refused at submit with the closest thing (${refusals.length} cases)`);
+
+  // A valid combination runs with exactly what was named.
+  const ok = await create(broker, secrets, repo, { auth_profile: "default", provider: "fake", model: "fake-model", isolation: "process", labels: ["smoke"] });
+  if (ok.status !== 201) fail(`a servable intent was refused: ${JSON.stringify(ok.body)}`);
+  const done = await waitFinished(broker, secrets, ok.body.id);
+  if (done.state !== "succeeded") fail(`the servable task ended ${done.state}: ${done.outcome?.reason}; see ${dir}/runner.log`);
+  const asked = readFileSync(join(dir, "fake-model.log"), "utf8");
+  if (!asked.includes('"model":"fake-model"')) fail(`the fake model was not asked for fake-model: ${asked.slice(0, 400)}`);
+  if (!done.stats || typeof done.stats.tokens?.total !== "number") fail(`no session stats on the task: ${JSON.stringify(done)}`);
+  step(`the servable task ran with fake/fake-model exactly; stats on the task (${done.stats.tokens.total} tokens)`);
+
+  // The early task the runner cannot serve was never handed out.
+  const stuck = await api(broker.url, secrets.client, `/v1/tasks/${early.body.id}`);
+  if (stuck.state !== "queued" || stuck.attempt !== 0) fail(`the unservable task was claimed: ${stuck.state}, attempt ${stuck.attempt}`);
+  step("a queued task the runner cannot serve is never claimed by it");
+
+  // The sidecar: flags beat EMBARK_* config; runners and stats are shown.
+  const env = { EMBARK_BROKER_URL: broker.url, EMBARK_CLIENT_SECRET: secrets.client, EMBARK_PROVIDER: "fake", EMBARK_MODEL: "team-model", EMBARK_PROFILE: "team" };
+  const [submitted, refused, runners] = await sidecar(bin, env, repo.work, ['"hi again" --profile default --model fake-model', '"no" --model fake-model', "runners"]);
+  if (submitted.error) fail(`sidecar submit: ${JSON.stringify(submitted.error)}`);
+  const mine = (await api(broker.url, secrets.client, "/v1/tasks?session_id=contract-sidecar")).tasks[0];
+  const intent = mine?.intent;
+  if (intent?.auth_profile !== "default" || intent.provider !== "fake" || intent.model !== "fake-model") fail(`precedence: ${JSON.stringify(intent)}`);
+  if (!refused.error?.message.includes('does not allow model "fake-model" (it allows team-model)')) fail(`the sidecar should pass on the broker's refusal: ${JSON.stringify(refused)}`);
+  const table = JSON.stringify(runners.result);
+  if (!table.includes("contract-runner") || !table.includes("team-model") || !table.includes("fake-*")) fail(`/embark runners: ${table}`);
+  step("sidecar: flags over EMBARK_* (profile and model from flags, provider from env); /embark runners lists the fleet");
+
+  await waitFinished(broker, secrets, mine.id);
+  const [status] = await sidecar(bin, env, repo.work, ["status"]);
+  const shown = JSON.stringify(status.result);
+  if (!shown.includes('"tokens"') || !shown.includes('"cost"')) fail(`/embark status lacks the stats: ${shown.slice(0, 800)}`);
+  step("/embark status shows tokens and cost");
+}
+
+main()
+  .then(async () => {
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+    step("ok");
+  })
+  .catch(async (error) => {
+    await stopAll();
+    console.error(`[${NAME}] FAILED: ${error.message}\n(kept ${dir})`);
+    process.exit(1);
+  });
