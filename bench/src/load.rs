@@ -33,6 +33,7 @@ pub fn new_task(n: u64) -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: "bench".into(),
+        manifest: None,
     }
 }
 

@@ -250,6 +250,7 @@ mod tests {
                 model: "fake-model".into(),
             },
             session_id: "s".into(),
+            manifest: None,
         }
     }
 

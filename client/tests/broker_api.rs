@@ -25,6 +25,7 @@ fn new_task(session: &str, prompt: &str) -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: session.into(),
+        manifest: None,
     }
 }
 

@@ -29,6 +29,7 @@ fn new_task() -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: "s".into(),
+        manifest: None,
     }
 }
 

@@ -64,6 +64,7 @@ fn task_body(repo_url: &str) -> String {
             model: "fake-model".into(),
         },
         session_id: "limits".into(),
+        manifest: None,
     })
     .expect("serializes")
 }

@@ -26,6 +26,7 @@ fn new_task(session: &str) -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: session.into(),
+        manifest: None,
     }
 }
 

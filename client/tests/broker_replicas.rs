@@ -29,6 +29,7 @@ fn new_task(n: usize) -> CreateTask {
             model: "fake-model".into(),
         },
         session_id: format!("s{}", n % 5),
+        manifest: None,
     }
 }
 

@@ -97,6 +97,8 @@ pub async fn run(
         result_max_chars: config.result_max_chars,
         sandbox,
         bundles,
+        client: client.clone(),
+        runner_token: enrolled.runner_token.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.max_tasks));
     let mut running = Running::new();

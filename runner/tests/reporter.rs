@@ -42,6 +42,7 @@ async fn claimed_task(broker: &Broker) -> Claim {
             model: "fake-model".into(),
         },
         session_id: "s".into(),
+        manifest: None,
     };
     held(async {
         client.create_task(&broker.client_secret, &task).await.expect("create");

@@ -71,6 +71,7 @@ impl World {
                 model: "fake-model".to_owned(),
             },
             session_id: "runner-test".to_owned(),
+            manifest: None,
         };
         self.client
             .create_task(&self.broker.client_secret, &task)

@@ -198,7 +198,7 @@ async fn command_words_and_typos_never_create_a_task() {
 }
 
 #[tokio::test]
-async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be_unique() {
+async fn unpushed_and_dirty_work_is_synced_and_prefixes_must_be_unique() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let repo = fixture(dir.path());
@@ -217,17 +217,33 @@ async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be
         .command(2, "submit second task --model fake-model --provider=fake", &session)
         .await;
     assert!(second.get("error").is_none(), "{second}");
+    // The unpushed commit and the edit travel with the task: only the local remote is worth a warning.
     let warnings = warnings(&second);
-    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("local path"), "{}", warnings[0]);
-    assert!(warnings[1].contains("push HEAD first") && warnings[1].contains(&origin_url(&repo)));
-    assert!(warnings[2].contains("uncommitted changes"), "{}", warnings[2]);
+    let said = second.to_string();
+    assert!(
+        said.contains("Synced fingerprint")
+            && said.contains("1 unpushed commit(s)")
+            && said.contains("uploaded 2 new blob(s)"),
+        "{said}"
+    );
     assert_eq!(second["result"]["status"]["text"], "embark: 2 tasks queued");
 
     let tasks = session_tasks(&broker, "pi-session-2").await;
     assert_eq!(tasks.len(), 2);
     assert_eq!(tasks[0].commit, head, "the newest task runs at the new HEAD");
     assert_eq!(tasks[0].prompt, "second task");
+    let manifest = tasks[0].manifest.as_ref().expect("the task carries its manifest");
+    manifest.check().expect("the broker kept it intact");
+    assert!(
+        matches!(manifest.base, embark_core::manifest::Base::Unpushed { .. }),
+        "{manifest:?}"
+    );
+    let paths: Vec<String> = manifest.overlay.iter().map(|e| e.path.to_string()).collect();
+    assert_eq!(paths, ["README.md"]);
+    let first = tasks[1].manifest.as_ref().expect("a clean tree has a manifest too");
+    assert!(first.overlay.is_empty() && matches!(first.base, embark_core::manifest::Base::Pushed { .. }));
 
     // Each task answers to its own short prefix (ambiguous prefixes are unit-tested in handlers::status).
     for (id, task) in (3..).zip(&tasks) {

@@ -33,8 +33,12 @@ use sqlx::{Connection, PgConnection, Postgres};
 
 use self::wakeups::Announcer;
 use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
-use super::{EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict};
+use super::{
+    EncodedEvent, Runner, Store, StoreError, check_append, check_manifest_blobs, check_new_task, check_transition,
+    check_verdict, distinct, manifest_json,
+};
 use crate::auth::TokenHash;
+use embark_core::manifest::ContentHash;
 
 /// Connections per broker when the configuration does not say.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
@@ -93,7 +97,8 @@ const LIST_SESSION_TASKS: &str = concat!(
 
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING ",
+     session_id, created_at, updated_at, manifest) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) \
+     RETURNING ",
     task_columns!()
 );
 
@@ -193,6 +198,7 @@ fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
 impl Store for PgStore {
     async fn create_task(&self, task: &CreateTask) -> Result<Task, StoreError> {
         check_new_task(task)?;
+        check_manifest_blobs(self, task).await?;
         let row: TaskRow = sqlx::query_as(CREATE_TASK)
             .bind(TaskId::new().to_string())
             .bind(&task.repo_url)
@@ -203,6 +209,7 @@ impl Store for PgStore {
             .bind(&task.intent.model)
             .bind(&task.session_id)
             .bind(now_ms())
+            .bind(manifest_json(task))
             .fetch_one(&self.pool)
             .await?;
         // Committed (one statement, autocommit): other replicas may now be told.
@@ -420,6 +427,50 @@ impl Store for PgStore {
         rows.into_iter()
             .map(|(state, count)| Ok((parse_state(&state)?, seq(count)?)))
             .collect()
+    }
+
+    async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO blobs (hash, size, content, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash.0.as_slice())
+        .bind(i64::try_from(bytes.len()).expect("a blob is at most MAX_BLOB_BYTES (checked)"))
+        .bind(bytes)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn blob_size(&self, hash: &ContentHash) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE hash = $1")
+            .bind(hash.0.as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
+        size.map(|size| u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("blob {hash} has size {size}"))))
+            .transpose()
+    }
+
+    async fn get_blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT content FROM blobs WHERE hash = $1")
+            .bind(hash.0.as_slice())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn missing_blobs(&self, hashes: &[ContentHash]) -> Result<Vec<ContentHash>, StoreError> {
+        let wanted = distinct(hashes);
+        let keys: Vec<Vec<u8>> = wanted.iter().map(|hash| hash.0.to_vec()).collect();
+        let present: Vec<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM blobs WHERE hash = ANY($1)")
+            .bind(&keys)
+            .fetch_all(&self.pool)
+            .await?;
+        let present: std::collections::HashSet<Vec<u8>> = present.into_iter().collect();
+        Ok(wanted
+            .into_iter()
+            .filter(|hash| !present.contains(hash.0.as_slice()))
+            .collect())
     }
 }
 

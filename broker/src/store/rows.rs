@@ -13,7 +13,8 @@ use super::StoreError;
 macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
-         created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at"
+         created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
+         manifest"
     };
 }
 pub(crate) use task_columns;
@@ -37,6 +38,7 @@ pub(crate) struct TaskRow {
     pub outcome_final_text: Option<String>,
     pub outcome_reason: Option<String>,
     pub finished_at: Option<i64>,
+    pub manifest: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -57,6 +59,12 @@ impl TryFrom<TaskRow> for Task {
                 return Err(StoreError::Corrupt(format!("task {id} has a partial outcome")));
             }
         };
+        let manifest = row
+            .manifest
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("task {id}'s manifest: {e}")))?;
         Ok(Task {
             id,
             state,
@@ -69,6 +77,7 @@ impl TryFrom<TaskRow> for Task {
                 model: row.model,
             },
             session_id: row.session_id,
+            manifest,
             created_at: timestamp(row.created_at)?,
             updated_at: timestamp(row.updated_at)?,
             attempt: u32::try_from(row.attempt)

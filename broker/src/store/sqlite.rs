@@ -19,8 +19,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::rows::{EventRow, TaskRow, now_ms, parse_state, result_name, seq, task_columns};
-use super::{EncodedEvent, Runner, Store, StoreError, check_append, check_new_task, check_transition, check_verdict};
+use super::{
+    EncodedEvent, Runner, Store, StoreError, check_append, check_manifest_blobs, check_new_task, check_transition,
+    check_verdict, distinct, manifest_json,
+};
 use crate::auth::TokenHash;
+use embark_core::manifest::ContentHash;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,11 +200,12 @@ fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
 impl Store for SqliteStore {
     async fn create_task(&self, task: &CreateTask) -> Result<Task, StoreError> {
         check_new_task(task)?;
+        check_manifest_blobs(self, task).await?;
         let now = now_ms();
         let row: TaskRow = sqlx::query_as(concat!(
             "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-             session_id, created_at, updated_at) \
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING ",
+             session_id, created_at, updated_at, manifest) \
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10) RETURNING ",
             task_columns!()
         ))
         .bind(TaskId::new().to_string())
@@ -212,6 +217,7 @@ impl Store for SqliteStore {
         .bind(&task.intent.model)
         .bind(&task.session_id)
         .bind(now)
+        .bind(manifest_json(task))
         .fetch_one(&self.writer)
         .await?;
         row.try_into()
@@ -455,6 +461,56 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(state, count)| Ok((parse_state(&state)?, seq(count)?)))
             .collect()
+    }
+
+    async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO blobs (hash, size, content, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash.0.as_slice())
+        .bind(i64::try_from(bytes.len()).expect("a blob is at most MAX_BLOB_BYTES (checked)"))
+        .bind(bytes)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn blob_size(&self, hash: &ContentHash) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE hash = ?1")
+            .bind(hash.0.as_slice())
+            .fetch_optional(&self.reader)
+            .await?;
+        size.map(|size| u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("blob {hash} has size {size}"))))
+            .transpose()
+    }
+
+    async fn get_blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT content FROM blobs WHERE hash = ?1")
+            .bind(hash.0.as_slice())
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    async fn missing_blobs(&self, hashes: &[ContentHash]) -> Result<Vec<ContentHash>, StoreError> {
+        let wanted = distinct(hashes);
+        let mut present = std::collections::HashSet::new();
+        // SQLite binds at most 32766 parameters per statement; stay well below.
+        for chunk in wanted.chunks(500) {
+            let mut query = QueryBuilder::<Sqlite>::new("SELECT hash FROM blobs WHERE hash IN (");
+            let mut list = query.separated(", ");
+            for hash in chunk {
+                list.push_bind(hash.0.to_vec());
+            }
+            query.push(")");
+            let rows: Vec<Vec<u8>> = query.build_query_scalar().fetch_all(&self.reader).await?;
+            present.extend(rows);
+        }
+        Ok(wanted
+            .into_iter()
+            .filter(|hash| !present.contains(hash.0.as_slice()))
+            .collect())
     }
 }
 
