@@ -527,3 +527,68 @@ async fn an_unreachable_broker_is_named() {
     );
     assert!(client.finish().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_dry_run_shows_what_would_be_synced_and_sends_nothing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    std::fs::write(repo.work.join("README.md"), "edited\n").expect("write");
+    std::fs::write(repo.work.join("notes.txt"), "untracked\n").expect("write");
+    std::fs::create_dir_all(repo.work.join("node_modules/dep")).expect("mkdir");
+    std::fs::write(repo.work.join("node_modules/dep/index.js"), "x").expect("write");
+    let session = session("pi-session-dry", &repo.work);
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+    let answer = client
+        .command(1, r#""fix it" --provider fake --model fake-model --dry-run"#, &session)
+        .await;
+    assert!(answer.get("error").is_none(), "{answer}");
+    let said = answer.to_string();
+    for expected in [
+        "Dry run: nothing was sent",
+        "README.md",
+        "notes.txt",
+        "node_modules/",
+        "fingerprint",
+    ] {
+        assert!(said.contains(expected), "{expected}: {said}");
+    }
+    assert!(session_tasks(&broker, "pi-session-dry").await.is_empty(), "no task");
+    let blob = embark_core::manifest::ContentHash::of(b"untracked\n");
+    let missing = broker
+        .client()
+        .missing_blobs(&broker.client_secret, &[blob])
+        .await
+        .expect("ask");
+    assert_eq!(missing, [blob], "no blob was uploaded");
+}
+
+#[tokio::test]
+async fn bounds_and_a_never_pushed_branch_fail_before_anything_is_sent() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    std::fs::write(repo.work.join("a.txt"), "a").expect("write");
+    std::fs::write(repo.work.join("b.txt"), "bb").expect("write");
+    let session = session("pi-session-bounds", &repo.work);
+    let mut config = config_for(&broker);
+    config.sync.bounds.max_files = 1;
+    let mut client = Client::start(config);
+    client.hello().await;
+    let answer = client.command(1, SUBMIT, &session).await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        message.contains("EMBARK_SYNC_MAX_FILES") && message.contains("b.txt") && message.contains("Nothing was sent"),
+        "{answer}"
+    );
+
+    std::fs::remove_file(repo.work.join("a.txt")).expect("rm");
+    std::fs::remove_file(repo.work.join("b.txt")).expect("rm");
+    git(&repo.work, &["checkout", "-q", "--orphan", "lonely"]);
+    git(&repo.work, &["commit", "-q", "-m", "a root the remote never saw"]);
+    let answer = client.command(2, SUBMIT, &session).await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("push the branch once"), "{answer}");
+    assert!(session_tasks(&broker, "pi-session-bounds").await.is_empty(), "no task");
+}
