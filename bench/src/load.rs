@@ -35,6 +35,7 @@ pub fn new_task(n: u64) -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "bench".into(),
         client_request_id: None,
+        manifest: None,
     }
 }
 

@@ -247,6 +247,7 @@ mod tests {
             intent: ExecutionIntent::new("default", "fake", "fake-model"),
             session_id: "s".into(),
             client_request_id: None,
+            manifest: None,
         }
     }
 

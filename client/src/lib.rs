@@ -15,12 +15,14 @@ pub use live::{Closed, LiveTail};
 
 use std::time::Duration;
 
+use embark_core::limits;
+use embark_core::manifest::ContentHash;
 use embark_core::task::TaskId;
 use embark_core::text;
 use embark_core::wire::routes::{Method, Operation};
 use embark_core::wire::{
-    ApiError, ApiErrorCode, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage,
-    EventsAppended, Health, Lease, RunnerEnrolled, RunnerList, Task, TaskCancel, TaskList,
+    ApiError, ApiErrorCode, AppendEvents, BlobsQuery, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner,
+    EventPage, EventsAppended, Health, Lease, MissingBlobs, RunnerEnrolled, RunnerList, Task, TaskCancel, TaskList,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -51,6 +53,8 @@ pub enum ClientError {
     /// A live tail could not be opened or read.
     #[error("live tail: {0}")]
     Live(String),
+    #[error("blob {expected} from the broker hashes to {actual}: refusing bytes that are not what was asked for")]
+    BlobMismatch { expected: ContentHash, actual: ContentHash },
     #[error("could not read the broker's answer to {what}")]
     Decode {
         what: String,
@@ -280,6 +284,113 @@ impl BrokerClient {
         .await
     }
 
+    /// Which of `hashes` the broker lacks (asked in batches of at most
+    /// `limits::MAX_BLOBS_PER_QUERY`), each once, in the order given.
+    pub async fn missing_blobs(
+        &self,
+        client_secret: &str,
+        hashes: &[ContentHash],
+    ) -> Result<Vec<ContentHash>, ClientError> {
+        let mut missing = Vec::new();
+        for chunk in hashes.chunks(limits::MAX_BLOBS_PER_QUERY) {
+            let query = BlobsQuery { hashes: chunk.to_vec() };
+            let answer: MissingBlobs = self
+                .send(
+                    Operation::MissingBlobs,
+                    None,
+                    "",
+                    Some(client_secret),
+                    Some(&query),
+                    REQUEST_TIMEOUT,
+                )
+                .await?;
+            missing.extend(answer.missing);
+        }
+        Ok(missing)
+    }
+
+    /// Uploads `bytes` as the blob `hash` (the broker checks they match).
+    pub async fn put_blob(&self, client_secret: &str, hash: &ContentHash, bytes: Vec<u8>) -> Result<(), ClientError> {
+        let route = Operation::PutBlob.route();
+        let url = format!("{}{}", self.base, route.path_with(&[&hash.to_hex()]));
+        let request = self
+            .http
+            .put(&url)
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(client_secret)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        let response = request.send().await.map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(api_error(response).await)
+    }
+
+    /// The size of the blob `hash` on the broker, or `None` when it lacks it.
+    pub async fn blob_size(&self, client_secret: &str, hash: &ContentHash) -> Result<Option<u64>, ClientError> {
+        let route = Operation::HeadBlob.route();
+        let url = format!("{}{}", self.base, route.path_with(&[&hash.to_hex()]));
+        let response = self
+            .http
+            .head(&url)
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(client_secret)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        match response.status() {
+            StatusCode::OK => Ok(response
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(ClientError::Unexpected {
+                status: status.as_u16(),
+                body: String::new(),
+            }),
+        }
+    }
+
+    /// The bytes of blob `hash`, verified against it (runner token).
+    pub async fn get_blob(&self, runner_token: &str, hash: &ContentHash) -> Result<Vec<u8>, ClientError> {
+        let route = Operation::GetBlob.route();
+        let url = format!("{}{}", self.base, route.path_with(&[&hash.to_hex()]));
+        let response = self
+            .http
+            .get(&url)
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(runner_token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        let bytes = response.bytes().await.map_err(|source| ClientError::Decode {
+            what: route.path.to_owned(),
+            source,
+        })?;
+        let actual = ContentHash::of(&bytes);
+        if actual != *hash {
+            return Err(ClientError::BlobMismatch {
+                expected: *hash,
+                actual,
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
     /// One request to `operation`'s route, its `{id}` segment (if any)
     /// filled with `id`, `query` (empty or starting with `?`) appended. 204 decodes
     /// as JSON `null`, so `Option<T>` answers `None`.
@@ -300,7 +411,9 @@ impl BrokerClient {
         let url = format!("{}{path}{query}", self.base);
         let method = match route.method {
             Method::Get => reqwest::Method::GET,
+            Method::Head => reqwest::Method::HEAD,
             Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
         };
         let mut request = self.http.request(method, &url).timeout(timeout);
         if let Some(token) = bearer {
@@ -326,18 +439,24 @@ impl BrokerClient {
                 source,
             });
         }
-        let body = response.text().await.unwrap_or_default();
-        match serde_json::from_str::<ApiError>(&body) {
-            Ok(api) => Err(ClientError::Api {
-                status: status.as_u16(),
-                code: api.error.code,
-                message: api.error.message,
-            }),
-            Err(_) => Err(ClientError::Unexpected {
-                status: status.as_u16(),
-                body: text::excerpt(&body, 500),
-            }),
-        }
+        Err(api_error(response).await)
+    }
+}
+
+/// The error a non-2xx answer carries.
+async fn api_error(response: reqwest::Response) -> ClientError {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<ApiError>(&body) {
+        Ok(api) => ClientError::Api {
+            status: status.as_u16(),
+            code: api.error.code,
+            message: api.error.message,
+        },
+        Err(_) => ClientError::Unexpected {
+            status: status.as_u16(),
+            body: text::excerpt(&body, 500),
+        },
     }
 }
 

@@ -22,6 +22,7 @@ fn new_task(session: &str, prompt: &str) -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: session.into(),
         client_request_id: None,
+        manifest: None,
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use embark_core::event::{Log, LogLevel, NewEvent};
 use embark_core::intent::ExecutionIntent;
+use embark_core::manifest::ContentHash;
 use embark_core::task::TaskId;
 use embark_core::wire::live::LiveFrame;
 use embark_core::wire::routes::{Kind, Method, Operation, ROUTES, Route};
@@ -24,6 +25,9 @@ use serde_json::Value;
 
 const SESSION: &str = "matrix";
 
+/// The blob the blob routes are called with (uploaded by the first accepted `PUT`).
+const BLOB: &[u8] = b"a blob of the auth matrix";
+
 fn new_task(prompt: &str) -> CreateTask {
     CreateTask {
         repo_url: "https://example.invalid/repo.git".into(),
@@ -32,6 +36,7 @@ fn new_task(prompt: &str) -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: SESSION.into(),
         client_request_id: None,
+        manifest: None,
     }
 }
 
@@ -52,6 +57,7 @@ fn valid_body(operation: Operation) -> Option<Value> {
             batch_id: "matrix-1".into(),
             events: vec![NewEvent::new(Log::new(LogLevel::Info, "matrix"))],
         })),
+        Operation::MissingBlobs => Some(serde_json::json!({"hashes": [ContentHash::of(BLOB)]})),
         Operation::CompleteTask => Some(value(&CompleteTask {
             result: TaskResult::Succeeded,
             final_text: Some("done".into()),
@@ -63,6 +69,9 @@ fn valid_body(operation: Operation) -> Option<Value> {
 }
 
 fn valid_query(operation: Operation) -> String {
+    if operation == Operation::MissingBlobs {
+        return String::new();
+    }
     match operation {
         Operation::ListTasks | Operation::TailSession => format!("?session_id={SESSION}"),
         _ => String::new(),
@@ -158,6 +167,20 @@ fn expected(operation: Operation, cred: Cred) -> u16 {
             Runner => 101,
             _ => 401,
         },
+        // Blobs are content-addressed and shared by every client (knowing a hash means knowing the
+        // content); a runner reads them to hydrate a workspace.
+        Operation::PutBlob => match cred {
+            Operator | Owner | OtherUser => 204,
+            _ => 401,
+        },
+        Operation::HeadBlob | Operation::MissingBlobs => match cred {
+            Operator | Owner | OtherUser => 200,
+            _ => 401,
+        },
+        Operation::GetBlob => match cred {
+            Runner => 200,
+            _ => 401,
+        },
     }
 }
 
@@ -181,6 +204,8 @@ impl World {
     async fn call(&self, route: &Route, task: TaskId, bearer: Option<&str>) -> (u16, String) {
         let path = if route.path_params.is_empty() {
             route.path_with(&[])
+        } else if route.path.contains("{hash}") {
+            route.path_with(&[&ContentHash::of(BLOB).to_string()])
         } else {
             route.path_with(&[&task.to_string()])
         };
@@ -191,6 +216,8 @@ impl World {
         let method = match route.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Head => reqwest::Method::HEAD,
         };
         let mut request = self
             .http
@@ -201,6 +228,9 @@ impl World {
         }
         if let Some(body) = valid_body(route.operation) {
             request = request.json(&body);
+        }
+        if route.operation == Operation::PutBlob {
+            request = request.header("content-type", "application/octet-stream").body(BLOB);
         }
         let response = request.send().await.expect("the broker answers");
         let status = response.status().as_u16();
@@ -306,11 +336,13 @@ async fn every_route_times_every_credential_answers_as_the_table_says(backend: B
     let world = world(backend).await;
     // Claims before creates (so nothing is queued); cancel, then completion last (it ends the task, as
     // cancelled), its right cell last.
+    // The blob is uploaded before it is asked about.
     let rank = |route: &Route| match route.operation {
         Operation::ClaimTask => 0,
-        Operation::CancelTask => 2,
-        Operation::CompleteTask => 3,
-        _ => 1,
+        Operation::PutBlob => 1,
+        Operation::CancelTask => 3,
+        Operation::CompleteTask => 4,
+        _ => 2,
     };
     let mut routes = ROUTES.to_vec();
     routes.sort_by_key(rank);
@@ -339,7 +371,8 @@ async fn every_route_times_every_credential_answers_as_the_table_says(backend: B
                     wrong_accepts += 1;
                 }
             }
-            if status >= 400 {
+            // A HEAD answer has no body to check.
+            if status >= 400 && route.method != Method::Head {
                 let error: ApiError = serde_json::from_str(&body)
                     .unwrap_or_else(|e| panic!("{name} {cred:?}: not an ApiError ({e}): {body}"));
                 let code = match status {

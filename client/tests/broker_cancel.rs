@@ -24,6 +24,7 @@ fn new_task() -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "cancel".into(),
         client_request_id: None,
+        manifest: None,
     }
 }
 

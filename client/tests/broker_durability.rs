@@ -26,6 +26,7 @@ fn new_task() -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "s".into(),
         client_request_id: None,
+        manifest: None,
     }
 }
 

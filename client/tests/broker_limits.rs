@@ -61,6 +61,7 @@ fn task_body(repo_url: &str) -> String {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "limits".into(),
         client_request_id: None,
+        manifest: None,
     })
     .expect("serializes")
 }

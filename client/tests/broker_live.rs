@@ -23,6 +23,7 @@ fn new_task(session: &str) -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: session.into(),
         client_request_id: None,
+        manifest: None,
     }
 }
 

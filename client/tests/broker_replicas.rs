@@ -26,6 +26,7 @@ fn new_task(n: usize) -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: format!("s{}", n % 5),
         client_request_id: None,
+        manifest: None,
     }
 }
 

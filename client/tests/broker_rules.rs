@@ -9,6 +9,10 @@ use std::time::Duration;
 use embark_core::event::{Log, LogLevel, NewEvent};
 use embark_core::intent::{Capabilities, ExecutionIntent, IsolationMode, ProfileCapability};
 use embark_core::limits;
+use embark_core::manifest::{
+    Base, Change, CommitId, ContentHash, FileMode, MANIFEST_VERSION, Manifest, OverlayEntry, RepoPath, SyncRules,
+    Totals,
+};
 use embark_core::task::TaskId;
 use embark_core::wire::routes::{Credential, Method, Operation, ROUTES, Route};
 use embark_core::wire::rules::Rule;
@@ -24,6 +28,7 @@ fn new_task() -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "rules".into(),
         client_request_id: None,
+        manifest: None,
     }
 }
 
@@ -40,6 +45,41 @@ fn capabilities() -> Capabilities {
         labels: vec![],
         pi_version: None,
         max_tasks: 1,
+    }
+}
+
+/// The blob the blob routes are asked about.
+const BLOB: &[u8] = b"a blob of the rules";
+
+/// A manifest of [`new_task`]'s commit with one file of `size` bytes hashed as `content`.
+fn manifest(size: u64, content: &[u8], base: Base) -> Manifest {
+    let overlay = vec![OverlayEntry {
+        path: RepoPath::new("notes.txt"),
+        change: Change::File {
+            mode: FileMode::Regular,
+            size,
+            hash: ContentHash::of(content),
+        },
+    }];
+    let commit = CommitId::parse(&new_task().commit);
+    let rules = SyncRules::default();
+    Manifest {
+        version: MANIFEST_VERSION,
+        fingerprint: Manifest::compute_fingerprint(commit.as_ref(), &overlay, &rules),
+        commit,
+        branch: None,
+        base,
+        overlay,
+        nested: vec![],
+        excluded: vec![],
+        rules,
+        totals: Totals::default(),
+    }
+}
+
+fn pushed() -> Base {
+    Base::Pushed {
+        remote_ref: "origin/main".into(),
     }
 }
 
@@ -66,8 +106,12 @@ fn valid_body(operation: Operation) -> Option<Value> {
             reason: None,
             code: None,
         })),
+        Operation::MissingBlobs => Some(json!({"hashes": [ContentHash::of(BLOB)]})),
         Operation::Health
         | Operation::ListRunners
+        | Operation::PutBlob
+        | Operation::HeadBlob
+        | Operation::GetBlob
         | Operation::ListTasks
         | Operation::GetTask
         | Operation::ReadEvents
@@ -103,13 +147,22 @@ struct Request {
 /// A request to `route` that breaks `rule` and nothing else.
 fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
     let body = valid_body(route.operation);
+    let blob_route = route.path_params.iter().any(|param| param.name == "hash");
     let mut request = Request {
-        id: task.to_string(),
+        id: if blob_route {
+            ContentHash::of(BLOB).to_hex()
+        } else {
+            task.to_string()
+        },
         query: valid_query(route.operation).to_owned(),
         content_type: "application/json",
         body: body.as_ref().map(|b| b.to_string().into_bytes()),
         says: "",
     };
+    if route.operation == Operation::PutBlob {
+        request.content_type = "application/octet-stream";
+        request.body = Some(BLOB.to_vec());
+    }
     let mut spoil = |field: &str, spoiled: Value| {
         let mut changed = body.clone().expect("a rule of a body");
         changed[field] = spoiled;
@@ -244,6 +297,52 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
             );
             "-byte payload"
         }
+        Rule::Manifest => {
+            let mut altered = manifest(3, b"abc", pushed());
+            altered.fingerprint = manifest(3, b"abd", pushed()).fingerprint;
+            spoil("manifest", value(&altered));
+            "fingerprint"
+        }
+        Rule::ManifestCommit => {
+            let mut other = manifest(3, b"abc", pushed());
+            other.commit = CommitId::parse(&"e".repeat(40));
+            other.fingerprint = Manifest::compute_fingerprint(other.commit.as_ref(), &other.overlay, &other.rules);
+            spoil("manifest", value(&other));
+            "the task runs on"
+        }
+        Rule::ManifestBase => {
+            spoil(
+                "manifest",
+                value(&manifest(3, b"abc", Base::NeverPushed { remote: None })),
+            );
+            "push the branch"
+        }
+        Rule::ManifestSize => {
+            let big = limits::MAX_BLOB_BYTES as u64 + 1;
+            spoil("manifest", value(&manifest(big, b"abc", pushed())));
+            "per blob"
+        }
+        Rule::ManifestBlobs => {
+            spoil("manifest", value(&manifest(3, b"never uploaded", pushed())));
+            "were not uploaded"
+        }
+        Rule::BlobHash => {
+            request.id = "not-a-hash".into();
+            "blake3"
+        }
+        Rule::BlobSize => {
+            request.body = Some(vec![b'x'; limits::MAX_BLOB_BYTES + 1]);
+            "per blob"
+        }
+        Rule::BlobContent => {
+            request.body = Some(b"other bytes".to_vec());
+            "hashes to"
+        }
+        Rule::BlobCount => {
+            let hashes = vec![ContentHash::of(BLOB); limits::MAX_BLOBS_PER_QUERY + 1];
+            spoil("hashes", json!(hashes));
+            "hashes in one query"
+        }
         Rule::ResultTextSize => {
             spoil("reason", json!("r".repeat(limits::MAX_RESULT_TEXT_BYTES + 1)));
             "reason"
@@ -263,7 +362,9 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
 fn http_method(method: Method) -> reqwest::Method {
     match method {
         Method::Get => reqwest::Method::GET,
+        Method::Head => reqwest::Method::HEAD,
         Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
     }
 }
 
@@ -317,6 +418,12 @@ async fn every_rule_answers_its_status() {
             }
             let response = call.send().await.expect("the broker answers");
             let status = response.status().as_u16();
+            if route.method == Method::Head {
+                // A HEAD answer has no body: its status says it all.
+                assert_eq!(status, rule.status(), "{name}");
+                broken.insert(format!("{rule:?}"));
+                continue;
+            }
             let text = response.text().await.expect("body");
             let error: ApiError =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: not an ApiError ({e}): {text}"));

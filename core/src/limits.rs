@@ -35,3 +35,10 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most headers one request may carry.
 pub const MAX_HEADERS: usize = 100;
+/// Largest blob (an overlay file, a symlink target, a bundle) the broker stores, in bytes.
+/// Below [`MAX_REQUEST_BODY_BYTES`], so one `PUT` carries any blob.
+pub const MAX_BLOB_BYTES: usize = 4 * 1024 * 1024;
+/// Most hashes one `POST /v1/blobs/missing` may ask about.
+pub const MAX_BLOBS_PER_QUERY: usize = 10_000;
+/// Most overlay entries a task's manifest may carry.
+pub const MAX_MANIFEST_ENTRIES: usize = 10_000;

@@ -139,6 +139,8 @@ fn broker_types(bundle: Bundle) -> Bundle {
         .add::<wire::TaskCancel>()
         .add::<wire::ApiError>()
         .add::<wire::Health>()
+        .add::<wire::BlobsQuery>()
+        .add::<wire::MissingBlobs>()
         .add::<wire::live::LiveFrame>()
         .add::<wire::live::TaskStatus>()
         .add::<wire::control::ControlFrame>()
@@ -393,7 +395,7 @@ fn openapi_operation(route: &Route, generator: &mut SchemaGenerator) -> Value {
     if let Some(request) = route.request {
         operation["requestBody"] = json!({
             "required": true,
-            "content": {"application/json": {"schema": (request.schema)(generator).to_value()}},
+            "content": {request.media.content_type(): {"schema": (request.schema)(generator).to_value()}},
         });
     }
     let mut responses = Map::new();

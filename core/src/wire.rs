@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::SessionStats;
 use crate::event::{Event, NewEvent};
 use crate::intent::{Capabilities, ExecutionIntent, IntentError};
+use crate::manifest::{Base, ContentHash, Manifest, ManifestCheckError};
 use crate::task::{ReasonCode, TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
@@ -42,6 +43,11 @@ pub struct CreateTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = limits::MAX_CLIENT_REQUEST_ID_BYTES), pattern(r"^[A-Za-z0-9._:-]+$"))]
     pub client_request_id: Option<String>,
+    /// The laptop's working tree to reproduce on top of `commit`: its overlay of uncommitted
+    /// work and the bundle of unpushed commits, whose blobs must be uploaded first
+    /// (`POST /v1/blobs/missing`, `PUT /v1/blobs/{hash}`). Absent: the commit alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
 }
 
 /// What is wrong with a [`CreateTask`].
@@ -76,6 +82,16 @@ pub enum CreateTaskError {
     BadClientRequestId,
     #[error(transparent)]
     Intent(#[from] IntentError),
+    #[error("the manifest cannot be used: {0}")]
+    Manifest(#[from] ManifestCheckError),
+    #[error(
+        "the manifest is of commit {manifest} but the task runs on {task}: scan the working tree again and resubmit"
+    )]
+    ManifestCommit { manifest: String, task: String },
+    #[error("{0}")]
+    ManifestBase(&'static str),
+    #[error("{0}")]
+    ManifestSize(String),
 }
 
 impl CreateTaskError {
@@ -91,6 +107,10 @@ impl CreateTaskError {
             CreateTaskError::BadSessionId => Rule::SessionId,
             CreateTaskError::BadClientRequestId => Rule::ClientRequestId,
             CreateTaskError::Intent(_) => Rule::Intent,
+            CreateTaskError::Manifest(_) => Rule::Manifest,
+            CreateTaskError::ManifestCommit { .. } => Rule::ManifestCommit,
+            CreateTaskError::ManifestBase(_) => Rule::ManifestBase,
+            CreateTaskError::ManifestSize(_) => Rule::ManifestSize,
         }
     }
 }
@@ -106,6 +126,11 @@ impl Check for CreateTask {
         Rule::Intent,
         // The broker's part: checked against the enrolled runners, not here.
         Rule::IntentUnserved,
+        Rule::Manifest,
+        Rule::ManifestCommit,
+        Rule::ManifestBase,
+        Rule::ManifestSize,
+        Rule::ManifestBlobs,
     ];
 
     fn check(&self) -> Result<(), Refusal> {
@@ -159,8 +184,121 @@ impl CreateTask {
             return Err(CreateTaskError::BadClientRequestId);
         }
         self.intent.validate()?;
+        if let Some(manifest) = &self.manifest {
+            check_manifest(manifest, &self.commit)?;
+        }
         Ok(())
     }
+}
+
+/// The manifest rules of a task on `commit`; that its blobs were uploaded
+/// ([`Rule::ManifestBlobs`]) only the broker's store can tell.
+fn check_manifest(manifest: &Manifest, commit: &str) -> Result<(), CreateTaskError> {
+    if manifest.overlay.len() > limits::MAX_MANIFEST_ENTRIES {
+        return Err(CreateTaskError::ManifestSize(format!(
+            "the manifest has {} overlay entries; at most {} are accepted: commit some of the work, or exclude it",
+            manifest.overlay.len(),
+            limits::MAX_MANIFEST_ENTRIES
+        )));
+    }
+    if let Some((hash, size)) = manifest
+        .blobs()
+        .into_iter()
+        .find(|(_, size)| *size > limits::MAX_BLOB_BYTES as u64)
+    {
+        return Err(CreateTaskError::ManifestSize(format!(
+            "blob {} of the manifest has {size} bytes; at most {} are accepted per blob: exclude the file or commit it",
+            hash.short(),
+            limits::MAX_BLOB_BYTES
+        )));
+    }
+    manifest.check()?;
+    let of = manifest.commit.as_ref().map(|c| c.as_str());
+    if of != Some(commit) {
+        return Err(CreateTaskError::ManifestCommit {
+            manifest: of.map_or_else(|| "none (an empty repository)".to_owned(), text::quote),
+            task: text::quote(commit),
+        });
+    }
+    match manifest.base {
+        Base::Pushed { .. } | Base::Unpushed { .. } => Ok(()),
+        Base::Unborn => Err(CreateTaskError::ManifestBase(
+            "the manifest is of a repository without commits: commit the work first (tasks run at a commit)",
+        )),
+        Base::NeverPushed { .. } => Err(CreateTaskError::ManifestBase(
+            "the manifest's commit has no ancestor on the remote, so no runner can fetch it: push the branch once (`git push -u origin HEAD`)",
+        )),
+    }
+}
+
+/// `POST /v1/blobs/missing` (client): which of these blobs the broker lacks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsQuery {
+    /// The blobs' blake3 hashes; at most `limits::MAX_BLOBS_PER_QUERY`.
+    pub hashes: Vec<ContentHash>,
+}
+
+impl Check for BlobsQuery {
+    const RULES: &'static [Rule] = &[Rule::BlobCount];
+
+    fn check(&self) -> Result<(), Refusal> {
+        if self.hashes.len() > limits::MAX_BLOBS_PER_QUERY {
+            return Err(Refusal::new(
+                Rule::BlobCount,
+                format!(
+                    "{} hashes in one query; at most {} are accepted: split the query",
+                    self.hashes.len(),
+                    limits::MAX_BLOBS_PER_QUERY
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The answer of `POST /v1/blobs/missing`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MissingBlobs {
+    /// The asked-for hashes the broker does not hold, in the order asked, each once.
+    pub missing: Vec<ContentHash>,
+}
+
+/// The body of `PUT /v1/blobs/{hash}`: the blob's bytes, `application/octet-stream`.
+/// Its rules are checked against the path's hash by [`check_blob`].
+pub struct BlobBody;
+
+impl Check for BlobBody {
+    const RULES: &'static [Rule] = &[Rule::BlobSize, Rule::BlobContent];
+
+    fn check(&self) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
+/// The rules of an uploaded blob: at most [`limits::MAX_BLOB_BYTES`], and
+/// bytes whose blake3 hash is the one it is stored under.
+pub fn check_blob(hash: &ContentHash, bytes: &[u8]) -> Result<(), Refusal> {
+    if bytes.len() > limits::MAX_BLOB_BYTES {
+        return Err(Refusal::new(
+            Rule::BlobSize,
+            format!(
+                "the blob has {} bytes; at most {} are accepted per blob: exclude the file from the sync",
+                bytes.len(),
+                limits::MAX_BLOB_BYTES
+            ),
+        ));
+    }
+    let actual = ContentHash::of(bytes);
+    if actual != *hash {
+        return Err(Refusal::new(
+            Rule::BlobContent,
+            format!(
+                "the blob's content hashes to {actual}, not to {hash} it was sent as: send the bytes under their own blake3 hash"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// True for an acceptable [`CreateTask::session_id`]: 1 to
@@ -191,6 +329,9 @@ pub struct Task {
     pub prompt: String,
     pub intent: ExecutionIntent,
     pub session_id: String,
+    /// The working tree to reproduce on top of `commit` (see [`CreateTask::manifest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// How many times the task has been claimed (0 while queued for the first time).
@@ -626,6 +767,7 @@ mod tests {
             intent: ExecutionIntent::new("default", "anthropic", "claude-sonnet-4-5"),
             session_id: "s1".into(),
             client_request_id: None,
+            manifest: None,
         }
     }
 

@@ -181,6 +181,27 @@ pub enum CheckoutError {
     TooLarge { url: String, limit: u64 },
     #[error("could not take the credential out of the workspace's origin remote: {stderr}")]
     ScrubRemote { stderr: String },
+    #[error("updating the runner's mirror of {url} failed: {stderr}")]
+    Mirror { url: String, stderr: String },
+    #[error("could not lock the mirror {}: {source}", path.display())]
+    MirrorLock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fetching the unpushed commits from the task's bundle failed: {stderr}")]
+    Bundle { stderr: String },
+}
+
+/// Where a checkout gets its objects besides the repository URL.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sources<'a> {
+    /// The runner's mirror cache: one bare repository per URL, fetched into
+    /// (not cloned again) and cloned from locally. `None`: clone from the URL.
+    pub mirrors: Option<&'a Path>,
+    /// A verified git bundle carrying the commits the remote lacks, and the
+    /// commits it builds on (which the remote has).
+    pub bundle: Option<(&'a Path, &'a [String])>,
 }
 
 /// Which protocol `url` uses, as git would read it; refuses what git
@@ -232,6 +253,20 @@ pub async fn checkout(
     guard: &Guard,
     task: &str,
 ) -> Result<(), CheckoutError> {
+    checkout_from(url, commit, dest, limits, guard, task, Sources::default()).await
+}
+
+/// [`checkout`] through the mirror cache and with a bundle of unpushed
+/// commits, as `sources` says.
+pub async fn checkout_from(
+    url: &str,
+    commit: &str,
+    dest: &Path,
+    limits: &CloneLimits,
+    guard: &Guard,
+    task: &str,
+    sources: Sources<'_>,
+) -> Result<(), CheckoutError> {
     if !embark_core::wire::is_object_id(commit) {
         return Err(CheckoutError::BadCommit(commit.to_owned()));
     }
@@ -243,36 +278,85 @@ pub async fn checkout(
             allowed: limits.protocols.names().collect::<Vec<_>>().join(", "),
         });
     }
+    let deadline = Instant::now() + limits.timeout;
     let git = Git {
         guard,
         task,
         limits,
-        deadline: Instant::now() + limits.timeout,
+        deadline,
         dest,
         url,
+        local: false,
+    };
+
+    // Held until the workspace is cloned, so no other task's fetch changes the mirror meanwhile.
+    let mut _mirror_lock = None;
+    let source = match sources.mirrors {
+        Some(mirrors) => {
+            let wanted: Vec<&str> = match sources.bundle {
+                Some((_, prerequisites)) => prerequisites.iter().map(String::as_str).collect(),
+                None => vec![commit],
+            };
+            let (dir, lock) = update_mirror(&git, mirrors, &wanted).await?;
+            _mirror_lock = Some(lock);
+            dir.into_os_string()
+        }
+        None => url.into(),
     };
 
     // `--` keeps a URL from ever being read as an option; no template, no hooks.
-    let mut clone = git.command(None);
-    clone
-        .args([
-            "clone",
-            "--no-checkout",
-            "--quiet",
-            "--template=",
-            "--no-recurse-submodules",
-            "--",
-        ])
-        .arg(url)
-        .arg(dest);
-    let clone = git.run(clone, "clone").await?;
+    // A mirror is cloned without hardlinks: the task must not reach the
+    // mirror's object files, which every later task of the repository reads.
+    let cloner = Git {
+        local: sources.mirrors.is_some(),
+        ..git
+    };
+    let mut clone = cloner.command(None);
+    clone.args([
+        "clone",
+        "--no-checkout",
+        "--quiet",
+        "--template=",
+        "--no-recurse-submodules",
+    ]);
+    if sources.mirrors.is_some() {
+        clone.arg("--no-hardlinks");
+    }
+    clone.arg("--").arg(&source).arg(dest);
+    let clone = cloner.run(clone, "clone").await?;
+    drop(_mirror_lock);
     if !clone.ok {
         return Err(CheckoutError::Clone {
             url: without_credentials(url),
             stderr: redact(&clone.stderr, url),
         });
     }
-    if has_credentials(url) {
+    if let Some((bundle, _)) = sources.bundle {
+        // The bundle is a file the runner wrote and verified: only `file` is needed.
+        let local = Git { local: true, ..git };
+        let mut fetch = local.command(Some(dest));
+        fetch
+            .args(["fetch", "--quiet", "--no-tags", "--"])
+            .arg(bundle)
+            .arg("HEAD");
+        let fetched = local.run(fetch, "fetch from the bundle").await?;
+        if !fetched.ok {
+            return Err(CheckoutError::Bundle { stderr: fetched.stderr });
+        }
+    }
+    if sources.mirrors.is_some() {
+        // The clone's origin is the mirror; the task's is the repository.
+        let mut origin = git.command(Some(dest));
+        origin
+            .args(["remote", "set-url", "origin", "--"])
+            .arg(without_credentials(url));
+        let origin = git.run(origin, "remote set-url").await?;
+        if !origin.ok {
+            return Err(CheckoutError::ScrubRemote {
+                stderr: redact(&origin.stderr, url),
+            });
+        }
+    } else if has_credentials(url) {
         // The clone recorded the URL as `origin` in .git/config, where the
         // task's tools (and so the model) would read it.
         let mut scrub = git.command(Some(dest));
@@ -309,6 +393,105 @@ pub async fn checkout(
     Ok(())
 }
 
+/// The mirror of `git.url` under `mirrors`, holding every commit of
+/// `wanted` (fetched when one is missing), and its lock.
+async fn update_mirror(
+    git: &Git<'_>,
+    mirrors: &Path,
+    wanted: &[&str],
+) -> Result<(std::path::PathBuf, std::fs::File), CheckoutError> {
+    let url = git.url;
+    let key = blake3::hash(without_credentials(url).as_bytes()).to_hex();
+    let dir = mirrors.join(format!("{}.git", &key[..32]));
+    let lock_path = mirrors.join(format!("{}.lock", &key[..32]));
+    let lock = lock_file(lock_path, git.deadline, git.limits.timeout).await?;
+    let mirror = Git {
+        dest: &dir,
+        local: false,
+        ..*git
+    };
+    let failed = |stderr: &str| CheckoutError::Mirror {
+        url: without_credentials(url),
+        stderr: redact(stderr, url),
+    };
+    if !dir.join("HEAD").is_file() {
+        // A mirror left half-made by a crash is made again.
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut init = mirror.command(None);
+        init.args(["init", "--bare", "--quiet", "--template=", "--"]).arg(&dir);
+        let init = mirror.run(init, "init").await?;
+        if !init.ok {
+            return Err(failed(&init.stderr));
+        }
+    }
+    let mut missing = false;
+    for commit in wanted {
+        if !has_commit(&mirror, &dir, commit).await? {
+            missing = true;
+            break;
+        }
+    }
+    if missing {
+        // The URL is given on each fetch and never stored: the mirror holds no credential.
+        let mut fetch = mirror.command(Some(&dir));
+        fetch
+            .args(["fetch", "--quiet", "--prune", "--no-tags", "--"])
+            .arg(url)
+            .args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]);
+        let fetched = mirror.run(fetch, "fetch").await?;
+        if !fetched.ok {
+            return Err(CheckoutError::Clone {
+                url: without_credentials(url),
+                stderr: redact(&fetched.stderr, url),
+            });
+        }
+        // A commit on no branch or tag: ask for it by id (servers that allow it answer).
+        for commit in wanted {
+            if !has_commit(&mirror, &dir, commit).await? {
+                let mut by_id = mirror.command(Some(&dir));
+                by_id.args(["fetch", "--quiet", "--no-tags", "--"]).arg(url).arg(commit);
+                mirror.run(by_id, "fetch").await?;
+            }
+        }
+    }
+    Ok((dir, lock))
+}
+
+async fn has_commit(git: &Git<'_>, dir: &Path, commit: &str) -> Result<bool, CheckoutError> {
+    let mut probe = git.command(Some(dir));
+    probe.args(["cat-file", "-e", &format!("{commit}^{{commit}}")]);
+    Ok(git.run(probe, "cat-file").await?.ok)
+}
+
+/// An exclusive lock on `path` (created when missing), waited for until `deadline`.
+async fn lock_file(
+    path: std::path::PathBuf,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<std::fs::File, CheckoutError> {
+    let error_path = path.clone();
+    let take = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(file)
+    });
+    tokio::select! {
+        taken = take => match taken {
+            Ok(result) => result.map_err(|source| CheckoutError::MirrorLock { path: error_path, source }),
+            Err(join) => Err(CheckoutError::MirrorLock { path: error_path, source: std::io::Error::other(join) }),
+        },
+        // The blocking wait goes on, and drops the lock as soon as it has it.
+        () = tokio::time::sleep_until(deadline) => Err(CheckoutError::Timeout { step: "mirror lock", after: timeout }),
+    }
+}
+
 /// `text` (git's stderr) without `url`'s credential: the URL is shown
 /// without it, and each longer part of it (user, password) is masked
 /// wherever else it appears. Git hides credentials in most of its messages
@@ -331,6 +514,7 @@ pub fn redact(text: &str, url: &str) -> String {
 }
 
 /// One checkout's git invocations: guarded, fenced, bounded.
+#[derive(Clone, Copy)]
 struct Git<'a> {
     guard: &'a Guard,
     task: &'a str,
@@ -339,6 +523,8 @@ struct Git<'a> {
     /// Measured against `limits.max_bytes` while git runs.
     dest: &'a Path,
     url: &'a str,
+    /// Only the runner's own files are read (the mirror, a bundle): `file` is the one protocol.
+    local: bool,
 }
 
 struct GitOutput {
@@ -363,7 +549,18 @@ impl Git<'_> {
         }
         command
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ALLOW_PROTOCOL", self.limits.protocols.git_allow_protocol())
+            // No askpass helper, and SSH never asks either: an unreadable repository fails at once.
+            .env("GIT_ASKPASS", "")
+            .env("SSH_ASKPASS", "")
+            .env("GIT_SSH_COMMAND", ssh_command())
+            .env(
+                "GIT_ALLOW_PROTOCOL",
+                if self.local {
+                    "file".to_owned()
+                } else {
+                    self.limits.protocols.git_allow_protocol()
+                },
+            )
             .env(crate::pi_process::TASK_MARKER, self.task)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -400,6 +597,15 @@ impl Git<'_> {
             stderr: tail(String::from_utf8_lossy(&stderr).trim(), STDERR_TAIL_BYTES),
         })
     }
+}
+
+/// The SSH command git runs: the user's (`GIT_SSH_COMMAND`, else `ssh`) in batch mode.
+fn ssh_command() -> String {
+    let base = std::env::var("GIT_SSH_COMMAND")
+        .ok()
+        .filter(|command| !command.trim().is_empty())
+        .unwrap_or_else(|| "ssh".to_owned());
+    format!("{base} -o BatchMode=yes")
 }
 
 impl Git<'_> {
@@ -617,6 +823,7 @@ mod tests {
             deadline: Instant::now() + TIMEOUT,
             dest: &tmp.path().join("ws"),
             url: "",
+            local: false,
         };
         let mut clone = git.command(None);
         clone

@@ -118,6 +118,7 @@ pub async fn sweep(spaces: &Path, cleanup: WorkspaceCleanup, docker: &Path) -> S
                 container: None,
                 bundle: None,
                 stats: None,
+                fingerprint: None,
             });
             record.state = RecordState::Abandoned;
             if let Err(e) = space.write_record(&record) {
@@ -224,6 +225,7 @@ mod tests {
             container: None,
             bundle: None,
             stats: None,
+            fingerprint: None,
         }
     }
 

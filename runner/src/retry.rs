@@ -230,7 +230,8 @@ pub fn is_transient(error: &ClientError) -> bool {
         ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => {
             *status >= 500 || *status == 429 || *status == 408
         }
-        ClientError::BadUrl { .. } => false,
+        // Bytes that do not match their hash stay wrong on a retry.
+        ClientError::BadUrl { .. } | ClientError::BlobMismatch { .. } => false,
     }
 }
 
@@ -244,6 +245,7 @@ pub fn answer_may_be_lost(error: &ClientError) -> bool {
         ClientError::Api { .. }
         | ClientError::Unexpected { .. }
         | ClientError::BadUrl { .. }
+        | ClientError::BlobMismatch { .. }
         | ClientError::Live(_) => false,
     }
 }

@@ -106,6 +106,8 @@ pub async fn run(
         result_max_chars: config.result_max_chars,
         sandbox,
         bundles,
+        client: client.clone(),
+        runner_token: enrolled.runner_token.clone(),
     });
     // Cancels reach the running tasks through the control channel, not the claim loop.
     let cancels = Cancels::default();

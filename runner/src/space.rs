@@ -157,6 +157,9 @@ pub struct TaskRecord {
     /// Pi's session stats at the end (tokens, cost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SessionStats>,
+    /// The fingerprint of the synced working tree, as verified in the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// The record's file name in a task directory.

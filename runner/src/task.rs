@@ -19,9 +19,10 @@ use serde_json::Value;
 use tokio::time::{Instant, sleep_until};
 
 use crate::bundle::{self, Bundle, LiveBundles};
-use crate::checkout::{CloneLimits, checkout};
+use crate::checkout::CloneLimits;
 use crate::events::{EventMapper, lifecycle, log_event};
 use crate::guard::GuardReport;
+use crate::hydrate::{BlobSource, Cache, Target, hydrate};
 use crate::isolation::{IsolationMode, Sandbox, docker};
 use crate::lease::{LeaseKeeper, Lost};
 use crate::pi_process::{PiLaunch, PiPaths, PiProcess};
@@ -62,6 +63,9 @@ pub struct TaskSettings {
     pub sandbox: Sandbox,
     /// Where the running tasks' bundles are, for an abrupt exit.
     pub bundles: LiveBundles,
+    /// The broker client and the runner's token, for the blobs a task's manifest names.
+    pub client: BrokerClient,
+    pub runner_token: String,
 }
 
 /// How the task's work ended, before it is reported.
@@ -320,6 +324,7 @@ async fn attempt(
             .then(|| docker::container_name(&task.id.to_string())),
         bundle: None,
         stats: None,
+        fingerprint: None,
     };
     if let Err(e) = space.write_record(&record) {
         return (
@@ -342,7 +347,16 @@ async fn attempt(
                 tracing::warn!(task = %task.id, "{}", error_chain(&e));
             }
             let outcome = prepare_and_run(
-                settings, claim, &space, &bundle, &profile, reporter, claimed_at, deadline, shutdown, cancel,
+                settings,
+                claim,
+                (&space, &mut record),
+                &bundle,
+                &profile,
+                reporter,
+                claimed_at,
+                deadline,
+                shutdown,
+                cancel,
             )
             .await;
             clean_up(
@@ -415,7 +429,7 @@ async fn clean_up(
 async fn prepare_and_run(
     settings: &TaskSettings,
     claim: &Claim,
-    space: &Space,
+    (space, record): (&Space, &mut TaskRecord),
     bundle: &Bundle,
     profile: &profile::Profile,
     reporter: &Reporter,
@@ -446,12 +460,31 @@ async fn prepare_and_run(
         ..settings.clone.clone()
     };
     let task_id = task.id.to_string();
+    let cache = Cache::under(&settings.spaces);
+    let target = Target {
+        task_dir: &space.root,
+        workspace: &space.workspace,
+        cache: &cache,
+        limits: &limits,
+        guard: &settings.sandbox.guard,
+    };
+    let blobs = BlobSource {
+        client: &settings.client,
+        runner_token: &settings.runner_token,
+    };
     tokio::select! {
-        result = checkout(&task.repo_url, &task.commit, &space.workspace, &limits, &settings.sandbox.guard, &task_id) => {
-            if let Err(e) = result {
-                return clean(Outcome::failed(pre_launch("clone"), error_chain(&e)));
+        result = hydrate(task, target, blobs) => match result {
+            Err(e) => return clean(Outcome::failed(pre_launch("clone"), error_chain(&e))),
+            Ok(Some(synced)) => {
+                tracing::info!(task = %task.id, fingerprint = %synced.fingerprint, cached = synced.cached, "workspace synced");
+                reporter.send(lifecycle(Phase::Synced, Some(&synced.detail())));
+                record.fingerprint = Some(synced.fingerprint.to_string());
+                if let Err(e) = space.write_record(record) {
+                    tracing::warn!(task = %task.id, "{}", error_chain(&e));
+                }
             }
-        }
+            Ok(None) => {}
+        },
         () = shutdown.requested() => return clean(Outcome::failed(ReasonCode::RunnerLost, SHUTTING_DOWN)),
         () = cancel.requested() => return clean(Outcome::cancelled()),
         () = sleep_until(deadline) => return clean(Outcome::failed(ReasonCode::Timeout, timed_out(settings.task_timeout))),

@@ -58,6 +58,7 @@ async fn cancel_stops_pi(runner_side: &Broker, client_side: &Broker) {
                 intent: ExecutionIntent::new("default", "fake", "fake-model"),
                 session_id: "cancel-test".into(),
                 client_request_id: None,
+                manifest: None,
             },
         )
         .await

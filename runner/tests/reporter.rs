@@ -39,6 +39,7 @@ async fn claimed_task(broker: &Broker) -> Claim {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: "s".into(),
         client_request_id: None,
+        manifest: None,
     };
     held(async {
         client.create_task(&broker.client_secret, &task).await.expect("create");

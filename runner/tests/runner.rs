@@ -73,6 +73,7 @@ impl World {
             intent: ExecutionIntent::new(profile.to_owned(), "fake".to_owned(), "fake-model".to_owned()),
             session_id: "runner-test".to_owned(),
             client_request_id: None,
+            manifest: None,
         };
         self.client
             .create_task(&self.broker.client_secret, &task)
@@ -357,6 +358,7 @@ async fn an_unknown_profile_fails_naming_it_before_any_clone() {
         intent: ExecutionIntent::new("nonexistent-profile", "fake", "fake-model"),
         session_id: "runner-test".into(),
         client_request_id: None,
+        manifest: None,
     };
     let refused = world
         .client
@@ -712,4 +714,174 @@ async fn a_frozen_runner_that_lost_its_task_stops_pi_and_reports_nothing_more() 
     end_children(&children);
     assert!(stopped.is_some(), "Pi was stopped; {}", world.diagnostics());
     assert_eq!(world.task(task.id).await, given_up, "nothing more was stored");
+}
+
+impl World {
+    /// Scans the fixture's working tree as a sidecar does, uploads the blobs and submits the task.
+    async fn submit_tree(&self, prompt: &str) -> (Task, embark_core::manifest::Manifest) {
+        let config = embark_manifest::SyncConfig {
+            git_config: embark_manifest::GitConfig::Isolated,
+            remote: Some("origin".into()),
+            ..embark_manifest::SyncConfig::default()
+        };
+        let scan = embark_manifest::scan(&self.repo.work, &config).expect("the fixture scans");
+        self.submit_manifest(prompt, scan.manifest.clone(), |hash| scan.blob(hash).expect("blob"))
+            .await
+    }
+
+    async fn submit_manifest(
+        &self,
+        prompt: &str,
+        manifest: embark_core::manifest::Manifest,
+        blob: impl Fn(&embark_core::manifest::ContentHash) -> Vec<u8>,
+    ) -> (Task, embark_core::manifest::Manifest) {
+        let secret = &self.broker.client_secret;
+        for (hash, _) in manifest.blobs() {
+            self.client.put_blob(secret, &hash, blob(&hash)).await.expect("upload");
+        }
+        let task = CreateTask {
+            repo_url: self.repo.origin.to_str().expect("utf-8 path").to_owned(),
+            commit: manifest.commit.as_ref().expect("a commit").to_string(),
+            prompt: prompt.to_owned(),
+            intent: ExecutionIntent::new("default", "fake", "fake-model"),
+            session_id: "runner-test".to_owned(),
+            client_request_id: None,
+            manifest: Some(manifest.clone()),
+        };
+        let task = self.client.create_task(secret, &task).await.expect("task created");
+        (task, manifest)
+    }
+}
+
+fn synced_detail(events: &[Event]) -> String {
+    events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Payload::Lifecycle(step) if step.phase.name() == "synced" => step.detail.clone(),
+            _ => None,
+        })
+        .expect("a synced event")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dirty_and_unpushed_work_reaches_the_workspace_verified() {
+    let world = World::new(json!({"turns": [{"text": "done"}, {"text": "done again"}]}));
+    let work = &world.repo.work;
+    std::fs::write(work.join("tracked.sh"), "#!/bin/sh\n").expect("write");
+    std::fs::write(work.join("gone.txt"), "to delete\n").expect("write");
+    git::git(work, &["add", "tracked.sh", "gone.txt"]);
+    git::git(work, &["commit", "-q", "-m", "local only, never pushed"]);
+    let local_head = git::git(work, &["rev-parse", "HEAD"]);
+    std::fs::write(work.join("README.md"), "edited\r\nwith CRLF\n").expect("write");
+    std::fs::remove_file(work.join("gone.txt")).expect("rm");
+    std::fs::set_permissions(
+        work.join("tracked.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    std::fs::create_dir_all(work.join("src")).expect("mkdir");
+    std::fs::write(work.join("src/new file.rs"), b"fn main() {}\n\xff").expect("write");
+    std::fs::create_dir_all(work.join("node_modules/dep")).expect("mkdir");
+    std::fs::write(work.join("node_modules/dep/index.js"), "excluded").expect("write");
+
+    let (task, manifest) = world.submit_tree("look at the work").await;
+    assert!(
+        matches!(manifest.base, embark_core::manifest::Base::Unpushed { .. }),
+        "{manifest:?}"
+    );
+    let (done, events) = world.run_once(&task, &["--workspace-cleanup", "never"]).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{}", world.diagnostics());
+    assert_eq!(
+        phases(&events),
+        ["claimed", "cloning", "synced", "starting_pi", "prompting", "finishing"]
+    );
+    let detail = synced_detail(&events);
+    assert!(
+        detail.starts_with(&format!("fingerprint {}:", manifest.fingerprint))
+            && detail.contains("1 unpushed commit(s)"),
+        "{detail}"
+    );
+
+    let space = world.spaces().join(task.id.to_string());
+    let ws = space.join("workspace");
+    assert_eq!(git::git(&ws, &["rev-parse", "HEAD"]), local_head, "the unpushed commit");
+    for path in ["README.md", "src/new file.rs", "tracked.sh"] {
+        assert_eq!(
+            std::fs::read(ws.join(path)).expect("synced"),
+            std::fs::read(work.join(path)).expect("laptop"),
+            "{path} byte for byte"
+        );
+    }
+    let mode = std::fs::metadata(ws.join("tracked.sh")).expect("stat");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o111,
+        0o111
+    );
+    assert!(!ws.join("gone.txt").exists(), "the deletion");
+    assert!(!ws.join("node_modules").exists(), "excluded");
+    assert!(!space.join("sync.bundle").exists(), "the bundle file is gone");
+    let record: Value = serde_json::from_slice(&std::fs::read(space.join("task.json")).expect("task.json"))
+        .expect("the record is JSON");
+    assert_eq!(record["fingerprint"], manifest.fingerprint.to_string(), "{record}");
+
+    // The same tree again: the overlay comes from the runner's cache, the repository from its mirror.
+    let (again, _) = world.submit_tree("again").await;
+    let (done, events) = world.run_once(&again, &[]).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{}", world.diagnostics());
+    assert!(synced_detail(&events).contains("from the runner's cache"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_manifest_fails_the_task_and_writes_nothing_outside_the_workspace() {
+    use embark_core::manifest::{Change, ContentHash, FileMode, Manifest, OverlayEntry, RepoPath};
+    let world = World::new(json!({"turns": [{"text": "never asked"}]}));
+    let outside = world.spaces().parent().expect("a parent").join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    let target = outside.to_str().expect("utf-8").to_owned();
+
+    // Textually safe paths (the broker takes them): a symlink out of the workspace, then a file through it.
+    let config = embark_manifest::SyncConfig {
+        git_config: embark_manifest::GitConfig::Isolated,
+        remote: Some("origin".into()),
+        ..embark_manifest::SyncConfig::default()
+    };
+    let mut manifest = embark_manifest::scan(&world.repo.work, &config).expect("scan").manifest;
+    let blob = |bytes: &[u8]| (bytes.len() as u64, ContentHash::of(bytes));
+    let (link_size, link_hash) = blob(target.as_bytes());
+    let (file_size, file_hash) = blob(b"pwned");
+    manifest.overlay = vec![
+        OverlayEntry {
+            path: RepoPath::new("esc"),
+            change: Change::Symlink {
+                size: link_size,
+                hash: link_hash,
+            },
+        },
+        OverlayEntry {
+            path: RepoPath::new("esc/pwned"),
+            change: Change::File {
+                mode: FileMode::Executable,
+                size: file_size,
+                hash: file_hash,
+            },
+        },
+    ];
+    manifest.fingerprint = Manifest::compute_fingerprint(manifest.commit.as_ref(), &manifest.overlay, &manifest.rules);
+    let bytes = |hash: &ContentHash| {
+        if *hash == link_hash {
+            target.as_bytes().to_vec()
+        } else {
+            b"pwned".to_vec()
+        }
+    };
+    let (task, _) = world.submit_manifest("escape", manifest, bytes).await;
+    let (done, events) = world.run_once(&task, &[]).await;
+    assert_eq!(done.state, TaskState::Failed, "{}", world.diagnostics());
+    let reason = done.outcome.and_then(|o| o.reason).expect("a reason");
+    assert!(reason.contains("goes through the symlink esc"), "{reason}");
+    assert!(reason.contains("outside the workspace"), "{reason}");
+    assert!(!outside.join("pwned").exists(), "nothing was written outside");
+    assert_eq!(std::fs::read_dir(&outside).expect("read").count(), 0);
+    assert!(!phases(&events).contains(&"starting_pi".to_owned()), "Pi never started");
+    assert!(world.model.log().trim().is_empty(), "the model was never asked");
 }

@@ -12,6 +12,10 @@
 //! | model            | `--model`          | `EMBARK_MODEL`           | `model`          | none: a submit must name one |
 //! | max line bytes   | `--max-line-bytes` | `EMBARK_MAX_LINE_BYTES`  | `max_line_bytes` | 1048576 |
 //! | max in-flight    | `--max-in-flight`  | `EMBARK_MAX_IN_FLIGHT`   | `max_in_flight`  | 16 |
+//! | sync excludes    | –                  | `EMBARK_SYNC_EXCLUDES`   | `sync_excludes`  | none (patterns, comma- or newline-separated, on top of the built-in list) |
+//! | sync max files   | –                  | `EMBARK_SYNC_MAX_FILES`  | `sync_max_files` | 500 |
+//! | sync max bytes   | –                  | `EMBARK_SYNC_MAX_BYTES`  | `sync_max_bytes` | 2097152 (overlay + bundle) |
+//! | sync max file bytes | –               | `EMBARK_SYNC_MAX_FILE_BYTES` | `sync_max_file_bytes` | 1048576 |
 //!
 //! The sidecar calls the broker with one client credential: a client token
 //! (`embark-broker tokens add NAME`; it sees only its own tasks) or the
@@ -77,6 +81,31 @@ pub static MAX_IN_FLIGHT: Knob<usize> = Knob::new(
 .flag("--max-in-flight")
 .env("EMBARK_MAX_IN_FLIGHT");
 
+pub static SYNC_EXCLUDES: Knob<String> = Knob::new(
+    "sync_excludes",
+    "the sync excludes",
+    "gitignore patterns separated by commas or newlines",
+)
+.env("EMBARK_SYNC_EXCLUDES");
+pub static SYNC_MAX_FILES: Knob<u64> = Knob::new(
+    "sync_max_files",
+    "the most changed paths one hand-off carries",
+    "a whole number, at least 1",
+)
+.env("EMBARK_SYNC_MAX_FILES");
+pub static SYNC_MAX_BYTES: Knob<u64> = Knob::new(
+    "sync_max_bytes",
+    "the most bytes of uncommitted work and unpushed commits one hand-off carries",
+    "a whole number of bytes, at least 1",
+)
+.env("EMBARK_SYNC_MAX_BYTES");
+pub static SYNC_MAX_FILE_BYTES: Knob<u64> = Knob::new(
+    "sync_max_file_bytes",
+    "the largest file one hand-off carries",
+    "a whole number of bytes, at least 1",
+)
+.env("EMBARK_SYNC_MAX_FILE_BYTES");
+
 pub static DECLARATION: Declaration = Declaration {
     binary: "embark-sidecar",
     file: &CONFIG_FILE,
@@ -90,8 +119,32 @@ pub static DECLARATION: Declaration = Declaration {
         &MODEL.spec,
         &MAX_LINE_BYTES.spec,
         &MAX_IN_FLIGHT.spec,
+        &SYNC_EXCLUDES.spec,
+        &SYNC_MAX_FILES.spec,
+        &SYNC_MAX_BYTES.spec,
+        &SYNC_MAX_FILE_BYTES.spec,
     ],
 };
+
+/// What a submit sends of the working tree, and how much at most.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncSettings {
+    /// Extra excludes on top of the built-in list (`EMBARK_SYNC_EXCLUDES`).
+    pub excludes: Vec<String>,
+    pub bounds: embark_manifest::Bounds,
+}
+
+impl SyncSettings {
+    /// The scan's configuration for a repository whose runner-visible remote is `remote`.
+    pub fn scan_config(&self, remote: Option<&str>) -> embark_manifest::SyncConfig {
+        embark_manifest::SyncConfig {
+            extra_excludes: self.excludes.clone(),
+            bounds: self.bounds,
+            remote: remote.map(str::to_owned),
+            ..embark_manifest::SyncConfig::default()
+        }
+    }
+}
 
 /// The settings that come from flags (parsed as text: every level's value
 /// is read by the same rules).
@@ -143,6 +196,7 @@ pub struct Config {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub stdio: StdioOptions,
+    pub sync: SyncSettings,
     /// The TOML file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -157,6 +211,7 @@ impl Default for Config {
             provider: None,
             model: None,
             stdio: StdioOptions::default(),
+            sync: SyncSettings::default(),
             file: None,
         }
     }
@@ -180,6 +235,11 @@ impl Config {
         let model = resolver.optional(&MODEL)?;
         let max_line_bytes = resolver.or_default(&MAX_LINE_BYTES, DEFAULT_MAX_LINE_BYTES)?;
         let max_in_flight = resolver.or_default(&MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)?;
+        let bounds = embark_manifest::Bounds::default();
+        let excludes = resolver.optional(&SYNC_EXCLUDES)?;
+        let max_files = resolver.or_default(&SYNC_MAX_FILES, bounds.max_files)?;
+        let max_bytes = resolver.or_default(&SYNC_MAX_BYTES, bounds.max_bytes)?;
+        let max_file_bytes = resolver.or_default(&SYNC_MAX_FILE_BYTES, bounds.max_file_bytes)?;
         Ok(Config {
             broker_url: broker_url.map(|r| r.value),
             client_token: client_token.map(|r| r.value),
@@ -190,6 +250,14 @@ impl Config {
             stdio: StdioOptions {
                 max_line_bytes: max_line_bytes.ensure(|bytes| *bytes >= MIN_LINE_BYTES)?.value,
                 max_in_flight: max_in_flight.ensure(|n| (1..=MAX_IN_FLIGHT_LIMIT).contains(n))?.value,
+            },
+            sync: SyncSettings {
+                excludes: excludes.map_or_else(Vec::new, |r| embark_manifest::parse_excludes(&r.value)),
+                bounds: embark_manifest::Bounds {
+                    max_files: max_files.ensure(|n| *n >= 1)?.value,
+                    max_bytes: max_bytes.ensure(|n| *n >= 1)?.value,
+                    max_file_bytes: max_file_bytes.ensure(|n| *n >= 1)?.value,
+                },
             },
             file: resolver.file().map(PathBuf::from),
         })

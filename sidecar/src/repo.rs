@@ -1,7 +1,8 @@
 //! The git facts a submit needs, read with the git CLI: the repository root,
 //! the HEAD commit, the remote a runner clones from, and warnings about what
-//! the runner will not see (unpushed HEAD, uncommitted changes) or what was
-//! changed in the URL it gets (a credential removed, a local path resolved).
+//! was changed in the URL it gets (a credential removed, a local path
+//! resolved). What the runner gets of the working tree is the manifest's
+//! business (`crate::sync`).
 //!
 //! Read-only: optional locks are off so `git status` never rewrites the
 //! user's index.
@@ -131,26 +132,12 @@ pub async fn inspect(cwd: &Path) -> Result<RepoFacts, RepoError> {
         return Err(RepoError::NoCommit(root));
     }
     let head = head.stdout;
-    let short = short_commit(&head);
 
     let remote = pick_remote(&root).await?;
     let configured = git_ok(&root, &["remote", "get-url", &remote]).await?;
     let mut warnings = Vec::new();
     let remote_url = runner_url(&root, &remote, &configured, &mut warnings);
-    let containing = git_ok(&root, &["branch", "-r", "--contains", &head]).await?;
-    if containing.trim().is_empty() {
-        warnings.push(format!(
-            "HEAD {short} is not on any remote-tracking branch: the runner clones from {remote_url}; push HEAD first (e.g. `git push {remote} HEAD`)"
-        ));
-    }
-    let status = git_ok(&root, &["status", "--porcelain"]).await?;
-    let changed = status.lines().filter(|line| !line.trim().is_empty()).count();
-    if changed > 0 {
-        let paths = if changed == 1 { "path has" } else { "paths have" };
-        warnings.push(format!(
-            "{changed} {paths} uncommitted changes; they are not sent yet (overlay sync comes later): the runner sees commit {short} only"
-        ));
-    }
+    // Unpushed commits and uncommitted work travel with the task (see `crate::sync`).
     Ok(RepoFacts {
         root,
         head,
@@ -306,7 +293,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unpushed_and_uncommitted_work_is_warned_about() {
+    async fn unpushed_and_uncommitted_work_is_no_longer_warned_about() {
         let dir = tempfile::tempdir().expect("temp dir");
         let repo = fixture(dir.path());
         std::fs::write(repo.work.join("a.txt"), "a").expect("write");
@@ -316,15 +303,9 @@ mod tests {
         std::fs::write(repo.work.join("README.md"), "changed").expect("write");
         let facts = inspect(&repo.work).await.expect("inspects");
         assert_ne!(facts.head, repo.head);
-        assert_eq!(facts.warnings.len(), 3, "{:?}", facts.warnings);
+        // They travel with the task now: only the local remote is worth a word.
+        assert_eq!(facts.warnings.len(), 1, "{:?}", facts.warnings);
         assert!(facts.warnings[0].contains("local path"), "{}", facts.warnings[0]);
-        assert!(facts.warnings[1].contains("push HEAD first"), "{}", facts.warnings[1]);
-        assert!(facts.warnings[1].contains(&facts.remote_url));
-        assert!(
-            facts.warnings[2].starts_with("2 paths have uncommitted changes"),
-            "{}",
-            facts.warnings[2]
-        );
     }
 
     #[tokio::test]

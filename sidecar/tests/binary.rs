@@ -198,3 +198,34 @@ fn a_named_config_file_that_is_missing_stops_it() {
     assert!(stdout.contains("(from flag --config)"), "{stdout}");
     assert!(stdout.contains("# broker_url is not set"), "{stdout}");
 }
+
+#[test]
+fn the_manifest_subcommand_prints_what_would_be_synced() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = embark_testkit::git::fixture(dir.path());
+    std::fs::write(repo.work.join("README.md"), "edited\n").expect("write");
+    std::fs::write(repo.work.join("new.txt"), "new\n").expect("write");
+    let work = repo.work.to_str().expect("utf-8");
+    let env = [
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+        ("GIT_CONFIG_GLOBAL", "/dev/null"),
+        ("EMBARK_SYNC_EXCLUDES", "new.txt"),
+    ];
+    let output = run_with(&["manifest", "--json", work], &env, b"");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let manifest: embark_core::manifest::Manifest =
+        serde_json::from_slice(&output.stdout).expect("the manifest as JSON");
+    manifest.check().expect("a scanner's manifest");
+    assert_eq!(manifest.commit.as_ref().map(|c| c.to_string()), Some(repo.head.clone()));
+    let paths: Vec<String> = manifest.overlay.iter().map(|e| e.path.to_string()).collect();
+    assert_eq!(paths, ["README.md"], "new.txt is excluded by EMBARK_SYNC_EXCLUDES");
+    assert_eq!(manifest.excluded.len(), 1, "{manifest:?}");
+
+    let output = run_with(&["manifest", work], &env, b"");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(
+        text.contains("README.md") && text.contains(&manifest.fingerprint.0.short()),
+        "{text}"
+    );
+}

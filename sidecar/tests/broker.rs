@@ -198,7 +198,7 @@ async fn command_words_and_typos_never_create_a_task() {
 }
 
 #[tokio::test]
-async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be_unique() {
+async fn unpushed_and_dirty_work_is_synced_and_prefixes_must_be_unique() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let repo = fixture(dir.path());
@@ -217,17 +217,33 @@ async fn unpushed_and_dirty_work_is_submitted_with_warnings_and_prefixes_must_be
         .command(2, "submit second task --model fake-model --provider=fake", &session)
         .await;
     assert!(second.get("error").is_none(), "{second}");
+    // The unpushed commit and the edit travel with the task: only the local remote is worth a warning.
     let warnings = warnings(&second);
-    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("local path"), "{}", warnings[0]);
-    assert!(warnings[1].contains("push HEAD first") && warnings[1].contains(&origin_url(&repo)));
-    assert!(warnings[2].contains("uncommitted changes"), "{}", warnings[2]);
+    let said = second.to_string();
+    assert!(
+        said.contains("Synced fingerprint")
+            && said.contains("1 unpushed commit(s)")
+            && said.contains("uploaded 2 new blob(s)"),
+        "{said}"
+    );
     assert_eq!(second["result"]["status"]["text"], "embark: 2 tasks queued");
 
     let tasks = session_tasks(&broker, "pi-session-2").await;
     assert_eq!(tasks.len(), 2);
     assert_eq!(tasks[0].commit, head, "the newest task runs at the new HEAD");
     assert_eq!(tasks[0].prompt, "second task");
+    let manifest = tasks[0].manifest.as_ref().expect("the task carries its manifest");
+    manifest.check().expect("the broker kept it intact");
+    assert!(
+        matches!(manifest.base, embark_core::manifest::Base::Unpushed { .. }),
+        "{manifest:?}"
+    );
+    let paths: Vec<String> = manifest.overlay.iter().map(|e| e.path.to_string()).collect();
+    assert_eq!(paths, ["README.md"]);
+    let first = tasks[1].manifest.as_ref().expect("a clean tree has a manifest too");
+    assert!(first.overlay.is_empty() && matches!(first.base, embark_core::manifest::Base::Pushed { .. }));
 
     // Each task answers to its own short prefix (ambiguous prefixes are unit-tested in handlers::status).
     for (id, task) in (3..).zip(&tasks) {
@@ -660,4 +676,69 @@ async fn cancel_answers_in_one_line_for_each_state() {
     let error = client.command(8, "cancel 3", &session).await;
     assert_error(&error, 1022, "task_not_found");
     assert!(client.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_dry_run_shows_what_would_be_synced_and_sends_nothing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    std::fs::write(repo.work.join("README.md"), "edited\n").expect("write");
+    std::fs::write(repo.work.join("notes.txt"), "untracked\n").expect("write");
+    std::fs::create_dir_all(repo.work.join("node_modules/dep")).expect("mkdir");
+    std::fs::write(repo.work.join("node_modules/dep/index.js"), "x").expect("write");
+    let session = session("pi-session-dry", &repo.work);
+    let mut client = Client::start(config_for(&broker));
+    client.hello().await;
+    let answer = client
+        .command(1, r#""fix it" --provider fake --model fake-model --dry-run"#, &session)
+        .await;
+    assert!(answer.get("error").is_none(), "{answer}");
+    let said = answer.to_string();
+    for expected in [
+        "Dry run: nothing was sent",
+        "README.md",
+        "notes.txt",
+        "node_modules/",
+        "fingerprint",
+    ] {
+        assert!(said.contains(expected), "{expected}: {said}");
+    }
+    assert!(session_tasks(&broker, "pi-session-dry").await.is_empty(), "no task");
+    let blob = embark_core::manifest::ContentHash::of(b"untracked\n");
+    let missing = broker
+        .client()
+        .missing_blobs(&broker.client_secret, &[blob])
+        .await
+        .expect("ask");
+    assert_eq!(missing, [blob], "no blob was uploaded");
+}
+
+#[tokio::test]
+async fn bounds_and_a_never_pushed_branch_fail_before_anything_is_sent() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    std::fs::write(repo.work.join("a.txt"), "a").expect("write");
+    std::fs::write(repo.work.join("b.txt"), "bb").expect("write");
+    let session = session("pi-session-bounds", &repo.work);
+    let mut config = config_for(&broker);
+    config.sync.bounds.max_files = 1;
+    let mut client = Client::start(config);
+    client.hello().await;
+    let answer = client.command(1, SUBMIT, &session).await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        message.contains("EMBARK_SYNC_MAX_FILES") && message.contains("b.txt") && message.contains("Nothing was sent"),
+        "{answer}"
+    );
+
+    std::fs::remove_file(repo.work.join("a.txt")).expect("rm");
+    std::fs::remove_file(repo.work.join("b.txt")).expect("rm");
+    git(&repo.work, &["checkout", "-q", "--orphan", "lonely"]);
+    git(&repo.work, &["commit", "-q", "-m", "a root the remote never saw"]);
+    let answer = client.command(2, SUBMIT, &session).await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("push the branch once"), "{answer}");
+    assert!(session_tasks(&broker, "pi-session-bounds").await.is_empty(), "no task");
 }

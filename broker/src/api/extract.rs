@@ -8,9 +8,11 @@
 //! decides the status.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
+use embark_core::manifest::ContentHash;
 use embark_core::task::TaskId;
 use embark_core::wire::routes::Credential;
 use embark_core::wire::rules::{Check, Refusal, Rule};
@@ -107,6 +109,60 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
             )
             .into()
         })
+    }
+}
+
+/// The `{hash}` of a blob route.
+pub struct BlobPath(pub ContentHash);
+
+impl<S: Send + Sync> FromRequestParts<S> for BlobPath {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| Refusal::new(Rule::BlobHash, rejection.body_text()))?;
+        ContentHash::parse(&raw).map(BlobPath).ok_or_else(|| {
+            Refusal::new(
+                Rule::BlobHash,
+                format!(
+                    "blob hash {:?} is not a blake3 hash: send its 64 lowercase hex digits",
+                    text::quote(&raw)
+                ),
+            )
+            .into()
+        })
+    }
+}
+
+/// A raw body (a blob's bytes), read up to the body limit.
+pub struct BlobBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for BlobBytes {
+    type Rejection = ApiFailure;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiFailure> {
+        Bytes::from_request(request, state)
+            .await
+            .map(BlobBytes)
+            .map_err(|rejection| {
+                let refusal = if crate::limits::is_body_timeout(&rejection) {
+                    Refusal::new(
+                        Rule::BodyTimeout,
+                        "the request body did not arrive in time: send the whole body at once, right after the headers",
+                    )
+                } else {
+                    Refusal::new(
+                        Rule::BodySize,
+                        format!(
+                            "the request body is larger than the broker accepts ({} bytes), or could not be read: {}",
+                            limits::MAX_REQUEST_BODY_BYTES,
+                            rejection.body_text()
+                        ),
+                    )
+                };
+                refusal.into()
+            })
     }
 }
 

@@ -2,6 +2,7 @@
 //! live tails' WebSockets. The handlers only translate; the logic lives in
 //! the store, `claim` and `hub`.
 
+mod blobs;
 mod control;
 mod error;
 mod events;
@@ -184,7 +185,9 @@ async fn head_limits(request: Request, next: Next) -> Response {
 fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S>> {
     let method = match method {
         Method::Get => MethodFilter::GET,
+        Method::Head => MethodFilter::HEAD,
         Method::Post => MethodFilter::POST,
+        Method::Put => MethodFilter::PUT,
     };
     match operation {
         Operation::Health => on(method, health),
@@ -200,6 +203,10 @@ fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S
         Operation::CompleteTask => on(method, tasks::complete::<S>),
         Operation::TailTask => on(method, live::tail_task::<S>),
         Operation::TailSession => on(method, live::tail_session::<S>),
+        Operation::PutBlob => on(method, blobs::put::<S>),
+        Operation::HeadBlob => on(method, blobs::head::<S>),
+        Operation::GetBlob => on(method, blobs::get::<S>),
+        Operation::MissingBlobs => on(method, blobs::missing::<S>),
         Operation::Healthz => on(method, ops::healthz),
         Operation::Readyz => on(method, ops::readyz::<S>),
         Operation::Metrics => on(method, ops::metrics::<S>),

@@ -25,6 +25,7 @@ pub fn new_task(session: &str) -> CreateTask {
         intent: ExecutionIntent::new("default", "fake", "fake-model"),
         session_id: session.into(),
         client_request_id: None,
+        manifest: None,
     }
 }
 
@@ -1729,6 +1730,70 @@ pub async fn session_stats_become_the_tasks_stats<S: Store>(store: S) {
     );
 }
 
+/// A manifest for [`new_task`]'s commit whose overlay holds one file per blob.
+pub fn manifest_of(commit: &str, blobs: &[&[u8]]) -> embark_core::manifest::Manifest {
+    use embark_core::manifest::{
+        Base, Change, CommitId, ContentHash, FileMode, MANIFEST_VERSION, Manifest, OverlayEntry, RepoPath, SyncRules,
+        Totals,
+    };
+    let overlay: Vec<OverlayEntry> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| OverlayEntry {
+            path: RepoPath::new(format!("file-{i}.txt")),
+            change: Change::File {
+                mode: FileMode::Regular,
+                size: bytes.len() as u64,
+                hash: ContentHash::of(bytes),
+            },
+        })
+        .collect();
+    let commit = CommitId::parse(commit);
+    let rules = SyncRules::default();
+    Manifest {
+        version: MANIFEST_VERSION,
+        fingerprint: Manifest::compute_fingerprint(commit.as_ref(), &overlay, &rules),
+        commit,
+        branch: Some("main".into()),
+        base: Base::Pushed {
+            remote_ref: "origin/main".into(),
+        },
+        overlay,
+        nested: vec![],
+        excluded: vec![],
+        rules,
+        totals: Totals::default(),
+    }
+}
+
+pub async fn blobs_are_content_addressed_and_tasks_wait_for_theirs<S: Store>(store: S) {
+    use embark_core::manifest::ContentHash;
+    let (a, b) = (&b"alpha\n"[..], &b"\x00binary\xff"[..]);
+    let (ha, hb) = (ContentHash::of(a), ContentHash::of(b));
+    assert_eq!(store.missing_blobs(&[ha, hb, ha]).await.expect("missing"), [ha, hb]);
+    assert_eq!(store.missing_blobs(&[]).await.expect("missing"), []);
+    store.put_blob(&ha, a).await.expect("put");
+    store.put_blob(&ha, a).await.expect("a repeated put changes nothing");
+    assert_eq!(store.blob_size(&ha).await.expect("size"), Some(a.len() as u64));
+    assert_eq!(store.blob_size(&hb).await.expect("size"), None);
+    assert_eq!(store.get_blob(&ha).await.expect("get").as_deref(), Some(a));
+    assert_eq!(store.get_blob(&hb).await.expect("get"), None);
+    assert_eq!(store.missing_blobs(&[hb, ha]).await.expect("missing"), [hb]);
+
+    let mut task = new_task("blobs");
+    task.manifest = Some(manifest_of(&task.commit, &[a, b]));
+    let refused = store.create_task(&task).await.expect_err("a blob is missing");
+    assert!(
+        matches!(&refused, StoreError::Invalid(r) if r.rule == Rule::ManifestBlobs && r.message.contains(&hb.to_string())),
+        "{refused}"
+    );
+    assert!(store.list_session_tasks("blobs", 10).await.expect("list").is_empty());
+    store.put_blob(&hb, b).await.expect("put");
+    let created = store.create_task(&task).await.expect("every blob is there");
+    assert_eq!(created.manifest, task.manifest);
+    assert_eq!(store.get_task(created.id).await.expect("get").manifest, task.manifest);
+}
+
 /// Instantiates every case above as a test in the invoking module: `fresh`
 /// is an async fn answering `(guard, store)` for a new, empty database (the
 /// guard lives until the case ends), and the attributes in brackets (e.g.
@@ -1767,6 +1832,7 @@ macro_rules! suite {
             claims_hand_a_runner_only_what_it_can_serve,
             runners_are_listed_with_their_capabilities,
             session_stats_become_the_tasks_stats,
+            blobs_are_content_addressed_and_tasks_wait_for_theirs,
         );
     };
     (@cases $fresh:ident, $attrs:tt, $($name:ident),* $(,)?) => {$(

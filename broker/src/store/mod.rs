@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use embark_core::NewEvent;
 use embark_core::intent::Capabilities;
+use embark_core::manifest::ContentHash;
 use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::rules::{Refusal, Rule};
 use embark_core::wire::{
@@ -498,6 +499,57 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// How many tasks are in each state (states without tasks left out).
     fn task_counts(&self) -> impl Future<Output = Result<Vec<(TaskState, u64)>, StoreError>> + Send;
+
+    /// Stores `bytes` under `hash` unless a blob is already there. The caller
+    /// checked the bytes against the hash ([`embark_core::wire::check_blob`]).
+    fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The size of the blob stored under `hash`, if there is one.
+    fn blob_size(&self, hash: &ContentHash) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// The bytes stored under `hash`, if any.
+    fn get_blob(&self, hash: &ContentHash) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Which of `hashes` no blob is stored under, in the order given, each once.
+    fn missing_blobs(
+        &self,
+        hashes: &[ContentHash],
+    ) -> impl Future<Output = Result<Vec<ContentHash>, StoreError>> + Send;
+}
+
+/// The blobs of `task`'s manifest the store lacks, as a refusal under
+/// [`Rule::ManifestBlobs`]: a task is only queued once a runner can get all
+/// it needs.
+pub(crate) async fn check_manifest_blobs<S: Store>(store: &S, task: &CreateTask) -> Result<(), StoreError> {
+    let Some(manifest) = &task.manifest else {
+        return Ok(());
+    };
+    let wanted: Vec<ContentHash> = manifest.blobs().into_iter().map(|(hash, _)| hash).collect();
+    let missing = store.missing_blobs(&wanted).await?;
+    if let Some(first) = missing.first() {
+        return Err(StoreError::Invalid(Refusal::new(
+            Rule::ManifestBlobs,
+            format!(
+                "{} blob(s) of the manifest were not uploaded (the first: {first}): upload them with \
+                 PUT /v1/blobs/{{hash}} and submit again",
+                missing.len()
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// A task's manifest as the `manifest` column holds it: the wire's JSON.
+pub(crate) fn manifest_json(task: &CreateTask) -> Option<String> {
+    task.manifest
+        .as_ref()
+        .map(|manifest| serde_json::to_string(manifest).expect("a manifest serializes"))
+}
+
+/// `hashes` without repeats, in their first order.
+pub(crate) fn distinct(hashes: &[ContentHash]) -> Vec<ContentHash> {
+    let mut seen = std::collections::HashSet::new();
+    hashes.iter().copied().filter(|hash| seen.insert(*hash)).collect()
 }
 
 /// How often (in milliseconds) a client token's `last_used_at` is written at most.

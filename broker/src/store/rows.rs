@@ -14,7 +14,7 @@ macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
          created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
-         outcome_code, cancel_requested_at, isolation, labels, session_stats"
+         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest"
     };
 }
 pub(crate) use task_columns;
@@ -45,6 +45,7 @@ pub(crate) struct TaskRow {
     pub labels: String,
     /// The latest `session_stats` payload, JSON.
     pub session_stats: Option<String>,
+    pub manifest: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -73,6 +74,12 @@ impl TryFrom<TaskRow> for Task {
                 return Err(StoreError::Corrupt(format!("task {id} has a partial outcome")));
             }
         };
+        let manifest = row
+            .manifest
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("task {id}'s manifest: {e}")))?;
         Ok(Task {
             id,
             state,
@@ -95,6 +102,7 @@ impl TryFrom<TaskRow> for Task {
                     .map_err(|e| StoreError::Corrupt(format!("task {id} labels: {e}")))?,
             },
             session_id: row.session_id,
+            manifest,
             created_at: timestamp(row.created_at)?,
             updated_at: timestamp(row.updated_at)?,
             attempt: u32::try_from(row.attempt)

@@ -30,11 +30,13 @@ use super::rows::{
 };
 use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
-    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_of, check_append, check_new_task, check_transition,
-    check_verdict, fence, latest_stats, millis, replayed_create, revived, settle_verdict,
+    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_of, check_append, check_manifest_blobs,
+    check_new_task, check_transition, check_verdict, distinct, fence, latest_stats, manifest_json, millis,
+    replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
+use embark_core::manifest::ContentHash;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,8 +152,8 @@ const GET_REQUESTED_TASK: &str = concat!(
 /// (the unique index `tasks_by_request`).
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels) \
-     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT DO NOTHING RETURNING ",
+     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels, \
+     manifest) VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -355,6 +357,7 @@ fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
 impl Store for SqliteStore {
     async fn create_task_as(&self, task: &CreateTask, owner: &Owner) -> Result<Created, StoreError> {
         check_new_task(task)?;
+        check_manifest_blobs(self, task).await?;
         let fingerprint = task.client_request_id.as_ref().map(|_| request_fingerprint(task));
         let row: Option<TaskRow> = sqlx::query_as(CREATE_TASK)
             .bind(TaskId::new().to_string())
@@ -371,6 +374,7 @@ impl Store for SqliteStore {
             .bind(fingerprint.as_ref().map(|f| f.as_slice()))
             .bind(task.intent.isolation.map(|mode| mode.name()))
             .bind(labels_json(&task.intent))
+            .bind(manifest_json(task))
             .fetch_optional(&self.writer)
             .await?;
         if let Some(row) = row {
@@ -918,6 +922,56 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(state, count)| Ok((parse_state(&state)?, seq(count)?)))
             .collect()
+    }
+
+    async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO blobs (hash, size, content, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash.0.as_slice())
+        .bind(i64::try_from(bytes.len()).expect("a blob is at most MAX_BLOB_BYTES (checked)"))
+        .bind(bytes)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn blob_size(&self, hash: &ContentHash) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE hash = ?1")
+            .bind(hash.0.as_slice())
+            .fetch_optional(&self.reader)
+            .await?;
+        size.map(|size| u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("blob {hash} has size {size}"))))
+            .transpose()
+    }
+
+    async fn get_blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT content FROM blobs WHERE hash = ?1")
+            .bind(hash.0.as_slice())
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    async fn missing_blobs(&self, hashes: &[ContentHash]) -> Result<Vec<ContentHash>, StoreError> {
+        let wanted = distinct(hashes);
+        let mut present = std::collections::HashSet::new();
+        // SQLite binds at most 32766 parameters per statement; stay well below.
+        for chunk in wanted.chunks(500) {
+            let mut query = QueryBuilder::<Sqlite>::new("SELECT hash FROM blobs WHERE hash IN (");
+            let mut list = query.separated(", ");
+            for hash in chunk {
+                list.push_bind(hash.0.to_vec());
+            }
+            query.push(")");
+            let rows: Vec<Vec<u8>> = query.build_query_scalar().fetch_all(&self.reader).await?;
+            present.extend(rows);
+        }
+        Ok(wanted
+            .into_iter()
+            .filter(|hash| !present.contains(hash.0.as_slice()))
+            .collect())
     }
 }
 

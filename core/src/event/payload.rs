@@ -41,6 +41,9 @@ pub enum Phase {
     Claimed,
     /// Cloning the repository at the task's commit; the detail is `<url> @ <commit>`.
     Cloning,
+    /// The workspace holds the laptop's working tree, verified file by file: the commit, the
+    /// unpushed commits and the overlay; the detail is `fingerprint <hash>: …` and what was applied.
+    Synced,
     /// Starting `pi --mode rpc`; the detail is `<provider>/<model>`.
     StartingPi,
     /// The prompt went to Pi.

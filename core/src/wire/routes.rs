@@ -21,9 +21,11 @@ use super::control::ControlFrame;
 use super::live::{LiveClose, LiveFrame, SessionTailQuery, TaskTailQuery};
 use super::rules::{Check, Rule};
 use super::{
-    ApiError, AppendEvents, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, EventPage, EventPageQuery,
-    EventsAppended, Health, Lease, RunnerEnrolled, RunnerList, Task, TaskCancel, TaskList, TaskListQuery,
+    ApiError, AppendEvents, BlobBody, BlobsQuery, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner,
+    EventPage, EventPageQuery, EventsAppended, Health, Lease, MissingBlobs, RunnerEnrolled, RunnerList, Task,
+    TaskCancel, TaskList, TaskListQuery,
 };
+use crate::manifest::ContentHash;
 use crate::schema::{SchemaFn, schema};
 use crate::task::TaskId;
 
@@ -31,14 +33,18 @@ use crate::task::TaskId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Get,
+    Head,
     Post,
+    Put,
 }
 
 impl Method {
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
+            Method::Head => "HEAD",
             Method::Post => "POST",
+            Method::Put => "PUT",
         }
     }
 }
@@ -120,6 +126,10 @@ pub enum Operation {
     CompleteTask,
     TailTask,
     TailSession,
+    PutBlob,
+    HeadBlob,
+    GetBlob,
+    MissingBlobs,
     Healthz,
     Readyz,
     Metrics,
@@ -128,7 +138,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 18] = [
+    pub const ALL: [Operation; 22] = [
         Operation::Health,
         Operation::CreateTask,
         Operation::ListTasks,
@@ -142,6 +152,10 @@ impl Operation {
         Operation::CompleteTask,
         Operation::TailTask,
         Operation::TailSession,
+        Operation::PutBlob,
+        Operation::HeadBlob,
+        Operation::GetBlob,
+        Operation::MissingBlobs,
         Operation::Healthz,
         Operation::Readyz,
         Operation::Metrics,
@@ -173,6 +187,10 @@ impl Operation {
             Operation::CompleteTask => "completeTask",
             Operation::TailTask => "tailTask",
             Operation::TailSession => "tailSession",
+            Operation::PutBlob => "putBlob",
+            Operation::HeadBlob => "headBlob",
+            Operation::GetBlob => "getBlob",
+            Operation::MissingBlobs => "missingBlobs",
             Operation::Healthz => "healthz",
             Operation::Readyz => "readyz",
             Operation::Metrics => "metrics",
@@ -187,10 +205,29 @@ fn inline<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     T::json_schema(generator)
 }
 
+/// How a request body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Media {
+    /// `application/json` (queries are JSON-shaped too).
+    Json,
+    /// `application/octet-stream`: the bytes as they are.
+    Bytes,
+}
+
+impl Media {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Media::Json => "application/json",
+            Media::Bytes => "application/octet-stream",
+        }
+    }
+}
+
 /// A request's body or query: its type's schema and the rules the broker checks it against.
 #[derive(Clone, Copy, Debug)]
 pub struct Input {
     pub schema: SchemaFn,
+    pub media: Media,
     /// The type's own rules ([`Check::RULES`]), besides those of reading it.
     pub rules: &'static [Rule],
 }
@@ -199,6 +236,20 @@ pub struct Input {
 pub const fn body<T: JsonSchema + Check>() -> Input {
     Input {
         schema: schema::<T>,
+        media: Media::Json,
+        rules: T::RULES,
+    }
+}
+
+fn binary(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "string", "format": "binary"})
+}
+
+/// A raw body whose rules are `T`'s.
+pub const fn bytes<T: Check>() -> Input {
+    Input {
+        schema: binary,
+        media: Media::Bytes,
         rules: T::RULES,
     }
 }
@@ -207,6 +258,7 @@ pub const fn body<T: JsonSchema + Check>() -> Input {
 pub const fn query<T: JsonSchema + Check>() -> Input {
     Input {
         schema: inline::<T>,
+        media: Media::Json,
         rules: T::RULES,
     }
 }
@@ -283,7 +335,10 @@ impl Route {
             rules.extend(query.rules);
         }
         if let Some(body) = self.request {
-            rules.extend(Rule::BODY);
+            match body.media {
+                Media::Json => rules.extend(Rule::BODY),
+                Media::Bytes => rules.extend(Rule::BYTES_BODY),
+            }
             rules.extend(body.rules);
         }
         if let Kind::WebSocket { .. } = self.kind {
@@ -350,6 +405,15 @@ const TASK_ID: PathParam = PathParam {
     description: "The task's id: the full UUID, not a short prefix.",
     rule: Rule::TaskId,
 };
+
+const BLOB_HASH: PathParam = PathParam {
+    name: "hash",
+    schema: schema::<ContentHash>,
+    description: "The blob's blake3 hash: 64 lowercase hex digits.",
+    rule: Rule::BlobHash,
+};
+
+const BLOB_NOT_FOUND: Reply = error(404, "The broker holds no blob with this hash.");
 
 const fn ok(status: u16, body: SchemaFn, description: &'static str) -> Reply {
     Reply {
@@ -750,6 +814,84 @@ pub const ROUTES: &[Route] = &[
                 body: Body::Text("text/plain; version=0.0.4; charset=utf-8"),
                 description: "The metrics in Prometheus' text exposition format.",
             },
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::PutBlob,
+        method: Method::Put,
+        path: "/v1/blobs/{hash}",
+        summary: "Store a blob (an overlay file, a symlink target, a bundle) under its blake3 hash; storing one again changes nothing.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[BLOB_HASH],
+        query: None,
+        request: Some(bytes::<BlobBody>()),
+        kind: Kind::Http,
+        replies: &[
+            Reply {
+                status: 204,
+                body: Body::Empty,
+                description: "The blob is stored (or already was).",
+            },
+            UNAUTHORIZED,
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::HeadBlob,
+        method: Method::Head,
+        path: "/v1/blobs/{hash}",
+        summary: "Whether the broker holds a blob; its size in Content-Length.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[BLOB_HASH],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            Reply {
+                status: 200,
+                body: Body::Empty,
+                description: "The broker holds the blob; Content-Length is its size.",
+            },
+            UNAUTHORIZED,
+            BLOB_NOT_FOUND,
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::GetBlob,
+        method: Method::Get,
+        path: "/v1/blobs/{hash}",
+        summary: "A blob's bytes, for a runner hydrating a task's workspace; verify them against the hash.",
+        credential: Some(Credential::RunnerToken),
+        path_params: &[BLOB_HASH],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            Reply {
+                status: 200,
+                body: Body::Text("application/octet-stream"),
+                description: "The blob's bytes.",
+            },
+            UNAUTHORIZED,
+            BLOB_NOT_FOUND,
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::MissingBlobs,
+        method: Method::Post,
+        path: "/v1/blobs/missing",
+        summary: "Which of these blobs the broker lacks: upload only those.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[],
+        query: None,
+        request: Some(body::<BlobsQuery>()),
+        kind: Kind::Http,
+        replies: &[
+            ok(200, schema::<MissingBlobs>, "The hashes the broker does not hold."),
+            UNAUTHORIZED,
             INTERNAL,
         ],
     },

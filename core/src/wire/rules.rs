@@ -87,10 +87,28 @@ pub enum Rule {
     HeadersTooLarge,
     /// The credential sent more requests than the rate limit allows.
     RateLimit,
+    /// The task's manifest fails its own check (version, paths, fingerprint).
+    Manifest,
+    /// The manifest is of another commit than the task's.
+    ManifestCommit,
+    /// The manifest's commit cannot be fetched by a runner (no commit, never pushed).
+    ManifestBase,
+    /// The manifest has too many entries or names a blob larger than a blob may be.
+    ManifestSize,
+    /// A blob the manifest needs was not uploaded.
+    ManifestBlobs,
+    /// The `{hash}` path segment is not a blake3 hash.
+    BlobHash,
+    /// The uploaded blob is larger than a blob may be.
+    BlobSize,
+    /// The uploaded blob's bytes do not hash to the `{hash}` they were sent as.
+    BlobContent,
+    /// A missing-blobs query asks about too many hashes.
+    BlobCount,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 32] = [
+    pub const ALL: [Rule; 41] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
@@ -123,7 +141,19 @@ impl Rule {
         Rule::UriTooLong,
         Rule::HeadersTooLarge,
         Rule::RateLimit,
+        Rule::Manifest,
+        Rule::ManifestCommit,
+        Rule::ManifestBase,
+        Rule::ManifestSize,
+        Rule::ManifestBlobs,
+        Rule::BlobHash,
+        Rule::BlobSize,
+        Rule::BlobContent,
+        Rule::BlobCount,
     ];
+
+    /// The rules of reading a raw (`application/octet-stream`) body, before its type's own.
+    pub const BYTES_BODY: [Rule; 1] = [Rule::BodySize];
 
     /// The rules of reading any JSON body, before its type's own.
     pub const BODY: [Rule; 4] = [Rule::JsonContentType, Rule::BodySize, Rule::Json, Rule::BodyShape];
@@ -142,7 +172,13 @@ impl Rule {
         match self {
             Rule::Json | Rule::QueryShape | Rule::QueryEncoding | Rule::Malformed => 400,
             Rule::HeadTimeout | Rule::BodyTimeout => 408,
-            Rule::BodySize | Rule::BatchSize | Rule::EventPayloadSize | Rule::ResultTextSize => 413,
+            Rule::BodySize
+            | Rule::BatchSize
+            | Rule::EventPayloadSize
+            | Rule::ResultTextSize
+            | Rule::ManifestSize
+            | Rule::BlobSize
+            | Rule::BlobCount => 413,
             Rule::UriTooLong => 414,
             Rule::JsonContentType => 415,
             Rule::Upgrade => 426,
@@ -164,7 +200,13 @@ impl Rule {
             | Rule::IntentUnserved
             | Rule::BatchId
             | Rule::EmptyBatch
-            | Rule::EventPayload => 422,
+            | Rule::EventPayload
+            | Rule::Manifest
+            | Rule::ManifestCommit
+            | Rule::ManifestBase
+            | Rule::ManifestBlobs
+            | Rule::BlobHash
+            | Rule::BlobContent => 422,
         }
     }
 
@@ -258,6 +300,22 @@ impl Rule {
                 limits::MAX_HEADERS
             ),
             Rule::RateLimit => "This credential sent more requests than the broker's rate limit (`rate_limit`, `rate_burst`); retry after the `Retry-After` seconds.".into(),
+            Rule::Manifest => "The manifest is of another version, has an unsafe, repeated or unsorted overlay path, or its fingerprint does not match its contents.".into(),
+            Rule::ManifestCommit => "The manifest's commit is not the task's commit.".into(),
+            Rule::ManifestBase => "The manifest's commit cannot be fetched by a runner: the repository has no commit, or no ancestor of it is on the remote.".into(),
+            Rule::ManifestSize => format!(
+                "The manifest has more than {} overlay entries, or names a blob larger than {} bytes.",
+                limits::MAX_MANIFEST_ENTRIES,
+                limits::MAX_BLOB_BYTES
+            ),
+            Rule::ManifestBlobs => "A blob the manifest names (an overlay file, a symlink target or the bundle) was not uploaded: upload it with PUT /v1/blobs/{hash} first.".into(),
+            Rule::BlobHash => "The `{hash}` is not a blake3 hash (64 lowercase hex digits).".into(),
+            Rule::BlobSize => format!("The blob is larger than {} bytes.", limits::MAX_BLOB_BYTES),
+            Rule::BlobContent => "The blob's bytes do not hash (blake3) to the `{hash}` they were sent as.".into(),
+            Rule::BlobCount => format!(
+                "The query asks about more than {} hashes.",
+                limits::MAX_BLOBS_PER_QUERY
+            ),
         }
     }
 }

@@ -129,12 +129,15 @@ pub struct SubmitArgs {
     pub profile: Option<String>,
     pub provider: Option<String>,
     pub model: Option<String>,
+    /// `--dry-run`: show what would be synced, send nothing.
+    pub dry_run: bool,
 }
 
 /// Shown by `help` and with usage errors.
 pub const USAGE: &str = r#"Usage:
-  /embark "<prompt>" [--provider <name>] [--model <id>] [--profile <name>]
-      Run a task on a remote runner at this repository's HEAD commit.
+  /embark "<prompt>" [--provider <name>] [--model <id>] [--profile <name>] [--dry-run]
+      Run a task on a remote runner on this working tree: HEAD's commit
+      (unpushed commits included) and the uncommitted work git does not ignore.
       Several unquoted words also form the prompt.
   /embark submit <prompt> [flags]
       The same, explicitly (for a prompt that starts with a command word).
@@ -158,5 +161,6 @@ Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>  Pi provider on the runner (else EMBARK_PROVIDER or `provider` in config.toml)
   --model <id>       model id (else EMBARK_MODEL or `model` in config.toml)
   --profile <name>   the runner's auth profile (else EMBARK_PROFILE, `profile` in config.toml, or "default")
+  --dry-run          show what would be synced (commit, bundle, each file, excludes, fingerprint); send nothing
 
 Quoting: "double" (\" and \\ inside), 'single' (literal), \ escapes one character."#;

@@ -154,6 +154,16 @@ fn parse_submit(tokens: &[Token], explicit: bool) -> Result<Command, UsageError>
             Some((name, value)) => (name, Some(value.to_owned())),
             None => (&token.text[2..], None),
         };
+        if name == "dry-run" {
+            if inline.is_some() {
+                return Err(UsageError("--dry-run takes no value".into()));
+            }
+            if args.dry_run {
+                return Err(UsageError("--dry-run is given twice; keep one".into()));
+            }
+            args.dry_run = true;
+            continue;
+        }
         let slot = match name {
             "profile" => &mut args.profile,
             "provider" => &mut args.provider,
@@ -247,7 +257,23 @@ mod tests {
             profile: profile.map(Into::into),
             provider: provider.map(Into::into),
             model: model.map(Into::into),
+            dry_run: false,
         })
+    }
+
+    #[test]
+    fn dry_run_is_a_flag_without_a_value() {
+        let Ok(Command::Submit(args)) = parse(r#""fix it" --dry-run --model m"#) else {
+            panic!("a submit")
+        };
+        assert!(args.dry_run);
+        assert_eq!((args.prompt.as_str(), args.model.as_deref()), ("fix it", Some("m")));
+        assert!(usage_error("fix it --dry-run=yes").contains("takes no value"));
+        assert!(usage_error("fix it --dry-run --dry-run").contains("twice"));
+        let Ok(Command::Submit(quoted)) = parse(r#""--dry-run" fix"#) else {
+            panic!("a submit")
+        };
+        assert!(!quoted.dry_run, "a quoted word is prompt text");
     }
 
     fn usage_error(line: &str) -> String {

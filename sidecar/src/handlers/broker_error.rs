@@ -57,6 +57,7 @@ pub fn broker_error(error: ClientError) -> RpcError {
                 "the broker answered HTTP {status} with something that is not an embark answer ({body}): does EMBARK_BROKER_URL point at an embark broker?"
             ),
         ),
+        ClientError::BlobMismatch { .. } => RpcError::new(ErrorCode::BrokerRejected, error.to_string()),
         ClientError::Decode { what, source } => RpcError::new(
             ErrorCode::BrokerRejected,
             format!(

@@ -12,10 +12,14 @@ use embark_client::{BrokerClient, ClientError};
 use embark_core::wire::{ApiErrorCode, CreateTask, CreateTaskError, Task};
 use tracing::{info, warn};
 
+use embark_core::manifest::{Base, Manifest};
+use embark_manifest::render::human_bytes;
+
 use super::{Handlers, broker_error, display_id, status_line};
 use crate::command::SubmitArgs;
 use crate::error::RpcError;
 use crate::repo::{self, RepoError};
+use crate::sync;
 
 pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext) -> Result<View, RpcError> {
     let config = handlers.config();
@@ -25,8 +29,37 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
         config.provider.as_deref(),
         config.model.as_deref(),
     )?;
-    let (client, secret) = handlers.broker()?;
     let facts = repo::inspect(Path::new(&session.cwd)).await.map_err(repo_error)?;
+    // Everything is checked before anything is sent: bounds, and that a runner can fetch the commit.
+    let scan = sync::scan(&facts.root, Some(&facts.remote), &config.sync).await?;
+    sync::check_sendable(&scan, &facts.remote)?;
+    if scan.manifest.commit.as_ref().map(|c| c.as_str()) != Some(facts.head.as_str()) {
+        return Err(RpcError::repository(
+            "HEAD moved while the working tree was scanned: submit again. Nothing was sent.",
+        ));
+    }
+    let warnings = facts.warnings.into_iter().map(|text| Block::Text {
+        text,
+        tone: Tone::Warning,
+    });
+    if args.dry_run {
+        let mut blocks = vec![Block::Text {
+            text: format!(
+                "Dry run: nothing was sent. A submit would hand {} this working tree:\n{}",
+                facts.remote_url,
+                scan.summary().trim_end()
+            ),
+            tone: Tone::Info,
+        }];
+        blocks.extend(warnings);
+        return Ok(View {
+            blocks,
+            status: None,
+            message: None,
+        });
+    }
+
+    let (client, secret) = handlers.broker()?;
     let request = CreateTask {
         repo_url: facts.remote_url,
         commit: facts.head,
@@ -35,10 +68,19 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
         session_id: session.session_id.clone(),
         // One id per submit, the same on every retry: the broker makes one task of them.
         client_request_id: Some(uuid::Uuid::new_v4().to_string()),
+        manifest: Some(scan.manifest.clone()),
     };
     request.validate().map_err(create_error)?;
+    let uploaded = sync::upload(client, secret, &scan).await?;
     let task = create_with_retries(client, secret, &request).await?;
-    info!(task = %task.id, commit = %task.commit, "submitted");
+    info!(
+        task = %task.id,
+        commit = %task.commit,
+        fingerprint = %scan.manifest.fingerprint,
+        uploaded_blobs = uploaded.blobs,
+        uploaded_bytes = uploaded.bytes,
+        "submitted"
+    );
 
     // The status line counts every task of the session; fall back to this one alone.
     let tasks = match client
@@ -60,15 +102,17 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
     let intent = &task.intent;
     let mut blocks = vec![Block::Text {
         text: format!(
-            "Embarked task {shown} on {}/{} (profile {}) at {commit_short} from {}\nTask id {}: follow it with `/embark status {shown}`.",
-            intent.provider, intent.model, intent.auth_profile, task.repo_url, task.id
+            "Embarked task {shown} on {}/{} (profile {}) at {commit_short} from {}\n{}\nTask id {}: follow it with `/embark status {shown}`.",
+            intent.provider,
+            intent.model,
+            intent.auth_profile,
+            task.repo_url,
+            synced_line(&scan.manifest, uploaded),
+            task.id
         ),
         tone: Tone::Info,
     }];
-    blocks.extend(facts.warnings.into_iter().map(|text| Block::Text {
-        text,
-        tone: Tone::Warning,
-    }));
+    blocks.extend(warnings);
     Ok(View {
         blocks,
         status: Some(status_line(&tasks)),
@@ -109,6 +153,31 @@ fn retryable(error: &ClientError) -> bool {
         ),
         _ => false,
     }
+}
+
+/// `Synced fingerprint <short>: N file(s), B bytes (…)`: what the runner will reproduce.
+fn synced_line(manifest: &Manifest, uploaded: sync::Uploaded) -> String {
+    let totals = &manifest.totals;
+    let mut line = format!(
+        "Synced fingerprint {}: {} file(s), {} deleted, {} of uncommitted work",
+        manifest.fingerprint.0.short(),
+        totals.files,
+        totals.deleted,
+        human_bytes(totals.overlay_bytes)
+    );
+    if let Base::Unpushed { bundle } = &manifest.base {
+        line.push_str(&format!(
+            ", {} unpushed commit(s) as a {} bundle",
+            bundle.commits,
+            human_bytes(bundle.size)
+        ));
+    }
+    line.push_str(&format!(
+        "; uploaded {} new blob(s), {}.",
+        uploaded.blobs,
+        human_bytes(uploaded.bytes)
+    ));
+    line
 }
 
 /// The intent by the one precedence rule (`embark_core::intent::resolve`):
@@ -163,6 +232,10 @@ fn create_error(error: CreateTaskError) -> RpcError {
         CreateTaskError::BadSessionId | CreateTaskError::BadClientRequestId => {
             RpcError::new(ErrorCode::InvalidParams, message)
         }
+        CreateTaskError::Manifest(_)
+        | CreateTaskError::ManifestCommit { .. }
+        | CreateTaskError::ManifestBase(_)
+        | CreateTaskError::ManifestSize(_) => RpcError::repository(message),
     }
 }
 
@@ -176,6 +249,7 @@ mod tests {
             provider: provider.map(Into::into),
             model: model.map(Into::into),
             profile: profile.map(Into::into),
+            dry_run: false,
         }
     }
 
