@@ -227,7 +227,10 @@ async fn live(client: &BrokerClient) -> anyhow::Result<(Duration, Duration, usiz
 async fn cancels(client: &BrokerClient) -> anyhow::Result<crate::CancelFigures> {
     let mut idle = Vec::new();
     for n in 0..IDLE_CONTROLS {
-        let token = client.enroll(ENROLLMENT_SECRET, &format!("bench-idle-{n}")).await?.runner_token;
+        let token = client
+            .enroll(ENROLLMENT_SECRET, &format!("bench-idle-{n}"))
+            .await?
+            .runner_token;
         let mut channel = client.control(&token).await?;
         anyhow::ensure!(
             matches!(channel.next().await, Some(Ok(ControlFrame::Live))),
@@ -264,7 +267,11 @@ async fn cancels(client: &BrokerClient) -> anyhow::Result<crate::CancelFigures> 
             reason: None,
         };
         let done = client.complete(&claim.callback_token, id, &verdict).await?;
-        anyhow::ensure!(done.state == embark_core::TaskState::Cancelled, "task {id} ended {}", done.state);
+        anyhow::ensure!(
+            done.state == embark_core::TaskState::Cancelled,
+            "task {id} ended {}",
+            done.state
+        );
         stopped.push(asked.elapsed());
         told.push(heard);
     }
