@@ -112,7 +112,7 @@ impl Metrics {
             &mut out,
             "embark_live_clients",
             "gauge",
-            "Open live tails (WebSockets).",
+            "Open live tails and runner control channels (WebSockets).",
         );
         let _ = writeln!(out, "embark_live_clients {}", self.live_clients.load(Ordering::Relaxed));
         labelled(

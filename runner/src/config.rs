@@ -276,7 +276,7 @@ pub struct Cli {
     /// Longest a task may run, clone included; then Pi is aborted and the task fails [env: EMBARK_RUNNER_TASK_TIMEOUT_SECS] [TOML: task_timeout_secs] [default: 3600]
     #[arg(long, value_name = "SECS")]
     pub task_timeout_secs: Option<String>,
-    /// After a client's cancel, how long Pi's process tree gets after SIGTERM before SIGKILL, in ms, 1..=60000 [env: EMBARK_RUNNER_CANCEL_KILL_TIMEOUT_MS] [TOML: cancel_kill_timeout_ms] [default: 5000]
+    /// After a client's cancel, how long Pi's task guard (which ends Pi and its processes) gets after SIGTERM before SIGKILL, in ms, 1..=60000 [env: EMBARK_RUNNER_CANCEL_KILL_TIMEOUT_MS] [TOML: cancel_kill_timeout_ms] [default: 5000]
     #[arg(long, value_name = "MS")]
     pub cancel_kill_timeout_ms: Option<String>,
     /// Longest the git clone and checkout may take [env: EMBARK_RUNNER_CLONE_TIMEOUT_SECS] [TOML: clone_timeout_secs] [default: 600]
@@ -531,7 +531,7 @@ pub struct Config {
     pub once: bool,
     pub claim_wait_ms: u64,
     pub task_timeout: Duration,
-    /// After a cancel: SIGTERM to Pi's process tree, then SIGKILL after this long.
+    /// After a cancel: SIGTERM to Pi's task guard, then SIGKILL of the guard after this long.
     pub cancel_kill_timeout: Duration,
     pub clone_timeout: Duration,
     pub clone_max_bytes: u64,

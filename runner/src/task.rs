@@ -54,7 +54,7 @@ pub struct TaskSettings {
     pub pi: PathBuf,
     pub pi_no_extensions: bool,
     pub task_timeout: Duration,
-    /// After a client's cancel: SIGTERM to Pi's process tree, then SIGKILL after this long.
+    /// After a client's cancel: SIGTERM to Pi's task guard, then SIGKILL of the guard after this long.
     pub cancel_kill_timeout: Duration,
     pub clone: CloneLimits,
     pub cleanup: WorkspaceCleanup,
