@@ -111,6 +111,19 @@ pub struct LeaseRenewed {
     pub renewed_at: jiff::Timestamp,
 }
 
+impl LeaseRenewed {
+    /// The lease a heartbeat renewed at `now_ms`: the attempt found the task
+    /// `before`, and left it `after` (see [`revived`]).
+    pub(crate) fn at(attempt: i64, before: TaskState, after: TaskState, now_ms: i64) -> Result<Self, StoreError> {
+        Ok(LeaseRenewed {
+            attempt: attempt_number(attempt)?,
+            state: after,
+            revived: before != after,
+            renewed_at: rows::timestamp(now_ms)?,
+        })
+    }
+}
+
 /// What a client read or created, so the task (or the session's tasks) count as still wanted.
 #[derive(Clone, Copy, Debug)]
 pub enum Seen<'a> {
@@ -130,6 +143,20 @@ pub struct ReapPolicy {
     /// How many attempts a task may have: a stale task whose attempt wrote no
     /// event beyond `claimed` is requeued while its attempt is below this.
     pub max_attempts: u32,
+}
+
+impl ReapPolicy {
+    /// The stored time (ms) at or before which a task qualifies for `action`
+    /// when the reaper runs at `now_ms`: its client's last sign of life, or
+    /// its lease's last renewal (stale for the stale timeout, for the ends of staleness).
+    pub(crate) fn cutoff(&self, action: ReapAction, now_ms: i64) -> i64 {
+        let lapsed = now_ms.saturating_sub(millis(self.heartbeat_timeout));
+        match action {
+            ReapAction::CancelledClientAbandoned => now_ms.saturating_sub(millis(self.client_silence)),
+            ReapAction::Stale => lapsed,
+            ReapAction::Requeued | ReapAction::FailedStaleTimeout => lapsed.saturating_sub(millis(self.stale_timeout)),
+        }
+    }
 }
 
 /// What the reaper did to one task.
@@ -702,8 +729,13 @@ pub(crate) fn revived(task: TaskId, state: TaskState) -> Result<TaskState, Store
     Ok(state)
 }
 
+/// An attempt number read back from a store.
+pub(crate) fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
+    u32::try_from(attempt).map_err(|_| StoreError::Corrupt(format!("attempt {attempt} is out of range")))
+}
+
 /// Milliseconds of a policy's duration, for comparisons with stored times.
-pub(crate) fn millis(duration: Duration) -> i64 {
+fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -30,9 +30,9 @@ use super::rows::{
 };
 use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
-    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_of, check_append, check_manifest_blobs,
-    check_new_task, check_transition, check_verdict, distinct, fence, latest_stats, manifest_json, millis,
-    replayed_create, revived, settle_verdict,
+    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_number, attempt_of, check_append,
+    check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence, latest_stats,
+    manifest_json, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -348,10 +348,6 @@ async fn authorize_attempt(
         _ => None,
     };
     Ok((current, batch))
-}
-
-fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
-    u32::try_from(attempt).map_err(|_| StoreError::Corrupt(format!("attempt {attempt} is out of range")))
 }
 
 impl Store for SqliteStore {
@@ -817,12 +813,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(LeaseRenewed {
-            attempt: attempt_number(attempt)?,
-            state: next,
-            revived: state != next,
-            renewed_at: super::rows::timestamp(now)?,
-        })
+        LeaseRenewed::at(attempt, state, next, now)
     }
 
     async fn client_seen(&self, seen: Seen<'_>, now: jiff::Timestamp) -> Result<(), StoreError> {
@@ -836,19 +827,12 @@ impl Store for SqliteStore {
 
     async fn reap(&self, now: jiff::Timestamp, policy: &ReapPolicy) -> Result<Vec<Reaped>, StoreError> {
         let now = now.as_millisecond();
-        let lapsed = now.saturating_sub(millis(policy.heartbeat_timeout));
-        let given_up = lapsed.saturating_sub(millis(policy.stale_timeout));
         let mut reaped = Vec::new();
         let mut tx = self.write_tx().await?;
         for (action, sql) in REAP.iter() {
-            let cutoff = match action {
-                ReapAction::CancelledClientAbandoned => now.saturating_sub(millis(policy.client_silence)),
-                ReapAction::Stale => lapsed,
-                ReapAction::Requeued | ReapAction::FailedStaleTimeout => given_up,
-            };
             let query = sqlx::query_scalar::<_, String>(sql.as_str())
                 .bind(now)
-                .bind(cutoff)
+                .bind(policy.cutoff(*action, now))
                 .bind(REAP_BATCH);
             let query = match (action, action.outcome()) {
                 (_, Some((_, text))) => query.bind(text),
