@@ -5,13 +5,13 @@
 // The runner's Pi makes a bash tool call that creates a file in the remote
 // workspace; the task succeeds and `/embark status` shows the result text.
 
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 import { stopAll } from "./lib/process.mjs";
-import { FINISHED_STATES, PiRpc, pollStatus, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
-import { PI_SETTINGS, ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
+import { FINISHED_STATES, pollStatus, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
+import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, startLaptopPi } from "./lib/stack.mjs";
 
 const PROMPT = "create remote.txt saying remote hello";
 const FINAL_TEXT = "done: remote.txt now says remote hello";
@@ -43,32 +43,7 @@ async function main() {
   });
   step(`broker on ${broker.url}, fake model on ${model.baseUrl}`);
 
-  // The laptop: its own Pi config dir and HOME, nothing from the real one.
-  const laptopAgent = join(dir, "laptop-agent");
-  const laptopHome = join(dir, "laptop-home");
-  mkdirSync(laptopAgent, { recursive: true });
-  mkdirSync(laptopHome, { recursive: true });
-  writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify(PI_SETTINGS));
-  const pi = PiRpc.start({
-    piBin,
-    cwd: repo.work,
-    args: ["-e", join(ROOT, "extension-shim"), "--no-session"],
-    logPath: join(dir, "laptop-pi.log"),
-    env: {
-      ...process.env,
-      HOME: laptopHome,
-      PI_CODING_AGENT_DIR: laptopAgent,
-      PI_OFFLINE: "1",
-      EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
-      // An empty file, not a missing one: a named config file must exist.
-      EMBARK_CONFIG: emptyConfig(dir, "laptop"),
-      EMBARK_BROKER_URL: broker.url,
-      EMBARK_CLIENT_SECRET: secrets.client,
-      EMBARK_PROFILE: "default",
-      EMBARK_PROVIDER: "fake",
-      EMBARK_MODEL: "fake-model",
-    },
-  });
+  const pi = startLaptopPi(dir, { piBin, bin, repo, broker, secrets });
 
   const commands = await pi.call({ type: "get_commands" });
   if (!commands.response.data.commands.some((c) => c.name === "embark")) fail("/embark is not registered");

@@ -7,13 +7,13 @@
 // task guard, the tool's shell) and the task `cancelled`; the latency from
 // the cancel to the last of them gone is printed.
 
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 import { stopAll } from "./lib/process.mjs";
-import { PiRpc, pollStatus, submittedTaskId } from "./lib/pi-rpc-client.mjs";
-import { PI_SETTINGS, ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
+import { pollStatus, submittedTaskId } from "./lib/pi-rpc-client.mjs";
+import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, startLaptopPi } from "./lib/stack.mjs";
 import { killMarked, processesWith, until } from "./lib/tasks.mjs";
 
 const SCRIPT = {
@@ -43,30 +43,7 @@ async function main() {
   });
   step(`broker on ${broker.url}, fake model on ${model.baseUrl}`);
 
-  const laptopAgent = join(dir, "laptop-agent");
-  const laptopHome = join(dir, "laptop-home");
-  mkdirSync(laptopAgent, { recursive: true });
-  mkdirSync(laptopHome, { recursive: true });
-  writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify(PI_SETTINGS));
-  const pi = PiRpc.start({
-    piBin,
-    cwd: repo.work,
-    args: ["-e", join(ROOT, "extension-shim"), "--no-session"],
-    logPath: join(dir, "laptop-pi.log"),
-    env: {
-      ...process.env,
-      HOME: laptopHome,
-      PI_CODING_AGENT_DIR: laptopAgent,
-      PI_OFFLINE: "1",
-      EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
-      EMBARK_CONFIG: emptyConfig(dir, "laptop"),
-      EMBARK_BROKER_URL: broker.url,
-      EMBARK_CLIENT_SECRET: secrets.client,
-      EMBARK_PROFILE: "default",
-      EMBARK_PROVIDER: "fake",
-      EMBARK_MODEL: "fake-model",
-    },
-  });
+  const pi = startLaptopPi(dir, { piBin, bin, repo, broker, secrets });
 
   const submitted = await pi.embark(JSON.stringify("sleep for ten minutes"));
   const shortId = submittedTaskId(submitted);

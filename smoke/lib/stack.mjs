@@ -8,6 +8,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
+import { PiRpc } from "./pi-rpc-client.mjs";
 import { readyLine, start } from "./process.mjs";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -183,4 +184,37 @@ export async function startBrokerAndRunner(dir, bin, { label, profile, runnerNam
   const spaces = join(dir, "spaces");
   const runner = startRunner(dir, bin, { brokerUrl: broker.url, enrollmentSecret: secrets.enrollment, spaces, profiles, name: runnerName, args: runnerArgs, env: runnerEnv });
   return { broker, secrets, spaces, profiles, runner };
+}
+
+/**
+ * Pi on the "laptop": RPC mode with the /embark extension, its own Pi config
+ * dir and HOME under `dir` (nothing from the real ones), the sidecar pointed
+ * at `broker` with the client secret and the fake model's intent.
+ */
+export function startLaptopPi(dir, { piBin, bin, repo, broker, secrets }) {
+  const laptopAgent = join(dir, "laptop-agent");
+  const laptopHome = join(dir, "laptop-home");
+  mkdirSync(laptopAgent, { recursive: true });
+  mkdirSync(laptopHome, { recursive: true });
+  writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify(PI_SETTINGS));
+  return PiRpc.start({
+    piBin,
+    cwd: repo.work,
+    args: ["-e", join(ROOT, "extension-shim"), "--no-session"],
+    logPath: join(dir, "laptop-pi.log"),
+    env: {
+      ...process.env,
+      HOME: laptopHome,
+      PI_CODING_AGENT_DIR: laptopAgent,
+      PI_OFFLINE: "1",
+      EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
+      // An empty file, not a missing one: a named config file must exist.
+      EMBARK_CONFIG: emptyConfig(dir, "laptop"),
+      EMBARK_BROKER_URL: broker.url,
+      EMBARK_CLIENT_SECRET: secrets.client,
+      EMBARK_PROFILE: "default",
+      EMBARK_PROVIDER: "fake",
+      EMBARK_MODEL: "fake-model",
+    },
+  });
 }
