@@ -311,19 +311,9 @@ impl BrokerClient {
 
     /// Uploads `bytes` as the blob `hash` (the broker checks they match).
     pub async fn put_blob(&self, client_secret: &str, hash: &ContentHash, bytes: Vec<u8>) -> Result<(), ClientError> {
-        let route = Operation::PutBlob.route();
-        let url = format!("{}{}", self.base, route.path_with(&[&hash.to_hex()]));
-        let request = self
-            .http
-            .put(&url)
-            .timeout(REQUEST_TIMEOUT)
-            .bearer_auth(client_secret)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes);
-        let response = request.send().await.map_err(|source| ClientError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+        let response = self
+            .blob_call(Operation::PutBlob, client_secret, hash, Some(bytes))
+            .await?;
         if response.status().is_success() {
             return Ok(());
         }
@@ -332,19 +322,7 @@ impl BrokerClient {
 
     /// The size of the blob `hash` on the broker, or `None` when it lacks it.
     pub async fn blob_size(&self, client_secret: &str, hash: &ContentHash) -> Result<Option<u64>, ClientError> {
-        let route = Operation::HeadBlob.route();
-        let url = format!("{}{}", self.base, route.path_with(&[&hash.to_hex()]));
-        let response = self
-            .http
-            .head(&url)
-            .timeout(REQUEST_TIMEOUT)
-            .bearer_auth(client_secret)
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let response = self.blob_call(Operation::HeadBlob, client_secret, hash, None).await?;
         match response.status() {
             StatusCode::OK => Ok(response
                 .headers()
@@ -361,24 +339,12 @@ impl BrokerClient {
 
     /// The bytes of blob `hash`, verified against it (runner token).
     pub async fn get_blob(&self, runner_token: &str, hash: &ContentHash) -> Result<Vec<u8>, ClientError> {
-        let route = Operation::GetBlob.route();
-        let url = format!("{}{}", self.base, route.path_with(&[&hash.to_hex()]));
-        let response = self
-            .http
-            .get(&url)
-            .timeout(REQUEST_TIMEOUT)
-            .bearer_auth(runner_token)
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let response = self.blob_call(Operation::GetBlob, runner_token, hash, None).await?;
         if !response.status().is_success() {
             return Err(api_error(response).await);
         }
         let bytes = response.bytes().await.map_err(|source| ClientError::Decode {
-            what: route.path.to_owned(),
+            what: Operation::GetBlob.route().path.to_owned(),
             source,
         })?;
         let actual = ContentHash::of(&bytes);
@@ -389,6 +355,33 @@ impl BrokerClient {
             });
         }
         Ok(bytes.to_vec())
+    }
+
+    /// One call of a blob route (`PUT`, `HEAD` or `GET /v1/blobs/{hash}`):
+    /// raw bytes, not JSON, so the caller reads the answer itself.
+    async fn blob_call(
+        &self,
+        operation: Operation,
+        bearer: &str,
+        hash: &ContentHash,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let route = operation.route();
+        let url = format!("{}{}", self.base, route.path_with(&[&hash.to_hex()]));
+        let mut request = self
+            .http
+            .request(http_method(route.method), &url)
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(bearer);
+        if let Some(bytes) = bytes {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes);
+        }
+        request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url, source })
     }
 
     /// One request to `operation`'s route, its `{id}` segment (if any)
@@ -409,13 +402,7 @@ impl BrokerClient {
             None => route.path_with(&[]),
         };
         let url = format!("{}{path}{query}", self.base);
-        let method = match route.method {
-            Method::Get => reqwest::Method::GET,
-            Method::Head => reqwest::Method::HEAD,
-            Method::Post => reqwest::Method::POST,
-            Method::Put => reqwest::Method::PUT,
-        };
-        let mut request = self.http.request(method, &url).timeout(timeout);
+        let mut request = self.http.request(http_method(route.method), &url).timeout(timeout);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
@@ -440,6 +427,15 @@ impl BrokerClient {
             });
         }
         Err(api_error(response).await)
+    }
+}
+
+fn http_method(method: Method) -> reqwest::Method {
+    match method {
+        Method::Get => reqwest::Method::GET,
+        Method::Head => reqwest::Method::HEAD,
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
     }
 }
 
