@@ -111,7 +111,8 @@ export function emptyConfig(dir, who) {
   return path;
 }
 
-export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
+/** Starts a broker on SQLite in `dir`; `env` adds or overrides variables (e.g. its repo transports). */
+export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0", env = {}) {
   const args = ["--listen", listen, "--db", join(dir, "broker.db"), "--config", emptyConfig(dir, "broker")];
   const proc = start("embark-broker", join(bin, "embark-broker"), args, {
     cwd: dir,
@@ -122,6 +123,7 @@ export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
       // The fixture repositories are local paths on this machine.
       EMBARK_BROKER_REPO_TRANSPORTS: "https,ssh,git,local",
       RUST_LOG: process.env.RUST_LOG ?? "info",
+      ...env,
     },
     logPath: join(dir, "broker.log"),
   });
@@ -133,10 +135,10 @@ export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
  * Starts a runner. Fixture repositories are local, so `file` is among its git
  * protocols; `pi` is the Pi program (the pinned one by default), `args` adds
  * flags (e.g. `--isolation bwrap`), `env` variables, `log` names its log
- * file in `dir`.
+ * file in `dir`, `gitProtocols` replaces its git protocols.
  */
-export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, profiles, name = "local-runner", pi = requirePi(), args = [], env = {}, log = "runner.log" }) {
-  const argv = ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", pi, "--name", name, "--config", emptyConfig(dir, "runner"), "--git-protocols", "https,ssh,git,file", ...args];
+export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, profiles, name = "local-runner", pi = requirePi(), args = [], env = {}, log = "runner.log", gitProtocols = "https,ssh,git,file" }) {
+  const argv = ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", pi, "--name", name, "--config", emptyConfig(dir, "runner"), "--git-protocols", gitProtocols, ...args];
   return start("embark-runner", join(bin, "embark-runner"), argv, {
     cwd: dir,
     env: { ...process.env, EMBARK_RUNNER_ENROLLMENT_SECRET: enrollmentSecret, RUST_LOG: process.env.RUST_LOG ?? "info", ...env },
