@@ -272,14 +272,7 @@ pub async fn checkout_from(
     if !embark_core::wire::is_object_id(commit) {
         return Err(CheckoutError::BadCommit(commit.to_owned()));
     }
-    let protocol = classify(url)?;
-    if !limits.protocols.allows(protocol) {
-        return Err(CheckoutError::ProtocolNotAllowed {
-            url: without_credentials(url),
-            protocol,
-            allowed: limits.protocols.names().collect::<Vec<_>>().join(", "),
-        });
-    }
+    check_protocol(url, limits)?;
     let deadline = Instant::now() + limits.timeout;
     let git = Git {
         guard,
@@ -395,11 +388,8 @@ pub async fn checkout_from(
     Ok(())
 }
 
-/// Whether the runner's git can read `url` as a checkout would (the same
-/// protocols, fence and environment: no terminal prompt, no askpass, SSH in
-/// batch mode), by listing its `HEAD` within `timeout`; nothing is written.
-/// The pre-claim check ([`crate::repo_check`]).
-pub async fn probe(url: &str, limits: &CloneLimits, guard: &Guard, timeout: Duration) -> Result<(), CheckoutError> {
+/// `url`'s protocol, classified before git starts, is one the runner allows.
+fn check_protocol(url: &str, limits: &CloneLimits) -> Result<(), CheckoutError> {
     let protocol = classify(url)?;
     if !limits.protocols.allows(protocol) {
         return Err(CheckoutError::ProtocolNotAllowed {
@@ -408,6 +398,15 @@ pub async fn probe(url: &str, limits: &CloneLimits, guard: &Guard, timeout: Dura
             allowed: limits.protocols.names().collect::<Vec<_>>().join(", "),
         });
     }
+    Ok(())
+}
+
+/// Whether the runner's git can read `url` as a checkout would (the same
+/// protocols, fence and environment: no terminal prompt, no askpass, SSH in
+/// batch mode), by listing its `HEAD` within `timeout`; nothing is written.
+/// The pre-claim check ([`crate::repo_check`]).
+pub async fn probe(url: &str, limits: &CloneLimits, guard: &Guard, timeout: Duration) -> Result<(), CheckoutError> {
+    check_protocol(url, limits)?;
     let limits = CloneLimits {
         timeout: timeout.min(limits.timeout),
         ..limits.clone()
