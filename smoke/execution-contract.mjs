@@ -14,10 +14,9 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { spawn } from "node:child_process";
 
-import { lineReader, stopAll } from "./lib/process.mjs";
-import { buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
+import { stopAll } from "./lib/process.mjs";
+import { buildBinaries, fakeModels, fixtureRepo, requirePi, sidecarCommands, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { api, until, waitFinished } from "./lib/tasks.mjs";
 
 const NAME = "smoke:execution-contract";
@@ -37,21 +36,8 @@ async function create(broker, secrets, repo, intent, prompt = "say hi") {
   return { status: res.status, body: await res.json() };
 }
 
-/** One sidecar over stdio: hello, then each line as embark.command. */
-async function sidecar(bin, env, cwd, lines, session = "contract-sidecar") {
-  const child = spawn(join(bin, "embark-sidecar"), ["--stdio", "--config", emptyConfig(dir, "sidecar")], { cwd, env: { PATH: process.env.PATH, HOME: dir, ...env }, stdio: ["pipe", "pipe", "ignore"] });
-  const reader = lineReader(child.stdout);
-  const call = async (id, method, params) => {
-    child.stdin.write(`${JSON.stringify({ jsonrpc: "2.0", id, method, params })}\n`);
-    const line = await reader(30_000);
-    return JSON.parse(line);
-  };
-  const answers = [await call(0, "embark.hello", { protocol: 1 })];
-  let id = 1;
-  for (const line of lines) answers.push(await call(id++, "embark.command", { line, session: { session_id: session, cwd } }));
-  child.stdin.end();
-  return answers.slice(1);
-}
+/** The sidecar answers of `lines`, in Pi session `session`. */
+const sidecar = (bin, env, cwd, lines, session = "contract-sidecar") => sidecarCommands(bin, dir, env, cwd, lines, session);
 
 async function main() {
   requirePi();

@@ -3,13 +3,13 @@
 // The fixture repository and the fake model's Pi configuration come from
 // testkit/fixtures/*.json, the files the Rust tests read too.
 
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { PiRpc } from "./pi-rpc-client.mjs";
-import { readyLine, start } from "./process.mjs";
+import { lineReader, readyLine, start } from "./process.mjs";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PI_BIN = join(ROOT, "node_modules", ".bin", "pi");
@@ -219,4 +219,24 @@ export function startLaptopPi(dir, { piBin, bin, repo, broker, secrets }) {
       EMBARK_MODEL: "fake-model",
     },
   });
+}
+
+/**
+ * One sidecar over stdio in `cwd` (HOME is `dir`, no user config): hello,
+ * then each line as `embark.command` of Pi session `session`; answers the
+ * JSON-RPC answers of the lines, in order.
+ */
+export async function sidecarCommands(bin, dir, env, cwd, lines, session) {
+  const child = spawn(join(bin, "embark-sidecar"), ["--stdio", "--config", emptyConfig(dir, "sidecar")], { cwd, env: { PATH: process.env.PATH, HOME: dir, ...env }, stdio: ["pipe", "pipe", "ignore"] });
+  const reader = lineReader(child.stdout);
+  const call = async (id, method, params) => {
+    child.stdin.write(`${JSON.stringify({ jsonrpc: "2.0", id, method, params })}\n`);
+    return JSON.parse(await reader(30_000));
+  };
+  await call(0, "embark.hello", { protocol: 1 });
+  const answers = [];
+  let id = 1;
+  for (const line of lines) answers.push(await call(id++, "embark.command", { line, session: { session_id: session, cwd } }));
+  child.stdin.end();
+  return answers;
 }
