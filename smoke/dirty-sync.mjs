@@ -9,20 +9,14 @@
 // reuses the runner's cached overlay; a changed file changes the fingerprint.
 
 import { createHash } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, git, requirePi, sidecarCommands, startBrokerAndRunner, startFakeModel } from "./lib/stack.mjs";
 import { api, events, waitFinished } from "./lib/tasks.mjs";
 
-const NAME = "smoke:dirty-sync";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-dirty-"));
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
+const { dir, step, fail, run } = smokeScript("smoke:dirty-sync", "embark-smoke-dirty-");
 
 // Run by the runner's Pi in its workspace: "<exec bit> <sha256> <path>" for every file but .git's.
 const LIST = `find . -path ./.git -prune -o -type f -print | LC_ALL=C sort | while read -r f; do x=0; [ -x "$f" ] && x=1; printf '%s %s %s\\n' "$x" "$(sha256sum < "$f" | cut -d' ' -f1)" "\${f#./}"; done\n`;
@@ -115,14 +109,4 @@ async function main() {
   step(`a changed file: fingerprint ${first.sent} → ${changed.sent}, the runner has the new bytes`);
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    rmSync(dir, { recursive: true, force: true });
-    step("ok");
-  })
-  .catch(async (error) => {
-    await stopAll();
-    console.error(`[${NAME}] FAILED: ${error.message}\n(kept ${dir})`);
-    process.exit(1);
-  });
+run(main);

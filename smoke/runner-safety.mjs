@@ -8,21 +8,15 @@
 // runs; a task of a readable repository queued after it runs at once; the
 // check's result is cached (git asks the server once, not on every claim).
 
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { api, sleep, until, waitFinished } from "./lib/tasks.mjs";
 
-const NAME = "smoke:runner-safety";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-safety-"));
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
+const { dir, step, fail, run } = smokeScript("smoke:runner-safety", "embark-smoke-safety-");
 
 /** A git server that wants credentials nobody has: 401 to every request, each one counted. */
 async function startLockedServer() {
@@ -97,14 +91,4 @@ async function main() {
   locked.server.close();
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    rmSync(dir, { recursive: true, force: true });
-    step("ok");
-  })
-  .catch(async (error) => {
-    await stopAll();
-    console.error(`[${NAME}] FAILED: ${error.message}\n(kept ${dir})`);
-    process.exit(1);
-  });
+run(main);
