@@ -71,3 +71,9 @@ npm run smoke:execution-contract
 
 step "smoke: execution-failures (malformed payloads, intents refused before Pi starts, no container; fake docker)"
 npm run smoke:execution-failures
+
+step "smoke: runner-safety (a repository git cannot read without a prompt is never claimed; real git over HTTP 401)"
+npm run smoke:runner-safety
+
+step "smoke: dirty-sync (edits, deletions, a mode change, untracked files and an unpushed commit reach the runner byte for byte)"
+npm run smoke:dirty-sync

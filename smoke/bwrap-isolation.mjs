@@ -8,8 +8,9 @@
 //   task's workspace; nothing outside the task directory is written on the
 //   host; /usr and /etc are read-only; /tmp is private; the sandbox is a
 //   PID namespace of its own;
-// - a process the task started in a session of its own dies when the
-//   runner aborts the task on its timeout, when the runner shuts down
+// - a process the task started in a session of its own dies when a
+//   client cancels the task, when the runner aborts the task on its
+//   timeout, when the runner shuts down
 //   (SIGTERM), and when the runner is killed (SIGKILL) — without a restart.
 
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -159,6 +160,16 @@ async function main() {
   step("shutdown: the task was reported and its processes are gone");
 
   runner = startRunner(dir, bin, runnerOptions(15, "runner2.log"));
+  // A client's cancel stops the sandboxed run: its processes die with it.
+  const cancelled = await submit(broker, secrets, repo, sleeperScript("cancel"));
+  await until("the sleeper of the task to cancel", () => processesWith(`${SLEEPER}-cancel`).length > 0, 60_000);
+  const cancel = await fetch(`${broker.url}/v1/tasks/${cancelled.id}/cancel`, { method: "POST", headers: { authorization: `Bearer ${secrets.client}` } });
+  if (!cancel.ok) fail(`cancel: ${cancel.status} ${await cancel.text()}`);
+  await until("the cancelled task's processes to die", () => processesWith(`${SLEEPER}-cancel`).length === 0, 10_000);
+  const cancelledDone = await waitFinished(broker, secrets, cancelled.id, 30_000);
+  if (cancelledDone.state !== "cancelled") fail(`the cancelled task ended ${cancelledDone.state}: ${JSON.stringify(cancelledDone.outcome)}`);
+  step("cancel: the sandboxed task's detached process died, the task is cancelled");
+
   // The task timeout aborts the run: the sandbox's processes die with it.
   const timed = await submit(broker, secrets, repo, sleeperScript("timeout"));
   await until("the sleeper of the timed-out task", () => processesWith(`${SLEEPER}-timeout`).length > 0, 60_000);

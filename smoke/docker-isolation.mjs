@@ -132,7 +132,10 @@ async function main() {
   runner = startRunner(dir, bin, runnerOptions(10, "runner3.log"));
   await until("the next runner to remove the container", () => removals(crashed.id).length > 0, 30_000);
   await until("the container to be gone", () => !existsSync(join(docker.state, `embark-task-${crashed.id}.pid`)), 10_000);
-  const record = JSON.parse(readFileSync(join(spaces, crashed.id, "task.json"), "utf8"));
+  // The record is marked just after `docker rm -f` returns: wait for it (bounded).
+  const readRecord = () => JSON.parse(readFileSync(join(spaces, crashed.id, "task.json"), "utf8"));
+  await until("the crashed task's record to be marked abandoned", () => readRecord().state === "abandoned", 10_000).catch(() => {});
+  const record = readRecord();
   if (record.state !== "abandoned" || record.container !== `embark-task-${crashed.id}`) fail(`the crashed task's record: ${JSON.stringify(record)}`);
   if (existsSync(join(spaces, crashed.id, "bundle"))) fail("the crashed task's bundle was not swept");
   step("SIGKILL: the next runner removed the container and the bundle");

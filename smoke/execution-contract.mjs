@@ -6,16 +6,17 @@
 // submit (422 intent_unsupported, naming the closest) an intent no runner
 // serves; a queued task the runner cannot serve is never handed to it,
 // while a servable one runs with exactly the provider and model named; the
-// sidecar resolves flags over EMBARK_* config; Pi's session stats land on
-// the task and in `/embark status`.
+// sidecar resolves flags over EMBARK_* config, and `--isolation`/`--label`
+// and `/embark defaults` (the session layer, kept across sidecars as after
+// `pi -c`) end to end: explicit > session default > sidecar config > runner
+// default; Pi's session stats land on the task and in `/embark status`.
 
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { spawn } from "node:child_process";
 
-import { lineReader, stopAll } from "./lib/process.mjs";
-import { buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
+import { stopAll } from "./lib/process.mjs";
+import { buildBinaries, fakeModels, fixtureRepo, requirePi, sidecarCommands, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { api, until, waitFinished } from "./lib/tasks.mjs";
 
 const NAME = "smoke:execution-contract";
@@ -35,21 +36,8 @@ async function create(broker, secrets, repo, intent, prompt = "say hi") {
   return { status: res.status, body: await res.json() };
 }
 
-/** One sidecar over stdio: hello, then each line as embark.command. */
-async function sidecar(bin, env, cwd, lines) {
-  const child = spawn(join(bin, "embark-sidecar"), ["--stdio", "--config", emptyConfig(dir, "sidecar")], { cwd, env: { PATH: process.env.PATH, HOME: dir, ...env }, stdio: ["pipe", "pipe", "ignore"] });
-  const reader = lineReader(child.stdout);
-  const call = async (id, method, params) => {
-    child.stdin.write(`${JSON.stringify({ jsonrpc: "2.0", id, method, params })}\n`);
-    const line = await reader(30_000);
-    return JSON.parse(line);
-  };
-  const answers = [await call(0, "embark.hello", { protocol: 1 })];
-  let id = 1;
-  for (const line of lines) answers.push(await call(id++, "embark.command", { line, session: { session_id: "contract-sidecar", cwd } }));
-  child.stdin.end();
-  return answers.slice(1);
-}
+/** The sidecar answers of `lines`, in Pi session `session`. */
+const sidecar = (bin, env, cwd, lines, session = "contract-sidecar") => sidecarCommands(bin, dir, env, cwd, lines, session);
 
 async function main() {
   requirePi();
@@ -121,6 +109,38 @@ async function main() {
   const table = JSON.stringify(runners.result);
   if (!table.includes("contract-runner") || !table.includes("team-model") || !table.includes("fake-*")) fail(`/embark runners: ${table}`);
   step("sidecar: flags over EMBARK_* (profile and model from flags, provider from env); /embark runners lists the fleet");
+
+  // The session layer and the isolation/label flags, end to end. The config names provider and model, no profile.
+  const cfg = { EMBARK_BROKER_URL: broker.url, EMBARK_CLIENT_SECRET: secrets.client, EMBARK_PROVIDER: "fake", EMBARK_MODEL: "team-model" };
+  const S = "contract-defaults";
+  const [set] = await sidecar(bin, cfg, repo.work, ["defaults --profile team --isolation process --label smoke"], S);
+  if (set.error) fail(`defaults: ${JSON.stringify(set.error)}`);
+  // A new sidecar (Pi restarted with `pi -c`: the same session id) still has them.
+  const [bySession, explicit, badMode, badLabel, defaultsShown] = await sidecar(
+    bin,
+    cfg,
+    repo.work,
+    ['"by the session defaults"', '"explicit wins" --profile default --model fake-model', '"no" --isolation bwrap', '"no" --label gpu', "defaults"],
+    S,
+  );
+  for (const answer of [bySession, explicit]) if (answer.error) fail(`a submit with session defaults: ${JSON.stringify(answer.error)}`);
+  const [second, first] = (await api(broker.url, secrets.client, `/v1/tasks?session_id=${S}`)).tasks;
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  if (!same(first.intent, { auth_profile: "team", provider: "fake", model: "team-model", isolation: "process", labels: ["smoke"] })) fail(`session over config: ${JSON.stringify(first.intent)}`);
+  if (!same(second.intent, { auth_profile: "default", provider: "fake", model: "fake-model", isolation: "process", labels: ["smoke"] })) fail(`explicit over session: ${JSON.stringify(second.intent)}`);
+  if (!badMode.error?.message.includes("cannot run under isolation bwrap")) fail(`--isolation bwrap should be refused at submit: ${JSON.stringify(badMode)}`);
+  if (!badLabel.error?.message.includes("lacks the labels gpu")) fail(`--label gpu should be refused at submit: ${JSON.stringify(badLabel)}`);
+  const rows = defaultsShown.result.blocks.find((b) => b.type === "table").rows.map((r) => r.join(" | "));
+  for (const row of ["auth profile | team | session default", "provider | fake | sidecar config (EMBARK_* or config.toml)", "labels | smoke | session default"]) {
+    if (!rows.includes(row)) fail(`/embark defaults lacks ${JSON.stringify(row)}: ${JSON.stringify(rows)}`);
+  }
+  const [, afterClear] = await sidecar(bin, cfg, repo.work, ["defaults --clear", '"after clear" --model fake-model'], S);
+  if (afterClear.error) fail(`after clear: ${JSON.stringify(afterClear.error)}`);
+  const [latest] = (await api(broker.url, secrets.client, `/v1/tasks?session_id=${S}`)).tasks;
+  if (!same(latest.intent, { auth_profile: "default", provider: "fake", model: "fake-model" })) fail(`after --clear the runner default profile: ${JSON.stringify(latest.intent)}`);
+  const served = await waitFinished(broker, secrets, second.id);
+  if (served.state !== "succeeded") fail(`the task with --isolation process and --label smoke ended ${served.state}: ${served.outcome?.reason}`);
+  step("session defaults (kept across sidecars) beat the config, flags beat them, --clear falls back to the runner default; --isolation/--label refused at submit or run as named");
 
   await waitFinished(broker, secrets, mine.id);
   const [status] = await sidecar(bin, env, repo.work, ["status"]);

@@ -91,17 +91,19 @@ impl ClaimQueue {
 
     /// Claims the oldest queued task for `runner`, waiting up to `wait` for
     /// one; `None` when none came in time or the broker is shutting down.
+    /// Only a task of one of `repos`, when given.
     pub async fn claim<S: Store>(
         &self,
         store: &S,
         runner: &Runner,
+        repos: Option<&[String]>,
         wait: Duration,
         shutdown: &Shutdown,
     ) -> Result<Option<Claim>, StoreError> {
         let (callback_token, callback_hash) = mint(TokenKind::Callback);
         let task = self
             .wait_for(wait, shutdown, &runner.name, || {
-                store.claim_next(&runner.id, &callback_hash)
+                store.claim_next_of(&runner.id, &callback_hash, repos)
             })
             .await?;
         Ok(task.map(|task| {
@@ -112,6 +114,26 @@ impl ClaimQueue {
                 callback_token,
             }
         }))
+    }
+
+    /// The repositories of queued tasks `runner` can serve, but those in
+    /// `exclude`, waiting up to `wait` for one (on the same wake-ups as a
+    /// claim); `None` when none came in time. Nothing is claimed.
+    pub async fn peek<S: Store>(
+        &self,
+        store: &S,
+        runner: &Runner,
+        exclude: &[String],
+        wait: Duration,
+        shutdown: &Shutdown,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        self.wait_for(wait, shutdown, &runner.name, || async move {
+            let repos = store
+                .queued_repos(&runner.id, exclude, limits::MAX_REPOS_PER_PEEK)
+                .await?;
+            Ok((!repos.is_empty()).then_some(repos))
+        })
+        .await
     }
 
     /// Runs `look` until it finds something, looking again on a wake-up

@@ -22,7 +22,8 @@ use embark_core::text;
 use embark_core::wire::routes::{Method, Operation};
 use embark_core::wire::{
     ApiError, ApiErrorCode, AppendEvents, BlobsQuery, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner,
-    EventPage, EventsAppended, Health, Lease, MissingBlobs, RunnerEnrolled, RunnerList, Task, TaskCancel, TaskList,
+    EventPage, EventsAppended, Health, Lease, MissingBlobs, PeekRequest, QueuedRepos, RunnerEnrolled, RunnerList, Task,
+    TaskCancel, TaskList,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -229,10 +230,40 @@ impl BrokerClient {
 
     /// Long-polls for a task; `None` when none came within `wait_ms`.
     pub async fn claim(&self, runner_token: &str, wait_ms: u64) -> Result<Option<Claim>, ClientError> {
-        let body = ClaimRequest { wait_ms };
+        self.claim_of(runner_token, &ClaimRequest::any(wait_ms)).await
+    }
+
+    /// [`BrokerClient::claim`] as `request` says (e.g. only of some repositories).
+    pub async fn claim_of(&self, runner_token: &str, request: &ClaimRequest) -> Result<Option<Claim>, ClientError> {
+        let timeout = REQUEST_TIMEOUT + Duration::from_millis(request.wait_ms);
+        self.send(
+            Operation::ClaimTask,
+            None,
+            "",
+            Some(runner_token),
+            Some(request),
+            timeout,
+        )
+        .await
+    }
+
+    /// Long-polls for the repositories of queued tasks this runner could
+    /// claim (but `exclude_repos`), claiming none; `None` when none came within `wait_ms`.
+    pub async fn peek(
+        &self,
+        runner_token: &str,
+        wait_ms: u64,
+        exclude_repos: &[String],
+    ) -> Result<Option<Vec<String>>, ClientError> {
+        let body = PeekRequest {
+            wait_ms,
+            exclude_repos: exclude_repos.to_vec(),
+        };
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(wait_ms);
-        self.send(Operation::ClaimTask, None, "", Some(runner_token), Some(&body), timeout)
-            .await
+        let queued: Option<QueuedRepos> = self
+            .send(Operation::PeekQueue, None, "", Some(runner_token), Some(&body), timeout)
+            .await?;
+        Ok(queued.map(|queued| queued.repos))
     }
 
     pub async fn append_events(

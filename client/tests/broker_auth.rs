@@ -18,7 +18,8 @@ use embark_core::task::TaskId;
 use embark_core::wire::live::LiveFrame;
 use embark_core::wire::routes::{Kind, Method, Operation, ROUTES, Route};
 use embark_core::wire::{
-    ApiError, ApiErrorCode, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, Task, TaskResult,
+    ApiError, ApiErrorCode, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, PeekRequest, Task,
+    TaskResult,
 };
 use embark_testkit::{Backend, Broker};
 use serde_json::Value;
@@ -52,7 +53,11 @@ fn valid_body(operation: Operation) -> Option<Value> {
             name: "matrix".into(),
             capabilities: None,
         })),
-        Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
+        Operation::ClaimTask => Some(value(&ClaimRequest::any(0))),
+        Operation::PeekQueue => Some(value(&PeekRequest {
+            wait_ms: 0,
+            exclude_repos: Vec::new(),
+        })),
         Operation::AppendEvents => Some(value(&AppendEvents {
             batch_id: "matrix-1".into(),
             events: vec![NewEvent::new(Log::new(LogLevel::Info, "matrix"))],
@@ -149,7 +154,7 @@ fn expected(operation: Operation, cred: Cred) -> u16 {
             _ => 401,
         },
         // Nothing is queued when the claims are made (creates come later).
-        Operation::ClaimTask => match cred {
+        Operation::ClaimTask | Operation::PeekQueue => match cred {
             Runner => 204,
             _ => 401,
         },
@@ -338,7 +343,7 @@ async fn every_route_times_every_credential_answers_as_the_table_says(backend: B
     // cancelled), its right cell last.
     // The blob is uploaded before it is asked about.
     let rank = |route: &Route| match route.operation {
-        Operation::ClaimTask => 0,
+        Operation::ClaimTask | Operation::PeekQueue => 0,
         Operation::PutBlob => 1,
         Operation::CancelTask => 3,
         Operation::CompleteTask => 4,

@@ -12,7 +12,8 @@ use embark_core::manifest::ContentHash;
 use embark_core::task::TaskId;
 use embark_core::wire::routes::{Credential, Kind, Method, Operation, ROUTES, Route};
 use embark_core::wire::{
-    ApiError, ApiErrorCode, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, Health, TaskResult,
+    ApiError, ApiErrorCode, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, Health, PeekRequest,
+    TaskResult,
 };
 use embark_testkit::Broker;
 use serde_json::{Value, json};
@@ -54,7 +55,11 @@ fn valid_body(operation: Operation) -> Option<Value> {
             name: "probe".into(),
             capabilities: None,
         })),
-        Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
+        Operation::ClaimTask => Some(value(&ClaimRequest::any(0))),
+        Operation::PeekQueue => Some(value(&PeekRequest {
+            wait_ms: 0,
+            exclude_repos: Vec::new(),
+        })),
         Operation::AppendEvents => Some(value(&AppendEvents {
             batch_id: "probe-1".into(),
             events: vec![NewEvent::new(Log::new(LogLevel::Info, "probe"))],

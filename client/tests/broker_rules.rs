@@ -16,7 +16,9 @@ use embark_core::manifest::{
 use embark_core::task::TaskId;
 use embark_core::wire::routes::{Credential, Method, Operation, ROUTES, Route};
 use embark_core::wire::rules::Rule;
-use embark_core::wire::{ApiError, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, TaskResult};
+use embark_core::wire::{
+    ApiError, AppendEvents, ClaimRequest, CompleteTask, CreateTask, EnrollRunner, PeekRequest, TaskResult,
+};
 use embark_testkit::Broker;
 use serde_json::{Value, json};
 
@@ -95,7 +97,11 @@ fn valid_body(operation: Operation) -> Option<Value> {
             name: "rules".into(),
             capabilities: Some(capabilities()),
         })),
-        Operation::ClaimTask => Some(value(&ClaimRequest { wait_ms: 0 })),
+        Operation::ClaimTask => Some(value(&ClaimRequest::any(0))),
+        Operation::PeekQueue => Some(value(&PeekRequest {
+            wait_ms: 0,
+            exclude_repos: Vec::new(),
+        })),
         Operation::AppendEvents => Some(value(&AppendEvents {
             batch_id: "rules-1".into(),
             events: vec![NewEvent::new(Log::new(LogLevel::Info, "rules"))],
@@ -337,6 +343,15 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
         Rule::BlobContent => {
             request.body = Some(b"other bytes".to_vec());
             "hashes to"
+        }
+        Rule::RepoFilter => {
+            let repos = vec!["https://example.invalid/r.git"; limits::MAX_REPOS_PER_FILTER + 1];
+            let field = match route.operation {
+                Operation::PeekQueue => "exclude_repos",
+                _ => "repos",
+            };
+            spoil(field, json!(repos));
+            "repositories; at most"
         }
         Rule::BlobCount => {
             let hashes = vec![ContentHash::of(BLOB); limits::MAX_BLOBS_PER_QUERY + 1];

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::text;
 
 pub use capability::{Capabilities, CapabilityError, ProfileCapability, Unserved, closest, glob_match, is_pattern};
-pub use resolve::{IntentLayer, ResolveError, Resolved, Source, resolve};
+pub use resolve::{IntentLayer, ResolveError, Resolved, Settled, Source, resolve, settle};
 
 /// The reason prefix of a task a runner refused before Pi started because
 /// it cannot run the intent as named (unknown profile, provider or model
@@ -182,17 +182,19 @@ impl ExecutionIntent {
         check_name(&AUTH_PROFILE, &self.auth_profile)?;
         check_name(&PROVIDER, &self.provider)?;
         check_name(&MODEL, &self.model)?;
-        if self.labels.len() > MAX_LABELS {
-            return Err(IntentError::TooManyLabels {
-                count: self.labels.len(),
-                max: MAX_LABELS,
-            });
-        }
-        for label in &self.labels {
-            check_label(label)?;
-        }
-        Ok(())
+        check_labels(&self.labels)
     }
+}
+
+/// At most [`MAX_LABELS`] labels, each a plain name.
+fn check_labels(labels: &[String]) -> Result<(), IntentError> {
+    if labels.len() > MAX_LABELS {
+        return Err(IntentError::TooManyLabels {
+            count: labels.len(),
+            max: MAX_LABELS,
+        });
+    }
+    labels.iter().try_for_each(|label| check_label(label))
 }
 
 /// A label names a property of a runner (`gpu`, `eu-west`).

@@ -38,6 +38,10 @@ pub const MAX_HEADERS: usize = 100;
 /// Largest blob (an overlay file, a symlink target, a bundle) the broker stores, in bytes.
 /// Below [`MAX_REQUEST_BODY_BYTES`], so one `PUT` carries any blob.
 pub const MAX_BLOB_BYTES: usize = 4 * 1024 * 1024;
+/// Most repository URLs a claim may name, or a peek may exclude.
+pub const MAX_REPOS_PER_FILTER: usize = 64;
+/// Most repositories a peek answers with.
+pub const MAX_REPOS_PER_PEEK: usize = 16;
 /// Most hashes one `POST /v1/blobs/missing` may ask about.
 pub const MAX_BLOBS_PER_QUERY: usize = 10_000;
 /// Most overlay entries a task's manifest may carry.

@@ -131,6 +131,8 @@ fn broker_types(bundle: Bundle) -> Bundle {
         .add::<wire::RunnerList>()
         .add::<wire::ClaimRequest>()
         .add::<wire::Claim>()
+        .add::<wire::PeekRequest>()
+        .add::<wire::QueuedRepos>()
         .add::<wire::AppendEvents>()
         .add::<wire::EventsAppended>()
         .add::<wire::Lease>()

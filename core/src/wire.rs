@@ -497,15 +497,85 @@ pub struct RunnerEnrolled {
 pub struct ClaimRequest {
     /// How long to wait for a task, in milliseconds (capped by the broker at 30000).
     pub wait_ms: u64,
+    /// Only a task of one of these repositories (each spelt as the task's `repo_url`); any when
+    /// absent. A runner that checks it can read a repository before it claims a task of it names
+    /// the ones it could read (see `POST /v1/runners/peek`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repos: Option<Vec<String>>,
 }
 
-/// The wait has no rule: the broker caps it.
+impl ClaimRequest {
+    /// A claim of any task the runner can serve.
+    pub fn any(wait_ms: u64) -> ClaimRequest {
+        ClaimRequest { wait_ms, repos: None }
+    }
+}
+
+/// The wait has no rule (the broker caps it); the repositories are bounded.
 impl Check for ClaimRequest {
-    const RULES: &'static [Rule] = &[];
+    const RULES: &'static [Rule] = &[Rule::RepoFilter];
 
     fn check(&self) -> Result<(), Refusal> {
-        Ok(())
+        check_repo_filter("repos", self.repos.as_deref().unwrap_or_default())
     }
+}
+
+/// `POST /v1/runners/peek` (runner token): long-poll for the repositories of
+/// queued tasks the runner could claim, without claiming any, so that it can
+/// check it can read them first. Answers 200 with [`QueuedRepos`] or 204 when
+/// none came within `wait_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeekRequest {
+    /// How long to wait for a task, in milliseconds (capped by the broker at 30000).
+    pub wait_ms: u64,
+    /// Repositories to leave out (the ones the runner found it cannot read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_repos: Vec<String>,
+}
+
+impl Check for PeekRequest {
+    const RULES: &'static [Rule] = &[Rule::RepoFilter];
+
+    fn check(&self) -> Result<(), Refusal> {
+        check_repo_filter("exclude_repos", &self.exclude_repos)
+    }
+}
+
+/// At most [`limits::MAX_REPOS_PER_FILTER`] repositories, each one that could be a `repo_url`.
+fn check_repo_filter(field: &str, repos: &[String]) -> Result<(), Refusal> {
+    if repos.len() > limits::MAX_REPOS_PER_FILTER {
+        return Err(Refusal::new(
+            Rule::RepoFilter,
+            format!(
+                "{field} names {} repositories; at most {} are accepted",
+                repos.len(),
+                limits::MAX_REPOS_PER_FILTER
+            ),
+        ));
+    }
+    if let Some(bad) = repos
+        .iter()
+        .find(|repo| repo.is_empty() || repo.len() > limits::MAX_REPO_URL_BYTES)
+    {
+        return Err(Refusal::new(
+            Rule::RepoFilter,
+            format!(
+                "{field} names a repository of {} bytes; each must have 1 to {}",
+                bad.len(),
+                limits::MAX_REPO_URL_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer of `POST /v1/runners/peek`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueuedRepos {
+    /// Each repository (as the tasks' `repo_url` spells it) once, the one of the oldest queued
+    /// task first; at most 16.
+    pub repos: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -191,6 +191,8 @@ pub enum CheckoutError {
     },
     #[error("fetching the unpushed commits from the task's bundle failed: {stderr}")]
     Bundle { stderr: String },
+    #[error("git cannot read {url} without a prompt: {stderr}")]
+    Unreadable { url: String, stderr: String },
 }
 
 /// Where a checkout gets its objects besides the repository URL.
@@ -270,14 +272,7 @@ pub async fn checkout_from(
     if !embark_core::wire::is_object_id(commit) {
         return Err(CheckoutError::BadCommit(commit.to_owned()));
     }
-    let protocol = classify(url)?;
-    if !limits.protocols.allows(protocol) {
-        return Err(CheckoutError::ProtocolNotAllowed {
-            url: without_credentials(url),
-            protocol,
-            allowed: limits.protocols.names().collect::<Vec<_>>().join(", "),
-        });
-    }
+    check_protocol(url, limits)?;
     let deadline = Instant::now() + limits.timeout;
     let git = Git {
         guard,
@@ -391,6 +386,51 @@ pub async fn checkout_from(
         });
     }
     Ok(())
+}
+
+/// `url`'s protocol, classified before git starts, is one the runner allows.
+fn check_protocol(url: &str, limits: &CloneLimits) -> Result<(), CheckoutError> {
+    let protocol = classify(url)?;
+    if !limits.protocols.allows(protocol) {
+        return Err(CheckoutError::ProtocolNotAllowed {
+            url: without_credentials(url),
+            protocol,
+            allowed: limits.protocols.names().collect::<Vec<_>>().join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// Whether the runner's git can read `url` as a checkout would (the same
+/// protocols, fence and environment: no terminal prompt, no askpass, SSH in
+/// batch mode), by listing its `HEAD` within `timeout`; nothing is written.
+/// The pre-claim check ([`crate::repo_check`]).
+pub async fn probe(url: &str, limits: &CloneLimits, guard: &Guard, timeout: Duration) -> Result<(), CheckoutError> {
+    check_protocol(url, limits)?;
+    let limits = CloneLimits {
+        timeout: timeout.min(limits.timeout),
+        ..limits.clone()
+    };
+    let git = Git {
+        guard,
+        task: "repo-check",
+        limits: &limits,
+        deadline: Instant::now() + limits.timeout,
+        // Nothing is written: the size check measures nothing.
+        dest: Path::new("/nonexistent/embark-repo-check"),
+        url,
+        local: false,
+    };
+    let mut list = git.command(None);
+    list.args(["ls-remote", "--quiet", "--"]).arg(url).arg("HEAD");
+    let listed = git.run(list, "ls-remote").await?;
+    if listed.ok {
+        return Ok(());
+    }
+    Err(CheckoutError::Unreadable {
+        url: without_credentials(url),
+        stderr: redact(&listed.stderr, url),
+    })
 }
 
 /// The mirror of `git.url` under `mirrors`, holding every commit of
@@ -662,6 +702,24 @@ mod tests {
 
     async fn clone(url: &str, commit: &str, dest: &Path) -> Result<(), CheckoutError> {
         checkout(url, commit, dest, &limits(), &guard(), "test-task").await
+    }
+
+    #[tokio::test]
+    async fn a_probe_reads_a_repository_or_says_why_not_without_writing() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let repo = git::fixture(tmp.path());
+        let origin = repo.origin.to_str().expect("utf-8");
+        probe(origin, &limits(), &guard(), TIMEOUT).await.expect("readable");
+        let missing = tmp.path().join("nowhere.git");
+        let error = probe(missing.to_str().expect("utf-8"), &limits(), &guard(), TIMEOUT)
+            .await
+            .expect_err("no repository there");
+        assert!(matches!(error, CheckoutError::Unreadable { .. }), "{error}");
+        assert!(error.to_string().contains("without a prompt"), "{error}");
+        let error = probe("git://127.0.0.1:9/r.git", &limits(), &guard(), TIMEOUT)
+            .await
+            .expect_err("git is not allowed here");
+        assert!(matches!(error, CheckoutError::ProtocolNotAllowed { .. }), "{error}");
     }
 
     #[tokio::test]

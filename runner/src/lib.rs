@@ -21,6 +21,7 @@ pub mod pi_process;
 pub mod pi_rpc;
 pub mod profile;
 pub mod profile_toml;
+pub mod repo_check;
 pub mod reporter;
 pub mod retry;
 pub mod runner;

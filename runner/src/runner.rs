@@ -27,6 +27,7 @@ use crate::cancels::{Cancels, control_channel};
 use crate::checkout::CloneLimits;
 use crate::config::Config;
 use crate::isolation::Sandbox;
+use crate::repo_check::RepoChecks;
 use crate::retry::{Backoff, RetryPolicy, Undelivered, answer_may_be_lost, is_transient, with_retries};
 use crate::task::{TaskSettings, run_task};
 
@@ -121,6 +122,8 @@ pub async fn run(
     let mut running = Running::new();
     let mut first_error = None;
     let mut claiming = Claiming::new();
+    // A task is claimed only of a repository the runner can read (see repo_check).
+    let mut checks = RepoChecks::default();
     loop {
         if shutdown.is_requested() {
             break;
@@ -138,7 +141,13 @@ pub async fn run(
         // out a task in that instant, it stays running until leases (a later
         // issue) reclaim it.
         let answer = tokio::select! {
-            result = client.claim(&enrolled.runner_token, config.claim_wait_ms) => result,
+            result = checks.claim(
+                &client,
+                &enrolled.runner_token,
+                config.claim_wait_ms,
+                &settings.clone,
+                &settings.sandbox.guard,
+            ) => result,
             () = shutdown.requested() => break,
         };
         let claim = match claiming.answered(answer) {

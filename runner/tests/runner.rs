@@ -517,8 +517,16 @@ async fn processes_the_tools_leave_behind_do_not_outlive_the_task() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_the_clone_fails_the_task_and_ends_git() {
     let world = World::new(json!({"turns": [{"text": "unused"}]}));
-    // A clone from it hangs.
-    let server = HangingServer::start().await;
+    // The pre-claim check lists the refs; the clone's fetch then hangs.
+    let refs = std::process::Command::new("git")
+        .args(["upload-pack", "--stateless-rpc", "--advertise-refs"])
+        .arg(&world.repo.origin)
+        .output()
+        .expect("git upload-pack");
+    assert!(refs.status.success(), "{}", String::from_utf8_lossy(&refs.stderr));
+    let mut advertisement = b"001e# service=git-upload-pack\n0000".to_vec();
+    advertisement.extend_from_slice(&refs.stdout);
+    let server = HangingServer::after_refs(advertisement).await;
     let repo_url = format!("{}/repo.git", server.url());
     let task = world.submit_repo(&repo_url, "anything", "default").await;
     let mut runner = world.start_runner(&[]);

@@ -7,9 +7,12 @@
 //! | broker URL       | `--broker-url`     | `EMBARK_BROKER_URL`      | `broker_url`     | none: `submit`/`status` answer a Config error |
 //! | client token     | –                  | `EMBARK_CLIENT_TOKEN`    | `client_token`   | none: the client secret is used |
 //! | client secret    | –                  | `EMBARK_CLIENT_SECRET`   | `client_secret`  | none: as above |
-//! | auth profile     | `--profile`        | `EMBARK_PROFILE`         | `profile`        | `default` |
+//! | auth profile     | `--profile`        | `EMBARK_PROFILE`         | `profile`        | none: the runner default, `default` |
 //! | provider         | `--provider`       | `EMBARK_PROVIDER`        | `provider`       | none: a submit must name one |
 //! | model            | `--model`          | `EMBARK_MODEL`           | `model`          | none: a submit must name one |
+//! | isolation        | `--isolation`      | `EMBARK_ISOLATION`       | `isolation`      | none: any mode a runner has |
+//! | labels           | –                  | `EMBARK_LABELS`          | `labels`         | none (comma-separated names a runner must carry) |
+//! | state dir        | `--state-dir`      | `EMBARK_STATE_DIR`       | `state_dir`      | `$XDG_DATA_HOME/embark` or `~/.local/share/embark` (each Pi session's `/embark defaults`) |
 //! | max line bytes   | `--max-line-bytes` | `EMBARK_MAX_LINE_BYTES`  | `max_line_bytes` | 1048576 |
 //! | max in-flight    | `--max-in-flight`  | `EMBARK_MAX_IN_FLIGHT`   | `max_in_flight`  | 16 |
 //! | sync excludes    | –                  | `EMBARK_SYNC_EXCLUDES`   | `sync_excludes`  | none (patterns, comma- or newline-separated, on top of the built-in list) |
@@ -29,12 +32,12 @@ use std::path::PathBuf;
 
 pub use embark_core::config::ConfigError;
 use embark_core::config::{Declaration, Env, Flags, Knob, Resolver};
+use embark_core::dirs;
+use embark_core::intent::{IntentLayer, IsolationMode};
 pub use embark_core::secret::Secret;
 
 use crate::stdio::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE_BYTES, StdioOptions};
 
-/// The auth profile used when none is configured.
-pub const DEFAULT_PROFILE: &str = "default";
 /// Bounds of the transport knobs.
 pub const MIN_LINE_BYTES: usize = 1024;
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1024;
@@ -66,6 +69,18 @@ pub static PROVIDER: Knob<String> = Knob::new("provider", "the provider", "a Pi 
 pub static MODEL: Knob<String> = Knob::new("model", "the model", "a model id of the provider")
     .flag("--model")
     .env("EMBARK_MODEL");
+pub static ISOLATION: Knob<IsolationMode> = Knob::new("isolation", "the isolation mode", "process, bwrap or docker")
+    .flag("--isolation")
+    .env("EMBARK_ISOLATION");
+pub static LABELS: Knob<String> = Knob::new(
+    "labels",
+    "the runner labels",
+    "label names separated by commas, e.g. gpu,eu-west",
+)
+.env("EMBARK_LABELS");
+pub static STATE_DIR: Knob<PathBuf> = Knob::new("state_dir", "the state directory", "an absolute path")
+    .flag("--state-dir")
+    .env("EMBARK_STATE_DIR");
 pub static MAX_LINE_BYTES: Knob<usize> = Knob::new(
     "max_line_bytes",
     "the longest request line",
@@ -117,6 +132,9 @@ pub static DECLARATION: Declaration = Declaration {
         &PROFILE.spec,
         &PROVIDER.spec,
         &MODEL.spec,
+        &ISOLATION.spec,
+        &LABELS.spec,
+        &STATE_DIR.spec,
         &MAX_LINE_BYTES.spec,
         &MAX_IN_FLIGHT.spec,
         &SYNC_EXCLUDES.spec,
@@ -156,15 +174,21 @@ pub struct ConfigArgs {
     /// Broker base URL, e.g. http://127.0.0.1:8787 [env: EMBARK_BROKER_URL] [TOML: broker_url]
     #[arg(long, value_name = "URL")]
     pub broker_url: Option<String>,
-    /// Auth profile tasks run with unless `/embark --profile` says otherwise [env: EMBARK_PROFILE] [TOML: profile] [default: default]
+    /// Auth profile tasks run with unless `/embark --profile` or the session's defaults say otherwise [env: EMBARK_PROFILE] [TOML: profile] (no default: the runner default profile, `default`)
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
-    /// Provider tasks run with unless `/embark --provider` says otherwise [env: EMBARK_PROVIDER] [TOML: provider] (no default)
+    /// Provider tasks run with unless `/embark --provider` or the session's defaults say otherwise [env: EMBARK_PROVIDER] [TOML: provider] (no default)
     #[arg(long, value_name = "NAME")]
     pub provider: Option<String>,
-    /// Model tasks run with unless `/embark --model` says otherwise [env: EMBARK_MODEL] [TOML: model] (no default)
+    /// Model tasks run with unless `/embark --model` or the session's defaults say otherwise [env: EMBARK_MODEL] [TOML: model] (no default)
     #[arg(long, value_name = "ID")]
     pub model: Option<String>,
+    /// Isolation mode (process, bwrap or docker) tasks ask for unless `/embark --isolation` or the session's defaults say otherwise; labels a runner must carry come from EMBARK_LABELS (`labels`, comma-separated) [env: EMBARK_ISOLATION] [TOML: isolation] (no default: any mode)
+    #[arg(long, value_name = "MODE")]
+    pub isolation: Option<String>,
+    /// Where each Pi session's `/embark defaults` are kept [env: EMBARK_STATE_DIR] [TOML: state_dir] [default: $XDG_DATA_HOME/embark or ~/.local/share/embark]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
     /// Longest request line accepted, in bytes [env: EMBARK_MAX_LINE_BYTES] [TOML: max_line_bytes] [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     pub max_line_bytes: Option<String>,
@@ -181,58 +205,48 @@ impl ConfigArgs {
             .with(&PROFILE, self.profile.clone())
             .with(&PROVIDER, self.provider.clone())
             .with(&MODEL, self.model.clone())
+            .with(&ISOLATION, self.isolation.clone())
+            .with(&STATE_DIR, self.state_dir.clone())
             .with(&MAX_LINE_BYTES, self.max_line_bytes.clone())
             .with(&MAX_IN_FLIGHT, self.max_in_flight.clone())
     }
 }
 
 /// The resolved settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub broker_url: Option<String>,
     pub client_token: Option<Secret>,
     pub client_secret: Option<Secret>,
-    pub profile: String,
-    pub provider: Option<String>,
-    pub model: Option<String>,
+    /// The sidecar config layer of the intent (`profile`, `provider`, `model`, `isolation`, `labels`).
+    pub intent: IntentLayer,
+    /// Where session defaults are kept; `None` keeps them in memory only.
+    pub state_dir: Option<PathBuf>,
     pub stdio: StdioOptions,
     pub sync: SyncSettings,
     /// The TOML file that was read, if any.
     pub file: Option<PathBuf>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            broker_url: None,
-            client_token: None,
-            client_secret: None,
-            profile: DEFAULT_PROFILE.to_owned(),
-            provider: None,
-            model: None,
-            stdio: StdioOptions::default(),
-            sync: SyncSettings::default(),
-            file: None,
-        }
-    }
-}
-
 impl Config {
     /// Reads the TOML file and resolves every knob; tests pass their own `env`.
     pub fn load(args: &ConfigArgs, env: Env<'_>) -> Result<Config, ConfigError> {
         let mut resolver = Resolver::load(&DECLARATION, args.flags(), env)?;
-        Config::resolve(&mut resolver)
+        Config::resolve(&mut resolver, env)
     }
 
     /// Every knob is looked up before any check fails, so `--print-config`
     /// shows them all.
-    pub fn resolve(resolver: &mut Resolver<'_>) -> Result<Config, ConfigError> {
+    pub fn resolve(resolver: &mut Resolver<'_>, env: Env<'_>) -> Result<Config, ConfigError> {
         let broker_url = resolver.optional(&BROKER_URL)?;
         let client_token = resolver.optional(&CLIENT_TOKEN)?;
         let client_secret = resolver.optional(&CLIENT_SECRET)?;
-        let profile = resolver.or_default(&PROFILE, DEFAULT_PROFILE.to_owned())?;
+        let profile = resolver.optional(&PROFILE)?;
         let provider = resolver.optional(&PROVIDER)?;
         let model = resolver.optional(&MODEL)?;
+        let isolation = resolver.optional(&ISOLATION)?;
+        let labels = resolver.optional(&LABELS)?;
+        let state_dir = resolver.or_else(&STATE_DIR, || Some(dirs::data_home(env)?.join("embark")))?;
         let max_line_bytes = resolver.or_default(&MAX_LINE_BYTES, DEFAULT_MAX_LINE_BYTES)?;
         let max_in_flight = resolver.or_default(&MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)?;
         let bounds = embark_manifest::Bounds::default();
@@ -244,9 +258,14 @@ impl Config {
             broker_url: broker_url.map(|r| r.value),
             client_token: client_token.map(|r| r.value),
             client_secret: client_secret.map(|r| r.value),
-            profile: profile.value,
-            provider: provider.map(|r| r.value),
-            model: model.map(|r| r.value),
+            intent: IntentLayer {
+                auth_profile: profile.map(|r| r.value),
+                provider: provider.map(|r| r.value),
+                model: model.map(|r| r.value),
+                isolation: isolation.map(|r| r.value),
+                labels: labels.map(|r| split_labels(&r.value)),
+            },
+            state_dir: state_dir.map(|r| r.absolute()).transpose()?,
             stdio: StdioOptions {
                 max_line_bytes: max_line_bytes.ensure(|bytes| *bytes >= MIN_LINE_BYTES)?.value,
                 max_in_flight: max_in_flight.ensure(|n| (1..=MAX_IN_FLIGHT_LIMIT).contains(n))?.value,
@@ -262,6 +281,15 @@ impl Config {
             file: resolver.file().map(PathBuf::from),
         })
     }
+}
+
+/// `gpu, eu-west` → `["gpu", "eu-west"]`; empty items are dropped.
+fn split_labels(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|label| !label.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]
@@ -313,9 +341,12 @@ mod tests {
         let config = Config::load(&args(&["--config", file, "--broker-url", "http://flag"]), &env).expect("resolves");
         assert_eq!(config.broker_url.as_deref(), Some("http://flag"));
         assert_eq!(config.client_secret, Some(Secret::new("env-secret")));
-        assert_eq!(config.provider.as_deref(), Some("file-p"));
-        assert_eq!(config.model.as_deref(), Some("env-m"));
-        assert_eq!(config.profile, DEFAULT_PROFILE);
+        assert_eq!(config.intent.provider.as_deref(), Some("file-p"));
+        assert_eq!(config.intent.model.as_deref(), Some("env-m"));
+        assert_eq!(
+            config.intent.auth_profile, None,
+            "the runner default is not the config's"
+        );
         assert_eq!(
             config.stdio,
             StdioOptions {
@@ -329,24 +360,28 @@ mod tests {
         let env = env_of(&[("EMBARK_CLIENT_SECRET", ""), ("EMBARK_PROVIDER", " ")]);
         let from_file = Config::load(&args(&["--config", file, "--model", ""]), &env).expect("resolves");
         assert_eq!(from_file.client_secret, Some(Secret::new("file-secret")));
-        assert_eq!(from_file.provider.as_deref(), Some("file-p"));
-        assert_eq!(from_file.model.as_deref(), Some("file-m"));
+        assert_eq!(from_file.intent.provider.as_deref(), Some("file-p"));
+        assert_eq!(from_file.intent.model.as_deref(), Some("file-m"));
     }
 
     #[test]
     fn a_missing_default_file_is_fine_but_a_missing_named_file_is_not() {
         let home = tempfile::tempdir().expect("temp dir");
         let env = env_of(&[("HOME", home.path().to_str().expect("utf-8"))]);
+        let state_dir = Some(home.path().join(".local/share/embark"));
         assert_eq!(
             Config::load(&ConfigArgs::default(), &env).expect("resolves"),
-            Config::default()
+            Config {
+                state_dir: state_dir.clone(),
+                ..Config::default()
+            }
         );
 
         let default = home.path().join(".config/embark/config.toml");
         std::fs::create_dir_all(default.parent().expect("dir")).expect("mkdir");
         std::fs::write(&default, "provider = \"from-default-file\"\n").expect("write");
         let config = Config::load(&ConfigArgs::default(), &env).expect("resolves");
-        assert_eq!(config.provider.as_deref(), Some("from-default-file"));
+        assert_eq!(config.intent.provider.as_deref(), Some("from-default-file"));
         assert_eq!(config.file, Some(default));
 
         // Naming an empty file is how a script rules the user's file out.
@@ -356,6 +391,7 @@ mod tests {
             Config::load(&named, &env).expect("resolves"),
             Config {
                 file: Some(empty),
+                state_dir,
                 ..Config::default()
             }
         );
@@ -449,10 +485,30 @@ mod tests {
         assert_eq!(config.client_token, Some(Secret::new("embark_ct_from_file")));
         let env = env_of(&[("EMBARK_CLIENT_TOKEN", "embark_ct_from_env")]);
         let mut resolver = Resolver::load(&DECLARATION, named.flags(), &env).expect("load");
-        let config = Config::resolve(&mut resolver).expect("resolves");
+        let config = Config::resolve(&mut resolver, &env).expect("resolves");
         assert_eq!(config.client_token, Some(Secret::new("embark_ct_from_env")));
         let report = resolver.report().to_string();
         assert!(report.contains("client_token is set (secret, not shown)"), "{report}");
         assert!(!report.contains("embark_ct_from"), "{report}");
+    }
+
+    #[test]
+    fn isolation_labels_and_the_state_dir_are_config_too() {
+        let env = env_of(&[
+            ("EMBARK_ISOLATION", "bwrap"),
+            ("EMBARK_LABELS", "gpu, eu-west,,"),
+            ("HOME", "/home/u"),
+        ]);
+        let config = Config::load(&args(&[]), &env).expect("resolves");
+        assert_eq!(config.intent.isolation, Some(IsolationMode::Bwrap));
+        assert_eq!(config.intent.labels, Some(vec!["gpu".to_owned(), "eu-west".to_owned()]));
+        assert_eq!(config.state_dir, Some(PathBuf::from("/home/u/.local/share/embark")));
+        let config =
+            Config::load(&args(&["--state-dir", "/var/embark", "--isolation", "docker"]), &env).expect("flags");
+        assert_eq!(config.state_dir, Some(PathBuf::from("/var/embark")));
+        assert_eq!(config.intent.isolation, Some(IsolationMode::Docker));
+        let error = Config::load(&args(&["--isolation", "vm"]), &env_of(&[])).expect_err("not a mode");
+        assert!(error.to_string().contains("process, bwrap or docker"), "{error}");
+        assert_eq!(Config::load(&args(&[]), &env_of(&[])).expect("no home").state_dir, None);
     }
 }

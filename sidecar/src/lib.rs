@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod config;
+pub mod defaults;
 pub mod error;
 pub mod handlers;
 pub mod repo;

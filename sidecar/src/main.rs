@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let env = dirs::process_env;
     let mut resolver = Resolver::load(&DECLARATION, cli.config.flags(), &env)
         .context("embark-sidecar could not load its configuration")?;
-    let config = Config::resolve(&mut resolver);
+    let config = Config::resolve(&mut resolver, &env);
     if cli.print_config {
         // The report is this mode's only output; no protocol runs.
         std::io::stdout()
@@ -85,10 +85,14 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(
         broker_url = config.broker_url.as_deref().unwrap_or("(unset)"),
         client_secret = if config.client_secret.is_some() { "set" } else { "unset" },
-        profile = %config.profile,
-        provider = config.provider.as_deref().unwrap_or("(unset)"),
-        model = config.model.as_deref().unwrap_or("(unset)"),
-        file = config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into()),
+        profile = config.intent.auth_profile.as_deref().unwrap_or("(unset)"),
+        provider = config.intent.provider.as_deref().unwrap_or("(unset)"),
+        model = config.intent.model.as_deref().unwrap_or("(unset)"),
+        file = config
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(none)".into()),
         "embark-sidecar {} serving on stdio",
         env!("CARGO_PKG_VERSION")
     );

@@ -159,7 +159,7 @@ fn print_config_shows_each_source_redacts_the_secret_and_needs_no_stdio() {
         "broker_url = \"http://127.0.0.1:9\"  # from env EMBARK_BROKER_URL".to_owned(),
         "# client_token is set (secret, not shown)  # from env EMBARK_CLIENT_TOKEN".to_owned(),
         "# client_secret is set (secret, not shown)  # from env EMBARK_CLIENT_SECRET".to_owned(),
-        "profile = \"default\"  # default".to_owned(),
+        "# profile is not set (set it with --profile, EMBARK_PROFILE or `profile` in the file)".to_owned(),
         format!("provider = \"file-p\"  # from file {shown}, line 1"),
         "model = \"flag-m\"  # from flag --model".to_owned(),
         "max_line_bytes = 1048576  # default".to_owned(),

@@ -2,7 +2,9 @@
 // stdio (never inherited), stderr kept in a log file, stopped by their own PID.
 
 import { spawn } from "node:child_process";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 const started = [];
 
@@ -79,4 +81,30 @@ export async function stopAll(graceMs = 3000) {
         }),
     ),
   );
+}
+
+/**
+ * A smoke script's frame: its temporary directory, `step` and `fail`, and
+ * `run(main)`, which stops every process started, removes the directory on
+ * success (kept on failure, or with EMBARK_SMOKE_KEEP=1) and exits 1 on failure.
+ */
+export function smokeScript(name, prefix) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const step = (msg) => process.stdout.write(`[${name}] ${msg}\n`);
+  const fail = (msg) => {
+    throw new Error(msg);
+  };
+  const run = (main) =>
+    main()
+      .then(async () => {
+        await stopAll();
+        if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
+        step("ok");
+      })
+      .catch(async (error) => {
+        await stopAll();
+        console.error(`[${name}] FAILED: ${error.message}\n(kept ${dir})`);
+        process.exit(1);
+      });
+  return { dir, step, fail, run };
 }

@@ -3,13 +3,13 @@
 // The fixture repository and the fake model's Pi configuration come from
 // testkit/fixtures/*.json, the files the Rust tests read too.
 
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { PiRpc } from "./pi-rpc-client.mjs";
-import { readyLine, start } from "./process.mjs";
+import { lineReader, readyLine, start } from "./process.mjs";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PI_BIN = join(ROOT, "node_modules", ".bin", "pi");
@@ -111,7 +111,8 @@ export function emptyConfig(dir, who) {
   return path;
 }
 
-export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
+/** Starts a broker on SQLite in `dir`; `env` adds or overrides variables (e.g. its repo transports). */
+export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0", env = {}) {
   const args = ["--listen", listen, "--db", join(dir, "broker.db"), "--config", emptyConfig(dir, "broker")];
   const proc = start("embark-broker", join(bin, "embark-broker"), args, {
     cwd: dir,
@@ -122,6 +123,7 @@ export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
       // The fixture repositories are local paths on this machine.
       EMBARK_BROKER_REPO_TRANSPORTS: "https,ssh,git,local",
       RUST_LOG: process.env.RUST_LOG ?? "info",
+      ...env,
     },
     logPath: join(dir, "broker.log"),
   });
@@ -133,10 +135,10 @@ export async function startBroker(dir, bin, secrets, listen = "127.0.0.1:0") {
  * Starts a runner. Fixture repositories are local, so `file` is among its git
  * protocols; `pi` is the Pi program (the pinned one by default), `args` adds
  * flags (e.g. `--isolation bwrap`), `env` variables, `log` names its log
- * file in `dir`.
+ * file in `dir`, `gitProtocols` replaces its git protocols.
  */
-export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, profiles, name = "local-runner", pi = requirePi(), args = [], env = {}, log = "runner.log" }) {
-  const argv = ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", pi, "--name", name, "--config", emptyConfig(dir, "runner"), "--git-protocols", "https,ssh,git,file", ...args];
+export function startRunner(dir, bin, { brokerUrl, enrollmentSecret, spaces, profiles, name = "local-runner", pi = requirePi(), args = [], env = {}, log = "runner.log", gitProtocols = "https,ssh,git,file" }) {
+  const argv = ["--broker-url", brokerUrl, "--spaces", spaces, "--profiles", profiles, "--pi", pi, "--name", name, "--config", emptyConfig(dir, "runner"), "--git-protocols", gitProtocols, ...args];
   return start("embark-runner", join(bin, "embark-runner"), argv, {
     cwd: dir,
     env: { ...process.env, EMBARK_RUNNER_ENROLLMENT_SECRET: enrollmentSecret, RUST_LOG: process.env.RUST_LOG ?? "info", ...env },
@@ -217,4 +219,24 @@ export function startLaptopPi(dir, { piBin, bin, repo, broker, secrets }) {
       EMBARK_MODEL: "fake-model",
     },
   });
+}
+
+/**
+ * One sidecar over stdio in `cwd` (HOME is `dir`, no user config): hello,
+ * then each line as `embark.command` of Pi session `session`; answers the
+ * JSON-RPC answers of the lines, in order.
+ */
+export async function sidecarCommands(bin, dir, env, cwd, lines, session) {
+  const child = spawn(join(bin, "embark-sidecar"), ["--stdio", "--config", emptyConfig(dir, "sidecar")], { cwd, env: { PATH: process.env.PATH, HOME: dir, ...env }, stdio: ["pipe", "pipe", "ignore"] });
+  const reader = lineReader(child.stdout);
+  const call = async (id, method, params) => {
+    child.stdin.write(`${JSON.stringify({ jsonrpc: "2.0", id, method, params })}\n`);
+    return JSON.parse(await reader(30_000));
+  };
+  await call(0, "embark.hello", { protocol: 1 });
+  const answers = [];
+  let id = 1;
+  for (const line of lines) answers.push(await call(id++, "embark.command", { line, session: { session_id: session, cwd } }));
+  child.stdin.end();
+  return answers;
 }

@@ -340,6 +340,18 @@ pub struct HangingServer {
 
 impl HangingServer {
     pub async fn start() -> HangingServer {
+        HangingServer::serve(None).await
+    }
+
+    /// A git smart-HTTP server up to the point where objects would flow:
+    /// `GET …/info/refs` is answered with `advertisement` (so `git
+    /// ls-remote` succeeds), and every other request (a fetch's `POST
+    /// …/git-upload-pack`) hangs.
+    pub async fn after_refs(advertisement: Vec<u8>) -> HangingServer {
+        HangingServer::serve(Some(Arc::new(advertisement))).await
+    }
+
+    async fn serve(refs: Option<Arc<Vec<u8>>>) -> HangingServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let accepted = watch::Sender::new(0);
@@ -348,9 +360,12 @@ impl HangingServer {
         let accept = tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 took.send_modify(|n| *n += 1);
-                let gone = gone.clone();
+                let (gone, refs) = (gone.clone(), refs.clone());
                 tokio::spawn(async move {
-                    let _ = drain(&mut conn).await;
+                    let _ = match refs {
+                        Some(refs) => answer_refs_then_hang(&mut conn, &refs).await,
+                        None => drain(&mut conn).await,
+                    };
                     gone.send_modify(|n| *n += 1);
                 });
             }
@@ -387,6 +402,35 @@ impl HangingServer {
         let accepted = self.accepted();
         let mut closed = self.closed.subscribe();
         closed.wait_for(|n| *n >= accepted).await.expect("the server lives");
+    }
+}
+
+/// Answers each `GET …/info/refs` on the connection with `refs`; at the
+/// first other request, stops answering and reads until the client leaves.
+async fn answer_refs_then_hang(conn: &mut TcpStream, refs: &[u8]) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Some(end) = find(&bytes, b"\r\n\r\n") else {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            bytes.extend_from_slice(&buf[..n]);
+            continue;
+        };
+        let request_line = bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+        if !(request_line.starts_with(b"GET ") && contains(request_line, b"/info/refs")) {
+            return drain(conn).await;
+        }
+        bytes.drain(..end + 4);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+             Cache-Control: no-cache\r\nContent-Length: {}\r\n\r\n",
+            refs.len()
+        );
+        conn.write_all(head.as_bytes()).await?;
+        conn.write_all(refs).await?;
     }
 }
 

@@ -198,6 +198,7 @@ fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S
         Operation::EnrollRunner => on(method, runners::enroll::<S>),
         Operation::ListRunners => on(method, runners::list::<S>),
         Operation::ClaimTask => on(method, runners::claim::<S>),
+        Operation::PeekQueue => on(method, runners::peek::<S>),
         Operation::AppendEvents => on(method, events::append::<S>),
         Operation::Heartbeat => on(method, tasks::heartbeat::<S>),
         Operation::CompleteTask => on(method, tasks::complete::<S>),

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use embark_core::wire::{ClaimRequest, EnrollRunner, RunnerEnrolled, RunnerList};
+use embark_core::wire::{ClaimRequest, EnrollRunner, PeekRequest, QueuedRepos, RunnerEnrolled, RunnerList};
 
 use super::App;
 use super::error::ApiFailure;
@@ -43,7 +43,12 @@ pub async fn claim<S: Store>(
     ApiJson(request): ApiJson<ClaimRequest>,
 ) -> Result<Response, ApiFailure> {
     let wait = effective_wait(request.wait_ms);
-    match app.claims.claim(&app.store, &runner, wait, &app.shutdown).await? {
+    let repos = request.repos.as_deref();
+    match app
+        .claims
+        .claim(&app.store, &runner, repos, wait, &app.shutdown)
+        .await?
+    {
         Some(claim) => {
             app.hub.touch(claim.task.id);
             let queued = jiff::Timestamp::now().duration_since(claim.task.created_at);
@@ -52,6 +57,24 @@ pub async fn claim<S: Store>(
             tracing::info!(task = %claim.task.id, attempt = claim.attempt, runner = %runner.name, "task claimed");
             Ok(Json(claim).into_response())
         }
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// 200 with the repositories of queued tasks the runner could claim, or 204
+/// when none came within the wait; nothing is claimed.
+pub async fn peek<S: Store>(
+    RunnerCaller(runner): RunnerCaller,
+    State(app): State<App<S>>,
+    ApiJson(request): ApiJson<PeekRequest>,
+) -> Result<Response, ApiFailure> {
+    let wait = effective_wait(request.wait_ms);
+    match app
+        .claims
+        .peek(&app.store, &runner, &request.exclude_repos, wait, &app.shutdown)
+        .await?
+    {
+        Some(repos) => Ok(Json(QueuedRepos { repos }).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }

@@ -1618,6 +1618,81 @@ fn routed_capabilities() -> Capabilities {
     }
 }
 
+/// A runner that checks repositories before claiming: the peek lists each
+/// servable queued repository once, oldest first, without claiming, leaves
+/// out the excluded ones, and a claim limited to some repositories takes
+/// only their tasks.
+pub async fn peeks_list_repositories_and_claims_keep_to_the_named_ones<S: Store>(store: S) {
+    let (_, hash) = mint(TokenKind::Runner);
+    let routed = store
+        .enroll_runner("routed", Some(&routed_capabilities()), &hash)
+        .await
+        .expect("enroll");
+    let of = |repo: &str, profile: &str| {
+        let mut task = new_task("peek");
+        task.repo_url = repo.into();
+        task.intent = ExecutionIntent::new(profile, "anthropic", "claude-x");
+        task
+    };
+    let a = "https://example.invalid/a.git".to_owned();
+    let b = "https://example.invalid/b.git".to_owned();
+    let c = "https://example.invalid/c.git".to_owned();
+    let first_a = store.create_task(&of(&a, "default")).await.expect("create");
+    store.create_task(&of(&c, "nope")).await.expect("an unservable one");
+    let first_b = store.create_task(&of(&b, "default")).await.expect("create");
+    let second_a = store.create_task(&of(&a, "default")).await.expect("create");
+    let peek = |exclude: Vec<String>| {
+        let store = &store;
+        let routed = &routed;
+        async move { store.queued_repos(&routed.id, &exclude, 16).await.expect("peek") }
+    };
+    assert_eq!(
+        peek(vec![]).await,
+        [a.as_str(), b.as_str()],
+        "servable only, each once, oldest first"
+    );
+    assert_eq!(peek(vec![a.clone()]).await, [b.as_str()]);
+    assert_eq!(
+        store.queued_repos(&routed.id, &[], 1).await.expect("peek"),
+        [a.as_str()]
+    );
+    assert_eq!(
+        store.get_task(first_a.id).await.expect("get").state,
+        TaskState::Queued,
+        "a peek claims nothing"
+    );
+
+    let (_, callback) = mint(TokenKind::Callback);
+    let only_b = [b.clone()];
+    let took = store
+        .claim_next_of(&routed.id, &callback, Some(&only_b))
+        .await
+        .expect("claim");
+    assert_eq!(took.map(|t| t.id), Some(first_b.id), "the oldest task of b, not of a");
+    let (_, callback) = mint(TokenKind::Callback);
+    let none = store
+        .claim_next_of(&routed.id, &callback, Some(&only_b))
+        .await
+        .expect("claim");
+    assert_eq!(none, None, "no queued task of b is left");
+    let (_, callback) = mint(TokenKind::Callback);
+    let nothing: [String; 0] = [];
+    assert_eq!(
+        store
+            .claim_next_of(&routed.id, &callback, Some(&nothing))
+            .await
+            .expect("claim"),
+        None,
+        "an empty list names no repository"
+    );
+    let mut rest = Vec::new();
+    while let Some((task, _)) = claim(&store, &routed).await {
+        rest.push(task.id);
+    }
+    assert_eq!(rest, [first_a.id, second_a.id]);
+    assert_eq!(peek(vec![]).await, Vec::<String>::new());
+}
+
 pub async fn claims_hand_a_runner_only_what_it_can_serve<S: Store>(store: S) {
     let capabilities = routed_capabilities();
     let (_, hash) = mint(TokenKind::Runner);
@@ -1830,6 +1905,7 @@ macro_rules! suite {
             every_transition_is_taken_or_refused_as_the_machine_says,
             reapers_on_two_replicas_act_once,
             claims_hand_a_runner_only_what_it_can_serve,
+            peeks_list_repositories_and_claims_keep_to_the_named_ones,
             runners_are_listed_with_their_capabilities,
             session_stats_become_the_tasks_stats,
             blobs_are_content_addressed_and_tasks_wait_for_theirs,

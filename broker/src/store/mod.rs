@@ -436,7 +436,28 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         runner_id: &str,
         callback: &TokenHash,
+    ) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send {
+        self.claim_next_of(runner_id, callback, None)
+    }
+
+    /// [`Store::claim_next`], of a task whose `repo_url` is one of `repos`
+    /// when given (the repositories a runner checked it can read).
+    fn claim_next_of(
+        &self,
+        runner_id: &str,
+        callback: &TokenHash,
+        repos: Option<&[String]>,
     ) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send;
+
+    /// The distinct repositories of queued tasks `runner_id` can serve (as
+    /// [`Store::claim_next`] matches them), but those in `exclude`, the one of
+    /// the oldest task first, at most `limit`. Reads only.
+    fn queued_repos(
+        &self,
+        runner_id: &str,
+        exclude: &[String],
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Appends `events` (at least one) with consecutive seqs after the
     /// task's `last_seq`, if `callback` is the current attempt's token

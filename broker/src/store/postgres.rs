@@ -174,11 +174,20 @@ const CLAIM_NEXT: &str = concat!(
      lease_renewed_at = $1 \
      WHERE id = (SELECT id FROM tasks t WHERE state = 'queued' AND ",
     serves_runner!(),
-    " ORDER BY created_at, arrival LIMIT 1 \
+    " AND ($4::text[] IS NULL OR t.repo_url = ANY($4)) ORDER BY created_at, arrival LIMIT 1 \
      FOR UPDATE SKIP LOCKED) AND state = 'queued' RETURNING ",
     task_columns!(),
     "), recorded AS (INSERT INTO attempts (task_id, attempt, runner_id, callback_token_hash, claimed_at) \
      SELECT id, attempt, $2, $3, $1 FROM claimed) SELECT * FROM claimed"
+);
+
+/// The distinct repositories of the queued tasks runner `$2` can serve,
+/// but those in `$1`, the oldest task's first; at most `$3`.
+const QUEUED_REPOS: &str = concat!(
+    "SELECT t.repo_url FROM tasks t WHERE state = 'queued' AND ",
+    serves_runner!(),
+    " AND NOT (t.repo_url = ANY($1)) \
+     GROUP BY t.repo_url ORDER BY MIN(t.created_at), MIN(t.arrival) LIMIT $3"
 );
 
 /// The claim's transition, checked against the machine when this compiles.
@@ -571,15 +580,31 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn claim_next(&self, runner_id: &str, callback: &TokenHash) -> Result<Option<Task>, StoreError> {
+    async fn claim_next_of(
+        &self,
+        runner_id: &str,
+        callback: &TokenHash,
+        repos: Option<&[String]>,
+    ) -> Result<Option<Task>, StoreError> {
         // The queued → running transition is checked in the statement itself (see CLAIM_NEXT).
         let row: Option<TaskRow> = sqlx::query_as(CLAIM_NEXT)
             .bind(now_ms())
             .bind(runner_id)
             .bind(callback.as_bytes().as_slice())
+            .bind(repos)
             .fetch_optional(&self.pool)
             .await?;
         row.map(Task::try_from).transpose()
+    }
+
+    async fn queued_repos(&self, runner_id: &str, exclude: &[String], limit: usize) -> Result<Vec<String>, StoreError> {
+        let repos: Vec<(String,)> = sqlx::query_as(QUEUED_REPOS)
+            .bind(exclude)
+            .bind(runner_id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(repos.into_iter().map(|(repo,)| repo).collect())
     }
 
     async fn append_events(

@@ -196,9 +196,19 @@ const CLAIM_NEXT: &str = concat!(
     "UPDATE tasks SET state = 'running', attempt = attempt + 1, updated_at = ?1, lease_renewed_at = ?1 \
      WHERE id = (SELECT id FROM tasks t WHERE state = 'queued' AND ",
     serves_runner!(),
-    " ORDER BY created_at, rowid LIMIT 1) \
+    " AND (?3 IS NULL OR t.repo_url IN (SELECT value FROM json_each(?3))) \
+     ORDER BY created_at, rowid LIMIT 1) \
      AND state = 'queued' RETURNING ",
     task_columns!()
+);
+
+/// The distinct repositories of the queued tasks runner `?2` can serve,
+/// but those in the JSON array `?1`, the oldest task's first; at most `?3`.
+const QUEUED_REPOS: &str = concat!(
+    "SELECT t.repo_url FROM tasks t WHERE state = 'queued' AND ",
+    serves_runner!(),
+    " AND t.repo_url NOT IN (SELECT value FROM json_each(?1)) \
+     GROUP BY t.repo_url ORDER BY MIN(t.created_at), MIN(t.rowid) LIMIT ?3"
 );
 
 /// A queued (or stale) task cancelled: it ends at once, and the state in
@@ -567,13 +577,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn claim_next(&self, runner_id: &str, callback: &TokenHash) -> Result<Option<Task>, StoreError> {
+    async fn claim_next_of(
+        &self,
+        runner_id: &str,
+        callback: &TokenHash,
+        repos: Option<&[String]>,
+    ) -> Result<Option<Task>, StoreError> {
         let now = now_ms();
+        let repos = repos.map(|repos| serde_json::to_string(repos).expect("strings serialize"));
         let mut tx = self.write_tx().await?;
         // The queued → running transition is checked in the statement itself (see CLAIM_NEXT).
         let row: Option<TaskRow> = sqlx::query_as(CLAIM_NEXT)
             .bind(now)
             .bind(runner_id)
+            .bind(repos)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -593,6 +610,17 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(Some(task))
+    }
+
+    async fn queued_repos(&self, runner_id: &str, exclude: &[String], limit: usize) -> Result<Vec<String>, StoreError> {
+        let exclude = serde_json::to_string(exclude).expect("strings serialize");
+        let repos: Vec<(String,)> = sqlx::query_as(QUEUED_REPOS)
+            .bind(exclude)
+            .bind(runner_id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(repos.into_iter().map(|(repo,)| repo).collect())
     }
 
     async fn append_events(

@@ -15,7 +15,7 @@
 //! Whatever layer a value came from, the resolved intent is binding: no
 //! later step substitutes a part of it.
 
-use super::{ExecutionIntent, IntentError, IsolationMode};
+use super::{AUTH_PROFILE, ExecutionIntent, IntentError, IsolationMode, MODEL, PROVIDER, check_labels, check_name};
 
 /// The auth profile a runner takes when no layer names one.
 pub const RUNNER_DEFAULT_PROFILE: &str = "default";
@@ -36,6 +36,39 @@ impl IntentLayer {
         IntentLayer {
             auth_profile: Some(RUNNER_DEFAULT_PROFILE.to_owned()),
             ..IntentLayer::default()
+        }
+    }
+
+    /// Whether the layer names nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == IntentLayer::default()
+    }
+
+    /// Checks every part the layer names by the intent's rules (see
+    /// [`ExecutionIntent::validate`]), so a layer kept for later (a
+    /// session default) is refused when it is set, not at its first submit.
+    pub fn validate(&self) -> Result<(), IntentError> {
+        let names = [
+            (&AUTH_PROFILE, &self.auth_profile),
+            (&PROVIDER, &self.provider),
+            (&MODEL, &self.model),
+        ];
+        for (rule, value) in names {
+            if let Some(value) = value {
+                check_name(rule, value)?;
+            }
+        }
+        check_labels(self.labels.as_deref().unwrap_or_default())
+    }
+
+    /// `self` with every part `over` names replaced by `over`'s.
+    pub fn overlaid(&self, over: &IntentLayer) -> IntentLayer {
+        IntentLayer {
+            auth_profile: over.auth_profile.clone().or_else(|| self.auth_profile.clone()),
+            provider: over.provider.clone().or_else(|| self.provider.clone()),
+            model: over.model.clone().or_else(|| self.model.clone()),
+            isolation: over.isolation.or(self.isolation),
+            labels: over.labels.clone().or_else(|| self.labels.clone()),
         }
     }
 }
@@ -83,6 +116,65 @@ pub enum ResolveError {
     Invalid(#[from] IntentError),
 }
 
+/// The layers in precedence order, each with its source.
+type Layers<'a> = [(Source, &'a IntentLayer); 4];
+
+/// The first layer (in precedence order) whose `part` is set, and that value.
+fn first<'a, T: 'a>(layers: &Layers<'a>, part: impl Fn(&'a IntentLayer) -> Option<&'a T>) -> Option<(Source, &'a T)> {
+    layers
+        .iter()
+        .find_map(|(source, layer)| part(layer).map(|value| (*source, value)))
+}
+
+/// One part of an intent as the layers settle it: its value as people read
+/// it and the layer it came from, or `None` when no layer names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// `auth profile`, `provider`, `model`, `isolation` or `labels`.
+    pub part: &'static str,
+    pub value: Option<(Source, String)>,
+}
+
+/// Every part of the intent the layers would resolve, with where it comes
+/// from, without validating or requiring anything: what `/embark
+/// defaults` shows. The same order as [`resolve`].
+pub fn settle(
+    explicit: &IntentLayer,
+    session: &IntentLayer,
+    config: &IntentLayer,
+    runner_default: &IntentLayer,
+) -> Vec<Settled> {
+    let layers: Layers<'_> = [
+        (Source::Explicit, explicit),
+        (Source::Session, session),
+        (Source::Config, config),
+        (Source::RunnerDefault, runner_default),
+    ];
+    let text = |found: Option<(Source, &String)>| found.map(|(source, value)| (source, value.clone()));
+    vec![
+        Settled {
+            part: "auth profile",
+            value: text(first(&layers, |l| l.auth_profile.as_ref())),
+        },
+        Settled {
+            part: "provider",
+            value: text(first(&layers, |l| l.provider.as_ref())),
+        },
+        Settled {
+            part: "model",
+            value: text(first(&layers, |l| l.model.as_ref())),
+        },
+        Settled {
+            part: "isolation",
+            value: first(&layers, |l| l.isolation.as_ref()).map(|(source, mode)| (source, mode.name().to_owned())),
+        },
+        Settled {
+            part: "labels",
+            value: first(&layers, |l| l.labels.as_ref()).map(|(source, labels)| (source, labels.join(", "))),
+        },
+    ]
+}
+
 /// Resolves an intent from its layers, highest first: explicit, session
 /// default, sidecar config, runner default; then validates it.
 pub fn resolve(
@@ -91,20 +183,12 @@ pub fn resolve(
     config: &IntentLayer,
     runner_default: &IntentLayer,
 ) -> Result<Resolved, ResolveError> {
-    let layers = [
+    let layers: Layers<'_> = [
         (Source::Explicit, explicit),
         (Source::Session, session),
         (Source::Config, config),
         (Source::RunnerDefault, runner_default),
     ];
-    fn first<'a, T: 'a>(
-        layers: &[(Source, &'a IntentLayer); 4],
-        part: impl Fn(&'a IntentLayer) -> Option<&'a T>,
-    ) -> Option<(Source, &'a T)> {
-        layers
-            .iter()
-            .find_map(|(source, layer)| part(layer).map(|value| (*source, value)))
-    }
     let (profile_source, profile) = first(&layers, |l| l.auth_profile.as_ref())
         .map(|(s, v)| (s, v.clone()))
         .unwrap_or((Source::RunnerDefault, RUNNER_DEFAULT_PROFILE.to_owned()));
@@ -181,6 +265,64 @@ mod tests {
         let resolved = resolve(&explicit, &none, &config, &none).expect("resolves");
         assert_eq!(resolved.intent.isolation, Some(IsolationMode::Bwrap));
         assert_eq!(resolved.intent.labels, ["gpu"]);
+    }
+
+    #[test]
+    fn settle_names_each_part_and_its_layer_without_requiring_any() {
+        let session = IntentLayer {
+            isolation: Some(IsolationMode::Bwrap),
+            ..layer(None, None, Some("session-m"))
+        };
+        let config = layer(None, Some("cfg-p"), Some("cfg-m"));
+        let none = IntentLayer::default();
+        let settled = settle(&none, &session, &config, &IntentLayer::runner_default());
+        let shown: Vec<(&str, Option<(Source, &str)>)> = settled
+            .iter()
+            .map(|s| (s.part, s.value.as_ref().map(|(source, v)| (*source, v.as_str()))))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("auth profile", Some((Source::RunnerDefault, "default"))),
+                ("provider", Some((Source::Config, "cfg-p"))),
+                ("model", Some((Source::Session, "session-m"))),
+                ("isolation", Some((Source::Session, "bwrap"))),
+                ("labels", None),
+            ]
+        );
+        assert!(settle(&none, &none, &none, &none).iter().all(|s| s.value.is_none()));
+    }
+
+    #[test]
+    fn a_layer_is_checked_part_by_part_and_overlaid_part_by_part() {
+        layer(Some("team"), None, Some("m")).validate().expect("valid parts");
+        IntentLayer::default().validate().expect("an empty layer is valid");
+        assert!(matches!(
+            layer(None, Some("-x"), None).validate(),
+            Err(IntentError::BadCharacter { field: "provider", .. })
+        ));
+        let labelled = IntentLayer {
+            labels: Some(vec!["a b".into()]),
+            ..IntentLayer::default()
+        };
+        assert!(matches!(
+            labelled.validate(),
+            Err(IntentError::BadCharacter { field: "label", .. })
+        ));
+        let base = IntentLayer {
+            labels: Some(vec!["gpu".into()]),
+            ..layer(Some("team"), Some("p"), None)
+        };
+        let over = layer(None, Some("q"), Some("m"));
+        let merged = base.overlaid(&over);
+        assert_eq!(
+            merged,
+            IntentLayer {
+                labels: Some(vec!["gpu".into()]),
+                ..layer(Some("team"), Some("q"), Some("m"))
+            }
+        );
+        assert!(IntentLayer::default().is_empty() && !merged.is_empty());
     }
 
     #[test]

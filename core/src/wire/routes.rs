@@ -22,8 +22,8 @@ use super::live::{LiveClose, LiveFrame, SessionTailQuery, TaskTailQuery};
 use super::rules::{Check, Rule};
 use super::{
     ApiError, AppendEvents, BlobBody, BlobsQuery, Claim, ClaimRequest, CompleteTask, CreateTask, EnrollRunner,
-    EventPage, EventPageQuery, EventsAppended, Health, Lease, MissingBlobs, RunnerEnrolled, RunnerList, Task,
-    TaskCancel, TaskList, TaskListQuery,
+    EventPage, EventPageQuery, EventsAppended, Health, Lease, MissingBlobs, PeekRequest, QueuedRepos, RunnerEnrolled,
+    RunnerList, Task, TaskCancel, TaskList, TaskListQuery,
 };
 use crate::manifest::ContentHash;
 use crate::schema::{SchemaFn, schema};
@@ -121,6 +121,7 @@ pub enum Operation {
     EnrollRunner,
     ListRunners,
     ClaimTask,
+    PeekQueue,
     AppendEvents,
     Heartbeat,
     CompleteTask,
@@ -138,7 +139,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 22] = [
+    pub const ALL: [Operation; 23] = [
         Operation::Health,
         Operation::CreateTask,
         Operation::ListTasks,
@@ -147,6 +148,7 @@ impl Operation {
         Operation::EnrollRunner,
         Operation::ListRunners,
         Operation::ClaimTask,
+        Operation::PeekQueue,
         Operation::AppendEvents,
         Operation::Heartbeat,
         Operation::CompleteTask,
@@ -182,6 +184,7 @@ impl Operation {
             Operation::EnrollRunner => "enrollRunner",
             Operation::ListRunners => "listRunners",
             Operation::ClaimTask => "claimTask",
+            Operation::PeekQueue => "peekQueue",
             Operation::AppendEvents => "appendEvents",
             Operation::Heartbeat => "heartbeat",
             Operation::CompleteTask => "completeTask",
@@ -601,7 +604,7 @@ pub const ROUTES: &[Route] = &[
         operation: Operation::ClaimTask,
         method: Method::Post,
         path: "/v1/runners/claim",
-        summary: "Long-poll for the oldest queued task, for up to min(wait_ms, 30000) ms.",
+        summary: "Long-poll for the oldest queued task the runner can serve (of one of `repos`, when given), for up to min(wait_ms, 30000) ms.",
         credential: Some(Credential::RunnerToken),
         path_params: &[],
         query: None,
@@ -617,6 +620,31 @@ pub const ROUTES: &[Route] = &[
                 status: 204,
                 body: Body::Empty,
                 description: "No task came within the wait, or the broker is shutting down.",
+            },
+            UNAUTHORIZED,
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::PeekQueue,
+        method: Method::Post,
+        path: "/v1/runners/peek",
+        summary: "Long-poll, for up to min(wait_ms, 30000) ms, for the repositories of the queued tasks the runner can serve (but those in `exclude_repos`), without claiming any: a runner checks it can read them, then claims with `repos`.",
+        credential: Some(Credential::RunnerToken),
+        path_params: &[],
+        query: None,
+        request: Some(body::<PeekRequest>()),
+        kind: Kind::Http,
+        replies: &[
+            ok(
+                200,
+                schema::<QueuedRepos>,
+                "The repositories of queued tasks the runner can serve, the oldest task's first.",
+            ),
+            Reply {
+                status: 204,
+                body: Body::Empty,
+                description: "No such task came within the wait, or the broker is shutting down.",
             },
             UNAUTHORIZED,
             INTERNAL,

@@ -105,10 +105,12 @@ pub enum Rule {
     BlobContent,
     /// A missing-blobs query asks about too many hashes.
     BlobCount,
+    /// A claim's or peek's list of repositories is too long, or names one that cannot be a repo_url.
+    RepoFilter,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 41] = [
+    pub const ALL: [Rule; 42] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
@@ -150,6 +152,7 @@ impl Rule {
         Rule::BlobSize,
         Rule::BlobContent,
         Rule::BlobCount,
+        Rule::RepoFilter,
     ];
 
     /// The rules of reading a raw (`application/octet-stream`) body, before its type's own.
@@ -206,7 +209,8 @@ impl Rule {
             | Rule::ManifestBase
             | Rule::ManifestBlobs
             | Rule::BlobHash
-            | Rule::BlobContent => 422,
+            | Rule::BlobContent
+            | Rule::RepoFilter => 422,
         }
     }
 
@@ -315,6 +319,11 @@ impl Rule {
             Rule::BlobCount => format!(
                 "The query asks about more than {} hashes.",
                 limits::MAX_BLOBS_PER_QUERY
+            ),
+            Rule::RepoFilter => format!(
+                "`repos` or `exclude_repos` names more than {} repositories, or one that is empty or longer than {} bytes.",
+                limits::MAX_REPOS_PER_FILTER,
+                limits::MAX_REPO_URL_BYTES
             ),
         }
     }

@@ -9,6 +9,8 @@ mod parse;
 mod suggest;
 mod tokenize;
 
+use embark_core::intent::IntentLayer;
+
 pub use parse::{MIN_ID_PREFIX, UsageError, parse};
 pub use tokenize::{Token, TokenizeError, tokenize};
 
@@ -30,11 +32,12 @@ pub enum Verb {
     Reconcile,
     Cleanup,
     Runners,
+    Defaults,
     Help,
 }
 
 impl Verb {
-    pub const ALL: [Verb; 16] = [
+    pub const ALL: [Verb; 17] = [
         Verb::Submit,
         Verb::Status,
         Verb::Tasks,
@@ -50,6 +53,7 @@ impl Verb {
         Verb::Reconcile,
         Verb::Cleanup,
         Verb::Runners,
+        Verb::Defaults,
         Verb::Help,
     ];
 
@@ -70,6 +74,7 @@ impl Verb {
             Verb::Reconcile => "reconcile",
             Verb::Cleanup => "cleanup",
             Verb::Runners => "runners",
+            Verb::Defaults => "defaults",
             Verb::Help => "help",
         }
     }
@@ -92,6 +97,7 @@ impl Verb {
             Verb::Reconcile => "refresh this session's task records from the broker",
             Verb::Cleanup => "forget tasks the broker no longer knows",
             Verb::Runners => "show what the runners can run",
+            Verb::Defaults => "show or set this session's defaults for its tasks",
             Verb::Help => "show the commands",
         }
     }
@@ -109,6 +115,18 @@ pub enum Command {
     Cancel(TaskSelector),
     Submit(SubmitArgs),
     Runners,
+    Defaults(DefaultsArgs),
+}
+
+/// What `/embark defaults` does with this Pi session's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DefaultsArgs {
+    /// Show every part of the intent a submit would use, with its source.
+    Show,
+    /// Set the parts named (the others stay as they were).
+    Set(IntentLayer),
+    /// Forget them all.
+    Clear,
 }
 
 /// Which task of the session `status` shows.
@@ -122,20 +140,21 @@ pub enum TaskSelector {
     Number(u32),
 }
 
-/// A task to hand to the broker; unset intent fields fall back to the config.
+/// A task to hand to the broker; unset intent parts fall back to the
+/// session's defaults, then the config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubmitArgs {
     pub prompt: String,
-    pub profile: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
+    /// The explicit layer: `--profile`, `--provider`, `--model`, `--isolation`, `--label`.
+    pub intent: IntentLayer,
     /// `--dry-run`: show what would be synced, send nothing.
     pub dry_run: bool,
 }
 
 /// Shown by `help` and with usage errors.
 pub const USAGE: &str = r#"Usage:
-  /embark "<prompt>" [--provider <name>] [--model <id>] [--profile <name>] [--dry-run]
+  /embark "<prompt>" [--provider <name>] [--model <id>] [--profile <name>]
+                     [--isolation <mode>] [--label <name>]... [--dry-run]
       Run a task on a remote runner on this working tree: HEAD's commit
       (unpushed commits included) and the uncommitted work git does not ignore.
       Several unquoted words also form the prompt.
@@ -150,6 +169,12 @@ pub const USAGE: &str = r#"Usage:
   /embark runners
       Show what the enrolled runners can run: profiles, providers, models,
       isolation modes and labels.
+  /embark defaults [--provider <name>] [--model <id>] [--profile <name>]
+                   [--isolation <mode>] [--label <name>]... | [--clear]
+      Without flags, show what this session's tasks run with and where each
+      part comes from; with flags, make them this Pi session's defaults
+      (a flag of a submit still wins; the config fills what is unset);
+      --clear forgets them.
   /embark help
       Show this text.
 
@@ -158,9 +183,13 @@ quoted or follow `submit`): tasks attach list sync detach diff apply follow
 logs reconcile cleanup.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
-  --provider <name>  Pi provider on the runner (else EMBARK_PROVIDER or `provider` in config.toml)
-  --model <id>       model id (else EMBARK_MODEL or `model` in config.toml)
-  --profile <name>   the runner's auth profile (else EMBARK_PROFILE, `profile` in config.toml, or "default")
-  --dry-run          show what would be synced (commit, bundle, each file, excludes, fingerprint); send nothing
+  --provider <name>   Pi provider on the runner (else the session default, EMBARK_PROVIDER or `provider` in config.toml)
+  --model <id>        model id (else the session default, EMBARK_MODEL or `model` in config.toml)
+  --profile <name>    the runner's auth profile (else the session default, EMBARK_PROFILE, `profile` in config.toml, or "default")
+  --isolation <mode>  process, bwrap or docker: only a runner that isolates tasks so takes it (else the session default,
+                      EMBARK_ISOLATION or `isolation` in config.toml, or any)
+  --label <name>      a label the runner must carry; repeat for several (else the session default, EMBARK_LABELS or
+                      `labels` in config.toml, or none)
+  --dry-run           show what would be synced (commit, bundle, each file, excludes, fingerprint); send nothing
 
 Quoting: "double" (\" and \\ inside), 'single' (literal), \ escapes one character."#;

@@ -1,8 +1,10 @@
 //! From words to a typed [`Command`].
 
+use embark_core::intent::{IntentLayer, IsolationMode};
+
 use super::suggest::closest;
 use super::tokenize::{Token, tokenize};
-use super::{Command, SubmitArgs, TaskSelector, USAGE, Verb};
+use super::{Command, DefaultsArgs, SubmitArgs, TaskSelector, USAGE, Verb};
 
 /// What is wrong with an `/embark` line; the message says how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +56,7 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
                     .into(),
             )),
         },
+        Some(Verb::Defaults) => parse_defaults(rest).map(Command::Defaults),
         Some(verb) => Err(not_available(verb, line)),
         None => parse_submit(&tokens, false),
     }
@@ -136,14 +139,26 @@ fn task_prefix(text: &str) -> Result<String, UsageError> {
     Ok(hex)
 }
 
-fn parse_submit(tokens: &[Token], explicit: bool) -> Result<Command, UsageError> {
-    let mut args = SubmitArgs::default();
-    let mut words: Vec<&Token> = Vec::new();
+/// A line's flags (the intent's, and the switches a command takes) and the
+/// words around them.
+#[derive(Default)]
+struct Flags<'a> {
+    words: Vec<&'a Token>,
+    intent: IntentLayer,
+    dry_run: bool,
+    clear: bool,
+}
+
+/// Reads the intent's flags (`--profile`, `--provider`, `--model`,
+/// `--isolation`, `--label`, repeatable) and the valueless `switches` this
+/// command takes (`dry-run`, `clear`); every other word is kept in order.
+fn read_flags<'a>(tokens: &'a [Token], switches: &[&str]) -> Result<Flags<'a>, UsageError> {
+    let mut flags = Flags::default();
     let mut flags_ended = false;
     let mut iter = tokens.iter();
     while let Some(token) = iter.next() {
         if flags_ended || token.quoted || !token.text.starts_with("--") {
-            words.push(token);
+            flags.words.push(token);
             continue;
         }
         if token.text == "--" {
@@ -154,22 +169,24 @@ fn parse_submit(tokens: &[Token], explicit: bool) -> Result<Command, UsageError>
             Some((name, value)) => (name, Some(value.to_owned())),
             None => (&token.text[2..], None),
         };
-        if name == "dry-run" {
+        if switches.contains(&name) {
             if inline.is_some() {
-                return Err(UsageError("--dry-run takes no value".into()));
+                return Err(UsageError(format!("--{name} takes no value")));
             }
-            if args.dry_run {
-                return Err(UsageError("--dry-run is given twice; keep one".into()));
+            let switch = if name == "clear" {
+                &mut flags.clear
+            } else {
+                &mut flags.dry_run
+            };
+            if *switch {
+                return Err(UsageError(format!("--{name} is given twice; keep one")));
             }
-            args.dry_run = true;
+            *switch = true;
             continue;
         }
-        let slot = match name {
-            "profile" => &mut args.profile,
-            "provider" => &mut args.provider,
-            "model" => &mut args.model,
-            _ => return Err(UsageError::with_usage(format!("unknown flag --{name}"))),
-        };
+        if !matches!(name, "profile" | "provider" | "model" | "isolation" | "label") {
+            return Err(UsageError::with_usage(format!("unknown flag --{name}")));
+        }
         let value = match inline {
             Some(value) => value,
             None => match iter.next() {
@@ -179,21 +196,78 @@ fn parse_submit(tokens: &[Token], explicit: bool) -> Result<Command, UsageError>
                 }
             },
         };
+        let intent = &mut flags.intent;
+        if name == "label" {
+            intent.labels.get_or_insert_with(Vec::new).push(value);
+            continue;
+        }
+        if name == "isolation" {
+            let mode = IsolationMode::parse(&value).ok_or_else(|| {
+                UsageError(format!(
+                    "--isolation {value:?} is not an isolation mode: give process, bwrap or docker"
+                ))
+            })?;
+            if intent.isolation.replace(mode).is_some() {
+                return Err(UsageError("--isolation is given twice; keep one".into()));
+            }
+            continue;
+        }
+        let slot = match name {
+            "profile" => &mut intent.auth_profile,
+            "provider" => &mut intent.provider,
+            _ => &mut intent.model,
+        };
         if slot.is_some() {
             return Err(UsageError(format!("--{name} is given twice; keep one")));
         }
         *slot = Some(value);
     }
+    Ok(flags)
+}
+
+fn parse_submit(tokens: &[Token], explicit: bool) -> Result<Command, UsageError> {
+    let flags = read_flags(tokens, &["dry-run"])?;
     if !explicit {
-        command_shaped(&words)?;
+        command_shaped(&flags.words)?;
     }
-    args.prompt = words.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
-    if args.prompt.trim().is_empty() {
+    let prompt = flags
+        .words
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if prompt.trim().is_empty() {
         return Err(UsageError(
             "no prompt: say what the task should do, e.g. /embark \"fix the flaky test\" --provider P --model M".into(),
         ));
     }
-    Ok(Command::Submit(args))
+    Ok(Command::Submit(SubmitArgs {
+        prompt,
+        intent: flags.intent,
+        dry_run: flags.dry_run,
+    }))
+}
+
+/// `defaults` alone shows, with intent flags sets, with `--clear` forgets.
+fn parse_defaults(args: &[Token]) -> Result<DefaultsArgs, UsageError> {
+    let flags = read_flags(args, &["clear"])?;
+    if let Some(word) = flags.words.first() {
+        return Err(UsageError(format!(
+            "`defaults` takes only flags (--provider, --model, --profile, --isolation, --label, --clear), got {:?}; \
+             to submit a prompt that starts with \"defaults\", quote it: /embark \"defaults …\"",
+            word.text
+        )));
+    }
+    match (flags.clear, flags.intent.is_empty()) {
+        (true, false) => Err(UsageError(
+            "--clear forgets every default of this session, so it takes no other flag: run /embark defaults --clear, \
+             then set what you want"
+                .into(),
+        )),
+        (true, true) => Ok(DefaultsArgs::Clear),
+        (false, true) => Ok(DefaultsArgs::Show),
+        (false, false) => Ok(DefaultsArgs::Set(flags.intent)),
+    }
 }
 
 /// Refuses free text that reads as a command rather than a prompt: a
@@ -251,14 +325,66 @@ fn is_selector(word: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn layer(profile: Option<&str>, provider: Option<&str>, model: Option<&str>) -> IntentLayer {
+        IntentLayer {
+            auth_profile: profile.map(Into::into),
+            provider: provider.map(Into::into),
+            model: model.map(Into::into),
+            ..IntentLayer::default()
+        }
+    }
+
     fn submit(prompt: &str, profile: Option<&str>, provider: Option<&str>, model: Option<&str>) -> Command {
         Command::Submit(SubmitArgs {
             prompt: prompt.into(),
-            profile: profile.map(Into::into),
-            provider: provider.map(Into::into),
-            model: model.map(Into::into),
+            intent: layer(profile, provider, model),
             dry_run: false,
         })
+    }
+
+    #[test]
+    fn isolation_and_repeated_labels_are_intent_flags() {
+        let Ok(Command::Submit(args)) = parse(r#""fix it" --isolation bwrap --label gpu --label=eu-west"#) else {
+            panic!("a submit")
+        };
+        assert_eq!(args.intent.isolation, Some(IsolationMode::Bwrap));
+        assert_eq!(args.intent.labels, Some(vec!["gpu".to_owned(), "eu-west".to_owned()]));
+        let Ok(Command::Submit(plain)) = parse(r#""fix it""#) else {
+            panic!("a submit")
+        };
+        assert_eq!((plain.intent.isolation, plain.intent.labels), (None, None));
+        let message = usage_error(r#""fix" --isolation vm"#);
+        assert!(message.contains("give process, bwrap or docker"), "{message}");
+        assert!(usage_error(r#""fix" --isolation bwrap --isolation docker"#).contains("twice"));
+        assert!(usage_error(r#""fix" --label"#).contains("--label needs a value"));
+    }
+
+    #[test]
+    fn defaults_show_set_or_clear() {
+        assert_eq!(parse("defaults"), Ok(Command::Defaults(DefaultsArgs::Show)));
+        assert_eq!(parse("defaults --clear"), Ok(Command::Defaults(DefaultsArgs::Clear)));
+        let expected = IntentLayer {
+            isolation: Some(IsolationMode::Process),
+            labels: Some(vec!["gpu".into()]),
+            ..layer(Some("team"), Some("p"), Some("m"))
+        };
+        assert_eq!(
+            parse("defaults --profile team --provider=p --model m --isolation process --label gpu"),
+            Ok(Command::Defaults(DefaultsArgs::Set(expected)))
+        );
+        assert!(usage_error("defaults --clear --model m").contains("takes no other flag"));
+        assert!(usage_error("defaults --clear --clear").contains("twice"));
+        assert!(usage_error("defaults --dry-run").contains("unknown flag --dry-run"));
+        let message = usage_error("defaults to the team profile");
+        assert!(message.contains("takes only flags"), "{message}");
+        assert!(message.contains("quote it"), "{message}");
+        assert!(usage_error(r#""fix" --clear"#).contains("unknown flag --clear"));
+        // Quoted or after submit, the word is a prompt.
+        assert_eq!(
+            parse("\"defaults are wrong\""),
+            Ok(submit("defaults are wrong", None, None, None))
+        );
+        assert!(usage_error("defualts").contains("did you mean /embark defaults?"));
     }
 
     #[test]
@@ -267,7 +393,10 @@ mod tests {
             panic!("a submit")
         };
         assert!(args.dry_run);
-        assert_eq!((args.prompt.as_str(), args.model.as_deref()), ("fix it", Some("m")));
+        assert_eq!(
+            (args.prompt.as_str(), args.intent.model.as_deref()),
+            ("fix it", Some("m"))
+        );
         assert!(usage_error("fix it --dry-run=yes").contains("takes no value"));
         assert!(usage_error("fix it --dry-run --dry-run").contains("twice"));
         let Ok(Command::Submit(quoted)) = parse(r#""--dry-run" fix"#) else {

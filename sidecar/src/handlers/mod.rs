@@ -2,6 +2,7 @@
 
 mod broker_error;
 mod cancel;
+mod defaults;
 mod runners;
 mod status;
 mod submit;
@@ -17,6 +18,7 @@ use embark_core::wire::Task;
 
 use crate::command::{self, Command, USAGE};
 use crate::config::Config;
+use crate::defaults::SessionDefaults;
 use crate::error::RpcError;
 
 pub use broker_error::broker_error;
@@ -33,6 +35,8 @@ pub struct Handlers {
     config: Config,
     /// `Err` says why the configured URL is unusable.
     broker: Option<Result<BrokerClient, RpcError>>,
+    /// Each Pi session's `/embark defaults`.
+    defaults: SessionDefaults,
 }
 
 impl Handlers {
@@ -41,7 +45,12 @@ impl Handlers {
             .broker_url
             .as_deref()
             .map(|url| BrokerClient::new(url).map_err(broker_error));
-        Self { config, broker }
+        let defaults = SessionDefaults::new(config.state_dir.as_deref());
+        Self {
+            config,
+            broker,
+            defaults,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -58,6 +67,7 @@ impl Handlers {
                 Command::Status(ref selector) => status::run(self, selector, session).await,
                 Command::Cancel(ref selector) => cancel::run(self, selector, session).await,
                 Command::Runners => runners::run(self).await,
+                Command::Defaults(args) => defaults::run(self, args, session),
                 Command::Submit(args) => submit::run(self, args, session).await,
             }
         };

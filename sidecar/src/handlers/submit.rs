@@ -23,12 +23,11 @@ use crate::sync;
 
 pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext) -> Result<View, RpcError> {
     let config = handlers.config();
-    let intent = resolve_intent(
-        &args,
-        &config.profile,
-        config.provider.as_deref(),
-        config.model.as_deref(),
-    )?;
+    let session_defaults = handlers
+        .defaults
+        .get(&session.session_id)
+        .map_err(|e| RpcError::config(e.to_string()))?;
+    let intent = resolve_intent(&args.intent, &session_defaults, &config.intent)?;
     let facts = repo::inspect(Path::new(&session.cwd)).await.map_err(repo_error)?;
     // Everything is checked before anything is sent: bounds, and that a runner can fetch the commit.
     let scan = sync::scan(&facts.root, Some(&facts.remote), &config.sync).await?;
@@ -102,10 +101,11 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
     let intent = &task.intent;
     let mut blocks = vec![Block::Text {
         text: format!(
-            "Embarked task {shown} on {}/{} (profile {}) at {commit_short} from {}\n{}\nTask id {}: follow it with `/embark status {shown}`.",
+            "Embarked task {shown} on {}/{} (profile {}{}) at {commit_short} from {}\n{}\nTask id {}: follow it with `/embark status {shown}`.",
             intent.provider,
             intent.model,
             intent.auth_profile,
+            requirements(intent),
             task.repo_url,
             synced_line(&scan.manifest, uploaded),
             task.id
@@ -181,34 +181,28 @@ fn synced_line(manifest: &Manifest, uploaded: sync::Uploaded) -> String {
 }
 
 /// The intent by the one precedence rule (`embark_core::intent::resolve`):
-/// flags, then the session's defaults (none are kept yet), then the config
-/// (`EMBARK_*` over `config.toml`), then the runner default profile.
+/// flags, then this Pi session's defaults (`/embark defaults`), then the
+/// config (`EMBARK_*` over `config.toml`), then the runner default profile.
 fn resolve_intent(
-    args: &SubmitArgs,
-    profile: &str,
-    provider: Option<&str>,
-    model: Option<&str>,
+    explicit: &IntentLayer,
+    session: &IntentLayer,
+    config: &IntentLayer,
 ) -> Result<ExecutionIntent, RpcError> {
-    let explicit = IntentLayer {
-        auth_profile: args.profile.clone(),
-        provider: args.provider.clone(),
-        model: args.model.clone(),
-        ..IntentLayer::default()
-    };
-    let config = IntentLayer {
-        auth_profile: Some(profile.to_owned()),
-        provider: provider.map(str::to_owned),
-        model: model.map(str::to_owned),
-        ..IntentLayer::default()
-    };
-    let resolved = resolve(
-        &explicit,
-        &IntentLayer::default(),
-        &config,
-        &IntentLayer::runner_default(),
-    )
-    .map_err(|e| RpcError::usage(e.to_string()))?;
+    let resolved = resolve(explicit, session, config, &IntentLayer::runner_default())
+        .map_err(|e| RpcError::usage(e.to_string()))?;
     Ok(resolved.intent)
+}
+
+/// `, isolation bwrap, labels gpu`: what the task asks of its runner beyond the profile.
+fn requirements(intent: &ExecutionIntent) -> String {
+    let mut text = String::new();
+    if let Some(mode) = intent.isolation {
+        text.push_str(&format!(", isolation {mode}"));
+    }
+    if !intent.labels.is_empty() {
+        text.push_str(&format!(", labels {}", intent.labels.join(", ")));
+    }
+    text
 }
 
 fn repo_error(error: RepoError) -> RpcError {
@@ -243,35 +237,67 @@ fn create_error(error: CreateTaskError) -> RpcError {
 mod tests {
     use super::*;
 
-    fn args(provider: Option<&str>, model: Option<&str>, profile: Option<&str>) -> SubmitArgs {
-        SubmitArgs {
-            prompt: "p".into(),
+    fn layer(provider: Option<&str>, model: Option<&str>, profile: Option<&str>) -> IntentLayer {
+        IntentLayer {
             provider: provider.map(Into::into),
             model: model.map(Into::into),
-            profile: profile.map(Into::into),
-            dry_run: false,
+            auth_profile: profile.map(Into::into),
+            ..IntentLayer::default()
         }
     }
 
+    fn config(profile: &str, provider: Option<&str>, model: Option<&str>) -> IntentLayer {
+        layer(provider, model, Some(profile))
+    }
+
+    fn none() -> IntentLayer {
+        IntentLayer::default()
+    }
+
     #[test]
-    fn flags_beat_config_defaults() {
-        let intent =
-            resolve_intent(&args(Some("flag-p"), None, None), "cfg", Some("cfg-p"), Some("cfg-m")).expect("resolves");
+    fn flags_beat_session_defaults_which_beat_the_config() {
+        let cfg = config("cfg", Some("cfg-p"), Some("cfg-m"));
+        let intent = resolve_intent(&layer(Some("flag-p"), None, None), &none(), &cfg).expect("resolves");
         assert_eq!(intent, ExecutionIntent::new("cfg", "flag-p", "cfg-m"));
-        let intent = resolve_intent(&args(None, Some("m"), Some("team")), "cfg", Some("p"), None).expect("resolves");
+        let intent = resolve_intent(
+            &layer(None, Some("m"), Some("team")),
+            &none(),
+            &config("cfg", Some("p"), None),
+        )
+        .expect("resolves");
         assert_eq!((intent.auth_profile.as_str(), intent.model.as_str()), ("team", "m"));
+        let session = IntentLayer {
+            isolation: Some(embark_core::intent::IsolationMode::Bwrap),
+            ..layer(None, Some("session-m"), Some("session-profile"))
+        };
+        let intent = resolve_intent(&layer(None, None, Some("flag-profile")), &session, &cfg).expect("resolves");
+        assert_eq!(
+            (
+                intent.auth_profile.as_str(),
+                intent.provider.as_str(),
+                intent.model.as_str()
+            ),
+            ("flag-profile", "cfg-p", "session-m")
+        );
+        assert_eq!(intent.isolation, session.isolation);
+        let intent = resolve_intent(&none(), &none(), &layer(Some("p"), Some("m"), None)).expect("resolves");
+        assert_eq!(
+            intent.auth_profile, "default",
+            "the runner default profile is the last resort"
+        );
+        assert_eq!(requirements(&intent), "");
     }
 
     #[test]
     fn missing_or_bad_names_are_usage_errors() {
-        let error = resolve_intent(&args(None, Some("m"), None), "default", None, None).expect_err("no provider");
+        let error = resolve_intent(&layer(None, Some("m"), None), &none(), &none()).expect_err("no provider");
         assert_eq!(error.code, ErrorCode::Usage);
         assert!(error.message.contains("--provider"), "{}", error.message);
-        let error = resolve_intent(&args(Some("p"), None, None), "default", None, None).expect_err("no model");
+        let error = resolve_intent(&layer(Some("p"), None, None), &none(), &none()).expect_err("no model");
         assert!(error.message.contains("--model"), "{}", error.message);
-        let error = resolve_intent(&args(Some("p"), Some(""), None), "default", None, None).expect_err("empty");
+        let error = resolve_intent(&layer(Some("p"), Some(""), None), &none(), &none()).expect_err("empty");
         assert_eq!(error.code, ErrorCode::Usage);
-        let error = resolve_intent(&args(Some("-x"), Some("m"), None), "default", None, None).expect_err("flag-like");
+        let error = resolve_intent(&layer(Some("-x"), Some("m"), None), &none(), &none()).expect_err("flag-like");
         assert!(error.message.contains("provider"), "{}", error.message);
     }
 }
