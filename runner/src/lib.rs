@@ -22,6 +22,7 @@ pub mod pi_rpc;
 pub mod profile;
 pub mod profile_toml;
 pub mod reporter;
+pub mod result;
 pub mod retry;
 pub mod runner;
 pub mod space;

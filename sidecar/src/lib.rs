@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod repo;
+pub mod result;
 pub mod rpc;
 pub mod session;
 pub mod stdio;

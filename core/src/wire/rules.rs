@@ -105,10 +105,12 @@ pub enum Rule {
     BlobContent,
     /// A missing-blobs query asks about too many hashes.
     BlobCount,
+    /// A verdict's changes or artifacts are not acceptable, or an artifact it names was not uploaded.
+    Artifacts,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 41] = [
+    pub const ALL: [Rule; 42] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
@@ -150,6 +152,7 @@ impl Rule {
         Rule::BlobSize,
         Rule::BlobContent,
         Rule::BlobCount,
+        Rule::Artifacts,
     ];
 
     /// The rules of reading a raw (`application/octet-stream`) body, before its type's own.
@@ -206,7 +209,8 @@ impl Rule {
             | Rule::ManifestBase
             | Rule::ManifestBlobs
             | Rule::BlobHash
-            | Rule::BlobContent => 422,
+            | Rule::BlobContent
+            | Rule::Artifacts => 422,
         }
     }
 
@@ -316,6 +320,7 @@ impl Rule {
                 "The query asks about more than {} hashes.",
                 limits::MAX_BLOBS_PER_QUERY
             ),
+            Rule::Artifacts => "The verdict's changes name a result without its bundle among the artifacts, an id that is not an object id, too many artifacts, or an artifact that was not uploaded with PUT /v1/tasks/{id}/artifacts/{hash} first.".into(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! What each `/embark` command does, answered as a [`View`].
 
+mod apply;
 mod broker_error;
 mod cancel;
+mod diff;
 mod runners;
 mod status;
 mod submit;
@@ -58,6 +60,8 @@ impl Handlers {
                 Command::Status(ref selector) => status::run(self, selector, session).await,
                 Command::Cancel(ref selector) => cancel::run(self, selector, session).await,
                 Command::Runners => runners::run(self).await,
+                Command::Diff(ref args) => diff::run(self, args, session).await,
+                Command::Apply(ref args) => apply::run(self, args, session).await,
                 Command::Submit(args) => submit::run(self, args, session).await,
             }
         };
