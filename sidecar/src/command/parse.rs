@@ -551,8 +551,6 @@ mod tests {
             "list",
             "tasks",
             "sync all",
-            "diff 0190abcd --stat",
-            "apply latest",
             "follow latest \"now fix the tests\"",
             "logs",
             "reconcile",
