@@ -157,8 +157,14 @@ mod tests {
         assert!(check_artifacts(Some(&changes(Some(&id), Some(hash))), std::slice::from_ref(&artifact)).is_ok());
         assert!(check_artifacts(Some(&changes(None, None)), &[]).is_ok());
         assert!(check_artifacts(Some(&changes(Some(&id), Some(hash))), &[]).is_err());
-        assert!(check_artifacts(Some(&changes(Some(&id), None)), &[artifact.clone()]).is_err());
-        assert!(check_artifacts(Some(&changes(Some("HEAD"), Some(hash))), &[artifact.clone()]).is_err());
+        assert!(check_artifacts(Some(&changes(Some(&id), None)), std::slice::from_ref(&artifact)).is_err());
+        assert!(
+            check_artifacts(
+                Some(&changes(Some("HEAD"), Some(hash))),
+                std::slice::from_ref(&artifact)
+            )
+            .is_err()
+        );
         assert!(check_artifacts(None, &vec![artifact; MAX_ARTIFACTS + 1]).is_err());
     }
 }

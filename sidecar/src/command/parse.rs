@@ -120,12 +120,14 @@ fn parse_selector(verb: Verb, args: &[Token]) -> Result<TaskSelector, UsageError
 /// The selector (when the first word is one), flags and other words of
 /// `diff` or `apply`: `flags` names the flags without a value, `valued` those
 /// with one; `--` ends the flags.
-fn parse_result_args<'a>(
-    verb: Verb,
-    args: &'a [Token],
-    flags: &[&str],
-    valued: &[&str],
-) -> Result<(TaskSelector, Vec<String>, Vec<(String, Option<String>)>), UsageError> {
+/// What `diff` and `apply` were given: the task, the other words, the flags with their values.
+struct ResultArgs {
+    selector: TaskSelector,
+    words: Vec<String>,
+    flags: Vec<(String, Option<String>)>,
+}
+
+fn parse_result_args(verb: Verb, args: &[Token], flags: &[&str], valued: &[&str]) -> Result<ResultArgs, UsageError> {
     let name = verb.as_str();
     let mut selector = None;
     let mut words = Vec::new();
@@ -170,7 +172,11 @@ fn parse_result_args<'a>(
         }
         words.push(token.text.clone());
     }
-    Ok((selector.unwrap_or(TaskSelector::Latest), words, given))
+    Ok(ResultArgs {
+        selector: selector.unwrap_or(TaskSelector::Latest),
+        words,
+        flags: given,
+    })
 }
 
 /// `latest`, a task number or a hex id (prefix): a word that picks a task.
@@ -181,16 +187,17 @@ fn is_task_word(text: &str) -> bool {
 }
 
 fn parse_diff(args: &[Token]) -> Result<DiffArgs, UsageError> {
-    let (selector, paths, flags) = parse_result_args(Verb::Diff, args, &["stat"], &[])?;
+    let parsed = parse_result_args(Verb::Diff, args, &["stat"], &[])?;
     Ok(DiffArgs {
-        selector,
-        stat: !flags.is_empty(),
-        paths,
+        selector: parsed.selector,
+        stat: !parsed.flags.is_empty(),
+        paths: parsed.words,
     })
 }
 
 fn parse_apply(args: &[Token]) -> Result<ApplyArgs, UsageError> {
-    let (selector, words, flags) = parse_result_args(Verb::Apply, args, &["dry-run", "allow-conflicts"], &["branch"])?;
+    let ResultArgs { selector, words, flags } =
+        parse_result_args(Verb::Apply, args, &["dry-run", "allow-conflicts"], &["branch"])?;
     if let Some(word) = words.first() {
         return Err(UsageError(format!(
             "`apply` takes one task at most, got an extra {word:?}: /embark apply [latest|<id>|<number>] [--dry-run] [--branch NAME] [--allow-conflicts]"
