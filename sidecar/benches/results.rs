@@ -146,6 +146,7 @@ fn main() {
         .current_dir(&baseline)
         .args(["apply", "--3way", "-"])
         .stdin(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("apply");
     {
