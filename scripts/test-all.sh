@@ -51,6 +51,9 @@ npm run smoke:pi-rpc
 step "smoke: runner-cancel (/embark cancel stops the runner's real Pi mid tool call; prints the latency)"
 npm run smoke:runner-cancel
 
+step "smoke: results (submit, wait, /embark diff, /embark apply through real Pi; the file lands in the laptop's tree)"
+npm run smoke:results
+
 step "smoke: runner-image-config (the pi-runner Dockerfile contract, static)"
 npm run smoke:runner-image-config
 

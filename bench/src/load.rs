@@ -59,6 +59,8 @@ fn verdict() -> CompleteTask {
         final_text: Some("done".into()),
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     }
 }
 
@@ -265,6 +267,8 @@ async fn cancels(client: &BrokerClient) -> anyhow::Result<crate::CancelFigures> 
             final_text: None,
             reason: None,
             code: Some(embark_core::task::ReasonCode::CancelledByUser),
+            changes: None,
+            artifacts: Vec::new(),
         };
         let done = client.complete(&claim.callback_token, id, &verdict).await?;
         anyhow::ensure!(

@@ -343,7 +343,7 @@ impl BrokerClient {
     /// Uploads `bytes` as the blob `hash` (the broker checks they match).
     pub async fn put_blob(&self, client_secret: &str, hash: &ContentHash, bytes: Vec<u8>) -> Result<(), ClientError> {
         let response = self
-            .blob_call(Operation::PutBlob, client_secret, hash, Some(bytes))
+            .blob_call(Operation::PutBlob, client_secret, &[&hash.to_hex()], Some(bytes))
             .await?;
         if response.status().is_success() {
             return Ok(());
@@ -353,7 +353,9 @@ impl BrokerClient {
 
     /// The size of the blob `hash` on the broker, or `None` when it lacks it.
     pub async fn blob_size(&self, client_secret: &str, hash: &ContentHash) -> Result<Option<u64>, ClientError> {
-        let response = self.blob_call(Operation::HeadBlob, client_secret, hash, None).await?;
+        let response = self
+            .blob_call(Operation::HeadBlob, client_secret, &[&hash.to_hex()], None)
+            .await?;
         match response.status() {
             StatusCode::OK => Ok(response
                 .headers()
@@ -370,35 +372,55 @@ impl BrokerClient {
 
     /// The bytes of blob `hash`, verified against it (runner token).
     pub async fn get_blob(&self, runner_token: &str, hash: &ContentHash) -> Result<Vec<u8>, ClientError> {
-        let response = self.blob_call(Operation::GetBlob, runner_token, hash, None).await?;
-        if !response.status().is_success() {
-            return Err(api_error(response).await);
-        }
-        let bytes = response.bytes().await.map_err(|source| ClientError::Decode {
-            what: Operation::GetBlob.route().path.to_owned(),
-            source,
-        })?;
-        let actual = ContentHash::of(&bytes);
-        if actual != *hash {
-            return Err(ClientError::BlobMismatch {
-                expected: *hash,
-                actual,
-            });
-        }
-        Ok(bytes.to_vec())
+        let response = self
+            .blob_call(Operation::GetBlob, runner_token, &[&hash.to_hex()], None)
+            .await?;
+        verified_bytes(Operation::GetBlob, response, hash).await
     }
 
-    /// One call of a blob route (`PUT`, `HEAD` or `GET /v1/blobs/{hash}`):
+    /// Uploads an artifact of the attempt `callback_token` is of (the broker checks the hash).
+    pub async fn put_artifact(
+        &self,
+        callback_token: &str,
+        id: TaskId,
+        hash: &ContentHash,
+        bytes: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let (id, hex) = (id.to_string(), hash.to_hex());
+        let response = self
+            .blob_call(Operation::PutArtifact, callback_token, &[&id, &hex], Some(bytes))
+            .await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(api_error(response).await)
+    }
+
+    /// The bytes of task `id`'s artifact `hash`, verified against it (client credential).
+    pub async fn get_artifact(
+        &self,
+        client_secret: &str,
+        id: TaskId,
+        hash: &ContentHash,
+    ) -> Result<Vec<u8>, ClientError> {
+        let (id, hex) = (id.to_string(), hash.to_hex());
+        let response = self
+            .blob_call(Operation::GetArtifact, client_secret, &[&id, &hex], None)
+            .await?;
+        verified_bytes(Operation::GetArtifact, response, hash).await
+    }
+
+    /// One call of a blob or artifact route (`PUT`, `HEAD` or `GET /v1/blobs/{hash}`, `…/artifacts/{hash}`):
     /// raw bytes, not JSON, so the caller reads the answer itself.
     async fn blob_call(
         &self,
         operation: Operation,
         bearer: &str,
-        hash: &ContentHash,
+        values: &[&str],
         bytes: Option<Vec<u8>>,
     ) -> Result<reqwest::Response, ClientError> {
         let route = operation.route();
-        let url = format!("{}{}", self.base, route.path_with(&[&hash.to_hex()]));
+        let url = format!("{}{}", self.base, route.path_with(values));
         let mut request = self
             .http
             .request(http_method(route.method), &url)
@@ -459,6 +481,29 @@ impl BrokerClient {
         }
         Err(api_error(response).await)
     }
+}
+
+/// A blob's bytes from a successful answer, refused unless they hash to `hash`.
+async fn verified_bytes(
+    operation: Operation,
+    response: reqwest::Response,
+    hash: &ContentHash,
+) -> Result<Vec<u8>, ClientError> {
+    if !response.status().is_success() {
+        return Err(api_error(response).await);
+    }
+    let bytes = response.bytes().await.map_err(|source| ClientError::Decode {
+        what: operation.route().path.to_owned(),
+        source,
+    })?;
+    let actual = ContentHash::of(&bytes);
+    if actual != *hash {
+        return Err(ClientError::BlobMismatch {
+            expected: *hash,
+            actual,
+        });
+    }
+    Ok(bytes.to_vec())
 }
 
 fn http_method(method: Method) -> reqwest::Method {

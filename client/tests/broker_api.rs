@@ -199,6 +199,8 @@ async fn a_task_walks_from_creation_to_its_outcome(backend: Backend) {
         final_text: Some("all green".into()),
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     let done = client.complete(token, first.id, &verdict).await.expect("complete");
     assert_eq!(done.state, TaskState::Succeeded);
@@ -221,6 +223,8 @@ async fn a_task_walks_from_creation_to_its_outcome(backend: Backend) {
         final_text: None,
         reason: Some("changed my mind".into()),
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     let (status, code, _) = refusal(client.complete(token, first.id, &other_verdict).await);
     assert_eq!(
@@ -414,6 +418,8 @@ async fn a_retried_append_is_stored_once(backend: Backend) {
         final_text: None,
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     client.complete(token, task.id, &verdict).await.expect("complete");
     let late = client
@@ -648,6 +654,8 @@ async fn a_lapsed_lease_is_requeued_and_the_old_attempt_is_told_it_was_supersede
         final_text: None,
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     let (status, code, _) = refusal(client.complete(zombie, task.id, &verdict).await);
     assert_eq!((status, code), (409, ApiErrorCode::Superseded));

@@ -68,6 +68,8 @@ fn valid_body(operation: Operation) -> Option<Value> {
             final_text: Some("done".into()),
             reason: None,
             code: None,
+            changes: None,
+            artifacts: Vec::new(),
         })),
         _ => None,
     }
@@ -186,6 +188,17 @@ fn expected(operation: Operation, cred: Cred) -> u16 {
             Runner => 200,
             _ => 401,
         },
+        // Only the current attempt stores its task's artifacts.
+        Operation::PutArtifact => match cred {
+            Callback => 204,
+            _ => 401,
+        },
+        // The task names no artifact while it runs: a client that may see it gets 404 like one that
+        // may not (an_artifact_is_read_only_by_who_may_see_its_task reads one that is named).
+        Operation::GetArtifact => match cred {
+            Operator | Owner | OtherUser => 404,
+            _ => 401,
+        },
     }
 }
 
@@ -209,6 +222,8 @@ impl World {
     async fn call(&self, route: &Route, task: TaskId, bearer: Option<&str>) -> (u16, String) {
         let path = if route.path_params.is_empty() {
             route.path_with(&[])
+        } else if route.path_params.len() == 2 {
+            route.path_with(&[&task.to_string(), &ContentHash::of(BLOB).to_string()])
         } else if route.path.contains("{hash}") {
             route.path_with(&[&ContentHash::of(BLOB).to_string()])
         } else {
@@ -234,7 +249,7 @@ impl World {
         if let Some(body) = valid_body(route.operation) {
             request = request.json(&body);
         }
-        if route.operation == Operation::PutBlob {
+        if matches!(route.operation, Operation::PutBlob | Operation::PutArtifact) {
             request = request.header("content-type", "application/octet-stream").body(BLOB);
         }
         let response = request.send().await.expect("the broker answers");
@@ -609,7 +624,81 @@ async fn token_and_runner_commands_list_and_revoke(backend: Backend) {
     assert!(!missing.exists());
 }
 
+/// A finished task's artifact: its owner and the operator read it, another
+/// user gets the 404 of a task that does not exist; a verdict naming a blob
+/// that was never uploaded is refused.
+async fn an_artifact_is_read_only_by_who_may_see_its_task(backend: Backend) {
+    use embark_core::wire::{Artifact, ArtifactKind, Changes};
+    let world = world(backend).await;
+    let client = world.broker.client();
+    let callback = world.credential(Cred::Callback).expect("token");
+    let bytes = b"a result bundle".to_vec();
+    let hash = ContentHash::of(&bytes);
+    let artifact = Artifact {
+        kind: ArtifactKind::ResultBundle,
+        hash,
+        size: bytes.len() as u64,
+    };
+    let mut verdict = CompleteTask {
+        result: TaskResult::Succeeded,
+        final_text: None,
+        reason: None,
+        code: None,
+        changes: Some(Changes {
+            base: "a".repeat(40),
+            commit: Some("b".repeat(40)),
+            files_changed: 1,
+            insertions: 2,
+            deletions: 0,
+            bundle: Some(hash),
+        }),
+        artifacts: vec![artifact.clone()],
+    };
+    let refused = client
+        .complete(callback, world.task, &verdict)
+        .await
+        .expect_err("the artifact was not uploaded");
+    assert!(refused.to_string().contains("was not uploaded"), "{refused}");
+    client
+        .put_artifact(callback, world.task, &hash, bytes.clone())
+        .await
+        .expect("upload");
+    let done = client.complete(callback, world.task, &verdict).await.expect("complete");
+    assert_eq!(
+        (done.changes.as_ref(), done.artifacts.as_slice()),
+        (verdict.changes.as_ref(), std::slice::from_ref(&artifact))
+    );
+    for cred in [Cred::Owner, Cred::Operator] {
+        let got = client
+            .get_artifact(world.credential(cred).expect("token"), world.task, &hash)
+            .await
+            .expect("read");
+        assert_eq!(got, bytes, "{cred:?}");
+    }
+    let other = client
+        .get_artifact(world.credential(Cred::OtherUser).expect("token"), world.task, &hash)
+        .await
+        .expect_err("hidden");
+    assert_eq!(other.api_code(), Some(ApiErrorCode::NotFound));
+    let unnamed = client
+        .get_artifact(
+            world.credential(Cred::Owner).expect("token"),
+            world.task,
+            &ContentHash::of(BLOB),
+        )
+        .await
+        .expect_err("not the task's");
+    assert_eq!(unnamed.api_code(), Some(ApiErrorCode::NotFound));
+    verdict.artifacts.clear();
+    let task = client
+        .get_task(world.credential(Cred::Owner).expect("token"), world.task)
+        .await
+        .expect("get");
+    assert_eq!(task.artifacts, [artifact], "the artifacts are kept with the task");
+}
+
 embark_testkit::backend_tests!(
+    an_artifact_is_read_only_by_who_may_see_its_task,
     every_route_times_every_credential_answers_as_the_table_says,
     another_users_task_looks_like_no_task,
     a_token_lists_and_follows_only_its_own_tasks,

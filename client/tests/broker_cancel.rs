@@ -67,6 +67,8 @@ async fn the_cancel_route_answers_each_state_once(backend: Backend) {
         final_text: None,
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     let finished = client
         .complete(&claim.callback_token, done.id, &verdict)
@@ -150,6 +152,8 @@ async fn a_running_task_s_runner_is_told_at_once(runner_side: &Broker, client_si
             final_text: None,
             reason: None,
             code: Some(ReasonCode::CancelledByUser),
+            changes: None,
+            artifacts: Vec::new(),
         };
         let done = runners
             .complete(&claim.callback_token, task.id, &verdict)

@@ -42,6 +42,8 @@ fn done() -> CompleteTask {
         final_text: Some("done".into()),
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     }
 }
 

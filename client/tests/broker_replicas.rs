@@ -72,6 +72,8 @@ async fn runners_on_two_replicas_claim_each_task_once(backend: Backend) {
                     final_text: None,
                     reason: None,
                     code: None,
+                    changes: None,
+                    artifacts: Vec::new(),
                 };
                 own.complete(&claim.callback_token, claim.task.id, &verdict)
                     .await

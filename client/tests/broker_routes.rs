@@ -48,7 +48,9 @@ fn valid_body(operation: Operation) -> Option<Value> {
         | Operation::RunnerControl
         | Operation::PutBlob
         | Operation::HeadBlob
-        | Operation::GetBlob => None,
+        | Operation::GetBlob
+        | Operation::PutArtifact
+        | Operation::GetArtifact => None,
         Operation::MissingBlobs => Some(json!({"hashes": [ContentHash::of(BLOB)]})),
         Operation::CreateTask => Some(value(&new_task("routes"))),
         Operation::EnrollRunner => Some(value(&EnrollRunner {
@@ -69,6 +71,13 @@ fn valid_body(operation: Operation) -> Option<Value> {
             final_text: Some("done".into()),
             reason: None,
             code: None,
+            changes: None,
+            // Read back by GET …/artifacts/{hash}, called after the completion.
+            artifacts: vec![embark_core::wire::Artifact {
+                kind: embark_core::wire::ArtifactKind::Session,
+                hash: ContentHash::of(BLOB),
+                size: BLOB.len() as u64,
+            }],
         })),
     }
 }
@@ -151,7 +160,7 @@ impl Probe {
         if let Some(body) = valid_body(route.operation) {
             request = request.json(&body);
         }
-        if route.operation == Operation::PutBlob {
+        if matches!(route.operation, Operation::PutBlob | Operation::PutArtifact) {
             request = request
                 .header("content-type", "application/octet-stream")
                 .body(BLOB.to_vec());
@@ -245,9 +254,13 @@ async fn every_route_of_the_table_is_served_with_its_credential() {
         task: task.id,
     };
 
-    // Completing ends the task the others use: last.
+    // Completing ends the task the others use: last but for reading the artifact it names.
     let mut routes = ROUTES.to_vec();
-    routes.sort_by_key(|route| route.operation == Operation::CompleteTask);
+    routes.sort_by_key(|route| match route.operation {
+        Operation::CompleteTask => 1,
+        Operation::GetArtifact => 2,
+        _ => 0,
+    });
     for route in &routes {
         let name = format!("{} {}", route.method.as_str(), route.path);
         let Some(needed) = route.credential else {

@@ -111,6 +111,8 @@ fn valid_body(operation: Operation) -> Option<Value> {
             final_text: Some("done".into()),
             reason: None,
             code: None,
+            changes: None,
+            artifacts: Vec::new(),
         })),
         Operation::MissingBlobs => Some(json!({"hashes": [ContentHash::of(BLOB)]})),
         Operation::Health
@@ -128,7 +130,9 @@ fn valid_body(operation: Operation) -> Option<Value> {
         | Operation::Readyz
         | Operation::Metrics
         | Operation::CancelTask
-        | Operation::RunnerControl => None,
+        | Operation::RunnerControl
+        | Operation::PutArtifact
+        | Operation::GetArtifact => None,
     }
 }
 
@@ -142,7 +146,10 @@ fn valid_query(operation: Operation) -> &'static str {
 
 /// One request: everything right but what the rule is about.
 struct Request {
+    /// The `{id}` of the path.
     id: String,
+    /// The `{hash}` of the path.
+    hash: String,
     query: String,
     content_type: &'static str,
     body: Option<Vec<u8>>,
@@ -153,19 +160,15 @@ struct Request {
 /// A request to `route` that breaks `rule` and nothing else.
 fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
     let body = valid_body(route.operation);
-    let blob_route = route.path_params.iter().any(|param| param.name == "hash");
     let mut request = Request {
-        id: if blob_route {
-            ContentHash::of(BLOB).to_hex()
-        } else {
-            task.to_string()
-        },
+        id: task.to_string(),
+        hash: ContentHash::of(BLOB).to_hex(),
         query: valid_query(route.operation).to_owned(),
         content_type: "application/json",
         body: body.as_ref().map(|b| b.to_string().into_bytes()),
         says: "",
     };
-    if route.operation == Operation::PutBlob {
+    if matches!(route.operation, Operation::PutBlob | Operation::PutArtifact) {
         request.content_type = "application/octet-stream";
         request.body = Some(BLOB.to_vec());
     }
@@ -333,7 +336,7 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
             "were not uploaded"
         }
         Rule::BlobHash => {
-            request.id = "not-a-hash".into();
+            request.hash = "not-a-hash".into();
             "blake3"
         }
         Rule::BlobSize => {
@@ -357,6 +360,14 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
             let hashes = vec![ContentHash::of(BLOB); limits::MAX_BLOBS_PER_QUERY + 1];
             spoil("hashes", json!(hashes));
             "hashes in one query"
+        }
+        Rule::Artifacts => {
+            let result = json!({
+                "base": "a".repeat(40), "commit": "b".repeat(40),
+                "files_changed": 1, "insertions": 1, "deletions": 0,
+            });
+            spoil("changes", result);
+            "needs its bundle"
         }
         Rule::ResultTextSize => {
             spoil("reason", json!("r".repeat(limits::MAX_RESULT_TEXT_BYTES + 1)));
@@ -420,7 +431,14 @@ async fn every_rule_answers_its_status() {
         for rule in route.rules() {
             let name = format!("{} {} breaking {rule:?}", route.method.as_str(), route.path);
             let request = breaking(route, rule, task.id);
-            let ids: Vec<&str> = route.path_params.iter().map(|_| request.id.as_str()).collect();
+            let ids: Vec<&str> = route
+                .path_params
+                .iter()
+                .map(|param| match param.name {
+                    "hash" => request.hash.as_str(),
+                    _ => request.id.as_str(),
+                })
+                .collect();
             let url = format!("{}{}{}", broker.url, route.path_with(&ids), request.query);
             let mut call = http
                 .request(http_method(route.method), url)

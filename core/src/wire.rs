@@ -16,12 +16,15 @@ use crate::manifest::{Base, ContentHash, Manifest, ManifestCheckError};
 use crate::task::{ReasonCode, TaskId, TaskState};
 use crate::{limits, repo_url, text};
 
+pub mod artifacts;
 pub mod control;
 pub mod live;
 pub mod routes;
 pub mod rules;
 
 use rules::{Check, Refusal, Rule};
+
+pub use artifacts::{Artifact, ArtifactKind, Changes};
 
 /// `POST /v1/tasks` (client): hand a task to the broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -347,6 +350,14 @@ pub struct Task {
     /// Pi's session stats (tokens, cost), from the attempt's `session_stats` event; the latest one wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SessionStats>,
+    /// The code the task changed, once it finished (absent before, and for a
+    /// task whose runner recorded none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
+    /// The blobs the task left (its result bundle, Pi's session file), each
+    /// readable with `GET /v1/tasks/{id}/artifacts/{hash}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
 }
 
 /// How a finished task ended.
@@ -725,10 +736,16 @@ pub struct CompleteTask {
     /// Why it ended, for programs (e.g. `pi_failed`, `timeout`, `pre_launch:clone`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<ReasonCode>,
+    /// The code the task changed (see [`Changes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
+    /// The artifacts the attempt uploaded (`PUT /v1/tasks/{id}/artifacts/{hash}`), kept with the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
 }
 
 impl Check for CompleteTask {
-    const RULES: &'static [Rule] = &[Rule::ResultTextSize];
+    const RULES: &'static [Rule] = &[Rule::ResultTextSize, Rule::Artifacts];
 
     fn check(&self) -> Result<(), Refusal> {
         for (field, text) in [("final_text", &self.final_text), ("reason", &self.reason)] {
@@ -743,7 +760,7 @@ impl Check for CompleteTask {
                 ));
             }
         }
-        Ok(())
+        artifacts::check_artifacts(self.changes.as_ref(), &self.artifacts)
     }
 }
 
@@ -1079,6 +1096,8 @@ mod tests {
             final_text: Some("done".into()),
             reason: None,
             code: None,
+            changes: None,
+            artifacts: Vec::new(),
         };
         assert_eq!(rule_of(&ok), None);
         let long = CompleteTask {

@@ -44,7 +44,7 @@ const MIN_SECRET_PART: usize = 4;
 const SIZE_POLL: Duration = Duration::from_millis(250);
 /// Settings no repository, template or user config may turn on for the
 /// runner's git: code from the network must never run.
-const FENCE: [&str; 8] = [
+pub(crate) const FENCE: [&str; 8] = [
     "-c",
     "core.hooksPath=/dev/null",
     "-c",

@@ -23,6 +23,7 @@ pub mod profile;
 pub mod profile_toml;
 pub mod repo_check;
 pub mod reporter;
+pub mod result;
 pub mod retry;
 pub mod runner;
 pub mod space;

@@ -29,6 +29,7 @@ use crate::pi_process::{PiLaunch, PiPaths, PiProcess};
 use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt_cancellable};
 use crate::profile;
 use crate::reporter::{ReportOptions, Reporter};
+use crate::result::{self, ResultRepo};
 use crate::retry::{Patience, Undelivered, persist};
 use crate::space::{RecordState, Space, TaskRecord, WorkspaceCleanup};
 
@@ -246,6 +247,8 @@ fn cancelled(final_text: Option<String>) -> CompleteTask {
         final_text,
         reason: Some("Pi was stopped at the client's request".to_owned()),
         code: Some(ReasonCode::CancelledByUser),
+        changes: None,
+        artifacts: Vec::new(),
     }
 }
 
@@ -255,6 +258,8 @@ fn failed(code: ReasonCode, reason: impl Into<String>) -> CompleteTask {
         final_text: None,
         reason: Some(reason.into()),
         code: Some(code),
+        changes: None,
+        artifacts: Vec::new(),
     }
 }
 
@@ -492,6 +497,19 @@ async fn prepare_and_run(
     if cancel.is_requested() {
         return clean(Outcome::cancelled());
     }
+    // The base of the result, before Pi can change anything; a task without one still runs.
+    let result_repo = ResultRepo::new(&space.root, &space.workspace, &settings.sandbox.guard, &task_id);
+    let rules = task.manifest.as_ref().map(|m| &m.rules);
+    let base = match result::snapshot_base(&result_repo, &task.commit, rules).await {
+        Ok(base) => Some(base),
+        Err(e) => {
+            reporter.send(log_event(
+                LogLevel::Warning,
+                &format!("no result will be recorded: {}", error_chain(&e)),
+            ));
+            None
+        }
+    };
 
     reporter.send(lifecycle(
         Phase::StartingPi,
@@ -567,7 +585,7 @@ async fn prepare_and_run(
         || !exit.status.is_some_and(|s| s.success())
         || run.as_ref().is_ok_and(|r| r.interrupted.is_some());
     let stats = run.as_ref().ok().and_then(|r| r.stats.clone());
-    let verdict = if was_cancelled {
+    let mut verdict = if was_cancelled {
         let partial = run
             .as_ref()
             .ok()
@@ -592,6 +610,19 @@ async fn prepare_and_run(
     }
     if let Some(stats) = &stats {
         reporter.send(NewEvent::new(stats.clone()));
+    }
+    if let Some(base) = &base {
+        match result::record(&result_repo, base, &settings.client, claim).await {
+            Ok((changes, artifacts)) => {
+                reporter.send(log_event(LogLevel::Info, &format!("result: {}", changes.summary())));
+                verdict.changes = Some(changes);
+                verdict.artifacts = artifacts;
+            }
+            Err(e) => reporter.send(log_event(
+                LogLevel::Error,
+                &format!("the task's result was not recorded: {}", error_chain(&e)),
+            )),
+        }
     }
     Ran {
         outcome: Outcome { verdict, stats },
@@ -646,6 +677,8 @@ pub fn verdict(run: Result<PromptRun, RpcError>, task_timeout: Duration) -> Comp
         code: reason.is_some().then_some(code),
         final_text,
         reason,
+        changes: None,
+        artifacts: Vec::new(),
     }
 }
 

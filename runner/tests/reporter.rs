@@ -174,6 +174,8 @@ async fn a_broker_outage_loses_no_event_and_the_verdict_still_lands() {
         final_text: Some("done".into()),
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     let through_proxy = through(&proxy);
     let task = persist(
@@ -461,6 +463,8 @@ async fn the_verdict_lands_after_an_outage_that_outlasted_the_events() {
         final_text: Some("done".into()),
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     for shutting_down in [false, true] {
         let broker = Broker::start();

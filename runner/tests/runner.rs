@@ -893,3 +893,95 @@ async fn a_hostile_manifest_fails_the_task_and_writes_nothing_outside_the_worksp
     assert!(!phases(&events).contains(&"starting_pi".to_owned()), "Pi never started");
     assert!(world.model.log().trim().is_empty(), "the model was never asked");
 }
+
+/// The result, end to end on a real runner with real Pi: the fake model's
+/// tool call edits, creates, deletes, chmods and renames files and writes a
+/// binary one on top of the laptop's uncommitted work; the task names its
+/// changes and a bundle artifact that a client reads back, verifies and
+/// fetches, and whose result commit is the workspace, file for file.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_code_a_task_changed_comes_back_as_a_verified_bundle() {
+    let edits = "sed -i 's/^/edited: /' README.md && echo new > created.txt && rm gone.txt && chmod +x run.sh \
+                 && mv moved.txt renamed.txt && printf '\\000\\001\\377' > blob.bin";
+    let world = World::new(json!({"turns": [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": edits}}]},
+        {"text": "edited"}
+    ]}));
+    let work = &world.repo.work;
+    for (path, text) in [
+        ("gone.txt", "to delete\n"),
+        ("run.sh", "#!/bin/sh\n"),
+        ("moved.txt", "to move\n"),
+    ] {
+        std::fs::write(work.join(path), text).expect("write");
+    }
+    git::git(work, &["add", "-A"]);
+    git::git(work, &["commit", "-q", "-m", "files"]);
+    git::git(work, &["push", "-q", "origin", "HEAD:main"]);
+    std::fs::write(work.join("overlay.txt"), "uncommitted on the laptop\n").expect("write");
+    let (task, _) = world.submit_tree("edit the files").await;
+    let (done, _) = world.run_once(&task, &["--workspace-cleanup", "never"]).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{}", world.diagnostics());
+    let changes = done.changes.clone().expect("the task names its changes");
+    let commit = changes.commit.clone().expect("a result commit");
+    assert_eq!(changes.files_changed, 6, "{changes:?}");
+    let [artifact] = done.artifacts.as_slice() else {
+        panic!("one artifact: {:?}", done.artifacts)
+    };
+    assert_eq!(Some(artifact.hash), changes.bundle);
+    let bundle = world
+        .client
+        .get_artifact(&world.broker.client_secret, task.id, &artifact.hash)
+        .await
+        .expect("the owner reads the bundle back, verified");
+    assert_eq!(bundle.len() as u64, artifact.size);
+
+    let laptop_bundle = world.spaces().join("laptop.bundle");
+    std::fs::write(&laptop_bundle, &bundle).expect("write");
+    let path = laptop_bundle.to_str().expect("utf-8");
+    git::git(work, &["bundle", "verify", "-q", path]);
+    git::git(
+        work,
+        &[
+            "fetch",
+            "-q",
+            path,
+            "refs/embark/result:refs/embark/t/result",
+            "refs/embark/base:refs/embark/t/base",
+        ],
+    );
+    assert_eq!(git::git(work, &["rev-parse", "refs/embark/t/result"]), commit);
+    assert_eq!(git::git(work, &["rev-parse", "refs/embark/t/base"]), changes.base);
+    // The base is the laptop's tree: its commit plus the overlay.
+    let base_files = git::git(work, &["ls-tree", "-r", "--name-only", &changes.base]);
+    assert!(base_files.lines().any(|l| l == "overlay.txt"), "{base_files}");
+    // The result is the workspace, every file's mode and blob.
+    let ws = world.spaces().join(task.id.to_string()).join("workspace");
+    let listed = git::git(work, &["ls-tree", "-r", &commit]);
+    let mut count = 0;
+    for line in listed.lines() {
+        let (meta, name) = line.split_once('\t').expect("ls-tree line");
+        let fields: Vec<&str> = meta.split(' ').collect();
+        let on_disk = git::git(&ws, &["hash-object", "--no-filters", name]);
+        assert_eq!(fields[2], on_disk, "{name}");
+        let executable =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(ws.join(name)).expect("stat").permissions())
+                & 0o100
+                != 0;
+        assert_eq!(fields[0] == "100755", executable, "{name}");
+        count += 1;
+    }
+    let mut files = 0;
+    let mut dirs = vec![ws.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").map(|e| e.expect("entry")) {
+            match entry.file_name().to_str() {
+                Some(".git") => {}
+                _ if entry.file_type().expect("type").is_dir() => dirs.push(entry.path()),
+                _ => files += 1,
+            }
+        }
+    }
+    assert_eq!(count, files, "every file of the workspace is in the result: {listed}");
+    assert!(!listed.contains("gone.txt") && listed.contains("renamed.txt") && listed.contains("blob.bin"));
+}

@@ -12,6 +12,7 @@ pub mod defaults;
 pub mod error;
 pub mod handlers;
 pub mod repo;
+pub mod result;
 pub mod rpc;
 pub mod session;
 pub mod stdio;

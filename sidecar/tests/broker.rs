@@ -323,6 +323,8 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
         final_text: Some("All done. The flaky test is fixed.".into()),
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     api.complete(&claim.callback_token, claim.task.id, &verdict)
         .await
@@ -381,6 +383,8 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
         final_text: None,
         reason: Some("pi exited with status 1".into()),
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     api.complete(&claim.callback_token, claim.task.id, &verdict)
         .await
@@ -661,6 +665,8 @@ async fn cancel_answers_in_one_line_for_each_state() {
         final_text: None,
         reason: Some("Pi's run was aborted".into()),
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     let done = broker_client
         .complete(&claim.callback_token, running.id, &verdict)

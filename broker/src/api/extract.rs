@@ -98,18 +98,22 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|rejection| Refusal::new(Rule::TaskId, rejection.body_text()))?;
-        TaskId::parse_canonical(&raw).map(TaskPath).map_err(|_| {
-            Refusal::new(
-                Rule::TaskId,
-                format!(
-                    "task id {:?} is not a UUID in its canonical form: send the full id, lowercase and hyphenated \
-                     (e.g. 0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b), not a short prefix",
-                    text::quote(&raw)
-                ),
-            )
-            .into()
-        })
+        task_id(&raw).map(TaskPath)
     }
+}
+
+fn task_id(raw: &str) -> Result<TaskId, ApiFailure> {
+    TaskId::parse_canonical(raw).map_err(|_| {
+        Refusal::new(
+            Rule::TaskId,
+            format!(
+                "task id {:?} is not a UUID in its canonical form: send the full id, lowercase and hyphenated \
+                 (e.g. 0190c3a2-7b1e-4c1a-9f00-3c2d1e0f4a5b), not a short prefix",
+                text::quote(raw)
+            ),
+        )
+        .into()
+    })
 }
 
 /// The `{hash}` of a blob route.
@@ -122,16 +126,34 @@ impl<S: Send + Sync> FromRequestParts<S> for BlobPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|rejection| Refusal::new(Rule::BlobHash, rejection.body_text()))?;
-        ContentHash::parse(&raw).map(BlobPath).ok_or_else(|| {
-            Refusal::new(
-                Rule::BlobHash,
-                format!(
-                    "blob hash {:?} is not a blake3 hash: send its 64 lowercase hex digits",
-                    text::quote(&raw)
-                ),
-            )
-            .into()
-        })
+        blob_hash(&raw).map(BlobPath)
+    }
+}
+
+fn blob_hash(raw: &str) -> Result<ContentHash, ApiFailure> {
+    ContentHash::parse(raw).ok_or_else(|| {
+        Refusal::new(
+            Rule::BlobHash,
+            format!(
+                "blob hash {:?} is not a blake3 hash: send its 64 lowercase hex digits",
+                text::quote(raw)
+            ),
+        )
+        .into()
+    })
+}
+
+/// The `{id}` and `{hash}` of an artifact route.
+pub struct ArtifactPath(pub TaskId, pub ContentHash);
+
+impl<S: Send + Sync> FromRequestParts<S> for ArtifactPath {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        let Path((id, hash)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| Refusal::new(Rule::TaskId, rejection.body_text()))?;
+        Ok(ArtifactPath(task_id(&id)?, blob_hash(&hash)?))
     }
 }
 

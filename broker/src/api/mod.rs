@@ -208,6 +208,8 @@ fn handler<S: Store>(operation: Operation, method: Method) -> MethodRouter<App<S
         Operation::HeadBlob => on(method, blobs::head::<S>),
         Operation::GetBlob => on(method, blobs::get::<S>),
         Operation::MissingBlobs => on(method, blobs::missing::<S>),
+        Operation::PutArtifact => on(method, blobs::put_artifact::<S>),
+        Operation::GetArtifact => on(method, blobs::get_artifact::<S>),
         Operation::Healthz => on(method, ops::healthz),
         Operation::Readyz => on(method, ops::readyz::<S>),
         Operation::Metrics => on(method, ops::metrics::<S>),

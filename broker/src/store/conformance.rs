@@ -58,6 +58,8 @@ fn verdict(result: TaskResult) -> CompleteTask {
         final_text: Some("done".into()),
         reason: None,
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     }
 }
 
@@ -161,6 +163,8 @@ pub async fn state_transitions_follow_the_machine<S: Store>(store: S) {
         final_text: None,
         reason: Some("pi exited 1".into()),
         code: None,
+        changes: None,
+        artifacts: Vec::new(),
     };
     let failed = store.complete_task(b.id, &token_b, &failed).await.expect("fail b");
     assert_eq!(failed.state, TaskState::Failed);
@@ -1439,6 +1443,8 @@ async fn task_in<S: Store>(store: &S, worker: &Runner, state: TaskState) -> (Tas
                 final_text: None,
                 reason: Some("cancelled".into()),
                 code: Some(ReasonCode::CancelledByUser),
+                changes: None,
+                artifacts: Vec::new(),
             };
             store.complete_task(task.id, &token, &cancel).await.expect("cancel");
         }

@@ -558,11 +558,51 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The bytes stored under `hash`, if any.
     fn get_blob(&self, hash: &ContentHash) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
+    /// Whether `callback` is the token of `id`'s current attempt
+    /// ([`StoreError::TokenRefused`] otherwise), for an attempt's artifact upload.
+    fn authorize_callback(
+        &self,
+        id: TaskId,
+        callback: &TokenHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Which of `hashes` no blob is stored under, in the order given, each once.
     fn missing_blobs(
         &self,
         hashes: &[ContentHash],
     ) -> impl Future<Output = Result<Vec<ContentHash>, StoreError>> + Send;
+}
+
+/// A verdict's artifacts must be stored blobs of their size, uploaded
+/// before it (`PUT /v1/tasks/{id}/artifacts/{hash}`): a task never names a
+/// blob a client cannot read.
+pub(crate) async fn check_artifact_blobs<S: Store>(store: &S, verdict: &CompleteTask) -> Result<(), StoreError> {
+    for artifact in &verdict.artifacts {
+        let size = store.blob_size(&artifact.hash).await?;
+        if size != Some(artifact.size) {
+            return Err(StoreError::Invalid(Refusal::new(
+                Rule::Artifacts,
+                format!(
+                    "artifact {} ({}, {} bytes) was not uploaded: upload it with PUT /v1/tasks/{{id}}/artifacts/{{hash}} before the verdict",
+                    artifact.hash,
+                    artifact.kind.as_str(),
+                    artifact.size
+                ),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The `changes` and `artifacts` columns of a verdict (JSON; NULL when absent or empty).
+pub(crate) fn artifact_columns(verdict: &CompleteTask) -> (Option<String>, Option<String>) {
+    let changes = verdict
+        .changes
+        .as_ref()
+        .map(|c| serde_json::to_string(c).expect("changes serialize"));
+    let artifacts = (!verdict.artifacts.is_empty())
+        .then(|| serde_json::to_string(&verdict.artifacts).expect("artifacts serialize"));
+    (changes, artifacts)
 }
 
 /// The blobs of `task`'s manifest the store lacks, as a refusal under
@@ -699,6 +739,9 @@ pub(crate) fn settle_verdict(
             final_text: verdict.final_text.clone(),
             reason: Some(CANCELLED_TEXT.to_owned()),
             code: Some(ReasonCode::CancelledByUser),
+            // What the code became is kept whatever the verdict says.
+            changes: verdict.changes.clone(),
+            artifacts: verdict.artifacts.clone(),
         });
     }
     if verdict.result == TaskResult::Cancelled {

@@ -42,9 +42,9 @@ use super::rows::{
 };
 use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
-    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_number, attempt_of, check_append,
-    check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence, latest_stats,
-    manifest_json, replayed_create, revived, settle_verdict,
+    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of, check_append,
+    check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence,
+    latest_stats, manifest_json, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -685,6 +685,8 @@ impl Store for PgStore {
         verdict: &CompleteTask,
     ) -> Result<Task, StoreError> {
         check_verdict(verdict)?;
+        check_artifact_blobs(self, verdict).await?;
+        let (changes, artifacts) = artifact_columns(verdict);
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let CurrentAttempt { state, .. } = authorize_attempt(&mut tx, id, callback).await?;
@@ -708,7 +710,7 @@ impl Store for PgStore {
         check_transition(id, revived(id, state)?, next)?;
         let row: TaskRow = sqlx::query_as(concat!(
             "UPDATE tasks SET state = $2, outcome_result = $3, outcome_final_text = $4, outcome_reason = $5, \
-             finished_at = $6, updated_at = $6, outcome_code = $8 WHERE id = $1 AND state = $7 RETURNING ",
+             finished_at = $6, updated_at = $6, outcome_code = $8, changes = $9, artifacts = $10 WHERE id = $1 AND state = $7 RETURNING ",
             task_columns!()
         ))
         .bind(id.to_string())
@@ -719,6 +721,8 @@ impl Store for PgStore {
         .bind(now)
         .bind(state.as_str())
         .bind(verdict.code.as_ref().map(ToString::to_string))
+        .bind(changes)
+        .bind(artifacts)
         .fetch_one(&mut *tx)
         .await?;
         let task = Task::try_from(row)?;
@@ -927,6 +931,13 @@ impl Store for PgStore {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn authorize_callback(&self, id: TaskId, callback: &TokenHash) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        authorize_attempt(&mut tx, id, callback).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
          created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
-         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest"
+         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest, changes, artifacts"
     };
 }
 pub(crate) use task_columns;
@@ -46,6 +46,10 @@ pub(crate) struct TaskRow {
     /// The latest `session_stats` payload, JSON.
     pub session_stats: Option<String>,
     pub manifest: Option<String>,
+    /// The task's [`embark_core::wire::Changes`], JSON.
+    pub changes: Option<String>,
+    /// The task's artifacts, a JSON array.
+    pub artifacts: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -116,6 +120,19 @@ impl TryFrom<TaskRow> for Task {
                 .as_deref()
                 .and_then(|json| serde_json::from_str::<SessionStats>(json).ok()),
             cancel_requested_at: row.cancel_requested_at.map(timestamp).transpose()?,
+            changes: row
+                .changes
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("task {id}'s changes: {e}")))?,
+            artifacts: row
+                .artifacts
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("task {id}'s artifacts: {e}")))?
+                .unwrap_or_default(),
         })
     }
 }

@@ -136,10 +136,12 @@ pub enum Operation {
     Metrics,
     CancelTask,
     RunnerControl,
+    PutArtifact,
+    GetArtifact,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 23] = [
+    pub const ALL: [Operation; 25] = [
         Operation::Health,
         Operation::CreateTask,
         Operation::ListTasks,
@@ -163,6 +165,8 @@ impl Operation {
         Operation::Metrics,
         Operation::CancelTask,
         Operation::RunnerControl,
+        Operation::PutArtifact,
+        Operation::GetArtifact,
     ];
 
     /// This operation's entry in [`ROUTES`].
@@ -199,6 +203,8 @@ impl Operation {
             Operation::Metrics => "metrics",
             Operation::CancelTask => "cancelTask",
             Operation::RunnerControl => "runnerControl",
+            Operation::PutArtifact => "putArtifact",
+            Operation::GetArtifact => "getArtifact",
         }
     }
 }
@@ -415,6 +421,11 @@ const BLOB_HASH: PathParam = PathParam {
     description: "The blob's blake3 hash: 64 lowercase hex digits.",
     rule: Rule::BlobHash,
 };
+
+const ARTIFACT_NOT_FOUND: Reply = error(
+    404,
+    "No such task, one this client may not see, or an artifact the task does not name.",
+);
 
 const BLOB_NOT_FOUND: Reply = error(404, "The broker holds no blob with this hash.");
 
@@ -920,6 +931,47 @@ pub const ROUTES: &[Route] = &[
         replies: &[
             ok(200, schema::<MissingBlobs>, "The hashes the broker does not hold."),
             UNAUTHORIZED,
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::PutArtifact,
+        method: Method::Put,
+        path: "/v1/tasks/{id}/artifacts/{hash}",
+        summary: "Store an artifact of the attempt (its result bundle, Pi's session file) under its blake3 hash, before the verdict names it.",
+        credential: Some(Credential::CallbackToken),
+        path_params: &[TASK_ID, BLOB_HASH],
+        query: None,
+        request: Some(bytes::<BlobBody>()),
+        kind: Kind::Http,
+        replies: &[
+            Reply {
+                status: 204,
+                body: Body::Empty,
+                description: "The artifact's blob is stored (or already was).",
+            },
+            CALLBACK_UNAUTHORIZED,
+            INTERNAL,
+        ],
+    },
+    Route {
+        operation: Operation::GetArtifact,
+        method: Method::Get,
+        path: "/v1/tasks/{id}/artifacts/{hash}",
+        summary: "An artifact of a task this client may see (one its artifacts list names); verify the bytes against the hash.",
+        credential: Some(Credential::ClientSecret),
+        path_params: &[TASK_ID, BLOB_HASH],
+        query: None,
+        request: None,
+        kind: Kind::Http,
+        replies: &[
+            Reply {
+                status: 200,
+                body: Body::Text("application/octet-stream"),
+                description: "The artifact's bytes.",
+            },
+            UNAUTHORIZED,
+            ARTIFACT_NOT_FOUND,
             INTERNAL,
         ],
     },

@@ -107,10 +107,12 @@ pub enum Rule {
     BlobCount,
     /// A claim's or peek's list of repositories is too long, or names one that cannot be a repo_url.
     RepoFilter,
+    /// A verdict's changes or artifacts are not acceptable, or an artifact it names was not uploaded.
+    Artifacts,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 42] = [
+    pub const ALL: [Rule; 43] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
@@ -153,6 +155,7 @@ impl Rule {
         Rule::BlobContent,
         Rule::BlobCount,
         Rule::RepoFilter,
+        Rule::Artifacts,
     ];
 
     /// The rules of reading a raw (`application/octet-stream`) body, before its type's own.
@@ -210,7 +213,8 @@ impl Rule {
             | Rule::ManifestBlobs
             | Rule::BlobHash
             | Rule::BlobContent
-            | Rule::RepoFilter => 422,
+            | Rule::RepoFilter
+            | Rule::Artifacts => 422,
         }
     }
 
@@ -325,6 +329,7 @@ impl Rule {
                 limits::MAX_REPOS_PER_FILTER,
                 limits::MAX_REPO_URL_BYTES
             ),
+            Rule::Artifacts => "The verdict's changes name a result without its bundle among the artifacts, an id that is not an object id, too many artifacts, or an artifact that was not uploaded with PUT /v1/tasks/{id}/artifacts/{hash} first.".into(),
         }
     }
 }

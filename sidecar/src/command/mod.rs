@@ -116,6 +116,25 @@ pub enum Command {
     Submit(SubmitArgs),
     Runners,
     Defaults(DefaultsArgs),
+    Diff(DiffArgs),
+    Apply(ApplyArgs),
+}
+
+/// `/embark diff [latest|<id>|<number>] [--stat] [PATH…]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiffArgs {
+    pub selector: TaskSelector,
+    pub stat: bool,
+    pub paths: Vec<String>,
+}
+
+/// `/embark apply [latest|<id>|<number>] [--dry-run] [--branch NAME] [--allow-conflicts]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyArgs {
+    pub selector: TaskSelector,
+    pub dry_run: bool,
+    pub allow_conflicts: bool,
+    pub branch: Option<String>,
 }
 
 /// What `/embark defaults` does with this Pi session's defaults.
@@ -166,6 +185,15 @@ pub const USAGE: &str = r#"Usage:
   /embark cancel [latest|<task id>|<number>]
       Cancel a task of this session (chosen as for status): a queued one
       never starts, a running one's runner stops Pi.
+  /embark diff [latest|<task id>|<number>] [--stat] [PATH…]
+      Show the code a finished task changed (git's diff of its base and
+      result, fetched and verified into refs/embark/<task id>/…).
+  /embark apply [latest|<task id>|<number>] [--dry-run] [--branch NAME] [--allow-conflicts]
+      Merge a task's result into this working tree (3-way, against the
+      task's base): nothing is written when a file would conflict, local
+      edits are never lost, the index and HEAD never move. --dry-run shows
+      what would change; --branch NAME only creates that branch at the
+      result; --allow-conflicts writes conflict markers.
   /embark runners
       Show what the enrolled runners can run: profiles, providers, models,
       isolation modes and labels.
@@ -179,8 +207,8 @@ pub const USAGE: &str = r#"Usage:
       Show this text.
 
 Reserved for commands to come (a prompt that starts with one must be
-quoted or follow `submit`): tasks attach list sync detach diff apply follow
-logs reconcile cleanup.
+quoted or follow `submit`): tasks attach list sync detach follow logs
+reconcile cleanup.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>   Pi provider on the runner (else the session default, EMBARK_PROVIDER or `provider` in config.toml)

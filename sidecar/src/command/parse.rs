@@ -4,7 +4,7 @@ use embark_core::intent::{IntentLayer, IsolationMode};
 
 use super::suggest::closest;
 use super::tokenize::{Token, tokenize};
-use super::{Command, DefaultsArgs, SubmitArgs, TaskSelector, USAGE, Verb};
+use super::{ApplyArgs, Command, DefaultsArgs, DiffArgs, SubmitArgs, TaskSelector, USAGE, Verb};
 
 /// What is wrong with an `/embark` line; the message says how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +57,8 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
             )),
         },
         Some(Verb::Defaults) => parse_defaults(rest).map(Command::Defaults),
+        Some(Verb::Diff) => parse_diff(rest).map(Command::Diff),
+        Some(Verb::Apply) => parse_apply(rest).map(Command::Apply),
         Some(verb) => Err(not_available(verb, line)),
         None => parse_submit(&tokens, false),
     }
@@ -116,6 +118,107 @@ fn parse_selector(verb: Verb, args: &[Token]) -> Result<TaskSelector, UsageError
         }
     };
     Ok(selector)
+}
+
+/// The selector (when the first word is one), flags and other words of
+/// `diff` or `apply`: `flags` names the flags without a value, `valued` those
+/// with one; `--` ends the flags.
+/// What `diff` and `apply` were given: the task, the other words, the flags with their values.
+struct ResultArgs {
+    selector: TaskSelector,
+    words: Vec<String>,
+    flags: Vec<(String, Option<String>)>,
+}
+
+fn parse_result_args(verb: Verb, args: &[Token], flags: &[&str], valued: &[&str]) -> Result<ResultArgs, UsageError> {
+    let name = verb.as_str();
+    let mut selector = None;
+    let mut words = Vec::new();
+    let mut given: Vec<(String, Option<String>)> = Vec::new();
+    let mut flags_ended = false;
+    let mut iter = args.iter().enumerate();
+    while let Some((index, token)) = iter.next() {
+        if !flags_ended && !token.quoted && token.text == "--" {
+            flags_ended = true;
+            continue;
+        }
+        if !flags_ended && !token.quoted && token.text.starts_with("--") {
+            let (flag, inline) = match token.text[2..].split_once('=') {
+                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+                None => (token.text[2..].to_owned(), None),
+            };
+            if given.iter().any(|(f, _)| *f == flag) {
+                return Err(UsageError(format!("--{flag} is given twice; keep one")));
+            }
+            if flags.contains(&flag.as_str()) {
+                if inline.is_some() {
+                    return Err(UsageError(format!("--{flag} takes no value")));
+                }
+                given.push((flag, None));
+            } else if valued.contains(&flag.as_str()) {
+                let value = match inline {
+                    Some(value) => value,
+                    None => match iter.next() {
+                        Some((_, next)) if next.quoted || !next.text.starts_with("--") => next.text.clone(),
+                        _ => return Err(UsageError(format!("--{flag} needs a value: --{flag} <name>"))),
+                    },
+                };
+                given.push((flag, Some(value)));
+            } else {
+                return Err(UsageError::with_usage(format!("`{name}` has no flag --{flag}")));
+            }
+            continue;
+        }
+        if index == 0 && !token.quoted && selector.is_none() && is_task_word(&token.text) {
+            selector = Some(parse_selector(verb, std::slice::from_ref(token))?);
+            continue;
+        }
+        words.push(token.text.clone());
+    }
+    Ok(ResultArgs {
+        selector: selector.unwrap_or(TaskSelector::Latest),
+        words,
+        flags: given,
+    })
+}
+
+/// `latest`, a task number or a hex id (prefix): a word that picks a task.
+fn is_task_word(text: &str) -> bool {
+    text == "latest"
+        || is_number(text)
+        || (text.len() >= MIN_ID_PREFIX && text.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+}
+
+fn parse_diff(args: &[Token]) -> Result<DiffArgs, UsageError> {
+    let parsed = parse_result_args(Verb::Diff, args, &["stat"], &[])?;
+    Ok(DiffArgs {
+        selector: parsed.selector,
+        stat: !parsed.flags.is_empty(),
+        paths: parsed.words,
+    })
+}
+
+fn parse_apply(args: &[Token]) -> Result<ApplyArgs, UsageError> {
+    let ResultArgs { selector, words, flags } =
+        parse_result_args(Verb::Apply, args, &["dry-run", "allow-conflicts"], &["branch"])?;
+    if let Some(word) = words.first() {
+        return Err(UsageError(format!(
+            "`apply` takes one task at most, got an extra {word:?}: /embark apply [latest|<id>|<number>] [--dry-run] [--branch NAME] [--allow-conflicts]"
+        )));
+    }
+    let has = |name: &str| flags.iter().any(|(f, _)| f == name);
+    let branch = flags.iter().find(|(f, _)| f == "branch").and_then(|(_, v)| v.clone());
+    if branch.is_some() && (has("dry-run") || has("allow-conflicts")) {
+        return Err(UsageError(
+            "--branch only creates a branch at the result and writes no file: give it without --dry-run or --allow-conflicts".into(),
+        ));
+    }
+    Ok(ApplyArgs {
+        selector,
+        dry_run: has("dry-run"),
+        allow_conflicts: has("allow-conflicts"),
+        branch,
+    })
 }
 
 /// A task's number in the session (newest first): fewer digits than any id
@@ -413,6 +516,58 @@ mod tests {
     }
 
     #[test]
+    fn diff_and_apply_take_a_selector_flags_and_paths() {
+        assert_eq!(
+            parse("diff"),
+            Ok(Command::Diff(DiffArgs {
+                selector: TaskSelector::Latest,
+                stat: false,
+                paths: vec![]
+            }))
+        );
+        assert_eq!(
+            parse("diff 2 --stat src/lib.rs docs"),
+            Ok(Command::Diff(DiffArgs {
+                selector: TaskSelector::Number(2),
+                stat: true,
+                paths: vec!["src/lib.rs".into(), "docs".into()]
+            }))
+        );
+        assert_eq!(
+            parse("diff -- 0abc"),
+            Ok(Command::Diff(DiffArgs {
+                selector: TaskSelector::Latest,
+                stat: false,
+                paths: vec!["0abc".into()]
+            })),
+            "after -- a hex word is a path"
+        );
+        assert_eq!(
+            parse("apply 0193abcd --dry-run --allow-conflicts"),
+            Ok(Command::Apply(ApplyArgs {
+                selector: TaskSelector::Prefix("0193abcd".into()),
+                dry_run: true,
+                allow_conflicts: true,
+                branch: None
+            }))
+        );
+        assert_eq!(
+            parse("apply --branch=fix/it"),
+            Ok(Command::Apply(ApplyArgs {
+                selector: TaskSelector::Latest,
+                dry_run: false,
+                allow_conflicts: false,
+                branch: Some("fix/it".into())
+            }))
+        );
+        assert!(usage_error("apply --branch").contains("needs a value"));
+        assert!(usage_error("apply --branch b --dry-run").contains("writes no file"));
+        assert!(usage_error("apply latest extra").contains("extra"));
+        assert!(usage_error("diff --stat --stat").contains("twice"));
+        assert!(usage_error("diff --color").contains("no flag --color"));
+    }
+
+    #[test]
     fn empty_and_help_lines_show_help() {
         for line in ["", "   ", "help", "--help", "status -h", "\"x y\" --help"] {
             assert_eq!(parse(line), Ok(Command::Help), "{line:?}");
@@ -532,8 +687,6 @@ mod tests {
             "list",
             "tasks",
             "sync all",
-            "diff 0190abcd --stat",
-            "apply latest",
             "follow latest \"now fix the tests\"",
             "logs",
             "reconcile",

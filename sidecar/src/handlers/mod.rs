@@ -1,8 +1,10 @@
 //! What each `/embark` command does, answered as a [`View`].
 
+mod apply;
 mod broker_error;
 mod cancel;
 mod defaults;
+mod diff;
 mod runners;
 mod status;
 mod submit;
@@ -68,6 +70,8 @@ impl Handlers {
                 Command::Cancel(ref selector) => cancel::run(self, selector, session).await,
                 Command::Runners => runners::run(self).await,
                 Command::Defaults(args) => defaults::run(self, args, session),
+                Command::Diff(ref args) => diff::run(self, args, session).await,
+                Command::Apply(ref args) => apply::run(self, args, session).await,
                 Command::Submit(args) => submit::run(self, args, session).await,
             }
         };

@@ -132,6 +132,14 @@ fn task_table(task: &Task, shown: &str) -> Block {
         ));
         rows.push(row("cost", format!("{:.4}", stats.cost)));
     }
+    if let Some(changes) = &task.changes {
+        let next = if changes.is_empty() {
+            String::new()
+        } else {
+            format!(" (/embark diff {shown}, /embark apply {shown})")
+        };
+        rows.push(row("changes", format!("{}{next}", changes.summary())));
+    }
     Block::Table {
         title: Some(format!("embark task {shown}")),
         columns: vec!["field".into(), "value".into()],
