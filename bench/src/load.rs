@@ -18,6 +18,8 @@ const RUNNERS: usize = 8;
 /// Events in a cycle's one batch.
 const CYCLE_BATCH: usize = 10;
 const APPENDERS: usize = 4;
+/// Runners heartbeating their running task as fast as they are answered.
+const HEARTBEATERS: usize = 8;
 const EVENT_BATCH: usize = 100;
 const READERS: usize = 100;
 const LIVE_APPENDS: usize = 200;
@@ -66,11 +68,13 @@ pub async fn run(url: &str, phase: Duration) -> anyhow::Result<Figures> {
     let client = BrokerClient::new(url)?;
     let cycles = cycles(&client, phase).await?;
     let events = events(&client, phase).await?;
+    let heartbeats = heartbeats(&client, phase).await?;
     let (live_p50, live_p99, live_missed) = live(&client).await?;
     let cancel = cancels(&client).await?;
     Ok(Figures {
         cycles,
         events,
+        heartbeats,
         live_p50,
         live_p99,
         live_missed,
@@ -148,6 +152,37 @@ async fn events(client: &BrokerClient, phase: Duration) -> anyhow::Result<f64> {
         writer.await??;
     }
     Ok(appended.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Lease writes: 8 runners heartbeating their own running tasks, each
+/// heartbeat one request and one write transaction (the lease renewed).
+async fn heartbeats(client: &BrokerClient, phase: Duration) -> anyhow::Result<f64> {
+    let token = client.enroll(ENROLLMENT_SECRET, "bench-heartbeats").await?.runner_token;
+    let mut claims = Vec::new();
+    for n in 0..HEARTBEATERS {
+        client.create_task(CLIENT_SECRET, &new_task(n as u64)).await?;
+        claims.push(claim(client, &token).await?);
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut runners = Vec::new();
+    for claim in claims {
+        let (client, done) = (client.clone(), Arc::clone(&done));
+        runners.push(tokio::spawn(async move {
+            while started.elapsed() < phase {
+                client.heartbeat(&claim.callback_token, claim.task.id).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            client
+                .complete(&claim.callback_token, claim.task.id, &verdict())
+                .await?;
+            anyhow::Ok(())
+        }));
+    }
+    for runner in runners {
+        runner.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// 100 readers tail one task; one event is appended every 10 ms; the latency

@@ -1,10 +1,11 @@
 //! `cargo run --release -p embark-bench`: load on a real broker, in this
 //! process, over real HTTP and WebSockets on 127.0.0.1, printing figures
 //! (not a test): task cycles per second with 8 runners, events per second in
-//! batches of 100, live-tail latency from an append to 100 WebSocket readers,
-//! cancel latency to the runner's control channel and to a (Pi-less) stop,
-//! each against its floor (the same rows written straight through sqlx, in
-//! the same run), on each store this build has.
+//! batches of 100, lease writes (heartbeats) per second with 8 runners,
+//! live-tail latency from an append to 100 WebSocket readers, cancel latency
+//! to the runner's control channel and to a (Pi-less) stop, cycles and
+//! events against their floor (the same rows written straight through sqlx,
+//! in the same run), on each store this build has.
 //!
 //! The broker runs on its own runtime (2 worker threads), the load on
 //! another: both share this machine's cores, as they would share a small
@@ -36,6 +37,7 @@ pub struct Figures {
     pub cycles_floor: f64,
     pub events: f64,
     pub events_floor: f64,
+    pub heartbeats: f64,
     pub live_p50: Duration,
     pub live_p99: Duration,
     pub live_missed: usize,
@@ -191,13 +193,14 @@ type Cell = dyn Fn(&Figures) -> String;
 fn print(sqlite: &Figures, postgres: Option<&Figures>, phase: Duration) {
     let cell =
         |figures: Option<&Figures>, value: &dyn Fn(&Figures) -> String| figures.map_or_else(|| "n/a".to_owned(), value);
-    let rows: [(&str, &Cell); 9] = [
+    let rows: [(&str, &Cell); 10] = [
         ("task cycles/s, 8 runners", &|f| format!("{:.0}", f.cycles)),
         ("  floor (sqlx, same rows)", &|f| format!("{:.0}", f.cycles_floor)),
         ("  broker / floor", &|f| format!("{:.2}", f.cycles / f.cycles_floor)),
         ("events/s, batches of 100", &|f| format!("{:.0}", f.events)),
         ("  floor (sqlx, same rows)", &|f| format!("{:.0}", f.events_floor)),
         ("  broker / floor", &|f| format!("{:.2}", f.events / f.events_floor)),
+        ("heartbeats/s, 8 runners", &|f| format!("{:.0}", f.heartbeats)),
         ("live p50 / p99, 100 readers", &|f| {
             format!(
                 "{:.1} / {:.1} ms{}",
