@@ -215,3 +215,82 @@ fn commit_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
         answer.send(committed.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(conn: &Connection, x: i64) -> Result<i64, StoreError> {
+        Ok(conn.query_row("SELECT COUNT(*) FROM t WHERE x = ?1", [x], |row| row.get(0))?)
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_rolls_back_alone_and_the_group_commits_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER NOT NULL UNIQUE)")
+            .expect("schema");
+        let writer = Writer::start(conn).expect("writer");
+
+        // The first job holds the thread until every other job is queued, so they share the next group.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let mut first = Box::pin(writer.call(move |conn| {
+            held.recv().expect("released");
+            Ok(conn.execute("INSERT INTO t (x) VALUES (0)", [])?)
+        }));
+        assert!(futures::poll!(&mut first).is_pending(), "queued, not answered");
+        let mut jobs = Vec::new();
+        for x in 1..=9_i64 {
+            let mut job = Box::pin(writer.call(move |conn| {
+                conn.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
+                match x % 3 {
+                    // Wrote, then refused: its row must not stay.
+                    0 => Err(StoreError::NotCancelled(embark_core::task::TaskId::new())),
+                    // A constraint error from SQLite itself (x = 1 is inserted above).
+                    2 => Ok(conn.execute("INSERT INTO t (x) VALUES (1)", [])?),
+                    _ => Ok(1),
+                }
+            }));
+            // The first poll queues the job (it cannot be answered while the thread is held).
+            assert!(futures::poll!(&mut job).is_pending());
+            jobs.push(job);
+        }
+        // A panicking job is answered, rolled back, and does not stop the writer.
+        let mut panics = Box::pin(writer.call(|conn| -> Result<(), StoreError> {
+            conn.execute("INSERT INTO t (x) VALUES (100)", [])?;
+            panic!("a bug in a job")
+        }));
+        assert!(futures::poll!(&mut panics).is_pending());
+        release.send(()).expect("release");
+        assert_eq!(first.await.expect("first"), 1);
+        for (x, job) in (1..=9_i64).zip(jobs) {
+            let answer = job.await;
+            match x % 3 {
+                0 => assert!(matches!(answer, Err(StoreError::NotCancelled(_))), "{x}: {answer:?}"),
+                2 => assert!(matches!(answer, Err(StoreError::Sqlite(_))), "{x}: {answer:?}"),
+                _ => assert_eq!(answer.expect("kept"), 1),
+            }
+        }
+        assert!(matches!(panics.await, Err(StoreError::Corrupt(_))));
+
+        let kept = writer
+            .call(|conn| {
+                (0..=100)
+                    .map(|x| Ok((x, count(conn, x)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await
+            .expect("count");
+        let kept: Vec<i64> = kept.into_iter().filter(|(_, n)| *n == 1).map(|(x, _)| x).collect();
+        assert_eq!(kept, vec![0, 1, 4, 7]);
+        writer.close().await;
+        assert!(matches!(writer.call(|_| Ok(())).await, Err(StoreError::WriterStopped)));
+        // Committed means on disk: a fresh connection sees them.
+        let reopened = Connection::open(&path).expect("reopen");
+        let stored: i64 = reopened
+            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(stored, 4);
+    }
+}
