@@ -322,6 +322,9 @@ static SEEN_SESSION: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// A batch already appended: the attempt that did, its first and last seq.
+type StoredBatch = (i64, i64, i64);
+
 /// The task as its current attempt sees it.
 struct CurrentAttempt {
     state: TaskState,
@@ -337,7 +340,7 @@ fn authorize_attempt(
     id: TaskId,
     callback: &TokenHash,
     batch_id: Option<&str>,
-) -> Result<(CurrentAttempt, Option<(i64, i64, i64)>), StoreError> {
+) -> Result<(CurrentAttempt, Option<StoredBatch>), StoreError> {
     // One row per attempt of the task (or one without an attempt).
     type Row = (
         String,
@@ -945,8 +948,6 @@ impl Store for SqliteStore {
             last_seq: seq(last_seq)?,
         })
     }
-
-    /// Closing the writer last checkpoints the WAL into the main file.
 
     /// Closing the writer last checkpoints the WAL into the main file.
     async fn close(&self) {
