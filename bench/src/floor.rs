@@ -108,11 +108,11 @@ fn now() -> i64 {
 }
 
 const INSERT_TASK_SQLITE: &str = "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, \
-     model, session_id, created_at, updated_at) VALUES (?1, 'queued', 'https://example.invalid/bench.git', \
-     '89abcdef0123456789abcdef0123456789abcdef', 'bench task', 'default', 'fake', 'fake-model', 'bench', ?2, ?2)";
+     model, session_id, created_at, updated_at, client_seen_at) VALUES (?1, 'queued', 'https://example.invalid/bench.git', \
+     '89abcdef0123456789abcdef0123456789abcdef', 'bench task', 'default', 'fake', 'fake-model', 'bench', ?2, ?2, ?2)";
 const INSERT_TASK_PG: &str = "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, \
-     model, session_id, created_at, updated_at) VALUES ($1, 'queued', 'https://example.invalid/bench.git', \
-     '89abcdef0123456789abcdef0123456789abcdef', 'bench task', 'default', 'fake', 'fake-model', 'bench', $2, $2)";
+     model, session_id, created_at, updated_at, client_seen_at) VALUES ($1, 'queued', 'https://example.invalid/bench.git', \
+     '89abcdef0123456789abcdef0123456789abcdef', 'bench task', 'default', 'fake', 'fake-model', 'bench', $2, $2, $2)";
 
 impl Db {
     /// The runner every attempt names.

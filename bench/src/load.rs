@@ -18,6 +18,8 @@ const RUNNERS: usize = 8;
 /// Events in a cycle's one batch.
 const CYCLE_BATCH: usize = 10;
 const APPENDERS: usize = 4;
+/// Runners heartbeating their running task as fast as they are answered.
+const HEARTBEATERS: usize = 8;
 const EVENT_BATCH: usize = 100;
 const READERS: usize = 100;
 const LIVE_APPENDS: usize = 200;
@@ -66,13 +68,16 @@ fn verdict() -> CompleteTask {
 
 pub async fn run(url: &str, phase: Duration) -> anyhow::Result<Figures> {
     let client = BrokerClient::new(url)?;
-    let cycles = cycles(&client, phase).await?;
+    let (cycles, cycle_cpu) = cycles(&client, phase).await?;
     let events = events(&client, phase).await?;
+    let heartbeats = heartbeats(&client, phase).await?;
     let (live_p50, live_p99, live_missed) = live(&client).await?;
     let cancel = cancels(&client).await?;
     Ok(Figures {
         cycles,
+        cycle_cpu,
         events,
+        heartbeats,
         live_p50,
         live_p99,
         live_missed,
@@ -88,9 +93,21 @@ async fn claim(client: &BrokerClient, token: &str) -> anyhow::Result<Claim> {
         .context("a claim found no queued task within 5 s")
 }
 
+/// This process's CPU time so far (user + system, all threads: the broker,
+/// its writer and the load), from `/proc/self/stat` in clock ticks of 10 ms.
+pub fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// 8 runners, each looping create → claim → append one batch → complete.
-async fn cycles(client: &BrokerClient, phase: Duration) -> anyhow::Result<f64> {
+/// Answers cycles per second and the process's CPU time per cycle.
+async fn cycles(client: &BrokerClient, phase: Duration) -> anyhow::Result<(f64, Duration)> {
     let done = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..RUNNERS {
@@ -117,7 +134,13 @@ async fn cycles(client: &BrokerClient, phase: Duration) -> anyhow::Result<f64> {
     for worker in workers {
         worker.await??;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    let elapsed = started.elapsed();
+    let cycles = done.load(Ordering::Relaxed);
+    let cpu = match (cpu_before, cpu_time()) {
+        (Some(before), Some(after)) if cycles > 0 => (after - before) / u32::try_from(cycles).unwrap_or(u32::MAX),
+        _ => Duration::ZERO,
+    };
+    Ok((cycles as f64 / elapsed.as_secs_f64(), cpu))
 }
 
 /// 4 writers appending batches of 100 events to their own running tasks.
@@ -150,6 +173,37 @@ async fn events(client: &BrokerClient, phase: Duration) -> anyhow::Result<f64> {
         writer.await??;
     }
     Ok(appended.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Lease writes: 8 runners heartbeating their own running tasks, each
+/// heartbeat one request and one write transaction (the lease renewed).
+async fn heartbeats(client: &BrokerClient, phase: Duration) -> anyhow::Result<f64> {
+    let token = client.enroll(ENROLLMENT_SECRET, "bench-heartbeats").await?.runner_token;
+    let mut claims = Vec::new();
+    for n in 0..HEARTBEATERS {
+        client.create_task(CLIENT_SECRET, &new_task(n as u64)).await?;
+        claims.push(claim(client, &token).await?);
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut runners = Vec::new();
+    for claim in claims {
+        let (client, done) = (client.clone(), Arc::clone(&done));
+        runners.push(tokio::spawn(async move {
+            while started.elapsed() < phase {
+                client.heartbeat(&claim.callback_token, claim.task.id).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            client
+                .complete(&claim.callback_token, claim.task.id, &verdict())
+                .await?;
+            anyhow::Ok(())
+        }));
+    }
+    for runner in runners {
+        runner.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// 100 readers tail one task; one event is appended every 10 ms; the latency

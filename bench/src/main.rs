@@ -1,10 +1,11 @@
 //! `cargo run --release -p embark-bench`: load on a real broker, in this
 //! process, over real HTTP and WebSockets on 127.0.0.1, printing figures
 //! (not a test): task cycles per second with 8 runners, events per second in
-//! batches of 100, live-tail latency from an append to 100 WebSocket readers,
-//! cancel latency to the runner's control channel and to a (Pi-less) stop,
-//! each against its floor (the same rows written straight through sqlx, in
-//! the same run), on each store this build has.
+//! batches of 100, lease writes (heartbeats) per second with 8 runners,
+//! live-tail latency from an append to 100 WebSocket readers, cancel latency
+//! to the runner's control channel and to a (Pi-less) stop, cycles and
+//! events against their floor (the same rows written straight through sqlx,
+//! in the same run), on each store this build has.
 //!
 //! The broker runs on its own runtime (2 worker threads), the load on
 //! another: both share this machine's cores, as they would share a small
@@ -34,8 +35,11 @@ use embark_core::shutdown::Shutdown;
 pub struct Figures {
     pub cycles: f64,
     pub cycles_floor: f64,
+    /// CPU time of this whole process (broker and load) per cycle.
+    pub cycle_cpu: Duration,
     pub events: f64,
     pub events_floor: f64,
+    pub heartbeats: f64,
     pub live_p50: Duration,
     pub live_p99: Duration,
     pub live_missed: usize,
@@ -191,13 +195,20 @@ type Cell = dyn Fn(&Figures) -> String;
 fn print(sqlite: &Figures, postgres: Option<&Figures>, phase: Duration) {
     let cell =
         |figures: Option<&Figures>, value: &dyn Fn(&Figures) -> String| figures.map_or_else(|| "n/a".to_owned(), value);
-    let rows: [(&str, &Cell); 9] = [
+    let rows: [(&str, &Cell); 12] = [
         ("task cycles/s, 8 runners", &|f| format!("{:.0}", f.cycles)),
         ("  floor (sqlx, same rows)", &|f| format!("{:.0}", f.cycles_floor)),
         ("  broker / floor", &|f| format!("{:.2}", f.cycles / f.cycles_floor)),
+        ("  CPU per cycle (broker + load)", &|f| {
+            format!("{:.0} us", f.cycle_cpu.as_secs_f64() * 1e6)
+        }),
+        ("  cycles/s on 2 idle cores **", &|f| {
+            format!("{:.0}", 2.0 / f.cycle_cpu.as_secs_f64().max(1e-9))
+        }),
         ("events/s, batches of 100", &|f| format!("{:.0}", f.events)),
         ("  floor (sqlx, same rows)", &|f| format!("{:.0}", f.events_floor)),
         ("  broker / floor", &|f| format!("{:.2}", f.events / f.events_floor)),
+        ("heartbeats/s, 8 runners", &|f| format!("{:.0}", f.heartbeats)),
         ("live p50 / p99, 100 readers", &|f| {
             format!(
                 "{:.1} / {:.1} ms{}",
@@ -228,6 +239,10 @@ fn print(sqlite: &Figures, postgres: Option<&Figures>, phase: Duration) {
     println!(
         "* a runner that stops at once and reports `cancelled` (no Pi): the broker's part; a real Pi's stop is \
          `npm run smoke:runner-cancel`'s figure"
+    );
+    println!(
+        "** 2 s of CPU per second over the CPU one cycle took (broker and load generator together, in this \
+         process): the rate if nothing else ran on the 2 cores; compare the load average"
     );
     if postgres.is_none() {
         println!("PostgreSQL: set EMBARK_BENCH_DATABASE_URL (or EMBARK_TEST_DATABASE_URL) to a server to measure it.");

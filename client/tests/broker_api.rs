@@ -683,6 +683,88 @@ async fn a_lapsed_lease_is_requeued_and_the_old_attempt_is_told_it_was_supersede
     );
 }
 
+/// `EMBARK_CLIENT_SILENCE`: a client that tails a busy task, or polls it,
+/// keeps it; a task no client reads is cancelled as abandoned, and so is the
+/// tailed one once its tail is gone. The tailed task gets an event every
+/// 50 ms, so its tail is woken long before any fallback re-read would come.
+async fn only_tasks_no_client_watches_or_polls_are_abandoned(backend: Backend) {
+    let broker = Broker::start_on_with_env(backend, &[("EMBARK_CLIENT_SILENCE", "1s")]);
+    let client = broker.client();
+    let secret = broker.client_secret.as_str();
+    let runner = client.enroll(&broker.enrollment_secret, "box-1").await.expect("enroll");
+    let mut claims = Vec::new();
+    for session in ["tailed", "polled", "forgotten"] {
+        client
+            .create_task(secret, &new_task(session, "busy"))
+            .await
+            .expect("create");
+        let claim = client
+            .claim(&runner.runner_token, 1000)
+            .await
+            .expect("claim")
+            .expect("queued");
+        claims.push(claim);
+    }
+    let (tailed, polled, forgotten) = (claims[0].task.id, claims[1].task.id, claims[2].task.id);
+    let mut tail = client.tail_task(secret, tailed, 0).await.expect("tail");
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = tail.next().await {} });
+
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut n = 0;
+    while Instant::now() < until {
+        client
+            .append_events(
+                &claims[0].callback_token,
+                tailed,
+                &events(&format!("b-{n}"), &["working"]),
+            )
+            .await
+            .expect("append");
+        if n % 4 == 0 {
+            client.get_task(secret, polled).await.expect("poll");
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = async |id| client.get_task(secret, id).await.expect("get");
+    let gone = state(forgotten).await;
+    assert_eq!(
+        (gone.state, gone.outcome.and_then(|o| o.code)),
+        (
+            TaskState::Cancelled,
+            Some(embark_core::task::ReasonCode::ClientAbandoned)
+        ),
+        "no client read it for 3 s; log:\n{}",
+        broker.log()
+    );
+    assert_eq!(
+        state(tailed).await.state,
+        TaskState::Running,
+        "its tail was open throughout"
+    );
+    assert_eq!(
+        state(polled).await.state,
+        TaskState::Running,
+        "it was read every 200 ms"
+    );
+
+    // The tail was what kept it: gone, and the task goes the same way after the silence.
+    reader.abort();
+    let _ = reader.await;
+    let cancelled = eventually(Duration::from_secs(20), async || {
+        // A read keeps the task too: look only every 3 s, longer than the silence.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = client.get_task(secret, tailed).await.expect("get");
+        (now.state == TaskState::Cancelled).then_some(now)
+    })
+    .await;
+    assert!(
+        cancelled.is_some(),
+        "the untailed task was kept; log:\n{}",
+        broker.log()
+    );
+}
+
 // Every test above, as `sqlite::…` and `postgres::…`.
 embark_testkit::backend_tests!(
     credentials_are_required_and_refusals_are_api_errors,
@@ -693,6 +775,7 @@ embark_testkit::backend_tests!(
     a_waiting_claim_wakes_when_a_task_is_created,
     sigterm_ends_waiting_claims_and_stops_cleanly,
     a_lapsed_lease_is_requeued_and_the_old_attempt_is_told_it_was_superseded,
+    only_tasks_no_client_watches_or_polls_are_abandoned,
 );
 
 #[test]

@@ -3,10 +3,9 @@
 //! table with the expected status of each cell), what a client token sees,
 //! client request ids, and the token and runner commands.
 //!
-//! Not in the matrix: a superseded attempt's callback token. No route
-//! re-queues a claimed task yet (the lease reaper does, in another
-//! change), so no second attempt can be made here; the store's fencing of
-//! earlier attempts is covered by the conformance suite.
+//! The superseded attempt's token is made for real: a replica whose leases
+//! last 300 ms claims the task first, lets its lease lapse, and its reaper
+//! requeues the task, which the matrix's runner then claims as attempt 2.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -104,11 +103,13 @@ enum Cred {
     OtherCallback,
     /// The callback token of a revoked runner's attempt.
     RevokedRunnerCallback,
+    /// The callback token of the task's earlier attempt (requeued by the reaper, then claimed again).
+    Superseded,
     /// The callback token of the task's current attempt.
     Callback,
 }
 
-const COLUMNS: [Cred; 12] = [
+const COLUMNS: [Cred; 13] = [
     Cred::None,
     Cred::Garbage,
     Cred::Operator,
@@ -120,6 +121,7 @@ const COLUMNS: [Cred; 12] = [
     Cred::RevokedRunner,
     Cred::OtherCallback,
     Cred::RevokedRunnerCallback,
+    Cred::Superseded,
     Cred::Callback,
 ];
 
@@ -160,8 +162,10 @@ fn expected(operation: Operation, cred: Cred) -> u16 {
             Runner => 204,
             _ => 401,
         },
+        // The earlier attempt is told to stop (409 `superseded`), never accepted.
         Operation::AppendEvents | Operation::Heartbeat | Operation::CompleteTask => match cred {
             Callback => 200,
+            Superseded => 409,
             _ => 401,
         },
         // The task is running: the first cancel is requested, a repeat answers already_requested (200 too).
@@ -188,9 +192,10 @@ fn expected(operation: Operation, cred: Cred) -> u16 {
             Runner => 200,
             _ => 401,
         },
-        // Only the current attempt stores its task's artifacts.
+        // Only the current attempt stores its task's artifacts; an earlier one is told to stop.
         Operation::PutArtifact => match cred {
             Callback => 204,
+            Superseded => 409,
             _ => 401,
         },
         // The task names no artifact while it runs: a client that may see it gets 404 like one that
@@ -297,6 +302,7 @@ async fn world(backend: Backend) -> World {
         .create_task(&owner, &new_task("the owner's"))
         .await
         .expect("create");
+    let superseded = superseded_attempt(&broker, task.id).await;
     let others = client
         .create_task(&other, &new_task("the other's"))
         .await
@@ -325,6 +331,7 @@ async fn world(backend: Backend) -> World {
         (task.id, others.id, third.id),
         "claims take the oldest first"
     );
+    assert_eq!(mine.attempt, 2, "the requeued task's next attempt");
     let out = broker.admin(&["runners", "revoke", "gone"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -342,6 +349,7 @@ async fn world(backend: Backend) -> World {
         (Cred::RevokedRunner, gone.runner_token),
         (Cred::OtherCallback, theirs.callback_token),
         (Cred::RevokedRunnerCallback, revoked_runners.callback_token),
+        (Cred::Superseded, superseded),
         (Cred::Callback, mine.callback_token),
     ];
     World {
@@ -350,6 +358,28 @@ async fn world(backend: Backend) -> World {
         task: task.id,
         credentials,
     }
+}
+
+/// The callback token of attempt 1 of `task`, which the reaper of a replica
+/// with 300 ms leases requeued (the replica is stopped before this returns,
+/// so the other tasks keep the default leases).
+async fn superseded_attempt(broker: &Broker, task: TaskId) -> String {
+    let short = broker.replica_with_env(&[("EMBARK_HEARTBEAT_TIMEOUT", "300ms"), ("EMBARK_STALE_TIMEOUT", "300ms")]);
+    let client = short.client();
+    let zombie = client.enroll(&short.enrollment_secret, "zombie").await.expect("enroll");
+    let first = client
+        .claim(&zombie.runner_token, 5_000)
+        .await
+        .expect("claim")
+        .expect("the task is queued");
+    assert_eq!((first.task.id, first.attempt), (task, 1));
+    let requeued = embark_testkit::poll::eventually(Duration::from_secs(20), async || {
+        let now = client.get_task(&short.client_secret, task).await.expect("get");
+        (now.state == embark_core::TaskState::Queued).then_some(now)
+    })
+    .await;
+    assert!(requeued.is_some(), "not requeued; log:\n{}", short.log());
+    first.callback_token
 }
 
 async fn every_route_times_every_credential_answers_as_the_table_says(backend: Backend) {
@@ -398,6 +428,7 @@ async fn every_route_times_every_credential_answers_as_the_table_says(backend: B
                 let code = match status {
                     401 => ApiErrorCode::Unauthorized,
                     404 => ApiErrorCode::NotFound,
+                    409 if cred == Cred::Superseded => ApiErrorCode::Superseded,
                     _ => error.error.code,
                 };
                 assert_eq!(error.error.code, code, "{name} {cred:?}: {body}");

@@ -158,7 +158,14 @@ impl Broker {
     /// Another broker process on the same database, with the same secrets:
     /// a second replica behind the same load balancer.
     pub fn replica(&self) -> Broker {
-        let (process, url) = spawn_broker(&self.storage, &self.client_secret, &self.enrollment_secret);
+        self.replica_with_env(&[])
+    }
+
+    /// [`Broker::replica`] with these environment variables set too (after
+    /// the first broker's): e.g. a replica whose leases are short, whose
+    /// reaper requeues a task the others would keep.
+    pub fn replica_with_env(&self, env: &[(&str, &str)]) -> Broker {
+        let (process, url) = spawn_broker_with(&self.storage, &self.client_secret, &self.enrollment_secret, env);
         Broker {
             url,
             client_secret: self.client_secret.clone(),
@@ -288,6 +295,15 @@ macro_rules! backend_tests {
 
 /// Starts a broker on `storage` and waits for its `{"listening": …}` line.
 fn spawn_broker(storage: &Storage, client_secret: &str, enrollment_secret: &str) -> (Spawned, String) {
+    spawn_broker_with(storage, client_secret, enrollment_secret, &[])
+}
+
+fn spawn_broker_with(
+    storage: &Storage,
+    client_secret: &str,
+    enrollment_secret: &str,
+    extra: &[(&str, &str)],
+) -> (Spawned, String) {
     let n = storage.started.fetch_add(1, Ordering::Relaxed);
     let mut command = Command::new(bin_path("embark-broker"));
     command
@@ -304,6 +320,7 @@ fn spawn_broker(storage: &Storage, client_secret: &str, enrollment_secret: &str)
         // Debug from the long-poll: tests read when a claim is waiting.
         .env("EMBARK_LOG", BROKER_LOG_FILTER);
     command.envs(storage.env.iter().map(|(k, v)| (k, v)));
+    command.envs(extra.iter().copied());
     // One log per start: a restart must not truncate what the crashed one wrote.
     let mut process = Spawned::start(command, &storage.dir.path().join(format!("broker-{n}.log")));
     let ready = ready_line(&mut process, "broker");

@@ -74,6 +74,10 @@ impl From<StoreError> for ApiFailure {
             | StoreError::CreateFile { .. }
             | StoreError::Connect(_)
             | StoreError::Database(_)
+            | StoreError::Sqlite(_)
+            | StoreError::Commit(_)
+            | StoreError::WriterStopped
+            | StoreError::WriterThread(_)
             | StoreError::Migrate(_) => {
                 // The details are for the operator's log, not for callers.
                 tracing::error!(error = %text::error_chain(&error), "store failure");

@@ -251,16 +251,18 @@ impl<S: Store> Tail<S> {
             for followed in &self.tasks {
                 followed.following.expire().await;
             }
-            // A client following its tasks is still there (the marks are written sparingly).
-            let app = &self.app;
-            match &self.session {
-                Some(session) => app.seen.mark(&app.store, &app.clock, Seen::Session(&session.id)).await,
-                None => {
-                    for followed in &self.tasks {
-                        app.seen
-                            .mark(&app.store, &app.clock, Seen::Task(followed.following.task_id()))
-                            .await;
-                    }
+        }
+        // A client following its tasks is still there, however busy they keep
+        // the tail (a task's events wake it before any fallback would come):
+        // marked on every look, written sparingly by the marks themselves.
+        let app = &self.app;
+        match &self.session {
+            Some(session) => app.seen.mark(&app.store, &app.clock, Seen::Session(&session.id)).await,
+            None => {
+                for followed in &self.tasks {
+                    app.seen
+                        .mark(&app.store, &app.clock, Seen::Task(followed.following.task_id()))
+                        .await;
                 }
             }
         }

@@ -319,6 +319,16 @@ pub enum StoreError {
     Connect(#[source] sqlx::Error),
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// An error of the SQLite store's writer connection.
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The write transaction this write shared with others did not commit: nothing of it was stored.
+    #[error("the database did not commit the write")]
+    Commit(#[source] std::sync::Arc<rusqlite::Error>),
+    #[error("the database's writer has stopped (the store was closed): restart the broker")]
+    WriterStopped,
+    #[error("could not start the database's writer thread")]
+    WriterThread(#[source] std::io::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

@@ -52,6 +52,39 @@ pub(crate) struct TaskRow {
     pub artifacts: Option<String>,
 }
 
+impl TaskRow {
+    /// The row of a `SELECT`/`RETURNING` of [`task_columns`], read by the SQLite writer.
+    pub fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+        Ok(TaskRow {
+            id: row.get(0)?,
+            state: row.get(1)?,
+            repo_url: row.get(2)?,
+            commit_id: row.get(3)?,
+            prompt: row.get(4)?,
+            auth_profile: row.get(5)?,
+            provider: row.get(6)?,
+            model: row.get(7)?,
+            session_id: row.get(8)?,
+            created_at: row.get(9)?,
+            updated_at: row.get(10)?,
+            attempt: row.get(11)?,
+            last_seq: row.get(12)?,
+            outcome_result: row.get(13)?,
+            outcome_final_text: row.get(14)?,
+            outcome_reason: row.get(15)?,
+            finished_at: row.get(16)?,
+            outcome_code: row.get(17)?,
+            cancel_requested_at: row.get(18)?,
+            isolation: row.get(19)?,
+            labels: row.get(20)?,
+            session_stats: row.get(21)?,
+            manifest: row.get(22)?,
+            changes: row.get(23)?,
+            artifacts: row.get(24)?,
+        })
+    }
+}
+
 impl TryFrom<TaskRow> for Task {
     type Error = StoreError;
 
@@ -147,6 +180,17 @@ pub(crate) struct OwnedTaskRow {
     pub request_hash: Option<Vec<u8>>,
 }
 
+impl OwnedTaskRow {
+    /// [`task_columns`], then `owner, request_hash`, read by the SQLite writer.
+    pub fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<OwnedTaskRow> {
+        Ok(OwnedTaskRow {
+            task: TaskRow::from_sqlite(row)?,
+            owner: row.get(25)?,
+            request_hash: row.get(26)?,
+        })
+    }
+}
+
 /// The columns of [`ClientTokenRow`], in order.
 macro_rules! client_token_columns {
     () => {
@@ -162,6 +206,19 @@ pub(crate) struct ClientTokenRow {
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+}
+
+impl ClientTokenRow {
+    /// A row of [`client_token_columns`], read by the SQLite writer.
+    pub fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<ClientTokenRow> {
+        Ok(ClientTokenRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            created_at: row.get(2)?,
+            last_used_at: row.get(3)?,
+            revoked_at: row.get(4)?,
+        })
+    }
 }
 
 impl TryFrom<ClientTokenRow> for ClientToken {

@@ -1,17 +1,21 @@
 //! [`Store`] on one SQLite file (WAL mode).
 //!
-//! Writes go through a single-connection pool, so writers inside this
-//! process queue in the pool instead of spinning in SQLite's busy handler;
-//! each write transaction still opens with `BEGIN IMMEDIATE` (take the write
+//! Writes go to one thread that owns a synchronous connection
+//! ([`writer`]): each store method hands it all the statements of its
+//! transaction at once, and the thread commits the writes waiting at that
+//! moment together (group commit), so a write costs one hop, not one per
+//! statement (D23). Each group opens with `BEGIN IMMEDIATE` (take the write
 //! lock first, then read), so a second process on the same file cannot
-//! interleave a read-then-write with ours either. Reads use their own pool
-//! and, thanks to WAL, never wait for writers.
+//! interleave a read-then-write with ours either. Reads use their own sqlx
+//! pool and, thanks to WAL, never wait for writers.
 //!
 //! The file is created mode 0600 (its directory 0700) before SQLite opens
 //! it; SQLite gives its `-wal` and `-shm` files the same mode.
 
+mod writer;
+
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use embark_core::intent::Capabilities;
@@ -19,8 +23,9 @@ use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{
     CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, TaskCancel,
 };
+use rusqlite::{Connection, OptionalExtension, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite};
 
 use super::rows::client_token_columns;
 use super::rows::{
@@ -37,15 +42,18 @@ use super::{
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
 use embark_core::manifest::ContentHash;
+use writer::Writer;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections; reads are short, a few suffice.
 const READ_CONNECTIONS: u32 = 4;
+/// Prepared statements the writer keeps (every write statement of this file fits).
+const WRITER_STATEMENTS: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Arc<Writer>,
     reader: SqlitePool,
 }
 
@@ -60,22 +68,53 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        // sqlx applies the migrations (`ready` reads its table); the reader
+        // is opened first so the file never goes without a connection (and
+        // its WAL is not checkpointed away) in between.
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
+            .connect_with(options.clone())
+            .await?;
+        let migrator = SqlitePoolOptions::new()
+            .max_connections(1)
             .connect_with(options)
             .await?;
-        Ok(Self { writer, reader })
+        sqlx::migrate!("migrations/sqlite").run(&migrator).await?;
+        migrator.close().await;
+        let path = path.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || open_writer(&path))
+            .await
+            .map_err(|e| StoreError::WriterThread(std::io::Error::other(e)))??;
+        Ok(Self {
+            writer: Arc::new(Writer::start(conn)?),
+            reader,
+        })
     }
 
-    /// A write transaction that holds the write lock from its first statement.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// Runs `work` as (part of) one write transaction; see [`writer`].
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.call(work).await
     }
+}
+
+/// The writer's connection, with the pragmas sqlx sets on the readers.
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    // No URI flag: a path is a path, even one that starts with `file:`.
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
+    Ok(conn)
 }
 
 /// Creates the database file (empty, which SQLite takes as a new database)
@@ -293,6 +332,9 @@ static SEEN_SESSION: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// A batch already appended: the attempt that did, its first and last seq.
+type StoredBatch = (i64, i64, i64);
+
 /// The task as its current attempt sees it.
 struct CurrentAttempt {
     state: TaskState,
@@ -302,14 +344,13 @@ struct CurrentAttempt {
 
 /// The task's current attempt, after checking that `callback` is its token
 /// and that it still holds the task ([`fence`]), and the batch `batch_id` if
-/// this task already appended one (the attempt that did and its seqs): one
-/// read, since every statement is a round trip to the connection's thread.
-async fn authorize_attempt(
-    conn: &mut SqliteConnection,
+/// this task already appended one (the attempt that did and its seqs): one read.
+fn authorize_attempt(
+    conn: &Connection,
     id: TaskId,
     callback: &TokenHash,
     batch_id: Option<&str>,
-) -> Result<(CurrentAttempt, Option<(i64, i64, i64)>), StoreError> {
+) -> Result<(CurrentAttempt, Option<StoredBatch>), StoreError> {
     // One row per attempt of the task (or one without an attempt).
     type Row = (
         String,
@@ -322,7 +363,7 @@ async fn authorize_attempt(
         Option<i64>,
         Option<i64>,
     );
-    let rows: Vec<Row> = sqlx::query_as(
+    let mut statement = conn.prepare_cached(
         "SELECT t.state, t.attempt, t.last_seq, a.attempt, a.callback_token_hash, b.attempt, b.first_seq, b.last_seq, \
          r.revoked_at \
          FROM tasks t \
@@ -330,11 +371,22 @@ async fn authorize_attempt(
          LEFT JOIN runners r ON r.id = a.runner_id \
          LEFT JOIN event_batches b ON b.task_id = t.id AND b.batch_id = ?2 \
          WHERE t.id = ?1",
-    )
-    .bind(id.to_string())
-    .bind(batch_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    )?;
+    let rows: Vec<Row> = statement
+        .query_map(params![id.to_string(), batch_id], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+                row.get(7)?,
+                row.get(8)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
     let Some((state, attempt, last_seq, _, _, batch_attempt, first, last, _)) = rows.first().cloned() else {
         return Err(StoreError::TokenRefused(id));
     };
@@ -360,39 +412,78 @@ async fn authorize_attempt(
     Ok((current, batch))
 }
 
+/// The one task row `sql` answers, if any.
+fn task_row(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<TaskRow>, StoreError> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row(params, TaskRow::from_sqlite)
+        .optional()?)
+}
+
+/// Runs one statement (no rows) and answers how many rows it changed.
+fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize, StoreError> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
+}
+
 impl Store for SqliteStore {
     async fn create_task_as(&self, task: &CreateTask, owner: &Owner) -> Result<Created, StoreError> {
         check_new_task(task)?;
         check_manifest_blobs(self, task).await?;
         let fingerprint = task.client_request_id.as_ref().map(|_| request_fingerprint(task));
-        let row: Option<TaskRow> = sqlx::query_as(CREATE_TASK)
-            .bind(TaskId::new().to_string())
-            .bind(&task.repo_url)
-            .bind(&task.commit)
-            .bind(&task.prompt)
-            .bind(&task.intent.auth_profile)
-            .bind(&task.intent.provider)
-            .bind(&task.intent.model)
-            .bind(&task.session_id)
-            .bind(now_ms())
-            .bind(owner.column())
-            .bind(task.client_request_id.as_deref())
-            .bind(fingerprint.as_ref().map(|f| f.as_slice()))
-            .bind(task.intent.isolation.map(|mode| mode.name()))
-            .bind(labels_json(&task.intent))
-            .bind(manifest_json(task))
-            .fetch_optional(&self.writer)
+        let request_id = task.client_request_id.clone();
+        let owner = owner.column().to_owned();
+        let columns = (
+            task.repo_url.clone(),
+            task.commit.clone(),
+            task.prompt.clone(),
+            task.intent.auth_profile.clone(),
+            task.intent.provider.clone(),
+            task.intent.model.clone(),
+            task.session_id.clone(),
+            task.intent.isolation.map(|mode| mode.name()),
+            labels_json(&task.intent),
+            manifest_json(task),
+        );
+        let (created, existing) = self
+            .write(move |conn| {
+                let (repo_url, commit, prompt, profile, provider, model, session, isolation, labels, manifest) =
+                    columns;
+                let created = task_row(
+                    conn,
+                    CREATE_TASK,
+                    params![
+                        TaskId::new().to_string(),
+                        repo_url,
+                        commit,
+                        prompt,
+                        profile,
+                        provider,
+                        model,
+                        session,
+                        now_ms(),
+                        owner,
+                        request_id,
+                        fingerprint.as_ref().map(|f| f.as_slice()),
+                        isolation,
+                        labels,
+                        manifest
+                    ],
+                )?;
+                if created.is_some() {
+                    return Ok((created, None));
+                }
+                // The key was taken: rows never change owner or key, so the writer sees the first task.
+                let existing = conn
+                    .prepare_cached(GET_REQUESTED_TASK)?
+                    .query_row(params![owner, request_id], OwnedTaskRow::from_sqlite)
+                    .optional()?;
+                Ok((None, existing))
+            })
             .await?;
-        if let Some(row) = row {
-            return Ok(Created::New(row.try_into()?));
+        match created {
+            Some(row) => Ok(Created::New(row.try_into()?)),
+            None => replayed_create(existing, task, fingerprint.as_ref()),
         }
-        // The key was taken: rows never change owner or key, so the writer sees the first task.
-        let existing: Option<OwnedTaskRow> = sqlx::query_as(GET_REQUESTED_TASK)
-            .bind(owner.column())
-            .bind(task.client_request_id.as_deref())
-            .fetch_optional(&self.writer)
-            .await?;
-        replayed_create(existing, task, fingerprint.as_ref())
     }
 
     async fn owned_task(&self, id: TaskId) -> Result<(Task, Owner), StoreError> {
@@ -437,37 +528,36 @@ impl Store for SqliteStore {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_owned(),
         };
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO runners (id, name, token_hash, enrolled_at, capabilities) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(&runner.id)
-        .bind(&runner.name)
-        .bind(token.as_bytes().as_slice())
-        .bind(now_ms())
-        .bind(capabilities_json(capabilities))
-        .execute(&mut *tx)
+        let (id, name, token) = (runner.id.clone(), runner.name.clone(), *token);
+        let advertised = capabilities_json(capabilities);
+        // GLOB takes the glob as it is.
+        let allows = capabilities
+            .map(|caps| allow_rows(caps, str::to_owned))
+            .unwrap_or_default();
+        let labels = capabilities.map(label_rows).unwrap_or_default();
+        self.write(move |conn| {
+            execute(
+                conn,
+                "INSERT INTO runners (id, name, token_hash, enrolled_at, capabilities) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, name, token.as_bytes().as_slice(), now_ms(), advertised],
+            )?;
+            for (profile, part, pattern) in allows {
+                execute(
+                    conn,
+                    "INSERT INTO runner_allows (runner_id, profile, part, pattern) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, profile, part, pattern],
+                )?;
+            }
+            for label in labels {
+                execute(
+                    conn,
+                    "INSERT INTO runner_labels (runner_id, label) VALUES (?1, ?2)",
+                    params![id, label],
+                )?;
+            }
+            Ok(())
+        })
         .await?;
-        if let Some(capabilities) = capabilities {
-            // GLOB takes the glob as it is.
-            for (profile, part, pattern) in allow_rows(capabilities, str::to_owned) {
-                sqlx::query("INSERT INTO runner_allows (runner_id, profile, part, pattern) VALUES (?1, ?2, ?3, ?4)")
-                    .bind(&runner.id)
-                    .bind(profile)
-                    .bind(part)
-                    .bind(pattern)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for label in label_rows(capabilities) {
-                sqlx::query("INSERT INTO runner_labels (runner_id, label) VALUES (?1, ?2)")
-                    .bind(&runner.id)
-                    .bind(label)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
         Ok(runner)
     }
 
@@ -506,27 +596,41 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_runners(&self, name_or_id: &str) -> Result<u64, StoreError> {
-        let done =
-            sqlx::query("UPDATE runners SET revoked_at = ?2 WHERE (name = ?1 OR id = ?1) AND revoked_at IS NULL")
-                .bind(name_or_id)
-                .bind(now_ms())
-                .execute(&self.writer)
-                .await?;
-        Ok(done.rows_affected())
+        let name_or_id = name_or_id.to_owned();
+        let revoked = self
+            .write(move |conn| {
+                execute(
+                    conn,
+                    "UPDATE runners SET revoked_at = ?2 WHERE (name = ?1 OR id = ?1) AND revoked_at IS NULL",
+                    params![name_or_id, now_ms()],
+                )
+            })
+            .await?;
+        Ok(u64::try_from(revoked).unwrap_or(u64::MAX))
     }
 
     async fn add_client_token(&self, name: &str, token: &TokenHash) -> Result<ClientToken, StoreError> {
-        let row: Option<ClientTokenRow> = sqlx::query_as(concat!(
-            "INSERT INTO client_tokens (id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT DO NOTHING RETURNING ",
-            client_token_columns!()
-        ))
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(name)
-        .bind(token.as_bytes().as_slice())
-        .bind(now_ms())
-        .fetch_optional(&self.writer)
-        .await?;
+        let (owned, token) = (name.to_owned(), *token);
+        let row = self
+            .write(move |conn| {
+                Ok(conn
+                    .prepare_cached(concat!(
+                        "INSERT INTO client_tokens (id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT DO NOTHING RETURNING ",
+                        client_token_columns!()
+                    ))?
+                    .query_row(
+                        params![
+                            uuid::Uuid::new_v4().to_string(),
+                            owned,
+                            token.as_bytes().as_slice(),
+                            now_ms()
+                        ],
+                        ClientTokenRow::from_sqlite,
+                    )
+                    .optional()?)
+            })
+            .await?;
         row.ok_or_else(|| StoreError::TokenNameTaken(name.to_owned()))?
             .try_into()
     }
@@ -543,12 +647,17 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_client_token(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE client_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL")
-            .bind(name)
-            .bind(now_ms())
-            .execute(&self.writer)
+        let name = name.to_owned();
+        let revoked = self
+            .write(move |conn| {
+                execute(
+                    conn,
+                    "UPDATE client_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                    params![name, now_ms()],
+                )
+            })
             .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(revoked > 0)
     }
 
     async fn client_token_by_hash(&self, token: &TokenHash) -> Result<Option<ClientToken>, StoreError> {
@@ -564,15 +673,15 @@ impl Store for SqliteStore {
     }
 
     async fn client_token_used(&self, id: &str, at: jiff::Timestamp) -> Result<(), StoreError> {
-        let at = at.as_millisecond();
-        sqlx::query(
-            "UPDATE client_tokens SET last_used_at = ?2 WHERE id = ?1 \
-             AND (last_used_at IS NULL OR last_used_at <= ?2 - ?3)",
-        )
-        .bind(id)
-        .bind(at)
-        .bind(LAST_USED_GRANULARITY_MS)
-        .execute(&self.writer)
+        let (id, at) = (id.to_owned(), at.as_millisecond());
+        self.write(move |conn| {
+            execute(
+                conn,
+                "UPDATE client_tokens SET last_used_at = ?2 WHERE id = ?1 \
+                 AND (last_used_at IS NULL OR last_used_at <= ?2 - ?3)",
+                params![id, at, LAST_USED_GRANULARITY_MS],
+            )
+        })
         .await?;
         Ok(())
     }
@@ -583,33 +692,25 @@ impl Store for SqliteStore {
         callback: &TokenHash,
         repos: Option<&[String]>,
     ) -> Result<Option<Task>, StoreError> {
-        let now = now_ms();
+        let (runner_id, callback) = (runner_id.to_owned(), *callback);
         let repos = repos.map(|repos| serde_json::to_string(repos).expect("strings serialize"));
-        let mut tx = self.write_tx().await?;
-        // The queued → running transition is checked in the statement itself (see CLAIM_NEXT).
-        let row: Option<TaskRow> = sqlx::query_as(CLAIM_NEXT)
-            .bind(now)
-            .bind(runner_id)
-            .bind(repos)
-            .fetch_optional(&mut *tx)
+        let row = self
+            .write(move |conn| {
+                let now = now_ms();
+                // The queued → running transition is checked in the statement itself (see CLAIM_NEXT).
+                let Some(row) = task_row(conn, CLAIM_NEXT, params![now, runner_id, repos])? else {
+                    return Ok(None);
+                };
+                execute(
+                    conn,
+                    "INSERT INTO attempts (task_id, attempt, runner_id, callback_token_hash, claimed_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![row.id, row.attempt, runner_id, callback.as_bytes().as_slice(), now],
+                )?;
+                Ok(Some(row))
+            })
             .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let task = Task::try_from(row)?;
-        sqlx::query(
-            "INSERT INTO attempts (task_id, attempt, runner_id, callback_token_hash, claimed_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(task.id.to_string())
-        .bind(i64::from(task.attempt))
-        .bind(runner_id)
-        .bind(callback.as_bytes().as_slice())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(task))
+        row.map(Task::try_from).transpose()
     }
 
     async fn queued_repos(&self, runner_id: &str, exclude: &[String], limit: usize) -> Result<Vec<String>, StoreError> {
@@ -631,81 +732,63 @@ impl Store for SqliteStore {
         events: &[EncodedEvent],
     ) -> Result<EventsAppended, StoreError> {
         let count = check_append(batch_id, events)?;
-        let now = now_ms();
-
-        let mut tx = self.write_tx().await?;
-        let (current, stored) = authorize_attempt(&mut tx, id, callback, Some(batch_id)).await?;
-        // A replay is answered before the state check: the batch was applied while the task ran.
-        if let Some((attempt, first, last)) = stored {
-            if attempt != current.attempt {
-                return Err(StoreError::BatchOfOtherAttempt {
-                    task: id,
-                    batch_id: batch_id.to_owned(),
-                    stored_attempt: attempt_number(attempt)?,
-                    attempt: attempt_number(current.attempt)?,
-                });
-            }
-            tracing::info!(task = %id, batch = batch_id, first, last, "batch replayed: answered, not stored again");
-            return Ok(EventsAppended {
-                first_seq: seq(first)?,
-                last_seq: seq(last)?,
-            });
-        }
-        let CurrentAttempt {
-            state,
-            attempt,
-            last_seq,
-        } = current;
-        if revived(id, state)? != TaskState::Running {
-            return Err(StoreError::NotRunning { task: id, state });
-        }
-        let first = last_seq + 1;
-        let last = last_seq + count;
-        // The counter row is the lock: seqs are handed out in commit order.
-        // The report renews the lease (and brings a stale task back).
-        let bumped = sqlx::query(
-            "UPDATE tasks SET last_seq = ?2, updated_at = ?3, state = 'running', lease_renewed_at = ?3 \
-             WHERE id = ?1 AND last_seq = ?4",
-        )
-        .bind(id.to_string())
-        .bind(last)
-        .bind(now)
-        .bind(last_seq)
-        .execute(&mut *tx)
-        .await?;
-        if bumped.rows_affected() != 1 {
-            return Err(StoreError::Corrupt(format!(
-                "task {id}'s event counter moved inside a write transaction"
-            )));
-        }
-        let task_id = id.to_string();
-        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO events (task_id, seq, time, kind, payload) ");
-        insert.push_values(events.iter().zip(first..), |mut row, (event, seq)| {
-            row.push_bind(task_id.clone())
-                .push_bind(seq)
-                .push_bind(now)
-                .push_bind(&event.kind)
-                .push_bind(&event.payload);
-        });
-        insert.build().execute(&mut *tx).await?;
-        if let Some(stats) = latest_stats(events) {
-            sqlx::query("UPDATE tasks SET session_stats = ?2 WHERE id = ?1")
-                .bind(&task_id)
-                .bind(stats)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(&task_id)
-        .bind(batch_id)
-        .bind(attempt)
-        .bind(first)
-        .bind(last)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (callback, batch_id, events) = (*callback, batch_id.to_owned(), events.to_vec());
+        let (first, last) = self
+            .write(move |conn| {
+                let now = now_ms();
+                let (current, stored) = authorize_attempt(conn, id, &callback, Some(&batch_id))?;
+                // A replay is answered before the state check: the batch was applied while the task ran.
+                if let Some((attempt, first, last)) = stored {
+                    if attempt != current.attempt {
+                        return Err(StoreError::BatchOfOtherAttempt {
+                            task: id,
+                            batch_id,
+                            stored_attempt: attempt_number(attempt)?,
+                            attempt: attempt_number(current.attempt)?,
+                        });
+                    }
+                    tracing::info!(task = %id, batch = batch_id, first, last, "batch replayed: answered, not stored again");
+                    return Ok((first, last));
+                }
+                let CurrentAttempt {
+                    state,
+                    attempt,
+                    last_seq,
+                } = current;
+                if revived(id, state)? != TaskState::Running {
+                    return Err(StoreError::NotRunning { task: id, state });
+                }
+                let first = last_seq + 1;
+                let last = last_seq + count;
+                let task_id = id.to_string();
+                // The counter row is the lock: seqs are handed out in commit order.
+                // The report renews the lease (and brings a stale task back).
+                let bumped = execute(
+                    conn,
+                    "UPDATE tasks SET last_seq = ?2, updated_at = ?3, state = 'running', lease_renewed_at = ?3, \
+                     session_stats = coalesce(?5, session_stats) WHERE id = ?1 AND last_seq = ?4",
+                    params![task_id, last, now, last_seq, latest_stats(&events)],
+                )?;
+                if bumped != 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "task {id}'s event counter moved inside a write transaction"
+                    )));
+                }
+                let mut insert = conn.prepare_cached(
+                    "INSERT INTO events (task_id, seq, time, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (event, seq) in events.iter().zip(first..) {
+                    insert.execute(params![task_id, seq, now, event.kind, event.payload])?;
+                }
+                execute(
+                    conn,
+                    "INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![task_id, batch_id, attempt, first, last],
+                )?;
+                Ok((first, last))
+            })
+            .await?;
         Ok(EventsAppended {
             first_seq: seq(first)?,
             last_seq: seq(last)?,
@@ -721,97 +804,83 @@ impl Store for SqliteStore {
         check_verdict(verdict)?;
         check_artifact_blobs(self, verdict).await?;
         let (changes, artifacts) = artifact_columns(verdict);
-        let now = now_ms();
-        let mut tx = self.write_tx().await?;
-        let (CurrentAttempt { state, .. }, _) = authorize_attempt(&mut tx, id, callback, None).await?;
-        let cancel_requested: Option<i64> = sqlx::query_scalar("SELECT cancel_requested_at FROM tasks WHERE id = ?1")
-            .bind(id.to_string())
-            .fetch_one(&mut *tx)
+        let (callback, verdict) = (*callback, verdict.clone());
+        let row = self
+            .write(move |conn| {
+                let now = now_ms();
+                let (CurrentAttempt { state, .. }, _) = authorize_attempt(conn, id, &callback, None)?;
+                let cancel_requested: Option<i64> = conn
+                    .prepare_cached("SELECT cancel_requested_at FROM tasks WHERE id = ?1")?
+                    .query_row(params![id.to_string()], |row| row.get(0))?;
+                let verdict = &settle_verdict(id, &verdict, cancel_requested.is_some())?;
+                let next = verdict.result.state();
+                if state == next {
+                    // A retry of this attempt's own verdict whose answer was lost: answer it again.
+                    return task_row(conn, GET_TASK, params![id.to_string()])?.ok_or(StoreError::TaskNotFound(id));
+                }
+                // A stale attempt that comes back with its verdict is running again first.
+                check_transition(id, revived(id, state)?, next)?;
+                task_row(
+                    conn,
+                    concat!(
+                        "UPDATE tasks SET state = ?2, outcome_result = ?3, outcome_final_text = ?4, \
+                         outcome_reason = ?5, finished_at = ?6, updated_at = ?6, outcome_code = ?8, \
+                         changes = ?9, artifacts = ?10 WHERE id = ?1 AND state = ?7 RETURNING ",
+                        task_columns!()
+                    ),
+                    params![
+                        id.to_string(),
+                        next.as_str(),
+                        result_name(verdict.result),
+                        verdict.final_text.as_deref(),
+                        verdict.reason.as_deref(),
+                        now,
+                        state.as_str(),
+                        verdict.code.as_ref().map(ToString::to_string),
+                        changes,
+                        artifacts
+                    ],
+                )?
+                .ok_or(StoreError::Corrupt(format!(
+                    "task {id} changed state inside a write transaction"
+                )))
+            })
             .await?;
-        let verdict = &settle_verdict(id, verdict, cancel_requested.is_some())?;
-        let next = verdict.result.state();
-        if state == next {
-            // A retry of this attempt's own verdict whose answer was lost: answer it again.
-            let row: TaskRow = sqlx::query_as(GET_TASK)
-                .bind(id.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return row.try_into();
-        }
-        // A stale attempt that comes back with its verdict is running again first.
-        check_transition(id, revived(id, state)?, next)?;
-        let row: TaskRow = sqlx::query_as(concat!(
-            "UPDATE tasks SET state = ?2, outcome_result = ?3, outcome_final_text = ?4, outcome_reason = ?5, \
-             finished_at = ?6, updated_at = ?6, outcome_code = ?8, changes = ?9, artifacts = ?10 WHERE id = ?1 AND state = ?7 RETURNING ",
-            task_columns!()
-        ))
-        .bind(id.to_string())
-        .bind(next.as_str())
-        .bind(result_name(verdict.result))
-        .bind(verdict.final_text.as_deref())
-        .bind(verdict.reason.as_deref())
-        .bind(now)
-        .bind(state.as_str())
-        .bind(verdict.code.as_ref().map(ToString::to_string))
-        .bind(changes)
-        .bind(artifacts)
-        .fetch_one(&mut *tx)
-        .await?;
-        let task = Task::try_from(row)?;
-        tx.commit().await?;
-        Ok(task)
+        row.try_into()
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<TaskCancel, StoreError> {
-        let now = now_ms();
-        let mut tx = self.write_tx().await?;
-        let row: Option<TaskRow> = sqlx::query_as(GET_TASK)
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
+        let (cancel, row) = self
+            .write(move |conn| {
+                let now = now_ms();
+                let row = task_row(conn, GET_TASK, params![id.to_string()])?.ok_or(StoreError::TaskNotFound(id))?;
+                let state = parse_state(&row.state)?;
+                let cancel = match state {
+                    // A stale task's runner went quiet: nothing is left to tell, it ends at once.
+                    TaskState::Queued | TaskState::Stale => CancelOutcome::Cancelled,
+                    TaskState::Running if row.cancel_requested_at.is_none() => CancelOutcome::Requested,
+                    TaskState::Running => return Ok((CancelOutcome::AlreadyRequested, row)),
+                    TaskState::Cancelled => return Ok((CancelOutcome::AlreadyCancelled, row)),
+                    TaskState::Succeeded | TaskState::Failed => {
+                        return Err(StoreError::AlreadyFinished { task: id, state });
+                    }
+                };
+                check_transition(id, state, TaskState::Cancelled)?;
+                let changed = if cancel == CancelOutcome::Cancelled {
+                    task_row(conn, CANCEL_QUEUED, params![id.to_string(), now, super::CANCELLED_TEXT])?
+                } else {
+                    task_row(conn, REQUEST_CANCEL, params![id.to_string(), now])?
+                };
+                let row = changed.ok_or(StoreError::Corrupt(format!(
+                    "task {id} changed state inside a write transaction"
+                )))?;
+                Ok((cancel, row))
+            })
             .await?;
-        let task = Task::try_from(row.ok_or(StoreError::TaskNotFound(id))?)?;
-        let cancel = match task.state {
-            // A stale task's runner went quiet: nothing is left to tell, it ends at once.
-            TaskState::Queued | TaskState::Stale => CancelOutcome::Cancelled,
-            TaskState::Running if task.cancel_requested_at.is_none() => CancelOutcome::Requested,
-            TaskState::Running => {
-                return Ok(TaskCancel {
-                    cancel: CancelOutcome::AlreadyRequested,
-                    task,
-                });
-            }
-            TaskState::Cancelled => {
-                return Ok(TaskCancel {
-                    cancel: CancelOutcome::AlreadyCancelled,
-                    task,
-                });
-            }
-            TaskState::Succeeded | TaskState::Failed => {
-                return Err(StoreError::AlreadyFinished {
-                    task: id,
-                    state: task.state,
-                });
-            }
-        };
-        check_transition(id, task.state, TaskState::Cancelled)?;
-        let row: TaskRow = if cancel == CancelOutcome::Cancelled {
-            sqlx::query_as(CANCEL_QUEUED)
-                .bind(id.to_string())
-                .bind(now)
-                .bind(super::CANCELLED_TEXT)
-                .fetch_one(&mut *tx)
-                .await?
-        } else {
-            sqlx::query_as(REQUEST_CANCEL)
-                .bind(id.to_string())
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?
-        };
-        let task = Task::try_from(row)?;
-        tx.commit().await?;
-        Ok(TaskCancel { cancel, task })
+        Ok(TaskCancel {
+            cancel,
+            task: row.try_into()?,
+        })
     }
 
     async fn cancel_requests(&self, runner_id: &str) -> Result<Vec<(TaskId, u32)>, StoreError> {
@@ -828,58 +897,60 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, id: TaskId, callback: &TokenHash) -> Result<LeaseRenewed, StoreError> {
-        let now = now_ms();
-        let mut tx = self.write_tx().await?;
-        let (CurrentAttempt { state, attempt, .. }, _) = authorize_attempt(&mut tx, id, callback, None).await?;
-        let next = revived(id, state)?;
-        if next != TaskState::Running {
-            return Err(StoreError::NotRunning { task: id, state });
-        }
-        sqlx::query(
-            "UPDATE tasks SET state = 'running', lease_renewed_at = ?2, \
-             updated_at = CASE WHEN state = 'running' THEN updated_at ELSE ?2 END WHERE id = ?1 AND state = ?3",
-        )
-        .bind(id.to_string())
-        .bind(now)
-        .bind(state.as_str())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        LeaseRenewed::at(attempt, state, next, now)
+        let callback = *callback;
+        self.write(move |conn| {
+            let now = now_ms();
+            let (CurrentAttempt { state, attempt, .. }, _) = authorize_attempt(conn, id, &callback, None)?;
+            let next = revived(id, state)?;
+            if next != TaskState::Running {
+                return Err(StoreError::NotRunning { task: id, state });
+            }
+            execute(
+                conn,
+                "UPDATE tasks SET state = 'running', lease_renewed_at = ?2, \
+                 updated_at = CASE WHEN state = 'running' THEN updated_at ELSE ?2 END WHERE id = ?1 AND state = ?3",
+                params![id.to_string(), now, state.as_str()],
+            )?;
+            LeaseRenewed::at(attempt, state, next, now)
+        })
+        .await
     }
 
     async fn client_seen(&self, seen: Seen<'_>, now: jiff::Timestamp) -> Result<(), StoreError> {
-        let query = match seen {
-            Seen::Task(id) => sqlx::query(SEEN_TASK.as_str()).bind(id.to_string()),
-            Seen::Session(session) => sqlx::query(SEEN_SESSION.as_str()).bind(session.to_owned()),
+        let (sql, key) = match seen {
+            Seen::Task(id) => (SEEN_TASK.as_str(), id.to_string()),
+            Seen::Session(session) => (SEEN_SESSION.as_str(), session.to_owned()),
         };
-        query.bind(now.as_millisecond()).execute(&self.writer).await?;
+        let now = now.as_millisecond();
+        self.write(move |conn| execute(conn, sql, params![key, now])).await?;
         Ok(())
     }
 
     async fn reap(&self, now: jiff::Timestamp, policy: &ReapPolicy) -> Result<Vec<Reaped>, StoreError> {
-        let now = now.as_millisecond();
-        let mut reaped = Vec::new();
-        let mut tx = self.write_tx().await?;
-        for (action, sql) in REAP.iter() {
-            let query = sqlx::query_scalar::<_, String>(sql.as_str())
-                .bind(now)
-                .bind(policy.cutoff(*action, now))
-                .bind(REAP_BATCH);
-            let query = match (action, action.outcome()) {
-                (_, Some((_, text))) => query.bind(text),
-                (ReapAction::Requeued, None) => query.bind(i64::from(policy.max_attempts)),
-                _ => query,
-            };
-            for id in query.fetch_all(&mut *tx).await? {
-                reaped.push(Reaped {
-                    task: parse_task_id(&id)?,
-                    action: *action,
-                });
+        let (now, policy) = (now.as_millisecond(), *policy);
+        self.write(move |conn| {
+            let mut reaped = Vec::new();
+            for (action, sql) in REAP.iter() {
+                let mut statement = conn.prepare_cached(sql)?;
+                let cutoff = policy.cutoff(*action, now);
+                let mut rows = match (action, action.outcome()) {
+                    (_, Some((_, text))) => statement.query(params![now, cutoff, REAP_BATCH, text])?,
+                    (ReapAction::Requeued, None) => {
+                        statement.query(params![now, cutoff, REAP_BATCH, i64::from(policy.max_attempts)])?
+                    }
+                    _ => statement.query(params![now, cutoff, REAP_BATCH])?,
+                };
+                while let Some(row) = rows.next()? {
+                    let id: String = row.get(0)?;
+                    reaped.push(Reaped {
+                        task: parse_task_id(&id)?,
+                        action: *action,
+                    });
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(reaped)
+            Ok(reaped)
+        })
+        .await
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<EventPage, StoreError> {
@@ -941,24 +1012,28 @@ impl Store for SqliteStore {
     }
 
     async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO blobs (hash, size, content, created_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(hash.0.as_slice())
-        .bind(i64::try_from(bytes.len()).expect("a blob is at most MAX_BLOB_BYTES (checked)"))
-        .bind(bytes)
-        .bind(now_ms())
-        .execute(&self.writer)
+        let (hash, bytes) = (*hash, bytes.to_vec());
+        self.write(move |conn| {
+            execute(
+                conn,
+                "INSERT INTO blobs (hash, size, content, created_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (hash) DO NOTHING",
+                params![
+                    hash.0.as_slice(),
+                    i64::try_from(bytes.len()).expect("a blob is at most MAX_BLOB_BYTES (checked)"),
+                    bytes,
+                    now_ms()
+                ],
+            )
+        })
         .await?;
         Ok(())
     }
 
     async fn authorize_callback(&self, id: TaskId, callback: &TokenHash) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        authorize_attempt(&mut tx, id, callback, None).await?;
-        tx.commit().await?;
-        Ok(())
+        let callback = *callback;
+        self.write(move |conn| authorize_attempt(conn, id, &callback, None).map(|_| ()))
+            .await
     }
 
     async fn blob_size(&self, hash: &ContentHash) -> Result<Option<u64>, StoreError> {
@@ -1057,9 +1132,9 @@ mod tests {
             .await
             .expect("append");
         // No route re-queues a task yet; put it back by hand so a second attempt can claim it.
-        sqlx::query("UPDATE tasks SET state = 'queued' WHERE id = ?1")
-            .bind(task.id.to_string())
-            .execute(&store.writer)
+        let id = task.id.to_string();
+        store
+            .write(move |conn| execute(conn, "UPDATE tasks SET state = 'queued' WHERE id = ?1", params![id]))
             .await
             .expect("requeue");
         let (_, second) = mint(TokenKind::Callback);
@@ -1125,7 +1200,10 @@ mod tests {
             let (_, callback) = mint(TokenKind::Callback);
             store.claim_next(&runner.id, &callback).await.expect("claim");
         }
-        sqlx::query("ANALYZE").execute(&store.writer).await.expect("analyze");
+        store
+            .write(|conn| Ok(conn.execute_batch("ANALYZE")?))
+            .await
+            .expect("analyze");
         let list = query_plan(&store, LIST_SESSION_TASKS, &["s1", "10"]).await;
         assert!(list.contains("tasks_by_session"), "{list}");
         assert!(!list.contains("TEMP B-TREE"), "{list}");
