@@ -1,7 +1,7 @@
 //! Rows as the databases hold them, and their conversion to domain types.
 //! Shared by every store: times are integer milliseconds, ids and enums text.
 
-use embark_core::event::{Event, Payload, SessionStats};
+use embark_core::event::{Event, MeteredUsage, Payload, SessionStats};
 use embark_core::intent::{Capabilities, ExecutionIntent, IsolationMode};
 use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::{Task, TaskOutcome, TaskResult};
@@ -14,7 +14,7 @@ macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
          created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
-         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest"
+         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest, metered_usage"
     };
 }
 pub(crate) use task_columns;
@@ -46,6 +46,8 @@ pub(crate) struct TaskRow {
     /// The latest `session_stats` payload, JSON.
     pub session_stats: Option<String>,
     pub manifest: Option<String>,
+    /// The latest `metered_usage` payload, JSON.
+    pub metered_usage: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -115,6 +117,10 @@ impl TryFrom<TaskRow> for Task {
                 .session_stats
                 .as_deref()
                 .and_then(|json| serde_json::from_str::<SessionStats>(json).ok()),
+            usage: row
+                .metered_usage
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<MeteredUsage>(json).ok()),
             cancel_requested_at: row.cancel_requested_at.map(timestamp).transpose()?,
         })
     }

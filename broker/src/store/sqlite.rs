@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use embark_core::EventKind;
 use embark_core::intent::Capabilities;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{
@@ -31,8 +32,8 @@ use super::rows::{
 use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
     Reaped, Runner, RunnerRecord, Seen, Store, StoreError, attempt_number, attempt_of, check_append,
-    check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence, latest_stats,
-    manifest_json, replayed_create, revived, settle_verdict,
+    check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence, latest_of, manifest_json,
+    replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -660,12 +661,24 @@ impl Store for SqliteStore {
                 .push_bind(&event.payload);
         });
         insert.build().execute(&mut *tx).await?;
-        if let Some(stats) = latest_stats(events) {
-            sqlx::query("UPDATE tasks SET session_stats = ?2 WHERE id = ?1")
-                .bind(&task_id)
-                .bind(stats)
-                .execute(&mut *tx)
-                .await?;
+        // Each report column takes the batch's latest event of its kind.
+        for (update, kind) in [
+            (
+                "UPDATE tasks SET session_stats = ?2 WHERE id = ?1",
+                EventKind::SessionStats,
+            ),
+            (
+                "UPDATE tasks SET metered_usage = ?2 WHERE id = ?1",
+                EventKind::MeteredUsage,
+            ),
+        ] {
+            if let Some(payload) = latest_of(events, kind) {
+                sqlx::query(update)
+                    .bind(&task_id)
+                    .bind(payload)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         sqlx::query(
             "INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
