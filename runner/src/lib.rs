@@ -21,6 +21,8 @@ pub mod pi_process;
 pub mod pi_rpc;
 pub mod profile;
 pub mod profile_toml;
+pub mod proxy;
+pub mod redact;
 pub mod reporter;
 pub mod retry;
 pub mod runner;
