@@ -225,11 +225,13 @@ pub fn profile_files(profile: &Profile) -> Result<ProfileFiles, BundleError> {
         let Some(bytes) = read_profile_file(profile, &src)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| BundleError::BadFile {
-            name: profile.name.clone(),
-            file: src.clone(),
-            reason: format!("it is not valid JSON: {e}"),
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| BundleError::BadFile {
+                name: profile.name.clone(),
+                file: src.clone(),
+                reason: format!("it is not valid JSON: {e}"),
+            })
     };
     Ok(ProfileFiles {
         models: json("models.json")?,

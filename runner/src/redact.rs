@@ -39,7 +39,12 @@ impl Redactor {
                 needles.push(engine.encode(secret));
             }
             needles.push(percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string());
-            needles.push(serde_json::to_string(secret).expect("a string serializes").trim_matches('"').to_owned());
+            needles.push(
+                serde_json::to_string(secret)
+                    .expect("a string serializes")
+                    .trim_matches('"')
+                    .to_owned(),
+            );
         }
         needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         needles.dedup();
@@ -179,9 +184,15 @@ mod tests {
     fn files_holding_a_credential_are_rewritten() {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
-        std::fs::write(dir.path().join("sub/session.jsonl"), "{\"text\":\"key sk-secret-42\"}\n").expect("write");
+        std::fs::write(
+            dir.path().join("sub/session.jsonl"),
+            "{\"text\":\"key sk-secret-42\"}\n",
+        )
+        .expect("write");
         std::fs::write(dir.path().join("clean.txt"), "clean").expect("write");
-        let rewritten = Redactor::new(["sk-secret-42"]).files_under(dir.path()).expect("redacted");
+        let rewritten = Redactor::new(["sk-secret-42"])
+            .files_under(dir.path())
+            .expect("redacted");
         assert_eq!(rewritten, 1);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("sub/session.jsonl")).expect("read"),

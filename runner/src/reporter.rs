@@ -117,6 +117,7 @@ enum Message {
 }
 
 pub struct Reporter {
+    tx: mpsc::UnboundedSender<Message>,
     sender: EventSender,
     worker: JoinHandle<Delivery>,
 }
@@ -125,19 +126,26 @@ pub struct Reporter {
 /// every event is redacted first, once the task's credentials are known.
 #[derive(Clone)]
 pub struct EventSender {
-    tx: mpsc::UnboundedSender<Message>,
+    sink: Arc<dyn Fn(NewEvent) + Send + Sync>,
     redactor: Arc<OnceLock<Redactor>>,
 }
 
 impl EventSender {
+    /// Events go to `sink` (a reporter's queue; a test's list).
+    pub fn new(sink: impl Fn(NewEvent) + Send + Sync + 'static) -> EventSender {
+        EventSender {
+            sink: Arc::new(sink),
+            redactor: Arc::default(),
+        }
+    }
+
     /// Queues one event, redacted (see [`Reporter::send`]).
     pub fn send(&self, event: NewEvent) {
         let event = match self.redactor.get() {
             Some(redactor) => redactor.event(event),
             None => event,
         };
-        // The worker only stops after `finish`, so this cannot fail earlier.
-        let _ = self.tx.send(Message::Event(event));
+        (self.sink)(event);
     }
 }
 
@@ -152,11 +160,12 @@ impl Reporter {
             task: claim.task.id,
         };
         let worker = tokio::spawn(drive(outbox, link, rx, shutdown));
-        let sender = EventSender {
-            tx,
-            redactor: Arc::default(),
-        };
-        Reporter { sender, worker }
+        let sender = EventSender::new({
+            let tx = tx.clone();
+            // The worker only stops after `finish`, so this cannot fail earlier.
+            move |event| drop(tx.send(Message::Event(event)))
+        });
+        Reporter { tx, sender, worker }
     }
 
     /// Queues one event (an event too large for the broker is replaced by a
@@ -185,8 +194,8 @@ impl Reporter {
     /// shutdown, see [`Patience::events_on_shutdown`]), and reports what was
     /// delivered.
     pub async fn finish(self, deadline: Instant) -> Delivery {
-        let _ = self.sender.tx.send(Message::Finish(deadline));
-        drop(self.sender);
+        let _ = self.tx.send(Message::Finish(deadline));
+        drop((self.tx, self.sender));
         match self.worker.await {
             Ok(delivery) => delivery,
             Err(e) => Delivery {

@@ -430,7 +430,10 @@ fn redact_outcome(redactor: &Redactor, outcome: &mut Outcome, space: &Space) {
     }
     match redactor.files_under(&space.session) {
         Ok(0) => {}
-        Ok(n) => tracing::info!("redacted credentials in {n} session file(s) of {}", space.root.display()),
+        Ok(n) => tracing::info!(
+            "redacted credentials in {n} session file(s) of {}",
+            space.root.display()
+        ),
         Err(e) => tracing::warn!("could not redact the session files of {}: {e}", space.root.display()),
     }
 }

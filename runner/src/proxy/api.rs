@@ -62,7 +62,12 @@ impl Api {
             Api::AnthropicMessages => "/v1/messages",
             Api::GoogleGenerative => ":generateContent or :streamGenerateContent",
         };
-        let not_a_call = || format!("{method} {path} is not a model call of the {} API ({call})", self.name());
+        let not_a_call = || {
+            format!(
+                "{method} {path} is not a model call of the {} API ({call})",
+                self.name()
+            )
+        };
         if method != "POST" {
             return Err(not_a_call());
         }
@@ -78,8 +83,8 @@ impl Api {
         if !path.ends_with(call) {
             return Err(not_a_call());
         }
-        let json: Value =
-            serde_json::from_slice(body).map_err(|e| format!("the request body is not JSON ({e}), so its model cannot be checked"))?;
+        let json: Value = serde_json::from_slice(body)
+            .map_err(|e| format!("the request body is not JSON ({e}), so its model cannot be checked"))?;
         json.get("model")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -157,8 +162,14 @@ mod tests {
             Api::OpenAiCompletions.requested_model("POST", "/v1/chat/completions", body),
             Ok("m-1".into())
         );
-        assert_eq!(Api::OpenAiResponses.requested_model("POST", "/v1/responses", body), Ok("m-1".into()));
-        assert_eq!(Api::AnthropicMessages.requested_model("POST", "/v1/messages", body), Ok("m-1".into()));
+        assert_eq!(
+            Api::OpenAiResponses.requested_model("POST", "/v1/responses", body),
+            Ok("m-1".into())
+        );
+        assert_eq!(
+            Api::AnthropicMessages.requested_model("POST", "/v1/messages", body),
+            Ok("m-1".into())
+        );
         assert_eq!(
             Api::GoogleGenerative.requested_model("POST", "/v1beta/models/gemini-x:streamGenerateContent", b""),
             Ok("gemini-x".into())
@@ -183,22 +194,42 @@ mod tests {
         let openai = json!({"usage": {"prompt_tokens": 12, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 2}}});
         assert_eq!(
             Api::OpenAiCompletions.usage(&openai),
-            Some(Tokens { input: 10, output: 5, cache_read: 2, cache_write: 0 })
+            Some(Tokens {
+                input: 10,
+                output: 5,
+                cache_read: 2,
+                cache_write: 0
+            })
         );
         let responses = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 9, "output_tokens": 4, "input_tokens_details": {"cached_tokens": 1}}}});
         assert_eq!(
             Api::OpenAiResponses.usage(&responses),
-            Some(Tokens { input: 8, output: 4, cache_read: 1, cache_write: 0 })
+            Some(Tokens {
+                input: 8,
+                output: 4,
+                cache_read: 1,
+                cache_write: 0
+            })
         );
         let start = json!({"type": "message_start", "message": {"usage": {"input_tokens": 7, "output_tokens": 1, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 2}}});
         assert_eq!(
             Api::AnthropicMessages.usage(&start),
-            Some(Tokens { input: 7, output: 1, cache_read: 3, cache_write: 2 })
+            Some(Tokens {
+                input: 7,
+                output: 1,
+                cache_read: 3,
+                cache_write: 2
+            })
         );
         let google = json!({"usageMetadata": {"promptTokenCount": 6, "candidatesTokenCount": 3, "thoughtsTokenCount": 1, "cachedContentTokenCount": 2}});
         assert_eq!(
             Api::GoogleGenerative.usage(&google),
-            Some(Tokens { input: 4, output: 4, cache_read: 2, cache_write: 0 })
+            Some(Tokens {
+                input: 4,
+                output: 4,
+                cache_read: 2,
+                cache_write: 0
+            })
         );
         assert_eq!(Api::OpenAiCompletions.usage(&json!({"choices": []})), None);
     }

@@ -54,7 +54,11 @@ pub struct Prices {
 impl Prices {
     /// From a models.json model's `cost` object; missing fields cost 0.
     pub fn from_cost(cost: &Value) -> Prices {
-        let p = |key: &str| cost.get(key).and_then(Value::as_f64).filter(|v| v.is_finite() && *v >= 0.0);
+        let p = |key: &str| {
+            cost.get(key)
+                .and_then(Value::as_f64)
+                .filter(|v| v.is_finite() && *v >= 0.0)
+        };
         Prices {
             input: p("input").unwrap_or(0.0),
             output: p("output").unwrap_or(0.0),
@@ -255,12 +259,25 @@ mod tests {
         }
         assert_eq!(
             scanner.finish(),
-            Tokens { input: 11, output: 7, cache_read: 0, cache_write: 0 }
+            Tokens {
+                input: 11,
+                output: 7,
+                cache_read: 0,
+                cache_write: 0
+            }
         );
         let mut whole = Scanner::new(Api::OpenAiCompletions, "application/json");
         whole.feed(br#"{"usage":{"prompt_tokens":3,"#);
         whole.feed(br#""completion_tokens":2}}"#);
-        assert_eq!(whole.finish(), Tokens { input: 3, output: 2, cache_read: 0, cache_write: 0 });
+        assert_eq!(
+            whole.finish(),
+            Tokens {
+                input: 3,
+                output: 2,
+                cache_read: 0,
+                cache_write: 0
+            }
+        );
     }
 
     #[test]
@@ -268,12 +285,22 @@ mod tests {
         let prices = Prices::from_cost(&serde_json::json!({"input": 1.0, "output": 2.0, "cacheRead": 0.5}));
         let meter = Meter::new(prices, Some(0.00003));
         assert!(meter.admit().is_ok());
-        meter.record(Tokens { input: 10, output: 5, cache_read: 2, cache_write: 0 });
+        meter.record(Tokens {
+            input: 10,
+            output: 5,
+            cache_read: 2,
+            cache_write: 0,
+        });
         let usage = meter.snapshot();
         assert_eq!((usage.calls, usage.tokens.total), (1, 17));
         assert!((usage.cost - 0.000021).abs() < 1e-12, "{}", usage.cost);
         assert!(!meter.budget_exceeded() && meter.admit().is_ok());
-        meter.record(Tokens { input: 10, output: 0, cache_read: 0, cache_write: 0 });
+        meter.record(Tokens {
+            input: 10,
+            output: 0,
+            cache_read: 0,
+            cache_write: 0,
+        });
         assert!(!meter.budget_exceeded(), "the call that crossed it was answered");
         let refusal = meter.admit().expect_err("over budget");
         assert!(refusal.contains("budget of 0.00003 is used up"), "{refusal}");

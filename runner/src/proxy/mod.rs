@@ -63,7 +63,11 @@ impl Gate {
     /// The request must be a model call for the task's model, within budget.
     fn check_call(&self, method: &str, path: &str, body: &[u8]) -> Result<(), Response> {
         let plan = &self.plan;
-        let base = if path.starts_with(&plan.base_path) { "" } else { "(outside the provider's base path) " };
+        let base = if path.starts_with(&plan.base_path) {
+            ""
+        } else {
+            "(outside the provider's base path) "
+        };
         match plan.api.requested_model(method, path, body) {
             Err(why) => {
                 return self.refuse(

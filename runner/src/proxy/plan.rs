@@ -104,10 +104,11 @@ impl Plan {
             .cloned()
             .unwrap_or(Value::Null);
         let built_in = BUILT_INS.iter().find(|b| b.name == provider);
-        let model_entry = entry
-            .get("models")
-            .and_then(Value::as_array)
-            .and_then(|models| models.iter().find(|m| m.get("id").and_then(Value::as_str) == Some(model)));
+        let model_entry = entry.get("models").and_then(Value::as_array).and_then(|models| {
+            models
+                .iter()
+                .find(|m| m.get("id").and_then(Value::as_str) == Some(model))
+        });
 
         let api_name = model_entry
             .and_then(|m| m.get("api"))
@@ -177,7 +178,10 @@ impl Plan {
                 headers.push((name.to_ascii_lowercase(), resolve(&format!("header {name:?}"), value)?));
             }
         }
-        let prices = model_entry.and_then(|m| m.get("cost")).map(Prices::from_cost).unwrap_or_default();
+        let prices = model_entry
+            .and_then(|m| m.get("cost"))
+            .map(Prices::from_cost)
+            .unwrap_or_default();
         let secrets = credential_values(&files, key.as_deref(), &headers);
         Ok(Plan {
             api,
@@ -263,7 +267,12 @@ pub fn credential_values(files: &ProfileFiles, key: Option<&str>, headers: &[(St
         strings(auth, &mut out);
     }
     let env_value = |name: &str| files.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    if let Some(providers) = files.models.as_ref().and_then(|m| m.get("providers")).and_then(Value::as_object) {
+    if let Some(providers) = files
+        .models
+        .as_ref()
+        .and_then(|m| m.get("providers"))
+        .and_then(Value::as_object)
+    {
         for entry in providers.values() {
             let mut values: Vec<&str> = entry.get("apiKey").and_then(Value::as_str).into_iter().collect();
             if let Some(map) = entry.get("headers").and_then(Value::as_object) {
@@ -313,14 +322,18 @@ mod tests {
             "default",
             "fake",
             "fake-model",
-            files(models, json!({"anthropic": {"type": "api_key", "key": "sk-ant-3"}}), &[
-                ("FAKE_KEY", "sk-fake-real"),
-                ("REGION", "eu"),
-            ]),
+            files(
+                models,
+                json!({"anthropic": {"type": "api_key", "key": "sk-ant-3"}}),
+                &[("FAKE_KEY", "sk-fake-real"), ("REGION", "eu")],
+            ),
         )
         .expect("proxiable");
         assert_eq!(plan.api, Api::OpenAiCompletions);
-        assert_eq!((plan.upstream_origin.as_str(), plan.base_path.as_str()), ("http://127.0.0.1:9", "/v1"));
+        assert_eq!(
+            (plan.upstream_origin.as_str(), plan.base_path.as_str()),
+            ("http://127.0.0.1:9", "/v1")
+        );
         assert_eq!(plan.key.as_deref(), Some("sk-fake-real"));
         assert_eq!(plan.headers, [("x-org".to_owned(), "org-secret-1".to_owned())]);
         assert_eq!(plan.prices.output, 15.0);
@@ -329,7 +342,10 @@ mod tests {
         }
         assert_eq!(plan.pi_env(), [("REGION".to_owned(), "eu".to_owned())]);
         let rewritten = plan.models_json("http://127.0.0.1:4444", "tok-1").to_string();
-        assert!(rewritten.contains(r#""baseUrl":"http://127.0.0.1:4444/v1""#), "{rewritten}");
+        assert!(
+            rewritten.contains(r#""baseUrl":"http://127.0.0.1:4444/v1""#),
+            "{rewritten}"
+        );
         assert!(rewritten.contains(r#""apiKey":"tok-1""#), "{rewritten}");
         for secret in ["FAKE_KEY", "org-secret-1", "other-secret-2"] {
             assert!(!rewritten.contains(secret), "{secret} left in {rewritten}");
@@ -342,14 +358,23 @@ mod tests {
             "p",
             "anthropic",
             "claude-x",
-            files(json!({}), json!({"anthropic": {"type": "api_key", "key": "sk-ant-9"}}), &[]),
+            files(
+                json!({}),
+                json!({"anthropic": {"type": "api_key", "key": "sk-ant-9"}}),
+                &[],
+            ),
         )
         .expect("proxiable");
         assert_eq!(plan.api, Api::AnthropicMessages);
         assert_eq!(plan.upstream_origin, "https://api.anthropic.com");
         assert_eq!(plan.key.as_deref(), Some("sk-ant-9"));
-        let plan = Plan::new("p", "openai", "gpt", files(json!({}), json!({}), &[("OPENAI_API_KEY", "sk-oa-1")]))
-            .expect("proxiable");
+        let plan = Plan::new(
+            "p",
+            "openai",
+            "gpt",
+            files(json!({}), json!({}), &[("OPENAI_API_KEY", "sk-oa-1")]),
+        )
+        .expect("proxiable");
         assert_eq!((plan.api, plan.key.as_deref()), (Api::OpenAiResponses, Some("sk-oa-1")));
         assert!(plan.pi_env().is_empty(), "the key variable does not reach Pi");
     }
@@ -380,7 +405,10 @@ mod tests {
         for (models, auth, provider, reason) in cases {
             let err = Plan::new("p", provider, "m", files(models, auth, &[])).expect_err(provider);
             let text = err.to_string();
-            assert!(text.contains(reason) && text.contains("credentials = \"materialise\""), "{text}");
+            assert!(
+                text.contains(reason) && text.contains("credentials = \"materialise\""),
+                "{text}"
+            );
         }
     }
 }

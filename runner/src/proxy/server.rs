@@ -122,7 +122,10 @@ async fn handle(State(gate): State<Arc<Gate>>, request: Request) -> Response {
         .map(|(name, value)| (name.to_owned(), value))
         .chain(plan.headers.iter().cloned());
     for (name, value) in secret_headers {
-        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             (Ok(name), Ok(mut value)) => {
                 value.set_sensitive(true);
                 headers.insert(name, value);
