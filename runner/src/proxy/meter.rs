@@ -219,7 +219,10 @@ impl Scanner {
 
     fn line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(data) = line.strip_prefix(b"data:") {
+        // Only a line that names usage is parsed: most of a stream is text deltas.
+        if let Some(data) = line.strip_prefix(b"data:")
+            && data.windows(5).any(|w| w == b"sage\"")
+        {
             self.json(data);
         }
     }

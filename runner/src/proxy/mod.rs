@@ -22,7 +22,6 @@ mod server;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::response::Response;
 use embark_core::NewEvent;
 use embark_core::event::LogLevel;
 use subtle::ConstantTimeEq;
@@ -34,10 +33,18 @@ use crate::redact::Redactor;
 use crate::reporter::EventSender;
 use meter::{Meter, Tokens};
 use plan::Plan;
-use server::{Server, refusal};
+use server::Server;
 
 /// Random bytes in a token (hex in the task's configuration).
 const TOKEN_BYTES: usize = 32;
+
+/// A request the proxy will not forward: the status and the sentence Pi
+/// (or the tool that made the request) gets back.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
 
 /// What the proxy checks each request against, and where it reports.
 pub struct Gate {
@@ -49,7 +56,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    fn check_token(&self, presented: Option<&str>) -> Result<(), Response> {
+    fn check_token(&self, presented: Option<&str>) -> Result<(), Refusal> {
         let ok = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(self.token.as_bytes())));
         if ok {
             return Ok(());
@@ -61,7 +68,7 @@ impl Gate {
     }
 
     /// The request must be a model call for the task's model, within budget.
-    fn check_call(&self, method: &str, path: &str, body: &[u8]) -> Result<(), Response> {
+    fn check_call(&self, method: &str, path: &str, body: &[u8]) -> Result<(), Refusal> {
         let plan = &self.plan;
         let base = if path.starts_with(&plan.base_path) {
             ""
@@ -95,16 +102,22 @@ impl Gate {
             let message = format!("embark credential proxy: refused a model call: {why}");
             self.events.send(log_event(LogLevel::Error, &message));
             self.events.send(NewEvent::new(self.meter.snapshot()));
-            return Err(refusal(StatusCode::PAYMENT_REQUIRED, &message));
+            return Err(Refusal {
+                status: StatusCode::PAYMENT_REQUIRED,
+                message,
+            });
         }
         Ok(())
     }
 
-    fn refuse(&self, status: StatusCode, message: &str) -> Result<(), Response> {
+    fn refuse(&self, status: StatusCode, message: &str) -> Result<(), Refusal> {
         self.meter.refused();
         self.events.send(log_event(LogLevel::Warning, message));
         self.events.send(NewEvent::new(self.meter.snapshot()));
-        Err(refusal(status, message))
+        Err(Refusal {
+            status,
+            message: message.to_owned(),
+        })
     }
 
     fn note_failure(&self, message: &str) {

@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::stream;
+use futures::{FutureExt, stream};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -18,6 +18,8 @@ use super::Gate;
 use super::api::KEY_HEADERS;
 use super::meter::Scanner;
 
+/// The most bytes of an answer forwarded as one chunk.
+const MAX_COALESCED_BYTES: usize = 64 * 1024;
 /// The largest request body forwarded (Pi's requests are JSON conversations).
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 /// Headers that belong to one hop, never forwarded.
@@ -73,7 +75,7 @@ impl Drop for Server {
 }
 
 /// An error answer in the shape every provider SDK reads a message from.
-pub fn refusal(status: StatusCode, message: &str) -> Response {
+fn refusal(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({
         "type": "error",
         "error": {"type": "embark_proxy", "code": status.as_u16(), "message": message}
@@ -84,8 +86,8 @@ pub fn refusal(status: StatusCode, message: &str) -> Response {
 async fn handle(State(gate): State<Arc<Gate>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let presented = presented_token(&parts.headers, parts.uri.query());
-    if let Err(answer) = gate.check_token(presented.as_deref()) {
-        return answer;
+    if let Err(refused) = gate.check_token(presented.as_deref()) {
+        return refusal(refused.status, &refused.message);
     }
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
         Ok(body) => body,
@@ -97,8 +99,8 @@ async fn handle(State(gate): State<Arc<Gate>>, request: Request) -> Response {
         }
     };
     let path = parts.uri.path().to_owned();
-    if let Err(answer) = gate.check_call(parts.method.as_str(), &path, &body) {
-        return answer;
+    if let Err(refused) = gate.check_call(parts.method.as_str(), &path, &body) {
+        return refusal(refused.status, &refused.message);
     }
     let plan = &gate.plan;
     let mut url = format!("{}{path}", plan.upstream_origin);
@@ -174,21 +176,51 @@ async fn handle(State(gate): State<Arc<Gate>>, request: Request) -> Response {
         scanner: Some(Scanner::new(plan.api, &content_type)),
         gate: gate.clone(),
     };
-    let body = stream::unfold((upstream, metering), |(mut upstream, mut metering)| async move {
-        match upstream.chunk().await {
-            Ok(Some(chunk)) => {
-                if let Some(scanner) = &mut metering.scanner {
-                    scanner.feed(&chunk);
-                }
-                Some((Ok::<Bytes, std::io::Error>(chunk), (upstream, metering)))
+    let body = stream::unfold(
+        (upstream, metering, None),
+        |(mut upstream, mut metering, failed)| async move {
+            // An error met while coalescing comes after the bytes before it.
+            let read = match failed {
+                Some(e) => Err(e),
+                None => upstream.chunk().await,
+            };
+            let (chunk, failed) = match read {
+                Ok(Some(chunk)) => coalesce(&mut upstream, chunk),
+                Ok(None) => return None,
+                Err(e) => return Some((Err(std::io::Error::other(e)), (upstream, metering, None))),
+            };
+            if let Some(scanner) = &mut metering.scanner {
+                scanner.feed(&chunk);
             }
-            Ok(None) => None,
-            Err(e) => Some((Err(std::io::Error::other(e)), (upstream, metering))),
-        }
-    });
+            Some((Ok::<Bytes, std::io::Error>(chunk), (upstream, metering, failed)))
+        },
+    );
     answer
         .body(Body::from_stream(body))
         .unwrap_or_else(|e| refusal(StatusCode::BAD_GATEWAY, &format!("embark credential proxy: {e}")))
+}
+
+/// `first` and whatever more of the answer has already arrived (up to
+/// [`MAX_COALESCED_BYTES`]), as one chunk: a stream of thousands of tiny
+/// SSE events costs one write downstream per batch instead of per event.
+/// Nothing waits for more, so the first token is never held back; the
+/// bytes are unchanged.
+fn coalesce(upstream: &mut reqwest::Response, first: Bytes) -> (Bytes, Option<reqwest::Error>) {
+    let mut joined: Option<Vec<u8>> = None;
+    let mut failed = None;
+    while joined.as_ref().map_or(first.len(), Vec::len) < MAX_COALESCED_BYTES {
+        // Polling the body's next frame once is cancel-safe: an unready one stays in the body.
+        match upstream.chunk().now_or_never() {
+            Some(Ok(Some(more))) => joined.get_or_insert_with(|| first.to_vec()).extend_from_slice(&more),
+            Some(Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+            // The end (the next read says so again), or nothing more yet.
+            Some(Ok(None)) | None => break,
+        }
+    }
+    (joined.map_or(first, Bytes::from), failed)
 }
 
 /// Records an answer's usage when its stream ends, however it ends (done,
