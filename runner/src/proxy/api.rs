@@ -97,30 +97,18 @@ impl Api {
     pub fn usage(self, value: &Value) -> Option<Tokens> {
         let n = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
         match self {
-            Api::OpenAiCompletions => {
-                let usage = value.get("usage").filter(|u| u.is_object())?;
-                let cached = usage.get("prompt_tokens_details").map_or(0, |d| n(d, "cached_tokens"));
-                Some(Tokens {
-                    input: n(usage, "prompt_tokens").saturating_sub(cached),
-                    output: n(usage, "completion_tokens"),
-                    cache_read: cached,
-                    cache_write: 0,
-                })
-            }
-            Api::OpenAiResponses => {
-                let usage = value
+            // Both OpenAI shapes count cached prompt tokens inside the prompt's.
+            Api::OpenAiCompletions => openai_usage(
+                value.get("usage")?,
+                ["prompt_tokens", "completion_tokens", "prompt_tokens_details"],
+            ),
+            Api::OpenAiResponses => openai_usage(
+                value
                     .get("response")
                     .and_then(|r| r.get("usage"))
-                    .or_else(|| value.get("usage"))
-                    .filter(|u| u.is_object())?;
-                let cached = usage.get("input_tokens_details").map_or(0, |d| n(d, "cached_tokens"));
-                Some(Tokens {
-                    input: n(usage, "input_tokens").saturating_sub(cached),
-                    output: n(usage, "output_tokens"),
-                    cache_read: cached,
-                    cache_write: 0,
-                })
-            }
+                    .or_else(|| value.get("usage"))?,
+                ["input_tokens", "output_tokens", "input_tokens_details"],
+            ),
             Api::AnthropicMessages => {
                 // message_start: message.usage; message_delta and a whole answer: usage.
                 let usage = value
@@ -147,6 +135,19 @@ impl Api {
             }
         }
     }
+}
+
+/// An OpenAI usage object with its field names `[prompt, output, details]`.
+fn openai_usage(usage: &Value, [prompt, output, details]: [&str; 3]) -> Option<Tokens> {
+    usage.as_object()?;
+    let n = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let cached = usage.get(details).map_or(0, |d| n(d, "cached_tokens"));
+    Some(Tokens {
+        input: n(usage, prompt).saturating_sub(cached),
+        output: n(usage, output),
+        cache_read: cached,
+        cache_write: 0,
+    })
 }
 
 #[cfg(test)]
