@@ -221,7 +221,7 @@ impl Scanner {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         // Only a line that names usage is parsed: most of a stream is text deltas.
         if let Some(data) = line.strip_prefix(b"data:")
-            && data.windows(5).any(|w| w == b"sage\"")
+            && data.windows(5).any(|w| w == b"usage")
         {
             self.json(data);
         }
