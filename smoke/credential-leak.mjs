@@ -17,12 +17,12 @@
 // - the task's metered usage equals the sum of the model's answers;
 // - a profile with a tiny max_cost fails its task with budget_exceeded.
 
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 
-import { stopAll } from "./lib/process.mjs";
+import { runSmoke } from "./lib/process.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requireBwrap, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { events, submit, waitFinished } from "./lib/tasks.mjs";
 
@@ -152,14 +152,4 @@ async function main() {
   step("OK");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write("smoke: 1 passed, 0 failed\n");
-  })
-  .catch(async (err) => {
-    await stopAll();
-    process.stderr.write(`[${NAME}] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+runSmoke(NAME, dir, main);

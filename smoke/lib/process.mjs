@@ -2,7 +2,7 @@
 // stdio (never inherited), stderr kept in a log file, stopped by their own PID.
 
 import { spawn } from "node:child_process";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, rmSync } from "node:fs";
 
 const started = [];
 
@@ -79,4 +79,23 @@ export async function stopAll(graceMs = 3000) {
         }),
     ),
   );
+}
+
+/**
+ * Runs a smoke's `main`, then stops every process it started: on success it
+ * removes `dir` (unless EMBARK_SMOKE_KEEP) and prints the pass line; on
+ * failure it prints the error and where the logs are, and exits 1.
+ */
+export function runSmoke(name, dir, main) {
+  return main()
+    .then(async () => {
+      await stopAll();
+      if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
+      process.stdout.write("smoke: 1 passed, 0 failed\n");
+    })
+    .catch(async (err) => {
+      await stopAll();
+      process.stderr.write(`[${name}] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
+      process.exit(1);
+    });
 }
