@@ -63,6 +63,9 @@ npm run smoke:task-bundle
 step "smoke: bwrap-isolation (real bubblewrap and Pi probe the sandbox)"
 npm run smoke:bwrap-isolation
 
+step "smoke: credential-leak (the credential proxy in bwrap with real Pi: no key in the sandbox, events, logs or broker; intent on the wire; usage; budget; redaction)"
+npm run smoke:credential-leak
+
 step "smoke: docker-isolation (docker run argv and container lifecycle, fake docker CLI)"
 npm run smoke:docker-isolation
 

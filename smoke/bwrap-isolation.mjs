@@ -17,10 +17,9 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
-import { execFileSync } from "node:child_process";
 
 import { stopAll } from "./lib/process.mjs";
-import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
+import { buildBinaries, fakeModels, fixtureRepo, requireBwrap, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { events, exited, killMarked, processesWith, submit, until, waitFinished } from "./lib/tasks.mjs";
 
 const NAME = "smoke:bwrap-isolation";
@@ -67,8 +66,7 @@ sleep 600`;
 
 async function main() {
   requirePi();
-  const bwrap = execFileSync("sh", ["-c", "command -v bwrap || true"], { encoding: "utf8" }).trim();
-  if (!bwrap) fail("bwrap is not installed: apt-get install bubblewrap");
+  requireBwrap();
   step("building binaries");
   const bin = buildBinaries();
   const repo = fixtureRepo(join(dir, "repo"));

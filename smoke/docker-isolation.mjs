@@ -45,7 +45,7 @@ async function main() {
     "models.json": fakeModels(model.baseUrl),
     "auth.json": { anthropic: { type: "api_key", key: `sk-docker-${nonce}` } },
   });
-  writeFileSync(join(profileDir, "env"), `SMOKE_TOKEN=tok-secret-${nonce}\n`);
+  writeFileSync(join(profileDir, "env"), `SMOKE_REGION=region-secret-${nonce}\n`);
   const spaces = join(dir, "spaces");
   const docker = installFakeDocker(dir);
 
@@ -75,13 +75,13 @@ async function main() {
   const removals = (id) => docker.calls().filter((c) => c.argv[0] === "rm" && c.argv.includes(`embark-task-${id}`));
 
   // A clean task.
-  const clean = await submit(broker, secrets, repo, 'echo in-container > made.txt; test -n "$SMOKE_TOKEN" && echo token=set');
+  const clean = await submit(broker, secrets, repo, 'echo in-container > made.txt; test -n "$SMOKE_REGION" && echo region=set');
   const cleanDone = await waitFinished(broker, secrets, clean.id);
   if (cleanDone.state !== "succeeded") fail(`the task ended ${cleanDone.state}: ${cleanDone.outcome?.reason}; see ${dir}/runner.log`);
   const task = join(spaces, clean.id);
   if (readFileSync(join(task, "workspace", "made.txt"), "utf8") !== "in-container\n") fail("Pi in the container did not write the workspace");
   const toolEnd = (await events(broker, secrets, clean.id)).find((e) => e.kind === "tool_end");
-  if (!toolEnd?.payload.output.includes("token=set")) fail(`the profile's env did not reach the container: ${JSON.stringify(toolEnd)}`);
+  if (!toolEnd?.payload.output.includes("region=set")) fail(`the profile's env did not reach the container: ${JSON.stringify(toolEnd)}`);
   const [run, ...more] = runs(clean.id);
   if (!run || more.length) fail(`expected one docker run for ${clean.id}: ${JSON.stringify(docker.calls())}`);
   const expected = [
@@ -141,9 +141,9 @@ async function main() {
   step("SIGKILL: the next runner removed the container and the bundle");
 
   const argvs = JSON.stringify(docker.calls().map((c) => c.argv));
-  for (const secret of [`sk-docker-${nonce}`, `tok-secret-${nonce}`]) if (argvs.includes(secret)) fail(`a secret is in a docker argv: ${secret}`);
+  for (const secret of [`sk-docker-${nonce}`, `region-secret-${nonce}`]) if (argvs.includes(secret)) fail(`a secret is in a docker argv: ${secret}`);
   const logs = ["runner.log", "runner2.log", "runner3.log"].map((f) => readFileSync(join(dir, f), "utf8")).join("");
-  for (const secret of [`sk-docker-${nonce}`, `tok-secret-${nonce}`]) if (logs.includes(secret)) fail(`a secret is in the runner's log: ${secret}`);
+  for (const secret of [`sk-docker-${nonce}`, `region-secret-${nonce}`]) if (logs.includes(secret)) fail(`a secret is in the runner's log: ${secret}`);
   step("no secret in any docker argv or runner log");
   step("OK");
 }

@@ -3,10 +3,11 @@
 // (process isolation), the scripted model running each prompt as a bash
 // command. Checked:
 // - materialisation: Pi's PI_CODING_AGENT_DIR is the task's own bundle,
-//   holding exactly its profile's files (byte for byte, auth.json mode 600)
-//   and the profile's env file, with metadata (profile, provider, model,
-//   hashes) and no secret in it, in the task's record, the runner's log or
-//   the events;
+//   holding its profile's settings and a models.json that points the
+//   provider at the credential proxy with a token (mode 600), no auth.json
+//   and no key; the env file holds the profile's variables but the secret
+//   ones; metadata (profile, provider, model, hashes) with no secret in it,
+//   in the task's record, the runner's log or the events;
 // - task-unique: two tasks at once (--max-tasks 2), with two profiles,
 //   each get their own bundle and only their profile;
 // - cleanup: a bundle is gone when its task ends; workspace_cleanup =
@@ -42,10 +43,13 @@ const INSPECT = `sleep 2
 echo "agent_dir=$PI_CODING_AGENT_DIR"
 echo "agent_files=$(ls -A "$PI_CODING_AGENT_DIR" | sort | tr '\\n' ' ')"
 echo "bundle_files=$(ls -A "$(dirname "$PI_CODING_AGENT_DIR")" | sort | tr '\\n' ' ')"
-echo "auth_sha=$(sha256sum < "$PI_CODING_AGENT_DIR/auth.json" | cut -d' ' -f1)"
-echo "auth_mode=$(stat -c %a "$PI_CODING_AGENT_DIR/auth.json")"
+echo "auth=$(tr -d ' \\n' < "$PI_CODING_AGENT_DIR/auth.json")"
+echo "proxy_token=$(grep -c embark-proxy- "$PI_CODING_AGENT_DIR/models.json")"
+echo "models_mode=$(stat -c %a "$PI_CODING_AGENT_DIR/models.json")"
+echo "keys_in_bundle=$(grep -rl sk- "$(dirname "$PI_CODING_AGENT_DIR")" | wc -l)"
 echo "env_mode=$(stat -c %a "$(dirname "$PI_CODING_AGENT_DIR")/env")"
 echo "token_sha=$(printf %s "$SMOKE_TOKEN" | sha256sum | cut -d' ' -f1)"
+echo "region_sha=$(printf %s "$SMOKE_REGION" | sha256sum | cut -d' ' -f1)"
 } > inspect.txt
 sleep 2
 exit 3`;
@@ -64,13 +68,14 @@ async function main() {
   const profiles = join(dir, "profiles");
   const secret = (name) => `sk-${name}-${nonce}`;
   const token = (name) => `tok-${name}-${nonce}`;
+  const region = (name) => `region-${name}-${nonce}`;
   for (const name of ["alpha", "beta"]) {
     const profileDir = writeProfile(profiles, name, {
       "settings.json": PI_SETTINGS,
       "models.json": fakeModels(model.baseUrl),
       "auth.json": { anthropic: { type: "api_key", key: secret(name) } },
     });
-    writeFileSync(join(profileDir, "env"), `SMOKE_TOKEN=${token(name)}\n`);
+    writeFileSync(join(profileDir, "env"), `SMOKE_TOKEN=${token(name)}\nSMOKE_REGION=${region(name)}\n`);
     writeFileSync(join(profileDir, "notes.txt"), "not a Pi file: never materialised\n");
   }
   const spaces = join(dir, "spaces");
@@ -91,7 +96,7 @@ async function main() {
   // Both tasks run at once: both bundles are there in the same look.
   const seenWhileRunning = await until("both bundles at once", () => {
     const bundles = Object.entries(tasks).map(([name, task]) => [name, join(spaces, task.id, "bundle")]);
-    if (!bundles.every(([, bundle]) => existsSync(join(bundle, "bundle.json")) && existsSync(join(bundle, "pi-agent", "auth.json")))) return null;
+    if (!bundles.every(([, bundle]) => existsSync(join(bundle, "bundle.json")) && existsSync(join(bundle, "pi-agent", "models.json")))) return null;
     try {
       return Object.fromEntries(
         bundles.map(([name, bundle]) => [
@@ -99,7 +104,7 @@ async function main() {
           {
             metadata: readFileSync(join(bundle, "bundle.json"), "utf8"),
             files: readdirSync(join(bundle, "pi-agent")).sort(),
-            authMode: (statSync(join(bundle, "pi-agent", "auth.json")).mode & 0o777).toString(8),
+            authMode: (statSync(join(bundle, "pi-agent", "models.json")).mode & 0o777).toString(8),
           },
         ]),
       );
@@ -119,14 +124,14 @@ async function main() {
     const toolEnd = (await events(broker, secrets, task.id)).find((e) => e.kind === "tool_end");
     if (!toolEnd) fail(`${name}: no tool_end`);
     const seen = seenWhileRunning[name];
-    if (seen.files.join(" ") !== "auth.json models.json settings.json") fail(`${name}: pi-agent holds ${seen.files}`);
-    if (seen.authMode !== "600") fail(`${name}: auth.json has mode ${seen.authMode}`);
+    if (seen.files.join(" ") !== "models.json settings.json") fail(`${name}: pi-agent holds ${seen.files}`);
+    if (seen.authMode !== "600") fail(`${name}: models.json has mode ${seen.authMode}`);
     const meta = JSON.parse(seen.metadata);
     if (meta.profile !== name || meta.provider !== "fake" || meta.model !== "fake-model") fail(`${name}: metadata ${seen.metadata}`);
     const paths = meta.files.map((f) => f.path).join(" ");
-    if (paths !== "pi-agent/models.json pi-agent/auth.json pi-agent/settings.json env") fail(`${name}: materialised ${paths}`);
+    if (paths !== "pi-agent/models.json pi-agent/settings.json env") fail(`${name}: materialised ${paths}`);
     if (!meta.files.every((f) => /^blake3:[0-9a-f]{64}$/.test(f.hash) && f.bytes > 0)) fail(`${name}: hashes ${seen.metadata}`);
-    if (JSON.stringify(meta.env) !== JSON.stringify(["SMOKE_TOKEN"])) fail(`${name}: env names ${meta.env}`);
+    if (JSON.stringify(meta.env) !== JSON.stringify(["SMOKE_REGION"])) fail(`${name}: env names ${meta.env}`);
     for (const other of ["alpha", "beta"]) {
       if (seen.metadata.includes(secret(other)) || seen.metadata.includes(token(other))) fail(`${name}: a secret is in bundle.json`);
     }
@@ -144,17 +149,21 @@ async function main() {
   const seen = Object.fromEntries(readFileSync(join(kept, "workspace", "inspect.txt"), "utf8").trim().split("\n").map((l) => l.split("=")));
   const want = {
     agent_dir: join(kept, "bundle", "pi-agent"),
+    // Pi makes an empty auth.json of its own at start.
     agent_files: "auth.json models.json settings.json ",
+    auth: "{}",
     bundle_files: "bundle.json env pi-agent ",
-    auth_sha: sha256(readFileSync(join(profiles, "beta", "auth.json"))),
-    auth_mode: "600",
+    proxy_token: "1",
+    models_mode: "600",
+    keys_in_bundle: "0",
     env_mode: "600",
-    token_sha: sha256(token("beta")),
+    token_sha: sha256(""),
+    region_sha: sha256(region("beta")),
   };
   for (const [key, value] of Object.entries(want)) if (seen[key] !== value) fail(`Pi saw ${key}=${seen[key]}, expected ${value}`);
   const record = JSON.parse(readFileSync(join(kept, "task.json"), "utf8"));
   if (record.state !== "finished" || record.result !== "failed" || record.bundle?.profile !== "beta") fail(`record ${JSON.stringify(record)}`);
-  step("Pi's config dir was its task's bundle, byte for byte its profile; a failed task's directory is kept, its bundle is not");
+  step("Pi's config dir was its task's bundle: the proxy's token, no key, no secret variable; a failed task's directory is kept, its bundle is not");
 
   // SIGKILL of the runner: the guards end the task's processes at once.
   const killed = await submit(broker, secrets, repo, sleeperScript("runner"), { profile: "alpha" });
@@ -181,8 +190,11 @@ async function main() {
   runner = startRunner(dir, bin, runnerOptions("runner3.log"));
   await until("the next runner to end the orphan", () => processesWith(`${SLEEPER}-guard`).length === 0, 30_000);
   await until("the orphaned task's bundle swept", () => !existsSync(join(spaces, orphaned.id, "bundle")), 10_000);
-  const abandoned = JSON.parse(readFileSync(join(spaces, orphaned.id, "task.json"), "utf8"));
-  if (abandoned.state !== "abandoned") fail(`the orphaned task's record says ${abandoned.state}`);
+  // The sweep marks the record just after it ended the processes.
+  const recordState = () => JSON.parse(readFileSync(join(spaces, orphaned.id, "task.json"), "utf8")).state;
+  await until("the orphaned task's record marked abandoned", () => recordState() === "abandoned", 10_000).catch(() =>
+    fail(`the orphaned task's record says ${recordState()}`),
+  );
   step("SIGKILL of runner and guard: the next runner ended the task's processes and swept its bundle");
 
   const logs = ["runner.log", "runner2.log", "runner3.log"].map((f) => readFileSync(join(dir, f), "utf8")).join("");

@@ -144,7 +144,7 @@ impl TaskState {
 /// Why a task ended: a stable, machine-readable code next to the outcome's
 /// free text. On the wire it is one string: `stale_timeout`,
 /// `client_abandoned`, `runner_lost`, `timeout`, `cancelled_by_user`,
-/// `pi_failed`, `pre_launch:<code>`; a code this build does not know is
+/// `pi_failed`, `budget_exceeded`, `pre_launch:<code>`; a code this build does not know is
 /// kept as it came ([`ReasonCode::Other`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ReasonCode {
@@ -160,6 +160,9 @@ pub enum ReasonCode {
     CancelledByUser,
     /// Pi failed: it exited, broke the protocol, or its run ended in an error.
     PiFailed,
+    /// The task's metered cost reached its budget (`EMBARK_TASK_MAX_COST` or
+    /// the profile's `max_cost`): the credential proxy refused further calls.
+    BudgetExceeded,
     /// The runner could not start Pi; the code names the step (e.g. `clone`, `profile`).
     PreLaunch(String),
     /// A code of a newer build, kept as it came.
@@ -176,6 +179,7 @@ impl ReasonCode {
             ReasonCode::Timeout => Cow::Borrowed("timeout"),
             ReasonCode::CancelledByUser => Cow::Borrowed("cancelled_by_user"),
             ReasonCode::PiFailed => Cow::Borrowed("pi_failed"),
+            ReasonCode::BudgetExceeded => Cow::Borrowed("budget_exceeded"),
             ReasonCode::PreLaunch(step) => Cow::Owned(format!("pre_launch:{step}")),
             ReasonCode::Other(code) => Cow::Borrowed(code),
         }
@@ -198,6 +202,7 @@ impl ReasonCode {
             "timeout" => ReasonCode::Timeout,
             "cancelled_by_user" => ReasonCode::CancelledByUser,
             "pi_failed" => ReasonCode::PiFailed,
+            "budget_exceeded" => ReasonCode::BudgetExceeded,
             other => match other.strip_prefix("pre_launch:") {
                 Some(step) if !step.is_empty() => ReasonCode::PreLaunch(step.to_owned()),
                 _ => ReasonCode::Other(other.to_owned()),
@@ -243,8 +248,8 @@ impl JsonSchema for ReasonCode {
         schemars::json_schema!({
             "type": "string",
             "description": "Why a task ended, machine-readable: stale_timeout, client_abandoned, runner_lost, timeout, \
-                cancelled_by_user, pi_failed, pre_launch:<step>, or a newer code.",
-            "examples": ["stale_timeout", "client_abandoned", "runner_lost", "timeout", "cancelled_by_user", "pi_failed", "pre_launch:clone"],
+                cancelled_by_user, pi_failed, budget_exceeded, pre_launch:<step>, or a newer code.",
+            "examples": ["stale_timeout", "client_abandoned", "runner_lost", "timeout", "cancelled_by_user", "pi_failed", "budget_exceeded", "pre_launch:clone"],
             "minLength": 1,
             "maxLength": MAX_REASON_CODE_BYTES,
             "pattern": "^[a-z0-9_:-]+$"
@@ -328,6 +333,7 @@ mod tests {
             (ReasonCode::Timeout, "timeout"),
             (ReasonCode::CancelledByUser, "cancelled_by_user"),
             (ReasonCode::PiFailed, "pi_failed"),
+            (ReasonCode::BudgetExceeded, "budget_exceeded"),
             (ReasonCode::PreLaunch("clone".into()), "pre_launch:clone"),
             (ReasonCode::Other("quota_exceeded".into()), "quota_exceeded"),
         ];

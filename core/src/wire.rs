@@ -9,8 +9,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::event::SessionStats;
 use crate::event::{Event, NewEvent};
+use crate::event::{MeteredUsage, SessionStats};
 use crate::intent::{Capabilities, ExecutionIntent, IntentError};
 use crate::manifest::{Base, ContentHash, Manifest, ManifestCheckError};
 use crate::task::{ReasonCode, TaskId, TaskState};
@@ -358,6 +358,10 @@ pub struct Task {
     /// readable with `GET /v1/tasks/{id}/artifacts/{hash}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<Artifact>,
+    /// The provider's usage as the runner's credential proxy metered it,
+    /// from the attempt's latest `metered_usage` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<MeteredUsage>,
 }
 
 /// How a finished task ended.

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, TryLockError};
 use serde::{Deserialize, Serialize};
 
 use crate::profile::{PI_FILES, Profile};
+use crate::proxy::plan::ProfileFiles;
 
 /// The bundle's directory in a task directory.
 pub const BUNDLE_DIR: &str = "bundle";
@@ -116,8 +117,16 @@ impl Bundle {
     }
 
     /// Materialises `profile` for `provider`/`model` into `root`, which
-    /// must not exist yet (it is created, mode 700).
-    pub fn materialise(profile: &Profile, provider: &str, model: &str, root: &Path) -> Result<Bundle, BundleError> {
+    /// must not exist yet (it is created, mode 700). With `proxied`, the
+    /// profile's `auth.json`, `models.json` and variables are replaced by
+    /// the proxy's configuration, which holds no key.
+    pub fn materialise(
+        profile: &Profile,
+        provider: &str,
+        model: &str,
+        root: &Path,
+        proxied: Option<&ProxiedPi>,
+    ) -> Result<Bundle, BundleError> {
         let write_error = |path: &Path| {
             let path = path.to_owned();
             move |source| BundleError::Write { path, source }
@@ -132,8 +141,15 @@ impl Bundle {
             model: model.to_owned(),
             ..BundleMetadata::default()
         };
+        if let Some(proxied) = proxied {
+            let bytes = serde_json::to_vec_pretty(&proxied.models_json).expect("JSON serializes");
+            write_new(&agent_dir.join("models.json"), &bytes, 0o600)?;
+            metadata.files.push(materialised("pi-agent/models.json", &bytes));
+        }
         for (file, mode) in PI_FILES {
-            if !profile.policy.pi_files.contains(&file) {
+            // A proxied task's credential files come from the proxy, never the profile.
+            let from_proxy = proxied.is_some() && matches!(file, "auth.json" | "models.json");
+            if !profile.policy.pi_files.contains(&file) || from_proxy {
                 continue;
             }
             let src = profile.dir.join(file);
@@ -151,21 +167,18 @@ impl Bundle {
             metadata.files.push(materialised(&format!("pi-agent/{file}"), &bytes));
         }
 
-        let mut env = Vec::new();
+        let env = match proxied {
+            Some(proxied) => proxied.env.clone(),
+            None => profile_env(profile)?,
+        };
         let mut env_file = None;
-        if let Some(name) = &profile.policy.env_file {
-            let src = profile.dir.join(name);
-            if let Some(bytes) = read_profile_file(profile, &src)? {
-                env = parse_env(profile, &src, &bytes)?;
-                if !env.is_empty() {
-                    let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-                    let target = root.join("env");
-                    write_new(&target, text.as_bytes(), 0o600)?;
-                    metadata.files.push(materialised("env", text.as_bytes()));
-                    metadata.env = env.iter().map(|(k, _)| k.clone()).collect();
-                    env_file = Some(target);
-                }
-            }
+        if !env.is_empty() {
+            let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+            let target = root.join("env");
+            write_new(&target, text.as_bytes(), 0o600)?;
+            metadata.files.push(materialised("env", text.as_bytes()));
+            metadata.env = env.iter().map(|(k, _)| k.clone()).collect();
+            env_file = Some(target);
         }
         let json = serde_json::to_vec_pretty(&metadata).expect("metadata serializes");
         write_new(&root.join("bundle.json"), &json, 0o644)?;
@@ -177,6 +190,54 @@ impl Bundle {
             metadata,
         })
     }
+}
+
+/// The Pi configuration of a task served through the credential proxy.
+#[derive(Clone, Debug)]
+pub struct ProxiedPi {
+    /// The task's models.json: the provider pointed at the proxy, a token for its key.
+    pub models_json: serde_json::Value,
+    /// The profile's variables that are not credentials.
+    pub env: Vec<(String, String)>,
+}
+
+/// The profile's variables (its env file, checked), in file order.
+fn profile_env(profile: &Profile) -> Result<Vec<(String, String)>, BundleError> {
+    let Some(name) = &profile.policy.env_file else {
+        return Ok(Vec::new());
+    };
+    let src = profile.dir.join(name);
+    match read_profile_file(profile, &src)? {
+        Some(bytes) => parse_env(profile, &src, &bytes),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// What the credential proxy reads of a profile: its `models.json` and
+/// `auth.json` (when the policy materialises them and they exist) and its
+/// variables.
+pub fn profile_files(profile: &Profile) -> Result<ProfileFiles, BundleError> {
+    let json = |file: &str| -> Result<Option<serde_json::Value>, BundleError> {
+        if !profile.policy.pi_files.contains(&file) {
+            return Ok(None);
+        }
+        let src = profile.dir.join(file);
+        let Some(bytes) = read_profile_file(profile, &src)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| BundleError::BadFile {
+                name: profile.name.clone(),
+                file: src.clone(),
+                reason: format!("it is not valid JSON: {e}"),
+            })
+    };
+    Ok(ProfileFiles {
+        models: json("models.json")?,
+        auth: json("auth.json")?,
+        env: profile_env(profile)?,
+    })
 }
 
 /// Removes the bundle at `root`; one that is not there is fine.
@@ -365,7 +426,7 @@ mod tests {
         ]);
         let root = tmp.path().join("task/bundle");
         std::fs::create_dir_all(root.parent().expect("parent")).expect("mkdir");
-        let bundle = Bundle::materialise(&profile, "anthropic", "claude", &root).expect("materialised");
+        let bundle = Bundle::materialise(&profile, "anthropic", "claude", &root, None).expect("materialised");
 
         assert_eq!(bundle.agent_dir, root.join("pi-agent"));
         assert_eq!(
@@ -421,7 +482,7 @@ mod tests {
             ..ProfilePolicy::default()
         };
         let root = tmp.path().join("b1");
-        let err = Bundle::materialise(&profile, "p", "m", &root).expect_err("B is not allowed");
+        let err = Bundle::materialise(&profile, "p", "m", &root, None).expect_err("B is not allowed");
         assert_eq!(
             err.to_string(),
             format!(
@@ -432,7 +493,7 @@ mod tests {
         profile.policy.env_allowlist = Some(vec!["A".into(), "B".into()]);
         profile.policy.env_file = None;
         let root = tmp.path().join("b2");
-        let bundle = Bundle::materialise(&profile, "p", "m", &root).expect("materialised");
+        let bundle = Bundle::materialise(&profile, "p", "m", &root, None).expect("materialised");
         assert!(root.join("pi-agent/models.json").exists());
         assert!(!root.join("pi-agent/auth.json").exists(), "not in the policy's files");
         assert!(bundle.env.is_empty() && bundle.env_file.is_none() && !root.join("env").exists());
@@ -441,7 +502,7 @@ mod tests {
     #[test]
     fn broken_files_are_named_and_env_lines_never_quoted() {
         let (tmp, profile) = profile_with(&[("models.json", "{ not json")]);
-        let err = Bundle::materialise(&profile, "p", "m", &tmp.path().join("b")).expect_err("broken");
+        let err = Bundle::materialise(&profile, "p", "m", &tmp.path().join("b"), None).expect_err("broken");
         let text = err.to_string();
         assert!(
             text.contains("models.json") && text.contains("not valid JSON"),
@@ -456,7 +517,7 @@ mod tests {
             ("A=secret\nA=secret", "the variable is set twice"),
         ] {
             let (tmp, profile) = profile_with(&[("env", env)]);
-            let err = Bundle::materialise(&profile, "p", "m", &tmp.path().join("b")).expect_err(env);
+            let err = Bundle::materialise(&profile, "p", "m", &tmp.path().join("b"), None).expect_err(env);
             let text = err.to_string();
             assert!(text.contains(reason), "{env:?}: {text}");
             assert!(!text.contains("secret") && !text.contains("SECRET"), "{text}");

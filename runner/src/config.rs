@@ -136,6 +136,13 @@ pub static RESULT_MAX_CHARS: Knob<usize> = Knob::new(
 )
 .flag("--result-max-chars")
 .env("EMBARK_RESULT_MAX_CHARS");
+pub static TASK_MAX_COST: Knob<f64> = Knob::new(
+    "task_max_cost",
+    "the cost budget of each task",
+    "a cost of at least 0, in the provider's currency",
+)
+.flag("--task-max-cost")
+.env("EMBARK_TASK_MAX_COST");
 pub static PI_NO_EXTENSIONS: Knob<bool> = Knob::new(
     "pi_no_extensions",
     "whether Pi runs without extensions",
@@ -223,6 +230,7 @@ pub static DECLARATION: Declaration = Declaration {
         &KEEP_SPACES.spec,
         &MAX_TASKS.spec,
         &RESULT_MAX_CHARS.spec,
+        &TASK_MAX_COST.spec,
         &PI_NO_EXTENSIONS.spec,
         &ISOLATION.spec,
         &BWRAP.spec,
@@ -306,6 +314,9 @@ pub struct Cli {
     /// Longest final assistant text stored with the verdict, in characters; longer ones are cut and marked [env: EMBARK_RESULT_MAX_CHARS] [TOML: result_max_chars] [default: 20000]
     #[arg(long, value_name = "CHARS")]
     pub result_max_chars: Option<String>,
+    /// Each task's cost budget, metered by the credential proxy from the provider's answers; a call past it is refused and the task fails budget_exceeded [env: EMBARK_TASK_MAX_COST] [TOML: task_max_cost] [default: none]
+    #[arg(long, value_name = "COST")]
+    pub task_max_cost: Option<String>,
     /// Run Pi with --no-extensions (no extension or package discovery) [env: EMBARK_PI_NO_EXTENSIONS] [TOML: pi_no_extensions] [default: false]
     #[arg(
         long,
@@ -377,6 +388,7 @@ impl Cli {
             .with(&KEEP_SPACES, self.keep_spaces.clone())
             .with(&MAX_TASKS, self.max_tasks.clone())
             .with(&RESULT_MAX_CHARS, self.result_max_chars.clone())
+            .with(&TASK_MAX_COST, self.task_max_cost.clone())
             .with(&PI_NO_EXTENSIONS, self.pi_no_extensions.clone())
             .with(&ISOLATION, self.isolation.clone())
             .with(&BWRAP, self.bwrap.clone())
@@ -539,6 +551,8 @@ pub struct Config {
     pub workspace_cleanup: WorkspaceCleanup,
     pub max_tasks: usize,
     pub result_max_chars: usize,
+    /// Each task's cost budget (a profile's `max_cost` may lower it).
+    pub task_max_cost: Option<f64>,
     pub pi_no_extensions: bool,
     pub isolation: IsolationMode,
     /// The bubblewrap program (looked up on PATH at startup in bwrap mode).
@@ -596,6 +610,7 @@ impl Config {
         let workspace_cleanup = resolver.optional(&WORKSPACE_CLEANUP)?;
         let max_tasks = resolver.or_default(&MAX_TASKS, 1)?;
         let result_max_chars = resolver.or_default(&RESULT_MAX_CHARS, DEFAULT_RESULT_MAX_CHARS)?;
+        let task_max_cost = resolver.optional(&TASK_MAX_COST)?;
         let pi_no_extensions = resolver.or_default(&PI_NO_EXTENSIONS, false)?;
         let isolation = resolver.or_default(&ISOLATION, IsolationMode::Process)?;
         let bwrap = resolver.or_default(&BWRAP, Program(PathBuf::from("bwrap")))?;
@@ -657,6 +672,10 @@ impl Config {
         };
         let max_tasks = max_tasks.ensure(|n| (1..=MAX_MAX_TASKS).contains(n))?.value;
         let result_max_chars = result_max_chars.ensure(|n| *n > 0)?.value;
+        let task_max_cost = task_max_cost
+            .map(|cost| cost.ensure(|c| *c >= 0.0))
+            .transpose()?
+            .map(|cost| cost.value);
         let program = |program: Program, key| match program {
             program if program.is_bare_name() => Ok(program.0),
             program => embark_core::config::absolute(key, program.0),
@@ -694,6 +713,7 @@ impl Config {
             workspace_cleanup,
             max_tasks,
             result_max_chars,
+            task_max_cost,
             pi_no_extensions: pi_no_extensions.value,
             isolation: isolation.value,
             bwrap,

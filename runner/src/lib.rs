@@ -22,6 +22,8 @@ pub mod pi_rpc;
 pub mod profile;
 pub mod profile_toml;
 pub mod repo_check;
+pub mod proxy;
+pub mod redact;
 pub mod reporter;
 pub mod result;
 pub mod retry;

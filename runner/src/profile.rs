@@ -46,6 +46,10 @@ pub enum ProfileError {
         "auth profile {name:?} needs a task without network (network = \"none\"), which isolation mode {mode} cannot provide: use bwrap or docker"
     )]
     NetworkNotEnforceable { name: String, mode: IsolationMode },
+    #[error(
+        "auth profile {name:?} materialises its keys (credentials = \"materialise\"), which only process mode allows, not {mode}: serve it through the credential proxy (remove the key) or run it on a process-mode runner"
+    )]
+    MaterialisedInSandbox { name: String, mode: IsolationMode },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("cannot list the profiles directory {dir}")]
@@ -74,13 +78,25 @@ impl ProfileError {
             ProfileError::Unknown { .. }
                 | ProfileError::IsolationNotAllowed { .. }
                 | ProfileError::NetworkNotEnforceable { .. }
+                | ProfileError::MaterialisedInSandbox { .. }
         )
     }
 }
 
+/// How a profile's model key reaches Pi.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// Through the runner's credential proxy: the task holds a token, never the key (the default).
+    Proxy,
+    /// Copied into the task's bundle as the profile holds it: the task's
+    /// tools can read the key. Process mode only; for providers the proxy
+    /// cannot serve.
+    Materialise,
+}
+
 /// What a profile materialises and where it may run; the defaults are what
 /// a profile without a `profile.toml` gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProfilePolicy {
     /// Provider names or globs the profile allows.
     pub providers: Vec<String>,
@@ -97,6 +113,10 @@ pub struct ProfilePolicy {
     pub isolation: Vec<IsolationMode>,
     /// Whether the profile's tasks get a network.
     pub network: Network,
+    /// How the model key reaches Pi.
+    pub credentials: Credentials,
+    /// The profile's cost budget per task (the runner's `task_max_cost` also applies).
+    pub max_cost: Option<f64>,
 }
 
 impl Default for ProfilePolicy {
@@ -109,12 +129,14 @@ impl Default for ProfilePolicy {
             env_allowlist: None,
             isolation: IsolationMode::ALL.to_vec(),
             network: Network::On,
+            credentials: Credentials::Proxy,
+            max_cost: None,
         }
     }
 }
 
 /// A profile found on this runner.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
     pub name: String,
     pub dir: PathBuf,
@@ -130,6 +152,12 @@ impl Profile {
                 name: self.name.clone(),
                 mode,
                 allowed: self.policy.isolation.clone(),
+            });
+        }
+        if self.policy.credentials == Credentials::Materialise && mode != IsolationMode::Process {
+            return Err(ProfileError::MaterialisedInSandbox {
+                name: self.name.clone(),
+                mode,
             });
         }
         if self.policy.network == Network::None && mode == IsolationMode::Process {

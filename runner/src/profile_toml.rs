@@ -12,6 +12,8 @@
 //! env_allowlist = ["ANTHROPIC_API_KEY"]   # default: every variable of the env file
 //! isolation = ["bwrap", "docker"]    # default: every mode
 //! network = "none"                   # "on" (default) or "none" (bwrap and docker only)
+//! credentials = "proxy"              # "proxy" (default) or "materialise" (process mode only, unsafe)
+//! max_cost = 2.5                     # the task's cost budget; default none (EMBARK_TASK_MAX_COST applies)
 //! ```
 //!
 //! Errors name the file and the key; a value is quoted only from the policy
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use embark_core::intent::is_pattern;
 
 use crate::isolation::{IsolationMode, Network};
-use crate::profile::{PI_FILES, ProfilePolicy};
+use crate::profile::{Credentials, PI_FILES, ProfilePolicy};
 
 /// The policy file's name in a profile directory.
 pub const FILE: &str = "profile.toml";
@@ -62,7 +64,7 @@ pub enum PolicyError {
     },
 }
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 10] = [
     "version",
     "providers",
     "models",
@@ -71,6 +73,8 @@ const KEYS: [&str; 8] = [
     "env_allowlist",
     "isolation",
     "network",
+    "credentials",
+    "max_cost",
 ];
 
 /// The policy of the profile in `dir`: its `profile.toml`, or the defaults.
@@ -184,6 +188,25 @@ pub fn parse(file: &Path, text: &str) -> Result<ProfilePolicy, PolicyError> {
         Some(Some("on")) => policy.network = Network::On,
         Some(Some("none")) => policy.network = Network::None,
         Some(_) => return Err(bad("network", NETWORK)),
+    }
+    const CREDENTIALS: &str = "\"proxy\" or \"materialise\" (process mode only, unsafe)";
+    match table.get("credentials").map(|value| value.as_str()) {
+        None => {}
+        Some(Some("proxy")) => policy.credentials = Credentials::Proxy,
+        Some(Some("materialise")) => policy.credentials = Credentials::Materialise,
+        Some(_) => return Err(bad("credentials", CREDENTIALS)),
+    }
+    const COST: &str = "a cost of at least 0 (a number, in the provider's currency)";
+    match table.get("max_cost") {
+        None => {}
+        Some(value) => {
+            let cost = value
+                .as_float()
+                .or_else(|| value.as_integer().map(|i| i as f64))
+                .filter(|cost| cost.is_finite() && *cost >= 0.0)
+                .ok_or_else(|| bad("max_cost", COST))?;
+            policy.max_cost = Some(cost);
+        }
     }
     Ok(policy)
 }

@@ -30,7 +30,7 @@ mod outbox;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use embark_client::{BrokerClient, ClientError};
 use embark_core::shutdown::Shutdown;
@@ -41,6 +41,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
+use crate::redact::Redactor;
 use crate::retry::Patience;
 use outbox::{Outbox, Step};
 
@@ -117,7 +118,35 @@ enum Message {
 
 pub struct Reporter {
     tx: mpsc::UnboundedSender<Message>,
+    sender: EventSender,
     worker: JoinHandle<Delivery>,
+}
+
+/// Queues events for a [`Reporter`] from elsewhere (the credential proxy);
+/// every event is redacted first, once the task's credentials are known.
+#[derive(Clone)]
+pub struct EventSender {
+    sink: Arc<dyn Fn(NewEvent) + Send + Sync>,
+    redactor: Arc<OnceLock<Redactor>>,
+}
+
+impl EventSender {
+    /// Events go to `sink` (a reporter's queue; a test's list).
+    pub fn new(sink: impl Fn(NewEvent) + Send + Sync + 'static) -> EventSender {
+        EventSender {
+            sink: Arc::new(sink),
+            redactor: Arc::default(),
+        }
+    }
+
+    /// Queues one event, redacted (see [`Reporter::send`]).
+    pub fn send(&self, event: NewEvent) {
+        let event = match self.redactor.get() {
+            Some(redactor) => redactor.event(event),
+            None => event,
+        };
+        (self.sink)(event);
+    }
 }
 
 impl Reporter {
@@ -131,14 +160,29 @@ impl Reporter {
             task: claim.task.id,
         };
         let worker = tokio::spawn(drive(outbox, link, rx, shutdown));
-        Reporter { tx, worker }
+        let sender = EventSender::new({
+            let tx = tx.clone();
+            // The worker only stops after `finish`, so this cannot fail earlier.
+            move |event| drop(tx.send(Message::Event(event)))
+        });
+        Reporter { tx, sender, worker }
     }
 
     /// Queues one event (an event too large for the broker is replaced by a
-    /// `log` event that says so).
+    /// `log` event that says so), with the task's credentials redacted.
     pub fn send(&self, event: NewEvent) {
-        // The worker only stops after `finish`, so this cannot fail earlier.
-        let _ = self.tx.send(Message::Event(event));
+        self.sender.send(event);
+    }
+
+    /// From now on every event is redacted with `redactor` (set once: the
+    /// task's profile is known once).
+    pub fn redact_with(&self, redactor: Redactor) {
+        let _ = self.sender.redactor.set(redactor);
+    }
+
+    /// A handle that queues events for this reporter.
+    pub fn sender(&self) -> EventSender {
+        self.sender.clone()
     }
 
     /// Stops at once and sends nothing more: the attempt lost its task.
@@ -151,7 +195,7 @@ impl Reporter {
     /// delivered.
     pub async fn finish(self, deadline: Instant) -> Delivery {
         let _ = self.tx.send(Message::Finish(deadline));
-        drop(self.tx);
+        drop((self.tx, self.sender));
         match self.worker.await {
             Ok(delivery) => delivery,
             Err(e) => Delivery {

@@ -105,6 +105,7 @@ pub async fn run(
         },
         cleanup: config.workspace_cleanup,
         result_max_chars: config.result_max_chars,
+        task_max_cost: config.task_max_cost,
         sandbox,
         bundles,
         client: client.clone(),

@@ -28,6 +28,8 @@ use crate::lease::{LeaseKeeper, Lost};
 use crate::pi_process::{PiLaunch, PiPaths, PiProcess};
 use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt_cancellable};
 use crate::profile;
+use crate::proxy::TaskCredentials;
+use crate::redact::Redactor;
 use crate::reporter::{ReportOptions, Reporter};
 use crate::result::{self, ResultRepo};
 use crate::retry::{Patience, Undelivered, persist};
@@ -61,6 +63,8 @@ pub struct TaskSettings {
     pub cleanup: WorkspaceCleanup,
     /// The longest final text a verdict carries, in characters.
     pub result_max_chars: usize,
+    /// Each task's cost budget, held by the credential proxy.
+    pub task_max_cost: Option<f64>,
     pub sandbox: Sandbox,
     /// Where the running tasks' bundles are, for an abrupt exit.
     pub bundles: LiveBundles,
@@ -338,7 +342,34 @@ async fn attempt(
         );
     }
     settings.bundles.add(&space.bundle);
-    let outcome = match Bundle::materialise(&profile, &intent.provider, &intent.model, &space.bundle) {
+    // The credential proxy first: the bundle points Pi at it.
+    let credentials = match TaskCredentials::set_up(
+        &profile,
+        &intent.provider,
+        &intent.model,
+        settings.task_max_cost,
+        reporter.sender(),
+    )
+    .await
+    {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            settings.bundles.forget(&space.bundle);
+            return (
+                Outcome::failed(pre_launch(e.step()), error_chain(&e)),
+                Some((space, record)),
+            );
+        }
+    };
+    reporter.redact_with(credentials.redactor.clone());
+    let materialised = Bundle::materialise(
+        &profile,
+        &intent.provider,
+        &intent.model,
+        &space.bundle,
+        credentials.pi.as_ref(),
+    );
+    let mut outcome = match materialised {
         Ok(bundle) => {
             tracing::info!(
                 task = %task.id,
@@ -377,6 +408,15 @@ async fn attempt(
         }
         Err(e) => Outcome::failed(pre_launch("bundle"), error_chain(&e)),
     };
+    if let Some(reason) = credentials.budget_refusal() {
+        outcome.verdict = CompleteTask {
+            final_text: outcome.verdict.final_text.take(),
+            ..failed(ReasonCode::BudgetExceeded, reason)
+        };
+    }
+    // The token dies with the attempt; what leaves the runner is redacted.
+    drop(credentials.proxy);
+    redact_outcome(&credentials.redactor, &mut outcome, &space);
     // Pi and its tools are gone, so nothing rewrites the bundle any more.
     if let Err(e) = bundle::remove(&space.bundle) {
         let message = error_chain(&e);
@@ -385,6 +425,22 @@ async fn attempt(
     }
     settings.bundles.forget(&space.bundle);
     (outcome, Some((space, record)))
+}
+
+/// The task's credentials out of the verdict's texts and Pi's session files.
+fn redact_outcome(redactor: &Redactor, outcome: &mut Outcome, space: &Space) {
+    let verdict = &mut outcome.verdict;
+    for text in [&mut verdict.final_text, &mut verdict.reason].into_iter().flatten() {
+        *text = redactor.text(text).into_owned();
+    }
+    match redactor.files_under(&space.session) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "redacted credentials in {n} session file(s) of {}",
+            space.root.display()
+        ),
+        Err(e) => tracing::warn!("could not redact the session files of {}: {e}", space.root.display()),
+    }
 }
 
 /// What the run left to clean up.

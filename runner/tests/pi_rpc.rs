@@ -91,7 +91,7 @@ fn setup(root: &Path, model: &FakeModel, provider: &str) -> Setup {
     let profiles = root.join("profiles");
     embark_testkit::write_fake_profile(&profiles, "default", &model.base_url());
     let profile = profile::find(&profiles, "default").expect("profile");
-    let bundle = Bundle::materialise(&profile, provider, "fake-model", &space.bundle).expect("bundle");
+    let bundle = Bundle::materialise(&profile, provider, "fake-model", &space.bundle, None).expect("bundle");
     std::fs::create_dir_all(&space.workspace).expect("workspace");
     let launch = PiLaunch {
         program: embark_testkit::pi_path(),

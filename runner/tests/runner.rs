@@ -185,8 +185,8 @@ fn assert_gapless(task: &Task, events: &[Event]) {
     assert_eq!(task.last_seq, events.len() as u64);
 }
 
-/// The task directory is kept, but its bundle (the credential copies) is not;
-/// the record names what the bundle held, by hash.
+/// The task directory is kept, but its bundle is not; the record names what
+/// the bundle held, by hash (never the profile's key, which the proxy holds).
 fn assert_no_credentials(world: &World, task: &Task) {
     let space = world.spaces().join(task.id.to_string());
     assert!(
@@ -203,10 +203,11 @@ fn assert_no_credentials(world: &World, task: &Task) {
         .iter()
         .filter_map(|f| f["path"].as_str())
         .collect();
+    // The proxy's models.json in place of the profile's, and no auth.json: the keys stayed with the proxy.
     assert_eq!(
         files,
-        ["pi-agent/models.json", "pi-agent/auth.json", "pi-agent/settings.json"],
-        "the profile was materialised"
+        ["pi-agent/models.json", "pi-agent/settings.json"],
+        "the profile was materialised for the credential proxy"
     );
     assert!(
         !record.to_string().contains("sk-unused"),

@@ -33,6 +33,12 @@ export function requirePi() {
   return PI_BIN;
 }
 
+/** Throws unless bubblewrap is installed (the bwrap-mode smokes need it). */
+export function requireBwrap() {
+  const found = execFileSync("sh", ["-c", "command -v bwrap || true"], { encoding: "utf8" }).trim();
+  if (!found) throw new Error("bwrap is not installed: apt-get install bubblewrap");
+}
+
 /** Runs git in `cwd` with the fixtures' git environment and returns trimmed stdout. */
 export function git(cwd, ...args) {
   return execFileSync("git", args, {

@@ -480,7 +480,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// (a retry whose first answer was lost may arrive after completion).
     /// The token is checked first; an id recorded by an earlier attempt is
     /// [`StoreError::BatchOfOtherAttempt`]. The batch's last `session_stats`
-    /// event, if any, becomes the task's stats.
+    /// event, if any, becomes the task's stats; its last `metered_usage`, its usage.
     fn append_events(
         &self,
         id: TaskId,
@@ -813,10 +813,10 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The payload of the batch's last `session_stats` event: what the task's
-/// stats become.
-pub(crate) fn latest_stats(events: &[EncodedEvent]) -> Option<&str> {
-    let kind = embark_core::EventKind::SessionStats.as_str();
+/// The payload of the batch's last event of `kind`: what the task's
+/// column for it (`session_stats`, `metered_usage`) becomes.
+pub(crate) fn latest_of(events: &[EncodedEvent], kind: embark_core::EventKind) -> Option<&str> {
+    let kind = kind.as_str();
     events
         .iter()
         .rev()

@@ -26,6 +26,7 @@ pub mod wakeups;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
+use embark_core::EventKind;
 use embark_core::intent::Capabilities;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{
@@ -44,7 +45,7 @@ use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
     Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of, check_append,
     check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence,
-    latest_stats, manifest_json, replayed_create, revived, settle_verdict,
+    latest_of, manifest_json, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -664,12 +665,24 @@ impl Store for PgStore {
                 "task {id}'s event counter moved while its row was locked"
             )));
         }
-        if let Some(stats) = latest_stats(events) {
-            sqlx::query("UPDATE tasks SET session_stats = $2 WHERE id = $1")
-                .bind(id.to_string())
-                .bind(stats)
-                .execute(&mut *tx)
-                .await?;
+        // Each report column takes the batch's latest event of its kind.
+        for (update, kind) in [
+            (
+                "UPDATE tasks SET session_stats = $2 WHERE id = $1",
+                EventKind::SessionStats,
+            ),
+            (
+                "UPDATE tasks SET metered_usage = $2 WHERE id = $1",
+                EventKind::MeteredUsage,
+            ),
+        ] {
+            if let Some(payload) = latest_of(events, kind) {
+                sqlx::query(update)
+                    .bind(id.to_string())
+                    .bind(payload)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(EventsAppended {

@@ -1,7 +1,7 @@
 //! Rows as the databases hold them, and their conversion to domain types.
 //! Shared by every store: times are integer milliseconds, ids and enums text.
 
-use embark_core::event::{Event, Payload, SessionStats};
+use embark_core::event::{Event, MeteredUsage, Payload, SessionStats};
 use embark_core::intent::{Capabilities, ExecutionIntent, IsolationMode};
 use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::{Task, TaskOutcome, TaskResult};
@@ -14,7 +14,7 @@ macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
          created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
-         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest, changes, artifacts"
+         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest, changes, artifacts, metered_usage"
     };
 }
 pub(crate) use task_columns;
@@ -50,6 +50,8 @@ pub(crate) struct TaskRow {
     pub changes: Option<String>,
     /// The task's artifacts, a JSON array.
     pub artifacts: Option<String>,
+    /// The latest `metered_usage` payload, JSON.
+    pub metered_usage: Option<String>,
 }
 
 impl TaskRow {
@@ -81,6 +83,7 @@ impl TaskRow {
             manifest: row.get(22)?,
             changes: row.get(23)?,
             artifacts: row.get(24)?,
+            metered_usage: row.get(25)?,
         })
     }
 }
@@ -152,6 +155,10 @@ impl TryFrom<TaskRow> for Task {
                 .session_stats
                 .as_deref()
                 .and_then(|json| serde_json::from_str::<SessionStats>(json).ok()),
+            usage: row
+                .metered_usage
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<MeteredUsage>(json).ok()),
             cancel_requested_at: row.cancel_requested_at.map(timestamp).transpose()?,
             changes: row
                 .changes
@@ -185,8 +192,8 @@ impl OwnedTaskRow {
     pub fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<OwnedTaskRow> {
         Ok(OwnedTaskRow {
             task: TaskRow::from_sqlite(row)?,
-            owner: row.get(25)?,
-            request_hash: row.get(26)?,
+            owner: row.get(26)?,
+            request_hash: row.get(27)?,
         })
     }
 }

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use embark_core::EventKind;
 use embark_core::intent::Capabilities;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{
@@ -37,7 +38,7 @@ use super::{
     ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
     Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of, check_append,
     check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence,
-    latest_stats, manifest_json, replayed_create, revived, settle_verdict,
+    latest_of, manifest_json, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -766,8 +767,16 @@ impl Store for SqliteStore {
                 let bumped = execute(
                     conn,
                     "UPDATE tasks SET last_seq = ?2, updated_at = ?3, state = 'running', lease_renewed_at = ?3, \
-                     session_stats = coalesce(?5, session_stats) WHERE id = ?1 AND last_seq = ?4",
-                    params![task_id, last, now, last_seq, latest_stats(&events)],
+                     session_stats = coalesce(?5, session_stats), metered_usage = coalesce(?6, metered_usage) \
+                     WHERE id = ?1 AND last_seq = ?4",
+                    params![
+                        task_id,
+                        last,
+                        now,
+                        last_seq,
+                        latest_of(&events, EventKind::SessionStats),
+                        latest_of(&events, EventKind::MeteredUsage)
+                    ],
                 )?;
                 if bumped != 1 {
                     return Err(StoreError::Corrupt(format!(

@@ -88,6 +88,22 @@ impl Setting for bool {
     }
 }
 
+/// A finite number (a cost, for example); ranges are the knob's to check.
+impl Setting for f64 {
+    fn from_text(text: &str) -> Option<Self> {
+        text.trim().parse().ok().filter(|n: &f64| n.is_finite())
+    }
+    fn from_toml(value: &toml::Value) -> Option<Self> {
+        value
+            .as_float()
+            .or_else(|| value.as_integer().map(|i| i as f64))
+            .filter(|n| n.is_finite())
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Float(*self))
+    }
+}
+
 /// A length of time as a whole number with its unit: `250ms`, `90s`, `5m`,
 /// `24h` (no unit is refused: a bare number reads as seconds to some and
 /// milliseconds to others). Shown in the largest unit that is exact.

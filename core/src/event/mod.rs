@@ -33,8 +33,8 @@ use serde_json::Value;
 
 pub use open::Open;
 pub use payload::{
-    AgentEnd, AgentStart, AssistantDelta, AssistantMessage, Cost, Extra, Lifecycle, Log, LogLevel, Phase, SessionStats,
-    TokenTotals, ToolEnd, ToolStart, Usage,
+    AgentEnd, AgentStart, AssistantDelta, AssistantMessage, Cost, Extra, Lifecycle, Log, LogLevel, MeteredUsage, Phase,
+    SessionStats, TokenTotals, ToolEnd, ToolStart, Usage,
 };
 
 use crate::limits::MAX_EVENT_KIND_BYTES;
@@ -162,6 +162,8 @@ event_kinds! {
     Log(Log) = "log";
     /// Pi's token and cost totals for the session, once at the end: [`SessionStats`].
     SessionStats(SessionStats) = "session_stats";
+    /// The credential proxy's count of the provider's usage so far: [`MeteredUsage`].
+    MeteredUsage(MeteredUsage) = "metered_usage";
 }
 
 impl EventKind {

@@ -184,6 +184,28 @@ pub struct SessionStats {
     pub extra: Extra,
 }
 
+/// `metered_usage`: what the runner's credential proxy counted in the
+/// provider's own answers for the attempt so far, cumulative: sent after
+/// every model call it forwarded or refused. Unlike [`SessionStats`] it is
+/// not Pi's word, so a task's tools cannot forge it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MeteredUsage {
+    /// Tokens over every call the proxy forwarded.
+    pub tokens: TokenTotals,
+    /// Their cost from the model's price table (per million tokens, in the
+    /// provider's currency); 0 when the profile gives no prices.
+    pub cost: f64,
+    /// Model calls forwarded to the provider.
+    pub calls: u64,
+    /// Calls the proxy refused (another model, a bad token, the budget).
+    pub refused: u64,
+    /// The task's cost budget, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<f64>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// Token totals of a session, per class (see [`Usage`] for one call's).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenTotals {

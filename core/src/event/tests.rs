@@ -106,6 +106,27 @@ fn samples() -> Vec<(Payload, Value)> {
                 "tokens": {"input": 20, "output": 10, "cache_read": 3, "cache_write": 1, "total": 34},
                 "cost": 0.5, "user_messages": 1, "assistant_messages": 2, "tool_calls": 1, "tool_results": 1}}),
         ),
+        (
+            MeteredUsage {
+                tokens: TokenTotals {
+                    input: 20,
+                    output: 10,
+                    cache_read: 4,
+                    cache_write: 0,
+                    total: 34,
+                    extra: Extra::new(),
+                },
+                cost: 0.25,
+                calls: 2,
+                refused: 1,
+                max_cost: Some(1.5),
+                extra: Extra::new(),
+            }
+            .into(),
+            json!({"kind": "metered_usage", "payload": {
+                "tokens": {"input": 20, "output": 10, "cache_read": 4, "cache_write": 0, "total": 34},
+                "cost": 0.25, "calls": 2, "refused": 1, "max_cost": 1.5}}),
+        ),
     ]
 }
 

@@ -140,6 +140,27 @@ fn task_table(task: &Task, shown: &str) -> Block {
         };
         rows.push(row("changes", format!("{}{next}", changes.summary())));
     }
+    if let Some(usage) = &task.usage {
+        // The proxy's count from the provider's answers: what a budget is held to.
+        let tokens = &usage.tokens;
+        let budget = usage
+            .max_cost
+            .map(|max| format!(" of a budget of {max:.4}"))
+            .unwrap_or_default();
+        rows.push(row(
+            "metered",
+            format!(
+                "{} calls ({} refused): {} in, {} out, {} cache read, {} cache write; cost {:.4}{budget}",
+                usage.calls,
+                usage.refused,
+                tokens.input,
+                tokens.output,
+                tokens.cache_read,
+                tokens.cache_write,
+                usage.cost
+            ),
+        ));
+    }
     Block::Table {
         title: Some(format!("embark task {shown}")),
         columns: vec!["field".into(), "value".into()],

@@ -49,6 +49,16 @@ pub fn event_line(event: &Event) -> String {
             "{} tokens in, {} out, {} cache read, {} cache write; cost {}",
             stats.tokens.input, stats.tokens.output, stats.tokens.cache_read, stats.tokens.cache_write, stats.cost
         ),
+        Payload::MeteredUsage(usage) => format!(
+            "{} calls ({} refused): {} tokens in, {} out, {} cache read, {} cache write; cost {}",
+            usage.calls,
+            usage.refused,
+            usage.tokens.input,
+            usage.tokens.output,
+            usage.tokens.cache_read,
+            usage.tokens.cache_write,
+            usage.cost
+        ),
         Payload::Other(other) => one_line(&other.payload.to_string(), EXCERPT_CHARS),
     };
     format!("#{} {}: {}", event.seq, event.payload.kind_name(), summary)
