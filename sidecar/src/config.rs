@@ -13,6 +13,7 @@
 //! | max line bytes   | `--max-line-bytes` | `EMBARK_MAX_LINE_BYTES`  | `max_line_bytes` | 1048576 |
 //! | max in-flight    | `--max-in-flight`  | `EMBARK_MAX_IN_FLIGHT`   | `max_in_flight`  | 16 |
 //! | sync excludes    | –                  | `EMBARK_SYNC_EXCLUDES`   | `sync_excludes`  | none (patterns, comma- or newline-separated, on top of the built-in list) |
+//! | state directory  | `--state-dir`      | `EMBARK_STATE_DIR`       | `state_dir`      | `$XDG_STATE_HOME/embark`, else `~/.local/state/embark`; none without a home: commands that track tasks answer a Config error |
 //! | sync max files   | –                  | `EMBARK_SYNC_MAX_FILES`  | `sync_max_files` | 500 |
 //! | sync max bytes   | –                  | `EMBARK_SYNC_MAX_BYTES`  | `sync_max_bytes` | 2097152 (overlay + bundle) |
 //! | sync max file bytes | –               | `EMBARK_SYNC_MAX_FILE_BYTES` | `sync_max_file_bytes` | 1048576 |
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 
 pub use embark_core::config::ConfigError;
 use embark_core::config::{Declaration, Env, Flags, Knob, Resolver};
+use embark_core::dirs;
 pub use embark_core::secret::Secret;
 
 use crate::stdio::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE_BYTES, StdioOptions};
@@ -81,6 +83,14 @@ pub static MAX_IN_FLIGHT: Knob<usize> = Knob::new(
 .flag("--max-in-flight")
 .env("EMBARK_MAX_IN_FLIGHT");
 
+pub static STATE_DIR: Knob<PathBuf> = Knob::new(
+    "state_dir",
+    "the state directory",
+    "a directory path (the sidecar keeps each Pi session's task records and cursors there)",
+)
+.flag("--state-dir")
+.env("EMBARK_STATE_DIR");
+
 pub static SYNC_EXCLUDES: Knob<String> = Knob::new(
     "sync_excludes",
     "the sync excludes",
@@ -119,6 +129,7 @@ pub static DECLARATION: Declaration = Declaration {
         &MODEL.spec,
         &MAX_LINE_BYTES.spec,
         &MAX_IN_FLIGHT.spec,
+        &STATE_DIR.spec,
         &SYNC_EXCLUDES.spec,
         &SYNC_MAX_FILES.spec,
         &SYNC_MAX_BYTES.spec,
@@ -171,6 +182,9 @@ pub struct ConfigArgs {
     /// Requests answered concurrently; more wait [env: EMBARK_MAX_IN_FLIGHT] [TOML: max_in_flight] [default: 16]
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<String>,
+    /// Where task records and cursors are kept, one file per Pi session [env: EMBARK_STATE_DIR] [TOML: state_dir] [default: $XDG_STATE_HOME/embark or ~/.local/state/embark]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
 }
 
 impl ConfigArgs {
@@ -183,6 +197,7 @@ impl ConfigArgs {
             .with(&MODEL, self.model.clone())
             .with(&MAX_LINE_BYTES, self.max_line_bytes.clone())
             .with(&MAX_IN_FLIGHT, self.max_in_flight.clone())
+            .with(&STATE_DIR, self.state_dir.clone())
     }
 }
 
@@ -197,6 +212,8 @@ pub struct Config {
     pub model: Option<String>,
     pub stdio: StdioOptions,
     pub sync: SyncSettings,
+    /// Where the task records live; `None` without a home directory.
+    pub state_dir: Option<PathBuf>,
     /// The TOML file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -212,6 +229,7 @@ impl Default for Config {
             model: None,
             stdio: StdioOptions::default(),
             sync: SyncSettings::default(),
+            state_dir: None,
             file: None,
         }
     }
@@ -221,12 +239,12 @@ impl Config {
     /// Reads the TOML file and resolves every knob; tests pass their own `env`.
     pub fn load(args: &ConfigArgs, env: Env<'_>) -> Result<Config, ConfigError> {
         let mut resolver = Resolver::load(&DECLARATION, args.flags(), env)?;
-        Config::resolve(&mut resolver)
+        Config::resolve(&mut resolver, env)
     }
 
     /// Every knob is looked up before any check fails, so `--print-config`
     /// shows them all.
-    pub fn resolve(resolver: &mut Resolver<'_>) -> Result<Config, ConfigError> {
+    pub fn resolve(resolver: &mut Resolver<'_>, env: Env<'_>) -> Result<Config, ConfigError> {
         let broker_url = resolver.optional(&BROKER_URL)?;
         let client_token = resolver.optional(&CLIENT_TOKEN)?;
         let client_secret = resolver.optional(&CLIENT_SECRET)?;
@@ -235,6 +253,7 @@ impl Config {
         let model = resolver.optional(&MODEL)?;
         let max_line_bytes = resolver.or_default(&MAX_LINE_BYTES, DEFAULT_MAX_LINE_BYTES)?;
         let max_in_flight = resolver.or_default(&MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)?;
+        let state_dir = resolver.or_else(&STATE_DIR, || Some(dirs::state_home(env)?.join("embark")))?;
         let bounds = embark_manifest::Bounds::default();
         let excludes = resolver.optional(&SYNC_EXCLUDES)?;
         let max_files = resolver.or_default(&SYNC_MAX_FILES, bounds.max_files)?;
@@ -259,6 +278,7 @@ impl Config {
                     max_file_bytes: max_file_bytes.ensure(|n| *n >= 1)?.value,
                 },
             },
+            state_dir: state_dir.map(|r| r.absolute()).transpose()?,
             file: resolver.file().map(PathBuf::from),
         })
     }
@@ -339,7 +359,10 @@ mod tests {
         let env = env_of(&[("HOME", home.path().to_str().expect("utf-8"))]);
         assert_eq!(
             Config::load(&ConfigArgs::default(), &env).expect("resolves"),
-            Config::default()
+            Config {
+                state_dir: Some(home.path().join(".local/state/embark")),
+                ..Config::default()
+            }
         );
 
         let default = home.path().join(".config/embark/config.toml");
@@ -356,6 +379,7 @@ mod tests {
             Config::load(&named, &env).expect("resolves"),
             Config {
                 file: Some(empty),
+                state_dir: Some(home.path().join(".local/state/embark")),
                 ..Config::default()
             }
         );
@@ -449,7 +473,7 @@ mod tests {
         assert_eq!(config.client_token, Some(Secret::new("embark_ct_from_file")));
         let env = env_of(&[("EMBARK_CLIENT_TOKEN", "embark_ct_from_env")]);
         let mut resolver = Resolver::load(&DECLARATION, named.flags(), &env).expect("load");
-        let config = Config::resolve(&mut resolver).expect("resolves");
+        let config = Config::resolve(&mut resolver, &env).expect("resolves");
         assert_eq!(config.client_token, Some(Secret::new("embark_ct_from_env")));
         let report = resolver.report().to_string();
         assert!(report.contains("client_token is set (secret, not shown)"), "{report}");

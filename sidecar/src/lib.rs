@@ -14,6 +14,7 @@ pub mod repo;
 pub mod rpc;
 pub mod session;
 pub mod stdio;
+pub mod store;
 pub mod sync;
 
 use std::sync::Arc;

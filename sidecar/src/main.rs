@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let env = dirs::process_env;
     let mut resolver = Resolver::load(&DECLARATION, cli.config.flags(), &env)
         .context("embark-sidecar could not load its configuration")?;
-    let config = Config::resolve(&mut resolver);
+    let config = Config::resolve(&mut resolver, &env);
     if cli.print_config {
         // The report is this mode's only output; no protocol runs.
         std::io::stdout()

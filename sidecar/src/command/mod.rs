@@ -109,6 +109,22 @@ pub enum Command {
     Cancel(TaskSelector),
     Submit(SubmitArgs),
     Runners,
+    /// `list [--all]`: this session's tasks, or every session's in the store.
+    List {
+        all: bool,
+    },
+    Tasks,
+    Sync(SyncTarget),
+    Reconcile,
+    Cleanup,
+}
+
+/// What `sync` fetches new events for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncTarget {
+    /// Every tracked task of the session.
+    All,
+    One(TaskSelector),
 }
 
 /// Which task of the session `status` shows.
@@ -133,29 +149,43 @@ pub struct SubmitArgs {
     pub dry_run: bool,
 }
 
-/// Shown by `help` and with usage errors.
+/// Shown by `help` and with usage errors: the common loop first, then the
+/// commands that target one task, then maintenance.
 pub const USAGE: &str = r#"Usage:
+The common loop:
   /embark "<prompt>" [--provider <name>] [--model <id>] [--profile <name>] [--dry-run]
       Run a task on a remote runner on this working tree: HEAD's commit
       (unpushed commits included) and the uncommitted work git does not ignore.
-      Several unquoted words also form the prompt.
-  /embark submit <prompt> [flags]
-      The same, explicitly (for a prompt that starts with a command word).
-  /embark status [latest|<task id>|<number>]
-      Show a task of this session: the latest, the one whose id starts
-      with the given hex digits (at least 4), or the n-th newest (1, 2, …).
-  /embark cancel [latest|<task id>|<number>]
-      Cancel a task of this session (chosen as for status): a queued one
-      never starts, a running one's runner stops Pi.
+      Several unquoted words also form the prompt; /embark submit <prompt>
+      does the same for a prompt that starts with a command word.
+  /embark status [latest|<id>|<id-prefix>|<n>]
+      One task: state, runner attempt, age, fingerprint, tokens and cost,
+      recent events and its result. Default: the latest task of this session.
+  /embark tasks
+      Pick one of this session's tasks (a numbered board outside the TUI).
+  /embark list [--all]
+      This session's tasks, numbered (1 is the newest); --all: every session's.
+
+Targeting one task (<n> is its number in /embark list):
+  /embark sync [all|latest|<id>|<n>]
+      The events newer than what sync showed last; all: every tracked task.
+  /embark cancel [latest|<id>|<n>]
+      A queued task never starts; a running one's runner stops Pi.
+
+Maintenance:
+  /embark reconcile
+      Adopt the tasks of sessions Pi cannot reopen here, import this session's
+      broker-known tasks, refresh their states, mark unknown ones orphaned.
+  /embark cleanup
+      Mark orphaned tasks abandoned (their records stay as history).
   /embark runners
-      Show what the enrolled runners can run: profiles, providers, models,
+      What the enrolled runners can run: profiles, providers, models,
       isolation modes and labels.
   /embark help
       Show this text.
 
 Reserved for commands to come (a prompt that starts with one must be
-quoted or follow `submit`): tasks attach list sync detach diff apply follow
-logs reconcile cleanup.
+quoted or follow `submit`): attach detach diff apply follow logs.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>  Pi provider on the runner (else EMBARK_PROVIDER or `provider` in config.toml)
