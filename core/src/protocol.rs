@@ -173,7 +173,7 @@ pub struct SessionContext {
 /// What to show for a command.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct View {
-    /// Shown in order, each as one notification.
+    /// Shown in order, together as one notification (a TUI shows one at a time).
     pub blocks: Vec<Block>,
     /// A footer status line to set (`text: null` clears it).
     pub status: Option<StatusLine>,

@@ -279,7 +279,9 @@ async fn kill_9_loses_no_acknowledged_record() {
     let cwd = repo.work.to_str().expect("utf-8").to_owned();
     let mut acknowledged: Vec<TaskId> = Vec::new();
     // Kill moments spread over the work: before, between and during submits and status writes.
-    for (round, kill_after_ms) in [20u64, 45, 70, 100, 140, 200].into_iter().enumerate() {
+    // The last round kills right after the fourth answer, so a loaded machine still has acknowledged work.
+    let moments = [Some(20u64), Some(45), Some(70), Some(100), Some(140), Some(200), None];
+    for (round, kill_after_ms) in moments.into_iter().enumerate() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_embark-sidecar"))
             .arg("--stdio")
             .env_clear()
@@ -305,15 +307,26 @@ async fn kill_9_loses_no_acknowledged_record() {
         let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
         stdin.write_all(input.as_bytes()).expect("write requests");
         // Read answers on a thread; kill at a different moment each round.
+        let (seen, answered) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut answers = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 answers.push(serde_json::from_str::<Value>(&line).expect("an answer is JSON"));
+                let _ = seen.send(());
             }
             answers
         });
-        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        match kill_after_ms {
+            Some(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            None => {
+                for _ in 0..4 {
+                    answered
+                        .recv_timeout(Duration::from_secs(30))
+                        .expect("an answer within 30 s");
+                }
+            }
+        }
         let _ = child.kill(); // SIGKILL, by our own child's pid
         let _ = child.wait();
         drop(stdin);
