@@ -230,11 +230,15 @@ impl Store {
     ) -> Result<(SessionRecord, T), StoreError> {
         let _guard = self.lock.lock().await;
         let path = self.path(session_id);
-        let mut record = self.read(&path)?.unwrap_or_else(|| SessionRecord::new(session_id, cwd));
+        let before = self.read(&path)?;
+        let mut record = before.clone().unwrap_or_else(|| SessionRecord::new(session_id, cwd));
         let answer = change(&mut record);
         record.owner_pid = std::process::id();
         record.cwd = cwd.to_owned();
-        self.write(&path, &record)?;
+        // What is on disk already says this: no write, no fsync (a repeated `status` costs a read).
+        if before.as_ref() != Some(&record) {
+            self.write(&path, &record)?;
+        }
         Ok((record, answer))
     }
 
