@@ -80,6 +80,9 @@ pub struct TaskRecord {
     /// The once-key of the result message already handed to the conversation.
     #[serde(default)]
     pub delivered: Option<String>,
+    /// The synced working tree's fingerprint (hex), when the task carried a manifest.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 impl TaskRecord {
@@ -93,6 +96,7 @@ impl TaskRecord {
             sync_cursor: 0,
             attach_cursor: 0,
             delivered: None,
+            fingerprint: task.manifest.as_ref().map(|m| m.fingerprint.to_string()),
         }
     }
 

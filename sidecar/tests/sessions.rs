@@ -279,7 +279,8 @@ async fn kill_9_loses_no_acknowledged_record() {
     let cwd = repo.work.to_str().expect("utf-8").to_owned();
     let mut acknowledged: Vec<TaskId> = Vec::new();
     // Kill moments spread over the work: before, between and during submits and status writes.
-    // The last round kills right after the fourth answer, so a loaded machine still has acknowledged work.
+    // The last round kills once every answer is out (calls run concurrently, so the first answers may all be
+    // statuses), so a loaded machine still has acknowledged work to check.
     let moments = [Some(20u64), Some(45), Some(70), Some(100), Some(140), Some(200), None];
     for (round, kill_after_ms) in moments.into_iter().enumerate() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_embark-sidecar"))
@@ -320,7 +321,7 @@ async fn kill_9_loses_no_acknowledged_record() {
         match kill_after_ms {
             Some(ms) => std::thread::sleep(Duration::from_millis(ms)),
             None => {
-                for _ in 0..4 {
+                for _ in 0..lines.len() {
                     answered
                         .recv_timeout(Duration::from_secs(30))
                         .expect("an answer within 30 s");

@@ -5,6 +5,7 @@ use embark_core::protocol::{Block, PickItem, SessionContext, Tone, View};
 use jiff::Timestamp;
 
 use super::Handlers;
+use super::status::short_fingerprint;
 use super::store_error;
 use super::text::one_line;
 use super::tracked::{self, display_id, no_task_yet, status_line};
@@ -134,8 +135,9 @@ fn pick_item(r: &TaskRecord, tasks: &[TaskRecord], now: Timestamp) -> PickItem {
     };
     PickItem {
         label: format!(
-            "{state:<10} {shown}  {:>4}  {}",
+            "{state:<10} {shown}  {:>4}  {:<12}  {}",
             age(r.created_at, now),
+            r.fingerprint.as_deref().map(short_fingerprint).unwrap_or_default(),
             one_line(&r.prompt, PROMPT_CHARS)
         ),
         command: format!("status {shown}"),

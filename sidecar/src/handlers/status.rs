@@ -5,7 +5,9 @@ use embark_core::TaskState;
 use embark_core::protocol::{Block, ChatMessage, SessionContext, Tone, View};
 use embark_core::task::TaskId;
 use embark_core::wire::{EventPage, Task};
+use jiff::Timestamp;
 
+use super::board::age;
 use super::text::{event_line, one_line};
 use super::tracked::{self, display_id, status_line};
 use super::{Handlers, broker_error};
@@ -94,12 +96,32 @@ fn task_table(task: &Task, shown: &str) -> Block {
     if !intent.labels.is_empty() {
         rows.push(row("labels", intent.labels.join(", ")));
     }
+    if let Some(outcome) = task.outcome.as_ref().filter(|o| o.reason.is_some() || o.code.is_some()) {
+        let reason = [
+            outcome.code.as_ref().map(ToString::to_string),
+            outcome.reason.as_deref().map(|r| one_line(r, 160)),
+        ];
+        rows.push(row(
+            "reason",
+            reason.into_iter().flatten().collect::<Vec<_>>().join(": "),
+        ));
+    }
+    rows.push(row(
+        "age",
+        format!(
+            "{} (created {})",
+            age(task.created_at, Timestamp::now()),
+            task.created_at
+        ),
+    ));
+    if let Some(manifest) = &task.manifest {
+        rows.push(row("fingerprint", short_fingerprint(&manifest.fingerprint.to_string())));
+    }
     rows.extend([
         row("prompt", one_line(&task.prompt, 200)),
         row("commit", task.commit.clone()),
         row("repo", task.repo_url.clone()),
         row("attempt", task.attempt.to_string()),
-        row("created", task.created_at.to_string()),
         row("updated", task.updated_at.to_string()),
     ]);
     if let Some(outcome) = &task.outcome {
@@ -121,6 +143,11 @@ fn task_table(task: &Task, shown: &str) -> Block {
         columns: vec!["field".into(), "value".into()],
         rows,
     }
+}
+
+/// The first 12 hex digits of a fingerprint, as the submit answer shows it.
+pub(super) fn short_fingerprint(fingerprint: &str) -> String {
+    fingerprint.chars().take(12).collect()
 }
 
 fn row(field: &str, value: String) -> Vec<String> {
