@@ -48,6 +48,9 @@ EMBARK_REQUIRE_SIDECAR=1 npm test -w extension-shim
 step "smoke: pi-rpc (real Pi, real binaries, scripted fake model)"
 npm run smoke:pi-rpc
 
+step "smoke: tui (the real Pi TUI in tmux: status on screen, the /embark tasks picker, the result once)"
+npm run smoke:tui
+
 step "smoke: runner-cancel (/embark cancel stops the runner's real Pi mid tool call; prints the latency)"
 npm run smoke:runner-cancel
 

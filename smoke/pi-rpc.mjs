@@ -3,7 +3,13 @@
 // laptop Pi (RPC mode, /embark extension) → embark-sidecar → embark-broker
 // (SQLite) → embark-runner → runner-side Pi → scripted fake model on 127.0.0.1.
 // The runner's Pi makes a bash tool call that creates a file in the remote
-// workspace; the task succeeds and `/embark status` shows the result text.
+// workspace; the task succeeds and `/embark status` shows the result text
+// (one notification: the state table and the events together). Then the
+// board (`list`, `tasks` as a numbered board in RPC), selectors by number,
+// prefix and id, the sync cursor, a clear unknown-task error, and a reopened
+// session: a second task handed off by a Pi that held only /embark commands
+// (no session file) finishes while no Pi runs; the next Pi in the same
+// directory adopts it at session start and its result lands there, once.
 
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,6 +17,7 @@ import { join } from "node:path";
 
 import { stopAll } from "./lib/process.mjs";
 import { FINISHED_STATES, pollStatus, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
+import { waitFinished } from "./lib/tasks.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, startLaptopPi } from "./lib/stack.mjs";
 
 const PROMPT = "create remote.txt saying remote hello";
@@ -27,6 +34,12 @@ const step = (msg) => process.stdout.write(`[smoke:pi-rpc] ${msg}\n`);
 const fail = (msg) => {
   throw new Error(msg);
 };
+
+/** Waits (bounded) until the broker says task `id` succeeded. */
+async function waitSucceeded(broker, secrets, id) {
+  const task = await waitFinished(broker, secrets, id);
+  if (task.state !== "succeeded") fail(`task ${id} ended ${task.state}`);
+}
 
 async function main() {
   const piBin = requirePi();
@@ -70,6 +83,28 @@ async function main() {
   if (again.messages.length !== 0) fail(`the result was added again: ${JSON.stringify(again.messages)}`);
   step("result landed in the conversation once");
 
+  if (status.notes.length !== 1) fail(`status should be ONE notification, got ${status.notes.length}`);
+  if (!/Recent events/.test(status.notes[0].message)) fail("the status notification lacks the events");
+
+  const list = await pi.embark("list");
+  const board = list.notes.map((n) => n.message).join("\n");
+  if (!new RegExp(`^1\\s+${shortId}\\s+tracked\\s+succeeded`, "m").test(board)) fail(`list lacks task 1:\n${board}`);
+  const tasks = await pi.embark("tasks");
+  const picker = tasks.notes.map((n) => n.message).join("\n");
+  if (!/^\s+1\. succeeded/m.test(picker)) fail(`tasks is not a numbered board in RPC:\n${picker}`);
+  for (const selector of ["1", shortId.slice(0, 6), "latest"]) {
+    const view = await pi.embark(`status ${selector}`);
+    if (taskState(view) !== "succeeded") fail(`status ${selector} did not show the task`);
+  }
+  const unknown = await pi.embark("status 7");
+  const line = unknown.notes[0]?.message ?? "";
+  if (unknown.notes[0]?.notifyType !== "error" || !/no task 7/.test(line) || line.includes("\n")) fail(`status 7: ${line}`);
+  const firstSync = await pi.embark("sync 1");
+  if (!/new events? after #0/.test(firstSync.notes[0]?.message ?? "")) fail(`first sync: ${firstSync.notes[0]?.message}`);
+  const secondSync = await pi.embark("sync 1");
+  if (!/no new events since #\d+/.test(secondSync.notes[0]?.message ?? "")) fail(`second sync: ${secondSync.notes[0]?.message}`);
+  step("list, the numbered board, selectors and the sync cursor work");
+
   const [fullId] = readdirSync(spaces).filter((d) => d.replaceAll("-", "").startsWith(shortId));
   if (!fullId) fail(`no task directory for ${shortId} under ${spaces}`);
   const created = join(spaces, fullId, "workspace", "remote.txt");
@@ -78,6 +113,32 @@ async function main() {
   if (content !== "remote hello\n") fail(`${created} holds ${JSON.stringify(content)}`);
   if (existsSync(join(repo.work, "remote.txt"))) fail("the laptop's working tree was touched");
   step(`remote workspace file ${created} = ${JSON.stringify(content)}`);
+
+  // A second task, then Pi quits before it ends: this session held only /embark commands, so Pi wrote no file.
+  const secondView = await pi.embark(JSON.stringify("and once more"));
+  const second = submittedTaskId(secondView);
+  const secondFull = secondView.notes.map((n) => n.message).join("\n").match(/Task id ([0-9a-f-]{36})/)?.[1];
+  if (!second || !secondFull) fail("the second submit named no task");
+  pi.proc.child.stdin.end();
+  await new Promise((resolve) => pi.proc.child.once("exit", resolve));
+  step(`laptop Pi quit with task ${second} in flight`);
+  await waitSucceeded(broker, secrets, secondFull);
+
+  const reopened = startLaptopPi(dir, { piBin, bin, repo, broker, secrets, log: "laptop-pi-2.log" });
+  const first = await reopened.call({ type: "get_state" });
+  const notes = first.seen.filter((m) => m.type === "extension_ui_request" && m.method === "notify").map((m) => m.message);
+  if (!notes.some((n) => /took over 2 tasks/.test(n))) fail(`no adoption notice at session start: ${JSON.stringify(notes)}`);
+  // Sent from session_start, before Pi's RPC loop streams events: it is in the conversation, not in the stream.
+  const conversation = (await reopened.call({ type: "get_messages" })).response.data.messages;
+  const landed = conversation.filter((m) => m.role === "custom" && m.customType === "embark-result");
+  if (landed.length !== 1 || !JSON.stringify(landed[0].content).includes(FINAL_TEXT)) {
+    fail(`the result did not land once at start: ${JSON.stringify(conversation).slice(0, 2000)}`);
+  }
+  const adopted = await reopened.embark("list");
+  if (!adopted.notes[0].message.includes(second)) fail(`the reopened session does not list ${second}`);
+  const again2 = await reopened.embark(`status ${second}`);
+  if (again2.messages.length !== 0) fail("the adopted result landed twice");
+  step("the reopened session adopted the task and its result landed once");
   step("OK");
 }
 

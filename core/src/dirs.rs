@@ -21,6 +21,11 @@ pub fn data_home(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     base_dir(env, "XDG_DATA_HOME", ".local/share")
 }
 
+/// `$XDG_STATE_HOME`, else `$HOME/.local/state`.
+pub fn state_home(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    base_dir(env, "XDG_STATE_HOME", ".local/state")
+}
+
 fn base_dir(env: &dyn Fn(&str) -> Option<String>, var: &str, fallback: &str) -> Option<PathBuf> {
     let absolute = |name: &str| env(name).map(PathBuf::from).filter(|path| path.is_absolute());
     absolute(var).or_else(|| absolute("HOME").map(|home| home.join(fallback)))
@@ -50,6 +55,7 @@ mod tests {
         let env = env_of(&[("XDG_CONFIG_HOME", "cfg"), ("HOME", "/home/u")]);
         assert_eq!(config_home(&env), Some(PathBuf::from("/home/u/.config")));
         assert_eq!(data_home(&env), Some(PathBuf::from("/home/u/.local/share")));
+        assert_eq!(state_home(&env), Some(PathBuf::from("/home/u/.local/state")));
     }
 
     #[test]

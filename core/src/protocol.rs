@@ -25,6 +25,7 @@ pub const SUPPORTED_PROTOCOLS: &[u32] = &[1];
 pub mod method {
     pub const HELLO: &str = "embark.hello";
     pub const COMMAND: &str = "embark.command";
+    pub const SESSION_START: &str = "embark.session_start";
 }
 
 /// One method of the protocol.
@@ -55,7 +56,7 @@ impl Method {
 }
 
 /// Every method of the protocol, in the order the OpenRPC document lists them.
-pub const METHODS: [Method; 2] = [
+pub const METHODS: [Method; 3] = [
     Method {
         name: method::HELLO,
         summary: "The handshake: must come first.",
@@ -84,6 +85,23 @@ pub const METHODS: [Method; 2] = [
             ErrorCode::BrokerUnreachable,
             ErrorCode::BrokerRejected,
             ErrorCode::TaskNotFound,
+            ErrorCode::Timeout,
+        ],
+    },
+    Method {
+        name: method::SESSION_START,
+        summary: "A Pi session started (startup, `pi -c`, `/resume`, `/new`, a fork).",
+        description: "Adopts the tasks of sessions Pi cannot reopen in the same directory, imports the tasks the session's entries name, \
+            and syncs every tracked task that had not finished: a result that arrived meanwhile comes back as a message, once. Idempotent.",
+        params: schema::<SessionStartParams>,
+        result: schema::<View>,
+        errors: &[
+            ErrorCode::InvalidParams,
+            ErrorCode::Internal,
+            ErrorCode::HandshakeRequired,
+            ErrorCode::Config,
+            ErrorCode::BrokerUnreachable,
+            ErrorCode::BrokerRejected,
             ErrorCode::Timeout,
         ],
     },
@@ -124,6 +142,19 @@ pub struct CommandParams {
     pub session: SessionContext,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStartParams {
+    pub session: SessionContext,
+    /// The task ids the session's own entries (`embark-task`) name, so a session whose
+    /// sidecar store was lost still finds its tasks.
+    #[serde(default)]
+    pub known_tasks: Vec<String>,
+    /// Why Pi started the session: `startup`, `reload`, `new`, `resume` or `fork` (for logs).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// The Pi session the command runs in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -132,17 +163,43 @@ pub struct SessionContext {
     pub session_id: String,
     /// Pi's working directory (`ctx.cwd`): the repository tasks are cut from.
     pub cwd: String,
+    /// Pi's session file (`ctx.sessionManager.getSessionFile()`), which may not exist yet:
+    /// a session whose file never came into being cannot be reopened, so its tasks are
+    /// adopted by the next session in the same directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_file: Option<String>,
 }
 
 /// What to show for a command.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct View {
-    /// Shown in order, each as one notification.
+    /// Shown in order, together as one notification (a TUI shows one at a time).
     pub blocks: Vec<Block>,
     /// A footer status line to set (`text: null` clears it).
     pub status: Option<StatusLine>,
     /// A message to add to the conversation.
     pub message: Option<ChatMessage>,
+    /// More messages, after `message` (several results landing at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<ChatMessage>,
+    /// Entries to record in Pi's session (`pi.appendEntry`), mirroring the sidecar's task records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<SessionEntry>,
+}
+
+/// A custom entry for Pi's session file; not sent to the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionEntry {
+    pub custom_type: String,
+    pub data: serde_json::Value,
+}
+
+/// One choice of a pick list: what it shows and the `/embark` line it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PickItem {
+    pub label: String,
+    /// The argument line to run when chosen, e.g. `status 3f9c2a71`.
+    pub command: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -156,6 +213,14 @@ pub enum Block {
         title: Option<String>,
         columns: Vec<String>,
         rows: Vec<Vec<String>>,
+    },
+    /// A choice: an interactive front end shows a picker and runs the chosen item's
+    /// command; others show the items as a numbered board.
+    Pick {
+        title: String,
+        items: Vec<PickItem>,
+        /// Shown under the board where no picker can be shown.
+        hint: String,
     },
 }
 

@@ -139,10 +139,14 @@ fn the_openrpc_document_describes_the_protocol() {
     assert_eq!(doc["info"]["x-supported-protocols"], json!(SUPPORTED_PROTOCOLS));
     let methods = doc["methods"].as_array().expect("methods");
     let names: Vec<&str> = methods.iter().filter_map(|m| m["name"].as_str()).collect();
-    assert_eq!(names, [method::HELLO, method::COMMAND]);
+    assert_eq!(names, [method::HELLO, method::COMMAND, method::SESSION_START]);
     for (m, (params, result)) in methods.iter().zip([
-        (["protocol", "client"], ("HelloParams", "HelloResult")),
-        (["line", "session"], ("CommandParams", "View")),
+        (&["protocol", "client"][..], ("HelloParams", "HelloResult")),
+        (&["line", "session"][..], ("CommandParams", "View")),
+        (
+            &["session", "known_tasks", "reason"][..],
+            ("SessionStartParams", "View"),
+        ),
     ]) {
         let (params_type, result) = result;
         assert_eq!(m["x-params"]["$ref"], format!("#/components/schemas/{params_type}"));

@@ -12,6 +12,7 @@ import {
   type MethodTypes,
   type PeerInfo,
   type SessionContext,
+  type SessionStartParams,
   type View,
 } from "./protocol.gen.ts";
 import { RpcError, Sidecar, SidecarError } from "./sidecar.ts";
@@ -33,6 +34,11 @@ export interface ClientOptions {
   env?: NodeJS.ProcessEnv;
   callTimeoutMs?: number;
   client?: PeerInfo;
+  /**
+   * Called with one line when a sidecar that died on its own (not stopped by
+   * this client) is replaced by a fresh one, so the user hears of it once.
+   */
+  onRestart?: (notice: string) => void;
 }
 
 export class EmbarkClient {
@@ -58,6 +64,12 @@ export class EmbarkClient {
   async command(line: string, session: SessionContext): Promise<View> {
     const sidecar = await this.ensure(session.cwd);
     return invoke(sidecar, METHOD.command, { line, session });
+  }
+
+  /** A Pi session started: the sidecar adopts, imports and syncs its tasks. */
+  async sessionStart(params: SessionStartParams): Promise<View> {
+    const sidecar = await this.ensure(params.session.cwd);
+    return invoke(sidecar, METHOD.session_start, params);
   }
 
   /** Starts the sidecar (cwd = `cwd`) and shakes hands, unless one is running. */
@@ -86,7 +98,13 @@ export class EmbarkClient {
   }
 
   async #start(cwd: string): Promise<Sidecar> {
+    const dead = this.#sidecar;
     await this.#discard();
+    if (dead !== undefined && dead.exitStatus !== undefined) {
+      const { code, signal } = dead.exitStatus;
+      const how = signal !== null ? `was killed by ${signal}` : `exited with code ${String(code)}`;
+      this.#options.onRestart?.(`embark: the sidecar (pid ${String(dead.pid)}) ${how}; started a new one (task records it acknowledged are kept).`);
+    }
 
     const located = (this.#options.locate ?? locateSidecar)();
     const { args, env, callTimeoutMs } = this.#options;

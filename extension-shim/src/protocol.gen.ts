@@ -3,10 +3,10 @@
 /* eslint-disable */
 
 /**
- * embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol 1. Methods: embark.hello (HelloParams -> HelloResult), embark.command (CommandParams -> View). Errors: error.code from ErrorCode, error.data is ErrorData.
+ * embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol 1. Methods: embark.hello (HelloParams -> HelloResult), embark.command (CommandParams -> View), embark.session_start (SessionStartParams -> View). Errors: error.code from ErrorCode, error.data is ErrorData.
  */
 export type EmbarkSidecarProtocolV1 =
-  CommandParams | ErrorCode | ErrorData | HelloParams | HelloResult | View;
+  CommandParams | ErrorCode | ErrorData | HelloParams | HelloResult | SessionStartParams | View;
 /**
  * Stable JSON-RPC error codes. The JSON-RPC 2.0 ones keep their meaning;
  * embark's own are positive.
@@ -37,6 +37,15 @@ export type Block =
       rows: string[][];
       title?: string | null;
       type: "table";
+    }
+  | {
+      /**
+       * Shown under the board where no picker can be shown.
+       */
+      hint: string;
+      items: PickItem[];
+      title: string;
+      type: "pick";
     };
 export type Tone = "info" | "warning" | "error";
 
@@ -55,6 +64,12 @@ export interface SessionContext {
    * Pi's working directory (`ctx.cwd`): the repository tasks are cut from.
    */
   cwd: string;
+  /**
+   * Pi's session file (`ctx.sessionManager.getSessionFile()`), which may not exist yet:
+   * a session whose file never came into being cannot be reopened, so its tasks are
+   * adopted by the next session in the same directory.
+   */
+  session_file?: string | null;
   /**
    * Pi's session id (`ctx.sessionManager.getSessionId()`).
    */
@@ -96,22 +111,59 @@ export interface HelloResult {
    */
   supported: number[];
 }
+export interface SessionStartParams {
+  /**
+   * The task ids the session's own entries (`embark-task`) name, so a session whose
+   * sidecar store was lost still finds its tasks.
+   */
+  known_tasks?: string[];
+  /**
+   * Why Pi started the session: `startup`, `reload`, `new`, `resume` or `fork` (for logs).
+   */
+  reason?: string | null;
+  session: SessionContext;
+}
 /**
  * What to show for a command.
  */
 export interface View {
   /**
-   * Shown in order, each as one notification.
+   * Shown in order, together as one notification (a TUI shows one at a time).
    */
   blocks: Block[];
+  /**
+   * Entries to record in Pi's session (`pi.appendEntry`), mirroring the sidecar's task records.
+   */
+  entries?: SessionEntry[];
   /**
    * A message to add to the conversation.
    */
   message?: ChatMessage | null;
   /**
+   * More messages, after `message` (several results landing at once).
+   */
+  messages?: ChatMessage[];
+  /**
    * A footer status line to set (`text: null` clears it).
    */
   status?: StatusLine | null;
+}
+/**
+ * One choice of a pick list: what it shows and the `/embark` line it runs.
+ */
+export interface PickItem {
+  /**
+   * The argument line to run when chosen, e.g. `status 3f9c2a71`.
+   */
+  command: string;
+  label: string;
+}
+/**
+ * A custom entry for Pi's session file; not sent to the model.
+ */
+export interface SessionEntry {
+  custom_type: string;
+  data: unknown;
 }
 export interface ChatMessage {
   /**
@@ -153,6 +205,8 @@ export const METHOD = {
   hello: "embark.hello",
   /** One `/embark …` line in a Pi session. */
   command: "embark.command",
+  /** A Pi session started (startup, `pi -c`, `/resume`, `/new`, a fork). */
+  session_start: "embark.session_start",
 } as const;
 export type MethodName = (typeof METHOD)[keyof typeof METHOD];
 
@@ -160,6 +214,7 @@ export type MethodName = (typeof METHOD)[keyof typeof METHOD];
 export interface MethodTypes {
   "embark.hello": { params: HelloParams; result: HelloResult };
   "embark.command": { params: CommandParams; result: View };
+  "embark.session_start": { params: SessionStartParams; result: View };
 }
 
 /** Each error's `error.code`, by its name (`error.data.kind`). */
@@ -200,6 +255,15 @@ export const METHOD_ERRORS = {
     "broker_unreachable",
     "broker_rejected",
     "task_not_found",
+    "timeout",
+  ],
+  "embark.session_start": [
+    "invalid_params",
+    "internal",
+    "handshake_required",
+    "config",
+    "broker_unreachable",
+    "broker_rejected",
     "timeout",
   ],
 } as const satisfies Record<MethodName, readonly ErrorCode[]>;

@@ -1,7 +1,7 @@
 // Rendering a sidecar View with Pi's UI. Only the small slices of Pi's API
 // used here are named, so tests can pass a recording double.
 
-import type { Block, Tone, View } from "./protocol.gen.ts";
+import type { Block, ChatMessage, Tone, View } from "./protocol.gen.ts";
 
 export type NotifyType = "info" | "warning" | "error";
 
@@ -17,7 +17,11 @@ export interface ViewMessages {
     message: { customType: string; content: string; display: boolean; details?: unknown },
     options?: { deliverAs?: "nextTurn" },
   ): void;
+  /** Records a custom session entry (not sent to the model); absent in tests that do not care. */
+  appendEntry?(customType: string, data?: unknown): void;
 }
+
+export type PickBlock = Extract<Block, { type: "pick" }>;
 
 /**
  * What the conversation holds, so a message with a `once_key` is added once:
@@ -50,30 +54,76 @@ export interface RenderOptions {
   history?: ViewHistory;
   /** False while Pi's agent is working: the message then waits for the next turn instead of steering this one. */
   idle?: boolean;
+  /**
+   * True where a picker can be shown (the TUI): a pick block is then returned
+   * for the caller to show with `ctx.ui.select`; otherwise it is rendered as a numbered board.
+   */
+  interactive?: boolean;
 }
 
-/** Blocks in order (one notification each), then the status line, then the message. */
-export function renderView(view: View, ui: ViewUi, pi: ViewMessages, options: RenderOptions = {}): void {
-  const { history = NO_HISTORY, idle = true } = options;
+/**
+ * Every text and table block as ONE notification (the TUI shows one at a
+ * time: a second would replace the first), toned by the most severe block;
+ * then the status line, the session entries and the messages. Answers the
+ * pick block, if any, when `interactive` (the caller shows the picker).
+ */
+export function renderView(view: View, ui: ViewUi, pi: ViewMessages, options: RenderOptions = {}): PickBlock | undefined {
+  const { history = NO_HISTORY, idle = true, interactive = false } = options;
   const blocks: unknown[] = Array.isArray(view.blocks) ? view.blocks : [];
+  let pick: PickBlock | undefined;
+  const texts: string[] = [];
+  let tone: NotifyType = "info";
   for (const block of blocks) {
-    const { text, tone } = renderBlock(block);
-    ui.notify(text, tone);
+    if (interactive && isPick(block) && pick === undefined) {
+      pick = block;
+      continue;
+    }
+    const rendered = renderBlock(block);
+    texts.push(rendered.text);
+    tone = worse(tone, rendered.tone);
   }
+  if (texts.length > 0) ui.notify(texts.join("\n\n"), tone);
   if (view.status !== undefined && view.status !== null) {
     ui.setStatus(view.status.key, view.status.text ?? undefined);
   }
-  const message = view.message;
-  if (message !== undefined && message !== null) {
-    const onceKey = message.once_key ?? undefined;
-    if (onceKey !== undefined && history.hasMessage(message.custom_type, onceKey)) return;
-    const details =
-      onceKey === undefined ? message.details : { ...(message.details as Record<string, unknown> | null), once_key: onceKey };
-    const sent = { customType: message.custom_type, content: message.content, display: true, details };
-    if (idle) pi.sendMessage(sent);
-    else pi.sendMessage(sent, { deliverAs: "nextTurn" });
-    if (onceKey !== undefined) history.remember(message.custom_type, onceKey);
+  for (const entry of Array.isArray(view.entries) ? view.entries : []) {
+    pi.appendEntry?.(entry.custom_type, entry.data);
   }
+  const messages = [view.message, ...(Array.isArray(view.messages) ? view.messages : [])];
+  for (const message of messages) {
+    if (message !== undefined && message !== null) sendOnce(message, pi, history, idle);
+  }
+  return pick;
+}
+
+function sendOnce(message: ChatMessage, pi: ViewMessages, history: ViewHistory, idle: boolean): void {
+  const onceKey = message.once_key ?? undefined;
+  if (onceKey !== undefined && history.hasMessage(message.custom_type, onceKey)) return;
+  const details =
+    onceKey === undefined ? message.details : { ...(message.details as Record<string, unknown> | null), once_key: onceKey };
+  const sent = { customType: message.custom_type, content: message.content, display: true, details };
+  if (idle) pi.sendMessage(sent);
+  else pi.sendMessage(sent, { deliverAs: "nextTurn" });
+  if (onceKey !== undefined) history.remember(message.custom_type, onceKey);
+}
+
+function isPick(block: unknown): block is PickBlock {
+  const b = block as { type?: unknown; items?: unknown };
+  return b.type === "pick" && Array.isArray(b.items);
+}
+
+const SEVERITY: Record<NotifyType, number> = { info: 0, warning: 1, error: 2 };
+
+function worse(a: NotifyType, b: NotifyType): NotifyType {
+  return SEVERITY[b] > SEVERITY[a] ? b : a;
+}
+
+/** A pick list as a numbered board: title, one line per item, the hint. */
+export function formatBoard(pick: PickBlock): string {
+  const lines = [pick.title];
+  pick.items.forEach((item, i) => lines.push(`${String(i + 1).padStart(3)}. ${item.label}`));
+  if (pick.hint !== "") lines.push(pick.hint);
+  return lines.join("\n");
 }
 
 /** One block as notification text and tone. Unknown block types (added later) degrade to a note. */
@@ -85,6 +135,9 @@ export function renderBlock(block: unknown): { text: string; tone: NotifyType } 
   }
   if (b.type === "table") {
     return { text: formatTable(b as Extract<Block, { type: "table" }>), tone: "info" };
+  }
+  if (isPick(block)) {
+    return { text: formatBoard(block), tone: "info" };
   }
   const text = (block as { text?: unknown }).text;
   return {

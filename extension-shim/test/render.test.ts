@@ -16,7 +16,7 @@ function recorder(): { ui: ViewUi; pi: ViewMessages; calls: unknown[][] } {
   };
 }
 
-test("blocks become notifications in order, with their tone; then status; then the message", () => {
+test("all blocks are ONE notification (the TUI keeps one on screen), toned by the worst; then status; then the message", () => {
   const r = recorder();
   const view: View = {
     blocks: [
@@ -29,9 +29,7 @@ test("blocks become notifications in order, with their tone; then status; then t
   };
   renderView(view, r.ui, r.pi);
   assert.deepEqual(r.calls, [
-    ["notify", "queued", "info"],
-    ["notify", "dirty tree", "warning"],
-    ["notify", "no broker", "error"],
+    ["notify", "queued\n\ndirty tree\n\nno broker", "error"],
     ["setStatus", "embark", "embark: 1 running"],
     [
       "sendMessage",
@@ -141,10 +139,69 @@ test("an unknown block type (added in a later protocol) degrades instead of thro
   const r = recorder();
   const view = { blocks: [{ type: "picker", text: "choose one" }, { type: "chart" }] } as unknown as View;
   renderView(view, r.ui, r.pi);
+  assert.deepEqual(r.calls, [["notify", 'choose one\n\n(this version of pi-embark cannot show a "chart" block)', "info"]]);
+});
+
+const PICK: View = {
+  blocks: [
+    { type: "text", text: "header", tone: "info" },
+    {
+      type: "pick",
+      title: "pick a task",
+      items: [
+        { label: "running  0190aaaa  2m  fix it", command: "status 0190aaaa" },
+        { label: "queued   0190bbbb  1m  more", command: "status 0190bbbb" },
+      ],
+      hint: "Use a number with /embark status <n>.",
+    },
+  ],
+  status: null,
+  message: null,
+};
+
+test("a pick list outside the TUI is a numbered board inside the one notification", () => {
+  const r = recorder();
+  assert.equal(renderView(PICK, r.ui, r.pi), undefined);
   assert.deepEqual(r.calls, [
-    ["notify", "choose one", "info"],
-    ["notify", '(this version of pi-embark cannot show a "chart" block)', "info"],
+    [
+      "notify",
+      "header\n\npick a task\n  1. running  0190aaaa  2m  fix it\n  2. queued   0190bbbb  1m  more\nUse a number with /embark status <n>.",
+      "info",
+    ],
   ]);
+});
+
+test("in the TUI the pick list is handed back for ctx.ui.select, the rest still notified", () => {
+  const r = recorder();
+  const pick = renderView(PICK, r.ui, r.pi, { interactive: true });
+  assert.equal(pick?.items[1]?.command, "status 0190bbbb");
+  assert.deepEqual(r.calls, [["notify", "header", "info"]]);
+});
+
+test("entries are appended to the session and every message is sent, once each", () => {
+  const calls: unknown[][] = [];
+  const pi = {
+    sendMessage: (message: unknown) => calls.push(["sendMessage", message]),
+    appendEntry: (customType: string, data?: unknown) => calls.push(["appendEntry", customType, data]),
+  };
+  const ui = { notify: () => {}, setStatus: () => {} };
+  const result = (id: string) => ({ custom_type: "embark-result", content: id, details: {}, once_key: id });
+  const view: View = {
+    blocks: [],
+    status: null,
+    message: result("a"),
+    messages: [result("b"), result("a")],
+    entries: [{ custom_type: "embark-task", data: { task_id: "t1" } }],
+  };
+  renderView(view, ui, pi, { history: sessionHistory([]) });
+  assert.deepEqual(
+    calls.map((c) => (c[0] === "sendMessage" ? ["sendMessage", (c[1] as { content: string }).content] : c)),
+    [
+      ["appendEntry", "embark-task", { task_id: "t1" }],
+      ["sendMessage", "a"],
+      ["sendMessage", "b"],
+    ],
+  );
 });
 
 test("errorText uses the message of an Error", () => {

@@ -12,10 +12,10 @@
 //! | model            | `--model`          | `EMBARK_MODEL`           | `model`          | none: a submit must name one |
 //! | isolation        | `--isolation`      | `EMBARK_ISOLATION`       | `isolation`      | none: any mode a runner has |
 //! | labels           | –                  | `EMBARK_LABELS`          | `labels`         | none (comma-separated names a runner must carry) |
-//! | state dir        | `--state-dir`      | `EMBARK_STATE_DIR`       | `state_dir`      | `$XDG_DATA_HOME/embark` or `~/.local/share/embark` (each Pi session's `/embark defaults`) |
 //! | max line bytes   | `--max-line-bytes` | `EMBARK_MAX_LINE_BYTES`  | `max_line_bytes` | 1048576 |
 //! | max in-flight    | `--max-in-flight`  | `EMBARK_MAX_IN_FLIGHT`   | `max_in_flight`  | 16 |
 //! | sync excludes    | –                  | `EMBARK_SYNC_EXCLUDES`   | `sync_excludes`  | none (patterns, comma- or newline-separated, on top of the built-in list) |
+//! | state directory  | `--state-dir`      | `EMBARK_STATE_DIR`       | `state_dir`      | `$XDG_STATE_HOME/embark`, else `~/.local/state/embark` (task records, cursors and `/embark defaults`, per Pi session); none without a home: commands that track tasks answer a Config error |
 //! | sync max files   | –                  | `EMBARK_SYNC_MAX_FILES`  | `sync_max_files` | 500 |
 //! | sync max bytes   | –                  | `EMBARK_SYNC_MAX_BYTES`  | `sync_max_bytes` | 2097152 (overlay + bundle) |
 //! | sync max file bytes | –               | `EMBARK_SYNC_MAX_FILE_BYTES` | `sync_max_file_bytes` | 1048576 |
@@ -78,9 +78,6 @@ pub static LABELS: Knob<String> = Knob::new(
     "label names separated by commas, e.g. gpu,eu-west",
 )
 .env("EMBARK_LABELS");
-pub static STATE_DIR: Knob<PathBuf> = Knob::new("state_dir", "the state directory", "an absolute path")
-    .flag("--state-dir")
-    .env("EMBARK_STATE_DIR");
 pub static MAX_LINE_BYTES: Knob<usize> = Knob::new(
     "max_line_bytes",
     "the longest request line",
@@ -95,6 +92,14 @@ pub static MAX_IN_FLIGHT: Knob<usize> = Knob::new(
 )
 .flag("--max-in-flight")
 .env("EMBARK_MAX_IN_FLIGHT");
+
+pub static STATE_DIR: Knob<PathBuf> = Knob::new(
+    "state_dir",
+    "the state directory",
+    "a directory path (the sidecar keeps each Pi session's task records and cursors there)",
+)
+.flag("--state-dir")
+.env("EMBARK_STATE_DIR");
 
 pub static SYNC_EXCLUDES: Knob<String> = Knob::new(
     "sync_excludes",
@@ -134,9 +139,9 @@ pub static DECLARATION: Declaration = Declaration {
         &MODEL.spec,
         &ISOLATION.spec,
         &LABELS.spec,
-        &STATE_DIR.spec,
         &MAX_LINE_BYTES.spec,
         &MAX_IN_FLIGHT.spec,
+        &STATE_DIR.spec,
         &SYNC_EXCLUDES.spec,
         &SYNC_MAX_FILES.spec,
         &SYNC_MAX_BYTES.spec,
@@ -186,15 +191,15 @@ pub struct ConfigArgs {
     /// Isolation mode (process, bwrap or docker) tasks ask for unless `/embark --isolation` or the session's defaults say otherwise; labels a runner must carry come from EMBARK_LABELS (`labels`, comma-separated) [env: EMBARK_ISOLATION] [TOML: isolation] (no default: any mode)
     #[arg(long, value_name = "MODE")]
     pub isolation: Option<String>,
-    /// Where each Pi session's `/embark defaults` are kept [env: EMBARK_STATE_DIR] [TOML: state_dir] [default: $XDG_DATA_HOME/embark or ~/.local/share/embark]
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<String>,
     /// Longest request line accepted, in bytes [env: EMBARK_MAX_LINE_BYTES] [TOML: max_line_bytes] [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     pub max_line_bytes: Option<String>,
     /// Requests answered concurrently; more wait [env: EMBARK_MAX_IN_FLIGHT] [TOML: max_in_flight] [default: 16]
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<String>,
+    /// Where task records, cursors and `/embark defaults` are kept, per Pi session [env: EMBARK_STATE_DIR] [TOML: state_dir] [default: $XDG_STATE_HOME/embark or ~/.local/state/embark]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
 }
 
 impl ConfigArgs {
@@ -206,9 +211,9 @@ impl ConfigArgs {
             .with(&PROVIDER, self.provider.clone())
             .with(&MODEL, self.model.clone())
             .with(&ISOLATION, self.isolation.clone())
-            .with(&STATE_DIR, self.state_dir.clone())
             .with(&MAX_LINE_BYTES, self.max_line_bytes.clone())
             .with(&MAX_IN_FLIGHT, self.max_in_flight.clone())
+            .with(&STATE_DIR, self.state_dir.clone())
     }
 }
 
@@ -220,10 +225,10 @@ pub struct Config {
     pub client_secret: Option<Secret>,
     /// The sidecar config layer of the intent (`profile`, `provider`, `model`, `isolation`, `labels`).
     pub intent: IntentLayer,
-    /// Where session defaults are kept; `None` keeps them in memory only.
-    pub state_dir: Option<PathBuf>,
     pub stdio: StdioOptions,
     pub sync: SyncSettings,
+    /// Where the task records, cursors and session defaults live; `None` without a home directory.
+    pub state_dir: Option<PathBuf>,
     /// The TOML file that was read, if any.
     pub file: Option<PathBuf>,
 }
@@ -246,9 +251,9 @@ impl Config {
         let model = resolver.optional(&MODEL)?;
         let isolation = resolver.optional(&ISOLATION)?;
         let labels = resolver.optional(&LABELS)?;
-        let state_dir = resolver.or_else(&STATE_DIR, || Some(dirs::data_home(env)?.join("embark")))?;
         let max_line_bytes = resolver.or_default(&MAX_LINE_BYTES, DEFAULT_MAX_LINE_BYTES)?;
         let max_in_flight = resolver.or_default(&MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)?;
+        let state_dir = resolver.or_else(&STATE_DIR, || Some(dirs::state_home(env)?.join("embark")))?;
         let bounds = embark_manifest::Bounds::default();
         let excludes = resolver.optional(&SYNC_EXCLUDES)?;
         let max_files = resolver.or_default(&SYNC_MAX_FILES, bounds.max_files)?;
@@ -265,7 +270,6 @@ impl Config {
                 isolation: isolation.map(|r| r.value),
                 labels: labels.map(|r| split_labels(&r.value)),
             },
-            state_dir: state_dir.map(|r| r.absolute()).transpose()?,
             stdio: StdioOptions {
                 max_line_bytes: max_line_bytes.ensure(|bytes| *bytes >= MIN_LINE_BYTES)?.value,
                 max_in_flight: max_in_flight.ensure(|n| (1..=MAX_IN_FLIGHT_LIMIT).contains(n))?.value,
@@ -278,6 +282,7 @@ impl Config {
                     max_file_bytes: max_file_bytes.ensure(|n| *n >= 1)?.value,
                 },
             },
+            state_dir: state_dir.map(|r| r.absolute()).transpose()?,
             file: resolver.file().map(PathBuf::from),
         })
     }
@@ -368,7 +373,7 @@ mod tests {
     fn a_missing_default_file_is_fine_but_a_missing_named_file_is_not() {
         let home = tempfile::tempdir().expect("temp dir");
         let env = env_of(&[("HOME", home.path().to_str().expect("utf-8"))]);
-        let state_dir = Some(home.path().join(".local/share/embark"));
+        let state_dir = Some(home.path().join(".local/state/embark"));
         assert_eq!(
             Config::load(&ConfigArgs::default(), &env).expect("resolves"),
             Config {
@@ -502,7 +507,7 @@ mod tests {
         let config = Config::load(&args(&[]), &env).expect("resolves");
         assert_eq!(config.intent.isolation, Some(IsolationMode::Bwrap));
         assert_eq!(config.intent.labels, Some(vec!["gpu".to_owned(), "eu-west".to_owned()]));
-        assert_eq!(config.state_dir, Some(PathBuf::from("/home/u/.local/share/embark")));
+        assert_eq!(config.state_dir, Some(PathBuf::from("/home/u/.local/state/embark")));
         let config =
             Config::load(&args(&["--state-dir", "/var/embark", "--isolation", "docker"]), &env).expect("flags");
         assert_eq!(config.state_dir, Some(PathBuf::from("/var/embark")));

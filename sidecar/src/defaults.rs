@@ -176,11 +176,6 @@ fn read(path: &Path, session_id: &str) -> Result<IntentLayer, DefaultsError> {
 
 fn write(dir: &Path, session_id: &str, layer: &IntentLayer) -> Result<(), DefaultsError> {
     let path = file_of(dir, session_id);
-    let failed = |source| DefaultsError::Write {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(failed)?;
     let stored = Stored {
         version: VERSION,
         session_id: session_id.to_owned(),
@@ -191,12 +186,9 @@ fn write(dir: &Path, session_id: &str, layer: &IntentLayer) -> Result<(), Defaul
         labels: layer.labels.clone(),
     };
     let json = serde_json::to_vec_pretty(&stored).expect("the defaults serialize");
-    // A temporary file of this process, renamed over the old one: readers see one or the other whole.
-    let temp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&temp, json).map_err(failed)?;
-    std::fs::rename(&temp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        failed(e)
+    crate::atomic_file::replace(&path, &json).map_err(|failed| DefaultsError::Write {
+        path: failed.path,
+        source: failed.source,
     })
 }
 

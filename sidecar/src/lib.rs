@@ -6,6 +6,7 @@
 //! answered as a view model ([`handlers`]). stdout carries the protocol only.
 #![deny(clippy::print_stdout)]
 
+mod atomic_file;
 pub mod command;
 pub mod config;
 pub mod defaults;
@@ -16,6 +17,7 @@ pub mod result;
 pub mod rpc;
 pub mod session;
 pub mod stdio;
+pub mod store;
 pub mod sync;
 
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use embark_core::protocol::{HelloResult, PeerInfo, SessionContext, View};
+use embark_core::protocol::{HelloResult, PeerInfo, SessionContext, SessionStartParams, View};
 use jsonrpsee::RpcModule;
 use jsonrpsee::core::RpcResult;
 use jsonrpsee::proc_macros::rpc;
@@ -25,6 +25,15 @@ pub trait Embark {
     /// One `/embark …` line in a Pi session.
     #[method(name = "command", param_kind = map)]
     async fn command(&self, line: String, session: SessionContext) -> RpcResult<View>;
+
+    /// A Pi session started: adopt, import and sync its tasks.
+    #[method(name = "session_start", param_kind = map)]
+    async fn session_start(
+        &self,
+        session: SessionContext,
+        known_tasks: Option<Vec<String>>,
+        reason: Option<String>,
+    ) -> RpcResult<View>;
 }
 
 /// One connection's methods, over its session.
@@ -52,5 +61,19 @@ impl EmbarkServer for EmbarkRpc {
 
     async fn command(&self, line: String, session: SessionContext) -> RpcResult<View> {
         Ok(self.handlers.command(&line, &session).await?)
+    }
+
+    async fn session_start(
+        &self,
+        session: SessionContext,
+        known_tasks: Option<Vec<String>>,
+        reason: Option<String>,
+    ) -> RpcResult<View> {
+        let params = SessionStartParams {
+            session,
+            reason,
+            known_tasks: known_tasks.unwrap_or_default(),
+        };
+        Ok(self.handlers.session_start(&params).await?)
     }
 }

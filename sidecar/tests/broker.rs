@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Client, assert_error, view_text};
+use common::{Client, SUBMIT, assert_error, config_for, session, state_dir, view_text};
 use embark_core::event::{
     AgentEnd, AgentStart, AssistantMessage, Lifecycle, NewEvent, OtherEvent, Payload, Phase, ToolStart,
 };
@@ -16,20 +16,6 @@ use embark_sidecar::config::{Config, Secret};
 use embark_testkit::Broker;
 use embark_testkit::git::{fixture, git};
 use serde_json::{Value, json};
-
-fn config_for(broker: &Broker) -> Config {
-    Config {
-        broker_url: Some(broker.url.clone()),
-        client_secret: Some(Secret::new(broker.client_secret.clone())),
-        ..Config::default()
-    }
-}
-
-fn session(id: &str, cwd: &std::path::Path) -> Value {
-    json!({"session_id": id, "cwd": cwd.to_str().expect("utf-8 path")})
-}
-
-const SUBMIT: &str = r#""fix it" --provider fake --model fake-model"#;
 
 /// The rows of the View's first table as (field, value) pairs.
 fn table(answer: &Value) -> Vec<(String, String)> {
@@ -522,18 +508,27 @@ async fn an_unreachable_broker_is_named() {
     let config = Config {
         broker_url: Some(format!("http://127.0.0.1:{port}")),
         client_secret: Some(Secret::new("whatever-secret-0123456789")),
+        state_dir: Some(state_dir()),
         ..Config::default()
     };
     let mut client = Client::start(config);
     client.hello().await;
     let answer = client.command(1, SUBMIT, &session("s", &repo.work)).await;
     assert_error(&answer, 1020, "broker_unreachable");
+    let message = answer["error"]["message"].as_str().expect("a message");
+    let url = format!("http://127.0.0.1:{port}");
+    assert_eq!(message.matches(&url).count(), 1, "the URL once: {message}");
     assert!(
-        answer["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(&port.to_string())),
-        "{answer}"
+        !message.contains('\n') && message.ends_with('.'),
+        "one sentence: {message}"
     );
+    assert!(
+        !message.contains("/v1/") && !message.contains("error sending request"),
+        "{message}"
+    );
+    // The same for status, which lists before anything else.
+    let answer = client.command(2, "status", &session("s", &repo.work)).await;
+    assert_error(&answer, 1020, "broker_unreachable");
     assert!(client.finish().await.is_empty());
 }
 
@@ -549,6 +544,7 @@ async fn a_submit_whose_answer_was_lost_makes_one_task_owned_by_the_token() {
     let config = Config {
         broker_url: Some(proxy.url().to_owned()),
         client_token: Some(Secret::new(token.clone())),
+        state_dir: Some(state_dir()),
         ..Config::default()
     };
     let mut client = Client::start(config);
@@ -585,6 +581,7 @@ async fn a_token_and_a_secret_together_are_a_config_error() {
         broker_url: Some("http://127.0.0.1:9".into()),
         client_token: Some(Secret::new("embark_ct_x")),
         client_secret: Some(Secret::new("whatever-secret-0123456789")),
+        state_dir: Some(state_dir()),
         ..Config::default()
     };
     let mut client = Client::start(config);

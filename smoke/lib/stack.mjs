@@ -199,7 +199,7 @@ export async function startBrokerAndRunner(dir, bin, { label, profile, runnerNam
  * dir and HOME under `dir` (nothing from the real ones), the sidecar pointed
  * at `broker` with the client secret and the fake model's intent.
  */
-export function startLaptopPi(dir, { piBin, bin, repo, broker, secrets }) {
+export function startLaptopPi(dir, { piBin, bin, repo, broker, secrets, log = "laptop-pi.log" }) {
   const laptopAgent = join(dir, "laptop-agent");
   const laptopHome = join(dir, "laptop-home");
   mkdirSync(laptopAgent, { recursive: true });
@@ -209,7 +209,7 @@ export function startLaptopPi(dir, { piBin, bin, repo, broker, secrets }) {
     piBin,
     cwd: repo.work,
     args: ["-e", join(ROOT, "extension-shim"), "--no-session"],
-    logPath: join(dir, "laptop-pi.log"),
+    logPath: join(dir, log),
     env: {
       ...process.env,
       HOME: laptopHome,

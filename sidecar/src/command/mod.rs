@@ -118,6 +118,14 @@ pub enum Command {
     Defaults(DefaultsArgs),
     Diff(DiffArgs),
     Apply(ApplyArgs),
+    /// `list [--all]`: this session's tasks, or every session's in the store.
+    List {
+        all: bool,
+    },
+    Tasks,
+    Sync(SyncTarget),
+    Reconcile,
+    Cleanup,
 }
 
 /// `/embark diff [latest|<id>|<number>] [--stat] [PATH…]`.
@@ -148,6 +156,14 @@ pub enum DefaultsArgs {
     Clear,
 }
 
+/// What `sync` fetches new events for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncTarget {
+    /// Every tracked task of the session.
+    All,
+    One(TaskSelector),
+}
+
 /// Which task of the session `status` shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskSelector {
@@ -170,32 +186,47 @@ pub struct SubmitArgs {
     pub dry_run: bool,
 }
 
-/// Shown by `help` and with usage errors.
+/// Shown by `help` and with usage errors: the common loop first, then the
+/// commands that target one task, then maintenance.
 pub const USAGE: &str = r#"Usage:
+The common loop:
   /embark "<prompt>" [--provider <name>] [--model <id>] [--profile <name>]
                      [--isolation <mode>] [--label <name>]... [--dry-run]
       Run a task on a remote runner on this working tree: HEAD's commit
       (unpushed commits included) and the uncommitted work git does not ignore.
-      Several unquoted words also form the prompt.
-  /embark submit <prompt> [flags]
-      The same, explicitly (for a prompt that starts with a command word).
-  /embark status [latest|<task id>|<number>]
-      Show a task of this session: the latest, the one whose id starts
-      with the given hex digits (at least 4), or the n-th newest (1, 2, …).
-  /embark cancel [latest|<task id>|<number>]
-      Cancel a task of this session (chosen as for status): a queued one
-      never starts, a running one's runner stops Pi.
-  /embark diff [latest|<task id>|<number>] [--stat] [PATH…]
+      Several unquoted words also form the prompt; /embark submit <prompt>
+      does the same for a prompt that starts with a command word.
+  /embark status [latest|<id>|<id-prefix>|<n>]
+      One task: state, runner attempt, age, fingerprint, tokens and cost,
+      recent events and its result. Default: the latest task of this session.
+  /embark tasks
+      Pick one of this session's tasks (a numbered board outside the TUI).
+  /embark list [--all]
+      This session's tasks, numbered (1 is the newest); --all: every session's.
+
+Targeting one task (<n> is its number in /embark list):
+  /embark sync [all|latest|<id>|<n>]
+      The events newer than what sync showed last; all: every tracked task.
+  /embark cancel [latest|<id>|<n>]
+      A queued task never starts; a running one's runner stops Pi.
+  /embark diff [latest|<id>|<n>] [--stat] [PATH…]
       Show the code a finished task changed (git's diff of its base and
       result, fetched and verified into refs/embark/<task id>/…).
-  /embark apply [latest|<task id>|<number>] [--dry-run] [--branch NAME] [--allow-conflicts]
+  /embark apply [latest|<id>|<n>] [--dry-run] [--branch NAME] [--allow-conflicts]
       Merge a task's result into this working tree (3-way, against the
       task's base): nothing is written when a file would conflict, local
       edits are never lost, the index and HEAD never move. --dry-run shows
       what would change; --branch NAME only creates that branch at the
       result; --allow-conflicts writes conflict markers.
+
+Maintenance:
+  /embark reconcile
+      Adopt the tasks of sessions Pi cannot reopen here, import this session's
+      broker-known tasks, refresh their states, mark unknown ones orphaned.
+  /embark cleanup
+      Mark orphaned tasks abandoned (their records stay as history).
   /embark runners
-      Show what the enrolled runners can run: profiles, providers, models,
+      What the enrolled runners can run: profiles, providers, models,
       isolation modes and labels.
   /embark defaults [--provider <name>] [--model <id>] [--profile <name>]
                    [--isolation <mode>] [--label <name>]... | [--clear]
@@ -207,8 +238,7 @@ pub const USAGE: &str = r#"Usage:
       Show this text.
 
 Reserved for commands to come (a prompt that starts with one must be
-quoted or follow `submit`): tasks attach list sync detach follow logs
-reconcile cleanup.
+quoted or follow `submit`): attach detach follow logs.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>   Pi provider on the runner (else the session default, EMBARK_PROVIDER or `provider` in config.toml)

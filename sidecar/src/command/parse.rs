@@ -4,7 +4,7 @@ use embark_core::intent::{IntentLayer, IsolationMode};
 
 use super::suggest::closest;
 use super::tokenize::{Token, tokenize};
-use super::{ApplyArgs, Command, DefaultsArgs, DiffArgs, SubmitArgs, TaskSelector, USAGE, Verb};
+use super::{ApplyArgs, Command, DefaultsArgs, DiffArgs, SubmitArgs, SyncTarget, TaskSelector, USAGE, Verb};
 
 /// What is wrong with an `/embark` line; the message says how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -49,18 +49,37 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
         Some(Verb::Status) => parse_selector(Verb::Status, rest).map(Command::Status),
         Some(Verb::Cancel) => parse_selector(Verb::Cancel, rest).map(Command::Cancel),
         Some(Verb::Submit) => parse_submit(rest, true),
-        Some(Verb::Runners) => match rest.first() {
-            None => Ok(Command::Runners),
-            Some(_) => Err(UsageError(
-                "`runners` takes no arguments; to submit a prompt that starts with \"runners\", quote it: /embark \"runners …\""
-                    .into(),
+        Some(Verb::Runners) => no_args(Verb::Runners, rest, Command::Runners),
+        Some(Verb::Tasks) => no_args(Verb::Tasks, rest, Command::Tasks),
+        Some(Verb::Reconcile) => no_args(Verb::Reconcile, rest, Command::Reconcile),
+        Some(Verb::Cleanup) => no_args(Verb::Cleanup, rest, Command::Cleanup),
+        Some(Verb::List) => match rest {
+            [] => Ok(Command::List { all: false }),
+            [one] if one.text == "--all" && !one.quoted => Ok(Command::List { all: true }),
+            _ => Err(UsageError(
+                "`list` takes only --all (every session's tasks): /embark list [--all]".into(),
             )),
         },
         Some(Verb::Defaults) => parse_defaults(rest).map(Command::Defaults),
         Some(Verb::Diff) => parse_diff(rest).map(Command::Diff),
         Some(Verb::Apply) => parse_apply(rest).map(Command::Apply),
+        Some(Verb::Sync) => match rest {
+            [one] if one.text == "all" && !one.quoted => Ok(Command::Sync(SyncTarget::All)),
+            _ => parse_selector(Verb::Sync, rest).map(|s| Command::Sync(SyncTarget::One(s))),
+        },
         Some(verb) => Err(not_available(verb, line)),
         None => parse_submit(&tokens, false),
+    }
+}
+
+/// A command without arguments, or the error that says how to submit such words.
+fn no_args(verb: Verb, rest: &[Token], command: Command) -> Result<Command, UsageError> {
+    match rest.first() {
+        None => Ok(command),
+        Some(_) => Err(UsageError(format!(
+            "`{name}` takes no arguments; to submit a prompt that starts with \"{name}\", quote it: /embark \"{name} …\"",
+            name = verb.as_str()
+        ))),
     }
 }
 
@@ -593,6 +612,31 @@ mod tests {
         assert!(usage_error("status zzzzzz").contains("not a task id"));
         assert!(usage_error("status a b").contains("extra"));
         assert!(usage_error("status --all").contains("Usage:"));
+        assert_eq!(parse("status 2"), Ok(Command::Status(TaskSelector::Number(2))));
+    }
+
+    #[test]
+    fn board_and_maintenance_commands() {
+        assert_eq!(parse("list"), Ok(Command::List { all: false }));
+        assert_eq!(parse("list --all"), Ok(Command::List { all: true }));
+        assert!(usage_error("list 3").contains("only --all"));
+        assert_eq!(parse("tasks"), Ok(Command::Tasks));
+        assert_eq!(parse("reconcile"), Ok(Command::Reconcile));
+        assert_eq!(parse("cleanup"), Ok(Command::Cleanup));
+        assert!(usage_error("cleanup now").contains("takes no arguments"));
+        assert_eq!(parse("sync"), Ok(Command::Sync(SyncTarget::One(TaskSelector::Latest))));
+        assert_eq!(parse("sync all"), Ok(Command::Sync(SyncTarget::All)));
+        assert_eq!(
+            parse("sync 3"),
+            Ok(Command::Sync(SyncTarget::One(TaskSelector::Number(3))))
+        );
+        assert_eq!(
+            parse("sync abcd1234"),
+            Ok(Command::Sync(SyncTarget::One(TaskSelector::Prefix("abcd1234".into()))))
+        );
+        for later in ["follow 2 \"more\"", "attach", "detach"] {
+            assert!(usage_error(later).contains("not available"), "{later}");
+        }
     }
 
     #[test]
@@ -684,13 +728,8 @@ mod tests {
             "detach latest",
             "attach 3",
             "attach latest --model m",
-            "list",
-            "tasks",
-            "sync all",
             "follow latest \"now fix the tests\"",
             "logs",
-            "reconcile",
-            "cleanup",
             "detach",
             "detach the flaky build please",
         ] {

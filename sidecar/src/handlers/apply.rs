@@ -40,8 +40,7 @@ fn view(shown: &str, options: &ApplyOptions, report: &ApplyReport) -> View {
         });
         return View {
             blocks,
-            status: None,
-            message: None,
+            ..View::default()
         };
     }
     let files = list(report);
@@ -93,8 +92,7 @@ fn view(shown: &str, options: &ApplyOptions, report: &ApplyReport) -> View {
     }
     View {
         blocks,
-        status: None,
-        message: None,
+        ..View::default()
     }
 }
 

@@ -12,18 +12,24 @@ pub fn broker_error(error: ClientError) -> RpcError {
         ClientError::BadUrl { .. } => {
             RpcError::config(format!("{error}; fix EMBARK_BROKER_URL (or broker_url in config.toml)"))
         }
-        ClientError::Unreachable { url, source } => RpcError::new(
-            ErrorCode::BrokerUnreachable,
-            format!(
-                "could not reach the broker ({url}): {}. Is it running, and does EMBARK_BROKER_URL (or broker_url in config.toml) point at it?",
-                error_chain(&source)
-            ),
-        ),
+        ClientError::Unreachable { url, source } => {
+            // The whole chain repeats the URL and names HTTP library layers: it goes to the log.
+            tracing::warn!("the broker is unreachable: {}", error_chain(&source));
+            RpcError::new(
+                ErrorCode::BrokerUnreachable,
+                format!(
+                    "Could not reach the broker at {} ({}): start it, or point EMBARK_BROKER_URL (or broker_url in config.toml) at it.",
+                    origin(&url),
+                    root_cause(&source)
+                ),
+            )
+        }
         ClientError::Api { code, message, status } => match code {
             ApiErrorCode::Unauthorized => RpcError::new(
                 ErrorCode::BrokerRejected,
                 format!(
-                    "the broker refused the client credential ({message}): check EMBARK_CLIENT_TOKEN (or client_token in config.toml; a revoked token is refused too) or EMBARK_CLIENT_SECRET (or client_secret) against the broker's"
+                    "The broker refused the client credential ({}): check EMBARK_CLIENT_TOKEN (or client_token in config.toml), which must hold a token the broker's operator gave you and did not revoke, or EMBARK_CLIENT_SECRET (or client_secret), which must equal the broker's client secret.",
+                    message.trim_end_matches('.')
                 ),
             ),
             ApiErrorCode::NotFound => RpcError::new(
@@ -68,6 +74,24 @@ pub fn broker_error(error: ClientError) -> RpcError {
     }
 }
 
+/// `scheme://host:port` of a request URL: where the broker is, without the route.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find(['/', '?']) {
+        Some(end) => &url[..after_scheme + end],
+        None => url,
+    }
+}
+
+/// The innermost cause ("Connection refused (os error 111)"), which is what a person can act on.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +115,13 @@ mod tests {
             message: "x".into(),
         });
         assert_eq!(missing.code, ErrorCode::TaskNotFound);
+        assert!(error.message.ends_with("client secret."), "{}", error.message);
+    }
+
+    #[test]
+    fn origins_drop_the_route() {
+        assert_eq!(origin("http://127.0.0.1:9/v1/tasks?session_id=x"), "http://127.0.0.1:9");
+        assert_eq!(origin("http://h:1"), "http://h:1");
+        assert_eq!(origin("http://h:1?x"), "http://h:1");
     }
 }

@@ -2,24 +2,19 @@
 //! and says in one line what happened, or why nothing did.
 
 use embark_client::ClientError;
-use embark_core::limits;
 use embark_core::protocol::{Block, SessionContext, Tone, View};
-use embark_core::wire::{ApiErrorCode, CancelOutcome, Task};
+use embark_core::wire::{ApiErrorCode, CancelOutcome};
 
-use super::status::select;
-use super::{Handlers, broker_error, display_id, status_line};
+use super::tracked::{self, display_id, status_line};
+use super::{Handlers, broker_error};
 use crate::command::TaskSelector;
 use crate::error::RpcError;
 
 pub async fn run(handlers: &Handlers, selector: &TaskSelector, session: &SessionContext) -> Result<View, RpcError> {
     let (client, secret) = handlers.broker()?;
-    let mut tasks = client
-        .list_session_tasks(secret, &session.session_id, limits::MAX_TASKS_PER_LIST)
-        .await
-        .map_err(broker_error)?
-        .tasks;
-    let task = select(&tasks, selector)?.clone();
-    let shown = display_id(&task, &tasks);
+    let refreshed = tracked::refresh(handlers, session).await?;
+    let task = tracked::select(&refreshed.record, selector)?;
+    let shown = display_id(task.id, &refreshed.record.tasks);
     let (text, tone, now) = match client.cancel_task(secret, task.id).await {
         Ok(answer) => {
             let text = answer_line(answer.cancel, &shown);
@@ -39,11 +34,15 @@ pub async fn run(handlers: &Handlers, selector: &TaskSelector, session: &Session
         }
         Err(error) => return Err(broker_error(error)),
     };
-    replace(&mut tasks, now);
+    let (record, ()) = handlers
+        .record(session, |record| {
+            record.upsert(&now);
+        })
+        .await?;
     Ok(View {
         blocks: vec![Block::Text { text, tone }],
-        status: Some(status_line(&tasks)),
-        message: None,
+        status: Some(status_line(&record.tasks)),
+        ..View::default()
     })
 }
 
@@ -57,12 +56,5 @@ fn answer_line(cancel: CancelOutcome, shown: &str) -> String {
             format!("Task {shown} is already being cancelled: its runner is stopping Pi.")
         }
         CancelOutcome::AlreadyCancelled => format!("Task {shown} was already cancelled; nothing changed."),
-    }
-}
-
-/// The listed copy of `task` replaced by the broker's answer (for the footer).
-fn replace(tasks: &mut [Task], task: Task) {
-    if let Some(slot) = tasks.iter_mut().find(|t| t.id == task.id) {
-        *slot = task;
     }
 }

@@ -39,8 +39,7 @@ pub fn run(handlers: &Handlers, args: DefaultsArgs, session: &SessionContext) ->
     blocks.push(table(&layer, &handlers.config().intent));
     Ok(View {
         blocks,
-        status: None,
-        message: None,
+        ..View::default()
     })
 }
 

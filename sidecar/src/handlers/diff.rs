@@ -5,12 +5,11 @@
 
 use std::path::Path;
 
-use embark_core::limits;
 use embark_core::protocol::{Block, ChatMessage, ErrorCode, SessionContext, Tone, View};
 use embark_core::wire::Task;
 
-use super::status::select;
-use super::{Handlers, broker_error, display_id};
+use super::tracked::{self, display_id};
+use super::{Handlers, broker_error};
 use crate::command::{DiffArgs, TaskSelector};
 use crate::error::RpcError;
 use crate::result::{self, Fetched, Git, ResultError};
@@ -38,14 +37,10 @@ pub(super) async fn selected(
     session: &SessionContext,
 ) -> Result<Result<Selected, Nothing>, RpcError> {
     let (client, secret) = handlers.broker()?;
-    let tasks = client
-        .list_session_tasks(secret, &session.session_id, limits::MAX_TASKS_PER_LIST)
-        .await
-        .map_err(broker_error)?
-        .tasks;
-    let listed = select(&tasks, selector)?;
-    let shown = display_id(listed, &tasks);
-    let task: Task = client.get_task(secret, listed.id).await.map_err(broker_error)?;
+    let refreshed = tracked::refresh(handlers, session).await?;
+    let selected = tracked::select(&refreshed.record, selector)?;
+    let shown = display_id(selected.id, &refreshed.record.tasks);
+    let task: Task = client.get_task(secret, selected.id).await.map_err(broker_error)?;
     if !task.state.is_terminal() {
         return Ok(Err(Nothing::Said(info(format!(
             "Task {shown} is {}: its result is recorded when Pi ends; /embark status {shown} shows how far it is.",
@@ -79,8 +74,7 @@ pub(super) async fn selected(
 pub(super) fn info(text: String) -> View {
     View {
         blocks: vec![Block::Text { text, tone: Tone::Info }],
-        status: None,
-        message: None,
+        ..View::default()
     }
 }
 
@@ -139,5 +133,6 @@ pub async fn run(handlers: &Handlers, args: &DiffArgs, session: &SessionContext)
             }),
             once_key: None,
         }),
+        ..View::default()
     })
 }

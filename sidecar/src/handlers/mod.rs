@@ -1,27 +1,30 @@
 //! What each `/embark` command does, answered as a [`View`].
 
 mod apply;
+mod board;
 mod broker_error;
 mod cancel;
 mod defaults;
 mod diff;
+mod reconcile;
 mod runners;
 mod status;
 mod submit;
+mod sync;
 mod text;
+mod tracked;
 
 use std::path::Path;
 
 use embark_client::BrokerClient;
-use embark_core::TaskState;
 use embark_core::limits;
-use embark_core::protocol::{Block, ErrorCode, SessionContext, StatusLine, Tone, View};
-use embark_core::wire::Task;
+use embark_core::protocol::{Block, ErrorCode, SessionContext, SessionStartParams, Tone, View};
 
 use crate::command::{self, Command, USAGE};
 use crate::config::Config;
 use crate::defaults::SessionDefaults;
 use crate::error::RpcError;
+use crate::store::{SessionRecord, Store};
 
 pub use broker_error::broker_error;
 
@@ -39,6 +42,8 @@ pub struct Handlers {
     broker: Option<Result<BrokerClient, RpcError>>,
     /// Each Pi session's `/embark defaults`.
     defaults: SessionDefaults,
+    /// `None` without a state directory.
+    store: Option<Store>,
 }
 
 impl Handlers {
@@ -48,10 +53,12 @@ impl Handlers {
             .as_deref()
             .map(|url| BrokerClient::new(url).map_err(broker_error));
         let defaults = SessionDefaults::new(config.state_dir.as_deref());
+        let store = config.state_dir.as_deref().map(Store::new);
         Self {
             config,
             broker,
             defaults,
+            store,
         }
     }
 
@@ -73,8 +80,62 @@ impl Handlers {
                 Command::Diff(ref args) => diff::run(self, args, session).await,
                 Command::Apply(ref args) => apply::run(self, args, session).await,
                 Command::Submit(args) => submit::run(self, args, session).await,
+                Command::List { all } => board::list(self, session, all).await,
+                Command::Tasks => board::tasks(self, session).await,
+                Command::Sync(ref target) => sync::run(self, target, session).await,
+                Command::Reconcile => reconcile::reconcile(self, session).await,
+                Command::Cleanup => reconcile::cleanup(self, session).await,
             }
         };
+        within_deadline(run).await
+    }
+
+    /// A Pi session started: adopt, import and sync (see [`reconcile::session_start`]).
+    pub async fn session_start(&self, params: &SessionStartParams) -> Result<View, RpcError> {
+        check_session(&params.session)?;
+        within_deadline(reconcile::session_start(self, params)).await
+    }
+
+    /// The task store, or a Config error saying how to give it a directory.
+    fn store(&self) -> Result<&Store, RpcError> {
+        self.store.as_ref().ok_or_else(|| {
+            RpcError::config(
+                "There is no state directory for task records: set EMBARK_STATE_DIR (or state_dir in config.toml, or HOME) to a directory the sidecar may write.",
+            )
+        })
+    }
+
+    /// The session's record changed by `change` and written back durably.
+    async fn record<T>(
+        &self,
+        session: &SessionContext,
+        change: impl FnOnce(&mut SessionRecord) -> T,
+    ) -> Result<(SessionRecord, T), RpcError> {
+        let file = session.session_file.clone();
+        self.store()?
+            .update(&session.session_id, &session.cwd, |record| {
+                if file.is_some() {
+                    record.session_file = file;
+                }
+                change(record)
+            })
+            .await
+            .map_err(store_error)
+    }
+}
+
+/// A store failure as an Internal error that names the file.
+fn store_error(error: crate::store::StoreError) -> RpcError {
+    tracing::error!("task store: {error}");
+    RpcError::new(
+        ErrorCode::Internal,
+        format!("The task records could not be kept: {error}."),
+    )
+}
+
+/// `run`, or a Timeout error once [`COMMAND_DEADLINE`] passed.
+async fn within_deadline(run: impl Future<Output = Result<View, RpcError>>) -> Result<View, RpcError> {
+    {
         tokio::time::timeout(COMMAND_DEADLINE, run).await.unwrap_or_else(|_| {
             Err(RpcError::new(
                 ErrorCode::Timeout,
@@ -86,7 +147,9 @@ impl Handlers {
             ))
         })
     }
+}
 
+impl Handlers {
     /// The broker client and the client credential (token or secret), or a Config error saying what to set.
     fn broker(&self) -> Result<(&BrokerClient, &str), RpcError> {
         let client = match &self.broker {
@@ -125,8 +188,7 @@ fn help() -> View {
             text: USAGE.to_owned(),
             tone: Tone::Info,
         }],
-        status: None,
-        message: None,
+        ..View::default()
     }
 }
 
@@ -151,43 +213,10 @@ fn check_session(session: &SessionContext) -> Result<(), RpcError> {
     Ok(())
 }
 
-/// "embark: 1 task running", or a cleared line when nothing is under way.
-fn status_line(tasks: &[Task]) -> StatusLine {
-    let count = |state: TaskState| tasks.iter().filter(|t| t.state == state).count();
-    let (running, queued) = (count(TaskState::Running), count(TaskState::Queued));
-    let tasks_word = |n: usize| if n == 1 { "task" } else { "tasks" };
-    let text = match (running, queued) {
-        (0, 0) => None,
-        (r, 0) => Some(format!("embark: {r} {} running", tasks_word(r))),
-        (0, q) => Some(format!("embark: {q} {} queued", tasks_word(q))),
-        (r, q) => Some(format!("embark: {r} running, {q} queued")),
-    };
-    StatusLine {
-        key: STATUS_KEY.to_owned(),
-        text,
-    }
-}
-
-/// The shortest prefix (at least 8 hex digits) of `task`'s id that no other
-/// session task shares. Ids are random, so 8 digits almost always suffice;
-/// the loop keeps the shown id unambiguous when they do not.
-fn display_id(task: &Task, tasks: &[Task]) -> String {
-    let own = task.id.0.simple().to_string();
-    let others: Vec<String> = tasks
-        .iter()
-        .filter(|t| t.id != task.id)
-        .map(|t| t.id.0.simple().to_string())
-        .collect();
-    let mut len = task.id.short().len();
-    while len < own.len() && others.iter().any(|other| other.starts_with(&own[..len])) {
-        len += 1;
-    }
-    own[..len].to_owned()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use embark_core::TaskState;
+    use embark_core::wire::Task;
 
     pub(super) fn task(id: &str, state: TaskState) -> Task {
         serde_json::from_value(serde_json::json!({
@@ -197,36 +226,5 @@ mod tests {
             "attempt": 0, "last_seq": 0, "outcome": null
         }))
         .expect("a task")
-    }
-
-    #[test]
-    fn status_lines_count_live_tasks() {
-        let a = task("01900000-0000-7000-8000-000000000001", TaskState::Queued);
-        let b = task("01900000-0000-7000-8000-000000000002", TaskState::Running);
-        let c = task("01900000-0000-7000-8000-000000000003", TaskState::Succeeded);
-        assert_eq!(
-            status_line(std::slice::from_ref(&a)).text.as_deref(),
-            Some("embark: 1 task queued")
-        );
-        assert_eq!(
-            status_line(std::slice::from_ref(&b)).text.as_deref(),
-            Some("embark: 1 task running")
-        );
-        assert_eq!(
-            status_line(&[a.clone(), b.clone(), b.clone()]).text.as_deref(),
-            Some("embark: 2 running, 1 queued")
-        );
-        assert_eq!(status_line(std::slice::from_ref(&c)).text, None);
-        assert_eq!(status_line(&[]).key, STATUS_KEY);
-    }
-
-    #[test]
-    fn display_ids_grow_until_unique() {
-        let a = task("01900000-0000-7000-8000-000000000001", TaskState::Queued);
-        let b = task("01900000-1000-7000-8000-000000000002", TaskState::Queued);
-        let c = task("01910000-0000-7000-8000-000000000003", TaskState::Queued);
-        assert_eq!(display_id(&c, &[a.clone(), b.clone(), c.clone()]), "01910000");
-        assert_eq!(display_id(&a, &[a.clone(), b.clone(), c.clone()]), "019000000");
-        assert_eq!(display_id(&a, std::slice::from_ref(&a)), "01900000");
     }
 }

@@ -12,8 +12,7 @@ pub async fn run(handlers: &Handlers) -> Result<View, RpcError> {
     let runners = client.list_runners(secret).await.map_err(broker_error)?.runners;
     Ok(View {
         blocks: vec![fleet(&runners)],
-        status: None,
-        message: None,
+        ..View::default()
     })
 }
 

@@ -2,14 +2,18 @@
 //! events and, once it finished, its result as a conversation message.
 
 use embark_core::TaskState;
-use embark_core::limits;
-use embark_core::protocol::{Block, ChatMessage, ErrorCode, SessionContext, Tone, View};
+use embark_core::protocol::{Block, ChatMessage, SessionContext, Tone, View};
+use embark_core::task::TaskId;
 use embark_core::wire::{EventPage, Task};
+use jiff::Timestamp;
 
+use super::board::age;
 use super::text::{event_line, one_line};
-use super::{Handlers, broker_error, display_id, status_line};
+use super::tracked::{self, display_id, status_line};
+use super::{Handlers, broker_error};
 use crate::command::TaskSelector;
 use crate::error::RpcError;
+use crate::store::SessionRecord;
 
 /// How many of the newest events the summary shows.
 pub const RECENT_EVENTS: u32 = 10;
@@ -18,12 +22,9 @@ pub const RESULT_MESSAGE_TYPE: &str = "embark-result";
 
 pub async fn run(handlers: &Handlers, selector: &TaskSelector, session: &SessionContext) -> Result<View, RpcError> {
     let (client, secret) = handlers.broker()?;
-    let tasks = client
-        .list_session_tasks(secret, &session.session_id, limits::MAX_TASKS_PER_LIST)
-        .await
-        .map_err(broker_error)?
-        .tasks;
-    let task = select(&tasks, selector)?;
+    let refreshed = tracked::refresh(handlers, session).await?;
+    let id = tracked::select(&refreshed.record, selector)?.id;
+    let task = fetch(handlers, &refreshed, id).await?;
     let page = if task.last_seq == 0 {
         EventPage {
             events: Vec::new(),
@@ -36,62 +37,47 @@ pub async fn run(handlers: &Handlers, selector: &TaskSelector, session: &Session
             .await
             .map_err(broker_error)?
     };
-    let shown = display_id(task, &tasks);
+    let (record, message) = deliver(handlers, session, &task).await?;
+    let shown = display_id(task.id, &record.tasks);
     Ok(View {
-        blocks: vec![task_table(task, &shown), events_block(task, &page)],
-        status: Some(status_line(&tasks)),
-        message: result_message(task, &shown),
+        blocks: vec![task_table(&task, &shown), events_block(&task, &page)],
+        status: Some(status_line(&record.tasks)),
+        message,
+        ..View::default()
     })
 }
 
-/// The newest task, the n-th newest, or the one whose id starts with the prefix.
-pub(super) fn select<'a>(tasks: &'a [Task], selector: &TaskSelector) -> Result<&'a Task, RpcError> {
-    let prefix = match selector {
-        TaskSelector::Latest => {
-            return tasks.first().ok_or_else(|| {
-                RpcError::new(
-                    ErrorCode::TaskNotFound,
-                    "this session has no task yet: submit one with /embark \"<prompt>\" --provider <name> --model <id>",
-                )
-            });
-        }
-        TaskSelector::Prefix(prefix) => prefix,
-        TaskSelector::Number(number) => {
-            let index = usize::try_from(*number - 1).unwrap_or(usize::MAX);
-            return tasks.get(index).ok_or_else(|| {
-                RpcError::new(
-                    ErrorCode::TaskNotFound,
-                    format!(
-                        "this session has {} task{}, so there is no task {number}: 1 is the newest",
-                        tasks.len(),
-                        if tasks.len() == 1 { "" } else { "s" }
-                    ),
-                )
-            });
-        }
-    };
-    let matching: Vec<&Task> = tasks
-        .iter()
-        .filter(|t| t.id.0.simple().to_string().starts_with(prefix))
-        .collect();
-    match matching.as_slice() {
-        [] => Err(RpcError::new(
-            ErrorCode::TaskNotFound,
-            format!("no task of this session has an id starting with {prefix}: `/embark status` shows the latest"),
-        )),
-        [one] => Ok(one),
-        several => {
-            let candidates: Vec<String> = several
-                .iter()
-                .map(|t| format!("  {}  {}  {}", display_id(t, tasks), t.state, one_line(&t.prompt, 60)))
-                .collect();
-            Err(RpcError::usage(format!(
-                "{prefix} matches {} tasks of this session; give more digits:\n{}",
-                several.len(),
-                candidates.join("\n")
-            )))
-        }
+/// The broker's copy of task `id`: from the session list when it was there
+/// (one call less), else fetched (a task adopted from another session).
+pub(super) async fn fetch(handlers: &Handlers, refreshed: &tracked::Refreshed, id: TaskId) -> Result<Task, RpcError> {
+    if let Some(task) = refreshed.listed(id) {
+        return Ok(task.clone());
     }
+    let (client, secret) = handlers.broker()?;
+    client.get_task(secret, id).await.map_err(broker_error)
+}
+
+/// Records `task`'s state and, when it finished and its result was not yet
+/// handed to a conversation, marks it handed and answers the message: a
+/// result lands once, whichever command or session start sees it first.
+pub(super) async fn deliver(
+    handlers: &Handlers,
+    session: &SessionContext,
+    task: &Task,
+) -> Result<(SessionRecord, Option<ChatMessage>), RpcError> {
+    handlers
+        .record(session, |record| {
+            record.upsert(task);
+            let shown = display_id(task.id, &record.tasks);
+            let message = result_message(task, &shown)?;
+            let slot = record.get_mut(task.id).expect("just recorded");
+            if slot.delivered.as_deref() == message.once_key.as_deref() {
+                return None;
+            }
+            slot.delivered = message.once_key.clone();
+            Some(message)
+        })
+        .await
 }
 
 fn task_table(task: &Task, shown: &str) -> Block {
@@ -110,12 +96,32 @@ fn task_table(task: &Task, shown: &str) -> Block {
     if !intent.labels.is_empty() {
         rows.push(row("labels", intent.labels.join(", ")));
     }
+    if let Some(outcome) = task.outcome.as_ref().filter(|o| o.reason.is_some() || o.code.is_some()) {
+        let reason = [
+            outcome.code.as_ref().map(ToString::to_string),
+            outcome.reason.as_deref().map(|r| one_line(r, 160)),
+        ];
+        rows.push(row(
+            "reason",
+            reason.into_iter().flatten().collect::<Vec<_>>().join(": "),
+        ));
+    }
+    rows.push(row(
+        "age",
+        format!(
+            "{} (created {})",
+            age(task.created_at, Timestamp::now()),
+            task.created_at
+        ),
+    ));
+    if let Some(manifest) = &task.manifest {
+        rows.push(row("fingerprint", short_fingerprint(&manifest.fingerprint.to_string())));
+    }
     rows.extend([
         row("prompt", one_line(&task.prompt, 200)),
         row("commit", task.commit.clone()),
         row("repo", task.repo_url.clone()),
         row("attempt", task.attempt.to_string()),
-        row("created", task.created_at.to_string()),
         row("updated", task.updated_at.to_string()),
     ]);
     if let Some(outcome) = &task.outcome {
@@ -168,11 +174,16 @@ fn task_table(task: &Task, shown: &str) -> Block {
     }
 }
 
+/// The first 12 hex digits of a fingerprint, as the submit answer shows it.
+pub(super) fn short_fingerprint(fingerprint: &str) -> String {
+    fingerprint.chars().take(12).collect()
+}
+
 fn row(field: &str, value: String) -> Vec<String> {
     vec![field.to_owned(), value]
 }
 
-fn events_block(task: &Task, page: &EventPage) -> Block {
+pub(super) fn events_block(task: &Task, page: &EventPage) -> Block {
     if page.events.is_empty() {
         let text = match task.state {
             TaskState::Queued => "No events yet: the task waits for a runner.".to_owned(),
@@ -190,7 +201,7 @@ fn events_block(task: &Task, page: &EventPage) -> Block {
 }
 
 /// For a finished task: its final text or why it failed, for the conversation.
-fn result_message(task: &Task, shown: &str) -> Option<ChatMessage> {
+pub(super) fn result_message(task: &Task, shown: &str) -> Option<ChatMessage> {
     if !task.state.is_terminal() {
         return None;
     }
@@ -246,23 +257,6 @@ fn result_message(task: &Task, shown: &str) -> Option<ChatMessage> {
 mod tests {
     use super::super::tests::task;
     use super::*;
-
-    #[test]
-    fn selection_by_latest_prefix_and_ambiguity() {
-        let a = task("01900000-0000-7000-8000-000000000001", TaskState::Running);
-        let b = task("01900000-1000-7000-8000-000000000002", TaskState::Queued);
-        let tasks = [b.clone(), a.clone()];
-        assert_eq!(select(&tasks, &TaskSelector::Latest).expect("latest").id, b.id);
-        let found = select(&tasks, &TaskSelector::Prefix("019000000".into())).expect("unique");
-        assert_eq!(found.id, a.id);
-        let error = select(&tasks, &TaskSelector::Prefix("0190".into())).expect_err("ambiguous");
-        assert_eq!(error.code, ErrorCode::Usage);
-        assert!(error.message.contains("019000000  running") && error.message.contains("019000001  queued"));
-        let error = select(&tasks, &TaskSelector::Prefix("abcd".into())).expect_err("none");
-        assert_eq!(error.code, ErrorCode::TaskNotFound);
-        let error = select(&[], &TaskSelector::Latest).expect_err("none");
-        assert_eq!(error.code, ErrorCode::TaskNotFound);
-    }
 
     #[test]
     fn finished_tasks_bring_their_result() {

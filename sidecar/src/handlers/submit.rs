@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use embark_core::manifest::{Base, Manifest};
 use embark_manifest::render::human_bytes;
 
-use super::{Handlers, broker_error, display_id, status_line};
+use super::tracked::{display_id, status_line, task_entry};
+use super::{Handlers, broker_error};
 use crate::command::SubmitArgs;
 use crate::error::RpcError;
 use crate::repo::{self, RepoError};
@@ -53,8 +54,7 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
         blocks.extend(warnings);
         return Ok(View {
             blocks,
-            status: None,
-            message: None,
+            ..View::default()
         });
     }
 
@@ -81,22 +81,30 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
         "submitted"
     );
 
-    // The status line counts every task of the session; fall back to this one alone.
-    let tasks = match client
+    // Recorded before the answer: an acknowledged task is never lost. The
+    // session's other broker-known tasks come along (for numbering and the footer).
+    let listed = match client
         .list_session_tasks(secret, &session.session_id, limits::MAX_TASKS_PER_LIST)
         .await
     {
-        Ok(list) if list.tasks.iter().any(|t| t.id == task.id) => list.tasks,
-        Ok(_) => vec![task.clone()],
+        Ok(list) => list.tasks,
         Err(e) => {
             warn!(
                 "listing the session's tasks after a submit failed: {}",
                 text::error_chain(&e)
             );
-            vec![task.clone()]
+            Vec::new()
         }
     };
-    let shown = display_id(&task, &tasks);
+    let (record, ()) = handlers
+        .record(session, |record| {
+            for other in listed.iter().filter(|t| t.id != task.id) {
+                record.upsert(other);
+            }
+            record.upsert(&task);
+        })
+        .await?;
+    let shown = display_id(task.id, &record.tasks);
     let commit_short = repo::short_commit(&task.commit);
     let intent = &task.intent;
     let mut blocks = vec![Block::Text {
@@ -115,8 +123,9 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
     blocks.extend(warnings);
     Ok(View {
         blocks,
-        status: Some(status_line(&tasks)),
-        message: None,
+        status: Some(status_line(&record.tasks)),
+        entries: vec![task_entry(&task)],
+        ..View::default()
     })
 }
 

@@ -12,6 +12,29 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 
+/// A submit line that needs no config for its intent.
+pub const SUBMIT: &str = r#""fix it" --provider fake --model fake-model"#;
+
+/// A sidecar configuration for `broker` (client secret) with its own state directory.
+pub fn config_for(broker: &embark_testkit::Broker) -> Config {
+    Config {
+        broker_url: Some(broker.url.clone()),
+        client_secret: Some(embark_sidecar::config::Secret::new(broker.client_secret.clone())),
+        state_dir: Some(state_dir()),
+        ..Config::default()
+    }
+}
+
+/// A fresh state directory for one sidecar's task records (kept after the test for inspection).
+pub fn state_dir() -> std::path::PathBuf {
+    tempfile::tempdir().expect("temp dir").keep()
+}
+
+/// The `session` param of a command in session `id` at `cwd`.
+pub fn session(id: &str, cwd: &std::path::Path) -> Value {
+    json!({"session_id": id, "cwd": cwd.to_str().expect("utf-8 path")})
+}
+
 /// How long a test waits for one answer before it fails.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -1,0 +1,138 @@
+#!/usr/bin/env node
+// smoke:tui — the real interactive Pi TUI in tmux (send-keys, capture-pane),
+// with the /embark extension, the real sidecar, broker and runner, and the
+// scripted fake model: submit; `/embark status` keeps its state table AND its
+// events on screen (one notification); `/embark tasks` opens the picker, the
+// arrow key moves, Enter shows the chosen task, and its result lands once.
+// Lean (< 60 s); tmux runs on its own socket under the smoke's directory and
+// only that server is killed.
+
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+import { stopAll } from "./lib/process.mjs";
+import { ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, PI_SETTINGS } from "./lib/stack.mjs";
+import { sleep } from "./lib/tasks.mjs";
+
+const NAME = "smoke:tui";
+const FINAL_TEXT = "done: tui.txt written";
+const dir = mkdtempSync(join(tmpdir(), "embark-smoke-tui-"));
+const socket = join(dir, "tmux.sock");
+const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
+const fail = (msg) => {
+  throw new Error(msg);
+};
+
+const tmux = (...args) => {
+  const out = spawnSync("tmux", ["-S", socket, ...args], { encoding: "utf8" });
+  if (out.status !== 0) fail(`tmux ${args[0]} failed: ${out.stderr}`);
+  return out.stdout;
+};
+const screen = () => tmux("capture-pane", "-t", "pi", "-p", "-S", "-200");
+const keys = (...k) => tmux("send-keys", "-t", "pi", ...k);
+
+/** Waits (bounded) until the screen matches `pattern`; returns the screen. */
+async function seen(pattern, what, timeoutMs = 20_000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const text = screen();
+    if (pattern.test(text)) return text;
+    if (Date.now() > end) fail(`${what}: not on screen within ${timeoutMs} ms:\n${text}`);
+    await sleep(200);
+  }
+}
+
+/** Types an /embark line once the editor is idle, and presses Enter. */
+async function type(line) {
+  keys("-l", line);
+  await sleep(300);
+  keys("Enter");
+}
+
+async function main() {
+  if (spawnSync("tmux", ["-V"]).status !== 0) fail("tmux is not installed (apt-get install tmux)");
+  const piBin = requirePi();
+  const bin = buildBinaries();
+  const repo = fixtureRepo(join(dir, "repo"));
+  const model = await startFakeModel(dir, {
+    turns: [{ tool_calls: [{ name: "bash", arguments: { command: "echo tui > tui.txt" } }] }, { text: FINAL_TEXT }],
+  });
+  const { broker, secrets } = await startBrokerAndRunner(dir, bin, {
+    label: "tui",
+    profile: { "models.json": fakeModels(model.baseUrl) },
+    runnerName: "tui-runner",
+  });
+  const agent = join(dir, "laptop-agent");
+  const home = join(dir, "laptop-home");
+  mkdirSync(agent, { recursive: true });
+  mkdirSync(home, { recursive: true });
+  writeFileSync(join(agent, "settings.json"), JSON.stringify(PI_SETTINGS));
+  const env = {
+    HOME: home,
+    PI_CODING_AGENT_DIR: agent,
+    PI_OFFLINE: "1",
+    EMBARK_SIDECAR_PATH: join(bin, "embark-sidecar"),
+    EMBARK_CONFIG: emptyConfig(dir, "laptop"),
+    EMBARK_BROKER_URL: broker.url,
+    EMBARK_CLIENT_SECRET: secrets.client,
+    EMBARK_PROVIDER: "fake",
+    EMBARK_MODEL: "fake-model",
+  };
+  const envArgs = Object.entries(env).flatMap(([k, v]) => ["-e", `${k}=${v}`]);
+  tmux("new-session", "-d", "-s", "pi", "-x", "140", "-y", "60", ...envArgs, "-c", repo.work, piBin, "-e", join(ROOT, "extension-shim"));
+  await seen(/\(main\)/, "the Pi TUI footer", 30_000);
+  await sleep(1000); // the editor takes keys a moment after the first frame
+
+  await type('/embark "write tui.txt"');
+  const submitted = await seen(/Embarked task ([0-9a-f]{8})/, "the submit answer");
+  const id = submitted.match(/Embarked task ([0-9a-f]{8})/)[1];
+  step(`submitted ${id}`);
+
+  // Wait for the runner (bounded), asking status like a user would.
+  const end = Date.now() + 30_000;
+  for (;;) {
+    await type(`/embark status ${id}`);
+    await sleep(1500);
+    const text = screen();
+    const last = text.slice(text.lastIndexOf(`embark task ${id}`));
+    if (/^\s*state\s+succeeded/m.test(last)) {
+      if (!/Recent events/.test(last)) fail(`the status table and its events are not on screen together:\n${last}`);
+      break;
+    }
+    if (Date.now() > end) fail(`task ${id} did not succeed within 30 s:\n${last}`);
+  }
+  step("/embark status shows the state table and the events on screen");
+  const results = (text) => text.split(FINAL_TEXT).length - 1;
+  await seen(new RegExp(FINAL_TEXT), "the result in the conversation");
+
+  // A second task to pick between, then the picker: Down to the older one, Enter.
+  await type('/embark "and another"');
+  await seen(/Embarked task [0-9a-f]{8}[\s\S]*Embarked task [0-9a-f]{8}/, "the second submit");
+  await type("/embark tasks");
+  await seen(/pick a task[\s\S]*↑↓/, "the picker");
+  const before = results(screen());
+  keys("Down");
+  await sleep(300);
+  keys("Enter");
+  const shown = await seen(new RegExp(`embark task ${id}[\\s\\S]*state\\s+succeeded[\\s\\S]*\\(main\\)`), "the picked task's status");
+  if (results(shown) !== before) fail(`the result landed again after picking the finished task (${before} → ${results(shown)})`);
+  step("/embark tasks: arrows move, Enter shows the task; its result landed once");
+  step("OK");
+}
+
+main()
+  .then(async () => {
+    spawnSync("tmux", ["-S", socket, "kill-server"]);
+    await stopAll();
+    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
+    process.stdout.write("smoke: 1 passed, 0 failed\n");
+  })
+  .catch(async (err) => {
+    const last = spawnSync("tmux", ["-S", socket, "capture-pane", "-t", "pi", "-p"], { encoding: "utf8" }).stdout;
+    spawnSync("tmux", ["-S", socket, "kill-server"]);
+    await stopAll();
+    process.stderr.write(`[${NAME}] FAILED: ${err.stack ?? err}\nlast screen:\n${last}\nlogs are in ${dir}\n`);
+    process.exit(1);
+  });
