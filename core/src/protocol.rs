@@ -187,6 +187,17 @@ pub struct View {
     pub entries: Vec<SessionEntry>,
 }
 
+impl View {
+    /// The view with `messages` added to the conversation in order: the first as
+    /// [`View::message`], the rest as [`View::messages`].
+    pub fn with_messages(mut self, messages: Vec<ChatMessage>) -> View {
+        let mut messages = messages.into_iter();
+        self.message = messages.next();
+        self.messages = messages.collect();
+        self
+    }
+}
+
 /// A custom entry for Pi's session file; not sent to the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionEntry {

@@ -80,14 +80,13 @@ pub async fn reconcile(handlers: &Handlers, session: &SessionContext) -> Result<
     if orphaned > 0 {
         text.push_str(" The broker no longer knows the orphaned ones: /embark cleanup marks them abandoned.");
     }
-    let mut messages = messages.into_iter();
     Ok(View {
         blocks: vec![Block::Text { text, tone: Tone::Info }],
         status: Some(status_line(&record.tasks)),
-        message: messages.next(),
-        messages: messages.collect(),
         entries,
-    })
+        ..View::default()
+    }
+    .with_messages(messages))
 }
 
 /// `cleanup`: orphaned records become abandoned (kept, never synced again).
@@ -178,14 +177,12 @@ pub async fn session_start(handlers: &Handlers, params: &SessionStartParams) -> 
             if messages.len() == 1 { "" } else { "s" }
         )));
     }
-    let mut messages = messages.into_iter();
     Ok(View {
         blocks,
         status: Some(status_line(&record.tasks)),
-        message: messages.next(),
-        messages: messages.collect(),
         ..View::default()
-    })
+    }
+    .with_messages(messages))
 }
 
 /// Moves abandoned sessions' tasks here; answers how many.

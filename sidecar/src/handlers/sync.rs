@@ -46,14 +46,12 @@ pub async fn run(handlers: &Handlers, target: &SyncTarget, session: &SessionCont
         messages.extend(message);
         record = now;
     }
-    let mut messages = messages.into_iter();
     Ok(View {
         blocks,
         status: Some(status_line(&record.tasks)),
-        message: messages.next(),
-        messages: messages.collect(),
         ..View::default()
-    })
+    }
+    .with_messages(messages))
 }
 
 /// One task's new events as text, the record after the cursor moved, and its result if it is new.
