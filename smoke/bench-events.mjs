@@ -8,11 +8,9 @@
 // broker; we count the rows the broker stored. Both runs are side by side in
 // this script, and the ratio is printed.
 
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { PiRpc } from "./lib/pi-rpc-client.mjs";
 import { PI_BIN, buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, writeFakePiConfig } from "./lib/stack.mjs";
 
@@ -20,7 +18,7 @@ const CHARS = Number(process.env.BENCH_CHARS ?? 24_000);
 const PIECE = 6; // the fake model's text piece size
 const CHUNK_DELAY_MS = Number(process.env.BENCH_CHUNK_DELAY_MS ?? 1);
 
-const dir = mkdtempSync(join(tmpdir(), "embark-bench-events-"));
+const { dir, run } = smokeScript("bench:events", "embark-bench-events-");
 
 async function api(url, secret, path, body) {
   const res = await fetch(`${url}${path}`, {
@@ -105,13 +103,4 @@ async function piBaseline(baseUrl, cwd) {
   }
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    rmSync(dir, { recursive: true, force: true });
-  })
-  .catch(async (err) => {
-    await stopAll();
-    process.stderr.write(`[bench:events] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+run(main);

@@ -9,11 +9,9 @@
 // BENCH_RUNS sets the status calls (default 200) and starts (default 30).
 
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { lineReader } from "./lib/process.mjs";
 import { buildBinaries, emptyConfig, fixtureRepo, startBroker } from "./lib/stack.mjs";
 import { api, submit } from "./lib/tasks.mjs";
@@ -21,8 +19,7 @@ import { api, submit } from "./lib/tasks.mjs";
 const NAME = "bench:status";
 const RUNS = Number(process.env.BENCH_RUNS ?? 200);
 const STARTS = Math.max(5, Math.round(RUNS / 7));
-const dir = mkdtempSync(join(tmpdir(), "embark-bench-status-"));
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
+const { dir, step, run } = smokeScript(NAME, "embark-bench-status-");
 const secrets = { client: "bench-client-secret-0123456789", enrollment: "bench-enroll-secret-0123456789" };
 
 function sidecar(bin, broker) {
@@ -108,13 +105,4 @@ async function main() {
   step(`baseline, embark-sidecar --version: median ${ms(v50)}; ratio ${(c50 / v50).toFixed(2)}x`);
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    rmSync(dir, { recursive: true, force: true });
-  })
-  .catch(async (err) => {
-    await stopAll();
-    process.stderr.write(`[${NAME}] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+run(main);

@@ -16,12 +16,11 @@
 // with and without bwrap (the runner's own bwrap arguments) around
 // /bin/true. BENCH_TASKS sets the tasks per mode and kind (default 8).
 
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { execFileSync, spawnSync } from "node:child_process";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { ROOT, buildBinaries, fakeModels, fixtureRepo, installFakeDocker, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { submit, until, waitFinished } from "./lib/tasks.mjs";
 
@@ -29,8 +28,7 @@ const NAME = "bench:task-start";
 const TASKS = Number(process.env.BENCH_TASKS ?? 8);
 const SANDBOX_RUNS = 30;
 const TARGET_MS = 50;
-const dir = mkdtempSync(join(tmpdir(), "embark-bench-task-start-"));
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
+const { dir, step, run } = smokeScript(NAME, "embark-bench-task-start-");
 
 const MODES = [
   { name: "process", pi: "real", args: ["--isolation", "process"] },
@@ -135,13 +133,4 @@ function sandboxArgs(log) {
   return args.map((a) => (a.startsWith(taskRoot) ? fresh + a.slice(taskRoot.length) : a));
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    rmSync(dir, { recursive: true, force: true });
-  })
-  .catch(async (err) => {
-    await stopAll();
-    process.stderr.write(`[${NAME}] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+run(main);

@@ -13,23 +13,18 @@
 //   timeout, when the runner shuts down
 //   (SIGTERM), and when the runner is killed (SIGKILL) — without a restart.
 
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requireBwrap, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { events, exited, killMarked, processesWith, submit, until, waitFinished } from "./lib/tasks.mjs";
 
 const NAME = "smoke:bwrap-isolation";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-bwrap-"));
+const { dir, step, fail, run } = smokeScript(NAME, "embark-smoke-bwrap-");
 const nonce = randomUUID().slice(0, 8);
 const SLEEPER = `embark-sleeper-${nonce}`;
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
 const SCRIPT = { turns: [{ tool_calls: [{ name: "bash", arguments: { command: "{{last_user_text}}" } }] }, { text: "probed" }] };
 
 /** A bash script that probes the sandbox and writes `name=yes|no` lines to probe.txt. */
@@ -185,20 +180,12 @@ async function main() {
   const evs = await events(broker, secrets, killed.id);
   if (!evs.some((e) => e.kind === "lifecycle" && e.payload.phase === "prompting")) fail("the killed task never ran");
   step("SIGKILL of the runner: the task's processes died with it");
-  step("OK");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write("smoke: 1 passed, 0 failed\n");
-  })
-  .catch(async (err) => {
+run(main, {
+  onFailure: () => {
     killMarked(SLEEPER);
     // Should a probe have escaped the sandbox, take back what it wrote on the host.
     for (const tag of ["a", "b"]) for (const d of ["/usr", "/etc", "/tmp"]) rmSync(join(d, `escaped-${tag}-${nonce}`), { force: true });
-    await stopAll();
-    process.stderr.write(`[${NAME}] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+  },
+});

@@ -143,7 +143,6 @@ async function main() {
   if (cappedDone.usage?.calls !== 1 || cappedDone.usage?.max_cost !== 0.00001) fail(`budget usage ${JSON.stringify(cappedDone.usage)}`);
   step(`a task over its budget failed budget_exceeded: ${cappedDone.outcome.reason}`);
   runner.child.kill("SIGTERM");
-  step("OK");
 }
 
 run(main);

@@ -9,23 +9,18 @@
 // killed with SIGKILL is removed by the next runner at startup; no secret
 // is ever in an argv; a root runner must name a non-root container user.
 
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { spawnSync } from "node:child_process";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { buildBinaries, emptyConfig, fakeModels, fixtureRepo, installFakeDocker, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { events, exited, submit, until, waitFinished } from "./lib/tasks.mjs";
 
 const NAME = "smoke:docker-isolation";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-docker-"));
+const { dir, step, fail, run } = smokeScript(NAME, "embark-smoke-docker-");
 const nonce = randomUUID().slice(0, 8);
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
 const SCRIPT = { turns: [{ tool_calls: [{ name: "bash", arguments: { command: "{{last_user_text}}" } }] }, { text: "done in the container" }] };
 const IMAGE = "embark-pi-runner:smoke";
 const NETWORK = "embark-smoke-net";
@@ -145,17 +140,6 @@ async function main() {
   const logs = ["runner.log", "runner2.log", "runner3.log"].map((f) => readFileSync(join(dir, f), "utf8")).join("");
   for (const secret of [`sk-docker-${nonce}`, `region-secret-${nonce}`]) if (logs.includes(secret)) fail(`a secret is in the runner's log: ${secret}`);
   step("no secret in any docker argv or runner log");
-  step("OK");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write("smoke: 1 passed, 0 failed\n");
-  })
-  .catch(async (err) => {
-    await stopAll();
-    process.stderr.write(`[${NAME}] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+run(main);

@@ -11,20 +11,15 @@
 // `pi -c`) end to end: explicit > session default > sidecar config > runner
 // default; Pi's session stats land on the task and in `/embark status`.
 
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requirePi, sidecarCommands, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { api, until, waitFinished } from "./lib/tasks.mjs";
 
 const NAME = "smoke:execution-contract";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-contract-"));
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
+const { dir, step, fail, run } = smokeScript(NAME, "embark-smoke-contract-");
 
 /** POST /v1/tasks, answering the status and body whatever they are. */
 async function create(broker, secrets, repo, intent, prompt = "say hi") {
@@ -149,14 +144,4 @@ async function main() {
   step("/embark status shows tokens and cost");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    rmSync(dir, { recursive: true, force: true });
-    step("ok");
-  })
-  .catch(async (error) => {
-    await stopAll();
-    console.error(`[${NAME}] FAILED: ${error.message}\n(kept ${dir})`);
-    process.exit(1);
-  });
+run(main);

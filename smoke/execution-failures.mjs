@@ -8,20 +8,15 @@
 // starts — `pre_launch:intent_unsupported` for what the runner cannot run,
 // the file and key for a broken policy — and no container is ever started.
 
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, installFakeDocker, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { api, events, until, waitFinished } from "./lib/tasks.mjs";
 
 const NAME = "smoke:execution-failures";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-failures-"));
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
+const { dir, step, fail, run } = smokeScript(NAME, "embark-smoke-failures-");
 
 async function post(url, secret, path, body) {
   const res = await fetch(`${url}${path}`, {
@@ -104,14 +99,4 @@ async function main() {
   step(`intents the runner cannot run fail before Pi starts; no container started (${cases.length} cases)`);
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    rmSync(dir, { recursive: true, force: true });
-    step("ok");
-  })
-  .catch(async (error) => {
-    await stopAll();
-    console.error(`[${NAME}] FAILED: ${error.message}\n(kept ${dir})`);
-    process.exit(1);
-  });
+run(main);

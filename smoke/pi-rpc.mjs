@@ -11,11 +11,10 @@
 // (no session file) finishes while no Pi runs; the next Pi in the same
 // directory adopts it at session start and its result lands there, once.
 
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { FINISHED_STATES, pollStatus, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
 import { waitFinished } from "./lib/tasks.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, startLaptopPi } from "./lib/stack.mjs";
@@ -29,11 +28,7 @@ const SCRIPT = {
   ],
 };
 
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-pi-rpc-"));
-const step = (msg) => process.stdout.write(`[smoke:pi-rpc] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
+const { dir, step, fail, run } = smokeScript("smoke:pi-rpc", "embark-smoke-pi-rpc-");
 
 /** Waits (bounded) until the broker says task `id` succeeded. */
 async function waitSucceeded(broker, secrets, id) {
@@ -139,17 +134,6 @@ async function main() {
   const again2 = await reopened.embark(`status ${second}`);
   if (again2.messages.length !== 0) fail("the adopted result landed twice");
   step("the reopened session adopted the task and its result landed once");
-  step("OK");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write("smoke: 1 passed, 0 failed\n");
-  })
-  .catch(async (err) => {
-    await stopAll();
-    process.stderr.write(`[smoke:pi-rpc] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+run(main);

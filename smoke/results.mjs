@@ -7,11 +7,10 @@
 // tree, while the laptop's own uncommitted edit of another file stays and
 // HEAD does not move.
 
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { pollStatus, submittedTaskId } from "./lib/pi-rpc-client.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, git, requirePi, startBrokerAndRunner, startFakeModel, startLaptopPi } from "./lib/stack.mjs";
 import { killMarked } from "./lib/tasks.mjs";
@@ -23,11 +22,7 @@ const SCRIPT = {
   ],
 };
 
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-results-"));
-const step = (msg) => process.stdout.write(`[smoke:results] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
+const { dir, step, fail, run } = smokeScript("smoke:results", "embark-smoke-results-");
 const said = (view) => view.notes.map((n) => n.message).join("\n");
 
 async function main() {
@@ -76,18 +71,6 @@ async function main() {
   if (git(repo.work, "rev-parse", "HEAD") !== head) fail("HEAD moved");
   if (git(repo.work, "diff", "--cached", "--name-only") !== "") fail("the index was written");
   step("remote.txt and README.md are in the laptop's working tree; local.txt, the index and HEAD as they were");
-  step("OK");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write("smoke: 1 passed, 0 failed\n");
-  })
-  .catch(async (err) => {
-    await stopAll();
-    killMarked(dir);
-    process.stderr.write(`[smoke:results] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+run(main, { onFailure: () => killMarked(dir) });

@@ -7,11 +7,10 @@
 // task guard, the tool's shell) and the task `cancelled`; the latency from
 // the cancel to the last of them gone is printed.
 
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { pollStatus, submittedTaskId } from "./lib/pi-rpc-client.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, startLaptopPi } from "./lib/stack.mjs";
 import { killMarked, processesWith, until } from "./lib/tasks.mjs";
@@ -23,11 +22,7 @@ const SCRIPT = {
   ],
 };
 
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-runner-cancel-"));
-const step = (msg) => process.stdout.write(`[smoke:runner-cancel] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
+const { dir, step, fail, run } = smokeScript("smoke:runner-cancel", "embark-smoke-runner-cancel-");
 const alive = (pid) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.startsWith("Z");
 
 async function main() {
@@ -76,18 +71,6 @@ async function main() {
   const againText = again.notes.map((n) => n.message).join("\n");
   if (!againText.includes("was already cancelled")) fail(`a second cancel said: ${againText}`);
   step(`task ${shortId} cancelled; a second cancel says: ${againText}`);
-  step("OK");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write("smoke: 1 passed, 0 failed\n");
-  })
-  .catch(async (err) => {
-    await stopAll();
-    killMarked(dir);
-    process.stderr.write(`[smoke:runner-cancel] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+run(main, { onFailure: () => killMarked(dir) });

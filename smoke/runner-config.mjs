@@ -7,21 +7,16 @@
 // roots show in --print-config; a runner with a broken profile refuses to
 // start and never claims the task waiting at the broker.
 
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { buildBinaries, emptyConfig, fixtureRepo, requirePi, startBroker, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { api, exited, submit } from "./lib/tasks.mjs";
 
 const NAME = "smoke:runner-config";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-runner-config-"));
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
+const { dir, step, fail, run } = smokeScript(NAME, "embark-smoke-runner-config-");
 const SECRET = "sk-never-printed-0123456789";
 
 function runnerCmd(bin, profiles, args = [], extraEnv = {}) {
@@ -120,14 +115,4 @@ async function main() {
   step("a broken profile stops the runner before it enrolls; the queued task stays queued");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    rmSync(dir, { recursive: true, force: true });
-    step("ok");
-  })
-  .catch(async (error) => {
-    await stopAll();
-    console.error(`[${NAME}] FAILED: ${error.message}\n(kept ${dir})`);
-    process.exit(1);
-  });
+run(main);

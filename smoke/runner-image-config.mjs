@@ -101,7 +101,6 @@ function main() {
   const found = problems(real);
   if (found.length) throw new Error(`docker/pi-runner breaks the contract:\n- ${found.join("\n- ")}`);
   step(`Dockerfile: base pinned, Pi ${piVersion} pinned, git and ripgrep, final USER non-root, nothing secret copied or baked; .dockerignore keeps all but the Dockerfile out`);
-  step("OK");
 }
 
 try {

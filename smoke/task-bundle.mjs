@@ -18,22 +18,17 @@
 //   bundle and marks the task abandoned.
 
 import { createHash, randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBroker, startFakeModel, startRunner, writeProfile, PI_SETTINGS } from "./lib/stack.mjs";
 import { events, exited, killMarked, processesWith, submit, until, waitFinished } from "./lib/tasks.mjs";
 
 const NAME = "smoke:task-bundle";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-bundle-"));
+const { dir, step, fail, run } = smokeScript(NAME, "embark-smoke-bundle-");
 const nonce = randomUUID().slice(0, 8);
 const SLEEPER = `embark-bundle-sleeper-${nonce}`;
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
 const SCRIPT = { turns: [{ tool_calls: [{ name: "bash", arguments: { command: "{{last_user_text}}" } }] }, { text: "looked" }] };
 const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
@@ -206,18 +201,6 @@ async function main() {
     }
   }
   step("no secret in the runner's logs or the events");
-  step("OK");
 }
 
-main()
-  .then(async () => {
-    await stopAll();
-    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write("smoke: 1 passed, 0 failed\n");
-  })
-  .catch(async (err) => {
-    killMarked(SLEEPER);
-    await stopAll();
-    process.stderr.write(`[${NAME}] FAILED: ${err.stack ?? err}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+run(main, { onFailure: () => killMarked(SLEEPER) });

@@ -8,22 +8,17 @@
 // only that server is killed.
 
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { stopAll } from "./lib/process.mjs";
+import { smokeScript } from "./lib/process.mjs";
 import { ROOT, buildBinaries, emptyConfig, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, PI_SETTINGS } from "./lib/stack.mjs";
 import { sleep } from "./lib/tasks.mjs";
 
 const NAME = "smoke:tui";
 const FINAL_TEXT = "done: tui.txt written";
-const dir = mkdtempSync(join(tmpdir(), "embark-smoke-tui-"));
+const { dir, step, fail, run } = smokeScript(NAME, "embark-smoke-tui-");
 const socket = join(dir, "tmux.sock");
-const step = (msg) => process.stdout.write(`[${NAME}] ${msg}\n`);
-const fail = (msg) => {
-  throw new Error(msg);
-};
 
 const tmux = (...args) => {
   const out = spawnSync("tmux", ["-S", socket, ...args], { encoding: "utf8" });
@@ -119,20 +114,14 @@ async function main() {
   const shown = await seen(new RegExp(`embark task ${id}[\\s\\S]*state\\s+succeeded[\\s\\S]*\\(main\\)`), "the picked task's status");
   if (results(shown) !== before) fail(`the result landed again after picking the finished task (${before} → ${results(shown)})`);
   step("/embark tasks: arrows move, Enter shows the task; its result landed once");
-  step("OK");
 }
 
-main()
-  .then(async () => {
-    spawnSync("tmux", ["-S", socket, "kill-server"]);
-    await stopAll();
-    if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
-    process.stdout.write("smoke: 1 passed, 0 failed\n");
-  })
-  .catch(async (err) => {
+run(main, {
+  onFailure: () => {
     const last = spawnSync("tmux", ["-S", socket, "capture-pane", "-t", "pi", "-p"], { encoding: "utf8" }).stdout;
+    return `\nlast screen:\n${last}`;
+  },
+  always: () => {
     spawnSync("tmux", ["-S", socket, "kill-server"]);
-    await stopAll();
-    process.stderr.write(`[${NAME}] FAILED: ${err.stack ?? err}\nlast screen:\n${last}\nlogs are in ${dir}\n`);
-    process.exit(1);
-  });
+  },
+});

@@ -84,9 +84,12 @@ export async function stopAll(graceMs = 3000) {
 }
 
 /**
- * A smoke script's frame: its temporary directory, `step` and `fail`, and
- * `run(main)`, which stops every process started, removes the directory on
- * success (kept on failure, or with EMBARK_SMOKE_KEEP=1) and exits 1 on failure.
+ * A smoke script's (or benchmark's) frame: its temporary directory, `step` and
+ * `fail`, and `run(main, hooks)`, which stops every process started, removes
+ * the directory on success (kept on failure, or with EMBARK_SMOKE_KEEP=1) and
+ * exits 1 on failure. `hooks.onFailure` runs first on a failure (it may return
+ * more to print, e.g. a last screen); `hooks.always` runs on both paths, before
+ * the processes are stopped.
  */
 export function smokeScript(name, prefix) {
   const dir = mkdtempSync(join(tmpdir(), prefix));
@@ -94,16 +97,19 @@ export function smokeScript(name, prefix) {
   const fail = (msg) => {
     throw new Error(msg);
   };
-  const run = (main) =>
+  const run = (main, { onFailure, always } = {}) =>
     main()
       .then(async () => {
+        await always?.();
         await stopAll();
         if (!process.env.EMBARK_SMOKE_KEEP) rmSync(dir, { recursive: true, force: true });
         step("ok");
       })
       .catch(async (error) => {
+        const more = (await onFailure?.()) ?? "";
+        await always?.();
         await stopAll();
-        console.error(`[${name}] FAILED: ${error.message}\n(kept ${dir})`);
+        console.error(`[${name}] FAILED: ${error.stack ?? error}${more}\n(logs kept in ${dir})`);
         process.exit(1);
       });
   return { dir, step, fail, run };
