@@ -126,6 +126,10 @@ pub enum Command {
     Sync(SyncTarget),
     Reconcile,
     Cleanup,
+    /// `attach [latest|<id>|<number>]`: follow a task live below the editor.
+    Attach(TaskSelector),
+    /// `detach`: stop following the attached task.
+    Detach,
 }
 
 /// `/embark diff [latest|<id>|<number>] [--stat] [PATH…]`.

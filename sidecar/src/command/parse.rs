@@ -53,6 +53,8 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
         Some(Verb::Tasks) => no_args(Verb::Tasks, rest, Command::Tasks),
         Some(Verb::Reconcile) => no_args(Verb::Reconcile, rest, Command::Reconcile),
         Some(Verb::Cleanup) => no_args(Verb::Cleanup, rest, Command::Cleanup),
+        Some(Verb::Attach) => parse_selector(Verb::Attach, rest).map(Command::Attach),
+        Some(Verb::Detach) => no_args(Verb::Detach, rest, Command::Detach),
         Some(Verb::List) => match rest {
             [] => Ok(Command::List { all: false }),
             [one] if one.text == "--all" && !one.quoted => Ok(Command::List { all: true }),
