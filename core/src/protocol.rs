@@ -140,7 +140,11 @@ pub const METHODS: [Method; 5] = [
             `stopped` is false when there was no such subscription (already ended).",
         params: schema::<UnwatchParams>,
         result: schema::<Unwatched>,
-        errors: &[ErrorCode::InvalidParams, ErrorCode::Internal, ErrorCode::HandshakeRequired],
+        errors: &[
+            ErrorCode::InvalidParams,
+            ErrorCode::Internal,
+            ErrorCode::HandshakeRequired,
+        ],
         notification: None,
     },
 ];

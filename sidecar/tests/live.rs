@@ -73,7 +73,10 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
     let mut client = Client::start(config.clone());
     client.hello().await;
     let submitted = client.command(1, SUBMIT, &pi_session).await;
-    assert_eq!(submitted["result"]["status"]["text"], "embark: 1 task queued", "{submitted}");
+    assert_eq!(
+        submitted["result"]["status"]["text"], "embark: 1 task queued",
+        "{submitted}"
+    );
 
     let watched = client.call(2, method::WATCH, json!({"session": pi_session})).await;
     let subscription = watched["result"].clone();
@@ -81,7 +84,10 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
 
     // The runner claims it: the footer says running, with no command asked.
     let api = broker.client();
-    let enrolled = api.enroll(&broker.enrollment_secret, "live-runner").await.expect("enroll");
+    let enrolled = api
+        .enroll(&broker.enrollment_secret, "live-runner")
+        .await
+        .expect("enroll");
     let claim = api
         .claim(&enrolled.runner_token, 5_000)
         .await
@@ -96,7 +102,11 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
     // Attach by prefix: the widget shows state and the events so far (none).
     let prefix = &id.0.simple().to_string()[..6];
     let (attached, _) = client
-        .call_amid(3, method::COMMAND, json!({"line": format!("attach {prefix}"), "session": pi_session}))
+        .call_amid(
+            3,
+            method::COMMAND,
+            json!({"line": format!("attach {prefix}"), "session": pi_session}),
+        )
         .await;
     let widget = widget_lines(&attached["result"]);
     assert!(widget.contains("running") && widget.contains("tool: –"), "{attached}");
@@ -105,9 +115,13 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
         batch_id: format!("{}-{batch}", claim.attempt),
         events,
     };
-    api.append_events(&claim.callback_token, id, &append(0, vec![tool("bash", "ls"), said("Looking around.")]))
-        .await
-        .expect("append");
+    api.append_events(
+        &claim.callback_token,
+        id,
+        &append(0, vec![tool("bash", "ls"), said("Looking around.")]),
+    )
+    .await
+    .expect("append");
     let moved = until(&mut client, &subscription, |u| u["seq"] == 2).await;
     let last = moved.last().expect("an update");
     let text = widget_text(last);
@@ -126,7 +140,10 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
     let subscription = watched["result"].clone();
     let replayed = until(&mut client, &subscription, |u| u["seq"] == 3).await;
     assert_eq!(replayed.len(), 1, "only the missed event: {replayed:?}");
-    assert!(widget_text(&replayed[0]).contains(r#"tool: bash {"command":"cargo test"}"#), "{replayed:?}");
+    assert!(
+        widget_text(&replayed[0]).contains(r#"tool: bash {"command":"cargo test"}"#),
+        "{replayed:?}"
+    );
 
     // It finishes: the footer clears, an ended line, and the result, once.
     let verdict = CompleteTask {
@@ -137,7 +154,9 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
         changes: None,
         artifacts: Vec::new(),
     };
-    api.complete(&claim.callback_token, id, &verdict).await.expect("complete");
+    api.complete(&claim.callback_token, id, &verdict)
+        .await
+        .expect("complete");
     let done = until(&mut client, &subscription, |u| u["state"] == "succeeded").await;
     let done = done.last().expect("an update");
     assert_eq!(done["view"]["status"]["text"], Value::Null, "{done}");
@@ -162,12 +181,18 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
     let (detached, _) = client
         .call_amid(6, method::COMMAND, json!({"line": "detach", "session": pi_session}))
         .await;
-    assert_eq!(detached["result"]["widget"], json!({"key": "embark", "lines": null}), "{detached}");
+    assert_eq!(
+        detached["result"]["widget"],
+        json!({"key": "embark", "lines": null}),
+        "{detached}"
+    );
     let (unwatched, _) = client
         .call_amid(7, method::UNWATCH, json!({"subscription": subscription}))
         .await;
     assert_eq!(unwatched["result"], json!({"stopped": true}), "{unwatched}");
-    let again = client.call(8, method::UNWATCH, json!({"subscription": subscription})).await;
+    let again = client
+        .call(8, method::UNWATCH, json!({"subscription": subscription}))
+        .await;
     assert_eq!(again["result"], json!({"stopped": false}), "{again}");
     assert!(client.finish().await.is_empty(), "nothing after the last answer");
 }
@@ -184,7 +209,10 @@ async fn a_cancel_is_confirmed_live_and_a_watch_ends_with_the_input() {
     let watched = client.call(2, method::WATCH, json!({"session": pi_session})).await;
     let subscription = watched["result"].clone();
     let api = broker.client();
-    let enrolled = api.enroll(&broker.enrollment_secret, "live-runner").await.expect("enroll");
+    let enrolled = api
+        .enroll(&broker.enrollment_secret, "live-runner")
+        .await
+        .expect("enroll");
     let claim = api
         .claim(&enrolled.runner_token, 5_000)
         .await
@@ -226,7 +254,11 @@ async fn watch_refuses_bad_sessions_and_needs_a_broker() {
     });
     client.hello().await;
     let refused = client
-        .call(1, method::WATCH, json!({"session": {"session_id": "s", "cwd": "relative"}}))
+        .call(
+            1,
+            method::WATCH,
+            json!({"session": {"session_id": "s", "cwd": "relative"}}),
+        )
         .await;
     assert_eq!(refused["error"]["data"]["kind"], "invalid_params", "{refused}");
     let refused = client

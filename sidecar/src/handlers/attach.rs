@@ -46,12 +46,22 @@ pub async fn attach(handlers: &Handlers, selector: &TaskSelector, session: &Sess
         })
         .await?;
     let (record, message) = deliver(handlers, session, &task).await?;
-    let slot = record.tasks.iter().find(|r| r.id == id).ok_or_else(tracked::no_task_yet)?;
+    let slot = record
+        .tasks
+        .iter()
+        .find(|r| r.id == id)
+        .ok_or_else(tracked::no_task_yet)?;
     let shown = display_id(id, &record.tasks);
     let text = if task.state.is_terminal() {
-        format!("Attached to task {shown}, which already {}: its result is in the conversation; /embark detach removes the widget.", task.state)
+        format!(
+            "Attached to task {shown}, which already {}: its result is in the conversation; /embark detach removes the widget.",
+            task.state
+        )
     } else {
-        format!("Attached to task {shown} ({}): it is followed live below the editor, and its result lands here when it ends; /embark detach stops that.", task.state)
+        format!(
+            "Attached to task {shown} ({}): it is followed live below the editor, and its result lands here when it ends; /embark detach stops that.",
+            task.state
+        )
     };
     Ok(View {
         blocks: vec![Block::Text { text, tone: Tone::Info }],
@@ -67,9 +77,13 @@ pub async fn detach(handlers: &Handlers, session: &SessionContext) -> Result<Vie
     let text = match was {
         Some(id) => {
             let shown = display_id(id, &record.tasks);
-            format!("Detached from task {shown}: it keeps running, the footer still follows it, and /embark attach {shown} shows it live again.")
+            format!(
+                "Detached from task {shown}: it keeps running, the footer still follows it, and /embark attach {shown} shows it live again."
+            )
         }
-        None => "No task was attached, so nothing changed: /embark attach [latest|<id>|<n>] follows one live.".to_owned(),
+        None => {
+            "No task was attached, so nothing changed: /embark attach [latest|<id>|<n>] follows one live.".to_owned()
+        }
     };
     Ok(View {
         blocks: vec![Block::Text { text, tone: Tone::Info }],

@@ -250,11 +250,12 @@ async fn on_state(
 }
 
 fn find(record: &SessionRecord, id: TaskId) -> Result<&TaskRecord, RpcError> {
-    record
-        .tasks
-        .iter()
-        .find(|r| r.id == id)
-        .ok_or_else(|| RpcError::new(embark_core::protocol::ErrorCode::Internal, format!("task {id} vanished from the session records")))
+    record.tasks.iter().find(|r| r.id == id).ok_or_else(|| {
+        RpcError::new(
+            embark_core::protocol::ErrorCode::Internal,
+            format!("task {id} vanished from the session records"),
+        )
+    })
 }
 
 /// One line when a task ended: how, and for a cancel that the runner confirmed it.
