@@ -100,7 +100,13 @@ async function main() {
   const status = await pi.embark(`status ${shortId}`);
   if (taskState(status) !== "succeeded") fail(`status after the end: ${status.notes[0]?.message}`);
   if (status.messages.length !== 0) fail(`the result was added again: ${JSON.stringify(status.messages)}`);
-  step("result landed in the conversation once");
+  const fullId = submitText.match(/Task id ([0-9a-f-]{36})/)?.[1];
+  for (const selector of ["1", fullId]) {
+    const again = await pi.embark(`attach ${selector}`);
+    if (!new RegExp(`^Attached to task ${shortId}, which already succeeded`).test(again.notes[0]?.message ?? "")) fail(`attach ${selector}: ${again.notes[0]?.message}`);
+    if (again.messages.length !== 0) fail(`attach ${selector} added the result again`);
+  }
+  step("result landed in the conversation once (status, attach by number and by id add nothing)");
 
   if (status.notes.length !== 1) fail(`status should be ONE notification, got ${status.notes.length}`);
   if (!/Recent events/.test(status.notes[0].message)) fail("the status notification lacks the events");
@@ -124,9 +130,9 @@ async function main() {
   if (!/no new events since #\d+/.test(secondSync.notes[0]?.message ?? "")) fail(`second sync: ${secondSync.notes[0]?.message}`);
   step("list, the numbered board, selectors and the sync cursor work");
 
-  const [fullId] = readdirSync(spaces).filter((d) => d.replaceAll("-", "").startsWith(shortId));
-  if (!fullId) fail(`no task directory for ${shortId} under ${spaces}`);
-  const created = join(spaces, fullId, "workspace", "remote.txt");
+  const [taskDir] = readdirSync(spaces).filter((d) => d.replaceAll("-", "").startsWith(shortId));
+  if (!taskDir) fail(`no task directory for ${shortId} under ${spaces}`);
+  const created = join(spaces, taskDir, "workspace", "remote.txt");
   if (!existsSync(created)) fail(`${created} was not created by the runner's Pi`);
   const content = readFileSync(created, "utf8");
   if (content !== "remote hello\n") fail(`${created} holds ${JSON.stringify(content)}`);
