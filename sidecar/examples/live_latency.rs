@@ -24,7 +24,10 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runs: u64 = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
+    let runs: u64 = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(200);
     let broker = Broker::start();
     let dir = tempfile::tempdir()?;
     let repo = fixture(dir.path());
@@ -49,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
         let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         writer.write_all(format!("{request}\n").as_bytes()).await?;
         loop {
-            let line: String = tokio::time::timeout(WAIT, lines.next_line()).await??.expect("an answer");
+            let line: String = tokio::time::timeout(WAIT, lines.next_line())
+                .await??
+                .expect("an answer");
             let answer: Value = serde_json::from_str(&line)?;
             if answer["id"] == id {
                 anyhow::ensure!(answer.get("error").is_none(), "{method}: {answer}");
@@ -63,16 +68,26 @@ async fn main() -> anyhow::Result<()> {
 
     let api = broker.client();
     let enrolled = api.enroll(&broker.enrollment_secret, "bench-runner").await?;
-    let claim = api.claim(&enrolled.runner_token, 5_000).await?.expect("the queued task");
+    let claim = api
+        .claim(&enrolled.runner_token, 5_000)
+        .await?
+        .expect("the queued task");
     let task = claim.task.id;
-    call("embark.command", json!({"line": "attach", "session": session}), &mut lines).await?;
+    call(
+        "embark.command",
+        json!({"line": "attach", "session": session}),
+        &mut lines,
+    )
+    .await?;
     call("embark.watch", json!({"session": session}), &mut lines).await?;
 
     // Every widget update's seq and arrival, read as they come.
     let (via_sidecar, mut sidecar_seen) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(message) = serde_json::from_str::<Value>(&line) else { continue };
+            let Ok(message) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
             let update = &message["params"]["result"];
             if message["method"] == "embark.live" && !update["view"]["widget"].is_null() {
                 let _ = via_sidecar.send((update["seq"].as_u64().unwrap_or(0), Instant::now()));
@@ -98,7 +113,10 @@ async fn main() -> anyhow::Result<()> {
         let event = NewEvent::new(ToolStart {
             tool_call_id: format!("t{seq}"),
             tool_name: "bash".into(),
-            args: json!({"command": format!("step {seq}")}).as_object().cloned().expect("an object"),
+            args: json!({"command": format!("step {seq}")})
+                .as_object()
+                .cloned()
+                .expect("an object"),
             ..ToolStart::default()
         });
         let batch = AppendEvents {
@@ -112,7 +130,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let (s50, s99) = (quantile(&sidecar_ms, 0.5), quantile(&sidecar_ms, 0.99));
     let (d50, d99) = (quantile(&direct_ms, 0.5), quantile(&direct_ms, 0.99));
-    println!("[bench:live] runner append → widget update via the sidecar's subscription ({runs} appends): p50 {s50:.2} ms, p99 {s99:.2} ms");
+    println!(
+        "[bench:live] runner append → widget update via the sidecar's subscription ({runs} appends): p50 {s50:.2} ms, p99 {s99:.2} ms"
+    );
     println!("[bench:live] baseline, the broker's session tail alone: p50 {d50:.2} ms, p99 {d99:.2} ms");
     println!(
         "[bench:live] ratio subscription/tail: p50 {:.2}x, p99 {:.2}x; target p99 ≤ 100 ms: {}",
