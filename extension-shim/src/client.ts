@@ -95,13 +95,15 @@ export class EmbarkClient {
    * watch resumes from its cursors.
    */
   async watch(session: SessionContext, onUpdate: (update: LiveUpdate) => void): Promise<void> {
-    const previous = this.#watching;
     this.#stopped = false;
-    this.#watching = { session, onUpdate };
     const sidecar = await this.ensure(session.cwd);
+    const previous = this.#watching;
     if (previous?.subscription !== undefined && this.#sidecar === sidecar) {
+      // Its updates are dropped from here on; none follows the unwatch answer.
+      this.#watching = undefined;
       await invoke(sidecar, METHOD.unwatch, { subscription: previous.subscription }).catch(() => undefined);
     }
+    this.#watching = { session, onUpdate };
     await this.#subscribe(sidecar);
   }
 
@@ -117,8 +119,10 @@ export class EmbarkClient {
     if (method !== NOTIFICATION.watch) return;
     const p = params as { subscription?: unknown; result?: LiveUpdate } | null;
     const watching = this.#watching;
-    // An update of a subscription already replaced can arrive before its unwatch is answered.
-    if (watching === undefined || p?.result === undefined || p.subscription !== watching.subscription) return;
+    if (watching === undefined || p?.result === undefined) return;
+    // Updates can follow the watch answer in the same chunk, before its id is recorded: only
+    // this subscription can be under way then (a replaced one was unwatched first).
+    if (watching.subscription !== undefined && p.subscription !== watching.subscription) return;
     watching.onUpdate(p.result);
   }
 
