@@ -47,7 +47,8 @@ export default function embark(pi: ExtensionAPI): void {
       await client.watch(session(ctx), onUpdate);
     } catch (err) {
       watched = undefined;
-      console.error(`pi-embark: live updates: ${errorText(err)}`);
+      // Not configured yet: the first /embark says what to set; no line at every start of Pi.
+      if (!(err instanceof RpcError && err.kind === "config")) console.error(`pi-embark: live updates: ${errorText(err)}`);
     }
   };
 
