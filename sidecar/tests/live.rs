@@ -267,3 +267,63 @@ async fn watch_refuses_bad_sessions_and_needs_a_broker() {
     assert_eq!(refused["error"]["data"]["kind"], "config", "{refused}");
     assert!(client.finish().await.is_empty());
 }
+
+#[tokio::test]
+async fn an_adopted_task_of_another_session_id_is_followed_on_its_own_tail() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = fixture(dir.path());
+    let config = config_for(&broker);
+    // A session Pi can never reopen (its file was never written) hands off a task and goes away.
+    let never_written = dir.path().join("never.jsonl");
+    let old = json!({"session_id": "only-embark", "cwd": repo.work, "session_file": never_written});
+    let mut client = Client::start(config.clone());
+    client.hello().await;
+    client.command(1, SUBMIT, &old).await;
+    assert!(client.finish().await.is_empty());
+
+    // The next session in the directory adopts it; its broker session id stays the old one.
+    let fresh = session("fresh", &repo.work);
+    let mut client = Client::start(config);
+    client.hello().await;
+    let started = client
+        .call(2, method::SESSION_START, json!({"session": fresh, "known_tasks": []}))
+        .await;
+    assert!(started.to_string().contains("took over 1 task"), "{started}");
+    let watched = client.call(3, method::WATCH, json!({"session": fresh})).await;
+    let subscription = watched["result"].clone();
+
+    let api = broker.client();
+    let enrolled = api
+        .enroll(&broker.enrollment_secret, "live-runner")
+        .await
+        .expect("enroll");
+    let claim = api
+        .claim(&enrolled.runner_token, 5_000)
+        .await
+        .expect("claim")
+        .expect("a queued task");
+    let running = until(&mut client, &subscription, |u| u["state"] == "running").await;
+    assert_eq!(running.last().expect("an update")["task_id"], claim.task.id.to_string());
+    let verdict = CompleteTask {
+        result: TaskResult::Succeeded,
+        final_text: Some("Adopted and done.".into()),
+        reason: None,
+        code: None,
+        changes: None,
+        artifacts: Vec::new(),
+    };
+    api.complete(&claim.callback_token, claim.task.id, &verdict)
+        .await
+        .expect("complete");
+    let done = until(&mut client, &subscription, |u| u["state"] == "succeeded").await;
+    let done = done.last().expect("an update");
+    assert!(
+        done["view"]["message"]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("Adopted and done.")),
+        "{done}"
+    );
+    assert_eq!(done["view"]["status"]["text"], Value::Null, "{done}");
+    client.finish().await;
+}

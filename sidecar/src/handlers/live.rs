@@ -23,7 +23,7 @@ use embark_core::task::TaskId;
 use embark_core::wire::live::{LiveFrame, TaskStatus};
 use jiff::Timestamp;
 use jsonrpsee::SubscriptionSink;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::board::age;
@@ -54,6 +54,8 @@ impl Handlers {
 
 /// Sends the session's live updates to `sink` until `stopped` fires (`embark.unwatch`)
 /// or the sink closes (the input ended); reopens the tail with its cursors whenever it ends.
+/// Tracked tasks the session tail does not carry (adopted from a session Pi cannot
+/// reopen, so created under another session id) are followed on tails of their own.
 pub async fn follow(
     handlers: Arc<Handlers>,
     session: SessionContext,
@@ -62,6 +64,8 @@ pub async fn follow(
 ) {
     let mut cursors: HashMap<TaskId, u64> = HashMap::new();
     let mut delay = RECONNECT_MIN;
+    let (foreign_frames, mut foreign_rx) = mpsc::channel::<LiveFrame>(64);
+    let mut foreign = Foreign::default();
     loop {
         let opened = tokio::select! {
             biased;
@@ -73,6 +77,8 @@ pub async fn follow(
             Err(error) => warn!(session = %session.session_id, "live tail: {}", error.message),
             Ok(mut tail) => {
                 debug!(session = %session.session_id, "live tail open");
+                // The tasks this connection sent a state of: the session's own.
+                let mut on_tail = std::collections::HashSet::new();
                 loop {
                     let frame = tokio::select! {
                         biased;
@@ -81,8 +87,18 @@ pub async fn follow(
                             return;
                         }
                         () = sink.closed() => return,
+                        Some(frame) = foreign_rx.recv() => Some(Ok(frame)),
                         frame = tail.next() => frame,
                     };
+                    match &frame {
+                        Some(Ok(LiveFrame::State(status))) => {
+                            on_tail.insert(status.task_id);
+                        }
+                        Some(Ok(LiveFrame::Live)) => {
+                            foreign.follow(&handlers, &session, &on_tail, &foreign_frames).await;
+                        }
+                        _ => {}
+                    }
                     let frame = match frame {
                         None => {
                             info!(closed = ?tail.closed(), "live tail ended; reopening it with its cursors");
@@ -121,6 +137,84 @@ pub async fn follow(
             () = sink.closed() => return,
             () = tokio::time::sleep(delay) => {}
         }
+        delay = (delay * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// The tails of tracked tasks the session tail does not carry, stopped when dropped.
+#[derive(Default)]
+struct Foreign {
+    tails: HashMap<TaskId, tokio::task::JoinHandle<()>>,
+}
+
+impl Foreign {
+    /// Starts a tail for every live tracked task that is not on the session tail and has none yet.
+    async fn follow(
+        &mut self,
+        handlers: &Arc<Handlers>,
+        session: &SessionContext,
+        on_tail: &std::collections::HashSet<TaskId>,
+        frames: &mpsc::Sender<LiveFrame>,
+    ) {
+        let Ok(store) = handlers.store() else { return };
+        let Ok(record) = store.load(&session.session_id, &session.cwd).await else {
+            return;
+        };
+        self.tails.retain(|_, tail| !tail.is_finished());
+        for slot in record.tasks.iter().filter(|r| r.is_live()) {
+            if on_tail.contains(&slot.id) || self.tails.contains_key(&slot.id) {
+                continue;
+            }
+            debug!(task = %slot.id, "following a task of another session id on its own tail");
+            let after = slot.attach_cursor.max(slot.sync_cursor);
+            let tail = tokio::spawn(tail_one(Arc::clone(handlers), slot.id, after, frames.clone()));
+            self.tails.insert(slot.id, tail);
+        }
+    }
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        for tail in self.tails.values() {
+            tail.abort();
+        }
+    }
+}
+
+/// One task's tail, its frames into `frames`, reopened with its cursor until the task finished.
+async fn tail_one(handlers: Arc<Handlers>, id: TaskId, mut after: u64, frames: mpsc::Sender<LiveFrame>) {
+    let mut delay = RECONNECT_MIN;
+    loop {
+        let Ok((client, secret)) = handlers.broker() else {
+            return;
+        };
+        match client.tail_task(secret, id, after).await {
+            Err(error) => warn!(task = %id, "live tail: {error}"),
+            Ok(mut tail) => {
+                while let Some(frame) = tail.next().await {
+                    match frame {
+                        Ok(frame) => {
+                            delay = RECONNECT_MIN;
+                            if frames.send(frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            warn!(task = %id, "live tail: {error}");
+                            break;
+                        }
+                    }
+                }
+                after = tail.cursor(id).unwrap_or(after);
+                if tail.closed().is_some_and(|closed| !closed.reconnect()) {
+                    return;
+                }
+            }
+        }
+        if frames.is_closed() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
         delay = (delay * 2).min(RECONNECT_MAX);
     }
 }
