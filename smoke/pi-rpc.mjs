@@ -10,12 +10,16 @@
 // session: a second task handed off by a Pi that held only /embark commands
 // (no session file) finishes while no Pi runs; the next Pi in the same
 // directory adopts it at session start and its result lands there, once.
+// Live (embark.watch): with no command typed, the footer follows the task
+// (queued → running → cleared when done), the attach widget (attached by id
+// prefix) shows the tool call and the final state, and the result lands once;
+// at the end a cancel is confirmed by the live state frame.
 
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 
 import { smokeScript } from "./lib/process.mjs";
-import { FINISHED_STATES, pollStatus, submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
+import { submittedTaskId, taskState } from "./lib/pi-rpc-client.mjs";
 import { waitFinished } from "./lib/tasks.mjs";
 import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner, startFakeModel, startLaptopPi } from "./lib/stack.mjs";
 
@@ -63,20 +67,46 @@ async function main() {
   const shortId = submittedTaskId(submitted);
   if (!shortId) fail(`submit did not name a task: ${submitText}`);
 
-  // Poll status (bounded) until the task's state row says it is finished.
-  const { status, state } = await pollStatus(pi, shortId, 120_000);
-  if (!FINISHED_STATES.includes(state)) fail(`task ${shortId} did not finish within 120 s; last state ${state}`);
-  step(`status:\n${status.notes.map((n) => n.message).join("\n")}`);
-  if (state !== "succeeded") fail(`task ended ${state}: ${JSON.stringify(status.messages)}`);
-  const results = status.messages.filter((m) => m.customType === "embark-result");
-  if (results.length !== 1) fail(`expected one embark-result message, got ${JSON.stringify(status.messages)}`);
-  if (!results[0].content.includes(FINAL_TEXT)) fail(`the result message lacks ${JSON.stringify(FINAL_TEXT)}: ${results[0].content}`);
+  if (submitted.statuses.at(-1)?.statusText !== "embark: 1 task queued") fail(`submit footer: ${JSON.stringify(submitted.statuses)}`);
 
-  // Asking again shows the status but does not add the result to the conversation a second time.
-  const again = await pi.embark(`status ${shortId}`);
-  if (taskState(again) !== "succeeded") fail("the second status lost the state");
-  if (again.messages.length !== 0) fail(`the result was added again: ${JSON.stringify(again.messages)}`);
-  step("result landed in the conversation once");
+  // Attach by id prefix, then type nothing: the live updates alone carry the task to its end.
+  const attached = await pi.embark(`attach ${shortId.slice(0, 6)}`);
+  if (!/^Attached to task/.test(attached.notes[0]?.message ?? "")) fail(`attach: ${JSON.stringify(attached.notes)}`);
+  if (!attached.widgets.some((w) => (w.widgetLines ?? []).join("\n").includes(shortId))) fail(`attach set no widget: ${JSON.stringify(attached.widgets)}`);
+  const before = [...submitted.seen, ...attached.seen];
+  const isResult = (m) => m.type === "message_end" && m.message?.role === "custom" && m.message.customType === "embark-result";
+  const isStatus = (m) => m.type === "extension_ui_request" && m.method === "setStatus";
+  const cleared = (m) => isStatus(m) && (m.statusText ?? null) === null;
+  const live = await pi.waitFor("the live result and a cleared footer", (seen) => {
+    const all = [...before, ...seen];
+    return all.some(isResult) && all.some(cleared);
+  }, 120_000);
+  const all = [...before, ...live];
+  const footers = all.filter(isStatus).map((m) => m.statusText ?? null);
+  step(`footer without typing: ${JSON.stringify(footers)}`);
+  if (!footers.includes("embark: 1 task running")) fail(`the footer never said running: ${JSON.stringify(footers)}`);
+  if (footers.at(-1) !== null) fail(`the footer did not clear when the task ended: ${JSON.stringify(footers)}`);
+  const results = all.filter(isResult).map((m) => m.message);
+  if (results.length !== 1) fail(`expected one embark-result message, got ${results.length}`);
+  if (!results[0].content.includes(FINAL_TEXT)) fail(`the result message lacks ${JSON.stringify(FINAL_TEXT)}: ${results[0].content}`);
+  const widgetTexts = all.filter((m) => m.method === "setWidget").map((m) => (m.widgetLines ?? []).join("\n"));
+  step(`widget at the end:\n${widgetTexts.at(-1)}`);
+  if (!widgetTexts.some((w) => w.includes("tool: bash"))) fail(`the widget never showed the tool call: ${JSON.stringify(widgetTexts)}`);
+  if (!widgetTexts.at(-1)?.includes("succeeded")) fail(`the widget did not end succeeded: ${widgetTexts.at(-1)}`);
+  if (!all.some((m) => m.method === "notify" && /task \S+ succeeded/.test(m.message ?? ""))) fail("no line said the task succeeded");
+  step("footer, widget and result followed the task live");
+
+  // Asking shows the status but does not add the result to the conversation a second time.
+  const status = await pi.embark(`status ${shortId}`);
+  if (taskState(status) !== "succeeded") fail(`status after the end: ${status.notes[0]?.message}`);
+  if (status.messages.length !== 0) fail(`the result was added again: ${JSON.stringify(status.messages)}`);
+  const fullId = submitText.match(/Task id ([0-9a-f-]{36})/)?.[1];
+  for (const selector of ["1", fullId]) {
+    const again = await pi.embark(`attach ${selector}`);
+    if (!new RegExp(`^Attached to task ${shortId}, which already succeeded`).test(again.notes[0]?.message ?? "")) fail(`attach ${selector}: ${again.notes[0]?.message}`);
+    if (again.messages.length !== 0) fail(`attach ${selector} added the result again`);
+  }
+  step("result landed in the conversation once (status, attach by number and by id add nothing)");
 
   if (status.notes.length !== 1) fail(`status should be ONE notification, got ${status.notes.length}`);
   if (!/Recent events/.test(status.notes[0].message)) fail("the status notification lacks the events");
@@ -100,9 +130,9 @@ async function main() {
   if (!/no new events since #\d+/.test(secondSync.notes[0]?.message ?? "")) fail(`second sync: ${secondSync.notes[0]?.message}`);
   step("list, the numbered board, selectors and the sync cursor work");
 
-  const [fullId] = readdirSync(spaces).filter((d) => d.replaceAll("-", "").startsWith(shortId));
-  if (!fullId) fail(`no task directory for ${shortId} under ${spaces}`);
-  const created = join(spaces, fullId, "workspace", "remote.txt");
+  const [taskDir] = readdirSync(spaces).filter((d) => d.replaceAll("-", "").startsWith(shortId));
+  if (!taskDir) fail(`no task directory for ${shortId} under ${spaces}`);
+  const created = join(spaces, taskDir, "workspace", "remote.txt");
   if (!existsSync(created)) fail(`${created} was not created by the runner's Pi`);
   const content = readFileSync(created, "utf8");
   if (content !== "remote hello\n") fail(`${created} holds ${JSON.stringify(content)}`);
@@ -134,6 +164,16 @@ async function main() {
   const again2 = await reopened.embark(`status ${second}`);
   if (again2.messages.length !== 0) fail("the adopted result landed twice");
   step("the reopened session adopted the task and its result landed once");
+
+  // Cancel: whether the runner had claimed it or not, the live state frame confirms it.
+  const third = submittedTaskId(await reopened.embark(JSON.stringify("to be cancelled")));
+  const cancel = await reopened.embark("cancel 1");
+  step(`cancel said: ${cancel.notes[0]?.message}`);
+  const confirmed = (m) => m.method === "notify" && new RegExp(`task ${third} was cancelled`).test(m.message ?? "");
+  if (!cancel.seen.some(confirmed)) {
+    await reopened.waitFor("the cancel confirmed live", (seen) => seen.some(confirmed), 60_000);
+  }
+  step("the cancel was confirmed by the live state");
 }
 
 run(main);

@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // smoke:tui — the real interactive Pi TUI in tmux (send-keys, capture-pane),
 // with the /embark extension, the real sidecar, broker and runner, and the
-// scripted fake model: submit; `/embark status` keeps its state table AND its
-// events on screen (one notification); `/embark tasks` opens the picker, the
-// arrow key moves, Enter shows the chosen task, and its result lands once.
+// scripted fake model: submit, then type nothing: the live footer goes from
+// running to cleared and the result lands on its own; `/embark status` keeps
+// its state table AND its events on screen (one notification); `/embark tasks`
+// opens the picker, the arrow key moves, Enter attaches the chosen task (its
+// widget below the editor), and its result lands once.
 // Lean (< 60 s); tmux runs on its own socket under the smoke's directory and
 // only that server is killed.
 
@@ -85,22 +87,21 @@ async function main() {
   const id = submitted.match(/Embarked task ([0-9a-f]{8})/)[1];
   step(`submitted ${id}`);
 
-  // Wait for the runner (bounded), asking status like a user would.
-  const end = Date.now() + 30_000;
-  for (;;) {
-    await type(`/embark status ${id}`);
-    await sleep(1500);
-    const text = screen();
-    const last = text.slice(text.lastIndexOf(`embark task ${id}`));
-    if (/^\s*state\s+succeeded/m.test(last)) {
-      if (!/Recent events/.test(last)) fail(`the status table and its events are not on screen together:\n${last}`);
-      break;
-    }
-    if (Date.now() > end) fail(`task ${id} did not succeed within 30 s:\n${last}`);
+  // Type nothing: the footer follows the task and the result arrives by itself.
+  await seen(/embark: 1 task running/, "the live footer saying running", 30_000);
+  await seen(new RegExp(FINAL_TEXT), "the result in the conversation, with no command typed", 30_000);
+  const settled = await seen(/task \S+ succeeded/, "the line saying the task succeeded");
+  if (/embark: 1 task (running|queued)/.test(settled.slice(settled.lastIndexOf(FINAL_TEXT)))) {
+    fail(`the footer still counts the finished task:\n${settled}`);
   }
+  step("the footer went from running to cleared and the result landed without typing");
+  // The result message's heading (the status table's title has no state after the id).
+  const results = (text) => text.split(new RegExp(`embark task ${id} succeeded`)).length - 1;
+
+  await type(`/embark status ${id}`);
+  const status = await seen(new RegExp(`embark task ${id}[\\s\\S]*state\\s+succeeded[\\s\\S]*Recent events`), "the status table with its events");
+  if (results(status) !== 1) fail(`the result landed ${results(status)} times`);
   step("/embark status shows the state table and the events on screen");
-  const results = (text) => text.split(FINAL_TEXT).length - 1;
-  await seen(new RegExp(FINAL_TEXT), "the result in the conversation");
 
   // A second task to pick between, then the picker: Down to the older one, Enter.
   await type('/embark "and another"');
@@ -111,9 +112,9 @@ async function main() {
   keys("Down");
   await sleep(300);
   keys("Enter");
-  const shown = await seen(new RegExp(`embark task ${id}[\\s\\S]*state\\s+succeeded[\\s\\S]*\\(main\\)`), "the picked task's status");
+  const shown = await seen(new RegExp(`Attached to task ${id}[\\s\\S]*embark ${id} · succeeded`), "the picked task attached, its widget below the editor");
   if (results(shown) !== before) fail(`the result landed again after picking the finished task (${before} → ${results(shown)})`);
-  step("/embark tasks: arrows move, Enter shows the task; its result landed once");
+  step("/embark tasks: arrows move, Enter attaches the task (widget on screen); its result landed once");
 }
 
 run(main, {

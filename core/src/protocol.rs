@@ -26,6 +26,12 @@ pub mod method {
     pub const HELLO: &str = "embark.hello";
     pub const COMMAND: &str = "embark.command";
     pub const SESSION_START: &str = "embark.session_start";
+    /// Subscribe to a session's live updates (answers a [`super::SubscriptionId`]).
+    pub const WATCH: &str = "embark.watch";
+    /// End a subscription made with [`WATCH`].
+    pub const UNWATCH: &str = "embark.unwatch";
+    /// The notification each live update of a [`WATCH`] subscription comes as.
+    pub const LIVE: &str = "embark.live";
 }
 
 /// One method of the protocol.
@@ -40,6 +46,8 @@ pub struct Method {
     /// Every error the method answers with. The errors about a line itself
     /// ([`ErrorCode::TRANSPORT`]) are not listed: any line can get them.
     pub errors: &'static [ErrorCode],
+    /// For a subscription: the notification method its updates come as, and their type.
+    pub notification: Option<(&'static str, SchemaFn)>,
 }
 
 impl Method {
@@ -56,7 +64,7 @@ impl Method {
 }
 
 /// Every method of the protocol, in the order the OpenRPC document lists them.
-pub const METHODS: [Method; 3] = [
+pub const METHODS: [Method; 5] = [
     Method {
         name: method::HELLO,
         summary: "The handshake: must come first.",
@@ -68,6 +76,7 @@ pub const METHODS: [Method; 3] = [
             ErrorCode::Internal,
             ErrorCode::UnsupportedProtocol,
         ],
+        notification: None,
     },
     Method {
         name: method::COMMAND,
@@ -87,6 +96,7 @@ pub const METHODS: [Method; 3] = [
             ErrorCode::TaskNotFound,
             ErrorCode::Timeout,
         ],
+        notification: None,
     },
     Method {
         name: method::SESSION_START,
@@ -104,6 +114,38 @@ pub const METHODS: [Method; 3] = [
             ErrorCode::BrokerRejected,
             ErrorCode::Timeout,
         ],
+        notification: None,
+    },
+    Method {
+        name: method::WATCH,
+        summary: "Subscribe to a Pi session's live updates.",
+        description: "Follows the broker's live tail of the session's tasks and sends each change as an `embark.live` notification \
+            ({\"subscription\": <id>, \"result\": LiveUpdate}): the footer status, the attached task's widget, a finished task's \
+            result (once) and a line when a task ends. Each carries the task id and seq; a repeat after a reconnect or a restart \
+            has the same (task_id, seq, state), so a client drops it. Answers the subscription id.",
+        params: schema::<WatchParams>,
+        result: schema::<SubscriptionId>,
+        errors: &[
+            ErrorCode::InvalidParams,
+            ErrorCode::Internal,
+            ErrorCode::HandshakeRequired,
+            ErrorCode::Config,
+        ],
+        notification: Some((method::LIVE, schema::<LiveUpdate>)),
+    },
+    Method {
+        name: method::UNWATCH,
+        summary: "End a live-update subscription.",
+        description: "Stops the subscription `embark.watch` answered; no notification of it follows the answer. \
+            `stopped` is false when there was no such subscription (already ended).",
+        params: schema::<UnwatchParams>,
+        result: schema::<Unwatched>,
+        errors: &[
+            ErrorCode::InvalidParams,
+            ErrorCode::Internal,
+            ErrorCode::HandshakeRequired,
+        ],
+        notification: None,
     },
 ];
 
@@ -155,6 +197,45 @@ pub struct SessionStartParams {
     pub reason: Option<String>,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    /// The Pi session whose tasks to follow.
+    pub session: SessionContext,
+}
+
+/// A subscription's id, as `embark.watch` answers it and each notification names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct SubscriptionId(pub u64);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnwatchParams {
+    /// The id `embark.watch` answered.
+    pub subscription: SubscriptionId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Unwatched {
+    /// Whether a subscription ended (false: there was none with that id).
+    pub stopped: bool,
+}
+
+/// One live update (the `result` of an `embark.live` notification): what changed
+/// for one task, as a view to render like a command's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LiveUpdate {
+    /// The task it is about.
+    pub task_id: String,
+    /// The newest event seq of the task this update reflects.
+    pub seq: u64,
+    /// The task's state as of this update.
+    pub state: crate::task::TaskState,
+    /// What to render: the footer status, the widget, a line when the task ended, its result (once).
+    pub view: View,
+}
+
 /// The Pi session the command runs in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +266,17 @@ pub struct View {
     /// Entries to record in Pi's session (`pi.appendEntry`), mirroring the sidecar's task records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entries: Vec<SessionEntry>,
+    /// A widget below the editor to set (`lines: null` removes it); absent: leave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widget: Option<Widget>,
+}
+
+/// A few lines below the editor (Pi's `ctx.ui.setWidget(key, lines)`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Widget {
+    pub key: String,
+    /// The lines to show; `null` removes the widget.
+    pub lines: Option<Vec<String>>,
 }
 
 impl View {

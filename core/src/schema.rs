@@ -117,6 +117,9 @@ fn defined_name(reference: &Schema) -> &str {
 fn sidecar_types(mut bundle: Bundle) -> Bundle {
     for method in &METHODS {
         bundle = bundle.add_schema(method.params).add_schema(method.result);
+        if let Some((_, item)) = method.notification {
+            bundle = bundle.add_schema(item);
+        }
     }
     bundle.add::<protocol::ErrorCode>().add::<protocol::ErrorData>()
 }
@@ -241,7 +244,12 @@ fn rpc_method(generator: &mut SchemaGenerator, method: &protocol::Method) -> Val
         .iter()
         .map(|code| json!({"$ref": format!("#/components/errors/{}", error_name(*code))}))
         .collect();
-    json!({
+    // OpenRPC has no notifications: a subscription names its own here.
+    let notification = method.notification.map(|(name, item)| {
+        let item = item(generator);
+        json!({"name": name, "schema": item.to_value()})
+    });
+    let mut described = json!({
         "name": method.name,
         "summary": method.summary,
         "description": method.description,
@@ -251,7 +259,11 @@ fn rpc_method(generator: &mut SchemaGenerator, method: &protocol::Method) -> Val
         "x-params": params_ref.to_value(),
         "result": {"name": defined_name(&result), "schema": result.to_value()},
         "errors": errors,
-    })
+    });
+    if let Some(notification) = notification {
+        described["x-notification"] = notification;
+    }
+    described
 }
 
 /// The code's name, as `ErrorData.kind` carries it.

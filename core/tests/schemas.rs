@@ -139,7 +139,16 @@ fn the_openrpc_document_describes_the_protocol() {
     assert_eq!(doc["info"]["x-supported-protocols"], json!(SUPPORTED_PROTOCOLS));
     let methods = doc["methods"].as_array().expect("methods");
     let names: Vec<&str> = methods.iter().filter_map(|m| m["name"].as_str()).collect();
-    assert_eq!(names, [method::HELLO, method::COMMAND, method::SESSION_START]);
+    assert_eq!(
+        names,
+        [
+            method::HELLO,
+            method::COMMAND,
+            method::SESSION_START,
+            method::WATCH,
+            method::UNWATCH
+        ]
+    );
     for (m, (params, result)) in methods.iter().zip([
         (&["protocol", "client"][..], ("HelloParams", "HelloResult")),
         (&["line", "session"][..], ("CommandParams", "View")),
@@ -147,6 +156,8 @@ fn the_openrpc_document_describes_the_protocol() {
             &["session", "known_tasks", "reason"][..],
             ("SessionStartParams", "View"),
         ),
+        (&["session"][..], ("WatchParams", "SubscriptionId")),
+        (&["subscription"][..], ("UnwatchParams", "Unwatched")),
     ]) {
         let (params_type, result) = result;
         assert_eq!(m["x-params"]["$ref"], format!("#/components/schemas/{params_type}"));
@@ -159,6 +170,9 @@ fn the_openrpc_document_describes_the_protocol() {
             .collect();
         assert_eq!(got, params, "{}", m["name"]);
         assert_eq!(m["result"]["schema"]["$ref"], format!("#/components/schemas/{result}"));
+        let notification = (m["name"] == method::WATCH)
+            .then(|| json!({"name": method::LIVE, "schema": {"$ref": "#/components/schemas/LiveUpdate"}}));
+        assert_eq!(m.get("x-notification"), notification.as_ref(), "{}", m["name"]);
         let declared = METHODS
             .iter()
             .find(|d| d.name == m["name"])

@@ -101,6 +101,13 @@ function constants(doc) {
       params: refName(m["x-params"]?.$ref, "schemas"),
       result: refName(m.result?.schema?.$ref, "schemas"),
       errors: need(Array.isArray(m.errors), m.errors, `${name}.errors is an array`).map((e) => refName(e.$ref, "errors")),
+      notification:
+        m["x-notification"] === undefined
+          ? undefined
+          : {
+              name: need(typeof m["x-notification"].name === "string", m["x-notification"].name, `${name}.x-notification.name is a string`),
+              item: refName(m["x-notification"].schema?.$ref, "schemas"),
+            },
     };
   });
   // The document lists every error under components.errors; the ones no method lists are about the line itself.
@@ -119,6 +126,13 @@ function constants(doc) {
     ...methods.map((m) => `  /** ${m.summary} */\n  ${m.key}: ${q(m.name)},`),
     "} as const;",
     "export type MethodName = (typeof METHOD)[keyof typeof METHOD];",
+    "",
+    "/** The notifications of each subscription, by the subscribing method's key. */",
+    "export const NOTIFICATION = {",
+    ...methods
+      .filter((m) => m.notification !== undefined)
+      .map((m) => `  /** What ${m.name} sends, each a {@link ${m.notification.item}}. */\n  ${m.key}: ${q(m.notification.name)},`),
+    "} as const;",
     "",
     "/** What each method takes and answers. */",
     "export interface MethodTypes {",

@@ -6,8 +6,10 @@
 import { locateSidecar, packageInfo, type Located } from "./locate.ts";
 import {
   METHOD,
+  NOTIFICATION,
   PROTOCOL_VERSION,
   type HelloResult,
+  type LiveUpdate,
   type MethodName,
   type MethodTypes,
   type PeerInfo,
@@ -16,6 +18,9 @@ import {
   type View,
 } from "./protocol.gen.ts";
 import { RpcError, Sidecar, SidecarError } from "./sidecar.ts";
+
+/** At most one immediate restart of a dead watched sidecar per this long. */
+const REVIVE_INTERVAL_MS = 60_000;
 
 /** Calls `method` with params and result typed as the protocol declares them. */
 function invoke<M extends MethodName>(
@@ -41,11 +46,22 @@ export interface ClientOptions {
   onRestart?: (notice: string) => void;
 }
 
+/** The session whose live updates the client follows, and where they go. */
+interface Watching {
+  session: SessionContext;
+  onUpdate: (update: LiveUpdate) => void;
+  /** The running sidecar's subscription id, once it answered. */
+  subscription?: number | undefined;
+}
+
 export class EmbarkClient {
   readonly #options: ClientOptions;
   #sidecar: Sidecar | undefined;
   #starting: Promise<Sidecar> | undefined;
   #hello: HelloResult | undefined;
+  #watching: Watching | undefined;
+  #stopped = false;
+  #revivedAt = 0;
 
   constructor(options: ClientOptions = {}) {
     this.#options = options;
@@ -72,6 +88,55 @@ export class EmbarkClient {
     return invoke(sidecar, METHOD.session_start, params);
   }
 
+  /**
+   * Follows `session`'s live updates (`embark.watch`): each goes to `onUpdate`.
+   * One session at a time: watching another ends the first. A sidecar that
+   * dies while watching is replaced at once (with the restart notice) and the
+   * watch resumes from its cursors.
+   */
+  async watch(session: SessionContext, onUpdate: (update: LiveUpdate) => void): Promise<void> {
+    this.#stopped = false;
+    const sidecar = await this.ensure(session.cwd);
+    const previous = this.#watching;
+    if (previous?.subscription !== undefined && this.#sidecar === sidecar) {
+      // Its updates are dropped from here on; none follows the unwatch answer.
+      this.#watching = undefined;
+      await invoke(sidecar, METHOD.unwatch, { subscription: previous.subscription }).catch(() => undefined);
+    }
+    this.#watching = { session, onUpdate };
+    await this.#subscribe(sidecar);
+  }
+
+  async #subscribe(sidecar: Sidecar): Promise<void> {
+    const watching = this.#watching;
+    if (watching === undefined) return;
+    watching.subscription = undefined;
+    const id = await invoke(sidecar, METHOD.watch, { session: watching.session });
+    if (this.#watching === watching) watching.subscription = id;
+  }
+
+  #onNotification(method: string, params: unknown): void {
+    if (method !== NOTIFICATION.watch) return;
+    const p = params as { subscription?: unknown; result?: LiveUpdate } | null;
+    const watching = this.#watching;
+    if (watching === undefined || p?.result === undefined) return;
+    // Updates can follow the watch answer in the same chunk, before its id is recorded: only
+    // this subscription can be under way then (a replaced one was unwatched first).
+    if (watching.subscription !== undefined && p.subscription !== watching.subscription) return;
+    watching.onUpdate(p.result);
+  }
+
+  /** A watched sidecar that died on its own is replaced now, not at the next command (once per death). */
+  #revive(dead: Sidecar, cwd: string): void {
+    if (this.#stopped || this.#watching === undefined || this.#sidecar !== dead) return;
+    // A sidecar that keeps dying is left to the next command, which reports why.
+    if (Date.now() - this.#revivedAt < REVIVE_INTERVAL_MS) return;
+    this.#revivedAt = Date.now();
+    this.ensure(cwd).catch((err: unknown) => {
+      console.error(`pi-embark: could not restart the sidecar for live updates: ${String(err)}`);
+    });
+  }
+
   /** Starts the sidecar (cwd = `cwd`) and shakes hands, unless one is running. */
   async ensure(cwd: string): Promise<Sidecar> {
     if (this.#sidecar?.usable === true) return this.#sidecar;
@@ -84,6 +149,8 @@ export class EmbarkClient {
 
   /** Stops the sidecar, if one runs: EOF on stdin, SIGTERM after 500 ms. */
   async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#watching = undefined;
     const starting = this.#starting;
     if (starting !== undefined) await starting.catch(() => undefined);
     await this.#discard();
@@ -108,7 +175,14 @@ export class EmbarkClient {
 
     const located = (this.#options.locate ?? locateSidecar)();
     const { args, env, callTimeoutMs } = this.#options;
-    const sidecar = new Sidecar({ path: located.path, args, cwd, env, callTimeoutMs });
+    const sidecar = new Sidecar({
+      path: located.path,
+      args,
+      cwd,
+      env,
+      callTimeoutMs,
+      onNotification: (method, params) => this.#onNotification(method, params),
+    });
     let hello: HelloResult;
     try {
       hello = await invoke(sidecar, METHOD.hello, {
@@ -136,6 +210,8 @@ export class EmbarkClient {
     }
     this.#sidecar = sidecar;
     this.#hello = hello;
+    void sidecar.exited.then(() => this.#revive(sidecar, cwd));
+    if (this.#watching !== undefined) await this.#subscribe(sidecar);
     return sidecar;
   }
 }

@@ -5,7 +5,7 @@
 import type { ExtensionAPI, ExtensionContext } from "@mariozechner/pi-coding-agent";
 import { EmbarkClient } from "./client.ts";
 import { RpcError } from "./sidecar.ts";
-import type { SessionContext, View } from "./protocol.gen.ts";
+import type { LiveUpdate, SessionContext, View } from "./protocol.gen.ts";
 import { errorText, renderView, sessionHistory, type PickBlock } from "./render.ts";
 
 /** The `customType` of the session entries that mirror the sidecar's task records. */
@@ -18,6 +18,39 @@ export default function embark(pi: ExtensionAPI): void {
   let notify: ((text: string) => void) | undefined;
   // One sidecar per Pi process, started by the first /embark or session start.
   const client = new EmbarkClient({ onRestart: (notice) => notify?.(notice) });
+  // Live updates render through the context of the newest command or session start.
+  let current: ExtensionContext | undefined;
+  let watched: string | undefined;
+  // (task, seq, state) of every update shown: a repeat after a reconnect or a restart is dropped.
+  const shown = new Set<string>();
+
+  const onUpdate = (update: LiveUpdate): void => {
+    const key = `${update.task_id}:${String(update.seq)}:${update.state}`;
+    const ctx = current;
+    if (shown.has(key) || ctx === undefined) return;
+    shown.add(key);
+    try {
+      void render(update.view, ctx).catch((err: unknown) => console.error(`pi-embark: live update: ${errorText(err)}`));
+    } catch (err) {
+      // A context of a session Pi replaced throws; the next session start brings a new one.
+      console.error(`pi-embark: live update: ${errorText(err)}`);
+    }
+  };
+
+  /** Follows the session's live updates, once per session id. */
+  const watch = async (ctx: ExtensionContext): Promise<void> => {
+    current = ctx;
+    const id = ctx.sessionManager.getSessionId();
+    if (watched === id) return;
+    watched = id;
+    try {
+      await client.watch(session(ctx), onUpdate);
+    } catch (err) {
+      watched = undefined;
+      // Not configured yet: the first /embark says what to set; no line at every start of Pi.
+      if (!(err instanceof RpcError && err.kind === "config")) console.error(`pi-embark: live updates: ${errorText(err)}`);
+    }
+  };
 
   const render = async (view: View, ctx: ExtensionContext): Promise<PickBlock | undefined> =>
     renderView(view, ctx.ui, pi, {
@@ -28,8 +61,10 @@ export default function embark(pi: ExtensionAPI): void {
 
   const run = async (line: string, ctx: ExtensionContext): Promise<void> => {
     notify = (text) => ctx.ui.notify(text, "warning");
+    current = ctx;
     try {
       const pick = await render(await client.command(line, session(ctx)), ctx);
+      await watch(ctx);
       if (pick === undefined) return;
       const labels = pick.items.map((item) => item.label);
       const chosen = await ctx.ui.select(pick.title, labels);
@@ -56,6 +91,7 @@ export default function embark(pi: ExtensionAPI): void {
         reason: (event as { reason?: string }).reason ?? null,
       });
       await render(view, ctx);
+      await watch(ctx);
     } catch (err) {
       // A sidecar that answered with an error is worth a line; one that cannot be
       // found or started is reported by the first /embark, not at every start of Pi.
@@ -65,6 +101,8 @@ export default function embark(pi: ExtensionAPI): void {
   });
 
   pi.on("session_shutdown", async () => {
+    watched = undefined;
+    current = undefined;
     await client.stop();
   });
 }

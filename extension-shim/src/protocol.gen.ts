@@ -3,10 +3,21 @@
 /* eslint-disable */
 
 /**
- * embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol 1. Methods: embark.hello (HelloParams -> HelloResult), embark.command (CommandParams -> View), embark.session_start (SessionStartParams -> View). Errors: error.code from ErrorCode, error.data is ErrorData.
+ * embark-sidecar JSON-RPC 2.0 over NDJSON stdio, protocol 1. Methods: embark.hello (HelloParams -> HelloResult), embark.command (CommandParams -> View), embark.session_start (SessionStartParams -> View), embark.watch (WatchParams -> SubscriptionId), embark.unwatch (UnwatchParams -> Unwatched). Errors: error.code from ErrorCode, error.data is ErrorData.
  */
 export type EmbarkSidecarProtocolV1 =
-  CommandParams | ErrorCode | ErrorData | HelloParams | HelloResult | SessionStartParams | View;
+  | CommandParams
+  | ErrorCode
+  | ErrorData
+  | HelloParams
+  | HelloResult
+  | LiveUpdate
+  | SessionStartParams
+  | SubscriptionId
+  | UnwatchParams
+  | Unwatched
+  | View1
+  | WatchParams;
 /**
  * Stable JSON-RPC error codes. The JSON-RPC 2.0 ones keep their meaning;
  * embark's own are positive.
@@ -48,6 +59,10 @@ export type Block =
       type: "pick";
     };
 export type Tone = "info" | "warning" | "error";
+/**
+ * A subscription's id, as `embark.watch` answers it and each notification names it.
+ */
+export type SubscriptionId = number;
 
 export interface CommandParams {
   /**
@@ -111,20 +126,27 @@ export interface HelloResult {
    */
   supported: number[];
 }
-export interface SessionStartParams {
+/**
+ * One live update (the `result` of an `embark.live` notification): what changed
+ * for one task, as a view to render like a command's answer.
+ */
+export interface LiveUpdate {
   /**
-   * The task ids the session's own entries (`embark-task`) name, so a session whose
-   * sidecar store was lost still finds its tasks.
+   * The newest event seq of the task this update reflects.
    */
-  known_tasks?: string[];
+  seq: number;
   /**
-   * Why Pi started the session: `startup`, `reload`, `new`, `resume` or `fork` (for logs).
+   * The task's state as of this update.
    */
-  reason?: string | null;
-  session: SessionContext;
+  state: "queued" | "running" | "stale" | "succeeded" | "failed" | "cancelled";
+  /**
+   * The task it is about.
+   */
+  task_id: string;
+  view: View;
 }
 /**
- * What to show for a command.
+ * What to render: the footer status, the widget, a line when the task ended, its result (once).
  */
 export interface View {
   /**
@@ -147,6 +169,10 @@ export interface View {
    * A footer status line to set (`text: null` clears it).
    */
   status?: StatusLine | null;
+  /**
+   * A widget below the editor to set (`lines: null` removes it); absent: leave it.
+   */
+  widget?: Widget | null;
 }
 /**
  * One choice of a pick list: what it shows and the `/embark` line it runs.
@@ -191,6 +217,91 @@ export interface StatusLine {
   key: string;
   text?: string | null;
 }
+/**
+ * A few lines below the editor (Pi's `ctx.ui.setWidget(key, lines)`).
+ */
+export interface Widget {
+  key: string;
+  /**
+   * The lines to show; `null` removes the widget.
+   */
+  lines?: string[] | null;
+}
+export interface SessionStartParams {
+  /**
+   * The task ids the session's own entries (`embark-task`) name, so a session whose
+   * sidecar store was lost still finds its tasks.
+   */
+  known_tasks?: string[];
+  /**
+   * Why Pi started the session: `startup`, `reload`, `new`, `resume` or `fork` (for logs).
+   */
+  reason?: string | null;
+  session: SessionContext;
+}
+export interface UnwatchParams {
+  /**
+   * The id `embark.watch` answered.
+   */
+  subscription: number;
+}
+export interface Unwatched {
+  /**
+   * Whether a subscription ended (false: there was none with that id).
+   */
+  stopped: boolean;
+}
+/**
+ * What to show for a command.
+ */
+export interface View1 {
+  /**
+   * Shown in order, together as one notification (a TUI shows one at a time).
+   */
+  blocks: Block[];
+  /**
+   * Entries to record in Pi's session (`pi.appendEntry`), mirroring the sidecar's task records.
+   */
+  entries?: SessionEntry[];
+  /**
+   * A message to add to the conversation.
+   */
+  message?: ChatMessage | null;
+  /**
+   * More messages, after `message` (several results landing at once).
+   */
+  messages?: ChatMessage[];
+  /**
+   * A footer status line to set (`text: null` clears it).
+   */
+  status?: StatusLine | null;
+  /**
+   * A widget below the editor to set (`lines: null` removes it); absent: leave it.
+   */
+  widget?: Widget | null;
+}
+export interface WatchParams {
+  session: SessionContext1;
+}
+/**
+ * The Pi session the command runs in.
+ */
+export interface SessionContext1 {
+  /**
+   * Pi's working directory (`ctx.cwd`): the repository tasks are cut from.
+   */
+  cwd: string;
+  /**
+   * Pi's session file (`ctx.sessionManager.getSessionFile()`), which may not exist yet:
+   * a session whose file never came into being cannot be reopened, so its tasks are
+   * adopted by the next session in the same directory.
+   */
+  session_file?: string | null;
+  /**
+   * Pi's session id (`ctx.sessionManager.getSessionId()`).
+   */
+  session_id: string;
+}
 
 // From schemas/v1/sidecar.openrpc.json.
 
@@ -207,14 +318,26 @@ export const METHOD = {
   command: "embark.command",
   /** A Pi session started (startup, `pi -c`, `/resume`, `/new`, a fork). */
   session_start: "embark.session_start",
+  /** Subscribe to a Pi session's live updates. */
+  watch: "embark.watch",
+  /** End a live-update subscription. */
+  unwatch: "embark.unwatch",
 } as const;
 export type MethodName = (typeof METHOD)[keyof typeof METHOD];
+
+/** The notifications of each subscription, by the subscribing method's key. */
+export const NOTIFICATION = {
+  /** What embark.watch sends, each a {@link LiveUpdate}. */
+  watch: "embark.live",
+} as const;
 
 /** What each method takes and answers. */
 export interface MethodTypes {
   "embark.hello": { params: HelloParams; result: HelloResult };
   "embark.command": { params: CommandParams; result: View };
   "embark.session_start": { params: SessionStartParams; result: View };
+  "embark.watch": { params: WatchParams; result: SubscriptionId };
+  "embark.unwatch": { params: UnwatchParams; result: Unwatched };
 }
 
 /** Each error's `error.code`, by its name (`error.data.kind`). */
@@ -265,5 +388,16 @@ export const METHOD_ERRORS = {
     "broker_unreachable",
     "broker_rejected",
     "timeout",
+  ],
+  "embark.watch": [
+    "invalid_params",
+    "internal",
+    "handshake_required",
+    "config",
+  ],
+  "embark.unwatch": [
+    "invalid_params",
+    "internal",
+    "handshake_required",
   ],
 } as const satisfies Record<MethodName, readonly ErrorCode[]>;

@@ -9,6 +9,8 @@ export type NotifyType = "info" | "warning" | "error";
 export interface ViewUi {
   notify(message: string, type?: NotifyType): void;
   setStatus(key: string, text: string | undefined): void;
+  /** Lines below the editor (`undefined` removes them); absent where a front end has none. */
+  setWidget?(key: string, lines: string[] | undefined, options?: { placement?: "aboveEditor" | "belowEditor" }): void;
 }
 
 /** The part of `pi` a View needs. */
@@ -85,6 +87,9 @@ export function renderView(view: View, ui: ViewUi, pi: ViewMessages, options: Re
   if (texts.length > 0) ui.notify(texts.join("\n\n"), tone);
   if (view.status !== undefined && view.status !== null) {
     ui.setStatus(view.status.key, view.status.text ?? undefined);
+  }
+  if (view.widget !== undefined && view.widget !== null) {
+    ui.setWidget?.(view.widget.key, view.widget.lines ?? undefined, { placement: "belowEditor" });
   }
   for (const entry of Array.isArray(view.entries) ? view.entries : []) {
     pi.appendEntry?.(entry.custom_type, entry.data);

@@ -48,6 +48,8 @@ export interface SidecarOptions {
   env?: NodeJS.ProcessEnv | undefined;
   /** Default {@link DEFAULT_CALL_TIMEOUT_MS}. */
   callTimeoutMs?: number | undefined;
+  /** Called with each notification the sidecar sends (a subscription's updates). */
+  onNotification?: ((method: string, params: unknown) => void) | undefined;
 }
 
 interface Pending {
@@ -63,6 +65,7 @@ export class Sidecar {
   readonly #pending = new Map<number, Pending>();
   readonly #stderr = new StderrTail();
   readonly #callTimeoutMs: number;
+  readonly #onNotification: ((method: string, params: unknown) => void) | undefined;
   #nextId = 1;
   /** Set once the process is gone or unusable; every later call fails with it. */
   #failure: string | undefined;
@@ -73,6 +76,7 @@ export class Sidecar {
   constructor(options: SidecarOptions) {
     this.path = options.path;
     this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.#onNotification = options.onNotification;
     this.#child = spawn(options.path, options.args ?? ["--stdio"], {
       cwd: options.cwd,
       env: options.env ?? process.env,
@@ -190,8 +194,11 @@ export class Sidecar {
       return;
     }
     if (!("id" in message) || message.id === null) {
-      // A notification: protocol 1 has none, so there is nothing to do with one.
-      if (typeof message.method === "string") return;
+      // A notification: a subscription's update (embark.live).
+      if (typeof message.method === "string") {
+        this.#onNotification?.(message.method, message.params);
+        return;
+      }
       // An error without id answers a request the sidecar could not parse.
       // Ours are always well-formed, so this is a protocol fault.
       const err = isObject(message.error) ? message.error : {};

@@ -11,6 +11,7 @@ function recorder(): { ui: ViewUi; pi: ViewMessages; calls: unknown[][] } {
     ui: {
       notify: (message, type) => calls.push(["notify", message, type]),
       setStatus: (key, text) => calls.push(["setStatus", key, text]),
+      setWidget: (key, lines, options) => calls.push(["setWidget", key, lines, options]),
     },
     pi: { sendMessage: (message, options) => calls.push(options ? ["sendMessage", message, options] : ["sendMessage", message]) },
   };
@@ -207,4 +208,15 @@ test("entries are appended to the session and every message is sent, once each",
 test("errorText uses the message of an Error", () => {
   assert.equal(errorText(new Error("boom")), "boom");
   assert.equal(errorText("weird"), "embark failed: weird");
+});
+
+test("a widget goes below the editor; lines null removes it", () => {
+  const r = recorder();
+  renderView({ blocks: [], status: null, message: null, widget: { key: "embark", lines: ["embark abc · running"] } }, r.ui, r.pi);
+  renderView({ blocks: [], status: null, message: null, widget: { key: "embark", lines: null } }, r.ui, r.pi);
+  renderView({ blocks: [], status: null, message: null }, r.ui, r.pi);
+  assert.deepEqual(r.calls, [
+    ["setWidget", "embark", ["embark abc · running"], { placement: "belowEditor" }],
+    ["setWidget", "embark", undefined, { placement: "belowEditor" }],
+  ]);
 });

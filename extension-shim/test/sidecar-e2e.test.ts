@@ -116,3 +116,48 @@ test("a sidecar that fails at startup reports its exit and stderr", async (t) =>
     await client.stop();
   }
 });
+
+test("watch needs a broker: refused with a config error", async (t) => {
+  const path = requireSidecar(t);
+  if (path === undefined) return;
+  const client = new EmbarkClient({ locate: () => ({ path, source: "env" }), env: cleanEnv() });
+  try {
+    await assert.rejects(
+      within(30_000, "watch", client.watch(session, () => {})),
+      (err: unknown) => err instanceof RpcError && err.kind === "config",
+    );
+  } finally {
+    await client.stop();
+  }
+});
+
+test("a watched sidecar that is killed is replaced at once, with one notice", async (t) => {
+  const path = requireSidecar(t);
+  if (path === undefined) return;
+  const notices: string[] = [];
+  // An unreachable broker: the watch is accepted and keeps trying to open its tail.
+  const env = {
+    ...cleanEnv(),
+    EMBARK_BROKER_URL: "http://127.0.0.1:1",
+    EMBARK_CLIENT_SECRET: "not-a-real-secret-0123456789",
+    EMBARK_STATE_DIR: join(cwd, "state"),
+  };
+  const client = new EmbarkClient({ locate: () => ({ path, source: "env" }), env, onRestart: (n) => notices.push(n) });
+  try {
+    await within(30_000, "watch", client.watch(session, () => {}));
+    const first = client.sidecar as Sidecar;
+    assert.ok(first.pid !== undefined);
+    process.kill(first.pid, "SIGKILL");
+    await within(5_000, "the kill", first.exited);
+    const deadline = Date.now() + 15_000;
+    while ((client.sidecar === first || client.sidecar === undefined) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const second = client.sidecar as Sidecar;
+    assert.notEqual(second, first, "replaced without a command");
+    assert.equal(notices.length, 1, JSON.stringify(notices));
+    assert.match(notices[0] ?? "", /was killed by SIGKILL; started a new one/);
+  } finally {
+    await client.stop();
+  }
+});

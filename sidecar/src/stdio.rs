@@ -4,7 +4,9 @@
 //! jsonrpsee ships no stdio transport, so this loop drives the methods with
 //! [`Methods::raw_json_request`] and handles what that call does not:
 //! malformed JSON, invalid UTF-8, batches, notifications, over-long lines, a
-//! cap on in-flight calls and an orderly shutdown on EOF. Line framing is
+//! cap on in-flight calls and an orderly shutdown on EOF. A subscription's
+//! notifications (jsonrpsee hands them back with the answer) are written
+//! behind its answer until the subscription ends or the input does. Line framing is
 //! [`embark_core::ndjson`]'s, shared with the runner's Pi driver. Which calls
 //! may run, and which must finish before the next line is read, is the
 //! [`Gate`]'s decision (the connection's session): this loop knows nothing of
@@ -18,7 +20,7 @@ use embark_core::protocol::ErrorCode;
 use jsonrpsee::Methods;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::error::{ErrorObject, RpcError};
@@ -27,6 +29,8 @@ use crate::error::{ErrorObject, RpcError};
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Default number of calls answered at the same time.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// Notifications a subscription may have waiting for the writer before it waits in turn.
+const NOTIFICATION_BUFFER: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StdioOptions {
@@ -107,6 +111,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
     } = options;
     let mut lines = LineReader::new(reader, max_line_bytes);
     let permits = Arc::new(Semaphore::new(max_in_flight));
+    // Dropped when this function returns (EOF or a closed output): every
+    // subscription's forwarder then stops, so its sender clone no longer
+    // holds the writer open.
+    let (_input_open, input_closed) = watch::channel(());
     loop {
         let line = tokio::select! {
             biased;
@@ -192,19 +200,26 @@ async fn read_requests<R: AsyncRead + Unpin>(
         debug!(%method, %id, "call");
         let methods = methods.clone();
         let tx = tx.clone();
+        let input_closed = input_closed.clone();
         let answered = tokio::spawn(async move {
-            let _permit = permit;
             // A second task, so a panic in a method still gets an answer.
-            let response = match tokio::spawn(call(methods, id.clone(), text)).await {
-                Ok(response) => response,
+            let (response, notifications) = match tokio::spawn(call(methods, id.clone(), text)).await {
+                Ok(answered) => answered,
                 Err(e) => {
                     error!(%method, "the call failed: {e}");
                     let message = "the sidecar failed while answering this request; its stderr log has the details";
-                    error_response(&id, ErrorCode::Internal, message)
+                    (error_response(&id, ErrorCode::Internal, message), None)
                 }
             };
             // A closed output means nobody is listening any more; nothing to do.
-            let _ = tx.send(response).await;
+            if tx.send(response).await.is_err() {
+                return;
+            }
+            // The call is answered: a subscription does not hold an in-flight slot.
+            drop(permit);
+            if let Some(notifications) = notifications {
+                forward(notifications, &tx, input_closed).await;
+            }
         });
         if in_order {
             // The task never panics (the call runs in its own); an error here means shutdown.
@@ -213,14 +228,37 @@ async fn read_requests<R: AsyncRead + Unpin>(
     }
 }
 
-async fn call(methods: Methods, id: Value, text: String) -> String {
-    match methods.raw_json_request(&text, 1).await {
-        Ok((response, _subscription)) => normalize_response(response.get(), &id),
-        Err(e) => error_response(
-            &id,
-            ErrorCode::InvalidRequest,
-            &format!("not a JSON-RPC 2.0 request: {e}"),
+/// The answer line and, for a subscription, the stream of its notifications
+/// (a plain method's stream ends at once: nothing else holds its sender).
+async fn call(methods: Methods, id: Value, text: String) -> (String, Option<Notifications>) {
+    match methods.raw_json_request(&text, NOTIFICATION_BUFFER).await {
+        Ok((response, notifications)) => (normalize_response(response.get(), &id), Some(notifications)),
+        Err(e) => (
+            error_response(
+                &id,
+                ErrorCode::InvalidRequest,
+                &format!("not a JSON-RPC 2.0 request: {e}"),
+            ),
+            None,
         ),
+    }
+}
+
+type Notifications = mpsc::Receiver<Box<serde_json::value::RawValue>>;
+
+/// Writes a subscription's notifications until it ends (its sink is dropped)
+/// or the input closes; dropping the receiver then ends the subscription.
+async fn forward(mut notifications: Notifications, tx: &mpsc::Sender<String>, mut input_closed: watch::Receiver<()>) {
+    loop {
+        let notification = tokio::select! {
+            biased;
+            _ = input_closed.changed() => return,
+            notification = notifications.recv() => notification,
+        };
+        let Some(notification) = notification else { return };
+        if tx.send(notification.get().to_owned()).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -81,6 +81,12 @@ pub struct TaskRecord {
     /// The synced working tree's fingerprint (hex), when the task carried a manifest.
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// The last tool call `attach` streamed, for the live widget.
+    #[serde(default)]
+    pub last_tool: Option<String>,
+    /// The last assistant line `attach` streamed, for the live widget.
+    #[serde(default)]
+    pub last_line: Option<String>,
 }
 
 impl TaskRecord {
@@ -95,6 +101,8 @@ impl TaskRecord {
             attach_cursor: 0,
             delivered: None,
             fingerprint: task.manifest.as_ref().map(|m| m.fingerprint.to_string()),
+            last_tool: None,
+            last_line: None,
         }
     }
 

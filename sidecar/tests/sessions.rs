@@ -126,7 +126,7 @@ async fn the_board_the_picker_and_the_sync_cursor() {
     let pick = &blocks(&picker)[0];
     assert_eq!(pick["type"], "pick");
     let items = pick["items"].as_array().expect("items");
-    assert_eq!(items[1]["command"], format!("status {}", first.short()));
+    assert_eq!(items[1]["command"], format!("attach {}", first.short()));
     assert!(
         items[1]["label"].as_str().is_some_and(|l| l.starts_with("queued")),
         "{pick}"

@@ -35,6 +35,23 @@ export class PiRpc {
     }
   }
 
+  /**
+   * Reads what Pi sends unasked (live updates) until `done(seen)` holds;
+   * answers every line read. Fails after `timeoutMs`.
+   */
+  async waitFor(what, done, timeoutMs = 60_000) {
+    const seen = [];
+    const deadline = Date.now() + timeoutMs;
+    while (!done(seen)) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`${what} did not happen within ${timeoutMs} ms; saw ${JSON.stringify(seen).slice(0, 3000)}`);
+      const line = await this.proc.lines(left);
+      if (line === null) throw new Error(`pi exited while waiting for ${what}; see ${this.proc.logPath}`);
+      seen.push(JSON.parse(line));
+    }
+    return seen;
+  }
+
   /** Runs `/embark <args>` and returns what the extension showed: notifications, custom messages, status. */
   async embark(args) {
     const { response, seen } = await this.call({ type: "prompt", message: `/embark ${args}` });
@@ -45,6 +62,7 @@ export class PiRpc {
       notes: seen.filter((m) => m.type === "extension_ui_request" && m.method === "notify"),
       messages: seen.filter((m) => m.type === "message_end" && m.message?.role === "custom").map((m) => m.message),
       statuses: seen.filter((m) => m.type === "extension_ui_request" && m.method === "setStatus"),
+      widgets: seen.filter((m) => m.type === "extension_ui_request" && m.method === "setWidget"),
       seen,
     };
   }

@@ -126,6 +126,10 @@ pub enum Command {
     Sync(SyncTarget),
     Reconcile,
     Cleanup,
+    /// `attach [latest|<id>|<number>]`: follow a task live below the editor.
+    Attach(TaskSelector),
+    /// `detach`: stop following the attached task.
+    Detach,
 }
 
 /// `/embark diff [latest|<id>|<number>] [--stat] [PATH…]`.
@@ -200,7 +204,11 @@ The common loop:
       One task: state, runner attempt, age, fingerprint, tokens and cost,
       recent events and its result. Default: the latest task of this session.
   /embark tasks
-      Pick one of this session's tasks (a numbered board outside the TUI).
+      Pick one of this session's tasks (a numbered board outside the TUI);
+      Enter attaches it.
+  /embark attach [latest|<id>|<n>]
+      Follow a task live in a widget below the editor (state, elapsed, last
+      tool, last assistant line); its result lands here once when it ends.
   /embark list [--all]
       This session's tasks, numbered (1 is the newest); --all: every session's.
 
@@ -208,7 +216,10 @@ Targeting one task (<n> is its number in /embark list):
   /embark sync [all|latest|<id>|<n>]
       The events newer than what sync showed last; all: every tracked task.
   /embark cancel [latest|<id>|<n>]
-      A queued task never starts; a running one's runner stops Pi.
+      A queued task never starts; a running one's runner stops Pi (the
+      footer says so when the runner confirms).
+  /embark detach
+      Stop following the attached task live (it keeps running).
   /embark diff [latest|<id>|<n>] [--stat] [PATH…]
       Show the code a finished task changed (git's diff of its base and
       result, fetched and verified into refs/embark/<task id>/…).
@@ -238,7 +249,7 @@ Maintenance:
       Show this text.
 
 Reserved for commands to come (a prompt that starts with one must be
-quoted or follow `submit`): attach detach follow logs.
+quoted or follow `submit`): follow logs.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>   Pi provider on the runner (else the session default, EMBARK_PROVIDER or `provider` in config.toml)

@@ -53,6 +53,8 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
         Some(Verb::Tasks) => no_args(Verb::Tasks, rest, Command::Tasks),
         Some(Verb::Reconcile) => no_args(Verb::Reconcile, rest, Command::Reconcile),
         Some(Verb::Cleanup) => no_args(Verb::Cleanup, rest, Command::Cleanup),
+        Some(Verb::Attach) => parse_selector(Verb::Attach, rest).map(Command::Attach),
+        Some(Verb::Detach) => no_args(Verb::Detach, rest, Command::Detach),
         Some(Verb::List) => match rest {
             [] => Ok(Command::List { all: false }),
             [one] if one.text == "--all" && !one.quoted => Ok(Command::List { all: true }),
@@ -634,9 +636,16 @@ mod tests {
             parse("sync abcd1234"),
             Ok(Command::Sync(SyncTarget::One(TaskSelector::Prefix("abcd1234".into()))))
         );
-        for later in ["follow 2 \"more\"", "attach", "detach"] {
-            assert!(usage_error(later).contains("not available"), "{later}");
-        }
+        assert_eq!(parse("attach"), Ok(Command::Attach(TaskSelector::Latest)));
+        assert_eq!(parse("attach 2"), Ok(Command::Attach(TaskSelector::Number(2))));
+        assert_eq!(
+            parse("attach abcd12"),
+            Ok(Command::Attach(TaskSelector::Prefix("abcd12".into())))
+        );
+        assert_eq!(parse("detach"), Ok(Command::Detach));
+        assert!(usage_error("detach latest").contains("takes no arguments"));
+        assert!(usage_error("attach 1 2").contains("one task at most"));
+        assert!(usage_error("follow 2 \"more\"").contains("not available"));
     }
 
     #[test]
@@ -725,13 +734,9 @@ mod tests {
     #[test]
     fn reserved_words_never_become_prompts() {
         for line in [
-            "detach latest",
-            "attach 3",
-            "attach latest --model m",
             "follow latest \"now fix the tests\"",
             "logs",
-            "detach",
-            "detach the flaky build please",
+            "logs the flaky build please",
         ] {
             let message = usage_error(line);
             assert!(
@@ -740,9 +745,9 @@ mod tests {
             );
             assert!(message.contains("nothing was submitted"), "{line}: {message}");
         }
-        let message = usage_error("detach latest");
-        assert!(message.contains("quote them: /embark \"detach latest\""), "{message}");
-        let message = usage_error(&format!("detach {}", "word ".repeat(30)));
+        let message = usage_error("logs latest");
+        assert!(message.contains("quote them: /embark \"logs latest\""), "{message}");
+        let message = usage_error(&format!("logs {}", "word ".repeat(30)));
         assert!(message.contains("use /embark submit <prompt>"), "{message}");
         // Behind flags or after `--`, a reserved word is still a command word.
         for line in ["--model m cancel latest", "-- attach 3"] {

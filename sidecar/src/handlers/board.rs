@@ -118,9 +118,9 @@ pub async fn tasks(handlers: &Handlers, session: &SessionContext) -> Result<View
     let items = tasks.iter().map(|r| pick_item(r, tasks, now)).collect();
     Ok(View {
         blocks: vec![Block::Pick {
-            title: "embark: pick a task (Enter shows it)".into(),
+            title: "embark: pick a task (Enter attaches it)".into(),
             items,
-            hint: "Use a number with /embark status|sync|cancel <n>.".into(),
+            hint: "Use a number with /embark attach|status|sync|cancel <n>.".into(),
         }],
         status: Some(status_line(tasks)),
         ..View::default()
@@ -140,7 +140,7 @@ fn pick_item(r: &TaskRecord, tasks: &[TaskRecord], now: Timestamp) -> PickItem {
             r.fingerprint.as_deref().map(short_fingerprint).unwrap_or_default(),
             one_line(&r.prompt, PROMPT_CHARS)
         ),
-        command: format!("status {shown}"),
+        command: format!("attach {shown}"),
     }
 }
 

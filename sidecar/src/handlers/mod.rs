@@ -1,11 +1,13 @@
 //! What each `/embark` command does, answered as a [`View`].
 
 mod apply;
+mod attach;
 mod board;
 mod broker_error;
 mod cancel;
 mod defaults;
 mod diff;
+pub mod live;
 mod reconcile;
 mod runners;
 mod status;
@@ -85,6 +87,8 @@ impl Handlers {
                 Command::Sync(ref target) => sync::run(self, target, session).await,
                 Command::Reconcile => reconcile::reconcile(self, session).await,
                 Command::Cleanup => reconcile::cleanup(self, session).await,
+                Command::Attach(ref selector) => attach::attach(self, selector, session).await,
+                Command::Detach => attach::detach(self, session).await,
             }
         };
         within_deadline(run).await

@@ -104,6 +104,30 @@ impl Client {
         answer
     }
 
+    /// Sends a request and returns its answer with the notifications that came before it.
+    pub async fn call_amid(&mut self, id: u64, method: &str, params: Value) -> (Value, Vec<Value>) {
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        let mut notifications = Vec::new();
+        loop {
+            let line = self.recv().await;
+            if line.get("id").is_none() {
+                notifications.push(line);
+                continue;
+            }
+            assert_eq!(line["id"], json!(id), "answer to another request: {line}");
+            assert_declared(method, &line);
+            return (line, notifications);
+        }
+    }
+
+    /// The next line, which must be a notification (no answer is pending).
+    pub async fn notification(&mut self) -> Value {
+        let line = self.recv().await;
+        assert!(line.get("id").is_none(), "expected a notification, got {line}");
+        line
+    }
+
     pub async fn hello(&mut self) {
         let answer = self.call(0, method::HELLO, json!({"protocol": PROTOCOL_VERSION})).await;
         assert_eq!(answer["result"]["protocol"], PROTOCOL_VERSION, "{answer}");
