@@ -315,6 +315,58 @@ mod tests {
             .collect();
         assert!(args.windows(2).any(|w| w == ["--network", "none"]));
 
+        // A network of its own: the relay is the entry, the socket in the mounted task dir.
+        let relay = RelayLaunch {
+            exe: "/opt/embark/embark-runner".into(),
+            socket: "/spaces/t1/proxy.sock".into(),
+        };
+        let relayed = Run::new(&settings, &launch, &space, &bundle, Some(&relay), Network::On, &no_env).expect("run");
+        let args: Vec<String> = relayed
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = |items: &[&str]| args.windows(items.len()).position(|w| w == items);
+        assert!(
+            at(&[
+                "--mount",
+                "type=bind,source=/opt/embark/embark-runner,target=/run/embark/embark-runner,readonly"
+            ])
+            .is_some(),
+            "{args:?}"
+        );
+        let image = at(&["embark-pi-runner:0.73.1"]).expect("the image");
+        assert_eq!(
+            &args[image + 1..image + 9],
+            [
+                relay::RELAY_PROGRAM,
+                relay::RELAY_ARG,
+                "--socket",
+                "/embark/task/proxy.sock",
+                "--port",
+                &relay::RELAY_PORT.to_string(),
+                "--",
+                "pi"
+            ]
+        );
+        assert!(!args.iter().any(|a| a.contains("secret")));
+        let odd_exe = RelayLaunch {
+            exe: "/opt/a,b/embark-runner".into(),
+            ..relay.clone()
+        };
+        assert!(matches!(
+            Run::new(
+                &settings,
+                &launch,
+                &space,
+                &bundle,
+                Some(&odd_exe),
+                Network::On,
+                &no_env
+            ),
+            Err(IsolationError::UnmountablePath(_))
+        ));
+
         let odd = Space::at("/spaces/a,b".into());
         assert!(matches!(
             Run::new(&settings, &launch, &odd, &bundle, None, Network::On, &no_env),

@@ -170,3 +170,43 @@ impl Sandbox {
 fn within(path: &Path, dir: &Path) -> bool {
     path.starts_with(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_is_a_socket_only_where_the_sandbox_has_a_network_of_its_own() {
+        let space = Space::at("/spaces/t1".into());
+        let sandbox = |mode, docker_network: &str| Sandbox {
+            mode,
+            guard: Guard::at("/bin/guard"),
+            bwrap: "bwrap".into(),
+            docker: DockerSettings {
+                program: "docker".into(),
+                image: "i".into(),
+                network: docker_network.into(),
+                user: "1000:1000".into(),
+                task_dir: "/embark/task".into(),
+            },
+            hidden: Vec::new(),
+            runtime: bwrap::Runtime::default(),
+        };
+        let socket = Some(PathBuf::from("/spaces/t1/proxy.sock"));
+        let cases = [
+            (IsolationMode::Process, "bridge", Network::On, None),
+            (IsolationMode::Bwrap, "bridge", Network::On, None),
+            (IsolationMode::Bwrap, "bridge", Network::None, socket.clone()),
+            (IsolationMode::Docker, "bridge", Network::On, socket.clone()),
+            (IsolationMode::Docker, "host", Network::On, None),
+            (IsolationMode::Docker, "host", Network::None, socket.clone()),
+        ];
+        for (mode, docker_network, network, want) in cases {
+            assert_eq!(
+                sandbox(mode, docker_network).proxy_socket(network, &space),
+                want,
+                "{mode:?} {docker_network} {network:?}"
+            );
+        }
+    }
+}

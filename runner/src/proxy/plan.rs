@@ -494,9 +494,27 @@ mod tests {
             ),
             (
                 json!({}),
+                json!({"openai": {"type": "oauth", "access": "a", "refresh": "r", "expires": 1}}),
+                "openai",
+                "anthropic-messages API only",
+            ),
+            (
+                json!({}),
                 json!({"anthropic": {"type": "oauth", "access": "a", "refresh": "r"}}),
                 "anthropic",
-                "API keys only",
+                "no `expires`",
+            ),
+            (
+                json!({}),
+                json!({"anthropic": {"type": "oauth", "access": "a", "refresh": "r", "expires": 1_000}}),
+                "anthropic",
+                "expired at 1970-01-01T00:00:01Z",
+            ),
+            (
+                json!({}),
+                json!({"anthropic": {"type": "magic"}}),
+                "anthropic",
+                "API keys and OAuth access tokens only",
             ),
         ];
         for (models, auth, provider, reason) in cases {
@@ -507,5 +525,53 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn an_anthropic_oauth_login_is_a_bearer_with_the_oauth_beta_until_it_expires() {
+        let expires = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let auth = json!({"anthropic": {"type": "oauth", "access": "sk-ant-oat01-acc", "refresh": "rt-1", "expires": 2_000_000_000_000u64}});
+        let plan = Plan::new_at(
+            "p",
+            "anthropic",
+            "claude-x",
+            files(json!({}), auth, &[]),
+            expires - Duration::from_secs(60),
+        )
+        .expect("valid for another minute");
+        assert_eq!(plan.oauth_expires, Some(expires));
+        assert_eq!(plan.token_prefix(), "sk-ant-oat01-embark-proxy-");
+        assert!(plan.secrets.contains("sk-ant-oat01-acc") && plan.secrets.contains("rt-1"));
+        assert_eq!(
+            plan.credential_headers(Some("claude-code-20250219, fine-grained-tool-streaming-2025-05-14")),
+            [
+                ("authorization".to_owned(), "Bearer sk-ant-oat01-acc".to_owned()),
+                (
+                    "anthropic-beta".to_owned(),
+                    "claude-code-20250219,fine-grained-tool-streaming-2025-05-14,oauth-2025-04-20".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            plan.credential_headers(Some("oauth-2025-04-20"))[1].1,
+            "oauth-2025-04-20",
+            "named once"
+        );
+        assert_eq!(plan.expired_at(expires - Duration::from_secs(1)), None);
+        let why = plan.expired_at(expires).expect("expired");
+        assert!(
+            why.contains("expired at 2033-05-18T03:33:20Z") && why.contains("/login"),
+            "{why}"
+        );
+
+        let key = Plan::new(
+            "p",
+            "anthropic",
+            "c",
+            files(json!({}), json!({"anthropic": {"type": "api_key", "key": "k"}}), &[]),
+        )
+        .expect("proxiable");
+        assert_eq!((key.token_prefix(), key.oauth_expires), ("embark-proxy-", None));
+        assert_eq!(key.credential_headers(None), [("x-api-key".to_owned(), "k".to_owned())]);
     }
 }

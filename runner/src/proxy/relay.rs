@@ -218,8 +218,14 @@ mod tests {
         assert_eq!(parsed.port, RELAY_PORT);
         assert_eq!(parsed.program, "pi");
         assert_eq!(parsed.args, os(&["--mode", "rpc"]));
-        assert!(parse(os(&["--socket", "/s", "--", "pi"]).into_iter()).is_none(), "no port");
+        assert!(
+            parse(os(&["--socket", "/s", "--", "pi"]).into_iter()).is_none(),
+            "no port"
+        );
         assert!(parse(os(&["--socket", "/s", "--port", "x", "--", "pi"]).into_iter()).is_none());
-        assert!(parse(os(&["--socket", "/s", "--port", "1", "--"]).into_iter()).is_none(), "no program");
+        assert!(
+            parse(os(&["--socket", "/s", "--port", "1", "--"]).into_iter()).is_none(),
+            "no program"
+        );
     }
 }

@@ -16,9 +16,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Gate, Listen};
 use super::api::KEY_HEADERS;
 use super::meter::Scanner;
+use super::{Gate, Listen};
 
 /// The most bytes of an answer forwarded as one chunk.
 const MAX_COALESCED_BYTES: usize = 64 * 1024;
