@@ -155,17 +155,23 @@ async fn relay(args: RelayArgs) -> ExitCode {
         }
     };
     guard::hand_over_stdio();
+    tokio::spawn(carry(listener, args.socket));
     loop {
         tokio::select! {
             status = child.wait() => return guard::exit_code(status.ok()),
-            accepted = listener.accept() => {
-                if let Ok((tcp, _)) = accepted {
-                    tokio::spawn(pipe(tcp, args.socket.clone()));
-                }
-            }
             _ = term.recv() => pass_on(&child, Signal::TERM),
             _ = int.recv() => pass_on(&child, Signal::INT),
             _ = hup.recv() => pass_on(&child, Signal::HUP),
+        }
+    }
+}
+
+/// Carries every connection `listener` takes to the proxy's `socket`
+/// (the relay's work, also run in-process by `bench:proxy`).
+pub async fn carry(listener: TcpListener, socket: PathBuf) {
+    loop {
+        if let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(pipe(tcp, socket.clone()));
         }
     }
 }
