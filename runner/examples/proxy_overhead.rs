@@ -124,7 +124,7 @@ async fn main() {
     for (name, runs) in [("127.0.0.1 proxy:", &proxied), ("socket proxy + relay:", &socketed)] {
         let (p_ttft, p_total) = (ttft(runs), total(runs));
         println!(
-            "  {name:<25} first token {:.2} ms (+{:.2} ms, target <= 2 ms), total {:.2} ms (ratio {:.3}, {:+.1} %, target <= 5 %)",
+            "  {name:<25} first token {:.2} ms ({:+.2} ms, target <= +2 ms), total {:.2} ms (ratio {:.3}, {:+.1} %, target <= 5 %)",
             ms(p_ttft),
             ms(p_ttft) - ms(d_ttft),
             ms(p_total),

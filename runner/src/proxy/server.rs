@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use futures::{FutureExt, stream};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
@@ -64,6 +65,10 @@ impl Server {
             Listen::Loopback => {
                 let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
                 let bound = Bound::Loopback(listener.local_addr()?);
+                // Each coalesced chunk goes out at once, never held back for an ACK (Nagle).
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
                 (bound, tokio::spawn(async move { report(serve.await) }))
             }
