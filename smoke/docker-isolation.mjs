@@ -3,13 +3,14 @@
 // CLI (smoke/fake-docker/docker.mjs; no Docker engine runs here), which
 // records every call and runs the "container" as real Pi on this machine.
 // Checked: the exact `docker run` argv (name, label, mount, workdir, network,
+// the runner binary mounted as the credential proxy's relay in front of Pi,
 // user, dropped capabilities, env without secrets, the bundle's env file,
 // image, Pi's arguments); a clean task leaves removal to --rm; a timed-out
 // task's container is removed with `docker rm -f`; a container of a runner
 // killed with SIGKILL is removed by the next runner at startup; no secret
 // is ever in an argv; a root runner must name a non-root container user.
 
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { spawnSync } from "node:child_process";
@@ -70,13 +71,17 @@ async function main() {
   const removals = (id) => docker.calls().filter((c) => c.argv[0] === "rm" && c.argv.includes(`embark-task-${id}`));
 
   // A clean task.
-  const clean = await submit(broker, secrets, repo, 'echo in-container > made.txt; test -n "$SMOKE_REGION" && echo region=set');
+  const probe = `node -e 'fetch("http://127.0.0.1:${model.port}/health").then(() => console.log("model port reachable"), () => console.log("model port unreachable"))'`;
+  const clean = await submit(broker, secrets, repo, `echo in-container > made.txt; test -n "$SMOKE_REGION" && echo region=set; ${probe}`);
   const cleanDone = await waitFinished(broker, secrets, clean.id);
   if (cleanDone.state !== "succeeded") fail(`the task ended ${cleanDone.state}: ${cleanDone.outcome?.reason}; see ${dir}/runner.log`);
   const task = join(spaces, clean.id);
   if (readFileSync(join(task, "workspace", "made.txt"), "utf8") !== "in-container\n") fail("Pi in the container did not write the workspace");
   const toolEnd = (await events(broker, secrets, clean.id)).find((e) => e.kind === "tool_end");
   if (!toolEnd?.payload.output.includes("region=set")) fail(`the profile's env did not reach the container: ${JSON.stringify(toolEnd)}`);
+  // With bwrap, the fake engine gives the container a network of its own: Pi got out only through the relay.
+  const ownNetwork = spawnSync("bwrap", ["--version"]).status === 0;
+  if (ownNetwork && !toolEnd.payload.output.includes("model port unreachable")) fail(`the container reached this machine's 127.0.0.1: ${toolEnd.payload.output}`);
   const [run, ...more] = runs(clean.id);
   if (!run || more.length) fail(`expected one docker run for ${clean.id}: ${JSON.stringify(docker.calls())}`);
   const expected = [
@@ -88,6 +93,8 @@ async function main() {
     "--cap-drop", "ALL",
     "--security-opt", "no-new-privileges",
     "--mount", `type=bind,source=${task},target=/embark/task`,
+    // A network of its own: the runner binary is the entry, relaying to the proxy's socket in the task dir.
+    "--mount", `type=bind,source=${realpathSync(join(bin, "embark-runner"))},target=/run/embark/embark-runner,readonly`,
     "--workdir", "/embark/task/workspace",
     "--env", "LANG=C.UTF-8",
     "--env", "TERM=xterm",
@@ -98,13 +105,14 @@ async function main() {
     "--env", `EMBARK_TASK_ID=${clean.id}`,
     "--env-file", join(task, "bundle", "env"),
     IMAGE,
+    "/run/embark/embark-runner", "__proxy-relay", "--socket", "/embark/task/proxy.sock", "--port", "41917", "--",
     "pi", "--mode", "rpc", "--provider", "fake", "--model", "fake-model", "--session-dir", "/embark/task/session",
   ];
   if (JSON.stringify(run.argv) !== JSON.stringify(expected)) fail(`docker run argv:\n${JSON.stringify(run.argv)}\nexpected:\n${JSON.stringify(expected)}`);
   if (removals(clean.id).length) fail("a clean task's container is removed by --rm, not rm -f");
   if (existsSync(join(docker.state, `embark-task-${clean.id}.pid`))) fail("the clean task's container is still there");
   if (existsSync(join(task, "bundle"))) fail("the bundle outlived the task");
-  step("clean task: the exact docker run argv; --rm removed the container; the bundle is gone");
+  step(`clean task: the exact docker run argv; --rm removed the container; the bundle is gone${ownNetwork ? "; in a network of its own, Pi's calls went through the relay and the proxy's socket" : ""}`);
 
   // A timed-out task: its container is stopped and removed.
   runner.child.kill("SIGTERM");
@@ -136,7 +144,7 @@ async function main() {
   step("SIGKILL: the next runner removed the container and the bundle");
 
   const argvs = JSON.stringify(docker.calls().map((c) => c.argv));
-  for (const secret of [`sk-docker-${nonce}`, `region-secret-${nonce}`]) if (argvs.includes(secret)) fail(`a secret is in a docker argv: ${secret}`);
+  for (const secret of [`sk-docker-${nonce}`, `region-secret-${nonce}`, "fake-key"]) if (argvs.includes(secret)) fail(`a secret is in a docker argv: ${secret}`);
   const logs = ["runner.log", "runner2.log", "runner3.log"].map((f) => readFileSync(join(dir, f), "utf8")).join("");
   for (const secret of [`sk-docker-${nonce}`, `region-secret-${nonce}`]) if (logs.includes(secret)) fail(`a secret is in the runner's log: ${secret}`);
   step("no secret in any docker argv or runner log");

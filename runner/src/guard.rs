@@ -228,12 +228,7 @@ async fn supervise(args: GuardArgs) -> ExitCode {
             });
         }
     };
-    // The program holds stdin and stdout now; the runner must see their end
-    // when the program ends, not when the guard does.
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        let _ = rustix::stdio::dup2_stdin(&null);
-        let _ = rustix::stdio::dup2_stdout(&null);
-    }
+    hand_over_stdio();
 
     let status = tokio::select! {
         status = child.wait() => status.ok(),
@@ -279,9 +274,19 @@ async fn supervise(args: GuardArgs) -> ExitCode {
     exit_code(status)
 }
 
+/// After starting its program with the same stdio: the program holds stdin
+/// and stdout now, and the runner must see their end when the program ends,
+/// not when this process (a guard, a relay) does.
+pub(crate) fn hand_over_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
+}
+
 /// The program's status as an exit code: its code, `128 + signal` for a
 /// signal, 143 (SIGTERM) when the guard was stopped.
-fn exit_code(status: Option<ExitStatus>) -> ExitCode {
+pub(crate) fn exit_code(status: Option<ExitStatus>) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     let code = match status {
         Some(status) => status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1),

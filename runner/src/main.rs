@@ -1,5 +1,7 @@
 //! `embark-runner`: see `docs/runner.md`. The same binary is each task's
-//! guard (`embark-runner __task-guard …`, see `guard`).
+//! guard (`embark-runner __task-guard …`, see `guard`) and, inside a
+//! sandbox with a network of its own, the credential proxy's relay
+//! (`embark-runner __proxy-relay …`, see `proxy::relay`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +23,10 @@ use embark_runner::{leftovers, space};
 fn main() -> ExitCode {
     // A guard runs before anything else: no logging, no runtime of ours.
     if let Some(code) = guard::run_if_guard() {
+        return code;
+    }
+    // So does the credential proxy's relay inside a sandbox.
+    if let Some(code) = embark_runner::proxy::relay::run_if_relay() {
         return code;
     }
     embark_core::logging::init();

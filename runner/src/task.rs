@@ -28,7 +28,7 @@ use crate::lease::{LeaseKeeper, Lost};
 use crate::pi_process::{PiLaunch, PiPaths, PiProcess};
 use crate::pi_rpc::{Interrupted, Observer, PromptRun, RpcError, run_prompt_cancellable};
 use crate::profile;
-use crate::proxy::TaskCredentials;
+use crate::proxy::{Listen, TaskCredentials};
 use crate::redact::Redactor;
 use crate::reporter::{ReportOptions, Reporter};
 use crate::result::{self, ResultRepo};
@@ -343,11 +343,16 @@ async fn attempt(
     }
     settings.bundles.add(&space.bundle);
     // The credential proxy first: the bundle points Pi at it.
+    // On a socket where the sandbox has a network of its own.
+    let listen = match settings.sandbox.proxy_socket(profile.policy.network, &space) {
+        Some(socket) => Listen::Socket(socket),
+        None => Listen::Loopback,
+    };
     let credentials = match TaskCredentials::set_up(
         &profile,
-        &intent.provider,
-        &intent.model,
+        (&intent.provider, &intent.model),
         settings.task_max_cost,
+        &listen,
         reporter.sender(),
     )
     .await

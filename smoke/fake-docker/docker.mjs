@@ -11,6 +11,9 @@
 //   (under T) mapped to the host's (under S) in the working directory,
 //   environment and arguments, only the --env/--env-file variables, and
 //   stdio passed through (RPC works as with `-i`). `pi` is $FAKE_DOCKER_PI.
+//   A network other than `host` is the container's own, as with an engine:
+//   CMD runs under `bwrap --unshare-net` (when bwrap is on PATH), so it
+//   has a loopback of its own and cannot reach this machine's 127.0.0.1.
 //   With FAKE_DOCKER_PI_MODE=transcript the container is instead the
 //   scripted Pi of smoke/fake-pi.mjs, which answers at once (for timings
 //   that must not include a real Pi). SIGTERM/SIGINT are passed on (like docker's sig-proxy). The
@@ -40,6 +43,7 @@ function run(args) {
     if (!VALUED.has(flag)) continue; // --rm, -i, --init
     const value = args[++i];
     if (flag === "--name") opts.name = value;
+    else if (flag === "--network") opts.network = value;
     else if (flag === "--workdir" || flag === "-w") opts.workdir = value;
     else if (flag === "--env" || flag === "-e") opts.env.push(value);
     else if (flag === "--env-file") opts.envFiles.push(value);
@@ -60,8 +64,12 @@ function run(args) {
   const pidFile = join(state, `${opts.name}.pid`);
   if (process.env.FAKE_DOCKER_PI_MODE === "transcript") return scriptedPi(pidFile);
 
-  const program = command === "pi" ? process.env.FAKE_DOCKER_PI : command;
-  const child = spawn(program, commandArgs.map(toHost), { cwd: toHost(opts.workdir ?? "/"), env, stdio: "inherit", detached: true });
+  // `pi` is the image's Pi, as the command or as what the runner's relay (mounted in) starts.
+  const inHost = (arg) => (arg === "pi" ? process.env.FAKE_DOCKER_PI : toHost(arg));
+  let [program, programArgs] = [inHost(command), commandArgs.map(inHost)];
+  const bwrap = (process.env.PATH ?? "").split(":").map((d) => join(d, "bwrap")).find((p) => existsSync(p));
+  if (opts.network !== "host" && bwrap) [program, programArgs] = [bwrap, ["--dev-bind", "/", "/", "--unshare-net", "--die-with-parent", "--", program, ...programArgs]];
+  const child = spawn(program, programArgs, { cwd: toHost(opts.workdir ?? "/"), env, stdio: "inherit", detached: true });
   writeFileSync(pidFile, String(child.pid));
   for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, () => child.kill(signal));
   child.on("exit", (code, signal) => {

@@ -18,12 +18,15 @@
 //! sandbox is a session of its own (no terminal injection), and it dies
 //! with its parent, the task guard. The network is shared (Pi must reach
 //! its provider) unless the profile says `network = "none"`
-//! (`--unshare-net`: loopback only).
+//! (`--unshare-net`: loopback only); then the runner binary is bound
+//! read-only at [`relay::RELAY_PROGRAM`] and relays Pi's calls to the
+//! credential proxy's socket in the task directory ([`crate::proxy::relay`]).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::{Network, within};
+use crate::proxy::relay::{self, RelayLaunch};
 
 /// Bound read-only when they are directories.
 const SYSTEM_DIRS: [&str; 3] = ["/usr", "/etc", "/opt"];
@@ -123,6 +126,8 @@ pub struct Options<'a> {
     pub hidden: &'a [PathBuf],
     pub runtime: &'a Runtime,
     pub network: Network,
+    /// The credential proxy's relay, started before Pi (`network = "none"`).
+    pub relay: Option<&'a RelayLaunch>,
 }
 
 /// bubblewrap's arguments up to (not including) the `--` before the program.
@@ -172,6 +177,13 @@ pub fn args(options: &Options<'_>) -> Vec<OsString> {
     }
     let task = options.task_root.as_os_str().to_owned();
     args.push_os(["--bind".into(), task.clone(), task]);
+    if let Some(relay) = options.relay {
+        args.push_os([
+            "--ro-bind".into(),
+            relay.exe.clone().into_os_string(),
+            relay::RELAY_PROGRAM.into(),
+        ]);
+    }
     for flag in [
         "--unshare-pid",
         "--unshare-ipc",
@@ -271,6 +283,7 @@ mod tests {
             hidden: &hidden,
             runtime: &runtime,
             network: Network::On,
+            relay: None,
         }));
         let usr = find(&args, &["--ro-bind", "/usr", "/usr"]).expect("/usr read-only");
         let mask = find(&args, &["--tmpfs", "/etc"]).expect("a hidden dir inside a bound one is masked");
@@ -312,14 +325,30 @@ mod tests {
                 .any(|a| a == "/" || a.starts_with("/home") || a.starts_with("/root"))
         );
 
+        let relay = RelayLaunch {
+            exe: "/opt/embark/bin/embark-runner".into(),
+            socket: "/spaces/t1/proxy.sock".into(),
+        };
         let offline = strings(&super::args(&Options {
             task_root: Path::new("/spaces/t1"),
             cwd: Path::new("/spaces/t1/workspace"),
             hidden: &[],
             runtime: &runtime,
             network: Network::None,
+            relay: Some(&relay),
         }));
         assert!(offline.contains(&"--unshare-net".to_owned()));
+        let bound = find(
+            &offline,
+            &["--ro-bind", "/opt/embark/bin/embark-runner", relay::RELAY_PROGRAM],
+        )
+        .expect("the relay's binary, read-only");
+        let task = find(&offline, &["--bind", "/spaces/t1", "/spaces/t1"]).expect("the task dir");
+        assert!(task < bound, "the socket is in the task dir, bound before: {offline:?}");
+        assert!(
+            !args.iter().any(|a| a == relay::RELAY_PROGRAM),
+            "no relay where the network is shared"
+        );
     }
 
     #[test]

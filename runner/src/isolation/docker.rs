@@ -12,6 +12,10 @@
 //! - only the runner's variables for Pi (`--env NAME=VALUE`, none of them
 //!   secret) and the profile's variables through the bundle's env file
 //!   (`--env-file`), so no secret is ever in an argument list;
+//! - with a network of its own (any but `host`), the runner binary mounted
+//!   read-only at [`relay::RELAY_PROGRAM`] as the entry, relaying Pi's
+//!   calls on the container's 127.0.0.1 to the credential proxy's socket in
+//!   the task directory ([`crate::proxy::relay`]);
 //! - `--rm`: removed once Pi exits. A task that ends any other way (a
 //!   timeout, a shutdown, Pi killed) also gets an explicit
 //!   `docker rm -f` ([`remove`]), and so does a container a dead runner
@@ -30,6 +34,7 @@ use super::{IsolationError, Network};
 use crate::bundle::Bundle;
 use crate::config::DockerSettings;
 use crate::pi_process::{PiLaunch, PiPaths};
+use crate::proxy::relay::{self, RelayLaunch};
 use crate::space::Space;
 
 /// The Pi program inside the image.
@@ -65,6 +70,7 @@ impl Run {
         launch: &PiLaunch,
         space: &Space,
         bundle: &Bundle,
+        relay: Option<&RelayLaunch>,
         network: Network,
         runner_env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Run, IsolationError> {
@@ -72,8 +78,10 @@ impl Run {
             let text = path.to_string_lossy();
             !text.contains([',', '"', '\n'])
         };
-        if !mountable(&space.root) {
-            return Err(IsolationError::UnmountablePath(space.root.clone()));
+        for path in std::iter::once(&space.root).chain(relay.map(|r| &r.exe)) {
+            if !mountable(path) {
+                return Err(IsolationError::UnmountablePath(path.clone()));
+            }
         }
         // Pi in the container sees the task directory at the mount point.
         let inside = Space::at(settings.task_dir.clone());
@@ -110,6 +118,14 @@ impl Run {
             settings.task_dir.display()
         );
         push(&["--mount", &mount]);
+        if let Some(relay) = relay {
+            let exe = format!(
+                "type=bind,source={},target={},readonly",
+                relay.exe.display(),
+                relay::RELAY_PROGRAM
+            );
+            push(&["--mount", &exe]);
+        }
         push(&["--workdir", &pi.paths.cwd.to_string_lossy()]);
         for (key, value) in pi.env(runner_env) {
             // The image has its own PATH.
@@ -127,6 +143,13 @@ impl Run {
             args.push(env_file.clone().into_os_string());
         }
         args.push(settings.image.clone().into());
+        if let Some(relay) = relay {
+            let inside = RelayLaunch {
+                socket: translate(&relay.socket),
+                ..relay.clone()
+            };
+            args.extend(inside.prefix());
+        }
         args.push(IMAGE_PI.into());
         args.extend(pi.args());
         Ok(Run { name, args })
@@ -230,7 +253,7 @@ mod tests {
             metadata: BundleMetadata::default(),
         };
         let no_env = |_: &str| None;
-        let run = Run::new(&settings, &launch, &space, &bundle, Network::On, &no_env).expect("run");
+        let run = Run::new(&settings, &launch, &space, &bundle, None, Network::On, &no_env).expect("run");
         assert_eq!(run.name, "embark-task-t1");
         let args: Vec<String> = run.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
@@ -284,7 +307,7 @@ mod tests {
             ]
         );
         assert!(!args.iter().any(|a| a.contains("secret")));
-        let offline = Run::new(&settings, &launch, &space, &bundle, Network::None, &no_env).expect("run");
+        let offline = Run::new(&settings, &launch, &space, &bundle, None, Network::None, &no_env).expect("run");
         let args: Vec<String> = offline
             .args()
             .iter()
@@ -292,9 +315,61 @@ mod tests {
             .collect();
         assert!(args.windows(2).any(|w| w == ["--network", "none"]));
 
+        // A network of its own: the relay is the entry, the socket in the mounted task dir.
+        let relay = RelayLaunch {
+            exe: "/opt/embark/embark-runner".into(),
+            socket: "/spaces/t1/proxy.sock".into(),
+        };
+        let relayed = Run::new(&settings, &launch, &space, &bundle, Some(&relay), Network::On, &no_env).expect("run");
+        let args: Vec<String> = relayed
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = |items: &[&str]| args.windows(items.len()).position(|w| w == items);
+        assert!(
+            at(&[
+                "--mount",
+                "type=bind,source=/opt/embark/embark-runner,target=/run/embark/embark-runner,readonly"
+            ])
+            .is_some(),
+            "{args:?}"
+        );
+        let image = at(&["embark-pi-runner:0.73.1"]).expect("the image");
+        assert_eq!(
+            &args[image + 1..image + 9],
+            [
+                relay::RELAY_PROGRAM,
+                relay::RELAY_ARG,
+                "--socket",
+                "/embark/task/proxy.sock",
+                "--port",
+                &relay::RELAY_PORT.to_string(),
+                "--",
+                "pi"
+            ]
+        );
+        assert!(!args.iter().any(|a| a.contains("secret")));
+        let odd_exe = RelayLaunch {
+            exe: "/opt/a,b/embark-runner".into(),
+            ..relay.clone()
+        };
+        assert!(matches!(
+            Run::new(
+                &settings,
+                &launch,
+                &space,
+                &bundle,
+                Some(&odd_exe),
+                Network::On,
+                &no_env
+            ),
+            Err(IsolationError::UnmountablePath(_))
+        ));
+
         let odd = Space::at("/spaces/a,b".into());
         assert!(matches!(
-            Run::new(&settings, &launch, &odd, &bundle, Network::On, &no_env),
+            Run::new(&settings, &launch, &odd, &bundle, None, Network::On, &no_env),
             Err(IsolationError::UnmountablePath(_))
         ));
     }

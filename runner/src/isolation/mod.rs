@@ -30,6 +30,7 @@ use crate::bundle::Bundle;
 use crate::config::DockerSettings;
 use crate::guard::Guard;
 use crate::pi_process::PiLaunch;
+use crate::proxy::relay::{self, RelayLaunch};
 use crate::space::Space;
 
 /// How a task is isolated: the intent's contract type, so what a runner
@@ -50,6 +51,10 @@ pub enum IsolationError {
         "the task directory {0} cannot be mounted into a container: its path holds a ',', '\"' or newline; use a --spaces path without them"
     )]
     UnmountablePath(PathBuf),
+    #[error(
+        "cannot find the runner's own binary to start the credential proxy's relay in the sandbox; run embark-runner from a path that exists"
+    )]
+    RelayProgram(#[source] std::io::Error),
 }
 
 /// The runner's isolation settings, fixed at startup.
@@ -78,6 +83,20 @@ pub struct Prepared {
 }
 
 impl Sandbox {
+    /// The socket (host path) the task's credential proxy serves when the
+    /// sandbox has a network of its own and so cannot reach the runner's
+    /// 127.0.0.1 (bwrap's `network = "none"`; docker on any network but
+    /// `host`); `None` where it shares the host's (process mode, bwrap's
+    /// default, docker's `host`), and the proxy listens on 127.0.0.1.
+    pub fn proxy_socket(&self, network: Network, space: &Space) -> Option<PathBuf> {
+        let own_network = match self.mode {
+            IsolationMode::Process => false,
+            IsolationMode::Bwrap => network == Network::None,
+            IsolationMode::Docker => network == Network::None || self.docker.network != "host",
+        };
+        own_network.then(|| relay::socket_in(&space.root))
+    }
+
     /// The command that starts Pi as `launch` says (host paths), in
     /// `space`, isolated by this runner's mode with the profile's `network`.
     pub fn prepare(
@@ -88,6 +107,12 @@ impl Sandbox {
         network: Network,
     ) -> Result<Prepared, IsolationError> {
         let runner_env = |key: &str| std::env::var_os(key);
+        // The relay in front of Pi where the proxy is a socket.
+        let relay = self
+            .proxy_socket(network, space)
+            .map(RelayLaunch::of_this_binary)
+            .transpose()
+            .map_err(IsolationError::RelayProgram)?;
         let (argv, env, container): (Vec<OsString>, Vec<(OsString, OsString)>, Option<String>) = match self.mode {
             IsolationMode::Process => {
                 let mut argv = vec![launch.program.clone().into_os_string()];
@@ -102,8 +127,10 @@ impl Sandbox {
                     hidden: &self.hidden,
                     runtime: &self.runtime,
                     network,
+                    relay: relay.as_ref(),
                 }));
                 argv.push("--".into());
+                argv.extend(relay.iter().flat_map(RelayLaunch::prefix));
                 argv.push(self.runtime.pi.clone().into_os_string());
                 argv.extend(launch.args());
                 let mut env = launch.env(&runner_env);
@@ -111,7 +138,15 @@ impl Sandbox {
                 (argv, env, None)
             }
             IsolationMode::Docker => {
-                let run = docker::Run::new(&self.docker, launch, space, bundle, network, &runner_env)?;
+                let run = docker::Run::new(
+                    &self.docker,
+                    launch,
+                    space,
+                    bundle,
+                    relay.as_ref(),
+                    network,
+                    &runner_env,
+                )?;
                 let mut argv = vec![self.docker.program.clone().into_os_string()];
                 argv.extend(run.args());
                 (argv, docker::client_env(&runner_env, &launch.task_id), Some(run.name))
@@ -134,4 +169,44 @@ impl Sandbox {
 /// Whether `path` is `dir` or inside it (by components, not bytes).
 fn within(path: &Path, dir: &Path) -> bool {
     path.starts_with(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_is_a_socket_only_where_the_sandbox_has_a_network_of_its_own() {
+        let space = Space::at("/spaces/t1".into());
+        let sandbox = |mode, docker_network: &str| Sandbox {
+            mode,
+            guard: Guard::at("/bin/guard"),
+            bwrap: "bwrap".into(),
+            docker: DockerSettings {
+                program: "docker".into(),
+                image: "i".into(),
+                network: docker_network.into(),
+                user: "1000:1000".into(),
+                task_dir: "/embark/task".into(),
+            },
+            hidden: Vec::new(),
+            runtime: bwrap::Runtime::default(),
+        };
+        let socket = Some(PathBuf::from("/spaces/t1/proxy.sock"));
+        let cases = [
+            (IsolationMode::Process, "bridge", Network::On, None),
+            (IsolationMode::Bwrap, "bridge", Network::On, None),
+            (IsolationMode::Bwrap, "bridge", Network::None, socket.clone()),
+            (IsolationMode::Docker, "bridge", Network::On, socket.clone()),
+            (IsolationMode::Docker, "host", Network::On, None),
+            (IsolationMode::Docker, "host", Network::None, socket.clone()),
+        ];
+        for (mode, docker_network, network, want) in cases {
+            assert_eq!(
+                sandbox(mode, docker_network).proxy_socket(network, &space),
+                want,
+                "{mode:?} {docker_network} {network:?}"
+            );
+        }
+    }
 }

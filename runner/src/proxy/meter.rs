@@ -202,10 +202,15 @@ impl Scanner {
             if self.overflowed {
                 self.overflowed = false;
                 self.pending.clear();
+            } else if self.pending.is_empty() {
+                // A whole line in this chunk: read in place, nothing copied.
+                self.line(&rest[..end]);
             } else {
                 self.pending.extend_from_slice(&rest[..end]);
-                let line = std::mem::take(&mut self.pending);
+                let mut line = std::mem::take(&mut self.pending);
                 self.line(&line);
+                line.clear();
+                self.pending = line;
             }
             rest = &rest[end + 1..];
         }

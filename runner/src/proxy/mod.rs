@@ -1,9 +1,12 @@
 //! The per-task credential proxy: model keys never enter the sandbox.
 //!
 //! For each attempt the runner serves the task's provider on a local port
-//! (127.0.0.1; bwrap shares the host's network namespace, so the sandbox
-//! reaches it) and gives Pi a configuration that points the provider there
-//! with a random per-attempt token in place of the key ([`plan::Plan`]).
+//! (127.0.0.1, where the sandbox shares the host's network namespace) or on
+//! a Unix socket in the task directory (where it has a network of its own:
+//! bwrap's `network = "none"`, docker's bridge), which a relay inside the
+//! sandbox serves on the sandbox's own 127.0.0.1 ([`relay`]), and gives Pi
+//! a configuration that points the provider there with a random
+//! per-attempt token in place of the key ([`plan::Plan`]).
 //! Every request must carry the token; it must be one of the provider API's
 //! model calls, for the task's model (the intent, enforced on the wire);
 //! and the task's cost budget must not be used up. Then the real key goes
@@ -17,7 +20,10 @@
 pub mod api;
 pub mod meter;
 pub mod plan;
+pub mod relay;
 mod server;
+
+use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
@@ -33,7 +39,7 @@ use crate::redact::Redactor;
 use crate::reporter::EventSender;
 use meter::{Meter, Tokens};
 use plan::Plan;
-use server::Server;
+use server::{Bound, Server};
 
 /// Random bytes in a token (hex in the task's configuration).
 const TOKEN_BYTES: usize = 32;
@@ -67,9 +73,19 @@ impl Gate {
         )
     }
 
-    /// The request must be a model call for the task's model, within budget.
+    /// The request must be a model call for the task's model, within budget,
+    /// while the profile's OAuth token (if it has one) is valid.
     fn check_call(&self, method: &str, path: &str, body: &[u8]) -> Result<(), Refusal> {
         let plan = &self.plan;
+        if let Some(why) = plan.expired_at(std::time::SystemTime::now()) {
+            return self.refuse(
+                StatusCode::UNAUTHORIZED,
+                &format!(
+                    "embark credential proxy: refused a model call for provider {}: {why}",
+                    plan.provider
+                ),
+            );
+        }
         let base = if path.starts_with(&plan.base_path) {
             ""
         } else {
@@ -138,10 +154,20 @@ pub struct CredentialProxy {
     server: Server,
 }
 
+/// Where the proxy listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A free port on 127.0.0.1: the sandbox shares the host's network.
+    Loopback,
+    /// A Unix socket at this host path in the task directory, for a
+    /// sandbox with a network of its own (relayed inside, [`relay`]).
+    Socket(PathBuf),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("cannot start the task's credential proxy on 127.0.0.1")]
-    Bind(#[source] std::io::Error),
+    #[error("cannot start the task's credential proxy on {0}")]
+    Bind(String, #[source] std::io::Error),
     #[error("cannot build the credential proxy's HTTP client")]
     Client(#[source] reqwest::Error),
 }
@@ -150,9 +176,20 @@ impl CredentialProxy {
     /// Starts serving `plan` with a fresh token; `max_cost` is the task's
     /// budget; refusals and usage are reported through `events`.
     pub async fn start(plan: Plan, max_cost: Option<f64>, events: EventSender) -> Result<CredentialProxy, ProxyError> {
+        CredentialProxy::start_on(plan, max_cost, events, &Listen::Loopback).await
+    }
+
+    /// [`CredentialProxy::start`], listening where `listen` says.
+    pub async fn start_on(
+        plan: Plan,
+        max_cost: Option<f64>,
+        events: EventSender,
+        listen: &Listen,
+    ) -> Result<CredentialProxy, ProxyError> {
         let bytes: [u8; TOKEN_BYTES] = rand::random();
         let token = format!(
-            "embark-proxy-{}",
+            "{}{}",
+            plan.token_prefix(),
             bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
         // No overall timeout: an answer streams as long as the model writes.
@@ -169,13 +206,34 @@ impl CredentialProxy {
             events,
             http,
         });
-        let server = Server::start(gate.clone()).await.map_err(ProxyError::Bind)?;
+        let server = Server::start(gate.clone(), listen).await.map_err(|e| {
+            let place = match listen {
+                Listen::Loopback => "127.0.0.1".to_owned(),
+                Listen::Socket(path) => format!(
+                    "the socket {} (a Unix socket path holds at most 107 bytes: use a shorter --spaces path)",
+                    path.display()
+                ),
+            };
+            ProxyError::Bind(place, e)
+        })?;
         Ok(CredentialProxy { gate, server })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// The origin Pi calls: `http://127.0.0.1:PORT`, the proxy's own port
+    /// or, for a socket, the relay's inside the sandbox.
     pub fn origin(&self) -> String {
-        format!("http://{}", self.server.addr)
+        match &self.server.bound {
+            Bound::Loopback(addr) => format!("http://{addr}"),
+            Bound::Socket(_) => format!("http://127.0.0.1:{}", relay::RELAY_PORT),
+        }
+    }
+
+    /// The socket it serves (host path), when it serves one.
+    pub fn socket(&self) -> Option<&Path> {
+        match &self.server.bound {
+            Bound::Loopback(_) => None,
+            Bound::Socket(path) => Some(path),
+        }
     }
 
     /// The attempt's token, which Pi's configuration holds in place of the key.
@@ -235,9 +293,9 @@ impl TaskCredentials {
     /// runner's and the profile's budgets.
     pub async fn set_up(
         profile: &Profile,
-        provider: &str,
-        model: &str,
+        (provider, model): (&str, &str),
         runner_max_cost: Option<f64>,
+        listen: &Listen,
         events: EventSender,
     ) -> Result<TaskCredentials, TaskCredentialsError> {
         let files = crate::bundle::profile_files(profile)?;
@@ -255,7 +313,7 @@ impl TaskCredentials {
             (a, b) => a.or(b),
         };
         let redactor = Redactor::new(plan.secrets.iter().map(String::as_str));
-        let proxy = CredentialProxy::start(plan, max_cost, events).await?;
+        let proxy = CredentialProxy::start_on(plan, max_cost, events, listen).await?;
         let pi = ProxiedPi {
             models_json: proxy.plan().models_json(&proxy.origin(), proxy.token()),
             env: proxy.plan().pi_env(),

@@ -6,8 +6,13 @@
 //! Keys are looked up as Pi would: `auth.json`, then the provider's
 //! standard variable in the profile's env file, then `models.json`'s
 //! `apiKey` (a literal, or the name of a variable of the env file).
+//! An OAuth login in `auth.json` (Pi's `/login`: `access`, `refresh`,
+//! `expires` in ms) serves the Anthropic messages API: its access token
+//! goes upstream as a bearer until it expires; the runner does not refresh
+//! it (that needs the provider's token endpoint and writes auth.json).
 
 use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
@@ -42,6 +47,18 @@ const BUILT_INS: [BuiltIn; 3] = [
         key_var: "GEMINI_API_KEY",
     },
 ];
+
+/// The `anthropic-beta` an OAuth access token needs.
+const OAUTH_BETA: &str = "oauth-2025-04-20";
+
+/// The reason an expired OAuth login is refused.
+fn oauth_expired(at: SystemTime) -> String {
+    let at = jiff::Timestamp::try_from(at).map_or_else(|_| format!("{at:?}"), |t| t.to_string());
+    format!(
+        "its OAuth access token (auth.json) expired at {at} and the runner does not refresh it; \
+         log in again with Pi (`/login`, PI_CODING_AGENT_DIR set to the profile's directory) or give the profile an API key"
+    )
+}
 
 /// Variable names whose values count as credentials, whatever they hold.
 const SECRET_NAME_PARTS: [&str; 6] = ["KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH"];
@@ -78,8 +95,10 @@ pub struct Plan {
     /// The path of the provider's base URL (e.g. `/v1`), kept on both
     /// sides so Pi's URLs need no rewriting.
     pub base_path: String,
-    /// The real key, when the provider needs one.
+    /// The real key (or OAuth access token), when the provider needs one.
     pub key: Option<String>,
+    /// When `key` is an OAuth access token: when it expires.
+    pub oauth_expires: Option<SystemTime>,
     /// Headers models.json adds (values resolved): sent upstream only.
     pub headers: Vec<(String, String)>,
     pub prices: Prices,
@@ -91,6 +110,17 @@ pub struct Plan {
 impl Plan {
     /// The plan for `provider`/`model` of the profile `profile` with `files`.
     pub fn new(profile: &str, provider: &str, model: &str, files: ProfileFiles) -> Result<Plan, Unproxiable> {
+        Plan::new_at(profile, provider, model, files, SystemTime::now())
+    }
+
+    /// [`Plan::new`] at the time `now` (an OAuth token expired by then is refused).
+    pub fn new_at(
+        profile: &str,
+        provider: &str,
+        model: &str,
+        files: ProfileFiles,
+        now: SystemTime,
+    ) -> Result<Plan, Unproxiable> {
         let refuse = |reason: String| Unproxiable {
             profile: profile.to_owned(),
             provider: provider.to_owned(),
@@ -150,12 +180,35 @@ impl Plan {
             }
             Ok(env_value(value).unwrap_or_else(|| value.to_owned()))
         };
+        let mut oauth_expires = None;
         let key = match files.auth.as_ref().and_then(|a| a.get(provider)) {
             Some(auth) => match auth.get("type").and_then(Value::as_str) {
                 Some("api_key") => auth.get("key").and_then(Value::as_str).map(str::to_owned),
+                Some("oauth") if api == Api::AnthropicMessages => {
+                    let access = auth
+                        .get("access")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| refuse("its auth.json OAuth entry has no `access` token".to_owned()))?;
+                    let expires = auth
+                        .get("expires")
+                        .and_then(Value::as_u64)
+                        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+                        .ok_or_else(|| refuse("its auth.json OAuth entry has no `expires` time".to_owned()))?;
+                    if expires <= now {
+                        return Err(refuse(oauth_expired(expires)));
+                    }
+                    oauth_expires = Some(expires);
+                    Some(access.to_owned())
+                }
+                Some("oauth") => {
+                    return Err(refuse(format!(
+                        "its auth.json entry is an OAuth login, which the proxy serves for the anthropic-messages API only (this provider speaks {})",
+                        api.name()
+                    )));
+                }
                 Some(other) => {
                     return Err(refuse(format!(
-                        "its auth.json entry is of type {other:?}; the proxy swaps in API keys only"
+                        "its auth.json entry is of type {other:?}; the proxy swaps in API keys and OAuth access tokens only"
                     )));
                 }
                 None => return Err(refuse("its auth.json entry has no `type`".to_owned())),
@@ -190,11 +243,55 @@ impl Plan {
             upstream_origin,
             base_path,
             key,
+            oauth_expires,
             headers,
             prices,
             secrets,
             files,
         })
+    }
+
+    /// How the task's token starts. For an Anthropic OAuth login it looks
+    /// like an OAuth token to Pi, which then shapes its requests as that
+    /// login requires (a bearer, the OAuth beta, Claude Code's identity);
+    /// the proxy swaps in the real access token.
+    pub fn token_prefix(&self) -> &'static str {
+        if self.oauth_expires.is_some() {
+            "sk-ant-oat01-embark-proxy-"
+        } else {
+            "embark-proxy-"
+        }
+    }
+
+    /// The headers that carry the real credential upstream; `beta` is the
+    /// request's `anthropic-beta`, which an OAuth token needs to name
+    /// OAuth.
+    pub fn credential_headers(&self, beta: Option<&str>) -> Vec<(String, String)> {
+        let Some(key) = self.key.as_deref() else {
+            return Vec::new();
+        };
+        if self.oauth_expires.is_none() {
+            let (name, value) = self.api.key_header(key);
+            return vec![(name.to_owned(), value)];
+        }
+        let mut betas: Vec<&str> = beta
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .collect();
+        if !betas.contains(&OAUTH_BETA) {
+            betas.push(OAUTH_BETA);
+        }
+        vec![
+            ("authorization".to_owned(), format!("Bearer {key}")),
+            ("anthropic-beta".to_owned(), betas.join(",")),
+        ]
+    }
+
+    /// Why a call at `now` is refused because the OAuth token expired.
+    pub fn expired_at(&self, now: SystemTime) -> Option<String> {
+        self.oauth_expires.filter(|at| *at <= now).map(oauth_expired)
     }
 
     /// The task's `models.json`: the profile's, with the provider pointed
@@ -397,9 +494,27 @@ mod tests {
             ),
             (
                 json!({}),
+                json!({"openai": {"type": "oauth", "access": "a", "refresh": "r", "expires": 1}}),
+                "openai",
+                "anthropic-messages API only",
+            ),
+            (
+                json!({}),
                 json!({"anthropic": {"type": "oauth", "access": "a", "refresh": "r"}}),
                 "anthropic",
-                "API keys only",
+                "no `expires`",
+            ),
+            (
+                json!({}),
+                json!({"anthropic": {"type": "oauth", "access": "a", "refresh": "r", "expires": 1_000}}),
+                "anthropic",
+                "expired at 1970-01-01T00:00:01Z",
+            ),
+            (
+                json!({}),
+                json!({"anthropic": {"type": "magic"}}),
+                "anthropic",
+                "API keys and OAuth access tokens only",
             ),
         ];
         for (models, auth, provider, reason) in cases {
@@ -410,5 +525,53 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn an_anthropic_oauth_login_is_a_bearer_with_the_oauth_beta_until_it_expires() {
+        let expires = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let auth = json!({"anthropic": {"type": "oauth", "access": "sk-ant-oat01-acc", "refresh": "rt-1", "expires": 2_000_000_000_000u64}});
+        let plan = Plan::new_at(
+            "p",
+            "anthropic",
+            "claude-x",
+            files(json!({}), auth, &[]),
+            expires - Duration::from_secs(60),
+        )
+        .expect("valid for another minute");
+        assert_eq!(plan.oauth_expires, Some(expires));
+        assert_eq!(plan.token_prefix(), "sk-ant-oat01-embark-proxy-");
+        assert!(plan.secrets.contains("sk-ant-oat01-acc") && plan.secrets.contains("rt-1"));
+        assert_eq!(
+            plan.credential_headers(Some("claude-code-20250219, fine-grained-tool-streaming-2025-05-14")),
+            [
+                ("authorization".to_owned(), "Bearer sk-ant-oat01-acc".to_owned()),
+                (
+                    "anthropic-beta".to_owned(),
+                    "claude-code-20250219,fine-grained-tool-streaming-2025-05-14,oauth-2025-04-20".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            plan.credential_headers(Some("oauth-2025-04-20"))[1].1,
+            "oauth-2025-04-20",
+            "named once"
+        );
+        assert_eq!(plan.expired_at(expires - Duration::from_secs(1)), None);
+        let why = plan.expired_at(expires).expect("expired");
+        assert!(
+            why.contains("expired at 2033-05-18T03:33:20Z") && why.contains("/login"),
+            "{why}"
+        );
+
+        let key = Plan::new(
+            "p",
+            "anthropic",
+            "c",
+            files(json!({}), json!({"anthropic": {"type": "api_key", "key": "k"}}), &[]),
+        )
+        .expect("proxiable");
+        assert_eq!((key.token_prefix(), key.oauth_expires), ("embark-proxy-", None));
+        assert_eq!(key.credential_headers(None), [("x-api-key".to_owned(), "k".to_owned())]);
     }
 }

@@ -1,22 +1,25 @@
-//! The proxy's transport: an HTTP/1 server on 127.0.0.1 (axum) that checks
-//! each request ([`super::Gate`]), forwards it with reqwest and streams the
+//! The proxy's transport: an HTTP/1 server (axum) on 127.0.0.1 or on a
+//! Unix socket in the task directory ([`super::Listen`]) that checks each
+//! request ([`super::Gate`]), forwards it with reqwest and streams the
 //! answer back byte for byte while the meter reads its usage.
 
-use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use futures::{FutureExt, stream};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::Gate;
 use super::api::KEY_HEADERS;
 use super::meter::Scanner;
+use super::{Gate, Listen};
 
 /// The most bytes of an answer forwarded as one chunk.
 const MAX_COALESCED_BYTES: usize = 64 * 1024;
@@ -34,33 +37,69 @@ const HOP_HEADERS: [&str; 8] = [
     "host",
 ];
 
+/// Where a running server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// `127.0.0.1:PORT`.
+    Loopback(std::net::SocketAddr),
+    /// The socket file (host path), removed when the server stops.
+    Socket(PathBuf),
+}
+
 /// A running server; stops when dropped.
 pub struct Server {
-    pub addr: SocketAddr,
+    pub bound: Bound,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl Server {
-    /// Binds 127.0.0.1 on a free port and serves `gate`.
-    pub async fn start(gate: Arc<Gate>) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
+    /// Serves `gate` on 127.0.0.1 (a free port) or on the socket `listen` names.
+    pub async fn start(gate: Arc<Gate>, listen: &Listen) -> std::io::Result<Server> {
         let app = axum::Router::new().fallback(handle).with_state(gate);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!("the credential proxy stopped: {e}");
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let (bound, task) = match listen {
+            Listen::Loopback => {
+                let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+                let bound = Bound::Loopback(listener.local_addr()?);
+                // Each coalesced chunk goes out at once, never held back for an ACK (Nagle).
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                (bound, tokio::spawn(async move { report(serve.await) }))
             }
-        });
+            Listen::Socket(path) => {
+                // A socket left by a runner that died with this task: its proxy is gone.
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                let listener = UnixListener::bind(path)?;
+                // The runner's user only (the sandbox runs as it); the token is still checked.
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                (
+                    Bound::Socket(path.clone()),
+                    tokio::spawn(async move { report(serve.await) }),
+                )
+            }
+        };
         Ok(Server {
-            addr,
+            bound,
             stop: Some(stop),
             task,
         })
+    }
+}
+
+fn report(served: std::io::Result<()>) {
+    if let Err(e) = served {
+        tracing::warn!("the credential proxy stopped: {e}");
     }
 }
 
@@ -71,6 +110,9 @@ impl Drop for Server {
         }
         // Streams still open die with the token: nothing is served after the attempt.
         self.task.abort();
+        if let Bound::Socket(path) = &self.bound {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -116,12 +158,10 @@ async fn handle(State(gate): State<Arc<Gate>>, request: Request) -> Response {
         }
         headers.append(name.clone(), value.clone());
     }
+    let beta = parts.headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
     let secret_headers = plan
-        .key
-        .as_deref()
-        .map(|key| plan.api.key_header(key))
+        .credential_headers(beta)
         .into_iter()
-        .map(|(name, value)| (name.to_owned(), value))
         .chain(plan.headers.iter().cloned());
     for (name, value) in secret_headers {
         match (
