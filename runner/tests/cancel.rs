@@ -27,9 +27,12 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The guard's PID from the runner's "Pi started" log line (`pid=Some(N)`).
-fn pi_pid(log: &str) -> Option<u32> {
-    let line = log.lines().find(|line| line.contains("Pi started"))?;
+/// The guard's PID from the runner's "Pi started" log line of `task` (`pid=Some(N)`).
+fn pi_pid(log: &str, task: TaskId) -> Option<u32> {
+    let task = format!("task={task}");
+    let line = log
+        .lines()
+        .find(|line| line.contains("Pi started") && line.contains(&task))?;
     let rest = &line[line.find("pid=Some(")? + "pid=Some(".len()..];
     rest[..rest.find(')')?].parse().ok()
 }
@@ -37,6 +40,8 @@ fn pi_pid(log: &str) -> Option<u32> {
 async fn cancel_stops_pi(runner_side: &Broker, client_side: &Broker) {
     let dir = tempfile::tempdir().expect("temp dir");
     // The prompt is the tool's command: a quick one finishes, the long one is cancelled.
+    // (The fake model substitutes with JavaScript's `replaceAll`, which turns `$$` into `$`:
+    // the long one names its shell's PID as `$BASHPID`, Pi's bash tool being bash.)
     let model = FakeModel::start(&json!({"turns": [
         {"tool_calls": [{"name": "bash", "arguments": {"command": "{{last_user_text}}"}}]},
         {"text": "done"}
@@ -77,7 +82,7 @@ async fn cancel_stops_pi(runner_side: &Broker, client_side: &Broker) {
     assert_seen_in_order(&client, secret, quick.id, &events, &end).await;
 
     let task = client
-        .create_task(secret, &new_task("echo $$ > tool.pid; sleep 600"))
+        .create_task(secret, &new_task("echo $BASHPID > tool.pid; sleep 600"))
         .await
         .expect("create");
     let tail = client.tail_task(secret, task.id, 0).await.expect("tail");
@@ -90,7 +95,7 @@ async fn cancel_stops_pi(runner_side: &Broker, client_side: &Broker) {
     })
     .await
     .unwrap_or_else(|| panic!("the tool never started; {}", diagnostics()));
-    let pi = pi_pid(&runners.log()).unwrap_or_else(|| panic!("no Pi PID logged; {}", diagnostics()));
+    let pi = pi_pid(&runners.log(), task.id).unwrap_or_else(|| panic!("no Pi PID logged; {}", diagnostics()));
     assert!(alive(tool) && alive(pi));
 
     let asked = Instant::now();

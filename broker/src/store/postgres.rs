@@ -298,13 +298,13 @@ const APPEND_FAST: &str = concat!(
      WHERE t.id = $1 AND t.state = 'running' AND ",
     current_attempt_is!("$2"),
     " AND NOT EXISTS (SELECT 1 FROM event_batches b WHERE b.task_id = t.id AND b.batch_id = $3) \
-     RETURNING t.id, t.attempt, t.last_seq - $4 AS before), \
+     RETURNING t.id, t.attempt, t.last_seq - $4 AS seq_before), \
      stored AS (INSERT INTO events (task_id, seq, time, kind, payload) \
-     SELECT bumped.id, bumped.before + e.ordinal, $5, e.kind, e.payload \
+     SELECT bumped.id, bumped.seq_before + e.ordinal, $5, e.kind, e.payload \
      FROM bumped, UNNEST($6::text[], $7::text[]) WITH ORDINALITY AS e (kind, payload, ordinal)), \
      recorded AS (INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) \
-     SELECT id, $3, attempt, before + 1, before + $4 FROM bumped) \
-     SELECT before FROM bumped"
+     SELECT id, $3, attempt, seq_before + 1, seq_before + $4 FROM bumped) \
+     SELECT seq_before FROM bumped"
 );
 
 /// The verdict of a running task's current attempt with no cancel
