@@ -4,7 +4,7 @@
 //!
 //! Through sqlx each of these reads was a round trip to its connection
 //! thread and back (its channel, two wake-ups), which cost more than the
-//! read: 12 % of the broker's CPU for the two reads of a task cycle
+//! read: 12 % of the bench process's CPU samples for the two reads of a task cycle
 //! (`docs/performance.md`, D30). An indexed read of a few rows in WAL mode
 //! takes microseconds and never waits for the writer, so it runs where it
 //! is asked for, like the JSON work around it. Page reads (event pages,
@@ -18,8 +18,10 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::store::StoreError;
 
-/// Connections kept idle; more are opened when more reads run at once.
-const KEPT: usize = 4;
+/// Connections kept idle. A read holds its thread until it is done, so at
+/// most one per thread reads at once (the runtime's workers); more are
+/// opened, and closed after, when more threads read together.
+const KEPT: usize = 16;
 /// Prepared statements each connection keeps (every point read fits).
 const STATEMENTS: usize = 16;
 
