@@ -30,7 +30,7 @@ use embark_core::EventKind;
 use embark_core::intent::Capabilities;
 use embark_core::task::{TaskId, TaskState};
 use embark_core::wire::{
-    CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, TaskCancel,
+    CancelOutcome, CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, TaskCancel, TaskResult,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
@@ -268,6 +268,65 @@ const APPEND_BATCH: &str = "WITH bumped AS (UPDATE tasks SET last_seq = $2, upda
      recorded AS (INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) \
      SELECT id, $7, $8, $4 + 1, $2 FROM bumped) \
      SELECT count(*) FROM bumped";
+
+/// The attempt the callback token `$T` names is the task's current one and
+/// its runner is not revoked: the fencing of [`authorize_attempt`] as a
+/// condition on the row `t` a fast path writes (token hashes compared by
+/// the database, as a runner token is looked up).
+macro_rules! current_attempt_is {
+    ($token:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM attempts a JOIN runners r ON r.id = a.runner_id \
+             WHERE a.task_id = t.id AND a.attempt = t.attempt AND a.callback_token_hash = ",
+            $token,
+            " AND r.revoked_at IS NULL)"
+        )
+    };
+}
+
+/// The append of a running task's current attempt in one statement and
+/// one round trip (its own transaction): fenced, the batch id not used
+/// yet, the counter bumped on the row the `UPDATE` locks (a concurrent
+/// append re-reads it, so seqs stay gapless in commit order), the events
+/// and the batch record stored. No row: something else holds (a replay,
+/// a stale task, a superseded token, …), and the transaction path
+/// answers. `$1` id, `$2` callback hash, `$3` batch id, `$4` count, `$5`
+/// now, `$6`/`$7` kinds and payloads, `$8`/`$9` the report columns.
+const APPEND_FAST: &str = concat!(
+    "WITH bumped AS (UPDATE tasks t SET last_seq = t.last_seq + $4, updated_at = $5, lease_renewed_at = $5, \
+     session_stats = coalesce($8, t.session_stats), metered_usage = coalesce($9, t.metered_usage) \
+     WHERE t.id = $1 AND t.state = 'running' AND ",
+    current_attempt_is!("$2"),
+    " AND NOT EXISTS (SELECT 1 FROM event_batches b WHERE b.task_id = t.id AND b.batch_id = $3) \
+     RETURNING t.id, t.attempt, t.last_seq - $4 AS seq_before), \
+     stored AS (INSERT INTO events (task_id, seq, time, kind, payload) \
+     SELECT bumped.id, bumped.seq_before + e.ordinal, $5, e.kind, e.payload \
+     FROM bumped, UNNEST($6::text[], $7::text[]) WITH ORDINALITY AS e (kind, payload, ordinal)), \
+     recorded AS (INSERT INTO event_batches (task_id, batch_id, attempt, first_seq, last_seq) \
+     SELECT id, $3, attempt, seq_before + 1, seq_before + $4 FROM bumped) \
+     SELECT seq_before FROM bumped"
+);
+
+/// The verdict of a running task's current attempt with no cancel
+/// requested, in one statement (its own transaction); no row: the
+/// transaction path answers (a retried verdict, a cancel, a stale task, a
+/// superseded token). `$1` id, `$2` state, `$3` result, `$4` final text,
+/// `$5` reason, `$6` now, `$7` callback hash, `$8` code, `$9` changes,
+/// `$10` artifacts.
+const COMPLETE_FAST: &str = concat!(
+    "UPDATE tasks t SET state = $2, outcome_result = $3, outcome_final_text = $4, outcome_reason = $5, \
+     finished_at = $6, updated_at = $6, outcome_code = $8, changes = $9, artifacts = $10 \
+     WHERE t.id = $1 AND t.state = 'running' AND t.cancel_requested_at IS NULL AND ",
+    current_attempt_is!("$7"),
+    " RETURNING ",
+    task_columns!()
+);
+
+/// Whether `error` is a unique violation: two appends of one batch id raced
+/// past the fast path's check, and the one that lost is answered as a replay.
+fn unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
 
 /// An event page after `$2` and the task's `last_seq`, from one snapshot:
 /// one row per event, or a single row with no event when there is none.
@@ -617,6 +676,33 @@ impl Store for PgStore {
     ) -> Result<EventsAppended, StoreError> {
         let count = check_append(batch_id, events)?;
         let now = now_ms();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+
+        // The common case in one round trip; anything else takes the transaction below.
+        let fast: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(APPEND_FAST)
+            .bind(id.to_string())
+            .bind(callback.as_bytes().as_slice())
+            .bind(batch_id)
+            .bind(count)
+            .bind(now)
+            .bind(&kinds)
+            .bind(&payloads)
+            .bind(latest_of(events, EventKind::SessionStats))
+            .bind(latest_of(events, EventKind::MeteredUsage))
+            .fetch_optional(&self.pool)
+            .await;
+        match fast {
+            Ok(Some(before)) => {
+                return Ok(EventsAppended {
+                    first_seq: seq(before + 1)?,
+                    last_seq: seq(before + count)?,
+                });
+            }
+            Ok(None) => {}
+            Err(error) if unique_violation(&error) => {}
+            Err(error) => return Err(error.into()),
+        }
 
         let mut tx = self.write_tx().await?;
         // Locks the row: concurrent appends to this task (replays included) queue here.
@@ -647,8 +733,6 @@ impl Store for PgStore {
             return Err(StoreError::NotRunning { task: id, state });
         }
         let last = last_seq + count;
-        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-        let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
         let bumped: i64 = sqlx::query_scalar(APPEND_BATCH)
             .bind(id.to_string())
             .bind(last)
@@ -701,6 +785,28 @@ impl Store for PgStore {
         check_artifact_blobs(self, verdict).await?;
         let (changes, artifacts) = artifact_columns(verdict);
         let now = now_ms();
+        // The common case in one round trip: a running task, no cancel requested (so
+        // the verdict stands as sent), a legal transition; anything else takes the transaction below.
+        if verdict.result != TaskResult::Cancelled {
+            let next = verdict.result.state();
+            check_transition(id, TaskState::Running, next)?;
+            let row: Option<TaskRow> = sqlx::query_as(COMPLETE_FAST)
+                .bind(id.to_string())
+                .bind(next.as_str())
+                .bind(result_name(verdict.result))
+                .bind(verdict.final_text.as_deref())
+                .bind(verdict.reason.as_deref())
+                .bind(now)
+                .bind(callback.as_bytes().as_slice())
+                .bind(verdict.code.as_ref().map(ToString::to_string))
+                .bind(changes.as_deref())
+                .bind(artifacts.as_deref())
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                return row.try_into();
+            }
+        }
         let mut tx = self.write_tx().await?;
         let CurrentAttempt { state, .. } = authorize_attempt(&mut tx, id, callback).await?;
         // The row is locked: a cancel request cannot come in between.

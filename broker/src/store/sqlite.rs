@@ -6,12 +6,15 @@
 //! moment together (group commit), so a write costs one hop, not one per
 //! statement (D23). Each group opens with `BEGIN IMMEDIATE` (take the write
 //! lock first, then read), so a second process on the same file cannot
-//! interleave a read-then-write with ours either. Reads use their own sqlx
-//! pool and, thanks to WAL, never wait for writers.
+//! interleave a read-then-write with ours either. Reads never wait for
+//! writers (WAL): the point reads every request makes (credentials, the
+//! fleet) run inline on a synchronous connection ([`reader`], D30), the
+//! page reads on their own sqlx pool.
 //!
 //! The file is created mode 0600 (its directory 0700) before SQLite opens
 //! it; SQLite gives its `-wal` and `-shm` files the same mode.
 
+mod reader;
 mod writer;
 
 use std::path::Path;
@@ -43,6 +46,7 @@ use super::{
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
 use embark_core::manifest::ContentHash;
+use reader::Reader;
 use writer::Writer;
 
 /// How long a statement waits for another process's write lock.
@@ -55,6 +59,8 @@ const WRITER_STATEMENTS: usize = 64;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     writer: Arc<Writer>,
+    /// Point reads, inline.
+    points: Arc<Reader>,
     reader: SqlitePool,
 }
 
@@ -82,12 +88,14 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&migrator).await?;
         migrator.close().await;
+        let points = Arc::new(Reader::new(path));
         let path = path.to_path_buf();
         let conn = tokio::task::spawn_blocking(move || open_writer(&path))
             .await
             .map_err(|e| StoreError::WriterThread(std::io::Error::other(e)))??;
         Ok(Self {
             writer: Arc::new(Writer::start(conn)?),
+            points,
             reader,
         })
     }
@@ -563,10 +571,14 @@ impl Store for SqliteStore {
     }
 
     async fn list_runners(&self) -> Result<Vec<RunnerInfo>, StoreError> {
-        let rows: Vec<(String, String, i64, Option<String>)> =
-            sqlx::query_as("SELECT id, name, enrolled_at, capabilities FROM runners WHERE revoked_at IS NULL ORDER BY enrolled_at, rowid")
-                .fetch_all(&self.reader)
-                .await?;
+        let rows: Vec<(String, String, i64, Option<String>)> = self.points.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, name, enrolled_at, capabilities FROM runners WHERE revoked_at IS NULL \
+                 ORDER BY enrolled_at, rowid",
+            )?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
         rows.into_iter()
             .map(|(id, name, enrolled_at, capabilities)| {
                 Ok(RunnerInfo {
@@ -580,12 +592,17 @@ impl Store for SqliteStore {
     }
 
     async fn runner_by_token(&self, token: &TokenHash) -> Result<Option<Runner>, StoreError> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT id, name FROM runners WHERE token_hash = ?1 AND revoked_at IS NULL")
-                .bind(token.as_bytes().as_slice())
-                .fetch_optional(&self.reader)
-                .await?;
-        Ok(row.map(|(id, name)| Runner { id, name }))
+        self.points.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, name FROM runners WHERE token_hash = ?1 AND revoked_at IS NULL")?
+                .query_row(params![token.as_bytes().as_slice()], |row| {
+                    Ok(Runner {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                    })
+                })
+                .optional()?)
+        })
     }
 
     async fn runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
@@ -662,14 +679,16 @@ impl Store for SqliteStore {
     }
 
     async fn client_token_by_hash(&self, token: &TokenHash) -> Result<Option<ClientToken>, StoreError> {
-        let row: Option<ClientTokenRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            client_token_columns!(),
-            " FROM client_tokens WHERE token_hash = ?1 AND revoked_at IS NULL"
-        ))
-        .bind(token.as_bytes().as_slice())
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = self.points.read(|conn| {
+            Ok(conn
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    client_token_columns!(),
+                    " FROM client_tokens WHERE token_hash = ?1 AND revoked_at IS NULL"
+                ))?
+                .query_row(params![token.as_bytes().as_slice()], ClientTokenRow::from_sqlite)
+                .optional()?)
+        })?;
         row.map(ClientToken::try_from).transpose()
     }
 

@@ -169,9 +169,15 @@ fn serve(conn: Connection, queue: &mpsc::Receiver<Message>) {
     }
 }
 
+/// Runs one statement of the group's frame (`BEGIN`, savepoints, `COMMIT`)
+/// from the statement cache: parsed once, not once per job.
+fn frame(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Runs `group` in one transaction, each job in its savepoint, and answers each.
 fn commit_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
-    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(error) = frame(conn, "BEGIN IMMEDIATE") {
         let error = Arc::new(error);
         for job in group {
             job.refuse(Arc::clone(&error));
@@ -185,25 +191,25 @@ fn commit_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
             job.refuse(Arc::clone(error));
             continue;
         }
-        if let Err(error) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(error) = frame(conn, "SAVEPOINT job") {
             broken = Some(Arc::new(error));
             job.refuse(Arc::clone(broken.as_ref().expect("just set")));
             continue;
         }
         let answer = job.run(conn);
-        let close = if answer.succeeded() {
-            "RELEASE job"
+        let closed = if answer.succeeded() {
+            frame(conn, "RELEASE job")
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            frame(conn, "ROLLBACK TO job").and_then(|()| frame(conn, "RELEASE job"))
         };
-        if let Err(error) = conn.execute_batch(close) {
+        if let Err(error) = closed {
             broken = Some(Arc::new(error));
         }
         answers.push(answer);
     }
     let committed = match broken {
         Some(error) => Err(error),
-        None => conn.execute_batch("COMMIT").map_err(Arc::new),
+        None => frame(conn, "COMMIT").map_err(Arc::new),
     };
     if committed.is_err() && !conn.is_autocommit() {
         // Nothing of a group that did not commit may stay (SQLite may have rolled back already).
