@@ -52,6 +52,7 @@ async fn cancel_stops_pi(runner_side: &Broker, client_side: &Broker) {
         .create_task(
             secret,
             &CreateTask {
+                parent: None,
                 repo_url: repo.origin.to_str().expect("utf-8 path").to_owned(),
                 commit: repo.head.clone(),
                 prompt: "sleep for ten minutes".into(),

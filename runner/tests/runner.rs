@@ -67,6 +67,7 @@ impl World {
 
     async fn submit_repo(&self, repo_url: &str, prompt: &str, profile: &str) -> Task {
         let task = CreateTask {
+            parent: None,
             repo_url: repo_url.to_owned(),
             commit: self.repo.head.clone(),
             prompt: prompt.to_owned(),
@@ -353,6 +354,7 @@ async fn an_unknown_profile_fails_naming_it_before_any_clone() {
 
     // A profile no enrolled runner advertises is refused at submit.
     let mut unknown = CreateTask {
+        parent: None,
         repo_url: world.repo.origin.to_str().expect("utf-8 path").to_owned(),
         commit: world.repo.head.clone(),
         prompt: "anything".into(),
@@ -749,6 +751,7 @@ impl World {
             self.client.put_blob(secret, &hash, blob(&hash)).await.expect("upload");
         }
         let task = CreateTask {
+            parent: None,
             repo_url: self.repo.origin.to_str().expect("utf-8 path").to_owned(),
             commit: manifest.commit.as_ref().expect("a commit").to_string(),
             prompt: prompt.to_owned(),

@@ -19,6 +19,7 @@ use crate::auth::{TokenHash, TokenKind, mint};
 
 pub fn new_task(session: &str) -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
         prompt: "fix the flaky test".into(),

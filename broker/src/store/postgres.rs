@@ -126,8 +126,8 @@ const LIST_SESSION_TASKS: &str = concat!(
 /// key waits for the first to commit, then does nothing).
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels, manifest) \
-     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING RETURNING ",
+     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels, manifest, parent) \
+     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -375,6 +375,7 @@ impl Store for PgStore {
             .bind(task.intent.isolation.map(|mode| mode.name()))
             .bind(labels_json(&task.intent))
             .bind(manifest_json(task))
+            .bind(task.parent.map(|parent| parent.to_string()))
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {

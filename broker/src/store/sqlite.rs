@@ -193,7 +193,7 @@ const GET_REQUESTED_TASK: &str = concat!(
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
      session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels, \
-     manifest) VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING RETURNING ",
+     manifest, parent) VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -444,10 +444,11 @@ impl Store for SqliteStore {
             task.intent.isolation.map(|mode| mode.name()),
             labels_json(&task.intent),
             manifest_json(task),
+            task.parent.map(|parent| parent.to_string()),
         );
         let (created, existing) = self
             .write(move |conn| {
-                let (repo_url, commit, prompt, profile, provider, model, session, isolation, labels, manifest) =
+                let (repo_url, commit, prompt, profile, provider, model, session, isolation, labels, manifest, parent) =
                     columns;
                 let created = task_row(
                     conn,
@@ -467,7 +468,8 @@ impl Store for SqliteStore {
                         fingerprint.as_ref().map(|f| f.as_slice()),
                         isolation,
                         labels,
-                        manifest
+                        manifest,
+                        parent
                     ],
                 )?;
                 if created.is_some() {

@@ -60,6 +60,7 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
 
     let (client, secret) = handlers.broker()?;
     let request = CreateTask {
+        parent: None,
         repo_url: facts.remote_url,
         commit: facts.head,
         prompt: args.prompt,
