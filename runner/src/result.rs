@@ -235,6 +235,9 @@ pub async fn start_from_parent(repo: &ResultRepo, bundle: &Path, changes: &Chang
         "fetch of the parent's result",
         git(),
         &[
+            // The bundle is the runner's own file (fetched and verified by hash): `file` is its one protocol.
+            "-c",
+            "protocol.file.allow=always",
             "fetch",
             "--quiet",
             "--no-tags",
