@@ -35,10 +35,11 @@ use super::rows::{
     unfinished,
 };
 use super::{
-    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
-    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of, check_append,
-    check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence,
-    latest_of, manifest_json, replayed_create, revived, settle_verdict,
+    ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction,
+    ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of,
+    check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict,
+    distinct, expired_artifacts, expired_list, fence, latest_of, manifest_json, millis, replayed_create, revived,
+    settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -1020,6 +1021,36 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(state, count)| Ok((parse_state(&state)?, seq(count)?)))
             .collect()
+    }
+
+    async fn expire_artifacts(&self, now: jiff::Timestamp, retention: Duration) -> Result<Vec<TaskId>, StoreError> {
+        let cutoff = now.as_millisecond().saturating_sub(millis(retention));
+        self.write(move |conn| {
+            let expired: Vec<(String, String)> = conn
+                .prepare_cached(expired_artifacts!("?1", "?2"))?
+                .query_map(params![cutoff, EXPIRE_BATCH], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut swept = Vec::new();
+            for (id, json) in expired {
+                let cleared = conn
+                    .prepare_cached("UPDATE tasks SET artifacts = NULL WHERE id = ?1 AND artifacts IS NOT NULL")?
+                    .execute(params![id])?;
+                if cleared == 0 {
+                    continue;
+                }
+                for artifact in expired_list(&id, &json)? {
+                    let hex = artifact.hash.to_hex();
+                    conn.prepare_cached(
+                        "DELETE FROM blobs WHERE hash = ?1 AND NOT EXISTS (SELECT 1 FROM tasks \
+                         WHERE instr(artifacts, ?2) > 0 OR instr(manifest, ?2) > 0)",
+                    )?
+                    .execute(params![artifact.hash.0.as_slice(), hex])?;
+                }
+                swept.push(parse_task_id(&id)?);
+            }
+            Ok(swept)
+        })
+        .await
     }
 
     async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
