@@ -1152,6 +1152,7 @@ fn policy() -> ReapPolicy {
         stale_timeout: std::time::Duration::from_secs(30 * 60),
         client_silence: std::time::Duration::from_secs(24 * 60 * 60),
         max_attempts: 3,
+        artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
     }
 }
 

@@ -144,6 +144,9 @@ pub struct ReapPolicy {
     /// How many attempts a task may have: a stale task whose attempt wrote no
     /// event beyond `claimed` is requeued while its attempt is below this.
     pub max_attempts: u32,
+    /// A finished task's artifacts are deleted this long after it ended
+    /// ([`Store::expire_artifacts`], `EMBARK_ARTIFACT_RETENTION`).
+    pub artifact_retention: Duration,
 }
 
 impl ReapPolicy {
