@@ -1080,6 +1080,18 @@ async fn a_follow_up_on_a_second_runner_continues_the_session_from_the_parents_r
         "the follow-up starts from the parent's result"
     );
     assert_eq!(changes.files_changed, 1, "{changes:?}");
+    let kinds: Vec<_> = done.artifacts.iter().map(|a| a.kind).collect();
+    assert_eq!(kinds, [ArtifactKind::ResultBundle, ArtifactKind::Session], "{done:?}");
+    let whole = world
+        .client
+        .get_artifact(&world.broker.client_secret, done.id, &done.artifacts[1].hash)
+        .await
+        .expect("the follow-up's session");
+    let whole = String::from_utf8(whole).expect("utf-8");
+    assert!(
+        whole.contains("parent answer: wrote parent.txt") && whole.contains("follow-up done"),
+        "the follow-up's session holds the whole conversation: {whole}"
+    );
 
     // On the laptop: the parent's bundle, then the follow-up's on top of it.
     for (id, artifacts, name) in [
