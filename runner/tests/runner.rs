@@ -1119,3 +1119,26 @@ async fn a_follow_up_on_a_second_runner_continues_the_session_from_the_parents_r
         "{files}"
     );
 }
+
+/// A result larger than a broker artifact may be fails the task with a
+/// reason, instead of a task that looks done whose code never comes home (D28).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_too_large_to_hand_in_fails_the_task_saying_so() {
+    let world = World::new(json!({"turns": [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "head -c 6000000 /dev/urandom > big.bin"}}]},
+        {"text": "wrote a big file"}
+    ]}));
+    let task = world.submit("write a big file", "default").await;
+    let (done, _) = world.run_once(&task, &[]).await;
+    assert_eq!(done.state, TaskState::Failed, "{done:?}\n{}", world.diagnostics());
+    let outcome = done.outcome.clone().expect("an outcome");
+    assert_eq!(outcome.code, Some(embark_core::task::ReasonCode::ResultTooLarge));
+    let reason = outcome.reason.unwrap_or_default();
+    assert!(reason.contains("more than the 4194304"), "{reason}");
+    assert_eq!(
+        outcome.final_text.as_deref(),
+        Some("wrote a big file"),
+        "the final text is kept"
+    );
+    assert!(done.changes.is_none(), "{done:?}");
+}
