@@ -144,7 +144,7 @@ impl TaskState {
 /// Why a task ended: a stable, machine-readable code next to the outcome's
 /// free text. On the wire it is one string: `stale_timeout`,
 /// `client_abandoned`, `runner_lost`, `timeout`, `cancelled_by_user`,
-/// `pi_failed`, `budget_exceeded`, `pre_launch:<code>`; a code this build does not know is
+/// `pi_failed`, `budget_exceeded`, `result_too_large`, `pre_launch:<code>`; a code this build does not know is
 /// kept as it came ([`ReasonCode::Other`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ReasonCode {
@@ -253,8 +253,8 @@ impl JsonSchema for ReasonCode {
         schemars::json_schema!({
             "type": "string",
             "description": "Why a task ended, machine-readable: stale_timeout, client_abandoned, runner_lost, timeout, \
-                cancelled_by_user, pi_failed, budget_exceeded, pre_launch:<step>, or a newer code.",
-            "examples": ["stale_timeout", "client_abandoned", "runner_lost", "timeout", "cancelled_by_user", "pi_failed", "budget_exceeded", "pre_launch:clone"],
+                cancelled_by_user, pi_failed, budget_exceeded, result_too_large, pre_launch:<step>, or a newer code.",
+            "examples": ["stale_timeout", "client_abandoned", "runner_lost", "timeout", "cancelled_by_user", "pi_failed", "budget_exceeded", "result_too_large", "pre_launch:clone"],
             "minLength": 1,
             "maxLength": MAX_REASON_CODE_BYTES,
             "pattern": "^[a-z0-9_:-]+$"
