@@ -5,7 +5,10 @@
 // creates one; then `/embark diff` shows git's diff as a conversation
 // message and `/embark apply` writes both files into the laptop's working
 // tree, while the laptop's own uncommitted edit of another file stays and
-// HEAD does not move.
+// HEAD does not move. Then `/embark follow` continues the task (D28): the
+// fake model's turn refuses a request without the parent's prompt and
+// answer, the follow-up's diff is what it added, `--from-root` the chain,
+// and its apply lands on top of the parent's.
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -19,6 +22,11 @@ const SCRIPT = {
   turns: [
     { tool_calls: [{ name: "bash", arguments: { command: "echo 'made remotely' > remote.txt && echo 'edited remotely' >> README.md" } }] },
     { text: "done: two files" },
+    {
+      tool_calls: [{ name: "bash", arguments: { command: "test -f remote.txt && echo 'from the follow-up' > follow.txt" } }],
+      expect_in_request: ["make remote.txt and edit the README", "done: two files"],
+    },
+    { text: "done: the follow-up" },
   ],
 };
 
@@ -71,6 +79,24 @@ async function main() {
   if (git(repo.work, "rev-parse", "HEAD") !== head) fail("HEAD moved");
   if (git(repo.work, "diff", "--cached", "--name-only") !== "") fail("the index was written");
   step("remote.txt and README.md are in the laptop's working tree; local.txt, the index and HEAD as they were");
+
+  const followed = await pi.embark(`follow ${id} ${JSON.stringify("now add follow.txt")}`);
+  const followId = said(followed).match(/follow-up ([0-9a-f]{8,})/)?.[1];
+  if (!followId) fail(`follow did not name a task: ${said(followed)}`);
+  step(`follow-up ${followId} of ${id}`);
+  const after = await pollStatus(pi, followId, 120_000);
+  if (after.state !== "succeeded") fail(`the follow-up ended ${after.state}: ${said(after.status)}`);
+  if (!said(after.status).includes("follows")) fail(`status does not show the chain: ${said(after.status)}`);
+  const own = await pi.embark(`diff ${followId} --stat`);
+  const ownStat = own.messages.find((m) => m.customType === "embark-diff")?.content ?? "";
+  if (!String(ownStat).includes("follow.txt") || String(ownStat).includes("remote.txt")) fail(`the follow-up's diff is not what it added: ${ownStat}`);
+  const chain = await pi.embark(`diff ${followId} --stat --from-root`);
+  const chainStat = String(chain.messages.find((m) => m.customType === "embark-diff")?.content ?? "");
+  if (!chainStat.includes("follow.txt") || !chainStat.includes("remote.txt")) fail(`--from-root is not the chain: ${chainStat}`);
+  const onTop = await pi.embark(`apply ${followId}`);
+  if (!said(onTop).startsWith(`Applied task ${followId}`)) fail(`apply of the follow-up said: ${said(onTop)}`);
+  if (readFileSync(join(repo.work, "follow.txt"), "utf8") !== "from the follow-up\n") fail("follow.txt is not in the working tree");
+  step("the follow-up resumed the conversation; its result applied on top of the parent's");
 }
 
 run(main, { onFailure: () => killMarked(dir) });

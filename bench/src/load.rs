@@ -31,6 +31,7 @@ const IDLE_CONTROLS: usize = 20;
 
 pub fn new_task(n: u64) -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/bench.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: format!("bench task {n}"),

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use embark_core::limits;
 use embark_core::shutdown::Shutdown;
-use embark_core::wire::Claim;
+use embark_core::wire::{Claim, ParentResult};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -106,13 +106,26 @@ impl ClaimQueue {
                 store.claim_next_of(&runner.id, &callback_hash, repos)
             })
             .await?;
-        Ok(task.map(|task| {
-            let attempt = task.attempt;
-            Claim {
-                task,
-                attempt,
-                callback_token,
+        let Some(task) = task else {
+            return Ok(None);
+        };
+        // A follow-up's runner starts from its parent's result and session.
+        let parent = match task.parent {
+            Some(id) => {
+                let parent = store.get_task(id).await?;
+                Some(ParentResult {
+                    task: id,
+                    changes: parent.changes,
+                    artifacts: parent.artifacts,
+                })
             }
+            None => None,
+        };
+        Ok(Some(Claim {
+            attempt: task.attempt,
+            task,
+            callback_token,
+            parent,
         }))
     }
 
@@ -263,6 +276,7 @@ mod tests {
 
     fn new_task() -> CreateTask {
         CreateTask {
+            parent: None,
             repo_url: "https://example.invalid/repo.git".into(),
             commit: "0123456789abcdef0123456789abcdef01234567".into(),
             prompt: "wake up".into(),

@@ -141,6 +141,13 @@ pub static MAX_ATTEMPTS: Knob<u32> = Knob::new(
 )
 .env("EMBARK_MAX_ATTEMPTS");
 
+pub static ARTIFACT_RETENTION: Knob<Duration> = Knob::new(
+    "artifact_retention",
+    "the artifact retention",
+    "a duration with its unit (ms, s, m, h) of at least 100ms, e.g. 720h",
+)
+.env("EMBARK_ARTIFACT_RETENTION");
+
 /// Defaults of the knobs above.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_STALE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -148,6 +155,8 @@ pub const DEFAULT_CLIENT_SILENCE: Duration = Duration::from_secs(30 * 60);
 /// The longest client-silence limit: a day.
 pub const MAX_CLIENT_SILENCE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Thirty days.
+pub const DEFAULT_ARTIFACT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
@@ -213,6 +222,7 @@ pub static DECLARATION: Declaration = Declaration {
         &STALE_TIMEOUT.spec,
         &CLIENT_SILENCE.spec,
         &MAX_ATTEMPTS.spec,
+        &ARTIFACT_RETENTION.spec,
     ],
 };
 
@@ -240,7 +250,8 @@ pub static DECLARATION: Declaration = Declaration {
         EMBARK_HEARTBEAT_TIMEOUT [heartbeat_timeout]   a running task whose runner reported nothing this long becomes stale (5m)\n  \
         EMBARK_STALE_TIMEOUT [stale_timeout]   a task stale this long is requeued or failed with stale_timeout (30m)\n  \
         EMBARK_CLIENT_SILENCE [client_silence]   an unfinished task no client read this long is cancelled, at most 24h (30m)\n  \
-        EMBARK_MAX_ATTEMPTS [max_attempts]   attempts a task may have; a stale one that made no progress is requeued below it (3)"
+        EMBARK_MAX_ATTEMPTS [max_attempts]   attempts a task may have; a stale one that made no progress is requeued below it (3)\n  \
+        EMBARK_ARTIFACT_RETENTION [artifact_retention]   a finished task's result bundle and session are deleted this long after it ended, not while a follow-up of it is unfinished (720h)"
 )]
 pub struct Args {
     /// Manage client tokens or runners on the database instead of serving (see docs/operations.md)
@@ -338,6 +349,7 @@ impl Config {
         let stale_timeout = resolver.or_default(&STALE_TIMEOUT, DEFAULT_STALE_TIMEOUT)?;
         let client_silence = resolver.or_default(&CLIENT_SILENCE, DEFAULT_CLIENT_SILENCE)?;
         let max_attempts = resolver.or_default(&MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS)?;
+        let artifact_retention = resolver.or_default(&ARTIFACT_RETENTION, DEFAULT_ARTIFACT_RETENTION)?;
 
         let long_enough = |secret: &Secret| secret.expose().len() >= MIN_SECRET_BYTES;
         let client_secret = client_secret
@@ -383,6 +395,7 @@ impl Config {
                     .ensure(|d| (MIN_TIMEOUT..=MAX_CLIENT_SILENCE).contains(d))?
                     .value,
                 max_attempts: max_attempts.ensure(|n| (1..=100).contains(n))?.value,
+                artifact_retention: artifact_retention.ensure(|d| *d >= MIN_TIMEOUT)?.value,
             },
         })
     }

@@ -73,6 +73,13 @@ impl<S: Store> Reaper<S> {
         if requeued > 0 {
             self.claims.tasks_added(requeued);
         }
+        let swept = self
+            .store
+            .expire_artifacts(self.clock.now(), self.policy.artifact_retention)
+            .await?;
+        if !swept.is_empty() {
+            tracing::info!(tasks = swept.len(), "artifacts past their retention deleted");
+        }
         Ok(reaped)
     }
 }
@@ -87,6 +94,7 @@ mod tests {
             stale_timeout: Duration::from_millis(stale),
             client_silence: Duration::from_millis(silence),
             max_attempts: 3,
+            artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
         }
     }
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 fn new_task(session: &str, prompt: &str) -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: prompt.into(),

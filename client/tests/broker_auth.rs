@@ -30,6 +30,7 @@ const BLOB: &[u8] = b"a blob of the auth matrix";
 
 fn new_task(prompt: &str) -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: prompt.into(),

@@ -18,6 +18,7 @@ const TOLD_WITHIN: Duration = Duration::from_secs(1);
 
 fn new_task() -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
         prompt: "run for a long time".into(),

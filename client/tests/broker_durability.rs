@@ -20,6 +20,7 @@ const WRITERS: usize = 3;
 
 fn new_task() -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "stream".into(),

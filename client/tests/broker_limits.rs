@@ -55,6 +55,7 @@ fn shed_grace() -> Duration {
 
 fn task_body(repo_url: &str) -> String {
     serde_json::to_string(&CreateTask {
+        parent: None,
         repo_url: repo_url.into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "limits".into(),

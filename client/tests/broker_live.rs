@@ -17,6 +17,7 @@ use embark_testkit::poll::eventually;
 
 fn new_task(session: &str) -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "follow me".into(),

@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 
 fn new_task(n: usize) -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: format!("task {n}"),

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 fn new_task(session: &str) -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "probe the routes".into(),

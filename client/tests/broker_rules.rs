@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 fn new_task() -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
         prompt: "break the rules".into(),
@@ -368,6 +369,10 @@ fn breaking(route: &Route, rule: Rule, task: TaskId) -> Request {
             });
             spoil("changes", result);
             "needs its bundle"
+        }
+        Rule::Parent => {
+            spoil("parent", json!(TaskId::new().to_string()));
+            "was not found"
         }
         Rule::ResultTextSize => {
             spoil("reason", json!("r".repeat(limits::MAX_RESULT_TEXT_BYTES + 1)));

@@ -144,7 +144,7 @@ impl TaskState {
 /// Why a task ended: a stable, machine-readable code next to the outcome's
 /// free text. On the wire it is one string: `stale_timeout`,
 /// `client_abandoned`, `runner_lost`, `timeout`, `cancelled_by_user`,
-/// `pi_failed`, `budget_exceeded`, `pre_launch:<code>`; a code this build does not know is
+/// `pi_failed`, `budget_exceeded`, `result_too_large`, `pre_launch:<code>`; a code this build does not know is
 /// kept as it came ([`ReasonCode::Other`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ReasonCode {
@@ -163,6 +163,9 @@ pub enum ReasonCode {
     /// The task's metered cost reached its budget (`EMBARK_TASK_MAX_COST` or
     /// the profile's `max_cost`): the credential proxy refused further calls.
     BudgetExceeded,
+    /// The task's result (its bundle) is larger than a broker artifact may
+    /// be: the task fails rather than lose the code it wrote (D28).
+    ResultTooLarge,
     /// The runner could not start Pi; the code names the step (e.g. `clone`, `profile`).
     PreLaunch(String),
     /// A code of a newer build, kept as it came.
@@ -180,6 +183,7 @@ impl ReasonCode {
             ReasonCode::CancelledByUser => Cow::Borrowed("cancelled_by_user"),
             ReasonCode::PiFailed => Cow::Borrowed("pi_failed"),
             ReasonCode::BudgetExceeded => Cow::Borrowed("budget_exceeded"),
+            ReasonCode::ResultTooLarge => Cow::Borrowed("result_too_large"),
             ReasonCode::PreLaunch(step) => Cow::Owned(format!("pre_launch:{step}")),
             ReasonCode::Other(code) => Cow::Borrowed(code),
         }
@@ -203,6 +207,7 @@ impl ReasonCode {
             "cancelled_by_user" => ReasonCode::CancelledByUser,
             "pi_failed" => ReasonCode::PiFailed,
             "budget_exceeded" => ReasonCode::BudgetExceeded,
+            "result_too_large" => ReasonCode::ResultTooLarge,
             other => match other.strip_prefix("pre_launch:") {
                 Some(step) if !step.is_empty() => ReasonCode::PreLaunch(step.to_owned()),
                 _ => ReasonCode::Other(other.to_owned()),
@@ -248,8 +253,8 @@ impl JsonSchema for ReasonCode {
         schemars::json_schema!({
             "type": "string",
             "description": "Why a task ended, machine-readable: stale_timeout, client_abandoned, runner_lost, timeout, \
-                cancelled_by_user, pi_failed, budget_exceeded, pre_launch:<step>, or a newer code.",
-            "examples": ["stale_timeout", "client_abandoned", "runner_lost", "timeout", "cancelled_by_user", "pi_failed", "budget_exceeded", "pre_launch:clone"],
+                cancelled_by_user, pi_failed, budget_exceeded, result_too_large, pre_launch:<step>, or a newer code.",
+            "examples": ["stale_timeout", "client_abandoned", "runner_lost", "timeout", "cancelled_by_user", "pi_failed", "budget_exceeded", "result_too_large", "pre_launch:clone"],
             "minLength": 1,
             "maxLength": MAX_REASON_CODE_BYTES,
             "pattern": "^[a-z0-9_:-]+$"
@@ -334,6 +339,7 @@ mod tests {
             (ReasonCode::CancelledByUser, "cancelled_by_user"),
             (ReasonCode::PiFailed, "pi_failed"),
             (ReasonCode::BudgetExceeded, "budget_exceeded"),
+            (ReasonCode::ResultTooLarge, "result_too_large"),
             (ReasonCode::PreLaunch("clone".into()), "pre_launch:clone"),
             (ReasonCode::Other("quota_exceeded".into()), "quota_exceeded"),
         ];

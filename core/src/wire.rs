@@ -51,6 +51,11 @@ pub struct CreateTask {
     /// (`POST /v1/blobs/missing`, `PUT /v1/blobs/{hash}`). Absent: the commit alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<Manifest>,
+    /// The task this one follows up (D28): a finished task the caller may
+    /// see, of the same `repo_url` and `commit` (and manifest). The runner
+    /// starts from the parent's result and continues its Pi session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<TaskId>,
 }
 
 /// What is wrong with a [`CreateTask`].
@@ -134,6 +139,8 @@ impl Check for CreateTask {
         Rule::ManifestBase,
         Rule::ManifestSize,
         Rule::ManifestBlobs,
+        // The broker's part: checked against the parent task in its store.
+        Rule::Parent,
     ];
 
     fn check(&self) -> Result<(), Refusal> {
@@ -362,6 +369,9 @@ pub struct Task {
     /// from the attempt's latest `metered_usage` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<MeteredUsage>,
+    /// The task this one follows up ([`CreateTask::parent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<TaskId>,
 }
 
 /// How a finished task ended.
@@ -600,6 +610,31 @@ pub struct Claim {
     pub attempt: u32,
     /// Bearer token for this task and attempt only: events and completion.
     pub callback_token: String,
+    /// What a follow-up starts from: its parent's result and session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentResult>,
+}
+
+/// A follow-up's parent as its runner needs it (D28): the result to start
+/// from and the session to continue, each a blob the runner reads with
+/// `GET /v1/blobs/{hash}` and verifies against its hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParentResult {
+    pub task: TaskId,
+    /// The parent's changes; absent when its runner recorded none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
+    /// The parent's artifacts (its result bundle, its session file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+}
+
+impl ParentResult {
+    /// The parent's artifact of `kind`, when it left one.
+    pub fn artifact(&self, kind: ArtifactKind) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.kind == kind)
+    }
 }
 
 /// `POST /v1/tasks/{id}/events` (callback token).
@@ -852,6 +887,7 @@ mod tests {
 
     fn task() -> CreateTask {
         CreateTask {
+            parent: None,
             repo_url: "https://example.invalid/r.git".into(),
             commit: "a".repeat(40),
             prompt: "fix it".into(),

@@ -48,6 +48,8 @@ pub struct PiPaths {
     /// Pi's working directory: the task's workspace.
     pub cwd: PathBuf,
     pub session_dir: PathBuf,
+    /// A session to resume (`--session`): a follow-up's copy of its parent's (D28).
+    pub session_file: Option<PathBuf>,
     /// `PI_CODING_AGENT_DIR`: the bundle's `pi-agent/`.
     pub agent_dir: PathBuf,
     pub home: PathBuf,
@@ -60,6 +62,7 @@ impl PiPaths {
         PiPaths {
             cwd: space.workspace.clone(),
             session_dir: space.session.clone(),
+            session_file: None,
             agent_dir: agent_dir.to_owned(),
             home: space.home.clone(),
             tmp: space.tmp.clone(),
@@ -90,6 +93,10 @@ impl PiLaunch {
             .collect();
         args.push("--session-dir".into());
         args.push(self.paths.session_dir.clone().into_os_string());
+        if let Some(file) = &self.paths.session_file {
+            args.push("--session".into());
+            args.push(file.clone().into_os_string());
+        }
         if self.no_extensions {
             args.push("--no-extensions".into());
         }

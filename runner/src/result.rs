@@ -115,6 +115,12 @@ impl ResultRepo {
 
     /// A git command on the runner's repository with the workspace as its work tree.
     fn git(&self) -> Command {
+        self.git_in(&self.git_dir, &self.index)
+    }
+
+    /// A git command on repository `git_dir` with index `index` and the
+    /// workspace as its work tree, reading no config but the repository's.
+    fn git_in(&self, git_dir: &Path, index: &Path) -> Command {
         let mut command = self.guard.command(None, "git");
         command.args(FENCE).args([
             "-c",
@@ -135,9 +141,9 @@ impl ResultRepo {
             }
         }
         command
-            .env("GIT_DIR", &self.git_dir)
+            .env("GIT_DIR", git_dir)
             .env("GIT_WORK_TREE", &self.workspace)
-            .env("GIT_INDEX_FILE", &self.index)
+            .env("GIT_INDEX_FILE", index)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_TERMINAL_PROMPT", "0")
@@ -156,7 +162,15 @@ impl ResultRepo {
 
     /// Runs git with `args`; its stdout on success.
     async fn run(&self, step: &'static str, args: &[&str]) -> Result<String, ResultError> {
-        let mut command = self.git();
+        self.run_command(step, self.git(), args).await
+    }
+
+    async fn run_command(
+        &self,
+        step: &'static str,
+        mut command: Command,
+        args: &[&str],
+    ) -> Result<String, ResultError> {
         command.args(args);
         let output = command.output().await.map_err(ResultError::Spawn)?;
         if !output.status.success() {
@@ -199,6 +213,53 @@ impl ResultRepo {
         self.run("add", &["add", "--all", "--", "."]).await?;
         self.object_id("write-tree", &["write-tree"]).await
     }
+}
+
+/// A follow-up's start (D28): the workspace, hydrated like its parent's
+/// (same commit and overlay, so its tree is the parent's base), becomes the
+/// parent's result. The parent's bundle (`bundle`, verified by hash) is
+/// fetched into the workspace's repository; its index and `HEAD` move to
+/// the parent's base, then to its result, updating and removing files as
+/// the result says (`reset --keep`, which refuses rather than overwrite a
+/// file it did not expect). Answers the commit the follow-up starts from.
+pub async fn start_from_parent(repo: &ResultRepo, bundle: &Path, changes: &Changes) -> Result<String, ResultError> {
+    let Some(result) = changes.commit.as_deref() else {
+        return Ok(changes.base.clone());
+    };
+    repo.workspace_objects()?;
+    let git_dir = repo.workspace.join(".git");
+    let index = git_dir.join("index");
+    let git = || repo.git_in(&git_dir, &index);
+    let bundle_text = bundle.to_string_lossy();
+    repo.run_command(
+        "fetch of the parent's result",
+        git(),
+        &[
+            // The bundle is the runner's own file (fetched and verified by hash): `file` is its one protocol.
+            "-c",
+            "protocol.file.allow=always",
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            &bundle_text,
+            "refs/embark/*:refs/embark/parent/*",
+        ],
+    )
+    .await?;
+    repo.run_command(
+        "reset to the parent's base",
+        git(),
+        &["reset", "--quiet", "--mixed", &changes.base],
+    )
+    .await?;
+    repo.run_command(
+        "reset to the parent's result",
+        git(),
+        &["reset", "--quiet", "--keep", result],
+    )
+    .await?;
+    Ok(result.to_owned())
 }
 
 /// Makes the runner's repository and records the base, right after the

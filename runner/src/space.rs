@@ -6,7 +6,8 @@
 //!   workspace/                 git clone at the task's commit (Pi's cwd)
 //!   prompt.txt                 the task's prompt
 //!   bundle/                    the task-local bundle (see `bundle`): removed when the task ends
-//!   session/                   Pi's --session-dir (the session JSONL)
+//!   session/                   Pi's --session-dir (the session JSONL, uploaded as the task's session artifact)
+//!   parent.bundle              a follow-up's copy of its parent's result bundle
 //!   home/                      HOME for Pi and its tools
 //!   tmp/                       TMPDIR for Pi and its tools
 //! ```
@@ -89,7 +90,7 @@ pub fn lock_spaces(spaces: &Path) -> Result<SpacesLock, SpaceError> {
 /// When a task directory is removed once its verdict was reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkspaceCleanup {
-    /// Keep every task directory (its session serves a follow-up).
+    /// Keep every task directory (to look into; follow-ups resume from the broker's artifacts).
     Never,
     /// Remove it after a succeeded verdict; keep failed ones to look into.
     Success,

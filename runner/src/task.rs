@@ -21,6 +21,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::bundle::{self, Bundle, LiveBundles};
 use crate::checkout::CloneLimits;
 use crate::events::{EventMapper, lifecycle, log_event};
+use crate::follow::{self, FollowStart};
 use crate::guard::GuardReport;
 use crate::hydrate::{BlobSource, Cache, Target, hydrate};
 use crate::isolation::{IsolationMode, Sandbox, docker};
@@ -33,6 +34,7 @@ use crate::redact::Redactor;
 use crate::reporter::{ReportOptions, Reporter};
 use crate::result::{self, ResultRepo};
 use crate::retry::{Patience, Undelivered, persist};
+use crate::session_file;
 use crate::space::{RecordState, Space, TaskRecord, WorkspaceCleanup};
 
 /// After stdin EOF, how long Pi gets to exit before SIGTERM (and again before SIGKILL).
@@ -416,12 +418,23 @@ async fn attempt(
     if let Some(reason) = credentials.budget_refusal() {
         outcome.verdict = CompleteTask {
             final_text: outcome.verdict.final_text.take(),
+            changes: outcome.verdict.changes.take(),
+            artifacts: std::mem::take(&mut outcome.verdict.artifacts),
             ..failed(ReasonCode::BudgetExceeded, reason)
         };
     }
     // The token dies with the attempt; what leaves the runner is redacted.
     drop(credentials.proxy);
     redact_outcome(&credentials.redactor, &mut outcome, &space);
+    // Pi's session, redacted, for a follow-up to continue (any outcome).
+    match session_file::keep(&settings.client, claim, &space.session).await {
+        Ok(Some(artifact)) => outcome.verdict.artifacts.push(artifact),
+        Ok(None) => {}
+        Err(e) => reporter.send(log_event(
+            LogLevel::Warning,
+            &format!("Pi's session was not kept: {}", error_chain(&e)),
+        )),
+    }
     // Pi and its tools are gone, so nothing rewrites the bundle any more.
     if let Err(e) = bundle::remove(&space.bundle) {
         let message = error_chain(&e);
@@ -558,10 +571,36 @@ async fn prepare_and_run(
     if cancel.is_requested() {
         return clean(Outcome::cancelled());
     }
-    // The base of the result, before Pi can change anything; a task without one still runs.
     let result_repo = ResultRepo::new(&space.root, &space.workspace, &settings.sandbox.guard, &task_id);
+    // A follow-up starts from its parent's result, in its parent's session.
+    let follow = match &claim.parent {
+        None => FollowStart::default(),
+        Some(parent) => {
+            let cwd = settings.sandbox.seen_by_pi(space, &space.workspace);
+            let blobs = (&settings.client, settings.runner_token.as_str());
+            match follow::start(parent, &result_repo, blobs, &space.root, (&space.session, &cwd)).await {
+                Ok(start) => {
+                    let detail = format!(
+                        "follows task {}: from {}, {}",
+                        parent.task,
+                        start.commit.as_deref().unwrap_or("its base (it changed nothing)"),
+                        if start.session.is_some() {
+                            "its session resumed"
+                        } else {
+                            "no session to resume"
+                        }
+                    );
+                    reporter.send(log_event(LogLevel::Info, &detail));
+                    start
+                }
+                Err(e) => return clean(Outcome::failed(pre_launch("follow"), error_chain(&e))),
+            }
+        }
+    };
+    // The base of the result, before Pi can change anything; a task without one still runs.
     let rules = task.manifest.as_ref().map(|m| &m.rules);
-    let base = match result::snapshot_base(&result_repo, &task.commit, rules).await {
+    let start_commit = follow.commit.as_deref().unwrap_or(&task.commit);
+    let base = match result::snapshot_base(&result_repo, start_commit, rules).await {
         Ok(base) => Some(base),
         Err(e) => {
             reporter.send(log_event(
@@ -581,7 +620,10 @@ async fn prepare_and_run(
         provider: intent.provider.clone(),
         model: intent.model.clone(),
         no_extensions: settings.pi_no_extensions,
-        paths: PiPaths::of(space, &bundle.agent_dir),
+        paths: PiPaths {
+            session_file: follow.session.clone(),
+            ..PiPaths::of(space, &bundle.agent_dir)
+        },
         task_id,
         profile_env: bundle.env.clone(),
     };
@@ -678,6 +720,13 @@ async fn prepare_and_run(
                 reporter.send(log_event(LogLevel::Info, &format!("result: {}", changes.summary())));
                 verdict.changes = Some(changes);
                 verdict.artifacts = artifacts;
+            }
+            // Code too big to hand in fails the task, so nobody takes it for done.
+            Err(e @ result::RecordError::TooLarge { .. }) => {
+                verdict = CompleteTask {
+                    final_text: verdict.final_text.take(),
+                    ..failed(ReasonCode::ResultTooLarge, error_chain(&e))
+                };
             }
             Err(e) => reporter.send(log_event(
                 LogLevel::Error,

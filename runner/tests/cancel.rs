@@ -60,6 +60,7 @@ async fn cancel_stops_pi(runner_side: &Broker, client_side: &Broker) {
         )
     };
     let new_task = |prompt: &str| CreateTask {
+        parent: None,
         repo_url: repo.origin.to_str().expect("utf-8 path").to_owned(),
         commit: repo.head.clone(),
         prompt: prompt.into(),

@@ -33,6 +33,7 @@ fn event(n: u32) -> NewEvent {
 async fn claimed_task(broker: &Broker) -> Claim {
     let client = broker.client();
     let task = CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
         prompt: "report".into(),

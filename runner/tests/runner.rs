@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use embark_client::BrokerClient;
 use embark_core::event::{AssistantMessage, Log};
-use embark_core::wire::{CreateTask, Task, TaskResult};
+use embark_core::wire::{ArtifactKind, CreateTask, Task, TaskResult};
 use embark_core::{Event, EventKind, ExecutionIntent, Payload, TaskState};
 use embark_testkit::poll::{eventually, eventually_blocking};
 use embark_testkit::proxy::HangingServer;
@@ -67,6 +67,7 @@ impl World {
 
     async fn submit_repo(&self, repo_url: &str, prompt: &str, profile: &str) -> Task {
         let task = CreateTask {
+            parent: None,
             repo_url: repo_url.to_owned(),
             commit: self.repo.head.clone(),
             prompt: prompt.to_owned(),
@@ -353,6 +354,7 @@ async fn an_unknown_profile_fails_naming_it_before_any_clone() {
 
     // A profile no enrolled runner advertises is refused at submit.
     let mut unknown = CreateTask {
+        parent: None,
         repo_url: world.repo.origin.to_str().expect("utf-8 path").to_owned(),
         commit: world.repo.head.clone(),
         prompt: "anything".into(),
@@ -749,6 +751,7 @@ impl World {
             self.client.put_blob(secret, &hash, blob(&hash)).await.expect("upload");
         }
         let task = CreateTask {
+            parent: None,
             repo_url: self.repo.origin.to_str().expect("utf-8 path").to_owned(),
             commit: manifest.commit.as_ref().expect("a commit").to_string(),
             prompt: prompt.to_owned(),
@@ -926,9 +929,13 @@ async fn the_code_a_task_changed_comes_back_as_a_verified_bundle() {
     let changes = done.changes.clone().expect("the task names its changes");
     let commit = changes.commit.clone().expect("a result commit");
     assert_eq!(changes.files_changed, 6, "{changes:?}");
-    let [artifact] = done.artifacts.as_slice() else {
-        panic!("one artifact: {:?}", done.artifacts)
+    let [artifact, session] = done.artifacts.as_slice() else {
+        panic!("the bundle and Pi's session: {:?}", done.artifacts)
     };
+    assert_eq!(
+        (artifact.kind, session.kind),
+        (ArtifactKind::ResultBundle, ArtifactKind::Session)
+    );
     assert_eq!(Some(artifact.hash), changes.bundle);
     let bundle = world
         .client
@@ -985,4 +992,153 @@ async fn the_code_a_task_changed_comes_back_as_a_verified_bundle() {
     }
     assert_eq!(count, files, "every file of the workspace is in the result: {listed}");
     assert!(!listed.contains("gone.txt") && listed.contains("renamed.txt") && listed.contains("blob.bin"));
+}
+
+/// The issue's follow-up round trip (D28): the parent runs on one runner,
+/// its follow-up on a second one (another spaces directory, nothing shared
+/// but the broker). The fake model's follow-up turn refuses a request that
+/// lacks the parent's prompt and answer, so success means Pi resumed the
+/// parent's session; the follow-up's result is measured from the parent's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_up_on_a_second_runner_continues_the_session_from_the_parents_result() {
+    let world = World::new(json!({"turns": [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "echo parent > parent.txt && rm gone.txt"}}]},
+        {"text": "parent answer: wrote parent.txt"},
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "test -f parent.txt && test ! -e gone.txt && echo follow > follow.txt"}}],
+         "expect_in_request": ["write the parent file", "parent answer: wrote parent.txt"]},
+        {"text": "follow-up done"}
+    ]}));
+    let work = &world.repo.work;
+    std::fs::write(work.join("gone.txt"), "to delete\n").expect("write");
+    git::git(work, &["add", "-A"]);
+    git::git(work, &["commit", "-q", "-m", "files"]);
+    git::git(work, &["push", "-q", "origin", "HEAD:main"]);
+    std::fs::write(work.join("overlay.txt"), "uncommitted on the laptop\n").expect("write");
+    let (parent, manifest) = world.submit_tree("write the parent file").await;
+    let (parent_done, _) = world.run_once(&parent, &["--workspace-cleanup", "terminal"]).await;
+    assert_eq!(
+        parent_done.state,
+        TaskState::Succeeded,
+        "{parent_done:?}\n{}",
+        world.diagnostics()
+    );
+    let parent_changes = parent_done.changes.clone().expect("the parent's changes");
+    let parent_result = parent_changes.commit.clone().expect("a parent result");
+    let kinds: Vec<_> = parent_done.artifacts.iter().map(|a| a.kind).collect();
+    assert_eq!(
+        kinds,
+        [ArtifactKind::ResultBundle, ArtifactKind::Session],
+        "{parent_done:?}"
+    );
+    let session = world
+        .client
+        .get_artifact(&world.broker.client_secret, parent.id, &parent_done.artifacts[1].hash)
+        .await
+        .expect("the session artifact reads back, verified");
+    let session = String::from_utf8(session).expect("utf-8");
+    assert!(session.starts_with("{\"type\":\"session\""), "{session}");
+    assert!(session.contains("parent answer: wrote parent.txt"), "{session}");
+
+    // A follow-up with the wrong base is refused before it is queued.
+    let mut follow = CreateTask {
+        parent: Some(parent.id),
+        repo_url: parent.repo_url.clone(),
+        commit: parent.commit.clone(),
+        prompt: "now the follow-up".to_owned(),
+        intent: parent.intent.clone(),
+        session_id: "runner-test".to_owned(),
+        client_request_id: None,
+        manifest: None,
+    };
+    let refused = world
+        .client
+        .create_task(&world.broker.client_secret, &follow)
+        .await
+        .expect_err("a follow-up must name its parent's manifest");
+    assert!(refused.to_string().contains("copy them from the parent"), "{refused}");
+    follow.manifest = Some(manifest);
+    let follow_task = world
+        .client
+        .create_task(&world.broker.client_secret, &follow)
+        .await
+        .expect("the follow-up is queued");
+    assert_eq!(follow_task.parent, Some(parent.id));
+
+    let second_dir = tempfile::tempdir().expect("temp dir");
+    let second = RunnerHome::new(second_dir.path(), &world.model);
+    let mut runner = second.start(&world.broker, &["--once", "--workspace-cleanup", "never"]);
+    let status = tokio::task::block_in_place(|| runner.exit_within(Duration::from_secs(90)));
+    let diagnostics = || format!("--- second runner\n{}\n{}", second.log(), world.diagnostics());
+    assert!(status.is_some_and(|s| s.success()), "{}", diagnostics());
+    let done = world.task(follow_task.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{}", diagnostics());
+    let outcome = done.outcome.clone().expect("an outcome");
+    assert_eq!(outcome.final_text.as_deref(), Some("follow-up done"));
+    let changes = done.changes.clone().expect("the follow-up's changes");
+    assert_eq!(
+        changes.base, parent_result,
+        "the follow-up starts from the parent's result"
+    );
+    assert_eq!(changes.files_changed, 1, "{changes:?}");
+    let kinds: Vec<_> = done.artifacts.iter().map(|a| a.kind).collect();
+    assert_eq!(kinds, [ArtifactKind::ResultBundle, ArtifactKind::Session], "{done:?}");
+    let whole = world
+        .client
+        .get_artifact(&world.broker.client_secret, done.id, &done.artifacts[1].hash)
+        .await
+        .expect("the follow-up's session");
+    let whole = String::from_utf8(whole).expect("utf-8");
+    assert!(
+        whole.contains("parent answer: wrote parent.txt") && whole.contains("follow-up done"),
+        "the follow-up's session holds the whole conversation: {whole}"
+    );
+
+    // On the laptop: the parent's bundle, then the follow-up's on top of it.
+    for (id, artifacts, name) in [
+        (parent.id, &parent_done.artifacts, "p"),
+        (done.id, &done.artifacts, "f"),
+    ] {
+        let bytes = world
+            .client
+            .get_artifact(&world.broker.client_secret, id, &artifacts[0].hash)
+            .await
+            .expect("bundle");
+        let path = world.spaces().join(format!("{name}.bundle"));
+        std::fs::write(&path, bytes).expect("write");
+        let spec = format!("refs/embark/result:refs/embark/{name}/result");
+        git::git(work, &["fetch", "-q", path.to_str().expect("utf-8"), &spec]);
+    }
+    let diff = git::git(
+        work,
+        &["diff", "--name-status", "refs/embark/p/result", "refs/embark/f/result"],
+    );
+    assert_eq!(diff, "A\tfollow.txt");
+    let files = git::git(work, &["ls-tree", "-r", "--name-only", "refs/embark/f/result"]);
+    assert!(
+        files.contains("parent.txt") && files.contains("overlay.txt") && !files.contains("gone.txt"),
+        "{files}"
+    );
+}
+
+/// A result larger than a broker artifact may be fails the task with a
+/// reason, instead of a task that looks done whose code never comes home (D28).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_too_large_to_hand_in_fails_the_task_saying_so() {
+    let world = World::new(json!({"turns": [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "head -c 6000000 /dev/urandom > big.bin"}}]},
+        {"text": "wrote a big file"}
+    ]}));
+    let task = world.submit("write a big file", "default").await;
+    let (done, _) = world.run_once(&task, &[]).await;
+    assert_eq!(done.state, TaskState::Failed, "{done:?}\n{}", world.diagnostics());
+    let outcome = done.outcome.clone().expect("an outcome");
+    assert_eq!(outcome.code, Some(embark_core::task::ReasonCode::ResultTooLarge));
+    let reason = outcome.reason.unwrap_or_default();
+    assert!(reason.contains("more than the 4194304"), "{reason}");
+    assert_eq!(
+        outcome.final_text.as_deref(),
+        Some("wrote a big file"),
+        "the final text is kept"
+    );
+    assert!(done.changes.is_none(), "{done:?}");
 }

@@ -270,6 +270,14 @@ const server = createServer(async (req, res) => {
       res.end(JSON.stringify({ error: { message: `fake model script has no turn ${turnIndex} (it has ${script.turns.length})`, type: "server_error" } }));
       return;
     }
+    // A turn that must see earlier text in its request (a resumed session carries the parent's prompt and answer).
+    const missing = (turn.expect_in_request ?? []).filter((text) => !JSON.stringify(messages).includes(text));
+    if (missing.length > 0) {
+      log({ event: "expectation_failed", turn: turnIndex, missing });
+      res.writeHead(422, { "content-type": "application/json" });
+      res.end(JSON.stringify({ error: { message: `fake model: turn ${turnIndex}'s request lacks ${JSON.stringify(missing)}`, type: "invalid_request_error" } }));
+      return;
+    }
     if (turn.delay_ms) await sleep(turn.delay_ms);
     if ("error" in turn) {
       res.writeHead(turn.error.status ?? 500, { "content-type": "application/json" });

@@ -94,6 +94,7 @@ impl Default for Settings {
                 stale_timeout: Duration::from_secs(30 * 60),
                 client_silence: Duration::from_secs(30 * 60),
                 max_attempts: 3,
+                artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
             },
         }
     }

@@ -12,9 +12,9 @@ use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, Lease, Task, Ta
 use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ApiQuery, CallbackCaller, ClientCaller, TaskPath};
-use crate::access::visible_task;
+use crate::access::{Client, visible_task};
 use crate::routing::Wake;
-use crate::store::{Created, Seen, Store};
+use crate::store::{Created, Seen, Store, StoreError};
 
 /// Tasks one list answer holds by default, and at most.
 const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -27,6 +27,7 @@ pub async fn create<S: Store>(
     ApiJson(request): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiFailure> {
     check_transport(&request.repo_url, &app.settings.repo_transports)?;
+    check_parent(&app.store, &caller, &request).await?;
     let wake = crate::routing::check_servable(&request.intent, &app.store.list_runners().await?)?;
     match app.store.create_task_as(&request, &caller.owner()).await? {
         Created::New(task) => {
@@ -69,6 +70,39 @@ fn check_transport(repo_url: &str, allowed: &[Transport]) -> Result<(), Refusal>
             names.join(", ")
         ),
     ))
+}
+
+/// The broker's part of [`Rule::Parent`]: a follow-up continues a finished
+/// task the caller may see, on the same repository, commit and manifest (its
+/// runner hydrates the parent's base, then applies the parent's result).
+async fn check_parent<S: Store>(store: &S, caller: &Client, request: &CreateTask) -> Result<(), ApiFailure> {
+    let Some(parent) = request.parent else {
+        return Ok(());
+    };
+    let refuse = |message: String| -> ApiFailure { Refusal::new(Rule::Parent, message).into() };
+    let task = match visible_task(store, caller, parent).await {
+        Ok(task) => task,
+        Err(StoreError::TaskNotFound(_)) => {
+            return Err(refuse(format!(
+                "the parent task {parent} was not found: follow up a task of yours (see GET /v1/tasks)"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !task.state.is_terminal() {
+        return Err(refuse(format!(
+            "the parent task {parent} is {}: follow it up once it has finished",
+            task.state
+        )));
+    }
+    let same_manifest =
+        task.manifest.as_ref().map(|m| &m.fingerprint) == request.manifest.as_ref().map(|m| &m.fingerprint);
+    if task.repo_url != request.repo_url || task.commit != request.commit || !same_manifest {
+        return Err(refuse(format!(
+            "a follow-up of task {parent} must name its repo_url, commit and manifest: copy them from the parent task"
+        )));
+    }
+    Ok(())
 }
 
 pub async fn list<S: Store>(

@@ -4,9 +4,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use embark_core::event::{Lifecycle, Log, LogLevel, NewEvent, OtherEvent, Payload, Phase, ToolEnd};
 use embark_core::intent::{Capabilities, ExecutionIntent, IsolationMode, ProfileCapability};
+use embark_core::manifest::ContentHash;
 use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::rules::Rule;
 use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, TaskResult};
@@ -19,6 +21,7 @@ use crate::auth::{TokenHash, TokenKind, mint};
 
 pub fn new_task(session: &str) -> CreateTask {
     CreateTask {
+        parent: None,
         repo_url: "https://example.invalid/repo.git".into(),
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
         prompt: "fix the flaky test".into(),
@@ -1149,6 +1152,7 @@ fn policy() -> ReapPolicy {
         stale_timeout: std::time::Duration::from_secs(30 * 60),
         client_silence: std::time::Duration::from_secs(24 * 60 * 60),
         max_attempts: 3,
+        artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
     }
 }
 
@@ -1875,6 +1879,84 @@ pub async fn blobs_are_content_addressed_and_tasks_wait_for_theirs<S: Store>(sto
     assert_eq!(store.get_task(created.id).await.expect("get").manifest, task.manifest);
 }
 
+/// The retention sweep (D28): a finished task's artifacts go once they are
+/// older than the retention, but not while a follow-up of it is unfinished,
+/// and a blob another task still names stays. Time is the sweep's input.
+pub async fn artifacts_expire_with_their_task_unless_a_follow_up_is_unfinished<S: Store>(store: S) {
+    use embark_core::wire::{Artifact, ArtifactKind};
+    let worker = runner(&store, "sweeper").await;
+    let (a, b) = (b"session of the parent".as_slice(), b"bundle of the other".as_slice());
+    for bytes in [a, b] {
+        store.put_blob(&ContentHash::of(bytes), bytes).await.expect("blob");
+    }
+    let artifact = |kind, bytes: &[u8]| Artifact {
+        kind,
+        hash: ContentHash::of(bytes),
+        size: bytes.len() as u64,
+    };
+    let finish = async |artifacts: Vec<Artifact>| {
+        let (task, token) = claim(&store, &worker).await.expect("claimed");
+        let done = CompleteTask {
+            artifacts,
+            ..verdict(TaskResult::Succeeded)
+        };
+        store.complete_task(task.id, &token, &done).await.expect("complete");
+        task
+    };
+    let parent_task = store.create_task(&new_task("sweep")).await.expect("create");
+    let parent = finish(vec![artifact(ArtifactKind::Session, a)]).await;
+    assert_eq!(parent.id, parent_task.id);
+    store.create_task(&new_task("sweep")).await.expect("create");
+    let other = finish(vec![
+        artifact(ArtifactKind::Session, a),
+        artifact(ArtifactKind::ResultBundle, b),
+    ])
+    .await;
+    let follow_up = store
+        .create_task(&CreateTask {
+            parent: Some(parent.id),
+            ..new_task("sweep")
+        })
+        .await
+        .expect("a follow-up");
+    assert_eq!(follow_up.parent, Some(parent.id));
+    assert_eq!(store.get_task(follow_up.id).await.expect("get").parent, Some(parent.id));
+
+    let day = Duration::from_secs(24 * 60 * 60);
+    let in_two_days = later(2 * 24 * 60);
+    assert_eq!(
+        store.expire_artifacts(in_two_days, 3 * day).await.expect("sweep"),
+        vec![]
+    );
+    assert_eq!(
+        store.expire_artifacts(in_two_days, day).await.expect("sweep"),
+        vec![other.id],
+        "the parent is kept while its follow-up is queued"
+    );
+    assert!(store.get_task(other.id).await.expect("get").artifacts.is_empty());
+    assert_eq!(store.get_task(parent.id).await.expect("get").artifacts.len(), 1);
+    assert_eq!(
+        store.blob_size(&ContentHash::of(b)).await.expect("size"),
+        None,
+        "no task names it"
+    );
+    assert!(
+        store.blob_size(&ContentHash::of(a)).await.expect("size").is_some(),
+        "the parent still names it"
+    );
+
+    finish(Vec::new()).await;
+    let mut swept = store.expire_artifacts(in_two_days, day).await.expect("sweep");
+    swept.sort_by_key(|id| id.to_string());
+    assert_eq!(swept, vec![parent.id], "the follow-up left no artifacts to sweep");
+    assert_eq!(store.blob_size(&ContentHash::of(a)).await.expect("size"), None);
+    assert_eq!(
+        store.get_task(parent.id).await.expect("get").state,
+        TaskState::Succeeded
+    );
+    assert_eq!(store.expire_artifacts(in_two_days, day).await.expect("again"), vec![]);
+}
+
 /// Instantiates every case above as a test in the invoking module: `fresh`
 /// is an async fn answering `(guard, store)` for a new, empty database (the
 /// guard lives until the case ends), and the attributes in brackets (e.g.
@@ -1915,6 +1997,7 @@ macro_rules! suite {
             runners_are_listed_with_their_capabilities,
             session_stats_become_the_tasks_stats,
             blobs_are_content_addressed_and_tasks_wait_for_theirs,
+            artifacts_expire_with_their_task_unless_a_follow_up_is_unfinished,
         );
     };
     (@cases $fresh:ident, $attrs:tt, $($name:ident),* $(,)?) => {$(

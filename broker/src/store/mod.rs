@@ -24,7 +24,8 @@ use embark_core::manifest::ContentHash;
 use embark_core::task::{ReasonCode, TaskId, TaskState};
 use embark_core::wire::rules::{Refusal, Rule};
 use embark_core::wire::{
-    CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, TaskCancel, TaskResult, check_batch_shape,
+    Artifact, CompleteTask, CreateTask, EventPage, EventsAppended, RunnerInfo, Task, TaskCancel, TaskResult,
+    check_batch_shape,
 };
 
 use crate::access::{Client, Owner};
@@ -143,6 +144,9 @@ pub struct ReapPolicy {
     /// How many attempts a task may have: a stale task whose attempt wrote no
     /// event beyond `claimed` is requeued while its attempt is below this.
     pub max_attempts: u32,
+    /// A finished task's artifacts are deleted this long after it ended
+    /// ([`Store::expire_artifacts`], `EMBARK_ARTIFACT_RETENTION`).
+    pub artifact_retention: Duration,
 }
 
 impl ReapPolicy {
@@ -581,6 +585,43 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         hashes: &[ContentHash],
     ) -> impl Future<Output = Result<Vec<ContentHash>, StoreError>> + Send;
+
+    /// The retention sweep (D28): a task that finished more than `retention`
+    /// before `now`, none of whose follow-ups is unfinished, loses its
+    /// artifacts (the list is cleared, each blob is deleted unless another
+    /// task's artifacts or manifest name it). At most [`EXPIRE_BATCH`] tasks a
+    /// call; each is cleared by one conditional statement, so replicas
+    /// sweeping at once never act twice. Answers the tasks swept.
+    fn expire_artifacts(
+        &self,
+        now: jiff::Timestamp,
+        retention: Duration,
+    ) -> impl Future<Output = Result<Vec<TaskId>, StoreError>> + Send;
+}
+
+/// Most tasks one retention sweep clears.
+pub const EXPIRE_BATCH: i64 = 500;
+
+/// The tasks whose artifacts outlived the retention (`?1`/`$1`: the
+/// cutoff in ms, `?2`/`$2`: the batch), with their artifacts. Terminal states
+/// are spelt out: the conformance suite holds them to [`TaskState::is_terminal`].
+macro_rules! expired_artifacts {
+    ($cutoff:literal, $limit:literal) => {
+        concat!(
+            "SELECT t.id, t.artifacts FROM tasks t WHERE t.state IN ('succeeded', 'failed', 'cancelled') \
+             AND t.finished_at < ",
+            $cutoff,
+            " AND t.artifacts IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent = t.id \
+             AND c.state NOT IN ('succeeded', 'failed', 'cancelled')) ORDER BY t.finished_at LIMIT ",
+            $limit
+        )
+    };
+}
+pub(crate) use expired_artifacts;
+
+/// The artifacts column of an expired task, read back.
+pub(crate) fn expired_list(id: &str, json: &str) -> Result<Vec<Artifact>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("task {id}'s artifacts: {e}")))
 }
 
 /// A verdict's artifacts must be stored blobs of their size, uploaded
@@ -809,7 +850,7 @@ pub(crate) fn attempt_number(attempt: i64) -> Result<u32, StoreError> {
 }
 
 /// Milliseconds of a policy's duration, for comparisons with stored times.
-fn millis(duration: Duration) -> i64 {
+pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -25,6 +25,7 @@ pub mod wakeups;
 
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use embark_core::EventKind;
 use embark_core::intent::Capabilities;
@@ -42,10 +43,11 @@ use super::rows::{
     task_columns, timestamp, unfinished,
 };
 use super::{
-    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
-    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of, check_append,
-    check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence,
-    latest_of, manifest_json, replayed_create, revived, settle_verdict,
+    ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction,
+    ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of,
+    check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict,
+    distinct, expired_artifacts, expired_list, fence, latest_of, manifest_json, millis, replayed_create, revived,
+    settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -126,8 +128,8 @@ const LIST_SESSION_TASKS: &str = concat!(
 /// key waits for the first to commit, then does nothing).
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
-     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels, manifest) \
-     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING RETURNING ",
+     session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels, manifest, parent) \
+     VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -434,6 +436,7 @@ impl Store for PgStore {
             .bind(task.intent.isolation.map(|mode| mode.name()))
             .bind(labels_json(&task.intent))
             .bind(manifest_json(task))
+            .bind(task.parent.map(|parent| parent.to_string()))
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
@@ -1037,6 +1040,42 @@ impl Store for PgStore {
         rows.into_iter()
             .map(|(state, count)| Ok((parse_state(&state)?, seq(count)?)))
             .collect()
+    }
+
+    async fn expire_artifacts(&self, now: jiff::Timestamp, retention: Duration) -> Result<Vec<TaskId>, StoreError> {
+        let cutoff = now.as_millisecond().saturating_sub(millis(retention));
+        let expired: Vec<(String, String)> = sqlx::query_as(expired_artifacts!("$1", "$2"))
+            .bind(cutoff)
+            .bind(EXPIRE_BATCH)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut swept = Vec::new();
+        for (id, json) in expired {
+            let artifacts = expired_list(&id, &json)?;
+            let mut tx = self.write_tx().await?;
+            // Conditional: of replicas sweeping the same task, one clears it.
+            let cleared = sqlx::query("UPDATE tasks SET artifacts = NULL WHERE id = $1 AND artifacts IS NOT NULL")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if cleared == 0 {
+                continue;
+            }
+            for artifact in artifacts {
+                sqlx::query(
+                    "DELETE FROM blobs WHERE hash = $1 AND NOT EXISTS (SELECT 1 FROM tasks \
+                     WHERE position($2 in artifacts) > 0 OR position($2 in manifest) > 0)",
+                )
+                .bind(artifact.hash.0.as_slice())
+                .bind(artifact.hash.to_hex())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            swept.push(parse_task_id(&id)?);
+        }
+        Ok(swept)
     }
 
     async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {

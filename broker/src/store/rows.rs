@@ -14,7 +14,7 @@ macro_rules! task_columns {
     () => {
         "id, state, repo_url, commit_id, prompt, auth_profile, provider, model, session_id, \
          created_at, updated_at, attempt, last_seq, outcome_result, outcome_final_text, outcome_reason, finished_at, \
-         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest, changes, artifacts, metered_usage"
+         outcome_code, cancel_requested_at, isolation, labels, session_stats, manifest, changes, artifacts, metered_usage, parent"
     };
 }
 pub(crate) use task_columns;
@@ -52,6 +52,8 @@ pub(crate) struct TaskRow {
     pub artifacts: Option<String>,
     /// The latest `metered_usage` payload, JSON.
     pub metered_usage: Option<String>,
+    /// The task this one follows up.
+    pub parent: Option<String>,
 }
 
 impl TaskRow {
@@ -84,6 +86,7 @@ impl TaskRow {
             changes: row.get(23)?,
             artifacts: row.get(24)?,
             metered_usage: row.get(25)?,
+            parent: row.get(26)?,
         })
     }
 }
@@ -173,6 +176,7 @@ impl TryFrom<TaskRow> for Task {
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("task {id}'s artifacts: {e}")))?
                 .unwrap_or_default(),
+            parent: row.parent.as_deref().map(parse_task_id).transpose()?,
         })
     }
 }
@@ -192,8 +196,8 @@ impl OwnedTaskRow {
     pub fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<OwnedTaskRow> {
         Ok(OwnedTaskRow {
             task: TaskRow::from_sqlite(row)?,
-            owner: row.get(26)?,
-            request_hash: row.get(27)?,
+            owner: row.get(27)?,
+            request_hash: row.get(28)?,
         })
     }
 }

@@ -38,10 +38,11 @@ use super::rows::{
     unfinished,
 };
 use super::{
-    ClientToken, Created, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction, ReapPolicy,
-    Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of, check_append,
-    check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict, distinct, fence,
-    latest_of, manifest_json, replayed_create, revived, settle_verdict,
+    ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction,
+    ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of,
+    check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict,
+    distinct, expired_artifacts, expired_list, fence, latest_of, manifest_json, millis, replayed_create, revived,
+    settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -201,7 +202,7 @@ const GET_REQUESTED_TASK: &str = concat!(
 const CREATE_TASK: &str = concat!(
     "INSERT INTO tasks (id, state, repo_url, commit_id, prompt, auth_profile, provider, model, \
      session_id, created_at, updated_at, client_seen_at, owner, client_request_id, request_hash, isolation, labels, \
-     manifest) VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING RETURNING ",
+     manifest, parent) VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
 
@@ -452,10 +453,11 @@ impl Store for SqliteStore {
             task.intent.isolation.map(|mode| mode.name()),
             labels_json(&task.intent),
             manifest_json(task),
+            task.parent.map(|parent| parent.to_string()),
         );
         let (created, existing) = self
             .write(move |conn| {
-                let (repo_url, commit, prompt, profile, provider, model, session, isolation, labels, manifest) =
+                let (repo_url, commit, prompt, profile, provider, model, session, isolation, labels, manifest, parent) =
                     columns;
                 let created = task_row(
                     conn,
@@ -475,7 +477,8 @@ impl Store for SqliteStore {
                         fingerprint.as_ref().map(|f| f.as_slice()),
                         isolation,
                         labels,
-                        manifest
+                        manifest,
+                        parent
                     ],
                 )?;
                 if created.is_some() {
@@ -1037,6 +1040,36 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(state, count)| Ok((parse_state(&state)?, seq(count)?)))
             .collect()
+    }
+
+    async fn expire_artifacts(&self, now: jiff::Timestamp, retention: Duration) -> Result<Vec<TaskId>, StoreError> {
+        let cutoff = now.as_millisecond().saturating_sub(millis(retention));
+        self.write(move |conn| {
+            let expired: Vec<(String, String)> = conn
+                .prepare_cached(expired_artifacts!("?1", "?2"))?
+                .query_map(params![cutoff, EXPIRE_BATCH], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut swept = Vec::new();
+            for (id, json) in expired {
+                let cleared = conn
+                    .prepare_cached("UPDATE tasks SET artifacts = NULL WHERE id = ?1 AND artifacts IS NOT NULL")?
+                    .execute(params![id])?;
+                if cleared == 0 {
+                    continue;
+                }
+                for artifact in expired_list(&id, &json)? {
+                    let hex = artifact.hash.to_hex();
+                    conn.prepare_cached(
+                        "DELETE FROM blobs WHERE hash = ?1 AND NOT EXISTS (SELECT 1 FROM tasks \
+                         WHERE instr(artifacts, ?2) > 0 OR instr(manifest, ?2) > 0)",
+                    )?
+                    .execute(params![artifact.hash.0.as_slice(), hex])?;
+                }
+                swept.push(parse_task_id(&id)?);
+            }
+            Ok(swept)
+        })
+        .await
     }
 
     async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {

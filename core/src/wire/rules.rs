@@ -109,10 +109,12 @@ pub enum Rule {
     RepoFilter,
     /// A verdict's changes or artifacts are not acceptable, or an artifact it names was not uploaded.
     Artifacts,
+    /// A follow-up's parent is not a finished task the caller may see, of the same repository, commit and manifest.
+    Parent,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 43] = [
+    pub const ALL: [Rule; 44] = [
         Rule::JsonContentType,
         Rule::BodySize,
         Rule::Json,
@@ -156,6 +158,7 @@ impl Rule {
         Rule::BlobCount,
         Rule::RepoFilter,
         Rule::Artifacts,
+        Rule::Parent,
     ];
 
     /// The rules of reading a raw (`application/octet-stream`) body, before its type's own.
@@ -214,7 +217,8 @@ impl Rule {
             | Rule::BlobHash
             | Rule::BlobContent
             | Rule::RepoFilter
-            | Rule::Artifacts => 422,
+            | Rule::Artifacts
+            | Rule::Parent => 422,
         }
     }
 
@@ -330,6 +334,7 @@ impl Rule {
                 limits::MAX_REPO_URL_BYTES
             ),
             Rule::Artifacts => "The verdict's changes name a result without its bundle among the artifacts, an id that is not an object id, too many artifacts, or an artifact that was not uploaded with PUT /v1/tasks/{id}/artifacts/{hash} first.".into(),
+            Rule::Parent => "The parent is not a task the caller may see, has not finished, or is of another repo_url, commit or manifest than the follow-up.".into(),
         }
     }
 }

@@ -94,6 +94,7 @@ impl Run {
             paths: PiPaths {
                 cwd: translate(&launch.paths.cwd),
                 session_dir: translate(&launch.paths.session_dir),
+                session_file: launch.paths.session_file.as_deref().map(translate),
                 agent_dir: translate(&launch.paths.agent_dir),
                 home: translate(&launch.paths.home),
                 tmp: translate(&launch.paths.tmp),

@@ -97,6 +97,15 @@ impl Sandbox {
         own_network.then(|| relay::socket_in(&space.root))
     }
 
+    /// Where Pi, in this runner's sandbox, sees the host path `host` of
+    /// `space`: the same path, or the task directory's mount point in docker.
+    pub fn seen_by_pi(&self, space: &Space, host: &Path) -> PathBuf {
+        match (self.mode, host.strip_prefix(&space.root)) {
+            (IsolationMode::Docker, Ok(rel)) => self.docker.task_dir.join(rel),
+            _ => host.to_owned(),
+        }
+    }
+
     /// The command that starts Pi as `launch` says (host paths), in
     /// `space`, isolated by this runner's mode with the profile's `network`.
     pub fn prepare(

@@ -118,6 +118,7 @@ pub enum Command {
     Defaults(DefaultsArgs),
     Diff(DiffArgs),
     Apply(ApplyArgs),
+    Follow(FollowArgs),
     /// `list [--all]`: this session's tasks, or every session's in the store.
     List {
         all: bool,
@@ -138,15 +139,26 @@ pub struct DiffArgs {
     pub selector: TaskSelector,
     pub stat: bool,
     pub paths: Vec<String>,
+    /// `--from-root`: a follow-up's whole chain, from its root task's base (D28).
+    pub from_root: bool,
 }
 
-/// `/embark apply [latest|<id>|<number>] [--dry-run] [--branch NAME] [--allow-conflicts]`.
+/// `/embark apply [latest|<id>|<number>] [--dry-run] [--branch NAME] [--allow-conflicts] [--from-root]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApplyArgs {
     pub selector: TaskSelector,
     pub dry_run: bool,
     pub allow_conflicts: bool,
     pub branch: Option<String>,
+    /// `--from-root`: a follow-up's whole chain, merged against its root task's base (D28).
+    pub from_root: bool,
+}
+
+/// `/embark follow [latest|<id>|<number>] "<prompt>"` (D28).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowArgs {
+    pub selector: TaskSelector,
+    pub prompt: String,
 }
 
 /// What `/embark defaults` does with this Pi session's defaults.
@@ -220,15 +232,20 @@ Targeting one task (<n> is its number in /embark list):
       footer says so when the runner confirms).
   /embark detach
       Stop following the attached task live (it keeps running).
-  /embark diff [latest|<id>|<n>] [--stat] [PATH…]
+  /embark diff [latest|<id>|<n>] [--stat] [--from-root] [PATH…]
       Show the code a finished task changed (git's diff of its base and
       result, fetched and verified into refs/embark/<task id>/…).
-  /embark apply [latest|<id>|<n>] [--dry-run] [--branch NAME] [--allow-conflicts]
+  /embark apply [latest|<id>|<n>] [--dry-run] [--branch NAME] [--allow-conflicts] [--from-root]
       Merge a task's result into this working tree (3-way, against the
       task's base): nothing is written when a file would conflict, local
       edits are never lost, the index and HEAD never move. --dry-run shows
       what would change; --branch NAME only creates that branch at the
       result; --allow-conflicts writes conflict markers.
+  /embark follow [latest|<id>|<n>] "<prompt>"
+      Continue a finished task: a new task that starts from its result and
+      resumes its Pi conversation, with its intent, on any runner that can
+      serve it. diff and apply of a follow-up show what it added; with
+      --from-root, the whole chain from the first task's base.
 
 Maintenance:
   /embark reconcile
@@ -249,7 +266,7 @@ Maintenance:
       Show this text.
 
 Reserved for commands to come (a prompt that starts with one must be
-quoted or follow `submit`): follow logs.
+quoted or follow `submit`): logs.
 
 Flags go anywhere; --flag=value works; -- ends the flags.
   --provider <name>   Pi provider on the runner (else the session default, EMBARK_PROVIDER or `provider` in config.toml)

@@ -4,7 +4,9 @@ use embark_core::intent::{IntentLayer, IsolationMode};
 
 use super::suggest::closest;
 use super::tokenize::{Token, tokenize};
-use super::{ApplyArgs, Command, DefaultsArgs, DiffArgs, SubmitArgs, SyncTarget, TaskSelector, USAGE, Verb};
+use super::{
+    ApplyArgs, Command, DefaultsArgs, DiffArgs, FollowArgs, SubmitArgs, SyncTarget, TaskSelector, USAGE, Verb,
+};
 
 /// What is wrong with an `/embark` line; the message says how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +67,7 @@ pub fn parse(line: &str) -> Result<Command, UsageError> {
         Some(Verb::Defaults) => parse_defaults(rest).map(Command::Defaults),
         Some(Verb::Diff) => parse_diff(rest).map(Command::Diff),
         Some(Verb::Apply) => parse_apply(rest).map(Command::Apply),
+        Some(Verb::Follow) => parse_follow(rest).map(Command::Follow),
         Some(Verb::Sync) => match rest {
             [one] if one.text == "all" && !one.quoted => Ok(Command::Sync(SyncTarget::All)),
             _ => parse_selector(Verb::Sync, rest).map(|s| Command::Sync(SyncTarget::One(s))),
@@ -211,17 +214,23 @@ fn is_task_word(text: &str) -> bool {
 }
 
 fn parse_diff(args: &[Token]) -> Result<DiffArgs, UsageError> {
-    let parsed = parse_result_args(Verb::Diff, args, &["stat"], &[])?;
+    let parsed = parse_result_args(Verb::Diff, args, &["stat", "from-root"], &[])?;
+    let has = |name: &str| parsed.flags.iter().any(|(f, _)| f == name);
     Ok(DiffArgs {
         selector: parsed.selector,
-        stat: !parsed.flags.is_empty(),
+        stat: has("stat"),
+        from_root: has("from-root"),
         paths: parsed.words,
     })
 }
 
 fn parse_apply(args: &[Token]) -> Result<ApplyArgs, UsageError> {
-    let ResultArgs { selector, words, flags } =
-        parse_result_args(Verb::Apply, args, &["dry-run", "allow-conflicts"], &["branch"])?;
+    let ResultArgs { selector, words, flags } = parse_result_args(
+        Verb::Apply,
+        args,
+        &["dry-run", "allow-conflicts", "from-root"],
+        &["branch"],
+    )?;
     if let Some(word) = words.first() {
         return Err(UsageError(format!(
             "`apply` takes one task at most, got an extra {word:?}: /embark apply [latest|<id>|<number>] [--dry-run] [--branch NAME] [--allow-conflicts]"
@@ -238,8 +247,23 @@ fn parse_apply(args: &[Token]) -> Result<ApplyArgs, UsageError> {
         selector,
         dry_run: has("dry-run"),
         allow_conflicts: has("allow-conflicts"),
+        from_root: has("from-root"),
         branch,
     })
+}
+
+/// `follow [latest|<id>|<number>] <prompt…>`: the task to continue (the
+/// latest when the first word does not pick one), then the prompt.
+fn parse_follow(args: &[Token]) -> Result<FollowArgs, UsageError> {
+    let ResultArgs { selector, words, .. } = parse_result_args(Verb::Follow, args, &[], &[])?;
+    let prompt = words.join(" ");
+    if prompt.trim().is_empty() {
+        return Err(UsageError(
+            "`follow` needs the prompt that continues the task: /embark follow [latest|<id>|<number>] \"<prompt>\""
+                .into(),
+        ));
+    }
+    Ok(FollowArgs { selector, prompt })
 }
 
 /// A task's number in the session (newest first): fewer digits than any id
@@ -537,13 +561,41 @@ mod tests {
     }
 
     #[test]
+    fn follow_takes_a_task_and_a_prompt() {
+        assert_eq!(
+            parse("follow latest \"now fix the tests\""),
+            Ok(Command::Follow(FollowArgs {
+                selector: TaskSelector::Latest,
+                prompt: "now fix the tests".into()
+            }))
+        );
+        assert_eq!(
+            parse("follow 2 also the docs"),
+            Ok(Command::Follow(FollowArgs {
+                selector: TaskSelector::Number(2),
+                prompt: "also the docs".into()
+            }))
+        );
+        assert_eq!(
+            parse("follow \"more\""),
+            Ok(Command::Follow(FollowArgs {
+                selector: TaskSelector::Latest,
+                prompt: "more".into()
+            }))
+        );
+        assert!(usage_error("follow 3").contains("needs the prompt"));
+        assert!(usage_error("follow").contains("needs the prompt"));
+    }
+
+    #[test]
     fn diff_and_apply_take_a_selector_flags_and_paths() {
         assert_eq!(
             parse("diff"),
             Ok(Command::Diff(DiffArgs {
                 selector: TaskSelector::Latest,
                 stat: false,
-                paths: vec![]
+                paths: vec![],
+                from_root: false
             }))
         );
         assert_eq!(
@@ -551,7 +603,8 @@ mod tests {
             Ok(Command::Diff(DiffArgs {
                 selector: TaskSelector::Number(2),
                 stat: true,
-                paths: vec!["src/lib.rs".into(), "docs".into()]
+                paths: vec!["src/lib.rs".into(), "docs".into()],
+                from_root: false
             }))
         );
         assert_eq!(
@@ -559,7 +612,8 @@ mod tests {
             Ok(Command::Diff(DiffArgs {
                 selector: TaskSelector::Latest,
                 stat: false,
-                paths: vec!["0abc".into()]
+                paths: vec!["0abc".into()],
+                from_root: false
             })),
             "after -- a hex word is a path"
         );
@@ -569,7 +623,8 @@ mod tests {
                 selector: TaskSelector::Prefix("0193abcd".into()),
                 dry_run: true,
                 allow_conflicts: true,
-                branch: None
+                branch: None,
+                from_root: false
             }))
         );
         assert_eq!(
@@ -578,10 +633,19 @@ mod tests {
                 selector: TaskSelector::Latest,
                 dry_run: false,
                 allow_conflicts: false,
-                branch: Some("fix/it".into())
+                branch: Some("fix/it".into()),
+                from_root: false
             }))
         );
         assert!(usage_error("apply --branch").contains("needs a value"));
+        let Ok(Command::Diff(chain)) = parse("diff 2 --from-root --stat") else {
+            panic!("a diff")
+        };
+        assert!(chain.from_root && chain.stat);
+        let Ok(Command::Apply(chain)) = parse("apply --from-root --dry-run") else {
+            panic!("an apply")
+        };
+        assert!(chain.from_root && chain.dry_run);
         assert!(usage_error("apply --branch b --dry-run").contains("writes no file"));
         assert!(usage_error("apply latest extra").contains("extra"));
         assert!(usage_error("diff --stat --stat").contains("twice"));
@@ -645,7 +709,6 @@ mod tests {
         assert_eq!(parse("detach"), Ok(Command::Detach));
         assert!(usage_error("detach latest").contains("takes no arguments"));
         assert!(usage_error("attach 1 2").contains("one task at most"));
-        assert!(usage_error("follow 2 \"more\"").contains("not available"));
     }
 
     #[test]
@@ -733,11 +796,7 @@ mod tests {
 
     #[test]
     fn reserved_words_never_become_prompts() {
-        for line in [
-            "follow latest \"now fix the tests\"",
-            "logs",
-            "logs the flaky build please",
-        ] {
+        for line in ["logs", "logs the flaky build please"] {
             let message = usage_error(line);
             assert!(
                 message.contains("is not available in this version"),

@@ -14,7 +14,7 @@ use crate::result::{self, ApplyOptions, ApplyReport};
 const MAX_LISTED: usize = 40;
 
 pub async fn run(handlers: &Handlers, args: &ApplyArgs, session: &SessionContext) -> Result<View, RpcError> {
-    let Selected { shown, git, fetched } = match selected(handlers, &args.selector, session).await? {
+    let Selected { shown, git, fetched } = match selected(handlers, &args.selector, args.from_root, session).await? {
         Ok(selected) => selected,
         Err(Nothing::Said(view)) => return Ok(view),
     };

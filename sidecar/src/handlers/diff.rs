@@ -34,6 +34,7 @@ pub(super) enum Nothing {
 pub(super) async fn selected(
     handlers: &Handlers,
     selector: &TaskSelector,
+    from_root: bool,
     session: &SessionContext,
 ) -> Result<Result<Selected, Nothing>, RpcError> {
     let (client, secret) = handlers.broker()?;
@@ -59,16 +60,67 @@ pub(super) async fn selected(
     let git = Git::discover(Path::new(&session.cwd))
         .await
         .map_err(|e| RpcError::repository(format!("{e}: open Pi in the repository the task was submitted from")))?;
+    // A follow-up's bundle holds only what it added to its parent's result:
+    // the chain's bundles are fetched root first (D28).
+    let mut chain_base = None;
+    for ancestor in ancestors(client, secret, &task).await? {
+        let Ok((hash, changes)) = result::wanted(ancestor.changes.as_ref()) else {
+            continue;
+        };
+        let name = format!("{shown}'s parent {}", ancestor.id);
+        let fetched = fetch_result((client, secret), &git, (&ancestor, &name), hash, changes).await?;
+        chain_base.get_or_insert(fetched.base);
+    }
+    let mut fetched = fetch_result((client, secret), &git, (&task, &shown), hash, changes).await?;
+    if let Some(base) = chain_base.filter(|_| from_root) {
+        fetched.base = base;
+    }
+    Ok(Ok(Selected { shown, git, fetched }))
+}
+
+/// Most parents a chain of follow-ups is walked up.
+const MAX_CHAIN: usize = 64;
+
+/// `task`'s parents, its root first.
+async fn ancestors(client: &embark_client::BrokerClient, secret: &str, task: &Task) -> Result<Vec<Task>, RpcError> {
+    let mut chain = Vec::new();
+    let mut next = task.parent;
+    while let Some(id) = next {
+        if chain.len() == MAX_CHAIN {
+            return Err(RpcError::new(
+                ErrorCode::Internal,
+                format!(
+                    "task {} has more than {MAX_CHAIN} parents: diff or apply a task nearer the root",
+                    task.id
+                ),
+            ));
+        }
+        let parent: Task = client.get_task(secret, id).await.map_err(broker_error)?;
+        next = parent.parent;
+        chain.push(parent);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// One task's bundle, read from the broker, verified and fetched into its
+/// hidden refs; a failure names the task as `shown`.
+async fn fetch_result(
+    (client, secret): (&embark_client::BrokerClient, &str),
+    git: &Git,
+    (task, shown): (&Task, &str),
+    hash: embark_core::manifest::ContentHash,
+    changes: &embark_core::wire::Changes,
+) -> Result<Fetched, RpcError> {
     let bundle = client.get_artifact(secret, task.id, &hash).await.map_err(|e| match e {
         embark_client::ClientError::BlobMismatch { expected, actual } => {
-            result_error(&shown, ResultError::Tampered { expected, actual })
+            result_error(shown, ResultError::Tampered { expected, actual })
         }
         other => broker_error(other),
     })?;
-    let fetched = result::fetch(&git, task.id, changes, hash, &bundle)
+    result::fetch(git, task.id, changes, hash, &bundle)
         .await
-        .map_err(|e| result_error(&shown, e))?;
-    Ok(Ok(Selected { shown, git, fetched }))
+        .map_err(|e| result_error(shown, e))
 }
 
 pub(super) fn info(text: String) -> View {
@@ -88,7 +140,7 @@ pub(super) fn result_error(shown: &str, e: ResultError) -> RpcError {
 }
 
 pub async fn run(handlers: &Handlers, args: &DiffArgs, session: &SessionContext) -> Result<View, RpcError> {
-    let Selected { shown, git, fetched } = match selected(handlers, &args.selector, session).await? {
+    let Selected { shown, git, fetched } = match selected(handlers, &args.selector, args.from_root, session).await? {
         Ok(selected) => selected,
         Err(Nothing::Said(view)) => return Ok(view),
     };

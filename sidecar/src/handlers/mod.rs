@@ -7,6 +7,7 @@ mod broker_error;
 mod cancel;
 mod defaults;
 mod diff;
+mod follow;
 pub mod live;
 mod reconcile;
 mod runners;
@@ -81,6 +82,7 @@ impl Handlers {
                 Command::Defaults(args) => defaults::run(self, args, session),
                 Command::Diff(ref args) => diff::run(self, args, session).await,
                 Command::Apply(ref args) => apply::run(self, args, session).await,
+                Command::Follow(args) => follow::run(self, args, session).await,
                 Command::Submit(args) => submit::run(self, args, session).await,
                 Command::List { all } => board::list(self, session, all).await,
                 Command::Tasks => board::tasks(self, session).await,

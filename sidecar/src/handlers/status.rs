@@ -39,8 +39,10 @@ pub async fn run(handlers: &Handlers, selector: &TaskSelector, session: &Session
     };
     let (record, message) = deliver(handlers, session, &task).await?;
     let shown = display_id(task.id, &record.tasks);
+    let mut table = task_table(&task, &shown);
+    chain_rows(&mut table, &task, &refreshed.listed, &record);
     Ok(View {
-        blocks: vec![task_table(&task, &shown), events_block(&task, &page)],
+        blocks: vec![table, events_block(&task, &page)],
         status: Some(status_line(&record.tasks)),
         message,
         ..View::default()
@@ -78,6 +80,25 @@ pub(super) async fn deliver(
             Some(message)
         })
         .await
+}
+
+/// A follow-up chain's rows (D28): the task this one follows, and this
+/// session's tasks that follow it.
+fn chain_rows(table: &mut Block, task: &Task, listed: &[Task], record: &SessionRecord) {
+    let Block::Table { rows, .. } = table else {
+        return;
+    };
+    if let Some(parent) = task.parent {
+        rows.push(row("follows", display_id(parent, &record.tasks)));
+    }
+    let children: Vec<String> = listed
+        .iter()
+        .filter(|t| t.parent == Some(task.id))
+        .map(|t| format!("{} ({})", display_id(t.id, &record.tasks), t.state))
+        .collect();
+    if !children.is_empty() {
+        rows.push(row("follow-ups", children.join(", ")));
+    }
 }
 
 fn task_table(task: &Task, shown: &str) -> Block {

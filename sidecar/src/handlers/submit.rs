@@ -60,6 +60,7 @@ pub async fn run(handlers: &Handlers, args: SubmitArgs, session: &SessionContext
 
     let (client, secret) = handlers.broker()?;
     let request = CreateTask {
+        parent: None,
         repo_url: facts.remote_url,
         commit: facts.head,
         prompt: args.prompt,
@@ -135,7 +136,11 @@ const CREATE_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(250), Duration
 /// Creates the task, retrying when the broker could not be reached or could
 /// not answer: the request's `client_request_id` makes a retry of a create
 /// the broker did store answer that task, not a second one.
-async fn create_with_retries(client: &BrokerClient, secret: &str, request: &CreateTask) -> Result<Task, RpcError> {
+pub(super) async fn create_with_retries(
+    client: &BrokerClient,
+    secret: &str,
+    request: &CreateTask,
+) -> Result<Task, RpcError> {
     let mut delays = CREATE_RETRY_DELAYS.iter();
     loop {
         match client.create_task(secret, request).await {
