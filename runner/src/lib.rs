@@ -4,6 +4,7 @@
 //! reports the verdict. See `docs/runner.md`.
 
 pub mod bundle;
+pub mod cache;
 pub mod cancels;
 pub mod capabilities;
 pub mod checkout;
@@ -30,3 +31,4 @@ pub mod retry;
 pub mod runner;
 pub mod space;
 pub mod task;
+pub mod template;

@@ -1,0 +1,471 @@
+//! Workspaces copied from a kept checkout: one template per repository and
+//! commit under `<cache>/templates/<key>/`, made once by
+//! [`crate::checkout::checkout_from`] (through the mirror) and copied for
+//! every task of that commit, each file verified on the way.
+//!
+//! Why a copy: a checkout writes every file anyway, and git's checkout
+//! inflates each object and hashes the index on top; a copy from the page
+//! cache across cores is the write alone. Hardlinks would write less but are
+//! unsafe: Pi's tools write files in place, so one task's edit would reach the
+//! template and every later task. Each workspace file is a new inode.
+//!
+//! The template (`tree/`) comes with a record (`record`): every path under
+//! it (its `.git` too), kind, mode, size, modification time and the blake3
+//! hash of a file's bytes or a symlink's target, in the order they are
+//! created. A copy reads each template file, hashes the bytes it read and
+//! writes them only when they are the record's; anything else (a file
+//! changed, gone or of another kind) marks the template corrupt, and it is
+//! made again, once. Only the record's paths are copied, each checked to be
+//! a plain relative path, so nothing is written outside the workspace.
+//!
+//! The index stays valid in the copy without a refresh: the template's
+//! files are backdated by 2 s and its index refreshed (so no entry is racy),
+//! every copy keeps the recorded modification times, and the repository
+//! compares only what a copy keeps (`core.checkStat=minimal`: whole-second
+//! mtime, size and mode; `core.trustctime=false`). A later edit always moves
+//! the mtime off its backdated second.
+//!
+//! Concurrency: the template's lock ([`crate::cache`]) is held shared while
+//! a task copies and exclusively while one makes it; the template is built in
+//! a private directory and renamed into place whole.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use embark_core::repo_url::without_credentials;
+use tokio::time::Instant;
+
+use crate::cache::{self, Cache, Mode};
+use crate::checkout::{self, CheckoutError, CloneLimits, Sources};
+use crate::guard::Guard;
+
+/// How far a template's files are backdated (past any same-second racy window).
+const BACKDATE: Duration = Duration::from_secs(2);
+const RECORD_MAGIC: &[u8; 8] = b"embtpl01";
+/// Threads a copy uses at most.
+const COPY_THREADS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error(transparent)]
+    Checkout(#[from] CheckoutError),
+    #[error("the runner's template of this commit has {path} changed or missing ({what}); it was made again and is still wrong: clear {}", dir.display())]
+    Corrupt { dir: PathBuf, path: String, what: &'static str },
+    #[error("could not {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("git did not finish preparing the template: {stderr}")]
+    Prepare { stderr: String },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
+    let path = path.to_owned();
+    move |source| TemplateError::Io { what, path, source }
+}
+
+/// What making a workspace did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Made {
+    /// The template had to be made (cloned from the mirror and checked out) first.
+    pub built: bool,
+    /// Files and symlinks copied (the `.git` directory's among them).
+    pub files: u64,
+}
+
+/// Makes `dest` (absent or empty) a checkout of `commit` of `url`: a
+/// verified copy of the cached template, made first when missing.
+#[allow(clippy::too_many_arguments)]
+pub async fn workspace(
+    url: &str,
+    commit: &str,
+    dest: &Path,
+    limits: &CloneLimits,
+    guard: &Guard,
+    task: &str,
+    cache: &Cache,
+    bundle: Option<(&Path, &[String])>,
+) -> Result<Made, TemplateError> {
+    if !embark_core::wire::is_object_id(commit) {
+        return Err(CheckoutError::BadCommit(commit.to_owned()).into());
+    }
+    // A template made under other settings is not served to a URL the runner now refuses.
+    checkout::check_protocol(url, limits)?;
+    let deadline = Instant::now() + limits.timeout;
+    let key = blake3::hash(format!("{}\0{commit}", without_credentials(url)).as_bytes()).to_hex();
+    let entry = cache.templates.join(&key[..32]);
+    let lock = cache::lock_path(&entry);
+
+    let mut corrupt = false;
+    {
+        let _shared = take(&lock, Mode::Shared, deadline, limits.timeout).await?;
+        if entry.join("record").is_file() {
+            match copy_blocking(&entry, dest).await {
+                Ok(files) => return Ok(Made { built: false, files }),
+                Err(CopyError::Corrupt { path, what }) => {
+                    tracing::warn!(template = %entry.display(), path, what, "the template was changed; making it again");
+                    corrupt = true;
+                }
+                Err(CopyError::Io(e)) => return Err(e),
+            }
+        }
+    }
+    let _exclusive = take(&lock, Mode::Exclusive, deadline, limits.timeout).await?;
+    if corrupt || !entry.join("record").is_file() {
+        let partial = entry.with_file_name(format!("{}.partial-{task}", &key[..32]));
+        let built = build(url, commit, &partial, limits, guard, task, cache, bundle).await;
+        if built.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+        built?;
+        if entry.exists() {
+            let doomed = entry.with_file_name(format!("{}.partial-corrupt-{task}", &key[..32]));
+            std::fs::rename(&entry, &doomed).map_err(io("move aside", &entry))?;
+            let _ = std::fs::remove_dir_all(&doomed);
+        }
+        std::fs::rename(&partial, &entry).map_err(io("move into place", &entry))?;
+    }
+    match copy_blocking(&entry, dest).await {
+        Ok(files) => Ok(Made { built: true, files }),
+        Err(CopyError::Corrupt { path, what }) => Err(TemplateError::Corrupt { dir: entry, path, what }),
+        Err(CopyError::Io(e)) => Err(e),
+    }
+}
+
+async fn take(lock: &Path, mode: Mode, deadline: Instant, timeout: Duration) -> Result<File, TemplateError> {
+    let path = lock.to_owned();
+    let taken = tokio::task::spawn_blocking(move || cache::lock(&path, mode));
+    tokio::select! {
+        taken = taken => taken
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(io("lock", lock)),
+        () = tokio::time::sleep_until(deadline) => Err(CheckoutError::Timeout { step: "template lock", after: timeout }.into()),
+    }
+}
+
+/// Checks `commit` out into `<partial>/tree` and prepares and records it.
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    url: &str,
+    commit: &str,
+    partial: &Path,
+    limits: &CloneLimits,
+    guard: &Guard,
+    task: &str,
+    cache: &Cache,
+    bundle: Option<(&Path, &[String])>,
+) -> Result<(), TemplateError> {
+    let _ = std::fs::remove_dir_all(partial);
+    std::fs::create_dir_all(partial).map_err(io("create", partial))?;
+    let tree = partial.join("tree");
+    let sources = Sources {
+        mirrors: Some(&cache.mirrors),
+        bundle,
+    };
+    checkout::checkout_from(url, commit, &tree, limits, guard, task, sources).await?;
+    for (key, value) in [("core.checkStat", "minimal"), ("core.trustctime", "false")] {
+        checkout::local_git(&tree, limits, guard, task, &["config", key, value])
+            .await?
+            .map_err(|stderr| TemplateError::Prepare { stderr })?;
+    }
+    let backdated = SystemTime::now() - BACKDATE;
+    let worktree = tree.clone();
+    tokio::task::spawn_blocking(move || backdate(&worktree, backdated))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(io("backdate", &tree))?;
+    // Not `-q` alone: a refresh that finds a file changed must fail the template.
+    checkout::local_git(&tree, limits, guard, task, &["update-index", "--refresh"])
+        .await?
+        .map_err(|stderr| TemplateError::Prepare { stderr })?;
+    let (worktree, record) = (tree.clone(), partial.join("record"));
+    tokio::task::spawn_blocking(move || write_record(&worktree, &record))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(io("record", &tree))
+}
+
+/// Sets the mtime of every file and symlink under `tree` (not `.git`) to `when`.
+fn backdate(tree: &Path, when: SystemTime) -> std::io::Result<()> {
+    let times = rustix::fs::Timestamps {
+        last_access: timespec(when),
+        last_modification: timespec(when),
+    };
+    let mut stack = vec![tree.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir)? {
+            let item = item?;
+            let kind = item.file_type()?;
+            if kind.is_dir() {
+                if dir != tree || item.file_name() != ".git" {
+                    stack.push(item.path());
+                }
+            } else {
+                rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    item.path(),
+                    &times,
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn timespec(when: SystemTime) -> rustix::fs::Timespec {
+    let since = when.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    rustix::fs::Timespec {
+        tv_sec: since.as_secs() as i64,
+        tv_nsec: since.subsec_nanos().into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir = 1,
+    File = 2,
+    Symlink = 3,
+}
+
+/// One path of a template, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Recorded {
+    path: Vec<u8>,
+    kind: Kind,
+    mode: u32,
+    size: u64,
+    mtime: (i64, u32),
+    hash: [u8; 32],
+}
+
+/// Walks `tree` (parents before children) and writes its record to `record`.
+fn write_record(tree: &Path, record: &Path) -> std::io::Result<()> {
+    let mut entries = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut items: Vec<_> = std::fs::read_dir(tree.join(&rel))?.collect::<Result<_, _>>()?;
+        items.sort_by_key(|i| i.file_name());
+        for item in items {
+            let path = rel.join(item.file_name());
+            let meta = std::fs::symlink_metadata(item.path())?;
+            let (kind, hash) = if meta.is_dir() {
+                stack.push(path.clone());
+                (Kind::Dir, [0; 32])
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(item.path())?;
+                (Kind::Symlink, *blake3::hash(target.as_os_str().as_bytes()).as_bytes())
+            } else if meta.is_file() {
+                (Kind::File, *blake3::hash(&std::fs::read(item.path())?).as_bytes())
+            } else {
+                continue; // no sockets or fifos in a checkout
+            };
+            let mtime = meta.modified()?.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            entries.push(Recorded {
+                path: path.into_os_string().into_vec(),
+                kind,
+                mode: meta.permissions().mode() & 0o7777,
+                size: if kind == Kind::File { meta.len() } else { 0 },
+                mtime: (mtime.as_secs() as i64, mtime.subsec_nanos()),
+                hash,
+            });
+        }
+    }
+    let mut bytes = RECORD_MAGIC.to_vec();
+    for e in &entries {
+        bytes.push(e.kind as u8);
+        bytes.extend_from_slice(&e.mode.to_le_bytes());
+        bytes.extend_from_slice(&e.size.to_le_bytes());
+        bytes.extend_from_slice(&e.mtime.0.to_le_bytes());
+        bytes.extend_from_slice(&e.mtime.1.to_le_bytes());
+        bytes.extend_from_slice(&e.hash);
+        bytes.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&e.path);
+    }
+    // The record's own hash last: a truncated or edited record is never read as a smaller tree.
+    let seal = *blake3::hash(&bytes).as_bytes();
+    bytes.extend_from_slice(&seal);
+    let mut file = File::create_new(record)?;
+    file.write_all(&bytes)?;
+    file.sync_all()
+}
+
+enum CopyError {
+    Corrupt { path: String, what: &'static str },
+    Io(TemplateError),
+}
+
+fn corrupt(path: &[u8], what: &'static str) -> CopyError {
+    CopyError::Corrupt {
+        path: String::from_utf8_lossy(path).into_owned(),
+        what,
+    }
+}
+
+fn read_record(bytes: &[u8]) -> Result<Vec<Recorded>, CopyError> {
+    let bad = || corrupt(b"record", "unreadable");
+    let body_len = bytes.len().checked_sub(32).ok_or_else(bad)?;
+    let (body, seal) = bytes.split_at(body_len);
+    if blake3::hash(body).as_bytes() != seal || !body.starts_with(RECORD_MAGIC) {
+        return Err(bad());
+    }
+    let mut rest = &body[RECORD_MAGIC.len()..];
+    let mut take = |n: usize| -> Result<&[u8], CopyError> {
+        if rest.len() < n {
+            return Err(bad());
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let mut entries = Vec::new();
+    loop {
+        let Ok(kind) = take(1) else { break };
+        let kind = match kind[0] {
+            1 => Kind::Dir,
+            2 => Kind::File,
+            3 => Kind::Symlink,
+            _ => return Err(bad()),
+        };
+        let mode = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        let size = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let secs = i64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let nanos = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        let hash: [u8; 32] = take(32)?.try_into().expect("32 bytes");
+        let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let path = take(len)?.to_vec();
+        // Only plain relative paths: nothing is ever written outside the workspace.
+        let plain = Path::new(std::ffi::OsStr::from_bytes(&path))
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if path.is_empty() || !plain {
+            return Err(bad());
+        }
+        entries.push(Recorded {
+            path,
+            kind,
+            mode,
+            size,
+            mtime: (secs, nanos),
+            hash,
+        });
+    }
+    Ok(entries)
+}
+
+async fn copy_blocking(entry: &Path, dest: &Path) -> Result<u64, CopyError> {
+    let failed = io("copy the template to", dest);
+    let (entry, dest) = (entry.to_owned(), dest.to_owned());
+    tokio::task::spawn_blocking(move || copy(&entry, &dest))
+        .await
+        .map_err(|join| CopyError::Io(failed(std::io::Error::other(join))))?
+}
+
+/// Copies the template `entry` into `dest` as its record says, verifying
+/// every file; a partial copy is removed.
+fn copy(entry: &Path, dest: &Path) -> Result<u64, CopyError> {
+    let record_path = entry.join("record");
+    let bytes = std::fs::read(&record_path).map_err(|e| CopyError::Io(io("read", &record_path)(e)))?;
+    let records = read_record(&bytes)?;
+    let copied = copy_records(&entry.join("tree"), dest, &records);
+    if copied.is_err() {
+        let _ = std::fs::remove_dir_all(dest);
+    }
+    copied
+}
+
+fn copy_records(tree: &Path, dest: &Path, records: &[Recorded]) -> Result<u64, CopyError> {
+    let at = |e: &Recorded| dest.join(std::ffi::OsStr::from_bytes(&e.path));
+    let fail = |what: &'static str, path: PathBuf| move |e| CopyError::Io(io(what, &path)(e));
+    std::fs::create_dir_all(dest).map_err(fail("create", dest.to_owned()))?;
+    // Directories first (parents before children, as recorded), written ones last.
+    for e in records.iter().filter(|e| e.kind == Kind::Dir) {
+        let path = at(e);
+        std::fs::create_dir(&path).map_err(fail("create", path.clone()))?;
+    }
+    let files: Vec<&Recorded> = records.iter().filter(|e| e.kind != Kind::Dir).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, COPY_THREADS);
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().try_for_each(|e| copy_one(tree, dest, e))))
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().unwrap_or_else(|_| Err(corrupt(b"?", "a copy thread panicked"))))
+    })?;
+    for e in records.iter().filter(|e| e.kind == Kind::Dir) {
+        let path = at(e);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
+            .map_err(fail("set the mode of", path.clone()))?;
+    }
+    Ok(files.len() as u64)
+}
+
+fn copy_one(tree: &Path, dest: &Path, e: &Recorded) -> Result<(), CopyError> {
+    let rel = std::ffi::OsStr::from_bytes(&e.path);
+    let (src, to) = (tree.join(rel), dest.join(rel));
+    let fail = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |err| CopyError::Io(io(what, &path)(err))
+    };
+    if e.kind == Kind::Symlink {
+        let target = std::fs::read_link(&src).map_err(|_| corrupt(&e.path, "not the recorded symlink"))?;
+        if blake3::hash(target.as_os_str().as_bytes()).as_bytes() != &e.hash {
+            return Err(corrupt(&e.path, "another symlink target"));
+        }
+        std::os::unix::fs::symlink(&target, &to).map_err(fail("create", &to))?;
+        return set_mtime_nofollow(&to, e.mtime).map_err(fail("set the time of", &to));
+    }
+    // O_NOFOLLOW: a template file replaced by a symlink is not read through.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&src)
+        .map_err(|_| corrupt(&e.path, "missing or not a file"))?;
+    let mut bytes = Vec::with_capacity(e.size as usize);
+    file.read_to_end(&mut bytes).map_err(fail("read", &src))?;
+    if bytes.len() as u64 != e.size || blake3::hash(&bytes).as_bytes() != &e.hash {
+        return Err(corrupt(&e.path, "other content"));
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(e.mode)
+        .open(&to)
+        .map_err(fail("create", &to))?;
+    out.write_all(&bytes).map_err(fail("write", &to))?;
+    if out.metadata().map_err(fail("stat", &to))?.permissions().mode() & 0o7777 != e.mode {
+        // The umask took bits the template has.
+        out.set_permissions(std::fs::Permissions::from_mode(e.mode))
+            .map_err(fail("set the mode of", &to))?;
+    }
+    out.set_modified(SystemTime::UNIX_EPOCH + Duration::new(e.mtime.0.max(0) as u64, e.mtime.1))
+        .map_err(fail("set the time of", &to))
+}
+
+fn set_mtime_nofollow(path: &Path, (secs, nanos): (i64, u32)) -> std::io::Result<()> {
+    let when = rustix::fs::Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos.into(),
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: when,
+        last_modification: when,
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
