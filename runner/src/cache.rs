@@ -76,7 +76,11 @@ pub fn lock(path: &Path, mode: Mode) -> std::io::Result<File> {
     let file = open_lock(path)?;
     rustix::fs::flock(
         &file,
-        if mode == Mode::Shared { LockShared } else { LockExclusive },
+        if mode == Mode::Shared {
+            LockShared
+        } else {
+            LockExclusive
+        },
     )?;
     // The stamp is the entry's last use; a failure only makes it look older.
     let _ = file.set_modified(SystemTime::now());
@@ -207,8 +211,14 @@ mod tests {
 
     #[test]
     fn lock_paths_sit_next_to_their_entries() {
-        assert_eq!(lock_path(Path::new("/c/mirrors/ab.git")), Path::new("/c/mirrors/ab.lock"));
-        assert_eq!(lock_path(Path::new("/c/overlays/f00")), Path::new("/c/overlays/f00.lock"));
+        assert_eq!(
+            lock_path(Path::new("/c/mirrors/ab.git")),
+            Path::new("/c/mirrors/ab.lock")
+        );
+        assert_eq!(
+            lock_path(Path::new("/c/overlays/f00")),
+            Path::new("/c/overlays/f00.lock")
+        );
     }
 
     #[test]

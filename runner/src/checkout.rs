@@ -664,7 +664,9 @@ fn ssh_command() -> String {
 impl Git<'_> {
     async fn check_size(&self) -> Result<(), CheckoutError> {
         let dest = self.dest.to_owned();
-        let size = tokio::task::spawn_blocking(move || crate::cache::dir_size(&dest)).await.unwrap_or(0);
+        let size = tokio::task::spawn_blocking(move || crate::cache::dir_size(&dest))
+            .await
+            .unwrap_or(0);
         if size > self.limits.max_bytes {
             return Err(CheckoutError::TooLarge {
                 url: without_credentials(self.url),

@@ -54,7 +54,11 @@ pub enum TemplateError {
     #[error(transparent)]
     Checkout(#[from] CheckoutError),
     #[error("the runner's template of this commit has {path} changed or missing ({what}); it was made again and is still wrong: clear {}", dir.display())]
-    Corrupt { dir: PathBuf, path: String, what: &'static str },
+    Corrupt {
+        dir: PathBuf,
+        path: String,
+        what: &'static str,
+    },
     #[error("could not {what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -118,13 +122,15 @@ pub async fn workspace(
         }
     }
     let _exclusive = take(&lock, Mode::Exclusive, deadline, limits.timeout).await?;
-    if corrupt || !entry.join("record").is_file() {
+    // Another task may have made it while this one waited.
+    let built = corrupt || !entry.join("record").is_file();
+    if built {
         let partial = entry.with_file_name(format!("{}.partial-{task}", &key[..32]));
-        let built = build(url, commit, &partial, limits, guard, task, cache, bundle).await;
-        if built.is_err() {
+        let made = build(url, commit, &partial, limits, guard, task, cache, bundle).await;
+        if made.is_err() {
             let _ = std::fs::remove_dir_all(&partial);
         }
-        built?;
+        made?;
         if entry.exists() {
             let doomed = entry.with_file_name(format!("{}.partial-corrupt-{task}", &key[..32]));
             std::fs::rename(&entry, &doomed).map_err(io("move aside", &entry))?;
@@ -133,7 +139,7 @@ pub async fn workspace(
         std::fs::rename(&partial, &entry).map_err(io("move into place", &entry))?;
     }
     match copy_blocking(&entry, dest).await {
-        Ok(files) => Ok(Made { built: true, files }),
+        Ok(files) => Ok(Made { built, files }),
         Err(CopyError::Corrupt { path, what }) => Err(TemplateError::Corrupt { dir: entry, path, what }),
         Err(CopyError::Io(e)) => Err(e),
     }
@@ -270,7 +276,10 @@ fn write_record(tree: &Path, record: &Path) -> std::io::Result<()> {
             } else {
                 continue; // no sockets or fifos in a checkout
             };
-            let mtime = meta.modified()?.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            let mtime = meta
+                .modified()?
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
             entries.push(Recorded {
                 path: path.into_os_string().into_vec(),
                 kind,
@@ -281,8 +290,15 @@ fn write_record(tree: &Path, record: &Path) -> std::io::Result<()> {
             });
         }
     }
+    let bytes = encode(&entries);
+    let mut file = File::create_new(record)?;
+    file.write_all(&bytes)?;
+    file.sync_all()
+}
+
+fn encode(entries: &[Recorded]) -> Vec<u8> {
     let mut bytes = RECORD_MAGIC.to_vec();
-    for e in &entries {
+    for e in entries {
         bytes.push(e.kind as u8);
         bytes.extend_from_slice(&e.mode.to_le_bytes());
         bytes.extend_from_slice(&e.size.to_le_bytes());
@@ -295,9 +311,7 @@ fn write_record(tree: &Path, record: &Path) -> std::io::Result<()> {
     // The record's own hash last: a truncated or edited record is never read as a smaller tree.
     let seal = *blake3::hash(&bytes).as_bytes();
     bytes.extend_from_slice(&seal);
-    let mut file = File::create_new(record)?;
-    file.write_all(&bytes)?;
-    file.sync_all()
+    bytes
 }
 
 enum CopyError {
@@ -403,9 +417,10 @@ fn copy_records(tree: &Path, dest: &Path, records: &[Recorded]) -> Result<u64, C
             .chunks(chunk)
             .map(|part| scope.spawn(move || part.iter().try_for_each(|e| copy_one(tree, dest, e))))
             .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().unwrap_or_else(|_| Err(corrupt(b"?", "a copy thread panicked"))))
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(corrupt(b"?", "a copy thread panicked")))
+        })
     })?;
     for e in records.iter().filter(|e| e.kind == Kind::Dir) {
         let path = at(e);
@@ -468,4 +483,197 @@ fn set_mtime_nofollow(path: &Path, (secs, nanos): (i64, u32)) -> std::io::Result
     };
     rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use embark_testkit::git;
+
+    use super::*;
+    use crate::checkout::{GitProtocol, GitProtocols};
+
+    fn limits() -> CloneLimits {
+        CloneLimits {
+            timeout: Duration::from_secs(60),
+            max_bytes: 1 << 30,
+            protocols: GitProtocols::of(&[GitProtocol::File]),
+        }
+    }
+
+    fn guard() -> Guard {
+        Guard::at(embark_testkit::bin_path("embark-runner"))
+    }
+
+    /// The fixture plus an executable, a symlink and a nested file, pushed.
+    fn repo(tmp: &Path) -> git::FixtureRepo {
+        let repo = git::fixture(tmp);
+        std::fs::create_dir_all(repo.work.join("src/deep")).expect("dirs");
+        std::fs::write(repo.work.join("src/deep/lib.rs"), "pub fn f() {}\n").expect("write");
+        std::fs::write(repo.work.join("run.sh"), "#!/bin/sh\necho hi\n").expect("write");
+        std::fs::set_permissions(repo.work.join("run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::symlink("src/deep/lib.rs", repo.work.join("link")).expect("symlink");
+        git::git(&repo.work, &["add", "-A"]);
+        git::git(&repo.work, &["commit", "-q", "-m", "more"]);
+        git::git(&repo.work, &["push", "-q", "origin", "HEAD"]);
+        let head = git::git(&repo.work, &["rev-parse", "HEAD"]);
+        git::FixtureRepo { head, ..repo }
+    }
+
+    async fn make(repo: &git::FixtureRepo, cache: &Cache, dest: &Path, task: &str) -> Result<Made, TemplateError> {
+        let url = repo.origin.to_str().expect("utf-8");
+        workspace(url, &repo.head, dest, &limits(), &guard(), task, cache, None).await
+    }
+
+    /// Every path under `dir` but `.git`, with kind, mode and content.
+    fn tree(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for item in std::fs::read_dir(&d).expect("read dir") {
+                let path = item.expect("entry").path();
+                let meta = std::fs::symlink_metadata(&path).expect("stat");
+                let rel = path.strip_prefix(dir).expect("under").to_owned();
+                if rel == Path::new(".git") {
+                    continue;
+                }
+                let content = if meta.file_type().is_symlink() {
+                    std::fs::read_link(&path).expect("link").into_os_string().into_vec()
+                } else if meta.is_dir() {
+                    stack.push(path.clone());
+                    Vec::new()
+                } else {
+                    std::fs::read(&path).expect("read")
+                };
+                out.push((rel, meta.mode(), content));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_copied_workspace_is_the_checkout_with_an_index_that_needs_no_refresh() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let repo = repo(&tmp.path().join("repo"));
+        let cache = Cache::under(&tmp.path().join("spaces"));
+        let (first, second) = (tmp.path().join("ws1"), tmp.path().join("ws2"));
+        assert!(make(&repo, &cache, &first, "t1").await.expect("first").built);
+        let made = make(&repo, &cache, &second, "t2").await.expect("second");
+        assert!(!made.built, "the second task copies the template");
+
+        let fresh = tmp.path().join("fresh");
+        git::git(
+            tmp.path(),
+            &["clone", "-q", repo.origin.to_str().expect("utf-8"), "fresh"],
+        );
+        git::git(&fresh, &["checkout", "-q", "--detach", &repo.head]);
+        assert_eq!(tree(&second), tree(&fresh));
+        assert_eq!(git::git(&second, &["rev-parse", "HEAD"]), repo.head);
+        assert_eq!(
+            git::git(&second, &["remote", "get-url", "origin"]),
+            repo.origin.to_str().expect("utf-8")
+        );
+        // diff-files compares stat data only, never refreshing: empty means the copied index matches as is.
+        assert_eq!(git::git(&second, &["diff-files", "--name-only"]), "");
+        assert_eq!(git::git(&second, &["status", "--porcelain"]), "");
+        // An edit right away still shows: its mtime leaves the backdated second.
+        std::fs::write(second.join("README.md"), "edited\n").expect("edit");
+        assert_eq!(git::git(&second, &["diff-files", "--name-only"]), "README.md");
+    }
+
+    #[tokio::test]
+    async fn a_task_writing_in_place_reaches_neither_the_template_nor_another_workspace() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let repo = repo(&tmp.path().join("repo"));
+        let cache = Cache::under(&tmp.path().join("spaces"));
+        let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+        // Two tasks of one repository at once, the template not made yet.
+        let (a, b) = tokio::join!(make(&repo, &cache, &one, "a"), make(&repo, &cache, &two, "b"));
+        let (a, b) = (a.expect("a"), b.expect("b"));
+        assert_eq!(
+            u8::from(a.built) + u8::from(b.built),
+            1,
+            "one of them made the template"
+        );
+        let original = std::fs::read(two.join("src/deep/lib.rs")).expect("read");
+
+        // Pi's tools truncate and write the same inode.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(one.join("src/deep/lib.rs"))
+            .expect("open in place");
+        file.write_all(b"changed by task one\n").expect("write");
+        drop(file);
+        let template = cache
+            .templates
+            .read_dir()
+            .expect("templates")
+            .filter_map(Result::ok)
+            .find(|e| e.path().is_dir())
+            .expect("a template")
+            .path();
+        let kept = template.join("tree/src/deep/lib.rs");
+        assert_ne!(
+            std::fs::metadata(&kept).expect("stat").ino(),
+            std::fs::metadata(one.join("src/deep/lib.rs")).expect("stat").ino()
+        );
+        assert_eq!(std::fs::read(&kept).expect("read"), original);
+        assert_eq!(std::fs::read(two.join("src/deep/lib.rs")).expect("read"), original);
+        let three = tmp.path().join("three");
+        make(&repo, &cache, &three, "c").await.expect("third");
+        assert_eq!(std::fs::read(three.join("src/deep/lib.rs")).expect("read"), original);
+    }
+
+    #[tokio::test]
+    async fn a_changed_template_is_never_copied_but_made_again() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let repo = repo(&tmp.path().join("repo"));
+        let cache = Cache::under(&tmp.path().join("spaces"));
+        make(&repo, &cache, &tmp.path().join("ws1"), "t1").await.expect("first");
+        let template = cache
+            .templates
+            .read_dir()
+            .expect("templates")
+            .filter_map(Result::ok)
+            .find(|e| e.path().is_dir())
+            .expect("a template")
+            .path();
+        // Same size, other bytes; and a file swapped for a symlink to outside.
+        std::fs::write(template.join("tree/run.sh"), "#!/bin/sh\necho HI\n").expect("tamper");
+        let readme = template.join("tree/README.md");
+        std::fs::remove_file(&readme).expect("remove");
+        std::os::unix::fs::symlink("/etc/hostname", &readme).expect("symlink");
+
+        let ws = tmp.path().join("ws2");
+        let made = make(&repo, &cache, &ws, "t2").await.expect("made again");
+        assert!(made.built);
+        assert_eq!(
+            std::fs::read_to_string(ws.join("run.sh")).expect("read"),
+            "#!/bin/sh\necho hi\n"
+        );
+        assert!(std::fs::symlink_metadata(ws.join("README.md")).expect("stat").is_file());
+        assert_eq!(git::git(&ws, &["status", "--porcelain"]), "");
+    }
+
+    #[test]
+    fn a_record_with_a_path_out_of_the_workspace_is_refused() {
+        for path in [&b"../escape"[..], b"/etc/passwd", b"a/../../b", b""] {
+            let entry = Recorded {
+                path: path.to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                size: 0,
+                mtime: (0, 0),
+                hash: *blake3::hash(b"").as_bytes(),
+            };
+            assert!(read_record(&encode(&[entry])).is_err(), "{path:?}");
+        }
+        let mut sealed = encode(&[]);
+        assert!(read_record(&sealed).is_ok());
+        sealed[3] ^= 1;
+        assert!(read_record(&sealed).is_err(), "a record that is not its seal's");
+    }
 }
