@@ -463,13 +463,27 @@ fn copy_one(tree: &Path, dest: &Path, e: &Recorded) -> Result<(), CopyError> {
         .open(&to)
         .map_err(fail("create", &to))?;
     out.write_all(&bytes).map_err(fail("write", &to))?;
-    if out.metadata().map_err(fail("stat", &to))?.permissions().mode() & 0o7777 != e.mode {
+    if e.mode & umask() != 0 {
         // The umask took bits the template has.
         out.set_permissions(std::fs::Permissions::from_mode(e.mode))
             .map_err(fail("set the mode of", &to))?;
     }
     out.set_modified(SystemTime::UNIX_EPOCH + Duration::new(e.mtime.0.max(0) as u64, e.mtime.1))
         .map_err(fail("set the time of", &to))
+}
+
+/// The process's umask, read once (`/proc/self/status`); all bits when unknown, so every mode is set explicitly.
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+                u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+            })
+            .unwrap_or(0o7777)
+    })
 }
 
 fn set_mtime_nofollow(path: &Path, (secs, nanos): (i64, u32)) -> std::io::Result<()> {
