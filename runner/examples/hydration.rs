@@ -28,7 +28,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -46,7 +50,16 @@ fn build_repo(root: &Path, files: usize) -> String {
     git(&work, &["add", "-A"]);
     git(
         &work,
-        &["-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-q", "-m", "bench"],
+        &[
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "bench",
+        ],
     );
     git(root, &["clone", "-q", "--bare", "work", "served/repo.git"]);
     git(&work, &["rev-parse", "HEAD"])
@@ -110,9 +123,18 @@ async fn main() {
 
     // The first task: the mirror is fetched and the template made.
     let first = Instant::now();
-    let made = template::workspace(&url, &commit, &spaces.join("ws-first"), &limits, &guard, "first", &cache, None)
-        .await
-        .expect("first hydration");
+    let made = template::workspace(
+        &url,
+        &commit,
+        &spaces.join("ws-first"),
+        &limits,
+        &guard,
+        "first",
+        &cache,
+        None,
+    )
+    .await
+    .expect("first hydration");
     let first = first.elapsed();
     assert!(made.built);
 
@@ -120,7 +142,10 @@ async fn main() {
     for round in 0..ROUNDS {
         let dest = spaces.join(format!("fresh-{round}"));
         let started = Instant::now();
-        git(root, &["clone", "-q", "--no-checkout", &url, dest.to_str().expect("utf-8")]);
+        git(
+            root,
+            &["clone", "-q", "--no-checkout", &url, dest.to_str().expect("utf-8")],
+        );
         git(&dest, &["checkout", "-q", "--detach", &commit]);
         fresh.push(started.elapsed());
 

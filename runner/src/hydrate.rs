@@ -5,9 +5,10 @@
 //! 2. Unpushed commits: the bundle blob is fetched from the broker
 //!    (verified against its hash) into the task directory, outside the
 //!    workspace.
-//! 3. The workspace is cloned at the exact commit from the runner's mirror
-//!    of the repository ([`crate::checkout::checkout_from`]), the bundle's
-//!    commits fetched into it.
+//! 3. The workspace is a verified copy of the runner's template of the
+//!    commit ([`crate::template`]), made the first time from the runner's
+//!    mirror of the repository ([`crate::checkout::checkout_from`]) with the
+//!    bundle's commits fetched into it.
 //! 4. The overlay's blobs come from a fingerprint-keyed cache
 //!    (`<cache>/overlays/<fingerprint>/`): the same fingerprint again is
 //!    served from there, another one is downloaded (each blob verified) into
@@ -15,8 +16,9 @@
 //! 5. The overlay is applied and read back ([`crate::overlay`]): the
 //!    workspace's own fingerprint must be the manifest's.
 //!
-//! The cache lives in `<spaces>/.cache/` (`mirrors/`, `overlays/`), which is
-//! never a task directory, so the sweep of leftovers passes it by.
+//! The cache lives in `<spaces>/.cache/` (`mirrors/`, `overlays/`,
+//! `templates/`), which is never a task directory, so the sweep of leftovers
+//! passes it by; it is bounded ([`crate::cache::evict`]) whenever it grew.
 
 use std::path::{Path, PathBuf};
 

@@ -343,8 +343,7 @@ fn read_record(bytes: &[u8]) -> Result<Vec<Recorded>, CopyError> {
         Ok(head)
     };
     let mut entries = Vec::new();
-    loop {
-        let Ok(kind) = take(1) else { break };
+    while let Ok(kind) = take(1) {
         let kind = match kind[0] {
             1 => Kind::Dir,
             2 => Kind::File,
