@@ -88,12 +88,14 @@ async fn main() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let mut daemon = Command::new("git")
-        .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+    // git-daemon itself, not `git daemon`: the wrapper would leave it running when killed.
+    let mut daemon = Command::new(Path::new(&git(root, &["--exec-path"])).join("git-daemon"))
+        .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", root.join("served").display()))
         .arg(root.join("served"))
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start git daemon");
