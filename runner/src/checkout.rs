@@ -389,7 +389,7 @@ pub async fn checkout_from(
 }
 
 /// `url`'s protocol, classified before git starts, is one the runner allows.
-fn check_protocol(url: &str, limits: &CloneLimits) -> Result<(), CheckoutError> {
+pub(crate) fn check_protocol(url: &str, limits: &CloneLimits) -> Result<(), CheckoutError> {
     let protocol = classify(url)?;
     if !limits.protocols.allows(protocol) {
         return Err(CheckoutError::ProtocolNotAllowed {
@@ -510,18 +510,7 @@ async fn lock_file(
     timeout: Duration,
 ) -> Result<std::fs::File, CheckoutError> {
     let error_path = path.clone();
-    let take = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
-        Ok(file)
-    });
+    let take = tokio::task::spawn_blocking(move || crate::cache::lock(&path, crate::cache::Mode::Exclusive));
     tokio::select! {
         taken = take => match taken {
             Ok(result) => result.map_err(|source| CheckoutError::MirrorLock { path: error_path, source }),
@@ -530,6 +519,30 @@ async fn lock_file(
         // The blocking wait goes on, and drops the lock as soon as it has it.
         () = tokio::time::sleep_until(deadline) => Err(CheckoutError::Timeout { step: "mirror lock", after: timeout }),
     }
+}
+
+/// Runs `git -C dir <args>` fenced and bounded like a checkout's, on the
+/// runner's own files (`file` is the one protocol); `Err(stderr)` when git fails.
+pub(crate) async fn local_git(
+    dir: &Path,
+    limits: &CloneLimits,
+    guard: &Guard,
+    task: &str,
+    args: &[&str],
+) -> Result<Result<(), String>, CheckoutError> {
+    let git = Git {
+        guard,
+        task,
+        limits,
+        deadline: Instant::now() + limits.timeout,
+        dest: dir,
+        url: "",
+        local: true,
+    };
+    let mut command = git.command(Some(dir));
+    command.args(args);
+    let out = git.run(command, "template").await?;
+    Ok(if out.ok { Ok(()) } else { Err(out.stderr) })
 }
 
 /// `text` (git's stderr) without `url`'s credential: the URL is shown
@@ -651,7 +664,9 @@ fn ssh_command() -> String {
 impl Git<'_> {
     async fn check_size(&self) -> Result<(), CheckoutError> {
         let dest = self.dest.to_owned();
-        let size = tokio::task::spawn_blocking(move || dir_size(&dest)).await.unwrap_or(0);
+        let size = tokio::task::spawn_blocking(move || crate::cache::dir_size(&dest))
+            .await
+            .unwrap_or(0);
         if size > self.limits.max_bytes {
             return Err(CheckoutError::TooLarge {
                 url: without_credentials(self.url),
@@ -660,24 +675,6 @@ impl Git<'_> {
         }
         Ok(())
     }
-}
-
-/// The bytes of the files under `dir` (symlinks not followed; 0 when absent).
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.filter_map(Result::ok) {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]

@@ -100,6 +100,13 @@ pub static CLONE_MAX_MIB: Knob<u64> = Knob::new(
 )
 .flag("--clone-max-mib")
 .env("EMBARK_RUNNER_CLONE_MAX_MIB");
+pub static CACHE_MAX_MIB: Knob<u64> = Knob::new(
+    "cache_max_mib",
+    "the cache size bound",
+    "a whole number of MiB, at least 1",
+)
+.flag("--cache-max-mib")
+.env("EMBARK_RUNNER_CACHE_MAX_MIB");
 pub static GIT_PROTOCOLS: Knob<GitProtocols> = Knob::new(
     "git_protocols",
     "the git protocols allowed",
@@ -225,6 +232,7 @@ pub static DECLARATION: Declaration = Declaration {
         &CANCEL_KILL_TIMEOUT_MS.spec,
         &CLONE_TIMEOUT_SECS.spec,
         &CLONE_MAX_MIB.spec,
+        &CACHE_MAX_MIB.spec,
         &GIT_PROTOCOLS.spec,
         &WORKSPACE_CLEANUP.spec,
         &KEEP_SPACES.spec,
@@ -293,6 +301,9 @@ pub struct Cli {
     /// Largest a clone (repository and checkout) may grow, in MiB [env: EMBARK_RUNNER_CLONE_MAX_MIB] [TOML: clone_max_mib] [default: 4096]
     #[arg(long, value_name = "MIB")]
     pub clone_max_mib: Option<String>,
+    /// Most the runner's caches (mirrors, overlays, templates under <spaces>/.cache) may hold, in MiB; least-recently-used entries not in use are evicted past it [env: EMBARK_RUNNER_CACHE_MAX_MIB] [TOML: cache_max_mib] [default: 10240]
+    #[arg(long, value_name = "MIB")]
+    pub cache_max_mib: Option<String>,
     /// Git protocols a repository URL may use, comma-separated: https, ssh, git, http, file (file = local repositories) [env: EMBARK_RUNNER_GIT_PROTOCOLS] [TOML: git_protocols] [default: https,ssh,git]
     #[arg(long, value_name = "LIST")]
     pub git_protocols: Option<String>,
@@ -383,6 +394,7 @@ impl Cli {
             .with(&CANCEL_KILL_TIMEOUT_MS, self.cancel_kill_timeout_ms.clone())
             .with(&CLONE_TIMEOUT_SECS, self.clone_timeout_secs.clone())
             .with(&CLONE_MAX_MIB, self.clone_max_mib.clone())
+            .with(&CACHE_MAX_MIB, self.cache_max_mib.clone())
             .with(&GIT_PROTOCOLS, self.git_protocols.clone())
             .with(&WORKSPACE_CLEANUP, self.workspace_cleanup.clone())
             .with(&KEEP_SPACES, self.keep_spaces.clone())
@@ -547,6 +559,8 @@ pub struct Config {
     pub cancel_kill_timeout: Duration,
     pub clone_timeout: Duration,
     pub clone_max_bytes: u64,
+    /// The bound of the runner's caches ([`crate::cache`]).
+    pub cache_max_bytes: u64,
     pub git_protocols: GitProtocols,
     pub workspace_cleanup: WorkspaceCleanup,
     pub max_tasks: usize,
@@ -598,6 +612,7 @@ impl Config {
         let cancel_kill_timeout_ms = resolver.or_default(&CANCEL_KILL_TIMEOUT_MS, DEFAULT_CANCEL_KILL_TIMEOUT_MS)?;
         let clone_timeout_secs = resolver.or_default(&CLONE_TIMEOUT_SECS, DEFAULT_CLONE_TIMEOUT_SECS)?;
         let clone_max_mib = resolver.or_default(&CLONE_MAX_MIB, DEFAULT_CLONE_MAX_MIB)?;
+        let cache_max_mib = resolver.or_default(&CACHE_MAX_MIB, crate::cache::DEFAULT_MAX_MIB)?;
         let git_protocols = resolver.or_default(&GIT_PROTOCOLS, GitProtocols::default())?;
         let keep_spaces = resolver.optional(&KEEP_SPACES)?;
         let cleanup_from_alias = keep_spaces.as_ref().map(|keep| {
@@ -648,6 +663,9 @@ impl Config {
             .value;
         let clone_timeout_secs = clone_timeout_secs.ensure(|secs| *secs > 0)?.value;
         let clone_max_mib = clone_max_mib
+            .ensure(|mib| *mib > 0 && mib.checked_mul(1 << 20).is_some())?
+            .value;
+        let cache_max_mib = cache_max_mib
             .ensure(|mib| *mib > 0 && mib.checked_mul(1 << 20).is_some())?
             .value;
         let workspace_cleanup = match (workspace_cleanup, cleanup_from_alias) {
@@ -709,6 +727,7 @@ impl Config {
             cancel_kill_timeout: Duration::from_millis(cancel_kill_timeout_ms),
             clone_timeout: Duration::from_secs(clone_timeout_secs),
             clone_max_bytes: clone_max_mib << 20,
+            cache_max_bytes: cache_max_mib << 20,
             git_protocols: git_protocols.value,
             workspace_cleanup,
             max_tasks,
@@ -796,6 +815,7 @@ mod tests {
         assert!(!config.pi_no_extensions);
         assert_eq!(config.git_protocols, GitProtocols::default());
         assert_eq!(config.clone_max_bytes, 4096 << 20);
+        assert_eq!(config.cache_max_bytes, 10240 << 20);
         assert_eq!(config.bwrap, PathBuf::from("bwrap"));
         assert_eq!(config.docker.program, PathBuf::from("docker"));
         assert_eq!(config.docker.image, "embark-pi-runner:0.73.1");

@@ -5,9 +5,10 @@
 //! 2. Unpushed commits: the bundle blob is fetched from the broker
 //!    (verified against its hash) into the task directory, outside the
 //!    workspace.
-//! 3. The workspace is cloned at the exact commit from the runner's mirror
-//!    of the repository ([`crate::checkout::checkout_from`]), the bundle's
-//!    commits fetched into it.
+//! 3. The workspace is a verified copy of the runner's template of the
+//!    commit ([`crate::template`]), made the first time from the runner's
+//!    mirror of the repository ([`crate::checkout::checkout_from`]) with the
+//!    bundle's commits fetched into it.
 //! 4. The overlay's blobs come from a fingerprint-keyed cache
 //!    (`<cache>/overlays/<fingerprint>/`): the same fingerprint again is
 //!    served from there, another one is downloaded (each blob verified) into
@@ -15,8 +16,9 @@
 //! 5. The overlay is applied and read back ([`crate::overlay`]): the
 //!    workspace's own fingerprint must be the manifest's.
 //!
-//! The cache lives in `<spaces>/.cache/` (`mirrors/`, `overlays/`), which is
-//! never a task directory, so the sweep of leftovers passes it by.
+//! The cache lives in `<spaces>/.cache/` (`mirrors/`, `overlays/`,
+//! `templates/`), which is never a task directory, so the sweep of leftovers
+//! passes it by; it is bounded ([`crate::cache::evict`]) whenever it grew.
 
 use std::path::{Path, PathBuf};
 
@@ -24,30 +26,13 @@ use embark_client::{BrokerClient, ClientError};
 use embark_core::manifest::{Base, Fingerprint, ManifestCheckError};
 use embark_core::wire::Task;
 
-use crate::checkout::{CheckoutError, CloneLimits, Sources, checkout_from};
+use crate::cache::{self, Mode};
+use crate::checkout::CloneLimits;
 use crate::guard::Guard;
 use crate::overlay::{self, Applied, OverlayError, blob_file};
+use crate::template::{self, TemplateError};
 
-/// The cache directory under a spaces directory.
-pub const CACHE_DIR: &str = ".cache";
-
-/// The runner's caches of repositories and overlays.
-#[derive(Clone, Debug)]
-pub struct Cache {
-    pub mirrors: PathBuf,
-    pub overlays: PathBuf,
-}
-
-impl Cache {
-    /// The caches under `spaces` (nothing is created).
-    pub fn under(spaces: &Path) -> Cache {
-        let root = spaces.join(CACHE_DIR);
-        Cache {
-            mirrors: root.join("mirrors"),
-            overlays: root.join("overlays"),
-        }
-    }
-}
+pub use crate::cache::{CACHE_DIR, Cache};
 
 /// What hydration did, for the task's events and record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +67,7 @@ pub enum HydrateError {
     #[error("the task's manifest cannot be used: {0}")]
     Manifest(#[from] ManifestCheckError),
     #[error(transparent)]
-    Checkout(#[from] CheckoutError),
+    Checkout(#[from] TemplateError),
     #[error(transparent)]
     Overlay(#[from] OverlayError),
     #[error("could not download blob {what} from the broker")]
@@ -127,20 +112,8 @@ pub struct Target<'a> {
 pub async fn hydrate(task: &Task, target: Target<'_>, blobs: BlobSource<'_>) -> Result<Option<Synced>, HydrateError> {
     let task_id = task.id.to_string();
     let Some(manifest) = &task.manifest else {
-        let sources = Sources {
-            mirrors: Some(&target.cache.mirrors),
-            bundle: None,
-        };
-        checkout_from(
-            &task.repo_url,
-            &task.commit,
-            target.workspace,
-            target.limits,
-            target.guard,
-            &task_id,
-            sources,
-        )
-        .await?;
+        let made = workspace(task, &target, None).await?;
+        evict_if_grown(target.cache, made.built);
         return Ok(None);
     };
     manifest.check()?;
@@ -162,26 +135,26 @@ pub async fn hydrate(task: &Task, target: Target<'_>, blobs: BlobSource<'_>) -> 
         }
         _ => (None, 0),
     };
-    let sources = Sources {
-        mirrors: Some(&target.cache.mirrors),
-        bundle: bundle
+    let checked_out = workspace(
+        task,
+        &target,
+        bundle
             .as_deref()
             .map(|prerequisites| (bundle_file.as_path(), prerequisites)),
-    };
-    let checked_out = checkout_from(
-        &task.repo_url,
-        &task.commit,
-        target.workspace,
-        target.limits,
-        target.guard,
-        &task_id,
-        sources,
     )
     .await;
     let _ = std::fs::remove_file(&bundle_file);
-    checked_out?;
+    let made = checked_out?;
 
+    // Held shared until the overlay is applied: eviction passes an entry in use by.
+    let lock = cache::lock_path(&target.cache.overlays.join(manifest.fingerprint.to_string()));
+    let _in_use = tokio::task::spawn_blocking(move || cache::lock(&lock, Mode::Shared))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(io("lock", &target.cache.overlays))?;
     let (dir, cached) = overlay_blobs(manifest, target.cache, &task_id, blobs).await?;
+    evict_if_grown(target.cache, made.built || !cached);
     let workspace = target.workspace.to_owned();
     let applied_manifest = manifest.clone();
     let applied = tokio::task::spawn_blocking(move || overlay::apply(&workspace, &applied_manifest, &dir))
@@ -197,6 +170,44 @@ pub async fn hydrate(task: &Task, target: Target<'_>, blobs: BlobSource<'_>) -> 
         cached,
         bundle_commits,
     }))
+}
+
+/// The task's workspace at its commit, copied from the runner's template of it.
+async fn workspace(
+    task: &Task,
+    target: &Target<'_>,
+    bundle: Option<(&Path, &[String])>,
+) -> Result<template::Made, HydrateError> {
+    Ok(template::workspace(
+        &task.repo_url,
+        &task.commit,
+        target.workspace,
+        target.limits,
+        target.guard,
+        &task.id.to_string(),
+        target.cache,
+        bundle,
+    )
+    .await?)
+}
+
+/// Brings the cache back under its bound in the background when it grew;
+/// entries in use (this task's among them while it still holds them) stay.
+fn evict_if_grown(cache: &Cache, grown: bool) {
+    if !grown {
+        return;
+    }
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || match cache::evict(&cache, cache.max_bytes) {
+        Ok(evicted) if !evicted.entries.is_empty() => tracing::info!(
+            entries = evicted.entries.len(),
+            bytes = evicted.bytes,
+            remaining = evicted.remaining,
+            "evicted least-recently-used cache entries"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not evict from the runner's cache: {e}"),
+    });
 }
 
 /// The directory holding every overlay blob of `manifest`, and whether it was already cached.

@@ -4,6 +4,7 @@
 //! reports the verdict. See `docs/runner.md`.
 
 pub mod bundle;
+pub mod cache;
 pub mod cancels;
 pub mod capabilities;
 pub mod checkout;
@@ -32,3 +33,4 @@ pub mod runner;
 pub mod session_file;
 pub mod space;
 pub mod task;
+pub mod template;

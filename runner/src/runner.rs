@@ -103,6 +103,7 @@ pub async fn run(
             max_bytes: config.clone_max_bytes,
             protocols: config.git_protocols.clone(),
         },
+        cache_max_bytes: config.cache_max_bytes,
         cleanup: config.workspace_cleanup,
         result_max_chars: config.result_max_chars,
         task_max_cost: config.task_max_cost,

@@ -62,6 +62,8 @@ pub struct TaskSettings {
     /// After a client's cancel: SIGTERM to Pi's task guard, then SIGKILL of the guard after this long.
     pub cancel_kill_timeout: Duration,
     pub clone: CloneLimits,
+    /// The bound of the caches under `<spaces>/.cache` (`cache_max_mib`).
+    pub cache_max_bytes: u64,
     pub cleanup: WorkspaceCleanup,
     /// The longest final text a verdict carries, in characters.
     pub result_max_chars: usize,
@@ -539,7 +541,7 @@ async fn prepare_and_run(
         ..settings.clone.clone()
     };
     let task_id = task.id.to_string();
-    let cache = Cache::under(&settings.spaces);
+    let cache = Cache::under(&settings.spaces).with_max_bytes(settings.cache_max_bytes);
     let target = Target {
         task_dir: &space.root,
         workspace: &space.workspace,
