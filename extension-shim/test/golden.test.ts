@@ -2,6 +2,9 @@
 // its README) replayed against the real binary from TypeScript, through this
 // package's NDJSON framing. Every error answer must be one the generated
 // METHOD_ERRORS (or LINE_ERRORS) allow for its request, with the generated number.
+// Only the top-level files: the broker ones (golden/broker/) need the broker
+// binary, a runner played through its API and the run normaliser, and are
+// replayed by sidecar/tests/golden_broker.rs; this framing reads them alike.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
