@@ -517,3 +517,33 @@ fn the_normaliser_replaces_what_changes_per_run_and_nothing_else() {
         "a decade of defaced cafe 12 abc"
     );
 }
+
+#[test]
+fn the_schema_check_refuses_frames_the_document_does_not_allow() {
+    let schemas = schema::Schemas::load();
+    let ok = json!({"jsonrpc": "2.0", "id": 1, "result": {"blocks": [{"type": "text", "text": "x", "tone": "info"}]}});
+    schemas.check_frame("embark.command", &ok);
+    let refused = [
+        (
+            "embark.command",
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"blocks": [{"type": "text"}]}}),
+        ),
+        (
+            "embark.command",
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"blocks": [], "status": {"key": 3}}}),
+        ),
+        ("embark.watch", json!({"jsonrpc": "2.0", "id": 1, "result": -1})),
+        (
+            "embark.hello",
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "m", "data": {"kind": "usage"}}}),
+        ),
+        (
+            "",
+            json!({"jsonrpc": "2.0", "method": "embark.live", "params": {"subscription": 1, "result": {}}}),
+        ),
+    ];
+    for (method, frame) in refused {
+        let caught = std::panic::catch_unwind(|| schemas.check_frame(method, &frame));
+        assert!(caught.is_err(), "accepted {frame}");
+    }
+}
