@@ -2,6 +2,7 @@
 // smoke:pi-rpc — one task end to end through every real component:
 // laptop Pi (RPC mode, /embark extension) → embark-sidecar → embark-broker
 // (SQLite) → embark-runner → runner-side Pi → scripted fake model on 127.0.0.1.
+// Help first (grouped, every command).
 // The runner's Pi makes a bash tool call that creates a file in the remote
 // workspace; the task succeeds and `/embark status` shows the result text
 // (one notification: the state table and the events together). Then the
@@ -60,6 +61,15 @@ async function main() {
   const commands = await pi.call({ type: "get_commands" });
   if (!commands.response.data.commands.some((c) => c.name === "embark")) fail("/embark is not registered");
   step("laptop Pi has /embark");
+
+  // Help, grouped: the common loop first, then targeting one task, then maintenance.
+  const help = (await pi.embark("help")).notes.map((n) => n.message).join("\n");
+  const groups = ["The common loop:", "Targeting one task", "Maintenance:"].map((g) => help.indexOf(g));
+  if (groups.some((at) => at < 0) || !(groups[0] < groups[1] && groups[1] < groups[2])) fail(`help is not grouped:\n${help}`);
+  for (const word of ["status", "tasks", "attach", "sync", "cancel", "detach", "diff", "apply", "reconcile", "cleanup", "runners"]) {
+    if (!help.includes(`/embark ${word}`)) fail(`help does not name /embark ${word}`);
+  }
+  step("help lists every command, grouped");
 
   const submitted = await pi.embark(JSON.stringify(PROMPT));
   const submitText = submitted.notes.map((n) => n.message).join("\n");

@@ -1,7 +1,12 @@
 // The sidecar's golden transcripts (sidecar/tests/golden/*.ndjson, format in
 // its README) replayed against the real binary from TypeScript, through this
 // package's NDJSON framing. Every error answer must be one the generated
-// METHOD_ERRORS (or LINE_ERRORS) allow for its request, with the generated number.
+// METHOD_ERRORS (or LINE_ERRORS) allow for its request, with the generated number,
+// and every frame must match the committed schemas/v1/sidecar.openrpc.json (a
+// result its method's result schema, an error's data ErrorData, a notification LiveUpdate).
+// Only the top-level files: the broker ones (golden/broker/) need the broker
+// binary, a runner played through its API and the run normaliser, and are
+// replayed by sidecar/tests/golden_broker.rs; this framing reads them alike.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -9,12 +14,33 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
+import Schema from "typebox/schema";
 import { LineSplitter } from "../src/ndjson.ts";
 import { ERROR_CODES, LINE_ERRORS, METHOD_ERRORS, type ErrorCode } from "../src/protocol.gen.ts";
 import { StderrTail } from "../src/stderr-tail.ts";
 import { requireSidecar, within, workspaceRoot } from "./support.ts";
 
 type Step = { send: string } | { recv: unknown };
+
+type OpenRpc = { components: { schemas: object }; methods: { name: string; result: { schema: object } }[] };
+const openRpc = JSON.parse(readFileSync(join(workspaceRoot, "schemas", "v1", "sidecar.openrpc.json"), "utf8")) as OpenRpc;
+/** A checker of `schema` with the document's components in reach of its `$ref`s. */
+const checker = (schema: object) => Schema.Compile({ ...schema, components: openRpc.components });
+const resultCheckers = new Map(openRpc.methods.map((m) => [m.name, checker(m.result.schema)]));
+const errorData = checker({ $ref: "#/components/schemas/ErrorData" });
+const liveUpdate = checker({ $ref: "#/components/schemas/LiveUpdate" });
+
+/** Fails unless `frame`, an answer to `method` (or a notification), matches the OpenRPC document. */
+function checkSchema(file: string, frame: unknown, method: string | undefined): void {
+  const { result, error, params } = frame as { result?: unknown; error?: { data?: unknown }; params?: { result?: unknown } };
+  const shown = JSON.stringify(frame);
+  if (params !== undefined) assert.ok(liveUpdate.Check(params.result), `${file}: a notification that is no LiveUpdate: ${shown}`);
+  else if (error !== undefined) assert.ok(errorData.Check(error.data), `${file}: error.data is no ErrorData: ${shown}`);
+  else {
+    const check = method === undefined ? undefined : resultCheckers.get(method);
+    assert.ok(check?.Check(result), `${file}: the result of ${String(method)} does not match its schema: ${shown}`);
+  }
+}
 
 const goldenDir = join(workspaceRoot, "sidecar", "tests", "golden");
 const transcripts = existsSync(goldenDir)
@@ -130,6 +156,7 @@ for (const file of transcripts) {
           const got: unknown = JSON.parse(line);
           assert.deepEqual(got, step.recv, `${file}: answer ${answer} (step ${i + 1}) differs`);
           checkDeclared(file, got, methods);
+          checkSchema(file, got, methods.get(JSON.stringify((got as { id?: unknown }).id)));
         }
       }
       child.stdin.end();

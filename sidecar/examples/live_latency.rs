@@ -5,7 +5,10 @@
 //! tail read straight from this process. Both read the same appends, timed
 //! from the same instant. Target (issue 9): p99 ≤ 100 ms.
 //!
-//! `npm run bench:live` (debug build, like the tests); `BENCH_RUNS` sets the appends (default 200).
+//! `npm run bench:live` runs it after its through-Pi leg (`smoke/bench-live.mjs`), in
+//! the same build: release by default, `BENCH_DEBUG=1` debug. Alone:
+//! `cargo build -p embark-broker --release && cargo run --release -p embark-sidecar --example live_latency`;
+//! `BENCH_RUNS` sets the appends (default 200).
 
 use std::time::{Duration, Instant};
 

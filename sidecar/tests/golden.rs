@@ -1,11 +1,15 @@
 //! Golden transcripts (`tests/golden/*.ndjson`, format in its README) replayed
 //! against the loop in memory and against the real binary. They cover what
-//! needs no broker and no repository, so they are deterministic.
+//! needs no broker and no repository, so they are deterministic; every
+//! frame is checked against `schemas/` ([`schema`]). The transcripts that
+//! need a broker are `golden/broker/`, replayed by `golden_broker.rs`.
 //!
 //! `EMBARK_UPDATE_GOLDEN=1 cargo test -p embark-sidecar --test golden`
 //! rewrites the `recv` lines from what the sidecar answers now (review the diff).
 
 mod common;
+#[path = "golden/schema.rs"]
+mod schema;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -131,10 +135,12 @@ fn methods_by_id(steps: &[Step]) -> HashMap<String, String> {
 
 fn compare(path: &Path, steps: &[Step], actual: &[Value], how: &str) {
     let methods = methods_by_id(steps);
+    let schemas = schema::Schemas::load();
     for answer in actual {
         // An answer with no request id (a parse error) may only carry a line error.
         let method = methods.get(&answer["id"].to_string()).map_or("", String::as_str);
         common::assert_declared(method, answer);
+        schemas.check_frame(method, answer);
     }
     let expected = expected(steps);
     assert_eq!(expected.len(), actual.len(), "{}: answer count ({how})", path.display());

@@ -258,6 +258,10 @@ fn check_parents(root: &Path, file: &Path) -> Result<(), ResultError> {
 
 /// The blobs `ids`, read with one `git cat-file --batch`.
 async fn blobs(git: &Git, ids: &[&str]) -> Result<HashMap<String, Vec<u8>>, ResultError> {
+    // An empty line would be a request for a missing object: nothing to read (a result applied already).
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let mut input = ids.join("\n");
     input.push('\n');
     let out = git.run(&["cat-file", "--batch"], Some(input.as_bytes())).await?;
