@@ -199,34 +199,16 @@ fn guard(args: GuardArgs) -> ExitCode {
 
 async fn supervise(args: GuardArgs) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
-        _ => {
-            eprintln!("embark task guard: cannot listen for signals");
-            return ExitCode::from(125);
-        }
-    };
-    // Same environment, directory and stdio as the guard: it is the program's.
-    let mut child = match Command::new(&args.program)
-        .args(&args.args)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("embark task guard: cannot start {:?}: {e}", args.program);
-            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
-        }
+    let Supervised {
+        signals: StopSignals {
+            mut term,
+            mut int,
+            mut hup,
+        },
+        mut child,
+    } = match start_supervised("embark task guard", &args.program, &args.args) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     hand_over_stdio();
 
@@ -272,6 +254,54 @@ async fn supervise(args: GuardArgs) -> ExitCode {
         }
     }
     exit_code(status)
+}
+
+/// The stop requests a supervising process (a guard, a relay) passes on.
+pub(crate) struct StopSignals {
+    pub term: tokio::signal::unix::Signal,
+    pub int: tokio::signal::unix::Signal,
+    pub hup: tokio::signal::unix::Signal,
+}
+
+/// A program started under a supervising process, with its stop signals.
+pub(crate) struct Supervised {
+    pub signals: StopSignals,
+    pub child: Child,
+}
+
+/// Listens for the stop signals, then starts `program` with this process's
+/// environment, directory and stdio (they are the program's). On failure the
+/// reason is printed, prefixed with `who`, and the exit code to end with is
+/// returned: 125 without signals, 127 for a program not found, else 126.
+pub(crate) fn start_supervised(who: &str, program: &OsStr, args: &[OsString]) -> Result<Supervised, ExitCode> {
+    let signals = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hup)) => StopSignals { term, int, hup },
+        _ => {
+            eprintln!("{who}: cannot listen for signals");
+            return Err(ExitCode::from(125));
+        }
+    };
+    match Command::new(program)
+        .args(args)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
+        Ok(child) => Ok(Supervised { signals, child }),
+        Err(e) => {
+            eprintln!("{who}: cannot start {program:?}: {e}");
+            Err(ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            }))
+        }
+    }
 }
 
 /// After starting its program with the same stdio: the program holds stdin

@@ -16,12 +16,11 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 
 use rustix::process::{Pid, Signal};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::process::{Child, Command};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::process::Child;
 
 use crate::guard;
 
@@ -126,33 +125,16 @@ async fn relay(args: RelayArgs) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
-        _ => {
-            eprintln!("embark proxy relay: cannot listen for signals");
-            return ExitCode::from(125);
-        }
-    };
-    let mut child = match Command::new(&args.program)
-        .args(&args.args)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("embark proxy relay: cannot start {:?}: {e}", args.program);
-            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
-        }
+    let guard::Supervised {
+        signals: guard::StopSignals {
+            mut term,
+            mut int,
+            mut hup,
+        },
+        mut child,
+    } = match guard::start_supervised("embark proxy relay", &args.program, &args.args) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     guard::hand_over_stdio();
     tokio::spawn(carry(listener, args.socket));
