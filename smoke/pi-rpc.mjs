@@ -10,13 +10,15 @@
 // prefix and id, the sync cursor, a clear unknown-task error, and a reopened
 // session: a second task handed off by a Pi that held only /embark commands
 // (no session file) finishes while no Pi runs; the next Pi in the same
-// directory adopts it at session start and its result lands there, once.
+// directory adopts it at session start and its result lands there, once;
+// and a session Pi wrote a file for (a model turn of its own), reopened with
+// `pi -c`, syncs its task at start and the result lands once.
 // Live (embark.watch): with no command typed, the footer follows the task
 // (queued → running → cleared when done), the attach widget (attached by id
 // prefix) shows the tool call and the final state, and the result lands once;
 // at the end a cancel is confirmed by the live state frame.
 
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 
 import { smokeScript } from "./lib/process.mjs";
@@ -26,6 +28,7 @@ import { buildBinaries, fakeModels, fixtureRepo, requirePi, startBrokerAndRunner
 
 const PROMPT = "create remote.txt saying remote hello";
 const FINAL_TEXT = "done: remote.txt now says remote hello";
+const LAPTOP_TEXT = "hello from the laptop's own model";
 const SCRIPT = {
   turns: [
     { tool_calls: [{ name: "bash", arguments: { command: "echo 'remote hello' > remote.txt && cat remote.txt" } }] },
@@ -184,6 +187,42 @@ async function main() {
     await reopened.waitFor("the cancel confirmed live", (seen) => seen.some(confirmed), 60_000);
   }
   step("the cancel was confirmed by the live state");
+  reopened.proc.child.stdin.end();
+  await new Promise((resolve) => reopened.proc.child.once("exit", resolve));
+
+  // A session Pi wrote a file for (a model turn of its own), reopened with `pi -c`: the same
+  // session, its task mirrored in the file, synced at session start with the result landing once.
+  mkdirSync(join(dir, "laptop-model"), { recursive: true });
+  const laptopModel = await startFakeModel(join(dir, "laptop-model"), { turns: [{ text: LAPTOP_TEXT }] });
+  const sessionDir = join(dir, "laptop-sessions");
+  const withFile = { piBin, bin, repo, broker, secrets, sessionDir, modelBaseUrl: laptopModel.baseUrl, args: ["--provider", "fake", "--model", "fake-model"] };
+  const talker = startLaptopPi(dir, { ...withFile, log: "laptop-pi-3.log" });
+  const sessionId = (await talker.call({ type: "get_state" })).response.data.sessionId;
+  await talker.call({ type: "prompt", message: "hello laptop" });
+  await talker.waitFor("the laptop's own turn", (seen) => seen.some((m) => m.type === "agent_end"));
+  const fourthView = await talker.embark(JSON.stringify("from a session with a file"));
+  const fourth = submittedTaskId(fourthView);
+  const fourthFull = fourthView.notes.map((n) => n.message).join("\n").match(/Task id ([0-9a-f-]{36})/)?.[1];
+  if (!fourth || !fourthFull) fail("the submit from the session with a file named no task");
+  talker.proc.child.stdin.end();
+  await new Promise((resolve) => talker.proc.child.once("exit", resolve));
+  const files = readdirSync(sessionDir).filter((f) => f.endsWith(".jsonl"));
+  if (files.length !== 1 || !readFileSync(join(sessionDir, files[0]), "utf8").includes(fourthFull)) {
+    fail(`Pi's session file does not mirror task ${fourthFull}: ${JSON.stringify(files)}`);
+  }
+  step(`laptop Pi wrote its session file and quit with task ${fourth} in flight`);
+  await waitSucceeded(broker, secrets, fourthFull);
+
+  const continued = startLaptopPi(dir, { ...withFile, log: "laptop-pi-4.log", args: [...withFile.args, "-c"] });
+  const state = (await continued.call({ type: "get_state" })).response.data;
+  if (state.sessionId !== sessionId) fail(`pi -c opened session ${state.sessionId}, not ${sessionId}`);
+  const history = (await continued.call({ type: "get_messages" })).response.data.messages;
+  const landedOnce = history.filter((m) => m.role === "custom" && m.customType === "embark-result" && JSON.stringify(m.content).includes(fourth));
+  if (landedOnce.length !== 1) {
+    fail(`the continued session's result did not land once: ${JSON.stringify(history).slice(0, 2000)}`);
+  }
+  if ((await continued.embark(`status ${fourth}`)).messages.length !== 0) fail("the continued session's result landed twice");
+  step("pi -c reopened the same session, synced its task at start, and the result landed once");
 }
 
 run(main);

@@ -197,18 +197,24 @@ export async function startBrokerAndRunner(dir, bin, { label, profile, runnerNam
 /**
  * Pi on the "laptop": RPC mode with the /embark extension, its own Pi config
  * dir and HOME under `dir` (nothing from the real ones), the sidecar pointed
- * at `broker` with the client secret and the fake model's intent.
+ * at `broker` with the client secret and the fake model's intent. No session
+ * file unless `sessionDir` is given (Pi's `--session-dir`); `modelBaseUrl`
+ * gives the laptop's Pi a fake model of its own; `args` go after the rest
+ * (`-c` to continue the latest session).
  */
-export function startLaptopPi(dir, { piBin, bin, repo, broker, secrets, log = "laptop-pi.log" }) {
+export function startLaptopPi(dir, { piBin, bin, repo, broker, secrets, log = "laptop-pi.log", sessionDir, modelBaseUrl, args = [] }) {
   const laptopAgent = join(dir, "laptop-agent");
   const laptopHome = join(dir, "laptop-home");
   mkdirSync(laptopAgent, { recursive: true });
   mkdirSync(laptopHome, { recursive: true });
   writeFileSync(join(laptopAgent, "settings.json"), JSON.stringify(PI_SETTINGS));
+  // The laptop's own model (for a turn that makes Pi write its session file).
+  if (modelBaseUrl) writeFileSync(join(laptopAgent, "models.json"), JSON.stringify(fakeModels(modelBaseUrl)));
+  const session = sessionDir ? ["--session-dir", sessionDir] : ["--no-session"];
   return PiRpc.start({
     piBin,
     cwd: repo.work,
-    args: ["-e", join(ROOT, "extension-shim"), "--no-session"],
+    args: ["-e", join(ROOT, "extension-shim"), ...session, ...args],
     logPath: join(dir, log),
     env: {
       ...process.env,
