@@ -7,11 +7,12 @@
 
 mod common;
 
+use common::played_runner::PlayedRunner;
 use common::{Client, SUBMIT, assert_error, config_for, session, state_dir, view_text};
 use embark_core::event::{
     AgentEnd, AgentStart, AssistantMessage, Lifecycle, NewEvent, OtherEvent, Payload, Phase, ToolStart,
 };
-use embark_core::wire::{AppendEvents, CompleteTask, TaskResult};
+use embark_core::wire::TaskResult;
 use embark_sidecar::config::{Config, Secret};
 use embark_testkit::Broker;
 use embark_testkit::git::{fixture, git};
@@ -260,61 +261,38 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
     assert!(client.command(1, SUBMIT, &session).await.get("error").is_none());
 
     // Play the runner through the broker's runner API.
-    let api = broker.client();
-    let enrolled = api
-        .enroll(&broker.enrollment_secret, "sidecar-test-runner")
-        .await
-        .expect("enroll");
-    let claim = api
-        .claim(&enrolled.runner_token, 5_000)
-        .await
-        .expect("claim")
-        .expect("a queued task");
+    let mut runner = PlayedRunner::enroll(&broker, "sidecar-test-runner").await;
+    let claim = runner.claim().await;
     let running = client.command(2, "status", &session).await;
     assert_eq!(field(&table(&running), "state"), "running");
     assert_eq!(running["result"]["status"]["text"], "embark: 1 task running");
 
-    let events = AppendEvents {
-        batch_id: format!("{}-0", claim.attempt),
-        events: vec![
-            NewEvent::new(Lifecycle::new(Phase::Cloning, None)),
-            NewEvent::new(AgentStart::default()),
-            NewEvent::new(ToolStart {
-                tool_call_id: "t1".into(),
-                tool_name: "bash".into(),
-                args: json!({"command": "ls"}).as_object().cloned().expect("an object"),
-                ..ToolStart::default()
-            }),
-            // A kind a newer runner added: kept by the broker, shown generically.
-            NewEvent::new(Payload::Other(OtherEvent {
-                kind: "sync_progress".into(),
-                payload: json!({"files": 3}),
-            })),
-            NewEvent::new(AssistantMessage {
-                text: "All done.".into(),
-                stop_reason: "stop".into(),
-                ..AssistantMessage::default()
-            }),
-            NewEvent::new(AgentEnd {
-                stop_reason: Some("stop".into()),
-                ..AgentEnd::default()
-            }),
-        ],
-    };
-    api.append_events(&claim.callback_token, claim.task.id, &events)
-        .await
-        .expect("append events");
-    let verdict = CompleteTask {
-        result: TaskResult::Succeeded,
-        final_text: Some("All done. The flaky test is fixed.".into()),
-        reason: None,
-        code: None,
-        changes: None,
-        artifacts: Vec::new(),
-    };
-    api.complete(&claim.callback_token, claim.task.id, &verdict)
-        .await
-        .expect("complete");
+    let events = vec![
+        NewEvent::new(Lifecycle::new(Phase::Cloning, None)),
+        NewEvent::new(AgentStart::default()),
+        NewEvent::new(ToolStart {
+            tool_call_id: "t1".into(),
+            tool_name: "bash".into(),
+            args: json!({"command": "ls"}).as_object().cloned().expect("an object"),
+            ..ToolStart::default()
+        }),
+        // A kind a newer runner added: kept by the broker, shown generically.
+        NewEvent::new(Payload::Other(OtherEvent {
+            kind: "sync_progress".into(),
+            payload: json!({"files": 3}),
+        })),
+        NewEvent::new(AssistantMessage {
+            text: "All done.".into(),
+            stop_reason: "stop".into(),
+            ..AssistantMessage::default()
+        }),
+        NewEvent::new(AgentEnd {
+            stop_reason: Some("stop".into()),
+            ..AgentEnd::default()
+        }),
+    ];
+    runner.append(&claim, events).await;
+    runner.succeed(&claim, "All done. The flaky test is fixed.").await;
 
     let done = client.command(3, "status", &session).await;
     assert!(done.get("error").is_none(), "{done}");
@@ -359,22 +337,10 @@ async fn a_finished_task_brings_its_result_into_the_conversation() {
             .get("error")
             .is_none()
     );
-    let claim = api
-        .claim(&enrolled.runner_token, 5_000)
-        .await
-        .expect("claim")
-        .expect("the second task");
-    let verdict = CompleteTask {
-        result: TaskResult::Failed,
-        final_text: None,
-        reason: Some("pi exited with status 1".into()),
-        code: None,
-        changes: None,
-        artifacts: Vec::new(),
-    };
-    api.complete(&claim.callback_token, claim.task.id, &verdict)
-        .await
-        .expect("complete");
+    let claim = runner.claim().await;
+    runner
+        .complete(&claim, TaskResult::Failed, None, Some("pi exited with status 1"))
+        .await;
     let failed = client.command(5, "status", &session).await;
     let message = &failed["result"]["message"];
     assert!(
@@ -601,22 +567,14 @@ async fn cancel_answers_in_one_line_for_each_state() {
     let session = session("pi-session-cancel", &repo.work);
     let mut client = Client::start(config_for(&broker));
     client.hello().await;
-    let broker_client = broker.client();
 
     // Two tasks: 1 is the newest, 2 the older one, which a runner takes.
     for id in [1, 2] {
         let submitted = client.command(id, SUBMIT, &session).await;
         assert!(submitted.get("error").is_none(), "{submitted}");
     }
-    let runner = broker_client
-        .enroll(&broker.enrollment_secret, "r")
-        .await
-        .expect("enroll");
-    let claim = broker_client
-        .claim(&runner.runner_token, 5_000)
-        .await
-        .expect("claim")
-        .expect("queued");
+    let runner = PlayedRunner::enroll(&broker, "r").await;
+    let claim = runner.claim().await;
     let tasks = session_tasks(&broker, "pi-session-cancel").await;
     let (newest, running) = (&tasks[0], &tasks[1]);
     assert_eq!(claim.task.id, running.id, "the older task is claimed first");
@@ -657,18 +615,9 @@ async fn cancel_answers_in_one_line_for_each_state() {
     );
 
     // The runner reports; the task ends cancelled, and a late cancel says so.
-    let verdict = CompleteTask {
-        result: TaskResult::Failed,
-        final_text: None,
-        reason: Some("Pi's run was aborted".into()),
-        code: None,
-        changes: None,
-        artifacts: Vec::new(),
-    };
-    let done = broker_client
-        .complete(&claim.callback_token, running.id, &verdict)
-        .await
-        .expect("complete");
+    let done = runner
+        .complete(&claim, TaskResult::Failed, None, Some("Pi's run was aborted"))
+        .await;
     assert_eq!(done.state, embark_core::TaskState::Cancelled);
     let text = one_line(&client.command(7, "cancel 2", &session).await);
     assert_eq!(

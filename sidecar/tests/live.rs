@@ -6,10 +6,11 @@
 
 mod common;
 
+use common::played_runner::PlayedRunner;
 use common::{Client, SUBMIT, config_for, session};
 use embark_core::event::{AssistantMessage, NewEvent, ToolStart};
 use embark_core::protocol::method;
-use embark_core::wire::{AppendEvents, CompleteTask, TaskResult};
+use embark_core::wire::TaskResult;
 use embark_testkit::Broker;
 use embark_testkit::git::fixture;
 use serde_json::{Value, json};
@@ -83,16 +84,8 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
     assert!(subscription.is_u64(), "{watched}");
 
     // The runner claims it: the footer says running, with no command asked.
-    let api = broker.client();
-    let enrolled = api
-        .enroll(&broker.enrollment_secret, "live-runner")
-        .await
-        .expect("enroll");
-    let claim = api
-        .claim(&enrolled.runner_token, 5_000)
-        .await
-        .expect("claim")
-        .expect("a queued task");
+    let mut runner = PlayedRunner::enroll(&broker, "live-runner").await;
+    let claim = runner.claim().await;
     let id = claim.task.id;
     let running = until(&mut client, &subscription, |u| u["state"] == "running").await;
     let running = running.last().expect("an update");
@@ -111,17 +104,9 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
     let widget = widget_lines(&attached["result"]);
     assert!(widget.contains("running") && widget.contains("tool: –"), "{attached}");
 
-    let append = |batch: u32, events: Vec<NewEvent>| AppendEvents {
-        batch_id: format!("{}-{batch}", claim.attempt),
-        events,
-    };
-    api.append_events(
-        &claim.callback_token,
-        id,
-        &append(0, vec![tool("bash", "ls"), said("Looking around.")]),
-    )
-    .await
-    .expect("append");
+    runner
+        .append(&claim, vec![tool("bash", "ls"), said("Looking around.")])
+        .await;
     let moved = until(&mut client, &subscription, |u| u["seq"] == 2).await;
     let last = moved.last().expect("an update");
     let text = widget_text(last);
@@ -131,9 +116,7 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
     // The sidecar goes away; an event arrives meanwhile; a new sidecar with the same
     // store replays from the attach cursor: the missed event once, nothing before it.
     drop(client);
-    api.append_events(&claim.callback_token, id, &append(1, vec![tool("bash", "cargo test")]))
-        .await
-        .expect("append");
+    runner.append(&claim, vec![tool("bash", "cargo test")]).await;
     let mut client = Client::start(config.clone());
     client.hello().await;
     let watched = client.call(4, method::WATCH, json!({"session": pi_session})).await;
@@ -146,17 +129,7 @@ async fn the_footer_widget_and_result_follow_the_task_live_and_resume_after_a_re
     );
 
     // It finishes: the footer clears, an ended line, and the result, once.
-    let verdict = CompleteTask {
-        result: TaskResult::Succeeded,
-        final_text: Some("Fixed the flaky test.".into()),
-        reason: None,
-        code: None,
-        changes: None,
-        artifacts: Vec::new(),
-    };
-    api.complete(&claim.callback_token, id, &verdict)
-        .await
-        .expect("complete");
+    runner.succeed(&claim, "Fixed the flaky test.").await;
     let done = until(&mut client, &subscription, |u| u["state"] == "succeeded").await;
     let done = done.last().expect("an update");
     assert_eq!(done["view"]["status"]["text"], Value::Null, "{done}");
@@ -208,16 +181,8 @@ async fn a_cancel_is_confirmed_live_and_a_watch_ends_with_the_input() {
     client.command(1, SUBMIT, &pi_session).await;
     let watched = client.call(2, method::WATCH, json!({"session": pi_session})).await;
     let subscription = watched["result"].clone();
-    let api = broker.client();
-    let enrolled = api
-        .enroll(&broker.enrollment_secret, "live-runner")
-        .await
-        .expect("enroll");
-    let claim = api
-        .claim(&enrolled.runner_token, 5_000)
-        .await
-        .expect("claim")
-        .expect("a queued task");
+    let runner = PlayedRunner::enroll(&broker, "live-runner").await;
+    let claim = runner.claim().await;
     until(&mut client, &subscription, |u| u["state"] == "running").await;
     let (cancel, _) = client
         .call_amid(3, method::COMMAND, json!({"line": "cancel 1", "session": pi_session}))
@@ -225,17 +190,9 @@ async fn a_cancel_is_confirmed_live_and_a_watch_ends_with_the_input() {
     let text = cancel["result"]["blocks"][0]["text"].as_str().unwrap_or_default();
     assert!(text.starts_with("Cancelling task"), "{cancel}");
     // The runner confirms: the task is cancelled, and the update says so.
-    let verdict = CompleteTask {
-        result: TaskResult::Cancelled,
-        final_text: None,
-        reason: Some("cancelled by the client".into()),
-        code: None,
-        changes: None,
-        artifacts: Vec::new(),
-    };
-    api.complete(&claim.callback_token, claim.task.id, &verdict)
-        .await
-        .expect("complete");
+    runner
+        .complete(&claim, TaskResult::Cancelled, None, Some("cancelled by the client"))
+        .await;
     let done = until(&mut client, &subscription, |u| u["state"] == "cancelled").await;
     let done = done.last().expect("an update");
     let ended = done["view"]["blocks"][0]["text"].as_str().unwrap_or_default();
@@ -293,29 +250,11 @@ async fn an_adopted_task_of_another_session_id_is_followed_on_its_own_tail() {
     let watched = client.call(3, method::WATCH, json!({"session": fresh})).await;
     let subscription = watched["result"].clone();
 
-    let api = broker.client();
-    let enrolled = api
-        .enroll(&broker.enrollment_secret, "live-runner")
-        .await
-        .expect("enroll");
-    let claim = api
-        .claim(&enrolled.runner_token, 5_000)
-        .await
-        .expect("claim")
-        .expect("a queued task");
+    let runner = PlayedRunner::enroll(&broker, "live-runner").await;
+    let claim = runner.claim().await;
     let running = until(&mut client, &subscription, |u| u["state"] == "running").await;
     assert_eq!(running.last().expect("an update")["task_id"], claim.task.id.to_string());
-    let verdict = CompleteTask {
-        result: TaskResult::Succeeded,
-        final_text: Some("Adopted and done.".into()),
-        reason: None,
-        code: None,
-        changes: None,
-        artifacts: Vec::new(),
-    };
-    api.complete(&claim.callback_token, claim.task.id, &verdict)
-        .await
-        .expect("complete");
+    runner.succeed(&claim, "Adopted and done.").await;
     let done = until(&mut client, &subscription, |u| u["state"] == "succeeded").await;
     let done = done.last().expect("an update");
     assert!(

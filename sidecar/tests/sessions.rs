@@ -10,11 +10,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::played_runner::PlayedRunner;
 use common::{Client, SUBMIT, assert_error, config_for, session, view_text};
 use embark_core::TaskState;
-use embark_core::event::{Log, LogLevel, NewEvent};
 use embark_core::task::TaskId;
-use embark_core::wire::{AppendEvents, Claim, CompleteTask, TaskResult};
 use embark_sidecar::store::{Store, Tracking};
 use embark_testkit::Broker;
 use embark_testkit::git::fixture;
@@ -35,62 +34,6 @@ fn blocks(answer: &Value) -> &Vec<Value> {
     answer["result"]["blocks"]
         .as_array()
         .unwrap_or_else(|| panic!("no blocks in {answer}"))
-}
-
-struct Runner {
-    api: embark_client::BrokerClient,
-    token: String,
-    batches: u32,
-}
-
-impl Runner {
-    async fn enroll(broker: &Broker) -> Runner {
-        let api = broker.client();
-        let token = api
-            .enroll(&broker.enrollment_secret, "sessions-test-runner")
-            .await
-            .expect("enroll")
-            .runner_token;
-        Runner { api, token, batches: 0 }
-    }
-
-    async fn claim(&self) -> Claim {
-        self.api
-            .claim(&self.token, 5_000)
-            .await
-            .expect("claim")
-            .expect("a queued task")
-    }
-
-    async fn log(&mut self, claim: &Claim, lines: &[&str]) {
-        self.batches += 1;
-        let events = AppendEvents {
-            batch_id: format!("{}-{}", claim.attempt, self.batches),
-            events: lines
-                .iter()
-                .map(|line| NewEvent::new(Log::new(LogLevel::Info, *line)))
-                .collect(),
-        };
-        self.api
-            .append_events(&claim.callback_token, claim.task.id, &events)
-            .await
-            .expect("append events");
-    }
-
-    async fn succeed(&self, claim: &Claim, text: &str) {
-        let verdict = CompleteTask {
-            result: TaskResult::Succeeded,
-            final_text: Some(text.into()),
-            reason: None,
-            code: None,
-            changes: None,
-            artifacts: Vec::new(),
-        };
-        self.api
-            .complete(&claim.callback_token, claim.task.id, &verdict)
-            .await
-            .expect("complete");
-    }
 }
 
 #[tokio::test]
@@ -152,7 +95,7 @@ async fn the_board_the_picker_and_the_sync_cursor() {
     );
 
     // The runner takes the older task and reports three events.
-    let mut runner = Runner::enroll(&broker).await;
+    let mut runner = PlayedRunner::enroll(&broker, "sessions-test-runner").await;
     let claim = runner.claim().await;
     assert_eq!(claim.task.id, first);
     runner.log(&claim, &["one", "two", "three"]).await;
@@ -211,7 +154,7 @@ async fn a_session_pi_cannot_reopen_hands_its_tasks_to_the_next_one() {
     assert!(client.finish().await.is_empty());
 
     // It finishes while no Pi is open.
-    let runner = Runner::enroll(&broker).await;
+    let runner = PlayedRunner::enroll(&broker, "sessions-test-runner").await;
     let claim = runner.claim().await;
     runner.succeed(&claim, "Done while you were away.").await;
 

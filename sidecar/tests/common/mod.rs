@@ -4,6 +4,8 @@
 //! method declares (see [`assert_declared`]).
 #![allow(dead_code)]
 
+pub mod played_runner;
+
 use std::time::Duration;
 
 use embark_core::protocol::{ErrorCode, Method, PROTOCOL_VERSION, method};
