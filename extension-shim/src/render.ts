@@ -64,10 +64,14 @@ export interface RenderOptions {
 }
 
 /**
- * Every text and table block as ONE notification (the TUI shows one at a
- * time: a second would replace the first), toned by the most severe block;
- * then the status line, the session entries and the messages. Answers the
- * pick block, if any, when `interactive` (the caller shows the picker).
+ * The session entries and the messages first, then every text and table
+ * block as ONE notification, toned by the most severe block, then the status
+ * line and the widget. One notification because the TUI folds back-to-back
+ * notifications into one line (a second replaces the first); messages first
+ * because a message in the chat ends that fold, so a live update's notice
+ * (a task ended in the background) can never replace the answer the user's
+ * last command showed. Answers the pick block, if any, when `interactive`
+ * (the caller shows the picker).
  */
 export function renderView(view: View, ui: ViewUi, pi: ViewMessages, options: RenderOptions = {}): PickBlock | undefined {
   const { history = NO_HISTORY, idle = true, interactive = false } = options;
@@ -84,19 +88,19 @@ export function renderView(view: View, ui: ViewUi, pi: ViewMessages, options: Re
     texts.push(rendered.text);
     tone = worse(tone, rendered.tone);
   }
-  if (texts.length > 0) ui.notify(texts.join("\n\n"), tone);
-  if (view.status !== undefined && view.status !== null) {
-    ui.setStatus(view.status.key, view.status.text ?? undefined);
-  }
-  if (view.widget !== undefined && view.widget !== null) {
-    ui.setWidget?.(view.widget.key, view.widget.lines ?? undefined, { placement: "belowEditor" });
-  }
   for (const entry of Array.isArray(view.entries) ? view.entries : []) {
     pi.appendEntry?.(entry.custom_type, entry.data);
   }
   const messages = [view.message, ...(Array.isArray(view.messages) ? view.messages : [])];
   for (const message of messages) {
     if (message !== undefined && message !== null) sendOnce(message, pi, history, idle);
+  }
+  if (texts.length > 0) ui.notify(texts.join("\n\n"), tone);
+  if (view.status !== undefined && view.status !== null) {
+    ui.setStatus(view.status.key, view.status.text ?? undefined);
+  }
+  if (view.widget !== undefined && view.widget !== null) {
+    ui.setWidget?.(view.widget.key, view.widget.lines ?? undefined, { placement: "belowEditor" });
   }
   return pick;
 }

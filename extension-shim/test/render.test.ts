@@ -17,7 +17,7 @@ function recorder(): { ui: ViewUi; pi: ViewMessages; calls: unknown[][] } {
   };
 }
 
-test("all blocks are ONE notification (the TUI keeps one on screen), toned by the worst; then status; then the message", () => {
+test("messages first, then all blocks as ONE notification toned by the worst, then status", () => {
   const r = recorder();
   const view: View = {
     blocks: [
@@ -30,13 +30,41 @@ test("all blocks are ONE notification (the TUI keeps one on screen), toned by th
   };
   renderView(view, r.ui, r.pi);
   assert.deepEqual(r.calls, [
-    ["notify", "queued\n\ndirty tree\n\nno broker", "error"],
-    ["setStatus", "embark", "embark: 1 running"],
     [
       "sendMessage",
       { customType: "embark-task", content: "**task** abc", display: true, details: { task_id: "abc", state: "queued" } },
     ],
+    ["notify", "queued\n\ndirty tree\n\nno broker", "error"],
+    ["setStatus", "embark", "embark: 1 running"],
   ]);
+});
+
+test("a live update's notice never replaces the last command's answer in a chat that folds back-to-back notices", () => {
+  // Pi's TUI shows an info notice that directly follows another in place of it;
+  // a message in between ends the fold. This chat does the same.
+  const chat: string[] = [];
+  let lastWasNotice = false;
+  const ui: ViewUi = {
+    notify: (message) => {
+      if (lastWasNotice) chat.pop();
+      chat.push(`notice: ${message}`);
+      lastWasNotice = true;
+    },
+    setStatus: () => {},
+  };
+  const pi: ViewMessages = {
+    sendMessage: (message) => {
+      chat.push(`message: ${message.content}`);
+      lastWasNotice = false;
+    },
+  };
+  renderView({ blocks: [{ type: "text", text: "Attached to task t1.", tone: "info" }] }, ui, pi);
+  const ended: View = {
+    blocks: [{ type: "text", text: "embark: task t2 succeeded.", tone: "info" }],
+    message: { custom_type: "embark-result", content: "t2 done", details: {}, once_key: "t2:1:succeeded" },
+  };
+  renderView(ended, ui, pi);
+  assert.deepEqual(chat, ["notice: Attached to task t1.", "message: t2 done", "notice: embark: task t2 succeeded."]);
 });
 
 test("a message with a once_key is added once: not again when the session branch already holds it", () => {
