@@ -3,7 +3,8 @@
 //! Prints figures; it is not a pass/fail test. Each figure is the median of several runs:
 //!
 //! - warm, ~10 dirty files: our scan vs `git status --porcelain=v2` vs a naive baseline
-//!   (`git ls-files --cached --others --exclude-standard`, then hash every listed file);
+//!   (`git ls-files --cached --others --exclude-standard`, then hash every listed file), with
+//!   our scan's untracked walk not remembered and git's own untracked cache turned on as context;
 //! - after every tracked file's mtime was touched (content unchanged): the first run after the
 //!   touch of each, since that is when the work happens (git then rewrites its index, we never do);
 //! - cold overlay hashing (no stat cache) vs merely reading the same files (the I/O floor).
@@ -157,6 +158,24 @@ fn main() {
     let warm_git = median((0..ROUNDS).map(|_| time(|| git_status(&root))).collect());
     let warm_ours = median((0..ROUNDS).map(|_| time(ours)).collect());
     let warm_naive = median((0..ROUNDS).map(|_| time(|| assert!(naive(&root) > files))).collect());
+    // Context: our scan with its untracked walk not remembered (the cache removed before each run),
+    // and git with its own untracked cache (off by default) turned on and filled.
+    let untracked_cache = root.join(".git/embark/untracked-cache");
+    let walk_in_full = median(
+        (0..ROUNDS)
+            .map(|_| {
+                std::fs::remove_file(&untracked_cache).expect("the warm scans remembered their walk");
+                time(ours)
+            })
+            .collect(),
+    );
+    ours(); // remembered again, for the rows below
+    git(&root, &["config", "core.untrackedCache", "true"]);
+    git_status(&root);
+    git_status(&root);
+    let warm_git_untracked_cache = median((0..ROUNDS).map(|_| time(|| git_status(&root))).collect());
+    git(&root, &["config", "core.untrackedCache", "false"]);
+    git(&root, &["update-index", "--no-untracked-cache"]);
     // Context: what the tracked-file half of any status costs here at least.
     let lstat_floor = median(
         (0..ROUNDS)
@@ -239,6 +258,18 @@ fn main() {
         "embark manifest (warm)",
         ms(warm_ours),
         ratio(warm_ours, warm_git)
+    );
+    println!(
+        "{:<58} {:>11} {:>8}",
+        "  context: embark manifest, untracked walk not remembered",
+        ms(walk_in_full),
+        ratio(walk_in_full, warm_git)
+    );
+    println!(
+        "{:<58} {:>11} {:>8}",
+        "  context: git status with core.untrackedCache=true",
+        ms(warm_git_untracked_cache),
+        ratio(warm_git_untracked_cache, warm_git)
     );
     println!(
         "{:<58} {:>11} {:>8}",

@@ -18,10 +18,11 @@
 //! ```
 //!
 //! Nothing is written to the repository but `<git-dir>/embark/` (the stat
-//! cache and the current bundle).
+//! cache, the untracked cache and the current bundle).
 
 pub mod bounds;
 pub mod bundle;
+mod cache_file;
 pub mod config;
 mod error;
 pub mod excludes;
@@ -31,6 +32,7 @@ pub mod render;
 mod scan;
 pub mod stat_cache;
 mod status;
+pub mod untracked_cache;
 
 pub use bounds::{BoundsError, Exceeded, Offender};
 pub use config::{Bounds, DEFAULT_EXCLUDES, GitConfig, SyncConfig, parse_excludes};

@@ -39,6 +39,7 @@ use crate::excludes::Excludes;
 use crate::hashing;
 use crate::stat_cache::{FileStat, Hashed, StatCache};
 use crate::status::{self, Candidate, GitView, HeadInfo};
+use crate::untracked_cache::UntrackedCache;
 
 /// What a scan did, for benchmarks and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct ScanStats {
     pub tracked_files_read: u64,
     /// Tracked files whose changed stat an earlier scan had already checked (see [`crate::stat_cache::Refresh`]).
     pub refreshes_applied: u64,
+    /// git's untracked walk was answered by [`crate::untracked_cache`]: no directory was read.
+    pub untracked_cache_hit: bool,
 }
 
 /// Where an overlay blob's bytes are.
@@ -133,12 +136,19 @@ pub fn scan_at(path: &Path, config: &SyncConfig, scan_start: SystemTime) -> Resu
     let repo = status::open(path, config.git_config)?;
     let workdir = repo.workdir().expect("open() refuses bare repositories").to_owned();
     let excludes = Excludes::load(&workdir, config)?;
-    let mut cache = if config.stat_cache {
-        StatCache::load(repo.git_dir())
+    let (mut cache, untracked) = if config.stat_cache {
+        (StatCache::load(repo.git_dir()), UntrackedCache::load(repo.git_dir()))
     } else {
-        StatCache::disabled()
+        (StatCache::disabled(), UntrackedCache::disabled())
     };
-    let view = status::collect(&repo, &excludes, config.git_config, cache.refreshes(), scan_start)?;
+    let view = status::collect(
+        &repo,
+        &excludes,
+        config.git_config,
+        cache.refreshes(),
+        &untracked,
+        scan_start,
+    )?;
     for (path, refresh) in &view.refreshes {
         cache.put_refresh(path, *refresh, scan_start);
     }
@@ -147,6 +157,7 @@ pub fn scan_at(path: &Path, config: &SyncConfig, scan_start: SystemTime) -> Resu
         candidates: view.candidates.len() as u64,
         tracked_files_read: view.tracked_files_read,
         refreshes_applied: view.refreshes_applied,
+        untracked_cache_hit: view.untracked_cache_hit,
         ..ScanStats::default()
     };
     let mut parents = ParentDirs::default();

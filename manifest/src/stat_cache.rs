@@ -14,12 +14,13 @@
 //! the coarse kernel clock behind file times on the others.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use embark_core::manifest::ContentHash;
 use gix::hash::ObjectId;
+
+use crate::cache_file::{Reader, write_atomically};
 
 const MAGIC: &[u8] = b"embark-stat-cache 2\n";
 
@@ -188,16 +189,6 @@ impl StatCache {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("the cache path has a parent");
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_data()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 fn encode(contents: &Contents) -> Vec<u8> {
     let records = &contents.hashes;
     let mut out = Vec::with_capacity(MAGIC.len() + (records.len() + contents.refreshes.len()) * 96);
@@ -309,28 +300,6 @@ fn decode(bytes: &[u8]) -> Option<Contents> {
         hashes: records,
         refreshes,
     })
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn i128(&mut self) -> Option<i128> {
-        Some(i128::from_le_bytes(self.take(16)?.try_into().ok()?))
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! keeps those that really differ from `HEAD`.
 //!
 //! Nothing here writes the index: stat refreshes gix finds are returned, not
-//! applied.
+//! applied. The untracked walk is skipped when [`crate::untracked_cache`]
+//! shows that nothing it depends on changed since it was remembered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use crate::config::GitConfig;
 use crate::error::ManifestError;
 use crate::excludes::Excludes;
 use crate::stat_cache::Refresh;
+use crate::untracked_cache::{self, Key, UntrackedCache, Walked, Watched};
 
 /// An index entry's state, for a candidate that is in the index.
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +83,8 @@ pub struct GitView {
     pub tracked_files_read: u64,
     /// Index entries whose stat came from an earlier scan's refresh.
     pub refreshes_applied: u64,
+    /// The untracked walk's answer came from the untracked cache (no directory was read).
+    pub untracked_cache_hit: bool,
 }
 
 pub fn open(path: &Path, git_config: GitConfig) -> Result<gix::Repository, ManifestError> {
@@ -100,12 +104,14 @@ pub fn open(path: &Path, git_config: GitConfig) -> Result<gix::Repository, Manif
 }
 
 /// git's view of the working tree. `refreshes` are the stat refreshes an earlier scan kept (see
-/// [`Refresh`]); they are laid over an in-memory copy of the index, never written to it.
+/// [`Refresh`]); they are laid over an in-memory copy of the index, never written to it. A walk
+/// `untracked` cannot answer runs in full and is remembered there.
 pub fn collect(
     repo: &gix::Repository,
     excludes: &Excludes,
     git_config: GitConfig,
     refreshes: &HashMap<Vec<u8>, Refresh>,
+    untracked: &UntrackedCache,
     scan_start: SystemTime,
 ) -> Result<GitView, ManifestError> {
     let workdir = repo.workdir().expect("open() refuses bare repositories").to_owned();
@@ -159,7 +165,7 @@ pub fn collect(
                 None => Ok(Some(gix::index::State::new(repo.object_hash()))),
             }
         });
-        let walk_job = scope.spawn(|| -> Result<Walk<'_>, ManifestError> {
+        let walk_job = scope.spawn(|| -> Result<(Walked, bool), ManifestError> {
             let repo = sync_repo.to_thread_local();
             let options = repo
                 .dirwalk_options()
@@ -174,12 +180,16 @@ pub fn collect(
                 .emit_collapsed(None)
                 .symlinks_to_directories_are_ignored_like_directories(false)
                 .empty_patterns_match_prefix(false);
+            let key = Key::new(&workdir, excludes.rules(), &options, &index);
+            if let Some(walked) = untracked.lookup(&key) {
+                return Ok((walked, true));
+            }
             let mut walk = Walk {
                 excludes,
-                untracked: Vec::new(),
-                nested: Vec::new(),
-                excluded: Vec::new(),
+                workdir: &workdir,
+                walked: Walked::default(),
                 pruned: HashSet::new(),
+                watched: untracked.enabled().then(Vec::new),
             };
             repo.dirwalk(
                 &index,
@@ -189,7 +199,11 @@ pub fn collect(
                 &mut walk,
             )
             .map_err(ManifestError::git("untracked files"))?;
-            Ok(walk)
+            if let Some(mut watched) = walk.watched {
+                watched.extend(walk_inputs(&repo, &watched));
+                untracked.save(key, watched, walk.walked.clone(), scan_start);
+            }
+            Ok((walk.walked, false))
         });
         let worktree = (|| -> Result<WorktreeChanges, ManifestError> {
             let repo = sync_repo.to_thread_local();
@@ -221,7 +235,7 @@ pub fn collect(
         let walk = walk_job.join().expect("the untracked-walk thread does not panic");
         (head_state, worktree, walk)
     });
-    let (head_state, worktree, walk) = (head_state?, worktree?, walk?);
+    let (head_state, worktree, (walk, untracked_cache_hit)) = (head_state?, worktree?, walk?);
 
     // Refreshes laid over the index and not contradicted by this scan still hold.
     let mut kept_refreshes = Vec::new();
@@ -285,7 +299,33 @@ pub fn collect(
         refreshes_applied: refreshed.as_ref().map_or(0, |r| r.applied.len() as u64),
         refreshes: worktree.refreshes.into_iter().chain(kept_refreshes).collect(),
         object_hash: repo.object_hash(),
+        untracked_cache_hit,
     })
+}
+
+/// What a walk read besides the directories it watched as it went: their `.gitignore` files,
+/// `info/exclude` and the excludes file in force (what the index tracks is in the key).
+fn walk_inputs(repo: &gix::Repository, dirs: &[Watched]) -> Vec<Watched> {
+    // A `.gitignore` created or removed later moves its directory's times; an edited one moves its own.
+    let mut inputs: Vec<Watched> = dirs
+        .iter()
+        .map(|(dir, _)| untracked_cache::watch(dir.join(".gitignore")))
+        .filter(|(_, stat)| stat.is_some())
+        .collect();
+    let excludes_file = repo
+        .config_snapshot()
+        .trusted_path("core.excludesFile")
+        .ok()
+        .flatten()
+        .or_else(|| {
+            std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+                .map(|base| base.join("git").join("ignore"))
+        });
+    let globals = [Some(repo.common_dir().join("info").join("exclude")), excludes_file];
+    inputs.extend(globals.into_iter().flatten().map(untracked_cache::watch));
+    inputs
 }
 
 /// Paths whose `HEAD` entry and index entries differ (mode, id, presence, conflicts).
@@ -398,13 +438,24 @@ pub fn checked_out_commit(dir: &Path, git_config: GitConfig) -> Option<ObjectId>
     repo.head_id().ok().map(|id| id.detach())
 }
 
-/// The untracked walk's sink: untracked files, nested repositories, excluded paths.
+/// The untracked walk's sink: untracked files, nested repositories, excluded paths, and (when the
+/// untracked cache is on) the stat of each directory it reads, taken before it is read.
 struct Walk<'a> {
     excludes: &'a Excludes,
-    untracked: Vec<BString>,
-    nested: Vec<BString>,
-    excluded: Vec<Excluded>,
+    workdir: &'a Path,
+    walked: Walked,
     pruned: HashSet<BString>,
+    watched: Option<Vec<Watched>>,
+}
+
+impl Walk<'_> {
+    fn watch(&mut self, rela_path: &BStr) {
+        if let Some(watched) = &mut self.watched {
+            watched.push(untracked_cache::watch(
+                self.workdir.join(crate::paths::to_path(rela_path)),
+            ));
+        }
+    }
 }
 
 impl Delegate for Walk<'_> {
@@ -417,7 +468,7 @@ impl Delegate for Walk<'_> {
             // Only directories we pruned are emitted as such.
             Some(DiskKind::Directory) if self.pruned.contains(path) => {
                 if let Some(rule) = self.excludes.rule_for(crate::paths::to_path(path), true) {
-                    self.excluded.push(Excluded {
+                    self.walked.excluded.push(Excluded {
                         path: RepoPath::new(path.to_vec()),
                         is_dir: true,
                         rule,
@@ -426,21 +477,25 @@ impl Delegate for Walk<'_> {
             }
             Some(DiskKind::Directory) => {}
             Some(DiskKind::Repository) => match self.excludes.rule_for(crate::paths::to_path(path), true) {
-                Some(rule) => self.excluded.push(Excluded {
+                Some(rule) => self.walked.excluded.push(Excluded {
                     path: RepoPath::new(path.to_vec()),
                     is_dir: true,
                     rule,
                 }),
-                None => self.nested.push(path.to_owned()),
+                None => {
+                    // Not read, but what makes it a repository (its `.git`) is inside it.
+                    self.watch(path);
+                    self.walked.nested.push(path.to_owned());
+                }
             },
             Some(DiskKind::File | DiskKind::Symlink) => {
                 match self.excludes.rule_for(crate::paths::to_path(path), false) {
-                    Some(rule) => self.excluded.push(Excluded {
+                    Some(rule) => self.walked.excluded.push(Excluded {
                         path: RepoPath::new(path.to_vec()),
                         is_dir: false,
                         rule,
                     }),
-                    None => self.untracked.push(path.to_owned()),
+                    None => self.walked.untracked.push(path.to_owned()),
                 }
             }
             // Sockets and fifos: git cannot track them either.
@@ -465,12 +520,16 @@ impl Delegate for Walk<'_> {
             self.pruned.insert(entry.rela_path.clone().into_owned());
             return false;
         }
-        entry.status.can_recurse(
+        let recurse = entry.status.can_recurse(
             entry.disk_kind,
             entry.pathspec_match,
             for_deletion,
             worktree_root_is_repository,
-        )
+        );
+        if recurse {
+            self.watch(entry.rela_path.as_ref());
+        }
+        recurse
     }
 }
 

@@ -1,9 +1,11 @@
 //! Random trees, random ignore rules, random staged and unstaged edits: the scan must agree
-//! with git's own view every time (see `common::assert_matches_git`).
+//! with git's own view every time (see `common::assert_matches_git`), also when the tree was
+//! settled and scanned halfway, so the second scan may take the stat cache's hashes and the
+//! untracked cache's walk wherever the edits since allow.
 
 mod common;
 
-use common::{Repo, assert_matches_git, plain};
+use common::{Repo, assert_matches_git, assert_matches_git_at, later, plain};
 use proptest::prelude::*;
 
 const DIRS: &[&str] = &["", "a/", "b/", "a/c/"];
@@ -20,6 +22,8 @@ enum Op {
     StageAll,
     RmCached(usize),
     Commit,
+    /// Rewrites a directory's `.gitignore` with one rule.
+    Ignore(usize, usize),
 }
 
 fn path(i: usize) -> String {
@@ -37,6 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::StageAll),
         1 => (0..n).prop_map(Op::RmCached),
         1 => Just(Op::Commit),
+        1 => (0..DIRS.len(), 0..RULES.len()).prop_map(|(d, r)| Op::Ignore(d, r)),
     ]
 }
 
@@ -102,6 +107,12 @@ fn apply(repo: &Repo, op: &Op) {
         Op::Commit => {
             repo.git(&["commit", "-q", "--allow-empty", "-m", "step"]);
         }
+        Op::Ignore(d, r) => {
+            let p = format!("{}.gitignore", DIRS[*d]);
+            if free(&p) && !repo.path(&p).symlink_metadata().is_ok_and(|m| !m.is_file()) {
+                repo.write(&p, format!("{}\n", RULES[*r]));
+            }
+        }
     }
 }
 
@@ -129,7 +140,13 @@ proptest! {
         if !commit_rules {
             repo.write(".gitignore", &gitignore);
         }
-        for op in &ops {
+        let (before, after) = ops.split_at(ops.len() / 2);
+        for op in before {
+            apply(&repo, op);
+        }
+        repo.settle();
+        assert_matches_git_at(&repo, &plain(), later());
+        for op in after {
             apply(&repo, op);
         }
         assert_matches_git(&repo, &plain());

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Repo, assert_matches_git, isolated, plain};
+use common::{Repo, assert_matches_git, isolated, later, plain};
 use embark_core::manifest::{Base, Change, RuleSource};
 use embark_manifest::{Exceeded, ManifestError, SyncConfig, scan, scan_at};
 
@@ -20,10 +20,6 @@ fn base_repo() -> Repo {
 
 fn paths(scan: &embark_manifest::Scan) -> Vec<String> {
     scan.manifest.overlay.iter().map(|e| e.path.to_string()).collect()
-}
-
-fn later() -> SystemTime {
-    SystemTime::now() + Duration::from_secs(10)
 }
 
 #[test]

@@ -105,6 +105,36 @@ impl Repo {
         git_bytes(&self.root, args)
     }
 
+    /// Moves the mtime of everything in the work tree (not `.git`, but `.git/info/exclude`) to long
+    /// ago. A scan that starts a little later (see [`later`]) then finds what the untracked cache and
+    /// the stat cache watch settled and remembers it, and any later edit moves an mtime whatever the
+    /// clock's granularity, so tests can go on at once instead of waiting out the racy margin.
+    pub fn settle(&self) {
+        let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read dir") {
+                let entry = entry.expect("dir entry");
+                let path = entry.path();
+                if dir == self.root && entry.file_name() == ".git" {
+                    continue;
+                }
+                let kind = entry.file_type().expect("file type");
+                if kind.is_dir() {
+                    stack.push(path.clone());
+                }
+                if !kind.is_symlink() {
+                    filetime::set_file_mtime(&path, old).expect("set mtime");
+                }
+            }
+            filetime::set_file_mtime(&dir, old).expect("set mtime");
+        }
+        let exclude = self.root.join(".git/info/exclude");
+        if exclude.exists() {
+            filetime::set_file_mtime(exclude, old).expect("set mtime");
+        }
+    }
+
     pub fn commit_all(&self, message: &str) -> String {
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "--allow-empty", "-m", message]);
@@ -369,15 +399,25 @@ pub fn status_paths(repo: &Path) -> BTreeSet<Vec<u8>> {
     paths
 }
 
+/// A scan start far enough after [`Repo::settle`] that what it settled counts as settled.
+pub fn later() -> std::time::SystemTime {
+    std::time::SystemTime::now() + std::time::Duration::from_secs(5)
+}
+
 /// The differential check: the scan reproduces git's view exactly, every overlay path is one
 /// git status reports, and the scan wrote nothing of git's.
 pub fn assert_matches_git(repo: &Repo, config: &SyncConfig) -> Scan {
+    assert_matches_git_at(repo, config, std::time::SystemTime::now())
+}
+
+/// [`assert_matches_git`] with the scan's start given (see [`embark_manifest::scan_at`]).
+pub fn assert_matches_git_at(repo: &Repo, config: &SyncConfig, scan_start: std::time::SystemTime) -> Scan {
     let git_dir = PathBuf::from(repo.git(&["rev-parse", "--absolute-git-dir"]));
     let index_before = std::fs::read(git_dir.join("index")).ok();
     let refs_before = repo.git(&["for-each-ref"]);
     let config_before = std::fs::read(git_dir.join("config")).expect("config");
 
-    let scan = embark_manifest::scan(&repo.root, config).expect("scan");
+    let scan = embark_manifest::scan_at(&repo.root, config, scan_start).expect("scan");
 
     assert_eq!(
         std::fs::read(git_dir.join("index")).ok(),
