@@ -90,9 +90,11 @@ async function main() {
   const isResult = (m) => m.type === "message_end" && m.message?.role === "custom" && m.message.customType === "embark-result";
   const isStatus = (m) => m.type === "extension_ui_request" && m.method === "setStatus";
   const cleared = (m) => isStatus(m) && (m.statusText ?? null) === null;
-  const live = await pi.waitFor("the live result and a cleared footer", (seen) => {
+  const isWidget = (m) => m.type === "extension_ui_request" && m.method === "setWidget";
+  const live = await pi.waitFor("the live result, a cleared footer and the widget's last state", (seen) => {
     const all = [...before, ...seen];
-    return all.some(isResult) && all.some(cleared);
+    const widgets = all.filter(isWidget);
+    return all.some(isResult) && all.some(cleared) && /succeeded/.test((widgets.at(-1)?.widgetLines ?? []).join("\n"));
   }, 120_000);
   const all = [...before, ...live];
   const footers = all.filter(isStatus).map((m) => m.statusText ?? null);
