@@ -31,6 +31,7 @@ mod paths;
 pub mod render;
 mod scan;
 pub mod stat_cache;
+mod stat_pass;
 mod status;
 pub mod untracked_cache;
 

@@ -57,6 +57,8 @@ pub struct ScanStats {
     pub refreshes_applied: u64,
     /// git's untracked walk was answered by [`crate::untracked_cache`]: no directory was read.
     pub untracked_cache_hit: bool,
+    /// Index entries gix checked against the working tree, after [`crate::stat_pass`] settled the rest.
+    pub index_entries_checked: u64,
 }
 
 /// Where an overlay blob's bytes are.
@@ -158,6 +160,7 @@ pub fn scan_at(path: &Path, config: &SyncConfig, scan_start: SystemTime) -> Resu
         tracked_files_read: view.tracked_files_read,
         refreshes_applied: view.refreshes_applied,
         untracked_cache_hit: view.untracked_cache_hit,
+        index_entries_checked: view.index_entries_checked,
         ..ScanStats::default()
     };
     let mut parents = ParentDirs::default();

@@ -85,6 +85,8 @@ pub struct GitView {
     pub refreshes_applied: u64,
     /// The untracked walk's answer came from the untracked cache (no directory was read).
     pub untracked_cache_hit: bool,
+    /// Index entries gix checked against the working tree; [`crate::stat_pass`] settled the rest.
+    pub index_entries_checked: u64,
 }
 
 pub fn open(path: &Path, git_config: GitConfig) -> Result<gix::Repository, ManifestError> {
@@ -208,9 +210,13 @@ pub fn collect(
         let worktree = (|| -> Result<WorktreeChanges, ManifestError> {
             let repo = sync_repo.to_thread_local();
             let mut changes = WorktreeChanges::default();
+            let unsettled = crate::stat_pass::unsettled(worktree_index, &workdir, &fs, stat_options);
+            changes.checked = unsettled
+                .as_ref()
+                .map_or(worktree_index.entries().len(), |u| u.entries().len()) as u64;
             let outcome = repo
                 .index_worktree_status(
-                    worktree_index,
+                    unsettled.as_ref().unwrap_or(worktree_index),
                     Vec::<BString>::new(),
                     &mut changes,
                     FastEq,
@@ -300,6 +306,7 @@ pub fn collect(
         refreshes: worktree.refreshes.into_iter().chain(kept_refreshes).collect(),
         object_hash: repo.object_hash(),
         untracked_cache_hit,
+        index_entries_checked: worktree.checked,
     })
 }
 
@@ -374,6 +381,8 @@ struct WorktreeChanges {
     /// Every path the status reported anything for.
     seen: HashSet<Vec<u8>>,
     files_read: u64,
+    /// Index entries gix checked (the rest the stat pass settled).
+    checked: u64,
 }
 
 impl<'index> VisitEntry<'index> for WorktreeChanges {

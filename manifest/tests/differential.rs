@@ -241,6 +241,45 @@ fn a_directory_behind_a_symlink_is_not_read_through_it() {
 }
 
 #[test]
+fn entries_whose_stat_settles_them_never_reach_gix_and_the_rest_do() {
+    // Files older than the index they were added to: their stat alone says they are unchanged.
+    let repo = Repo::new();
+    for i in 0..100 {
+        repo.write(format!("d{}/f{i}.txt", i % 10), format!("file {i}\n"));
+    }
+    repo.write(".gitignore", "*.log\n");
+    repo.settle();
+    repo.commit_all("a hundred");
+    let clean = assert_matches_git(&repo, &plain());
+    assert!(clean.manifest.overlay.is_empty(), "{}", clean.summary());
+    assert_eq!(
+        clean.stats.index_entries_checked, 1,
+        "only .gitignore goes to gix: {:?}",
+        clean.stats
+    );
+
+    repo.write("d1/f1.txt", "changed\n");
+    repo.chmod("d2/f2.txt", 0o755);
+    repo.remove("d3/f3.txt");
+    // The same files, same inodes and stat, now reached through a symlinked directory: git sees
+    // them deleted (and the link and the moved directory untracked), so the pass must not settle them.
+    std::fs::rename(repo.path("d0"), repo.path("moved")).expect("rename");
+    repo.symlink("moved", "d0");
+    let scan = assert_matches_git(&repo, &plain());
+    let deleted = kinds(&scan)
+        .iter()
+        .filter(|(p, k)| p.starts_with("d0/") && *k == "deleted")
+        .count();
+    assert_eq!(deleted, 10, "{}", scan.summary());
+    assert_eq!(
+        scan.stats.index_entries_checked,
+        1 + 3 + 10,
+        ".gitignore, the three changed files and the ten behind the link: {:?}",
+        scan.stats
+    );
+}
+
+#[test]
 fn mode_changes_staged_and_unstaged() {
     let repo = base_repo();
     repo.write("run.sh", "#!/bin/sh\necho hi\n");
