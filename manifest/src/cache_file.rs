@@ -4,6 +4,17 @@
 use std::io::Write;
 use std::path::Path;
 
+/// The cache at `path` decoded, if it exists and `decode` accepts it; a cache that does not decode
+/// (another version, a torn write) is ignored, and said so at debug level.
+pub fn read<T>(path: &Path, what: &str, decode: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    let decoded = decode(&bytes);
+    if decoded.is_none() {
+        tracing::debug!(path = %path.display(), "ignoring an unreadable {what}");
+    }
+    decoded
+}
+
 /// Writes `bytes` to a temporary file beside `path`, flushes it and renames it into place.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("a cache path has a parent");

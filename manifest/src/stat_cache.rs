@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use embark_core::manifest::ContentHash;
 use gix::hash::ObjectId;
 
-use crate::cache_file::{Reader, write_atomically};
+use crate::cache_file::{self, Reader, write_atomically};
 
 const MAGIC: &[u8] = b"embark-stat-cache 2\n";
 
@@ -138,13 +138,7 @@ impl StatCache {
 
     pub fn load(git_dir: &Path) -> Self {
         let path = Self::location(git_dir);
-        let old = match std::fs::read(&path) {
-            Ok(bytes) => decode(&bytes).unwrap_or_else(|| {
-                tracing::debug!(path = %path.display(), "ignoring an unreadable stat cache");
-                Contents::default()
-            }),
-            Err(_) => Contents::default(),
-        };
+        let old = cache_file::read(&path, "stat cache", decode).unwrap_or_default();
         Self {
             path: Some(path),
             old,

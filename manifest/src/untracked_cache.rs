@@ -34,7 +34,7 @@ use std::time::SystemTime;
 use embark_core::manifest::{ExcludeRule, Excluded, RepoPath, RuleSource, SyncRules};
 use gix::bstr::BString;
 
-use crate::cache_file::{Reader, put_bytes, write_atomically};
+use crate::cache_file::{self, Reader, put_bytes, write_atomically};
 use crate::stat_cache::FileStat;
 
 const MAGIC: &[u8] = b"embark-untracked-cache 1\n";
@@ -126,13 +126,7 @@ impl UntrackedCache {
 
     pub fn load(git_dir: &Path) -> Self {
         let path = Self::location(git_dir);
-        let old = std::fs::read(&path).ok().and_then(|bytes| {
-            let decoded = decode(&bytes);
-            if decoded.is_none() {
-                tracing::debug!(path = %path.display(), "ignoring an unreadable untracked cache");
-            }
-            decoded
-        });
+        let old = cache_file::read(&path, "untracked cache", decode);
         Self { path: Some(path), old }
     }
 
