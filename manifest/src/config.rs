@@ -79,7 +79,8 @@ pub struct SyncConfig {
     /// The remote whose remote-tracking refs tell what a runner can fetch
     /// (default `None`: any remote-tracking ref counts).
     pub remote: Option<String>,
-    /// Keep overlay hashes in `<git-dir>/embark/stat-cache` (default `true`).
+    /// Keep overlay hashes in `<git-dir>/embark/stat-cache` and the untracked walk's answer in
+    /// `<git-dir>/embark/untracked-cache` (default `true`).
     pub stat_cache: bool,
     pub git_config: GitConfig,
 }
