@@ -148,6 +148,13 @@ pub static ARTIFACT_RETENTION: Knob<Duration> = Knob::new(
 )
 .env("EMBARK_ARTIFACT_RETENTION");
 
+pub static BLOB_RETENTION: Knob<Duration> = Knob::new(
+    "blob_retention",
+    "the blob retention",
+    "a duration with its unit (ms, s, m, h) of at least 100ms, e.g. 168h",
+)
+.env("EMBARK_BLOB_RETENTION");
+
 /// Defaults of the knobs above.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_STALE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -157,6 +164,8 @@ pub const MAX_CLIENT_SILENCE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Thirty days.
 pub const DEFAULT_ARTIFACT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Seven days.
+pub const DEFAULT_BLOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
@@ -223,6 +232,7 @@ pub static DECLARATION: Declaration = Declaration {
         &CLIENT_SILENCE.spec,
         &MAX_ATTEMPTS.spec,
         &ARTIFACT_RETENTION.spec,
+        &BLOB_RETENTION.spec,
     ],
 };
 
@@ -251,7 +261,8 @@ pub static DECLARATION: Declaration = Declaration {
         EMBARK_STALE_TIMEOUT [stale_timeout]   a task stale this long is requeued or failed with stale_timeout (30m)\n  \
         EMBARK_CLIENT_SILENCE [client_silence]   an unfinished task no client read this long is cancelled, at most 24h (30m)\n  \
         EMBARK_MAX_ATTEMPTS [max_attempts]   attempts a task may have; a stale one that made no progress is requeued below it (3)\n  \
-        EMBARK_ARTIFACT_RETENTION [artifact_retention]   a finished task's result bundle and session are deleted this long after it ended, not while a follow-up of it is unfinished (720h)"
+        EMBARK_ARTIFACT_RETENTION [artifact_retention]   a finished task's result bundle and session are deleted this long after it ended, not while a follow-up of it is unfinished (720h)\n  \
+        EMBARK_BLOB_RETENTION [blob_retention]   an uploaded sync blob (overlay file, bundle) no unfinished task names is deleted this long after it was last uploaded or submitted (168h)"
 )]
 pub struct Args {
     /// Manage client tokens or runners on the database instead of serving (see docs/operations.md)
@@ -350,6 +361,7 @@ impl Config {
         let client_silence = resolver.or_default(&CLIENT_SILENCE, DEFAULT_CLIENT_SILENCE)?;
         let max_attempts = resolver.or_default(&MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS)?;
         let artifact_retention = resolver.or_default(&ARTIFACT_RETENTION, DEFAULT_ARTIFACT_RETENTION)?;
+        let blob_retention = resolver.or_default(&BLOB_RETENTION, DEFAULT_BLOB_RETENTION)?;
 
         let long_enough = |secret: &Secret| secret.expose().len() >= MIN_SECRET_BYTES;
         let client_secret = client_secret
@@ -396,6 +408,7 @@ impl Config {
                     .value,
                 max_attempts: max_attempts.ensure(|n| (1..=100).contains(n))?.value,
                 artifact_retention: artifact_retention.ensure(|d| *d >= MIN_TIMEOUT)?.value,
+                blob_retention: blob_retention.ensure(|d| *d >= MIN_TIMEOUT)?.value,
             },
         })
     }

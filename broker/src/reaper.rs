@@ -80,6 +80,13 @@ impl<S: Store> Reaper<S> {
         if !swept.is_empty() {
             tracing::info!(tasks = swept.len(), "artifacts past their retention deleted");
         }
+        let blobs = self
+            .store
+            .expire_blobs(self.clock.now(), self.policy.blob_retention)
+            .await?;
+        if blobs > 0 {
+            tracing::info!(blobs, "sync blobs no unfinished task needs deleted");
+        }
         Ok(reaped)
     }
 }
@@ -95,6 +102,7 @@ mod tests {
             client_silence: Duration::from_millis(silence),
             max_attempts: 3,
             artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
+            blob_retention: std::time::Duration::from_secs(7 * 24 * 60 * 60),
         }
     }
 

@@ -13,7 +13,7 @@ use super::App;
 use super::error::ApiFailure;
 use super::extract::{ApiJson, ArtifactPath, BlobBytes, BlobPath, CallbackCaller, ClientCaller, RunnerCaller};
 use crate::access::visible_task;
-use crate::store::Store;
+use crate::store::{BlobKind, Store};
 
 pub async fn put<S: Store>(
     _: ClientCaller,
@@ -22,7 +22,7 @@ pub async fn put<S: Store>(
     BlobBytes(bytes): BlobBytes,
 ) -> Result<StatusCode, ApiFailure> {
     check_blob(&hash, &bytes)?;
-    app.store.put_blob(&hash, &bytes).await?;
+    app.store.put_blob(&hash, &bytes, BlobKind::Sync).await?;
     tracing::debug!(blob = %hash.short(), size = bytes.len(), "blob stored");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -70,7 +70,7 @@ pub async fn put_artifact<S: Store>(
 ) -> Result<StatusCode, ApiFailure> {
     app.store.authorize_callback(id, &token).await?;
     check_blob(&hash, &bytes)?;
-    app.store.put_blob(&hash, &bytes).await?;
+    app.store.put_blob(&hash, &bytes, BlobKind::Artifact).await?;
     tracing::debug!(task = %id, blob = %hash.short(), size = bytes.len(), "artifact stored");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,7 +15,7 @@ use embark_core::wire::{CancelOutcome, CompleteTask, CreateTask, TaskResult};
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use super::{Created, EncodedEvent, ReapAction, ReapPolicy, Reaped, Runner, Seen, Store, StoreError};
+use super::{BlobKind, Created, EncodedEvent, ReapAction, ReapPolicy, Reaped, Runner, Seen, Store, StoreError};
 use crate::access::Owner;
 use crate::auth::{TokenHash, TokenKind, mint};
 
@@ -1153,6 +1153,7 @@ fn policy() -> ReapPolicy {
         client_silence: std::time::Duration::from_secs(24 * 60 * 60),
         max_attempts: 3,
         artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
+        blob_retention: std::time::Duration::from_secs(7 * 24 * 60 * 60),
     }
 }
 
@@ -1857,8 +1858,11 @@ pub async fn blobs_are_content_addressed_and_tasks_wait_for_theirs<S: Store>(sto
     let (ha, hb) = (ContentHash::of(a), ContentHash::of(b));
     assert_eq!(store.missing_blobs(&[ha, hb, ha]).await.expect("missing"), [ha, hb]);
     assert_eq!(store.missing_blobs(&[]).await.expect("missing"), []);
-    store.put_blob(&ha, a).await.expect("put");
-    store.put_blob(&ha, a).await.expect("a repeated put changes nothing");
+    store.put_blob(&ha, a, BlobKind::Sync).await.expect("put");
+    store
+        .put_blob(&ha, a, BlobKind::Sync)
+        .await
+        .expect("a repeated put changes nothing");
     assert_eq!(store.blob_size(&ha).await.expect("size"), Some(a.len() as u64));
     assert_eq!(store.blob_size(&hb).await.expect("size"), None);
     assert_eq!(store.get_blob(&ha).await.expect("get").as_deref(), Some(a));
@@ -1873,7 +1877,7 @@ pub async fn blobs_are_content_addressed_and_tasks_wait_for_theirs<S: Store>(sto
         "{refused}"
     );
     assert!(store.list_session_tasks("blobs", 10).await.expect("list").is_empty());
-    store.put_blob(&hb, b).await.expect("put");
+    store.put_blob(&hb, b, BlobKind::Sync).await.expect("put");
     let created = store.create_task(&task).await.expect("every blob is there");
     assert_eq!(created.manifest, task.manifest);
     assert_eq!(store.get_task(created.id).await.expect("get").manifest, task.manifest);
@@ -1887,7 +1891,10 @@ pub async fn artifacts_expire_with_their_task_unless_a_follow_up_is_unfinished<S
     let worker = runner(&store, "sweeper").await;
     let (a, b) = (b"session of the parent".as_slice(), b"bundle of the other".as_slice());
     for bytes in [a, b] {
-        store.put_blob(&ContentHash::of(bytes), bytes).await.expect("blob");
+        store
+            .put_blob(&ContentHash::of(bytes), bytes, BlobKind::Artifact)
+            .await
+            .expect("blob");
     }
     let artifact = |kind, bytes: &[u8]| Artifact {
         kind,
@@ -1957,6 +1964,76 @@ pub async fn artifacts_expire_with_their_task_unless_a_follow_up_is_unfinished<S
     assert_eq!(store.expire_artifacts(in_two_days, day).await.expect("again"), vec![]);
 }
 
+/// The sync-blob sweep (D33): a blob uploaded for a manifest goes once it was
+/// last needed more than the retention ago and no unfinished task names it;
+/// a new task naming it makes it needed again; artifacts are not its to take.
+pub async fn sync_blobs_expire_once_no_unfinished_task_needs_them<S: Store>(store: S) {
+    let (named, loose, shared, artifact) = (&b"named\n"[..], &b"loose\n"[..], &b"shared\n"[..], &b"artifact\n"[..]);
+    for bytes in [named, loose, shared] {
+        store
+            .put_blob(&ContentHash::of(bytes), bytes, BlobKind::Sync)
+            .await
+            .expect("put");
+    }
+    store
+        .put_blob(&ContentHash::of(artifact), artifact, BlobKind::Artifact)
+        .await
+        .expect("put");
+    let present = async |bytes: &[u8]| store.blob_size(&ContentHash::of(bytes)).await.expect("size").is_some();
+    let mut task = new_task("blob sweep");
+    task.manifest = Some(manifest_of(&task.commit, &[named, shared]));
+    let queued = store.create_task(&task).await.expect("create");
+
+    let day = Duration::from_secs(24 * 60 * 60);
+    let in_two_days = later(2 * 24 * 60);
+    assert_eq!(
+        store.expire_blobs(in_two_days, 3 * day).await.expect("sweep"),
+        0,
+        "within the retention"
+    );
+    assert_eq!(store.expire_blobs(in_two_days, day).await.expect("sweep"), 1);
+    assert!(!present(loose).await, "no task names it");
+    assert!(
+        present(named).await && present(shared).await,
+        "a queued task names them"
+    );
+    assert!(present(artifact).await, "artifacts are the artifact sweep's");
+
+    // Finished: its runner is done with them, and they go.
+    let worker = runner(&store, "blob-sweeper").await;
+    let (claimed, token) = claim(&store, &worker).await.expect("claimed");
+    assert_eq!(claimed.id, queued.id);
+    assert_eq!(
+        store.expire_blobs(in_two_days, day).await.expect("sweep"),
+        0,
+        "a running task names them"
+    );
+    store
+        .complete_task(claimed.id, &token, &verdict(TaskResult::Succeeded))
+        .await
+        .expect("complete");
+    // Another task naming one of them, created now, makes it needed now.
+    let mut again = new_task("blob sweep");
+    again.manifest = Some(manifest_of(&again.commit, &[shared]));
+    let second = store.create_task(&again).await.expect("create");
+    store.cancel_task(second.id).await.expect("cancel");
+    assert_eq!(store.expire_blobs(in_two_days, day).await.expect("sweep"), 2);
+    assert!(!present(named).await && !present(shared).await);
+    let refused = store.create_task(&again).await.expect_err("its blob is gone");
+    assert!(
+        matches!(&refused, StoreError::Invalid(r) if r.rule == Rule::ManifestBlobs),
+        "{refused}"
+    );
+    // Uploaded again, it is needed again.
+    store
+        .put_blob(&ContentHash::of(shared), shared, BlobKind::Sync)
+        .await
+        .expect("put");
+    store.create_task(&again).await.expect("create again");
+    assert!(present(artifact).await);
+    assert_eq!(store.expire_blobs(in_two_days, day).await.expect("again"), 0);
+}
+
 /// Instantiates every case above as a test in the invoking module: `fresh`
 /// is an async fn answering `(guard, store)` for a new, empty database (the
 /// guard lives until the case ends), and the attributes in brackets (e.g.
@@ -1967,6 +2044,7 @@ macro_rules! suite {
             create_get_and_list_by_session,
             claim_takes_the_oldest_and_marks_it_running,
             state_transitions_follow_the_machine,
+            sync_blobs_expire_once_no_unfinished_task_needs_them,
             events_are_gapless_and_paged,
             concurrent_appends_to_one_task_stay_gapless,
             concurrent_appends_to_many_tasks_stay_gapless,

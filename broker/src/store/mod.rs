@@ -147,6 +147,10 @@ pub struct ReapPolicy {
     /// A finished task's artifacts are deleted this long after it ended
     /// ([`Store::expire_artifacts`], `EMBARK_ARTIFACT_RETENTION`).
     pub artifact_retention: Duration,
+    /// A sync blob no unfinished task names is deleted this long after it
+    /// was last uploaded or named by a new task ([`Store::expire_blobs`],
+    /// `EMBARK_BLOB_RETENTION`).
+    pub blob_retention: Duration,
 }
 
 impl ReapPolicy {
@@ -562,9 +566,17 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// How many tasks are in each state (states without tasks left out).
     fn task_counts(&self) -> impl Future<Output = Result<Vec<(TaskState, u64)>, StoreError>> + Send;
 
-    /// Stores `bytes` under `hash` unless a blob is already there. The caller
-    /// checked the bytes against the hash ([`embark_core::wire::check_blob`]).
-    fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stores `bytes` under `hash` as a blob of `kind` unless a blob is
+    /// already there; either way the blob was needed now (see
+    /// [`Store::expire_blobs`]), and a sync blob uploaded again as an artifact
+    /// becomes one. The caller checked the bytes against the hash
+    /// ([`embark_core::wire::check_blob`]).
+    fn put_blob(
+        &self,
+        hash: &ContentHash,
+        bytes: &[u8],
+        kind: BlobKind,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The size of the blob stored under `hash`, if there is one.
     fn blob_size(&self, hash: &ContentHash) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
@@ -597,6 +609,82 @@ pub trait Store: Clone + Send + Sync + 'static {
         now: jiff::Timestamp,
         retention: Duration,
     ) -> impl Future<Output = Result<Vec<TaskId>, StoreError>> + Send;
+
+    /// The sync-blob sweep (D33): deletes, at most [`EXPIRE_BATCH`] a call,
+    /// the [`BlobKind::Sync`] blobs last needed (uploaded, or named by a task
+    /// at its creation) more than `retention` before `now` that no unfinished
+    /// task's manifest names. A finished task's runner is done with its
+    /// manifest (its result bundle holds the base), so its blobs may go. A
+    /// create naming a blob marks it needed in the same transaction that
+    /// inserts the task, so a sweep and a create never both win: the create
+    /// is refused as if the blob had never been uploaded, or the blob stays.
+    /// Answers how many blobs were deleted.
+    fn expire_blobs(
+        &self,
+        now: jiff::Timestamp,
+        retention: Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Why a blob was stored, which says which sweep may delete it (D33).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobKind {
+    /// A client's upload for a manifest (an overlay file, a symlink target,
+    /// an unpushed-commit bundle): [`Store::expire_blobs`].
+    Sync,
+    /// An attempt's artifact: [`Store::expire_artifacts`], with its task's.
+    Artifact,
+}
+
+impl BlobKind {
+    /// The `blobs.kind` column's value. Blobs stored before kinds existed
+    /// are `kept`: no sweep but the artifact sweep's touches them, as before.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Artifact => "artifact",
+        }
+    }
+}
+
+/// The blobs of `task`'s manifest, each once: what a create marks needed.
+pub(crate) fn manifest_blobs(task: &CreateTask) -> Vec<ContentHash> {
+    task.manifest
+        .as_ref()
+        .map(|manifest| distinct(&manifest.blobs().into_iter().map(|(hash, _)| hash).collect::<Vec<_>>()))
+        .unwrap_or_default()
+}
+
+/// The blobs the `manifest` column of task `id` names (its JSON read back).
+pub(crate) fn named_blobs(id: &str, manifest: &str) -> Result<Vec<ContentHash>, StoreError> {
+    let manifest: embark_core::manifest::Manifest =
+        serde_json::from_str(manifest).map_err(|e| StoreError::Corrupt(format!("task {id}'s manifest: {e}")))?;
+    Ok(manifest.blobs().into_iter().map(|(hash, _)| hash).collect())
+}
+
+/// The unfinished tasks' manifests (`?`/`$` free: the states are spelt out).
+macro_rules! unfinished_manifests {
+    () => {
+        "SELECT id, manifest FROM tasks WHERE state IN ('queued', 'running', 'stale') AND manifest IS NOT NULL"
+    };
+}
+pub(crate) use unfinished_manifests;
+
+/// The refusal of a create whose manifest names `missing` blobs the store lacks.
+fn missing_manifest_blobs(missing: usize, first: &ContentHash) -> StoreError {
+    StoreError::Invalid(Refusal::new(
+        Rule::ManifestBlobs,
+        format!(
+            "{missing} blob(s) of the manifest were not uploaded (the first: {first}): upload them with \
+             PUT /v1/blobs/{{hash}} and submit again"
+        ),
+    ))
+}
+
+/// A create whose manifest blob `vanished` between its check and its insert
+/// (a sweep deleted it): refused the same way, so the client uploads again.
+pub(crate) fn manifest_blob_vanished(vanished: &ContentHash) -> StoreError {
+    missing_manifest_blobs(1, vanished)
 }
 
 /// Most tasks one retention sweep clears.
@@ -665,17 +753,10 @@ pub(crate) async fn check_manifest_blobs<S: Store>(store: &S, task: &CreateTask)
     };
     let wanted: Vec<ContentHash> = manifest.blobs().into_iter().map(|(hash, _)| hash).collect();
     let missing = store.missing_blobs(&wanted).await?;
-    if let Some(first) = missing.first() {
-        return Err(StoreError::Invalid(Refusal::new(
-            Rule::ManifestBlobs,
-            format!(
-                "{} blob(s) of the manifest were not uploaded (the first: {first}): upload them with \
-                 PUT /v1/blobs/{{hash}} and submit again",
-                missing.len()
-            ),
-        )));
+    match missing.first() {
+        Some(first) => Err(missing_manifest_blobs(missing.len(), first)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A task's manifest as the `manifest` column holds it: the wire's JSON.

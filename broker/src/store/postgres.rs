@@ -43,11 +43,11 @@ use super::rows::{
     task_columns, timestamp, unfinished,
 };
 use super::{
-    ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction,
-    ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of,
-    check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict,
-    distinct, expired_artifacts, expired_list, fence, latest_of, manifest_json, millis, replayed_create, revived,
-    settle_verdict,
+    BlobKind, ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH,
+    ReapAction, ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number,
+    attempt_of, check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition,
+    check_verdict, distinct, expired_artifacts, expired_list, fence, latest_of, manifest_blob_vanished, manifest_blobs,
+    manifest_json, millis, named_blobs, replayed_create, revived, settle_verdict, unfinished_manifests,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -420,7 +420,9 @@ impl Store for PgStore {
         check_new_task(task)?;
         check_manifest_blobs(self, task).await?;
         let fingerprint = task.client_request_id.as_ref().map(|_| request_fingerprint(task));
-        let row: Option<TaskRow> = sqlx::query_as(CREATE_TASK)
+        let blobs = manifest_blobs(task);
+        let now = now_ms();
+        let create = sqlx::query_as(CREATE_TASK)
             .bind(TaskId::new().to_string())
             .bind(&task.repo_url)
             .bind(&task.commit)
@@ -429,16 +431,37 @@ impl Store for PgStore {
             .bind(&task.intent.provider)
             .bind(&task.intent.model)
             .bind(&task.session_id)
-            .bind(now_ms())
+            .bind(now)
             .bind(owner.column())
             .bind(task.client_request_id.as_deref())
             .bind(fingerprint.as_ref().map(|f| f.as_slice()))
             .bind(task.intent.isolation.map(|mode| mode.name()))
             .bind(labels_json(&task.intent))
             .bind(manifest_json(task))
-            .bind(task.parent.map(|parent| parent.to_string()))
-            .fetch_optional(&self.pool)
-            .await?;
+            .bind(task.parent.map(|parent| parent.to_string()));
+        let row: Option<TaskRow> = if blobs.is_empty() {
+            create.fetch_optional(&self.pool).await?
+        } else {
+            // The blobs marked needed in the transaction that names them: a blob sweep's delete
+            // either came first (the touch misses and the create is refused) or finds them needed.
+            let mut tx = self.write_tx().await?;
+            let keys: Vec<Vec<u8>> = blobs.iter().map(|hash| hash.0.to_vec()).collect();
+            let touched: Vec<Vec<u8>> =
+                sqlx::query_scalar("UPDATE blobs SET last_needed_at = $1 WHERE hash = ANY($2) RETURNING hash")
+                    .bind(now)
+                    .bind(&keys)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if let Some(vanished) = blobs
+                .iter()
+                .find(|h| !touched.iter().any(|t| t.as_slice() == h.0.as_slice()))
+            {
+                return Err(manifest_blob_vanished(vanished));
+            }
+            let row = create.fetch_optional(&mut *tx).await?;
+            tx.commit().await?;
+            row
+        };
         if let Some(row) = row {
             // Committed (one statement, autocommit): other replicas may now be told.
             self.announcer.task_queued();
@@ -1078,18 +1101,51 @@ impl Store for PgStore {
         Ok(swept)
     }
 
-    async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
+    async fn put_blob(&self, hash: &ContentHash, bytes: &[u8], kind: BlobKind) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO blobs (hash, size, content, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (hash) DO NOTHING",
+            "INSERT INTO blobs (hash, size, content, created_at, last_needed_at, kind) VALUES ($1, $2, $3, $4, $4, $5) \
+             ON CONFLICT (hash) DO UPDATE SET last_needed_at = excluded.last_needed_at, \
+             kind = CASE WHEN blobs.kind = 'sync' THEN excluded.kind ELSE blobs.kind END",
         )
         .bind(hash.0.as_slice())
         .bind(i64::try_from(bytes.len()).expect("a blob is at most MAX_BLOB_BYTES (checked)"))
         .bind(bytes)
         .bind(now_ms())
+        .bind(kind.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn expire_blobs(&self, now: jiff::Timestamp, retention: Duration) -> Result<u64, StoreError> {
+        let cutoff = now.as_millisecond().saturating_sub(millis(retention));
+        let manifests: Vec<(String, String)> = sqlx::query_as(unfinished_manifests!()).fetch_all(&self.pool).await?;
+        let mut protected = std::collections::HashSet::new();
+        for (id, manifest) in &manifests {
+            protected.extend(named_blobs(id, manifest)?);
+        }
+        let limit = EXPIRE_BATCH + i64::try_from(protected.len()).unwrap_or(i64::MAX);
+        let old: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT hash FROM blobs WHERE kind = 'sync' AND last_needed_at < $1 ORDER BY last_needed_at LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let doomed: Vec<Vec<u8>> = old
+            .into_iter()
+            .filter(|hash| !<[u8; 32]>::try_from(hash.as_slice()).is_ok_and(|h| protected.contains(&ContentHash(h))))
+            .take(EXPIRE_BATCH as usize)
+            .collect();
+        // Re-checked in the delete: a create that named a blob since marked it needed (and a
+        // task created after the manifests were read is one of those).
+        let deleted = sqlx::query("DELETE FROM blobs WHERE hash = ANY($1) AND kind = 'sync' AND last_needed_at < $2")
+            .bind(&doomed)
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted)
     }
 
     async fn authorize_callback(&self, id: TaskId, callback: &TokenHash) -> Result<(), StoreError> {

@@ -38,11 +38,11 @@ use super::rows::{
     unfinished,
 };
 use super::{
-    ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH, ReapAction,
-    ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number, attempt_of,
-    check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition, check_verdict,
-    distinct, expired_artifacts, expired_list, fence, latest_of, manifest_json, millis, replayed_create, revived,
-    settle_verdict,
+    BlobKind, ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH,
+    ReapAction, ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number,
+    attempt_of, check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition,
+    check_verdict, distinct, expired_artifacts, expired_list, fence, latest_of, manifest_blob_vanished, manifest_blobs,
+    manifest_json, millis, named_blobs, replayed_create, revived, settle_verdict, unfinished_manifests,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -196,6 +196,16 @@ const GET_REQUESTED_TASK: &str = concat!(
     task_columns!(),
     ", owner, request_hash FROM tasks WHERE owner = ?1 AND client_request_id = ?2"
 );
+
+/// A blob stored (`?5`: its kind), or, when it is there, marked needed now;
+/// a sync blob uploaded again as an artifact becomes one.
+const PUT_BLOB: &str = "INSERT INTO blobs (hash, size, content, created_at, last_needed_at, kind) \
+     VALUES (?1, ?2, ?3, ?4, ?4, ?5) ON CONFLICT (hash) DO UPDATE SET last_needed_at = excluded.last_needed_at, \
+     kind = CASE WHEN blobs.kind = 'sync' THEN excluded.kind ELSE blobs.kind END";
+
+/// The sync blobs last needed before `?1`, oldest first, at most `?2`.
+const OLD_SYNC_BLOBS: &str =
+    "SELECT hash FROM blobs WHERE kind = 'sync' AND last_needed_at < ?1 ORDER BY last_needed_at LIMIT ?2";
 
 /// A new task; nothing when its owner already used its client request id
 /// (the unique index `tasks_by_request`).
@@ -455,10 +465,21 @@ impl Store for SqliteStore {
             manifest_json(task),
             task.parent.map(|parent| parent.to_string()),
         );
+        let blobs = manifest_blobs(task);
         let (created, existing) = self
             .write(move |conn| {
                 let (repo_url, commit, prompt, profile, provider, model, session, isolation, labels, manifest, parent) =
                     columns;
+                // Needed now, in the transaction that names them: a blob sweep cannot take one from under the task.
+                let now = now_ms();
+                for hash in &blobs {
+                    let touched = conn
+                        .prepare_cached("UPDATE blobs SET last_needed_at = ?2 WHERE hash = ?1")?
+                        .execute(params![hash.0.as_slice(), now])?;
+                    if touched == 0 {
+                        return Err(manifest_blob_vanished(hash));
+                    }
+                }
                 let created = task_row(
                     conn,
                     CREATE_TASK,
@@ -471,7 +492,7 @@ impl Store for SqliteStore {
                         provider,
                         model,
                         session,
-                        now_ms(),
+                        now,
                         owner,
                         request_id,
                         fingerprint.as_ref().map(|f| f.as_slice()),
@@ -1072,23 +1093,58 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_blob(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
+    async fn put_blob(&self, hash: &ContentHash, bytes: &[u8], kind: BlobKind) -> Result<(), StoreError> {
         let (hash, bytes) = (*hash, bytes.to_vec());
         self.write(move |conn| {
             execute(
                 conn,
-                "INSERT INTO blobs (hash, size, content, created_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (hash) DO NOTHING",
+                PUT_BLOB,
                 params![
                     hash.0.as_slice(),
                     i64::try_from(bytes.len()).expect("a blob is at most MAX_BLOB_BYTES (checked)"),
                     bytes,
-                    now_ms()
+                    now_ms(),
+                    kind.as_str()
                 ],
             )
         })
         .await?;
         Ok(())
+    }
+
+    async fn expire_blobs(&self, now: jiff::Timestamp, retention: Duration) -> Result<u64, StoreError> {
+        let cutoff = now.as_millisecond().saturating_sub(millis(retention));
+        // One writer job: no create can name a blob between the reads and the deletes.
+        self.write(move |conn| {
+            let mut protected = std::collections::HashSet::new();
+            let manifests: Vec<(String, String)> = conn
+                .prepare_cached(unfinished_manifests!())?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, manifest) in &manifests {
+                protected.extend(named_blobs(id, manifest)?);
+            }
+            let limit = EXPIRE_BATCH + i64::try_from(protected.len()).unwrap_or(i64::MAX);
+            let old: Vec<Vec<u8>> = conn
+                .prepare_cached(OLD_SYNC_BLOBS)?
+                .query_map(params![cutoff, limit], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut deleted = 0;
+            for hash in &old {
+                let named = <[u8; 32]>::try_from(hash.as_slice()).is_ok_and(|h| protected.contains(&ContentHash(h)));
+                if named {
+                    continue;
+                }
+                if deleted == EXPIRE_BATCH as u64 {
+                    break;
+                }
+                deleted += conn
+                    .prepare_cached("DELETE FROM blobs WHERE hash = ?1 AND kind = 'sync' AND last_needed_at < ?2")?
+                    .execute(params![hash, cutoff])? as u64;
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     async fn authorize_callback(&self, id: TaskId, callback: &TokenHash) -> Result<(), StoreError> {
