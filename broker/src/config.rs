@@ -151,7 +151,7 @@ pub static ARTIFACT_RETENTION: Knob<Duration> = Knob::new(
 pub static BLOB_RETENTION: Knob<Duration> = Knob::new(
     "blob_retention",
     "the blob retention",
-    "a duration with its unit (ms, s, m, h) of at least 100ms, e.g. 168h",
+    "a duration with its unit (ms, s, m, h) of at least 100ms, e.g. 720h",
 )
 .env("EMBARK_BLOB_RETENTION");
 
@@ -164,8 +164,9 @@ pub const MAX_CLIENT_SILENCE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Thirty days.
 pub const DEFAULT_ARTIFACT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
-/// Seven days.
-pub const DEFAULT_BLOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Thirty days, as the artifacts': a shorter one makes each sweep read the
+/// manifests of the tasks it keeps blobs for (see `Store::expire_blobs`).
+pub const DEFAULT_BLOB_RETENTION: Duration = DEFAULT_ARTIFACT_RETENTION;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
@@ -262,7 +263,7 @@ pub static DECLARATION: Declaration = Declaration {
         EMBARK_CLIENT_SILENCE [client_silence]   an unfinished task no client read this long is cancelled, at most 24h (30m)\n  \
         EMBARK_MAX_ATTEMPTS [max_attempts]   attempts a task may have; a stale one that made no progress is requeued below it (3)\n  \
         EMBARK_ARTIFACT_RETENTION [artifact_retention]   a finished task's result bundle and session are deleted this long after it ended, not while a follow-up of it is unfinished (720h)\n  \
-        EMBARK_BLOB_RETENTION [blob_retention]   an uploaded sync blob (overlay file, bundle) no unfinished task names is deleted this long after it was last uploaded or submitted (168h)"
+        EMBARK_BLOB_RETENTION [blob_retention]   an uploaded sync blob (overlay file, bundle) no unfinished task, nor one whose artifacts are kept, names is deleted this long after it was last uploaded or submitted (720h)"
 )]
 pub struct Args {
     /// Manage client tokens or runners on the database instead of serving (see docs/operations.md)

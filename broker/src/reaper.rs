@@ -102,7 +102,7 @@ mod tests {
             client_silence: Duration::from_millis(silence),
             max_attempts: 3,
             artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
-            blob_retention: std::time::Duration::from_secs(7 * 24 * 60 * 60),
+            blob_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
         }
     }
 

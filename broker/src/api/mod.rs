@@ -95,7 +95,7 @@ impl Default for Settings {
                 client_silence: Duration::from_secs(30 * 60),
                 max_attempts: 3,
                 artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
-                blob_retention: std::time::Duration::from_secs(7 * 24 * 60 * 60),
+                blob_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
             },
         }
     }

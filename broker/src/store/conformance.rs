@@ -1153,7 +1153,7 @@ fn policy() -> ReapPolicy {
         client_silence: std::time::Duration::from_secs(24 * 60 * 60),
         max_attempts: 3,
         artifact_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
-        blob_retention: std::time::Duration::from_secs(7 * 24 * 60 * 60),
+        blob_retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
     }
 }
 
@@ -1965,8 +1965,8 @@ pub async fn artifacts_expire_with_their_task_unless_a_follow_up_is_unfinished<S
 }
 
 /// The sync-blob sweep (D33): a blob uploaded for a manifest goes once it was
-/// last needed more than the retention ago and no unfinished task names it;
-/// a new task naming it makes it needed again; artifacts are not its to take.
+/// last needed more than the retention ago and no unfinished task, nor a
+/// finished one whose artifacts are kept, names it; artifacts are not its to take.
 pub async fn sync_blobs_expire_once_no_unfinished_task_needs_them<S: Store>(store: S) {
     let (named, loose, shared, artifact) = (&b"named\n"[..], &b"loose\n"[..], &b"shared\n"[..], &b"artifact\n"[..]);
     for bytes in [named, loose, shared] {
@@ -2029,9 +2029,36 @@ pub async fn sync_blobs_expire_once_no_unfinished_task_needs_them<S: Store>(stor
         .put_blob(&ContentHash::of(shared), shared, BlobKind::Sync)
         .await
         .expect("put");
-    store.create_task(&again).await.expect("create again");
+    let third = store.create_task(&again).await.expect("create again");
     assert!(present(artifact).await);
     assert_eq!(store.expire_blobs(in_two_days, day).await.expect("again"), 0);
+
+    // A finished task whose artifacts are kept may be followed up, from its manifest: its blobs
+    // stay until the artifact sweep clears its artifacts.
+    let (claimed, token) = claim(&store, &worker).await.expect("claimed");
+    assert_eq!(claimed.id, third.id);
+    let kept = CompleteTask {
+        artifacts: vec![embark_core::wire::Artifact {
+            kind: embark_core::wire::ArtifactKind::Session,
+            hash: ContentHash::of(artifact),
+            size: artifact.len() as u64,
+        }],
+        ..verdict(TaskResult::Succeeded)
+    };
+    store.complete_task(claimed.id, &token, &kept).await.expect("complete");
+    assert_eq!(
+        store.expire_blobs(in_two_days, day).await.expect("sweep"),
+        0,
+        "followable"
+    );
+    assert!(present(shared).await);
+    assert_eq!(
+        store.expire_artifacts(in_two_days, day).await.expect("artifacts"),
+        vec![third.id]
+    );
+    assert!(!present(artifact).await, "the artifact sweep took the artifact");
+    assert_eq!(store.expire_blobs(in_two_days, day).await.expect("sweep"), 1);
+    assert!(!present(shared).await);
 }
 
 /// Instantiates every case above as a test in the invoking module: `fresh`

@@ -147,9 +147,9 @@ pub struct ReapPolicy {
     /// A finished task's artifacts are deleted this long after it ended
     /// ([`Store::expire_artifacts`], `EMBARK_ARTIFACT_RETENTION`).
     pub artifact_retention: Duration,
-    /// A sync blob no unfinished task names is deleted this long after it
-    /// was last uploaded or named by a new task ([`Store::expire_blobs`],
-    /// `EMBARK_BLOB_RETENTION`).
+    /// A sync blob no unfinished or followable task names is deleted this
+    /// long after it was last uploaded or named by a new task
+    /// ([`Store::expire_blobs`], `EMBARK_BLOB_RETENTION`).
     pub blob_retention: Duration,
 }
 
@@ -613,8 +613,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The sync-blob sweep (D33): deletes, at most [`EXPIRE_BATCH`] a call,
     /// the [`BlobKind::Sync`] blobs last needed (uploaded, or named by a task
     /// at its creation) more than `retention` before `now` that no unfinished
-    /// task's manifest names. A finished task's runner is done with its
-    /// manifest (its result bundle holds the base), so its blobs may go. A
+    /// task's manifest names, nor the manifest of a finished task whose
+    /// artifacts are kept (a follow-up of it is hydrated from that manifest
+    /// before the parent's result is laid over it). A
     /// create naming a blob marks it needed in the same transaction that
     /// inserts the task, so a sweep and a create never both win: the create
     /// is refused as if the blob had never been uploaded, or the blob stays.
@@ -662,13 +663,23 @@ pub(crate) fn named_blobs(id: &str, manifest: &str) -> Result<Vec<ContentHash>, 
     Ok(manifest.blobs().into_iter().map(|(hash, _)| hash).collect())
 }
 
-/// The unfinished tasks' manifests (`?`/`$` free: the states are spelt out).
-macro_rules! unfinished_manifests {
-    () => {
-        "SELECT id, manifest FROM tasks WHERE state IN ('queued', 'running', 'stale') AND manifest IS NOT NULL"
+/// The manifests whose blobs a sweep must leave (`$cutoff`: the sweep's
+/// cutoff, `?1`/`$1`): every unfinished task's, and every task's whose
+/// artifacts are kept (a follow-up of it starts from its manifest) among
+/// those created before the cutoff (a later create marked its blobs needed
+/// after the cutoff, so they are no candidates). Each half reads its
+/// partial index; the states are spelt out.
+macro_rules! needed_manifests {
+    ($cutoff:literal) => {
+        concat!(
+            "SELECT id, manifest FROM tasks WHERE state IN ('queued', 'running', 'stale') AND manifest IS NOT NULL \
+             UNION ALL SELECT id, manifest FROM tasks WHERE artifacts IS NOT NULL AND created_at < ",
+            $cutoff,
+            " AND manifest IS NOT NULL"
+        )
     };
 }
-pub(crate) use unfinished_manifests;
+pub(crate) use needed_manifests;
 
 /// The refusal of a create whose manifest names `missing` blobs the store lacks.
 fn missing_manifest_blobs(missing: usize, first: &ContentHash) -> StoreError {

@@ -47,7 +47,7 @@ use super::{
     ReapAction, ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number,
     attempt_of, check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition,
     check_verdict, distinct, expired_artifacts, expired_list, fence, latest_of, manifest_blob_vanished, manifest_blobs,
-    manifest_json, millis, named_blobs, replayed_create, revived, settle_verdict, unfinished_manifests,
+    manifest_json, millis, named_blobs, needed_manifests, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -1119,7 +1119,10 @@ impl Store for PgStore {
 
     async fn expire_blobs(&self, now: jiff::Timestamp, retention: Duration) -> Result<u64, StoreError> {
         let cutoff = now.as_millisecond().saturating_sub(millis(retention));
-        let manifests: Vec<(String, String)> = sqlx::query_as(unfinished_manifests!()).fetch_all(&self.pool).await?;
+        let manifests: Vec<(String, String)> = sqlx::query_as(needed_manifests!("$1"))
+            .bind(cutoff)
+            .fetch_all(&self.pool)
+            .await?;
         let mut protected = std::collections::HashSet::new();
         for (id, manifest) in &manifests {
             protected.extend(named_blobs(id, manifest)?);

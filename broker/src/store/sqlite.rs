@@ -42,7 +42,7 @@ use super::{
     ReapAction, ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number,
     attempt_of, check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition,
     check_verdict, distinct, expired_artifacts, expired_list, fence, latest_of, manifest_blob_vanished, manifest_blobs,
-    manifest_json, millis, named_blobs, replayed_create, revived, settle_verdict, unfinished_manifests,
+    manifest_json, millis, named_blobs, needed_manifests, replayed_create, revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -1118,8 +1118,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let mut protected = std::collections::HashSet::new();
             let manifests: Vec<(String, String)> = conn
-                .prepare_cached(unfinished_manifests!())?
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .prepare_cached(needed_manifests!("?1"))?
+                .query_map(params![cutoff], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             for (id, manifest) in &manifests {
                 protected.extend(named_blobs(id, manifest)?);
