@@ -2059,6 +2059,18 @@ pub async fn sync_blobs_expire_once_no_unfinished_task_needs_them<S: Store>(stor
     assert!(!present(artifact).await, "the artifact sweep took the artifact");
     assert_eq!(store.expire_blobs(in_two_days, day).await.expect("sweep"), 1);
     assert!(!present(shared).await);
+    let follow_up = CreateTask {
+        parent: Some(third.id),
+        ..again.clone()
+    };
+    let refused = store
+        .create_task(&follow_up)
+        .await
+        .expect_err("its parent's blobs are gone");
+    assert!(
+        matches!(&refused, StoreError::Invalid(r) if r.rule == Rule::ManifestBlobs && r.message.contains("cannot be followed up")),
+        "{refused}"
+    );
 }
 
 /// Instantiates every case above as a test in the invoking module: `fresh`

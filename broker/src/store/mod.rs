@@ -764,9 +764,17 @@ pub(crate) async fn check_manifest_blobs<S: Store>(store: &S, task: &CreateTask)
     };
     let wanted: Vec<ContentHash> = manifest.blobs().into_iter().map(|(hash, _)| hash).collect();
     let missing = store.missing_blobs(&wanted).await?;
-    match missing.first() {
-        Some(first) => Err(missing_manifest_blobs(missing.len(), first)),
-        None => Ok(()),
+    match (missing.first(), task.parent) {
+        (None, _) => Ok(()),
+        // A follow-up copies its parent's manifest: its client has nothing to upload.
+        (Some(_), Some(parent)) => Err(StoreError::Invalid(Refusal::new(
+            Rule::ManifestBlobs,
+            format!(
+                "the files task {parent} was synced with are no longer kept on the broker (its artifacts and \
+                 blobs expired): it cannot be followed up; submit a new task instead"
+            ),
+        ))),
+        (Some(first), None) => Err(missing_manifest_blobs(missing.len(), first)),
     }
 }
 
