@@ -15,6 +15,7 @@ pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod conformance;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -661,6 +662,28 @@ pub(crate) fn named_blobs(id: &str, manifest: &str) -> Result<Vec<ContentHash>, 
     let manifest: embark_core::manifest::Manifest =
         serde_json::from_str(manifest).map_err(|e| StoreError::Corrupt(format!("task {id}'s manifest: {e}")))?;
     Ok(manifest.blobs().into_iter().map(|(hash, _)| hash).collect())
+}
+
+/// The blobs the `(id, manifest)` rows of [`needed_manifests`] name.
+pub(crate) fn protected_blobs(manifests: &[(String, String)]) -> Result<HashSet<ContentHash>, StoreError> {
+    let mut protected = HashSet::new();
+    for (id, manifest) in manifests {
+        protected.extend(named_blobs(id, manifest)?);
+    }
+    Ok(protected)
+}
+
+/// How many old sync blobs a sweep reads: a batch more than it may have to leave.
+pub(crate) fn old_blobs_limit(protected: &HashSet<ContentHash>) -> i64 {
+    EXPIRE_BATCH + i64::try_from(protected.len()).unwrap_or(i64::MAX)
+}
+
+/// The `old` blobs (oldest first) a sweep deletes: those not `protected`, at most a batch.
+pub(crate) fn doomed_blobs(old: Vec<Vec<u8>>, protected: &HashSet<ContentHash>) -> Vec<Vec<u8>> {
+    old.into_iter()
+        .filter(|hash| !<[u8; 32]>::try_from(hash.as_slice()).is_ok_and(|h| protected.contains(&ContentHash(h))))
+        .take(usize::try_from(EXPIRE_BATCH).expect("a small batch"))
+        .collect()
 }
 
 /// The manifests whose blobs a sweep must leave (`$cutoff`: the sweep's

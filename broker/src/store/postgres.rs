@@ -46,8 +46,9 @@ use super::{
     BlobKind, ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH,
     ReapAction, ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number,
     attempt_of, check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition,
-    check_verdict, distinct, expired_artifacts, expired_list, fence, latest_of, manifest_blob_vanished, manifest_blobs,
-    manifest_json, millis, named_blobs, needed_manifests, replayed_create, revived, settle_verdict,
+    check_verdict, distinct, doomed_blobs, expired_artifacts, expired_list, fence, latest_of, manifest_blob_vanished,
+    manifest_blobs, manifest_json, millis, needed_manifests, old_blobs_limit, protected_blobs, replayed_create,
+    revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -1123,23 +1124,15 @@ impl Store for PgStore {
             .bind(cutoff)
             .fetch_all(&self.pool)
             .await?;
-        let mut protected = std::collections::HashSet::new();
-        for (id, manifest) in &manifests {
-            protected.extend(named_blobs(id, manifest)?);
-        }
-        let limit = EXPIRE_BATCH + i64::try_from(protected.len()).unwrap_or(i64::MAX);
+        let protected = protected_blobs(&manifests)?;
         let old: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT hash FROM blobs WHERE kind = 'sync' AND last_needed_at < $1 ORDER BY last_needed_at LIMIT $2",
         )
         .bind(cutoff)
-        .bind(limit)
+        .bind(old_blobs_limit(&protected))
         .fetch_all(&self.pool)
         .await?;
-        let doomed: Vec<Vec<u8>> = old
-            .into_iter()
-            .filter(|hash| !<[u8; 32]>::try_from(hash.as_slice()).is_ok_and(|h| protected.contains(&ContentHash(h))))
-            .take(EXPIRE_BATCH as usize)
-            .collect();
+        let doomed = doomed_blobs(old, &protected);
         // Re-checked in the delete: a create that named a blob since marked it needed (and a
         // task created after the manifests were read is one of those).
         let deleted = sqlx::query("DELETE FROM blobs WHERE hash = ANY($1) AND kind = 'sync' AND last_needed_at < $2")

@@ -41,8 +41,9 @@ use super::{
     BlobKind, ClientToken, Created, EXPIRE_BATCH, EncodedEvent, LAST_USED_GRANULARITY_MS, LeaseRenewed, REAP_BATCH,
     ReapAction, ReapPolicy, Reaped, Runner, RunnerRecord, Seen, Store, StoreError, artifact_columns, attempt_number,
     attempt_of, check_append, check_artifact_blobs, check_manifest_blobs, check_new_task, check_transition,
-    check_verdict, distinct, expired_artifacts, expired_list, fence, latest_of, manifest_blob_vanished, manifest_blobs,
-    manifest_json, millis, named_blobs, needed_manifests, replayed_create, revived, settle_verdict,
+    check_verdict, distinct, doomed_blobs, expired_artifacts, expired_list, fence, latest_of, manifest_blob_vanished,
+    manifest_blobs, manifest_json, millis, needed_manifests, old_blobs_limit, protected_blobs, replayed_create,
+    revived, settle_verdict,
 };
 use crate::access::{Owner, request_fingerprint};
 use crate::auth::TokenHash;
@@ -1116,28 +1117,17 @@ impl Store for SqliteStore {
         let cutoff = now.as_millisecond().saturating_sub(millis(retention));
         // One writer job: no create can name a blob between the reads and the deletes.
         self.write(move |conn| {
-            let mut protected = std::collections::HashSet::new();
             let manifests: Vec<(String, String)> = conn
                 .prepare_cached(needed_manifests!("?1"))?
                 .query_map(params![cutoff], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            for (id, manifest) in &manifests {
-                protected.extend(named_blobs(id, manifest)?);
-            }
-            let limit = EXPIRE_BATCH + i64::try_from(protected.len()).unwrap_or(i64::MAX);
+            let protected = protected_blobs(&manifests)?;
             let old: Vec<Vec<u8>> = conn
                 .prepare_cached(OLD_SYNC_BLOBS)?
-                .query_map(params![cutoff, limit], |row| row.get(0))?
+                .query_map(params![cutoff, old_blobs_limit(&protected)], |row| row.get(0))?
                 .collect::<Result<_, _>>()?;
             let mut deleted = 0;
-            for hash in &old {
-                let named = <[u8; 32]>::try_from(hash.as_slice()).is_ok_and(|h| protected.contains(&ContentHash(h)));
-                if named {
-                    continue;
-                }
-                if deleted == EXPIRE_BATCH as u64 {
-                    break;
-                }
+            for hash in doomed_blobs(old, &protected) {
                 deleted += conn
                     .prepare_cached("DELETE FROM blobs WHERE hash = ?1 AND kind = 'sync' AND last_needed_at < ?2")?
                     .execute(params![hash, cutoff])? as u64;
