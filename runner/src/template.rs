@@ -566,6 +566,18 @@ mod tests {
         out
     }
 
+    /// The one template `cache` holds.
+    fn only_template(cache: &Cache) -> PathBuf {
+        cache
+            .templates
+            .read_dir()
+            .expect("templates")
+            .filter_map(Result::ok)
+            .find(|e| e.path().is_dir())
+            .expect("a template")
+            .path()
+    }
+
     #[tokio::test]
     async fn a_copied_workspace_is_the_checkout_with_an_index_that_needs_no_refresh() {
         let tmp = tempfile::tempdir().expect("temp dir");
@@ -620,14 +632,7 @@ mod tests {
             .expect("open in place");
         file.write_all(b"changed by task one\n").expect("write");
         drop(file);
-        let template = cache
-            .templates
-            .read_dir()
-            .expect("templates")
-            .filter_map(Result::ok)
-            .find(|e| e.path().is_dir())
-            .expect("a template")
-            .path();
+        let template = only_template(&cache);
         let kept = template.join("tree/src/deep/lib.rs");
         assert_ne!(
             std::fs::metadata(&kept).expect("stat").ino(),
@@ -646,14 +651,7 @@ mod tests {
         let repo = repo(&tmp.path().join("repo"));
         let cache = Cache::under(&tmp.path().join("spaces"));
         make(&repo, &cache, &tmp.path().join("ws1"), "t1").await.expect("first");
-        let template = cache
-            .templates
-            .read_dir()
-            .expect("templates")
-            .filter_map(Result::ok)
-            .find(|e| e.path().is_dir())
-            .expect("a template")
-            .path();
+        let template = only_template(&cache);
         // Same size, other bytes; and a file swapped for a symlink to outside.
         std::fs::write(template.join("tree/run.sh"), "#!/bin/sh\necho HI\n").expect("tamper");
         let readme = template.join("tree/README.md");
