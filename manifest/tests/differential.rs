@@ -257,6 +257,12 @@ fn entries_whose_stat_settles_them_never_reach_gix_and_the_rest_do() {
         "only .gitignore goes to gix: {:?}",
         clean.stats
     );
+    // Reached through a symlink to the working tree itself: the same, as for git.
+    let link = repo._tmp.path().join("link-to-work");
+    std::os::unix::fs::symlink(&repo.root, &link).expect("symlink");
+    let through_link = embark_manifest::scan(&link, &plain()).expect("scan through the link");
+    assert_eq!(through_link.manifest.overlay, clean.manifest.overlay);
+    assert_eq!(through_link.stats.index_entries_checked, 1, "{:?}", through_link.stats);
 
     repo.write("d1/f1.txt", "changed\n");
     repo.chmod("d2/f2.txt", 0o755);
