@@ -658,7 +658,7 @@ pub(crate) fn manifest_blobs(task: &CreateTask) -> Vec<ContentHash> {
 }
 
 /// The blobs the `manifest` column of task `id` names (its JSON read back).
-pub(crate) fn named_blobs(id: &str, manifest: &str) -> Result<Vec<ContentHash>, StoreError> {
+fn named_blobs(id: &str, manifest: &str) -> Result<Vec<ContentHash>, StoreError> {
     let manifest: embark_core::manifest::Manifest =
         serde_json::from_str(manifest).map_err(|e| StoreError::Corrupt(format!("task {id}'s manifest: {e}")))?;
     Ok(manifest.blobs().into_iter().map(|(hash, _)| hash).collect())
@@ -782,10 +782,10 @@ pub(crate) fn artifact_columns(verdict: &CompleteTask) -> (Option<String>, Optio
 /// [`Rule::ManifestBlobs`]: a task is only queued once a runner can get all
 /// it needs.
 pub(crate) async fn check_manifest_blobs<S: Store>(store: &S, task: &CreateTask) -> Result<(), StoreError> {
-    let Some(manifest) = &task.manifest else {
+    let wanted = manifest_blobs(task);
+    if wanted.is_empty() {
         return Ok(());
-    };
-    let wanted: Vec<ContentHash> = manifest.blobs().into_iter().map(|(hash, _)| hash).collect();
+    }
     let missing = store.missing_blobs(&wanted).await?;
     match (missing.first(), task.parent) {
         (None, _) => Ok(()),

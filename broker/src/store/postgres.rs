@@ -1120,19 +1120,27 @@ impl Store for PgStore {
 
     async fn expire_blobs(&self, now: jiff::Timestamp, retention: Duration) -> Result<u64, StoreError> {
         let cutoff = now.as_millisecond().saturating_sub(millis(retention));
+        let old = async |limit: i64| -> Result<Vec<Vec<u8>>, StoreError> {
+            Ok(sqlx::query_scalar(
+                "SELECT hash FROM blobs WHERE kind = 'sync' AND last_needed_at < $1 ORDER BY last_needed_at LIMIT $2",
+            )
+            .bind(cutoff)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+        };
+        if old(EXPIRE_BATCH).await?.is_empty() {
+            return Ok(0);
+        }
         let manifests: Vec<(String, String)> = sqlx::query_as(needed_manifests!("$1"))
             .bind(cutoff)
             .fetch_all(&self.pool)
             .await?;
         let protected = protected_blobs(&manifests)?;
-        let old: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT hash FROM blobs WHERE kind = 'sync' AND last_needed_at < $1 ORDER BY last_needed_at LIMIT $2",
-        )
-        .bind(cutoff)
-        .bind(old_blobs_limit(&protected))
-        .fetch_all(&self.pool)
-        .await?;
-        let doomed = doomed_blobs(old, &protected);
+        let doomed = doomed_blobs(old(old_blobs_limit(&protected)).await?, &protected);
+        if doomed.is_empty() {
+            return Ok(0);
+        }
         // Re-checked in the delete: a create that named a blob since marked it needed (and a
         // task created after the manifests were read is one of those).
         let deleted = sqlx::query("DELETE FROM blobs WHERE hash = ANY($1) AND kind = 'sync' AND last_needed_at < $2")

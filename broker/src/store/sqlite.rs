@@ -1115,19 +1115,30 @@ impl Store for SqliteStore {
 
     async fn expire_blobs(&self, now: jiff::Timestamp, retention: Duration) -> Result<u64, StoreError> {
         let cutoff = now.as_millisecond().saturating_sub(millis(retention));
-        // One writer job: no create can name a blob between the reads and the deletes.
+        // Read on the reader, off the writer thread; a create that names a blob after these reads
+        // marked it needed, which the writer's delete re-checks.
+        let old = async |limit: i64| -> Result<Vec<Vec<u8>>, StoreError> {
+            Ok(sqlx::query_scalar(OLD_SYNC_BLOBS)
+                .bind(cutoff)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?)
+        };
+        if old(EXPIRE_BATCH).await?.is_empty() {
+            return Ok(0);
+        }
+        let manifests: Vec<(String, String)> = sqlx::query_as(needed_manifests!("?1"))
+            .bind(cutoff)
+            .fetch_all(&self.reader)
+            .await?;
+        let protected = protected_blobs(&manifests)?;
+        let doomed = doomed_blobs(old(old_blobs_limit(&protected)).await?, &protected);
+        if doomed.is_empty() {
+            return Ok(0);
+        }
         self.write(move |conn| {
-            let manifests: Vec<(String, String)> = conn
-                .prepare_cached(needed_manifests!("?1"))?
-                .query_map(params![cutoff], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            let protected = protected_blobs(&manifests)?;
-            let old: Vec<Vec<u8>> = conn
-                .prepare_cached(OLD_SYNC_BLOBS)?
-                .query_map(params![cutoff, old_blobs_limit(&protected)], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
             let mut deleted = 0;
-            for hash in doomed_blobs(old, &protected) {
+            for hash in &doomed {
                 deleted += conn
                     .prepare_cached("DELETE FROM blobs WHERE hash = ?1 AND kind = 'sync' AND last_needed_at < ?2")?
                     .execute(params![hash, cutoff])? as u64;
